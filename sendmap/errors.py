@@ -1,0 +1,13 @@
+"""Errors that end a command with exit code 2 (bad input or config, not a bug)."""
+
+
+class SendmapInputError(Exception):
+    """Bad input: unknown format, truncated file, wrong scan shape, NaNs, bad config.
+
+    The message must name the file, key or byte offset at fault; ``sendmap`` prints it
+    as one paragraph and exits with code 2.
+    """
+
+
+class ConfigError(SendmapInputError):
+    """A config file or ``--set`` override is invalid (unknown key, wrong type, bad value)."""

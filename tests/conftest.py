@@ -1,0 +1,31 @@
+"""Shared pytest fixtures.
+
+Real detector files live in ``../shared/data/real/`` beside the checkout (never copied into the
+project, GPL-3.0); tests that need them skip with a clear reason where that folder is absent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "real"
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """Folder of small real detector files; skips the test where it is absent."""
+    if not REAL_DATA_DIR.is_dir():
+        pytest.skip(f"real detector files not found at {REAL_DATA_DIR} (../shared/data/real beside the checkout)")
+    return REAL_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_reference_dir() -> Path:
+    """``../shared/reference``; skips where absent."""
+    ref = SHARED_DIR / "reference"
+    if not ref.is_dir():
+        pytest.skip(f"shared reference folder not found at {ref}")
+    return ref
