@@ -1,0 +1,37 @@
+# sendmap: `make demo` sets up .venv and runs the whole job on data_samples/; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/demo.yaml
+BATCH_DIR ?= configs/batch
+
+.PHONY: demo test run batch bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sendmap run configs/demo.yaml
+	@echo "figures: results/demo/figures   tables: results/demo/tables   summary: results/demo/summary.json"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+run: $(STAMP)
+	$(BIN)/sendmap run $(CONFIG)
+
+batch: $(STAMP)
+	@set -e; for c in $(BATCH_DIR)/*.yaml; do echo "== $$c"; $(BIN)/sendmap run "$$c" --no-progress || echo "FAILED: $$c"; done
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf results

@@ -1,0 +1,261 @@
+"""The YAML config: a typed, validated model (pydantic) with the keys of CONTRACT.md and more.
+
+Every section is a model with ``extra="forbid"``: an unknown key is an error that names the key,
+the file and the nearest valid name. Relative paths resolve against the config file's folder.
+
+>>> cfg = config_from_dict({"input": {"path": "data.npy", "scan_shape": [4, 6]}})
+>>> cfg.profiles.n, cfg.peaks.window
+(1, (0.22, 0.42))
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+FORMATS = ("auto", "mib", "dm4", "empad", "arina", "py4dstem", "npy", "zarr", "raw")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    path: str = Field(..., description="the raw dataset; relative to the config file's folder")
+    format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
+    scan_shape: Optional[tuple[int, int]] = Field(None, description="[Ry, Rx] where the file does not record it")
+
+    @field_validator("scan_shape")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and (v[0] < 1 or v[1] < 1):
+            raise ValueError(f"scan_shape must be two positive integers, got {list(v)}")
+        return v
+
+
+class CalibrationConfig(_Section):
+    q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per detector pixel, Q = 1/d")
+    scan_step_nm: float = Field(4.0, gt=0, description="probe step, nm")
+    beam_energy_kv: float = Field(200.0, gt=0, description="accelerating voltage, kV")
+    convergence_mrad: float = Field(2.0, gt=0, description="probe convergence semi-angle, mrad")
+    camera_length_mm: Optional[float] = Field(None, gt=0, description="used with detector_pixel_um when q_pixel_size is null")
+    detector_pixel_um: Optional[float] = Field(None, gt=0, description="physical detector pixel size, µm")
+    centre_radius_px: Optional[float] = Field(
+        None, gt=0, description="radius (px) of the window for the centre of mass; null: 1.5 × probe-disk radius")
+    descan_fit: Literal["plane", "none"] = Field("plane", description="robust plane fit of the per-position centres")
+    ellipse: Literal["fit", "none"] | tuple[float, float] = Field(
+        "fit", description="'fit' from the amorphous ring of the centred mean pattern, 'none', or [ratio, angle_deg]")
+    ellipse_window: tuple[float, float] = Field((0.2, 0.38), description="1/Å range used to fit the ellipse")
+    mask_hot_dead: bool = Field(True, description="find hot and dead pixels from the sum and max patterns")
+
+
+class DoseConfig(_Section):
+    electrons_per_pattern: Optional[float] = Field(None, gt=0, description="incident electrons per probe position")
+    beam_current_pa: Optional[float] = Field(None, gt=0, description="probe current, pA (with dwell_time_ms)")
+    dwell_time_ms: Optional[float] = Field(None, gt=0, description="dwell time per position, ms")
+    detector_counts_per_electron: float = Field(
+        1.0, gt=0, description="mean counts per incident electron; used to measure dose from counts when nothing else is given")
+
+
+class ProfilesConfig(_Section):
+    n: int = Field(1, ge=0, le=4, description="the power in I(Q)·Q^n")
+    bin_width: Optional[float] = Field(None, gt=0, description="1/Å; null: one detector pixel")
+    q_max: Optional[float] = Field(None, gt=0, description="1/Å; null: the largest full circle inside the detector")
+    supersample: int = Field(3, ge=1, le=8, description="sub-pixels per pixel side for the radial binning")
+    n_azimuth: int = Field(72, ge=8, le=360, description="azimuthal sectors for anisotropy and spot features")
+
+
+class PeaksConfig(_Section):
+    window: tuple[float, float] = Field((0.22, 0.42), description="1/Å, where the first SRO peak is sought")
+    fit_half_width: float = Field(0.06, gt=0, description="1/Å each side of the first estimate used in the model fit")
+    smooth_sigma_bins: float = Field(1.5, ge=0, description="Gaussian smoothing (bins) for the first estimate")
+    spatial_binning: int = Field(1, ge=1, le=8, description="average profiles over k×k neighbourhoods before the fit")
+
+    @model_validator(mode="after")
+    def _window_order(self):
+        if not self.window[0] < self.window[1]:
+            raise ValueError(f"peaks.window must be [low, high] with low < high, got {list(self.window)}")
+        return self
+
+
+class ClassDefinitions(_Section):
+    """Class rules; defaults from SCIENCE.md (2025 cryo-SEND study)."""
+
+    crystal_spot_z: float = Field(25.0, gt=0, description="Bragg-disk significance (σ) above which a pattern is crystalline")
+    crystal_bands: list[tuple[float, float]] = Field(
+        [(0.38, 0.44), (0.45, 0.60), (0.75, 0.82)],
+        description="1/Å bands where Li (110 0.403, 200 0.570) and Cu (111 0.479, 200 0.553, 220 0.782) Bragg disks fall")
+    lif_spot_z: float = Field(6.0, gt=0, description="spot significance (σ) in LiF bands that marks SEI Type 2")
+    lif_bands: list[tuple[float, float]] = Field(
+        [(0.465, 0.53), (0.67, 0.735)], description="1/Å bands of LiF (200) 0.497 and (220) 0.702")
+    electrolyte_max_q: float = Field(
+        0.307, gt=0, description="isotropic patterns with an SRO peak below this are electrolyte (≈0.285), above SEI Type 1 (≈0.33)")
+    sei_type1_range: tuple[float, float] = Field((0.307, 0.37), description="1/Å; isotropic SRO peak range of SEI Type 1")
+    sei_type2_range: tuple[float, float] = Field((0.27, 0.33), description="1/Å; SRO peak range of SEI Type 2")
+    electrolyte_range: tuple[float, float] = Field((0.26, 0.307), description="1/Å; SRO peak range of the electrolyte")
+
+
+class ClassifyConfig(_Section):
+    method: Literal["rules", "gmm"] = "rules"
+    definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
+    n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
+    seed: int = 0
+
+
+class StatisticsConfig(_Section):
+    bin_width: float = Field(0.0025, gt=0, description="histogram bin width, 1/Å")
+    min_count: int = Field(5, ge=2, description="fewest positions for a Gaussian fit")
+
+
+class OutputConfig(_Section):
+    dir: str = "results"
+    figures: bool = True
+    formats: list[Literal["png", "pdf"]] = ["png", "pdf"]
+
+
+class ComputeConfig(_Section):
+    scheduler: Literal["threads", "processes", "distributed", "synchronous"] = "threads"
+    address: Optional[str] = Field(None, description="tcp://host:port of a running dask scheduler (distributed)")
+    n_workers: Optional[int] = Field(None, ge=1)
+    chunk_mb: float = Field(64.0, gt=0, description="target size of one ingest chunk, MB")
+    progress: bool = True
+
+
+class Config(_Section):
+    input: InputConfig
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    dose: DoseConfig = Field(default_factory=DoseConfig)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    peaks: PeaksConfig = Field(default_factory=PeaksConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    statistics: StatisticsConfig = Field(default_factory=StatisticsConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    # Folder the config came from: relative paths resolve against it (not part of the YAML).
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def input_path(self) -> Path:
+        return _resolve(self.base_dir, self.input.path)
+
+    def output_dir(self) -> Path:
+        return _resolve(self.base_dir, self.output.dir)
+
+    def section(self, name: str) -> dict:
+        """One section as a JSON-compatible dict (what a stage's cache key is made of)."""
+        return json.loads(getattr(self, name).model_dump_json())
+
+    def resolved(self) -> dict:
+        """The whole config with defaults filled in and paths made absolute (stored as provenance)."""
+        d = json.loads(self.model_dump_json())
+        d["input"]["path"] = str(self.input_path())
+        d["output"]["dir"] = str(self.output_dir())
+        return d
+
+
+def _resolve(base: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc[:-1]`` (for key suggestions)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return None
+        ann = cur.model_fields[part].annotation
+        cur = ann if isinstance(ann, type) else None
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"])
+        key = ".".join(str(x) for x in loc)
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(Config, loc)
+            names = list(owner.model_fields) if owner else []
+            names = [n for n in names if n != "base_dir"]
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join(str(x) for x in loc[:-1] + (close[0],))}'?" if close else ""
+            valid = f" Valid keys here: {', '.join(names)}." if names else ""
+            lines.append(f"unknown key '{key}'{hint}{valid}")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key '{key}'")
+        else:
+            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def config_from_dict(data: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
+    """Validate a config dict; raises :class:`ConfigError` naming every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if "base_dir" in data:
+        raise ConfigError(f"invalid config {source}: unknown key 'base_dir'")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    cfg.base_dir = (base_dir or Path.cwd()).resolve()
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` → (["section", "key"], value parsed as YAML).
+
+    >>> parse_override("peaks.window=[0.2, 0.4]")
+    (['peaks', 'window'], [0.2, 0.4])
+    """
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"--set expects section.key=value (a dotted key), got '{text}'")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``--set`` overrides to a raw config dict (returns a new dict)."""
+    data = json.loads(json.dumps(data))
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        cur = data
+        for p in parts[:-1]:
+            nxt = cur.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text}: '{p}' is not a section")
+            cur = nxt
+        cur[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate.
+
+    Raises :class:`ConfigError` (exit code 2) for a missing or unreadable file, bad YAML or a bad key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, base_dir=path.parent, source=str(path))

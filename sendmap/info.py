@@ -1,0 +1,44 @@
+"""``sendmap info PATH``: what a dataset file or a result store holds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import SendmapInputError
+from .io import detect_format, fingerprint, open_dataset
+from .store import STORE_NAME
+
+
+def describe(path: Path) -> dict:
+    """A JSON-able description: for a result store its arrays, status, stages and provenance; for a
+    dataset file its format, shape, dtype, size, fingerprint and reader metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise SendmapInputError(f"no such file or folder: {path}")
+    store = path / STORE_NAME if (path / STORE_NAME).is_dir() else path
+    if store.is_dir() and (store / "zarr.json").exists():
+        import zarr
+
+        g = zarr.open_group(str(store), mode="r")
+        arrays = {}
+
+        def walk(grp, prefix=""):
+            for name, item in grp.members():
+                full = f"{prefix}{name}"
+                if isinstance(item, zarr.Group):
+                    walk(item, full + "/")
+                else:
+                    arrays[full] = {"shape": list(item.shape), "dtype": str(item.dtype), **dict(item.attrs)}
+
+        walk(g)
+        attrs = dict(g.attrs)
+        return {"kind": "sendmap result store", "path": str(store), "status": attrs.get("status"),
+                "sendmap_version": attrs.get("sendmap_version"), "created": attrs.get("created"),
+                "input": attrs.get("input"), "calibration": attrs.get("calibration"), "dose": attrs.get("dose"),
+                "stages": {k: {kk: v[kk] for kk in ("key", "completed", "seconds") if kk in v}
+                           for k, v in attrs.get("stages", {}).items()},
+                "arrays": arrays}
+    ds = open_dataset(path, "auto")
+    return {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
+            "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype),
+            "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
+            "fingerprint": fingerprint(path), "metadata": ds.metadata}

@@ -1,0 +1,444 @@
+"""Quantum Detectors Merlin ``.mib`` / ``.hdr`` reader and writer.
+
+File layout
+-----------
+A ``.mib`` file is a plain sequence of frames; every frame is a fixed-size ASCII header followed by the
+pixels, big-endian unsigned integers, row after row::
+
+    [header: header_bytes][pixels: Qy * Qx * itemsize][header][pixels] ...
+
+The header is comma-separated ASCII padded with NUL bytes to its size ("data offset": 384 bytes for one
+chip, 768 for a quad), e.g. (one line here, wrapped)::
+
+    MQ1,000001,00384,01,0256,0256,U08,   1x1,01,2021-05-07 18:51:10.905800,0.100000,0,0,0,
+    <8 thresholds, keV>,3RX,<27 DAC values>,MQ1A,2021-05-07T16:51:10.905800928Z,100000000ns,6,
+
+Fields: magic ``MQ1``, frame number (counting from 1), header size in bytes, number of chips, frame width
+Qx, frame height Qy, pixel depth (``U08``/``U16``/``U32``: big-endian uint8/16/32; ``R64``: raw counter
+words), sensor layout, chip select, local time stamp, shutter time (s), counter, colour mode, gain mode,
+eight thresholds (keV), DAC format and DAC values; the ``MQ1A`` extension adds the UTC time stamp (ns),
+the exposure (ns) and the counter depth (bits). The ``.hdr`` file beside the ``.mib`` describes the whole
+acquisition: CRLF lines ``key:<TAB>value`` between ``HDR,`` and ``End``, space-padded to 2048 bytes.
+
+Orientation: as in rosettasciio/HyperSpy and pyxem (pyxem issue #385), the first row on disk is the bottom
+row of the diffraction pattern, so :func:`read_mib_dask` flips Qy and :func:`write_mib` flips it back;
+:func:`mib_memmap` gives the rows as stored.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dask.array as da
+from dask.array.core import normalize_chunks
+import numpy as np
+
+from sendmap import __version__
+from sendmap.errors import SendmapInputError
+
+_MAGIC = b"MQ1"
+_DTYPES = {"U08": np.dtype(">u1"), "U16": np.dtype(">u2"), "U32": np.dtype(">u4")}
+_GEOMETRY_FIELDS = (2, 4, 5, 6)
+"""Header fields that fix the frame stride: data offset, width, height, pixel depth."""
+_CHUNK_BYTES = 64 * 2**20
+"""Largest default chunk (native bytes); chunks are whole scan rows, so 32-64 MiB where a row fits."""
+_WRITE_BLOCK_BYTES = 16 * 2**20
+"""Input read per step by :func:`write_mib`."""
+
+# Detector settings written by write_mib, those of the real single-chip recording in data/real/merlin_4x2.
+_HEADER_BYTES = 384
+_THRESHOLDS_KEV = (40.0, 511.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_DACS = ("068,511,000,000,000,000,000,000,100,255,100,125,100,100,080,100,090,030,128,004,255,126,128,"
+         "174,172,511,511")
+_HDR_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class MibInfo:
+    """Geometry and metadata of a ``.mib`` file, from its first frame header and its ``.hdr``."""
+
+    path: Path
+    header_bytes: int
+    """Per-frame header size (bytes), the header's "data offset" field."""
+    frame_shape: tuple[int, int]
+    """(Qy, Qx) pixels."""
+    dtype: np.dtype
+    """Pixel type on disk, big-endian: ``>u1``, ``>u2`` or ``>u4``."""
+    n_frames: int
+    counter_depth: int
+    """Counter depth (bits): header ``MQ1A`` field, else the ``.hdr``, else the pixel type's width."""
+    metadata: dict
+    """``exposure_ms``, ``timestamp`` (local), ``timestamp_utc``, ``n_chips``, ``sensor_layout``,
+    ``pixel_depth``, ``gain_mode``, ``colour_mode``, ``counter``, ``thresholds_keV``,
+    ``frames_per_trigger`` (scan row length, from the ``.hdr``; may be absent) and ``hdr`` (the ``.hdr``
+    as a dict of strings, empty where there is none)."""
+
+    @property
+    def frame_stride_bytes(self) -> int:
+        """Bytes from one frame header to the next: header plus pixels."""
+        return self.header_bytes + self.frame_shape[0] * self.frame_shape[1] * self.dtype.itemsize
+
+
+def read_mib_info(path) -> MibInfo:
+    """Parse and validate a ``.mib`` file's first and last frame headers (and its ``.hdr`` if present).
+
+    Raises :class:`SendmapInputError` (naming the file and byte offset) for a file that is not a Merlin
+    file, an unsupported pixel depth, a size that is not a whole number of frames (truncated), or a last
+    frame header that is corrupt or disagrees with the first.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            fields = _header_fields(f.read(_HEADER_BYTES), path, 0)
+            header_bytes = _int_field(fields, 2, "data offset", path, 0)
+            if header_bytes <= 0:
+                raise SendmapInputError(
+                    f"{path}: frame header at byte offset 0 gives a data offset of {header_bytes} bytes")
+            if header_bytes > _HEADER_BYTES:
+                f.seek(0)
+                fields = _header_fields(f.read(header_bytes), path, 0)
+            qx = _int_field(fields, 4, "frame width", path, 0)
+            qy = _int_field(fields, 5, "frame height", path, 0)
+            depth = fields[6].strip()
+            if depth not in _DTYPES:
+                raise SendmapInputError(
+                    f"{path}: pixel depth {depth!r} (frame header at byte offset 0) is not supported; readable "
+                    f"depths are {', '.join(_DTYPES)} (raw R64 counter data comes later)")
+            dtype = _DTYPES[depth]
+            stride = header_bytes + qy * qx * dtype.itemsize
+            n_frames, rest = divmod(size, stride)
+            if rest or n_frames == 0:
+                raise SendmapInputError(
+                    f"{path}: truncated: file has {size} bytes, expected a multiple of {stride} "
+                    f"({header_bytes}-byte header + {qy}x{qx} {depth} pixels per frame); last complete frame ends "
+                    f"at byte offset {n_frames * stride}")
+            last_offset = (n_frames - 1) * stride
+            f.seek(last_offset)
+            last = _header_fields(f.read(header_bytes), path, last_offset)
+    except OSError as exc:
+        raise SendmapInputError(f"{path}: cannot read the MIB file ({exc.strerror or exc})") from None
+    if [last[i].strip() for i in _GEOMETRY_FIELDS] != [fields[i].strip() for i in _GEOMETRY_FIELDS]:
+        raise SendmapInputError(
+            f"{path}: frame header at byte offset {last_offset} (frame {n_frames}) describes different frames "
+            f"than the first header: {','.join(last[:7])!r} vs {','.join(fields[:7])!r}")
+    hdr = _read_hdr(path.with_suffix(".hdr"))
+    metadata = _header_metadata(fields)
+    metadata["hdr"] = hdr
+    fpt = hdr.get("Frames per Trigger (Number)", "")
+    if fpt.isdigit():
+        metadata["frames_per_trigger"] = int(fpt)
+    counter_depth = (metadata.pop("counter_depth") or _int_or_none(hdr.get("Counter Depth (number)", ""))
+                     or 8 * dtype.itemsize)
+    return MibInfo(path=path, header_bytes=header_bytes, frame_shape=(qy, qx), dtype=dtype, n_frames=n_frames,
+                   counter_depth=counter_depth, metadata=metadata)
+
+
+def mib_memmap(info: MibInfo) -> np.ndarray:
+    """Read-only memory map of all frames, shape (n_frames,), fields ``hdr`` and ``px``.
+
+    ``memmap["px"]`` is (n_frames, Qy, Qx) in the big-endian pixel type, rows as stored on disk (not
+    flipped), without copying; ``memmap["hdr"]`` holds the raw frame headers.
+    """
+    frame = np.dtype([("hdr", f"V{info.header_bytes}"), ("px", info.dtype, info.frame_shape)])
+    return np.memmap(info.path, dtype=frame, mode="r", shape=(info.n_frames,))
+
+
+def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
+                  frames_per_chunk: int | None = None) -> tuple[da.Array, MibInfo]:
+    """Lazy (Ry, Rx, Qy, Qx) array of a ``.mib`` file in native byte order, Qy flipped (see module doc).
+
+    ``scan_shape`` (Ry, Rx) defaults to (n_frames / row, row) where the ``.hdr`` gives more than one frame
+    per trigger (a scan row), else (1, n_frames). Chunks are whole scan rows of at most
+    ``frames_per_chunk`` frames (default: as many as fit in 64 MiB), or pieces of one row where a row is
+    longer; each chunk maps the file read-only by itself, so the graph pickles and runs on threads or
+    processes. Returns the array and the file's :class:`MibInfo`.
+    """
+    info = read_mib_info(path)
+    if scan_shape is None:
+        scan_shape = _default_scan_shape(info)
+    scan_shape = _check_scan_shape(scan_shape, info.n_frames, info.path)
+    native = info.dtype.newbyteorder("=")
+    chunks = _scan_chunks(scan_shape, info.frame_shape, native.itemsize, frames_per_chunk)
+    data = da.map_blocks(_load_mib_block, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
+                         info=info, row_length=scan_shape[1])
+    return data, info
+
+
+def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure_ms: float = 1.0,
+              counter_depth: int | None = None) -> Path:
+    """Write frames as a single-chip Merlin ``.mib`` (and ``.hdr``), returning the ``.mib`` path.
+
+    ``data``: (Ry, Rx, Qy, Qx) or (N, Qy, Qx) non-negative integers (numpy, dask or any array with
+    ``shape``), or an iterable of (k, Qy, Qx) / (Qy, Qx) blocks. ``dtype``: ``u1``, ``u2`` or ``u4``
+    (``U08``/``U16``/``U32`` on disk). ``exposure_ms``: per-frame exposure (ms); frame time stamps step
+    by it from now. ``counter_depth`` (bits, default: the dtype's width) goes into the headers; values
+    above ``2**counter_depth - 1`` raise ValueError. A 4D input records its row length Rx as the ``.hdr``'s
+    "Frames per Trigger", so readers recover the scan shape. Data is read and written a block of frames at
+    a time, into a hidden temporary file in the same folder that replaces ``path`` only when complete.
+    """
+    path = Path(path)
+    disk = np.dtype(dtype).newbyteorder(">")
+    depth_names = {1: "U08", 2: "U16", 4: "U32"}
+    if disk.kind != "u" or disk.itemsize not in depth_names:
+        raise ValueError(f"dtype must be u1, u2 or u4, not {dtype!r}")
+    bits = 8 * disk.itemsize
+    counter_depth = bits if counter_depth is None else counter_depth
+    if not 1 <= counter_depth <= bits:
+        raise ValueError(f"counter_depth must be 1..{bits} bits for dtype {dtype}, not {counter_depth}")
+    exposure_ns = round(exposure_ms * 1e6)
+    if exposure_ns <= 0:
+        raise ValueError(f"exposure_ms must be positive, not {exposure_ms}")
+    blocks, row_length = _frame_blocks(data)
+    vmax = 2**counter_depth - 1
+    t0_ns = time.time_ns()
+    hdr_path = path.with_suffix(".hdr")
+    tmp_mib = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp_hdr = hdr_path.with_name(f".{hdr_path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        n = 0
+        with open(tmp_mib, "xb") as f:
+            for block in blocks:
+                _check_block(block, vmax, n, counter_depth)
+                pixels = block[:, ::-1].astype(disk)
+                for frame in pixels:
+                    n += 1
+                    f.write(_frame_header(n, frame.shape, depth_names[disk.itemsize],
+                                          t0_ns + (n - 1) * exposure_ns, exposure_ns, counter_depth))
+                    f.write(frame.tobytes())
+        if n == 0:
+            raise ValueError("no frames to write")
+        if write_hdr:
+            with open(tmp_hdr, "xb") as f:
+                f.write(_hdr_text(n, row_length, counter_depth, t0_ns))
+            os.replace(tmp_hdr, hdr_path)
+        os.replace(tmp_mib, path)
+    finally:
+        tmp_mib.unlink(missing_ok=True)
+        tmp_hdr.unlink(missing_ok=True)
+    return path
+
+
+# --- shared with sendmap.io.npy: scan shape and chunk plan ---------------------------------------------
+
+def _check_scan_shape(scan_shape, n_frames: int, path: Path) -> tuple[int, int]:
+    """``scan_shape`` as (Ry, Rx) ints, or SendmapInputError if it is not two positive ints making n_frames."""
+    try:
+        ry, rx = (int(v) for v in scan_shape)
+    except (TypeError, ValueError):
+        raise SendmapInputError(f"{path}: scan_shape must be two integers (Ry, Rx), not {scan_shape!r}") from None
+    if ry < 1 or rx < 1 or ry * rx != n_frames:
+        raise SendmapInputError(
+            f"{path}: scan_shape {ry} x {rx} = {ry * rx} probe positions does not match the {n_frames} frames "
+            "in the file")
+    return ry, rx
+
+
+def _scan_chunks(scan_shape: tuple[int, int], frame_shape: tuple[int, int], itemsize: int,
+                 frames_per_chunk: int | None) -> tuple[tuple[int, ...], ...]:
+    """Dask chunks of a (Ry, Rx, Qy, Qx) array, each a run of consecutive frames (whole rows or part of one)."""
+    ry, rx = scan_shape
+    if frames_per_chunk is None:
+        frames_per_chunk = max(1, _CHUNK_BYTES // (frame_shape[0] * frame_shape[1] * itemsize))
+    elif not isinstance(frames_per_chunk, (int, np.integer)) or frames_per_chunk < 1:
+        raise SendmapInputError(f"frames_per_chunk must be a positive integer, not {frames_per_chunk!r}")
+    rows, cols = (frames_per_chunk // rx, rx) if frames_per_chunk >= rx else (1, frames_per_chunk)
+    return normalize_chunks((rows, cols, -1, -1), shape=(ry, rx, *frame_shape))
+
+
+def _frame_range(block_info: dict, row_length: int) -> tuple[slice, tuple[int, int]]:
+    """Frames of the chunk described by dask's ``block_info`` (consecutive, see _scan_chunks) and its scan shape."""
+    (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
+    return slice(r0 * row_length + c0, (r1 - 1) * row_length + c1), (r1 - r0, c1 - c0)
+
+
+# --- private helpers -----------------------------------------------------------------------------------
+
+def _load_mib_block(info: MibInfo, row_length: int, block_info=None) -> np.ndarray:
+    frames, shape = _frame_range(block_info, row_length)
+    px = mib_memmap(info)["px"][frames, ::-1]
+    return np.array(px, dtype=info.dtype.newbyteorder("=")).reshape(*shape, *info.frame_shape)
+
+
+def _default_scan_shape(info: MibInfo) -> tuple[int, int]:
+    row = info.metadata.get("frames_per_trigger", 1)
+    if row > 1 and info.n_frames % row == 0:
+        return info.n_frames // row, row
+    return 1, info.n_frames
+
+
+def _header_fields(raw: bytes, path: Path, offset: int) -> list[str]:
+    """Comma-separated fields of the frame header ``raw`` found at byte ``offset``."""
+    if not raw.startswith(_MAGIC):
+        raise SendmapInputError(
+            f"{path}: no Merlin frame header at byte offset {offset}: expected {_MAGIC!r}, found {raw[:16]!r}")
+    text = raw.split(b"\0", 1)[0]
+    try:
+        fields = text.decode("ascii").split(",")
+    except UnicodeDecodeError as exc:
+        raise SendmapInputError(
+            f"{path}: frame header at byte offset {offset} has a non-ASCII byte at byte offset "
+            f"{offset + exc.start}") from None
+    if len(fields) < 9:
+        raise SendmapInputError(f"{path}: frame header at byte offset {offset} has only {len(fields)} fields: {text!r}")
+    return fields
+
+
+def _int_field(fields: list[str], index: int, name: str, path: Path, offset: int) -> int:
+    value = _int_or_none(fields[index])
+    if value is None:
+        raise SendmapInputError(
+            f"{path}: frame header at byte offset {offset}: field {index} ({name}) is {fields[index]!r}, "
+            "not an integer")
+    return value
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _header_metadata(fields: list[str]) -> dict:
+    """Metadata of a frame header; ``counter_depth`` is None without the ``MQ1A`` extension."""
+    field = fields + [""] * 22
+    shutter_s = _float_or_none(field[10])
+    meta = {
+        "n_chips": _int_or_none(field[3]),
+        "pixel_depth": field[6].strip(),
+        "sensor_layout": field[7].strip(),
+        "timestamp": field[9],
+        "exposure_ms": None if shutter_s is None else shutter_s * 1e3,
+        "counter": field[11],
+        "colour_mode": field[12],
+        "gain_mode": field[13],
+        "thresholds_keV": [_float_or_none(v) for v in field[14:22]],
+        "timestamp_utc": None,
+        "counter_depth": None,
+    }
+    if "MQ1A" in fields:
+        ext = fields[fields.index("MQ1A") + 1:] + ["", "", ""]
+        meta["timestamp_utc"] = ext[0]
+        if (ns := _float_or_none(ext[1].removesuffix("ns"))) is not None:
+            meta["exposure_ms"] = ns / 1e6
+        meta["counter_depth"] = _int_or_none(ext[2])
+    return meta
+
+
+def _read_hdr(hdr_path: Path) -> dict[str, str]:
+    """``key: value`` lines of a Merlin ``.hdr`` file (empty dict where there is none)."""
+    if not hdr_path.is_file():
+        return {}
+    hdr = {}
+    for line in hdr_path.read_text(encoding="ascii", errors="replace").splitlines():
+        key, tab, value = line.partition("\t")
+        key = key.strip().removesuffix(":")
+        if tab and key not in ("HDR,", "End"):
+            hdr[key] = value.strip()
+    return hdr
+
+
+def _frame_blocks(data) -> tuple[Iterator[np.ndarray], int]:
+    """(N, Qy, Qx)-shaped numpy blocks of the input frames, in scan order, and the scan row length."""
+    if not hasattr(data, "shape"):
+        return _iterable_blocks(data), 1
+    if len(data.shape) not in (3, 4):
+        raise ValueError(f"data must be (Ry, Rx, Qy, Qx) or (N, Qy, Qx), not shape {tuple(data.shape)}")
+    frame_shape = tuple(data.shape[-2:])
+    per_block = max(1, _WRITE_BLOCK_BYTES // (8 * frame_shape[0] * frame_shape[1]))
+    if len(data.shape) == 3:
+        blocks = (np.asarray(data[i:i + per_block]) for i in range(0, data.shape[0], per_block))
+        return blocks, 1
+    ry, rx = data.shape[:2]
+    blocks = (np.asarray(data[r, c:c + per_block]) for r in range(ry) for c in range(0, rx, per_block))
+    return blocks, rx
+
+
+def _iterable_blocks(blocks: Iterable) -> Iterator[np.ndarray]:
+    frame_shape = None
+    for block in blocks:
+        block = np.asarray(block)
+        block = block[None] if block.ndim == 2 else block
+        if block.ndim != 3 or frame_shape not in (None, block.shape[1:]):
+            raise ValueError(f"frame blocks must be (k, Qy, Qx) or (Qy, Qx) of one frame shape; got {block.shape}")
+        frame_shape = block.shape[1:]
+        yield block
+
+
+def _check_block(block: np.ndarray, vmax: int, first: int, counter_depth: int) -> None:
+    """ValueError unless ``block`` (frames ``first``... counting from 0) holds integers in 0..vmax and its
+    frames fit a Merlin header."""
+    if block.dtype.kind not in "biuf" or (block.dtype.kind == "f" and not np.all(block == np.trunc(block))):
+        raise ValueError(f"frames {first}..{first + len(block) - 1}: values must be integers ({block.dtype} given)")
+    if block.size and (block.min() < 0 or block.max() > vmax):
+        raise ValueError(f"frames {first}..{first + len(block) - 1}: values {block.min()}..{block.max()} do not fit "
+                         f"0..{vmax} ({counter_depth}-bit counter)")
+    if max(block.shape[1:]) > 9999:
+        raise ValueError(f"frame shape {block.shape[1:]} too large for a Merlin header (at most 9999 pixels a side)")
+
+
+def _sci(value: float) -> str:
+    """Merlin's float format: 4.000000E+1."""
+    mantissa, exponent = f"{value:.6E}".split("E")
+    return f"{mantissa}E{int(exponent):+d}"
+
+
+def _frame_header(number: int, frame_shape: tuple[int, int], pixel_depth: str, t_ns: int, exposure_ns: int,
+                  counter_depth: int) -> bytes:
+    """384-byte single-chip frame header, field for field as the Merlin software writes it."""
+    seconds, ns = divmod(t_ns, 10**9)
+    utc = datetime.fromtimestamp(seconds, timezone.utc)
+    fields = ["MQ1", f"{number:06d}", f"{_HEADER_BYTES:05d}", "01", f"{frame_shape[1]:04d}", f"{frame_shape[0]:04d}",
+              pixel_depth, "   1x1", "01", f"{utc.astimezone():%Y-%m-%d %H:%M:%S}.{ns // 1000:06d}",
+              f"{exposure_ns / 1e9:.6f}", "0", "0", "0", *map(_sci, _THRESHOLDS_KEV), "3RX", _DACS,
+              "MQ1A", f"{utc:%Y-%m-%dT%H:%M:%S}.{ns:09d}Z", f"{exposure_ns}ns", str(counter_depth), ""]
+    return ",".join(fields).encode("ascii").ljust(_HEADER_BYTES, b"\0")
+
+
+def _hdr_text(n_frames: int, frames_per_trigger: int, counter_depth: int, t0_ns: int) -> bytes:
+    """The acquisition ``.hdr`` file, with the keys and layout of the Merlin software's."""
+    start = datetime.fromtimestamp(t0_ns // 10**9, timezone.utc).astimezone()
+    entries = [
+        ("Time and Date Stamp (day, mnth, yr, hr, min, s)", f"{start:%d/%m/%Y %H:%M:%S}"),
+        ("Chip ID", "sendmap, - , - , - "),
+        ("Chip Type (Medipix 3.0, Medipix 3.1, Medipix 3RX)", "Medipix 3RX"),
+        ("Assembly Size (NX1, 2X2)", "   1x1"),
+        ("Chip Mode  (SPM, CSM, CM, CSCM)", "SPM"),
+        ("Counter Depth (number)", str(counter_depth)),
+        ("Gain", "SLGM"),
+        ("Active Counters", "Counter 0"),
+        ("Thresholds (keV)", ",".join(map(_sci, _THRESHOLDS_KEV))),
+        ("DACs", f"{_DACS}; ; ; "),
+        ("bpc File", "None"),
+        ("DAC File", "None"),
+        ("Gap Fill Mode", "None"),
+        ("Flat Field File", "None"),
+        ("Dead Time File", "None"),
+        ("Acquisition Type (Normal, Th_scan, Config)", "Normal"),
+        ("Frames in Acquisition (Number)", str(n_frames)),
+        ("Frames per Trigger (Number)", str(frames_per_trigger)),
+        ("Trigger Start (Positive, Negative, Internal)", "Internal"),
+        ("Trigger Stop (Positive, Negative, Internal)", "Internal"),
+        ("Sensor Bias (V)", "120 V"),
+        ("Sensor Polarity (Positive, Negative)", "Positive"),
+        ("Temperature (C)", "Board Temp 0.000000 Deg C"),
+        ("Humidity (%)", "Board Humidity 0.000000 "),
+        ("Medipix Clock (MHz)", "160MHz"),
+        ("Readout System", "Merlin Quad"),
+        ("Software Version", f"sendmap {__version__}"),
+    ]
+    text = "HDR,\t\r\n" + "".join(f"{key}:\t{value}\r\n" for key, value in entries) + "End\t"
+    return text.encode("ascii").ljust(_HDR_BYTES, b" ")

@@ -1,0 +1,627 @@
+"""The stage graph and its runner: input → ingest → calibrate → profiles → peaks → classify → statistics → report.
+
+Each stage is a function of a :class:`Context` that reads its inputs from the result store and writes
+its outputs there. Its cache key hashes sendmap's version, the config sections it depends on and the
+key of the stage before it (ingest: the input fingerprint), so changing one setting recomputes that
+stage and the ones after it, nothing before it. The graph itself is :data:`STAGES` (one place to add
+a stage); ``pipelines/README.md`` describes it for users.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASS_NAMES, __version__
+from .config import Config
+from .errors import SendmapInputError
+from .io import Dataset, fingerprint, open_dataset
+from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
+from .store import STORE_NAME, now_iso, open_store, set_attrs, write_array, write_json_atomic
+
+
+@dataclass
+class Context:
+    cfg: Config
+    out_dir: Path
+    group: object  # zarr.Group
+    dataset: Dataset | None
+    input_info: dict
+    log: Callable[[str], None] = print
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> str:
+        return str(self.out_dir / STORE_NAME)
+
+    def attr(self, name: str, default=None):
+        return self.group.attrs.get(name, default)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    run: Callable[[Context], None]
+    doc: str
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def q_pixel_size(cfg: Config) -> float:
+    """Q per pixel (1/Å) from the config: given directly, or from camera length and detector pixel size."""
+    cal = cfg.calibration
+    if cal.q_pixel_size:
+        return float(cal.q_pixel_size)
+    if cal.camera_length_mm and cal.detector_pixel_um:
+        return q_pixel_size_from_camera(cal.detector_pixel_um, cal.camera_length_mm, cal.beam_energy_kv)
+    raise SendmapInputError(
+        "calibration.q_pixel_size is not set and cannot be derived: give calibration.q_pixel_size (1/Å per pixel), "
+        "or calibration.camera_length_mm with calibration.detector_pixel_um, or measure it with `sendmap calibrate`")
+
+
+def disk_radius_px(cfg: Config) -> float:
+    return probe_radius_inv_angstrom(cfg.calibration.convergence_mrad, cfg.calibration.beam_energy_kv) / q_pixel_size(cfg)
+
+
+def scan_blocks(scan_shape: tuple[int, int], frame_shape: tuple[int, int], itemsize: int, chunk_mb: float) -> list:
+    """Chunk-aligned regions (ry0, ry1, rx0, rx1) of about ``chunk_mb`` MB: whole rows where a row fits."""
+    ry, rx = scan_shape
+    frame_bytes = frame_shape[0] * frame_shape[1] * itemsize
+    target = max(1, int(chunk_mb * 1e6 // frame_bytes))
+    if target >= rx:
+        rows = max(1, min(ry, target // rx))
+        return [(y, min(ry, y + rows), 0, rx) for y in range(0, ry, rows)]
+    return [(y, y + 1, x, min(rx, x + target)) for y in range(ry) for x in range(0, rx, target)]
+
+
+def _read_store_block(item):
+    """load(): frames (B, Qy, Qx) and fitted centres (B, 2) of one region of the store."""
+    import zarr
+
+    path, (y0, y1, x0, x1), with_centres = item
+    g = zarr.open_group(path, mode="r")
+    frames = np.asarray(g["data"][y0:y1, x0:x1])
+    frames = frames.reshape(-1, *frames.shape[2:])
+    centres = np.asarray(g["calibration/origin"][y0:y1, x0:x1]).reshape(-1, 2) if with_centres else None
+    return item, frames, centres
+
+
+# --------------------------------------------------------------------------------------------- ingest
+
+def _ingest_load(item):
+    dataset_array, region, _ = item
+    y0, y1, x0, x1 = region
+    block = np.asarray(dataset_array[y0:y1, x0:x1].compute(scheduler="synchronous"))
+    return item, block
+
+
+def _ingest_process(loaded):
+    import zarr
+
+    (_, region, store_path), block = loaded
+    y0, y1, x0, x1 = region
+    if block.dtype.kind == "f":
+        bad = ~np.isfinite(block)
+        if bad.any():
+            iy, ix, qy, qx = np.argwhere(bad)[0]
+            raise SendmapInputError(
+                f"the input holds NaN or infinite values: first at scan position ({y0 + iy}, {x0 + ix}), "
+                f"detector pixel ({qy}, {qx}); {int(bad.sum())} such values in that block")
+    g = zarr.open_group(store_path, mode="r+")
+    g["data"][y0:y1, x0:x1] = block
+    frames = block.reshape(-1, *block.shape[2:])
+    return (region, frames.sum(axis=0, dtype=np.float64), frames.max(axis=0).astype(np.float64),
+            block.sum(axis=(2, 3), dtype=np.float64))
+
+
+def stage_ingest(ctx: Context) -> None:
+    """Stream the raw dataset into ``data`` (Ry, Rx, Qy, Qx), compressed, with sum/max patterns and counts."""
+    from .execute import run_blocks
+    from .store import compressor
+
+    ds = ctx.dataset
+    arr = ds.data
+    dtype = arr.dtype if arr.dtype.kind in "ui" else np.dtype(np.float32)
+    arr = arr.astype(dtype)
+    blocks = scan_blocks(ds.scan_shape, ds.frame_shape, dtype.itemsize, ctx.cfg.compute.chunk_mb)
+    chunk = (blocks[0][1] - blocks[0][0], blocks[0][3] - blocks[0][2], *ds.frame_shape)
+    ctx.group.create_array("data", shape=arr.shape, dtype=dtype, chunks=chunk, compressors=compressor(),
+                           overwrite=True, fill_value=0)
+    total_sum = np.zeros(ds.frame_shape)
+    total_max = np.zeros(ds.frame_shape)
+    counts = np.zeros(ds.scan_shape)
+
+    def collect(_, res):
+        region, s, m, c = res
+        total_sum[...] += s
+        np.maximum(total_max, m, out=total_max)
+        y0, y1, x0, x1 = region
+        counts[y0:y1, x0:x1] = c
+
+    items = [(arr, b, ctx.store_path) for b in blocks]
+    run_blocks(_ingest_load, _ingest_process, items, ctx.cfg.compute, "ingest", on_result=collect)
+    n = counts.size
+    write_array(ctx.group, "ingest/sum_pattern", total_sum, {"units": "counts summed over all positions"})
+    write_array(ctx.group, "ingest/mean_pattern", total_sum / n, {"units": "counts per position"})
+    write_array(ctx.group, "ingest/max_pattern", total_max, {"units": "counts"})
+    write_array(ctx.group, "ingest/total_counts", counts, {"units": "counts per position"})
+    set_attrs(ctx.group, dose=dose_record(ctx.cfg, counts))
+
+
+def dose_record(cfg: Config, counts: np.ndarray) -> dict:
+    """Electrons per pattern and e⁻/Å² per position (and accumulated), with where the number came from.
+
+    Priority: ``dose.electrons_per_pattern``; else beam current × dwell time / e; else the mean detector
+    counts per position ÷ ``dose.detector_counts_per_electron`` (a lower bound where electrons miss the
+    detector). Area per position = (scan step)²; with a probe no larger than the step, each area is
+    exposed once, so the accumulated dose equals the per-position dose.
+    """
+    d = cfg.dose
+    if d.electrons_per_pattern:
+        epp, source = float(d.electrons_per_pattern), "config dose.electrons_per_pattern"
+    elif d.beam_current_pa and d.dwell_time_ms:
+        epp = d.beam_current_pa * 1e-12 * d.dwell_time_ms * 1e-3 / 1.602176634e-19
+        source = "beam current × dwell time"
+    else:
+        epp = float(np.mean(counts)) / d.detector_counts_per_electron
+        source = "measured: mean detector counts per position / detector_counts_per_electron"
+    step_a = cfg.calibration.scan_step_nm * 10.0
+    per_area = epp / step_a ** 2
+    return {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
+            "source": source, "scan_step_nm": cfg.calibration.scan_step_nm}
+
+
+# --------------------------------------------------------------------------------------------- calibrate
+
+@dataclass(frozen=True)
+class _CentreProcess:
+    guess: tuple
+    mask: np.ndarray
+    radius: float
+
+    def __call__(self, loaded):
+        from .science.centre import disk_centres
+
+        item, frames, _ = loaded
+        return item[1], disk_centres(frames, np.array(self.guess), self.mask, self.radius)
+
+
+@dataclass(frozen=True)
+class _PolarProcess:
+    """process(): polar sums of a block → profiles, features and virtual images."""
+
+    geom: object
+    mask: np.ndarray
+    disk_radius_q: float
+    n: int
+    adf_q: tuple
+
+    def __call__(self, loaded):
+        from .science.polar import polar_sums, radial_statistics, spot_significance_profile
+
+        item, frames, centres = loaded
+        ps = polar_sums(frames, centres, self.mask, self.geom)
+        st = radial_statistics(ps)
+        q = self.geom.q_centres
+        qn = q ** self.n
+        s = ps.s.sum(axis=2)
+        bf = s[:, q < self.disk_radius_q].sum(axis=1)
+        adf = s[:, (q >= self.adf_q[0]) & (q < self.adf_q[1])].sum(axis=1)
+        return item[1], {"mean": st["mean"], "sem": st["sem"], "dispersion": st["dispersion"],
+                         "iqn": st["mean"] * qn, "iqn_sem": st["sem"] * qn,
+                         "spot_z": spot_significance_profile(ps, q, self.disk_radius_q), "bf": bf, "adf": adf}
+
+
+def stage_calibrate(ctx: Context) -> None:
+    """Detector mask, per-position centres with a descan plane fit, and the elliptical distortion."""
+    from .execute import run_blocks
+    from .science.centre import brightest_disk_guess, fit_descan_plane
+    from .science.ellipse import fit_ellipse_from_scales, phi_centres, sector_scale_factors
+    from .science.mask import hot_dead_mask
+    from .science.polar import PolarGeometry
+
+    cfg, g = ctx.cfg, ctx.group
+    qpx = q_pixel_size(cfg)
+    r_disk = disk_radius_px(cfg)
+    sum_p = np.asarray(g["ingest/sum_pattern"])
+    max_p = np.asarray(g["ingest/max_pattern"])
+    ry, rx = g["data"].shape[:2]
+    if cfg.calibration.mask_hot_dead:
+        m = hot_dead_mask(sum_p, max_p)
+    else:
+        m = {"mask": np.ones(sum_p.shape, bool), "hot": np.zeros(sum_p.shape, bool), "dead": np.zeros(sum_p.shape, bool)}
+    mask = m["mask"]
+    guess = brightest_disk_guess(np.where(mask, sum_p, 0.0), r_disk)
+    radius = cfg.calibration.centre_radius_px or 1.5 * r_disk
+    blocks = scan_blocks((ry, rx), g["data"].shape[2:], g["data"].dtype.itemsize, cfg.compute.chunk_mb)
+    measured = np.zeros((ry, rx, 2))
+
+    def put(_, res):
+        (y0, y1, x0, x1), c = res
+        measured[y0:y1, x0:x1] = c.reshape(y1 - y0, x1 - x0, 2)
+
+    items = [(ctx.store_path, b, False) for b in blocks]
+    run_blocks(_read_store_block, _CentreProcess(tuple(guess), mask, radius), items, cfg.compute, "centres", on_result=put)
+    if cfg.calibration.descan_fit == "plane":
+        fitted, descan = fit_descan_plane(measured)
+    else:
+        fitted, descan = measured, {"model": "none"}
+    write_array(g, "calibration/origin_measured", measured, {"units": "pixel (y, x)"})
+    write_array(g, "calibration/origin", fitted, {"units": "pixel (y, x)", "model": cfg.calibration.descan_fit})
+    write_array(g, "calibration/mask", mask, {"meaning": "True where a detector pixel is used"})
+    write_array(g, "calibration/hot_pixels", m["hot"])
+    write_array(g, "calibration/dead_pixels", m["dead"])
+
+    ell = cfg.calibration.ellipse
+    if ell == "fit":
+        # centred, undistorted-binned mean of non-crystalline positions, from up to ~2000 frames
+        geom = PolarGeometry(qpx, qpx, int(cfg.calibration.ellipse_window[1] / qpx * 1.4) + 2, cfg.profiles.n_azimuth,
+                             supersample=cfg.profiles.supersample)
+        step = max(1, int(math.ceil(len(blocks) / max(1, 2000 // max(1, (blocks[0][1] - blocks[0][0]) * (blocks[0][3] - blocks[0][2]))))))
+        sub = blocks[::step]
+        acc = {"s": np.zeros((geom.nq, geom.n_phi)), "w": np.zeros((geom.nq, geom.n_phi))}
+        r_q = r_disk * qpx
+        crystal_bands = cfg.classify.definitions.crystal_bands
+
+        def ell_put(_, res):
+            acc["s"] += res[0]
+            acc["w"] += res[1]
+
+        run_blocks(_read_store_block, _EllipseProcess(geom, mask, r_q, tuple(map(tuple, crystal_bands)),
+                                                     cfg.classify.definitions.crystal_spot_z),
+                   [(ctx.store_path, b, True) for b in sub], cfg.compute, "ellipse", on_result=ell_put)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            polar_mean = acc["s"] / acc["w"]
+        scales = sector_scale_factors(polar_mean, geom.q_centres, cfg.calibration.ellipse_window)
+        ellipse = fit_ellipse_from_scales(scales, phi_centres(geom.n_phi))
+        ellipse["source"] = "fitted to the amorphous ring of the centred mean pattern"
+    elif ell == "none":
+        ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
+    else:
+        ellipse = {"ratio": float(ell[0]), "angle_deg": float(ell[1]), "source": "config"}
+    calib = {"q_pixel_size": qpx, "q_pixel_size_source": "config", "disk_radius_px": r_disk,
+             "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
+             "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(),
+             "n_hot": int(m["hot"].sum()), "n_dead": int(m["dead"].sum()), "scan_step_nm": cfg.calibration.scan_step_nm}
+    set_attrs(g, calibration=calib)
+
+
+@dataclass(frozen=True)
+class _EllipseProcess:
+    geom: object
+    mask: np.ndarray
+    disk_radius_q: float
+    crystal_bands: tuple
+    crystal_spot_z: float
+
+    def __call__(self, loaded):
+        from .science.polar import polar_sums, spot_significance_profile
+
+        _, frames, centres = loaded
+        ps = polar_sums(frames, centres, self.mask, self.geom)
+        q = self.geom.q_centres
+        z = spot_significance_profile(ps, q, self.disk_radius_q)
+        band = np.zeros(q.shape, bool)
+        for lo, hi in self.crystal_bands:
+            band |= (q >= lo) & (q < hi)
+        zc = np.nanmax(np.where(band[None, :], z, -np.inf), axis=1) if band.any() else np.zeros(len(frames))
+        keep = zc < self.crystal_spot_z
+        return ps.s[keep].sum(axis=0), ps.w[keep].sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------- profiles
+
+def profile_geometry(cfg: Config, calib: dict, frame_shape: tuple[int, int], origin: np.ndarray):
+    from .science.polar import PolarGeometry
+
+    qpx = calib["q_pixel_size"]
+    bw = cfg.profiles.bin_width or qpx
+    if cfg.profiles.q_max:
+        q_max = cfg.profiles.q_max
+    else:
+        cy, cx = np.nanmean(origin.reshape(-1, 2), axis=0)
+        corners = [(0, 0), (0, frame_shape[1] - 1), (frame_shape[0] - 1, 0), (frame_shape[0] - 1, frame_shape[1] - 1)]
+        q_max = min(math.hypot(y - cy, x - cx) for y, x in corners) * qpx
+    ell = calib["ellipse"]
+    return PolarGeometry(qpx, bw, max(4, int(q_max / bw)), cfg.profiles.n_azimuth, ell["ratio"], ell["angle_deg"],
+                         cfg.profiles.supersample)
+
+
+def stage_profiles(ctx: Context) -> None:
+    """Azimuthal mean I(Q), SEM, dispersion, I·Q^n, spot significance and virtual images per position."""
+    from .execute import run_blocks
+
+    cfg, g = ctx.cfg, ctx.group
+    calib = dict(g.attrs["calibration"])
+    origin = np.asarray(g["calibration/origin"])
+    mask = np.asarray(g["calibration/mask"])
+    ry, rx, qy, qx = g["data"].shape
+    geom = profile_geometry(cfg, calib, (qy, qx), origin)
+    r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
+    q = geom.q_centres
+    adf_q = (2 * r_q, q[-1] + geom.bin_width)
+    blocks = scan_blocks((ry, rx), (qy, qx), g["data"].dtype.itemsize, cfg.compute.chunk_mb)
+    names = ("mean", "sem", "dispersion", "iqn", "iqn_sem", "spot_z")
+    rows_per = blocks[0][1] - blocks[0][0]
+    arrays = {}
+    for nm in names:
+        grp = "features" if nm == "spot_z" else "profiles"
+        arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32",
+                                    chunks=(rows_per, rx, geom.nq), overwrite=True, fill_value=float("nan"))
+    bf = np.zeros((ry, rx))
+    adf = np.zeros((ry, rx))
+
+    def put(_, res):
+        (y0, y1, x0, x1), out = res
+        for nm in names:
+            arrays[nm][y0:y1, x0:x1] = out[nm].reshape(y1 - y0, x1 - x0, -1).astype(np.float32)
+        bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
+        adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
+
+    items = [(ctx.store_path, b, True) for b in blocks]
+    run_blocks(_read_store_block, _PolarProcess(geom, mask, r_q, cfg.profiles.n, adf_q), items, cfg.compute,
+               "profiles", on_result=put)
+    write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
+    arrays["iqn"].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
+    arrays["mean"].attrs.update({"units": "counts per pixel"})
+    arrays["spot_z"].attrs.update({"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q"})
+    write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0, r_q]})
+    write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
+    set_attrs(g, profiles={"q_max": float(q[-1] + geom.bin_width / 2), "bin_width": geom.bin_width, "nq": geom.nq,
+                           "supersample": geom.supersample, "method": "supersampling (sub-pixels of 1/ss² counts)"})
+
+
+# --------------------------------------------------------------------------------------------- peaks
+
+def stage_peaks(ctx: Context) -> None:
+    """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence."""
+    from scipy import ndimage
+
+    from .science.peaks import fit_peaks
+
+    cfg, g = ctx.cfg, ctx.group
+    q = np.asarray(g["profiles/q"])
+    iqn = np.asarray(g["profiles/iqn"], dtype=np.float64)
+    sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
+    ry, rx, nq = iqn.shape
+    k = cfg.peaks.spatial_binning
+    if k > 1:
+        iqn = ndimage.uniform_filter(iqn, size=(k, k, 1), mode="nearest")
+        sem = np.sqrt(ndimage.uniform_filter(sem ** 2, size=(k, k, 1), mode="nearest") / (k * k))
+    res = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), cfg.peaks.window, cfg.peaks.fit_half_width,
+                    cfg.peaks.smooth_sigma_bins)
+    for key, val in res.items():
+        write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith("q") else None)
+
+
+# --------------------------------------------------------------------------------------------- classify
+
+def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
+    """Largest spot significance over Q bands (list of (lo, hi) 1/Å) per position."""
+    sel = np.zeros(q.shape, bool)
+    for lo, hi in bands:
+        sel |= (q >= lo) & (q < hi)
+    if not sel.any():
+        return np.zeros(spot_z.shape[:-1])
+    return np.nanmax(np.where(sel, spot_z, -np.inf), axis=-1)
+
+
+def stage_classify(ctx: Context) -> None:
+    """Class per position, and the final peak maps (no SRO peak for crystals)."""
+    from .science.classify import CRYSTAL, classify_gmm, classify_rules
+
+    cfg, g = ctx.cfg, ctx.group
+    q = np.asarray(g["profiles/q"])
+    spot_z = np.asarray(g["features/spot_z"])
+    d = cfg.classify.definitions
+    crystal_z = band_max(spot_z, q, d.crystal_bands)
+    lif_z = band_max(spot_z, q, d.lif_bands)
+    peak_q = np.asarray(g["peaks/q_peak"])
+    peak_err = np.asarray(g["peaks/q_err"])
+    rules = dict(crystal_spot_z=d.crystal_spot_z, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
+                 sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
+                 electrolyte_range=d.electrolyte_range)
+    if cfg.classify.method == "rules":
+        cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
+    else:
+        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed, **rules)
+    no_peak = cls == CRYSTAL
+    write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands})
+    write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands})
+    write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method})
+    write_array(g, "maps/peak_q", np.where(no_peak, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum"})
+    write_array(g, "maps/peak_q_err", np.where(no_peak, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+def stage_statistics(ctx: Context) -> None:
+    """Per-class histogram fits, intrinsic spread, class-mean profiles and layer thicknesses."""
+    from .science.stats import class_mean_profiles, gaussian_histogram_fit, layer_thickness
+
+    cfg, g = ctx.cfg, ctx.group
+    cls = np.asarray(g["maps/class"])
+    peak = np.asarray(g["maps/peak_q"])
+    err = np.asarray(g["maps/peak_q_err"])
+    classes = {}
+    for k, name in enumerate(CLASS_NAMES):
+        sel = cls == k
+        if not sel.any():
+            continue
+        fit = gaussian_histogram_fit(peak[sel], cfg.statistics.bin_width, err[sel])
+        entry = {"count": int(sel.sum()), "count_with_peak": fit["count"]}
+        if fit["count"] >= 1:
+            entry.update(peak_q_mean=fit["mean"], peak_q_std=fit.get("std"), peak_q_err_median=float(np.nanmedian(err[sel])))
+        if fit["count"] >= cfg.statistics.min_count:
+            entry.update(fit_mu=fit["mu"], fit_sigma=fit["sigma"], fit_mu_err=fit["mu_err"], fit_sigma_err=fit["sigma_err"],
+                         fit_amplitude=fit["amplitude"], fit_converged=fit["fit_converged"],
+                         intrinsic_sigma=fit.get("intrinsic_sigma"), measurement_sigma=fit.get("measurement_sigma"),
+                         histogram={"bin_edges": fit["bin_edges"], "counts": fit["bin_counts"]})
+        classes[name] = entry
+    iqn = np.asarray(g["profiles/iqn"], dtype=np.float64)
+    mean, sem, counts = class_mean_profiles(iqn, cls, len(CLASS_NAMES))
+    write_array(g, "statistics/class_mean_iqn", mean, {"class_names": list(CLASS_NAMES)})
+    write_array(g, "statistics/class_sem_iqn", sem, {"class_names": list(CLASS_NAMES)})
+    layers = layer_thickness(cls, cfg.calibration.scan_step_nm)
+    set_attrs(g, statistics={"classes": classes, "layers": layers})
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def stage_report(ctx: Context) -> None:
+    """Figures (PNG + PDF) and tables (CSV)."""
+    from .report.build import write_report
+
+    write_report(ctx.group, ctx.out_dir, ctx.cfg, ctx.log)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
+    Stage("calibrate", ("calibration", "dose"), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
+    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF"),
+    Stage("peaks", ("peaks",), stage_peaks, "first SRO peak: position, error, height, prominence"),
+    Stage("classify", ("classify",), stage_classify, "class per position; final peak maps"),
+    Stage("statistics", ("statistics",), stage_statistics, "histogram fits, class-mean profiles, layers"),
+    Stage("report", ("output",), stage_report, "figures and tables"),
+)
+
+
+def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
+    """Cache key of every stage: version + its config sections + the previous stage's key."""
+    keys = {}
+    prev = json.dumps(input_fp, sort_keys=True)
+    for st in STAGES:
+        sections = {s: cfg.section(s) for s in st.sections}
+        if st.name == "ingest":
+            sections["input"] = {k: v for k, v in sections["input"].items() if k != "path"}
+        if st.name == "calibrate":
+            sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
+                                                if k.startswith("crystal")}
+            sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k in ("supersample", "n_azimuth")}
+        if st.name == "report":
+            sections["output"].pop("dir", None)
+        blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},
+                          sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        keys[st.name] = {"key": key, "sections": sections}
+        prev = key
+    return keys
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+def preflight(cfg: Config) -> tuple[Dataset, dict]:
+    """Everything that can be checked before touching the output: the input opens, the shapes fit, Q is known."""
+    path = cfg.input_path()
+    ds = open_dataset(path, cfg.input.format, cfg.input.scan_shape)
+    q_pixel_size(cfg)
+    info = {"path": str(path), "format": ds.format, "bytes": fingerprint(path)["bytes"],
+            "fingerprint": fingerprint(path)["sha256_sampled"], "scan_shape": list(ds.scan_shape),
+            "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype), "reader_metadata": ds.metadata}
+    return ds, info
+
+
+class OutputLock:
+    """An exclusive lock file in the output folder: two runs on one output at once are refused."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / ".sendmap.lock"
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _pid_alive(pid):
+                    raise SendmapInputError(
+                        f"another sendmap run (pid {pid}) is writing to {self.path.parent}; wait for it to finish "
+                        f"or use another output.dir") from None
+                self.path.unlink(missing_ok=True)  # stale lock of a killed run
+        raise SendmapInputError(f"cannot lock the output folder {self.path.parent}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run every stage whose cache key changed (all with ``force``); return the summary dict."""
+    dataset, input_info = preflight(cfg)
+    out_dir = cfg.output_dir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SendmapInputError(f"cannot write to the output folder {out_dir}: {exc.strerror}") from None
+    with OutputLock(out_dir):
+        summary_path = out_dir / "summary.json"
+        summary_path.unlink(missing_ok=True)  # a stale summary must not stand for an unfinished run
+        group = open_store(out_dir, mode="a")
+        keys = stage_keys(cfg, {"fingerprint": input_info["fingerprint"], "bytes": input_info["bytes"]})
+        done = dict(group.attrs.get("stages", {}))
+        set_attrs(group, sendmap_version=__version__, config=cfg.resolved(), input=input_info, status="running",
+                  created=group.attrs.get("created", now_iso()))
+        ctx = Context(cfg, out_dir, group, dataset, input_info, log)
+        reused, timing = [], {}
+        invalid = force
+        for st in STAGES:
+            prev = done.get(st.name)
+            if not invalid and prev and prev.get("key") == keys[st.name]["key"]:
+                reused.append(st.name)
+                timing[st.name] = 0.0
+                continue
+            invalid = True  # every later stage reruns too
+            done.pop(st.name, None)
+            set_attrs(group, stages=done)
+            log(f"[sendmap] {st.name}: {st.doc}")
+            t0 = time.perf_counter()
+            try:
+                st.run(ctx)
+            except BaseException:
+                set_attrs(group, status="failed")
+                raise
+            timing[st.name] = round(time.perf_counter() - t0, 3)
+            done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
+                             "seconds": timing[st.name], "sendmap_version": __version__}
+            set_attrs(group, stages=done)
+        summary = build_summary(group, timing, reused)
+        write_json_atomic(summary_path, summary)
+        set_attrs(group, status="complete", completed=now_iso())
+    return summary
+
+
+def build_summary(group, timing: dict, reused: list) -> dict:
+    stats = group.attrs.get("statistics", {})
+    calib = dict(group.attrs.get("calibration", {}))
+    return {"classes": stats.get("classes", {}),
+            "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
+                            "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
+            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}),
+            "timing_s": timing, "reused_stages": reused, "input": group.attrs.get("input"),
+            "sendmap_version": __version__, "store": str(Path(group.store.root) if hasattr(group.store, "root") else "")}

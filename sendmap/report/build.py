@@ -1,0 +1,123 @@
+"""The report stage: tables (CSV) and figures (PNG + PDF) from the result store."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .. import CLASS_NAMES
+from ..store import write_text_atomic
+
+
+def dose_text(dose: dict | None) -> str:
+    """Caption text of the dose, e.g. '2.0×10⁴ e⁻/pattern, 125 e⁻/Å²'."""
+    if not dose:
+        return "dose unknown"
+    epp = dose["electrons_per_pattern"]
+    exp = int(np.floor(np.log10(epp))) if epp > 0 else 0
+    sup = str(exp).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return f"{epp / 10 ** exp:.1f}×10{sup} e⁻/pattern, {dose['electrons_per_A2']:.3g} e⁻/Å²"
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(group, out_dir: Path) -> list[Path]:
+    """tables/classes.csv (per-class statistics + dose), tables/positions.csv (one row per position),
+    tables/layers.csv (layer thickness), tables/class_profiles.csv (class-mean I·Q^n)."""
+    tdir = Path(out_dir) / "tables"
+    tdir.mkdir(parents=True, exist_ok=True)
+    stats = group.attrs.get("statistics", {})
+    dose = group.attrs.get("dose", {}) or {}
+    rows = []
+    for name, c in stats.get("classes", {}).items():
+        rows.append({"class": name, "count": c.get("count"), "count_with_peak": c.get("count_with_peak"),
+                     "peak_q_mean": c.get("peak_q_mean"), "peak_q_std": c.get("peak_q_std"),
+                     "fit_mu": c.get("fit_mu"), "fit_sigma": c.get("fit_sigma"),
+                     "intrinsic_sigma": c.get("intrinsic_sigma"), "peak_q_err_median": c.get("peak_q_err_median"),
+                     "electrons_per_pattern": dose.get("electrons_per_pattern"),
+                     "electrons_per_A2": dose.get("electrons_per_A2")})
+    paths = []
+    p = tdir / "classes.csv"
+    write_text_atomic(p, _csv(rows))
+    paths.append(p)
+    cls = np.asarray(group["maps/class"])
+    peak = np.asarray(group["maps/peak_q"])
+    err = np.asarray(group["maps/peak_q_err"])
+    origin = np.asarray(group["calibration/origin"])
+    ry, rx = cls.shape
+    yy, xx = np.mgrid[:ry, :rx]
+    step = float(group.attrs["calibration"]["scan_step_nm"])
+    lines = ["ry,rx,y_nm,x_nm,class,peak_q_inv_A,peak_q_err_inv_A,centre_y_px,centre_x_px"]
+    for y, x, c, pq, pe, o in zip(yy.ravel(), xx.ravel(), cls.ravel(), peak.ravel(), err.ravel(), origin.reshape(-1, 2)):
+        lines.append(f"{y},{x},{y * step:g},{x * step:g},{CLASS_NAMES[c]},{pq:.5f},{pe:.5f},{o[0]:.3f},{o[1]:.3f}")
+    p = tdir / "positions.csv"
+    write_text_atomic(p, "\n".join(lines).replace("nan", "") + "\n")
+    paths.append(p)
+    layers = [{"layer": k, **v} for k, v in stats.get("layers", {}).items()]
+    p = tdir / "layers.csv"
+    write_text_atomic(p, _csv(layers))
+    paths.append(p)
+    q = np.asarray(group["profiles/q"])
+    mean = np.asarray(group["statistics/class_mean_iqn"])
+    prow = [{"q_inv_A": f"{qq:.5f}", **{CLASS_NAMES[k]: f"{mean[k, i]:.6g}" for k in range(len(CLASS_NAMES))
+                                           if np.isfinite(mean[k]).any()}} for i, qq in enumerate(q)]
+    p = tdir / "class_profiles.csv"
+    write_text_atomic(p, _csv(prow))
+    paths.append(p)
+    return paths
+
+
+def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None) -> list[Path]:
+    """Every figure of the report into ``<out_dir>/figures``."""
+    from . import figures as F
+
+    fdir = Path(out_dir) / "figures"
+    dose = dose_text(group.attrs.get("dose"))
+    step = float(group.attrs["calibration"]["scan_step_nm"])
+    cls = np.asarray(group["maps/class"])
+    peak = np.asarray(group["maps/peak_q"])
+    q = np.asarray(group["profiles/q"])
+    mean = np.asarray(group["statistics/class_mean_iqn"])
+    sem = np.asarray(group["statistics/class_sem_iqn"])
+    classes = group.attrs.get("statistics", {}).get("classes", {})
+    fits = {name: {"mu": c["fit_mu"], "sigma": c["fit_sigma"], "count": c["count_with_peak"],
+                   "amplitude": c.get("fit_amplitude")} for name, c in classes.items() if "fit_mu" in c}
+    present = [k for k in range(len(CLASS_NAMES)) if np.isfinite(mean[k]).any()]
+    profiles = {CLASS_NAMES[k]: mean[k] for k in present}
+    sems = {CLASS_NAMES[k]: sem[k] for k in present}
+    try:
+        from ..science.phases import reference_ticks
+
+        ticks = reference_ticks(["LiF", "Li2O", "Li (bcc)", "Cu", "Li2CO3"], q_max=float(q[-1]))
+    except Exception:  # the phase library is optional for figures
+        ticks = None
+    bf = np.asarray(group["features/virtual_bf"])
+    adf = np.asarray(group["features/virtual_adf"])
+    figs = {
+        "peak_map": F.plot_peak_map(peak, step, dose),
+        "class_map": F.plot_class_map(cls, CLASS_NAMES, step, dose),
+        "histograms": F.plot_histograms(peak, cls, CLASS_NAMES, fits, dose),
+        "class_profiles": F.plot_class_profiles(q, profiles, n, dose, reference_ticks=ticks, sem=sems, window=window),
+        "virtual_images": F.plot_virtual_images(bf, adf, step, dose),
+        "overview": F.plot_overview(peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose, bf=bf, reference_ticks=ticks),
+    }
+    written = []
+    for name, fig in figs.items():
+        written += [p for p in F.save_figure(fig, fdir / name) if p.suffix.lstrip(".") in formats]
+    return written
+
+
+def write_report(group, out_dir: Path, cfg, log) -> None:
+    paths = write_tables(group, out_dir)
+    if cfg.output.figures:
+        paths += write_figures(group, out_dir, cfg.profiles.n, tuple(cfg.output.formats), window=cfg.peaks.window)
+    log(f"[sendmap] report: {len(paths)} files in {out_dir}/figures and {out_dir}/tables")

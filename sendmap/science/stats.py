@@ -1,0 +1,119 @@
+"""Statistics per class: histogram Gaussian fits, intrinsic spread, class-mean profiles, layer thickness."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+
+def _gauss(x, amp, mu, sigma):
+    return amp * np.exp(-0.5 * ((x - mu) / sigma) ** 2)
+
+
+def gaussian_histogram_fit(values: np.ndarray, bin_width: float, errors: np.ndarray | None = None) -> dict:
+    """Histogram of finite ``values`` (1/Å) with a least-squares Gaussian fit.
+
+    Returns count, mean, std (sample), fit ``mu``, ``sigma`` and ``amplitude`` (counts per bin), their
+    1-σ fit errors, the bin edges and counts, and — if per-value 1-σ ``errors`` are given — the
+    ``intrinsic_sigma`` = sqrt(σ² − mean(err²)): the spread once the measurement noise is removed
+    (0 where the noise explains all of it). Falls back to the moments where the fit fails.
+
+    >>> import numpy as np
+    >>> v = np.random.default_rng(0).normal(0.331, 0.006, 4000)
+    >>> r = gaussian_histogram_fit(v, 0.0025)
+    >>> round(r["mu"], 3), round(r["sigma"], 3)
+    (0.331, 0.006)
+    """
+    v = np.asarray(values, dtype=float)
+    fin = np.isfinite(v)
+    v = v[fin]
+    res = {"count": int(v.size)}
+    if v.size == 0:
+        return res
+    mean, std = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    res.update(mean=mean, std=std)
+    lo = np.floor(v.min() / bin_width) * bin_width
+    hi = np.ceil(v.max() / bin_width) * bin_width + bin_width
+    edges = np.arange(lo, hi + 0.5 * bin_width, bin_width)
+    counts, edges = np.histogram(v, bins=edges)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    mu, sigma, amp = mean, max(std, bin_width / 2), float(counts.max())
+    mu_err = sigma_err = float("nan")
+    fit_ok = False
+    if v.size >= 5 and len(centres) >= 3:
+        try:
+            popt, pcov = curve_fit(_gauss, centres, counts, p0=[amp, mu, sigma],
+                                   sigma=np.sqrt(np.maximum(counts, 1.0)), absolute_sigma=True, maxfev=5000)
+            if popt[2] != 0 and np.all(np.isfinite(pcov)):
+                amp, mu, sigma = float(popt[0]), float(popt[1]), abs(float(popt[2]))
+                mu_err, sigma_err = float(np.sqrt(pcov[1, 1])), float(np.sqrt(pcov[2, 2]))
+                fit_ok = True
+        except (RuntimeError, ValueError):
+            pass
+    res.update(mu=mu, sigma=sigma, amplitude=amp, mu_err=mu_err, sigma_err=sigma_err, fit_converged=fit_ok,
+               bin_edges=edges.tolist(), bin_counts=counts.tolist())
+    if errors is not None:
+        e = np.asarray(errors, dtype=float)[fin]
+        noise2 = float(np.nanmean(e ** 2)) if e.size else float("nan")
+        res["measurement_sigma"] = float(np.sqrt(noise2))
+        res["intrinsic_sigma"] = float(np.sqrt(max(sigma ** 2 - noise2, 0.0)))
+    return res
+
+
+def class_mean_profiles(profiles: np.ndarray, class_map: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean profile of each class, its standard error over positions, and counts.
+
+    profiles: (Ry, Rx, nq); class_map: (Ry, Rx) int. Returns (n_classes, nq) mean, (n_classes, nq)
+    sem (NaN where a class has < 2 positions) and (n_classes,) counts.
+    """
+    flat = profiles.reshape(-1, profiles.shape[-1])
+    cls = class_map.ravel()
+    nq = flat.shape[1]
+    mean = np.full((n_classes, nq), np.nan)
+    sem = np.full((n_classes, nq), np.nan)
+    counts = np.bincount(cls, minlength=n_classes)[:n_classes]
+    for k in range(n_classes):
+        sel = flat[cls == k]
+        if len(sel):
+            mean[k] = np.nanmean(sel, axis=0)
+        if len(sel) > 1:
+            sem[k] = np.nanstd(sel, axis=0, ddof=1) / np.sqrt(len(sel))
+    return mean, sem, counts
+
+
+def layer_thickness(class_map: np.ndarray, step_nm: float, axis: int = 1) -> dict[str, dict]:
+    """Thickness of each class's layers across an interface, from the class map.
+
+    The interface normal is taken along ``axis`` (default: the fast scan axis x). In every scan line
+    across the interface, each run of consecutive positions of one class is a layer crossing of
+    length run × step_nm. Layers are grouped by their order along the line (the k-th run of class c),
+    and for each group the mean, standard deviation and count of crossings along the interface are
+    returned (nm). Runs of one position are ignored as classification noise.
+
+    >>> import numpy as np
+    >>> cm = np.array([[3, 3, 1, 1, 1, 0, 0]] * 4)
+    >>> layer_thickness(cm, 4.0)["1#1"]["mean_nm"]
+    12.0
+    """
+    from .. import CLASS_NAMES
+
+    cm = np.moveaxis(class_map, axis, 1)
+    runs: dict[str, list[float]] = {}
+    for line in cm:
+        change = np.flatnonzero(np.diff(line)) + 1
+        starts = np.concatenate([[0], change])
+        ends = np.concatenate([change, [len(line)]])
+        seen: dict[int, int] = {}
+        for s, e in zip(starts, ends):
+            c = int(line[s])
+            if e - s < 2:
+                continue
+            seen[c] = seen.get(c, 0) + 1
+            runs.setdefault(f"{c}#{seen[c]}", []).append((e - s) * step_nm)
+    out = {}
+    for key, vals in sorted(runs.items()):
+        c = int(key.split("#")[0])
+        arr = np.asarray(vals)
+        out[key] = {"class": CLASS_NAMES[c] if c < len(CLASS_NAMES) else str(c), "layer": int(key.split("#")[1]),
+                    "mean_nm": float(arr.mean()), "std_nm": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+                    "n_lines": int(arr.size)}
+    return out

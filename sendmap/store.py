@@ -1,0 +1,87 @@
+"""The result store ``<output.dir>/sendmap.zarr`` (zarr v3 group), see CONTRACT.md.
+
+Layout (every array documented in README "Result store"): ``data`` (Ry, Rx, Qy, Qx) raw counts;
+``ingest/*`` whole-dataset reductions; ``calibration/*``; ``profiles/*``; ``features/*``; ``peaks/*``;
+``maps/*``. Root attrs: ``sendmap_version``, ``config``, ``input``, ``calibration``, ``dose``,
+``created``, ``status`` (``running`` | ``complete`` | ``failed``) and ``stages``: per stage its cache
+key, the config sections it used, when it finished and how long it took. A stage counts as done only
+once its entry is written, which happens after all its arrays are; a killed run leaves a stage
+without an entry, which the next run recomputes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+STORE_NAME = "sendmap.zarr"
+
+
+def compressor() -> BloscCodec:
+    """Lossless compression for counts: blosc zstd with bit shuffle (integer counts compress 5-20×)."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def open_store(out_dir: Path, mode: str = "a") -> zarr.Group:
+    """Open (or create, with mode 'a') the result group in ``out_dir``."""
+    return zarr.open_group(str(Path(out_dir) / STORE_NAME), mode=mode)
+
+
+def write_array(group: zarr.Group, name: str, value: np.ndarray, attrs: dict | None = None,
+                chunks=None) -> zarr.Array:
+    """Create (replacing any old one) and fill an array of the store in one go."""
+    value = np.asarray(value)
+    arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks or value.shape or (1,),
+                             compressors=compressor(), overwrite=True,
+                             fill_value=False if value.dtype == bool else 0)
+    arr[...] = value
+    if attrs:
+        arr.attrs.update(_jsonable(attrs))
+    return arr
+
+
+def _jsonable(obj):
+    """Turn numpy scalars/arrays and paths into JSON types for zarr attributes."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path,)):
+        return str(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def set_attrs(group: zarr.Group, **attrs) -> None:
+    group.attrs.update(_jsonable(attrs))
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary name in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,266 @@
+"""Merlin .mib/.hdr reader and writer, and the .npy reader."""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+from rsciio.quantumdetector import file_reader
+
+from sendmap.errors import SendmapInputError
+from sendmap.io.mib import mib_memmap, read_mib_dask, read_mib_info, write_mib
+from sendmap.io.npy import read_npy_dask
+
+REAL_FILES = {"001_4x2_6bit": (256, 256), "002_4x2_6bit_roi128": (128, 256)}
+
+
+def _frames(shape, vmax, seed=0):
+    """Random integer frames in 0..vmax, including both ends."""
+    data = np.random.default_rng(seed).integers(0, vmax, size=shape, endpoint=True, dtype=np.uint64)
+    data.flat[0], data.flat[-1] = 0, vmax
+    return data
+
+
+def _rsciio_data(path: Path) -> np.ndarray:
+    return np.asarray(file_reader(str(path))[0]["data"])
+
+
+def _headers(path: Path) -> list[list[str]]:
+    info = read_mib_info(path)
+    return [bytes(h).split(b"\0", 1)[0].decode().split(",") for h in mib_memmap(info)["hdr"]]
+
+
+@pytest.fixture
+def small_mib(tmp_path) -> tuple[Path, np.ndarray]:
+    data = _frames((3, 4, 10, 12), 4000, seed=1)
+    return write_mib(tmp_path / "scan.mib", data, dtype="u2"), data
+
+
+# --- real files --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_file_matches_rosettasciio(real_data_dir, name):
+    path = real_data_dir / "merlin_4x2" / f"{name}.mib"
+    info = read_mib_info(path)
+    assert (info.header_bytes, info.frame_shape, info.n_frames) == (384, REAL_FILES[name], 8)
+    assert info.dtype == np.dtype(">u1")
+    assert info.frame_stride_bytes == 384 + REAL_FILES[name][0] * REAL_FILES[name][1]
+    assert info.counter_depth == 6
+    assert info.metadata["exposure_ms"] == pytest.approx(100.0)
+    assert info.metadata["hdr"]["Frames in Acquisition (Number)"] == "8"
+
+    data, _ = read_mib_dask(path, scan_shape=(2, 4))
+    assert data.shape == (2, 4, *REAL_FILES[name]) and data.dtype == np.uint8
+    values = data.compute()
+    np.testing.assert_array_equal(values, _rsciio_data(path))
+    assert values.max() == 63  # 6-bit counter, saturated pixels
+    assert read_mib_dask(path)[0].shape == (1, 8, *REAL_FILES[name])  # .hdr: one frame per trigger
+    # the memmap keeps the rows as stored; the reader flips them
+    np.testing.assert_array_equal(mib_memmap(info)["px"][:, ::-1].reshape(values.shape), values)
+
+
+def test_written_headers_match_real_merlin_layout(real_data_dir, tmp_path):
+    real = real_data_dir / "merlin_4x2" / "001_4x2_6bit.mib"
+    ours = write_mib(tmp_path / "ours.mib", _frames((4, 2, 256, 256), 63), dtype="u1", exposure_ms=100.0,
+                     counter_depth=6)
+    real_headers, our_headers = _headers(real), _headers(ours)
+    assert len(our_headers) == len(real_headers) == 8
+    timestamps = (9, real_headers[0].index("MQ1A") + 1)
+    for number, (theirs, mine) in enumerate(zip(real_headers, our_headers), start=1):
+        assert mine[1] == f"{number:06d}"
+        assert [f for i, f in enumerate(mine) if i not in timestamps] == \
+            [f for i, f in enumerate(theirs) if i not in timestamps]
+        assert [len(mine[i]) for i in timestamps] == [len(theirs[i]) for i in timestamps]
+
+    real_hdr, our_hdr = real.with_suffix(".hdr").read_bytes(), ours.with_suffix(".hdr").read_bytes()
+    assert len(our_hdr) == len(real_hdr) == 2048
+    keys = [line.split(b"\t")[0] for line in real_hdr.split(b"\r\n")]
+    assert [line.split(b"\t")[0] for line in our_hdr.split(b"\r\n")] == keys
+    info = read_mib_info(ours)
+    assert info.counter_depth == 6 and info.metadata["frames_per_trigger"] == 2
+
+
+# --- writer round trip -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["u1", "u2", "u4"])
+@pytest.mark.parametrize("shape", [(3, 4, 10, 12), (12, 10, 12)])
+def test_round_trip(tmp_path, dtype, shape):
+    data = _frames(shape, np.iinfo(dtype).max)
+    path = write_mib(tmp_path / "rt.mib", data, dtype=dtype)
+    assert path == tmp_path / "rt.mib" and path.with_suffix(".hdr").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rt.hdr", "rt.mib"]  # no temporary files left
+
+    info = read_mib_info(path)
+    assert info.dtype == np.dtype(dtype).newbyteorder(">") and info.counter_depth == 8 * info.dtype.itemsize
+    read, _ = read_mib_dask(path)
+    scan_shape = shape[:2] if len(shape) == 4 else (1, shape[0])
+    assert read.shape == (*scan_shape, 10, 12) and read.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(read.compute(), data.reshape(read.shape))
+    # rosettasciio reads our file as a Merlin file, with the same orientation and scan shape
+    np.testing.assert_array_equal(_rsciio_data(path), data)
+
+
+def test_write_streams_dask_arrays_and_generators(tmp_path):
+    data = _frames((2, 3, 6, 5), 1000)
+    lazy = write_mib(tmp_path / "lazy.mib", da.from_array(data, chunks=(1, 2, 6, 5)), write_hdr=False)
+    assert not lazy.with_suffix(".hdr").exists()
+    np.testing.assert_array_equal(read_mib_dask(lazy, scan_shape=(2, 3))[0].compute(), data)
+
+    frames = data.reshape(6, 6, 5)
+    stream = write_mib(tmp_path / "stream.mib", (block for block in (frames[:4], frames[4], frames[5:])))
+    np.testing.assert_array_equal(read_mib_dask(stream, scan_shape=(2, 3))[0].compute(), data)
+
+
+@pytest.mark.parametrize("data, kwargs", [
+    (np.full((2, 4, 4), 256), {"dtype": "u1"}),
+    (np.full((2, 4, 4), -1), {}),
+    (np.full((2, 4, 4), 64), {"dtype": "u1", "counter_depth": 6}),
+    (np.full((2, 4, 4), 1.5), {}),
+    (np.zeros((4, 4)), {}),
+    (np.zeros((2, 4, 4)), {"dtype": "i2"}),
+])
+def test_write_rejects_bad_input(tmp_path, data, kwargs):
+    with pytest.raises(ValueError):
+        write_mib(tmp_path / "bad.mib", data, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_header_size_is_read_from_the_header(tmp_path):
+    """A quad-style 768-byte header: the frame stride follows the header's data offset field."""
+    data = _frames((3, 6, 5), 4000)
+    header = b"MQ1,%06d,00768,04,0005,0006,U16,   2x2,0F,2024-01-01 00:00:00.000000,0.001000,0,0,0,"
+    path = tmp_path / "quad.mib"
+    with open(path, "wb") as f:
+        for number, frame in enumerate(data, start=1):
+            f.write((header % number).ljust(768, b"\0") + frame[::-1].astype(">u2").tobytes())
+    info = read_mib_info(path)
+    assert (info.header_bytes, info.frame_shape, info.n_frames, info.counter_depth) == (768, (6, 5), 3, 16)
+    assert info.metadata["n_chips"] == 4 and info.metadata["exposure_ms"] == pytest.approx(1.0)
+    np.testing.assert_array_equal(read_mib_dask(path)[0].compute()[0], data)
+
+
+# --- lazy reading ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frames_per_chunk, chunks", [
+    (None, ((3,), (4,))),  # default: whole rows up to 64 MiB
+    (8, ((2, 1), (4,))),
+    (3, ((1, 1, 1), (3, 1))),
+])
+def test_chunks_are_runs_of_consecutive_frames(small_mib, frames_per_chunk, chunks):
+    path, data = small_mib
+    read, _ = read_mib_dask(path, frames_per_chunk=frames_per_chunk)
+    assert read.chunks == (*chunks, (10,), (12,))
+    np.testing.assert_array_equal(read.compute(), data)
+    np.testing.assert_array_equal(read[1:, 2:3].compute(), data[1:, 2:3])
+
+
+def test_graph_pickles_and_runs_in_processes(small_mib):
+    path, data = small_mib
+    read, _ = read_mib_dask(path, frames_per_chunk=4)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(read)).compute(), data)
+    np.testing.assert_array_equal(read.compute(scheduler="processes", num_workers=1), data)
+
+
+def test_reads_a_read_only_copy(small_mib, tmp_path):
+    path, data = small_mib
+    copy = shutil.copy(path, tmp_path / "ro.mib")
+    shutil.copy(path.with_suffix(".hdr"), tmp_path / "ro.hdr")
+    os.chmod(copy, 0o444)
+    info = read_mib_info(copy)
+    assert not mib_memmap(info).flags.writeable
+    np.testing.assert_array_equal(read_mib_dask(copy)[0].compute(), data)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+def test_truncated_file_names_byte_offset(small_mib):
+    path, _ = small_mib
+    stride = read_mib_info(path).frame_stride_bytes
+    with open(path, "r+b") as f:
+        f.truncate(12 * stride - 100)
+    with pytest.raises(SendmapInputError, match=rf"truncated.*{12 * stride - 100} bytes.*multiple of {stride}.*"
+                                                rf"byte offset {11 * stride}") as err:
+        read_mib_info(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("offset, was, now", [(0, b"MQ1", b"XQ1"), (20, b"0012", b"0013")])  # magic, frame width
+def test_bad_last_header_names_byte_offset(small_mib, offset, was, now):
+    path, _ = small_mib
+    last = 11 * read_mib_info(path).frame_stride_bytes
+    with open(path, "r+b") as f:
+        f.seek(last + offset)
+        assert f.read(len(was)) == was
+        f.seek(last + offset)
+        f.write(now)
+    with pytest.raises(SendmapInputError, match=f"byte offset {last}"):
+        read_mib_dask(path)
+
+
+@pytest.mark.parametrize("depth", [b"R64", b"U01"])
+def test_unsupported_pixel_depth(small_mib, depth):
+    path, _ = small_mib
+    with open(path, "r+b") as f:
+        f.seek(30)
+        assert f.read(3) == b"U16"
+        f.seek(30)
+        f.write(depth)
+    with pytest.raises(SendmapInputError, match=f"pixel depth '{depth.decode()}'") as err:
+        read_mib_info(path)
+    assert str(path) in str(err.value)
+
+
+def test_scan_shape_mismatch(small_mib):
+    path, _ = small_mib
+    with pytest.raises(SendmapInputError, match=r"5 x 5 = 25 .* 12 frames") as err:
+        read_mib_dask(path, scan_shape=(5, 5))
+    assert str(path) in str(err.value)
+
+
+def test_not_a_mib_file(tmp_path):
+    path = tmp_path / "notes.mib"
+    path.write_text("hello")
+    with pytest.raises(SendmapInputError, match="byte offset 0"):
+        read_mib_info(path)
+    with pytest.raises(SendmapInputError, match="missing.mib"):
+        read_mib_info(tmp_path / "missing.mib")
+
+
+# --- .npy --------------------------------------------------------------------------------------------------
+
+def test_npy_3d_and_4d(tmp_path):
+    data = _frames((3, 4, 6, 5), 70000).astype(np.uint32)
+    np.save(tmp_path / "four.npy", data)
+    np.save(tmp_path / "three.npy", data.reshape(12, 6, 5))
+    np.save(tmp_path / "fortran_be.npy", np.asfortranarray(data.astype(">f4")))
+
+    four = read_npy_dask(tmp_path / "four.npy", frames_per_chunk=3)
+    assert four.chunks == ((1, 1, 1), (3, 1), (6,), (5,))
+    np.testing.assert_array_equal(four.compute(), data)
+    three = read_npy_dask(tmp_path / "three.npy", scan_shape=(3, 4), frames_per_chunk=8)
+    np.testing.assert_array_equal(three.compute(scheduler="threads"), data)
+    assert read_npy_dask(tmp_path / "three.npy").shape == (1, 12, 6, 5)
+    fortran = read_npy_dask(tmp_path / "fortran_be.npy", frames_per_chunk=2)
+    assert fortran.dtype == np.float32
+    np.testing.assert_array_equal(fortran.compute(), data.astype(np.float32))
+
+
+def test_npy_errors(tmp_path):
+    np.save(tmp_path / "two.npy", np.zeros((4, 4)))
+    np.save(tmp_path / "three.npy", np.zeros((12, 4, 4)))
+    np.save(tmp_path / "four.npy", np.zeros((3, 4, 4, 4)))
+    (tmp_path / "text.npy").write_text("not numpy")
+    np.savez(tmp_path / "archive.npy", a=np.zeros(3))  # numpy appends .npz
+    cases = [("two.npy", {}, r"shape \(4, 4\)"),
+             ("three.npy", {"scan_shape": (5, 2)}, "10 probe positions .* 12 frames"),
+             ("four.npy", {"scan_shape": (4, 3)}, r"\(4, 3\) does not match .* \(3, 4\)"),
+             ("text.npy", {}, "not a readable .npy"),
+             ("archive.npy.npz", {}, "not a .npy file")]
+    for name, kwargs, message in cases:
+        with pytest.raises(SendmapInputError, match=message) as err:
+            read_npy_dask(tmp_path / name, **kwargs)
+        assert name in str(err.value)
