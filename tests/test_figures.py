@@ -1,0 +1,382 @@
+"""Tests of the publication figures (sendmap.report.figures): small synthetic maps, no real data."""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+from matplotlib.text import Text
+
+from sendmap.report import figures as F
+from sendmap.report.figures import (
+    CLASS_COLORS,
+    CLASS_LABELS,
+    plot_class_map,
+    plot_class_profiles,
+    plot_histograms,
+    plot_overview,
+    plot_peak_map,
+    plot_virtual_images,
+    save_figure,
+)
+
+CLASS_NAMES = ["crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned"]
+DOSE = "2.0×10⁴ e⁻/pattern, 125 e⁻/Å²"
+STEP = 4.0
+ROUND_LENGTHS = {"20 nm", "50 nm", "100 nm", "200 nm", "500 nm"}
+
+
+def synthetic(ry: int = 20, rx: int = 30, seed: int = 0) -> dict:
+    """Layered interface: crystal | SEI type 1 | SEI type 2 | electrolyte columns, with NaN peaks
+    in the crystal and a few dropped positions; Gaussian peak positions per class."""
+    rng = np.random.default_rng(seed)
+    class_map = np.zeros((ry, rx), dtype=np.int16)
+    edges = np.linspace(0, rx, 5).astype(int)  # 4 column bands
+    for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        class_map[:, a:b] = k  # 0 crystal, 1 type1, 2 type2, 3 electrolyte
+    class_map[0, -1] = 4  # one unassigned position
+    centres = {1: (0.331, 0.006), 2: (0.297, 0.008), 3: (0.285, 0.005), 4: (0.31, 0.01)}
+    peak_q = np.full((ry, rx), np.nan)
+    for k, (mu, sd) in centres.items():
+        sel = class_map == k
+        peak_q[sel] = rng.normal(mu, sd, sel.sum())
+    peak_q[3, 12] = np.nan  # an amorphous position without a peak
+    fits = {}
+    for k, name in enumerate(CLASS_NAMES):
+        v = peak_q[(class_map == k) & np.isfinite(peak_q)]
+        if name != "crystal" and v.size > 1:
+            fits[name] = {"mu": float(v.mean()), "sigma": float(v.std()), "count": int(v.size)}
+    q = np.linspace(0.05, 1.1, 220)
+    bg = 3.0 * np.exp(-q / 0.12) + 0.3 * np.exp(-q / 0.5)
+    profiles, sem = {}, {}
+    for name, (p1, p2) in {"sei_type1": (0.33, 0.6), "sei_type2": (0.30, 0.7), "electrolyte": (0.285, 0.55),
+                           "crystal": (0.403, 0.57)}.items():
+        prof = (bg + 0.4 * np.exp(-0.5 * ((q - p1) / 0.03) ** 2) + 0.15 * np.exp(-0.5 * ((q - p2) / 0.05) ** 2)) * q
+        profiles[name] = prof
+        sem[name] = 0.02 * prof.max() * np.ones_like(q)
+    yy, xx = np.mgrid[:ry, :rx]
+    bf = 1.0 - 0.5 * (class_map == 0) + 0.05 * rng.standard_normal((ry, rx))
+    adf = 0.2 + 0.6 * (class_map == 0) + 0.1 * np.sin(xx / 3.0) + 0.05 * rng.standard_normal((ry, rx))
+    ref = {
+        "LiF": [(0.431, "111"), (0.497, "200"), (0.702, "220"), (0.824, "311"), (0.861, "222")],
+        "Li2O": [(0.376, "111"), (0.434, "200"), (0.613, "220"), (0.719, "311")],
+        "Li": [(0.403, "110"), (0.570, "200"), (0.698, "211"), (0.806, "220")],
+    }
+    return dict(class_map=class_map, peak_q=peak_q, fits=fits, q=q, profiles=profiles, sem=sem, bf=bf, adf=adf,
+                ref=ref)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return synthetic()
+
+
+def _all_figures(d: dict) -> dict[str, Figure]:
+    return {
+        "peak_map": plot_peak_map(d["peak_q"], STEP, DOSE),
+        "class_map": plot_class_map(d["class_map"], CLASS_NAMES, STEP, DOSE),
+        "histograms": plot_histograms(d["peak_q"], d["class_map"], CLASS_NAMES, d["fits"], DOSE),
+        "profiles": plot_class_profiles(d["q"], d["profiles"], 1, DOSE, reference_ticks=d["ref"], sem=d["sem"],
+                                        window=(0.22, 0.42)),
+        "virtual": plot_virtual_images(d["bf"], d["adf"], STEP, DOSE),
+        "overview": plot_overview(d["peak_q"], d["class_map"], CLASS_NAMES, d["q"], d["profiles"], d["fits"], 1,
+                                  STEP, DOSE, reference_ticks=d["ref"]),
+    }
+
+
+def _texts(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.findobj(Text)]
+
+
+def _render(fig: Figure) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255.0
+
+
+def _pixel_at(fig: Figure, ax, rgb: np.ndarray, x_data: float, y_data: float) -> np.ndarray:
+    """Rendered colour at a data coordinate (display y runs up, buffer rows run down)."""
+    xd, yd = ax.transData.transform((x_data, y_data))
+    h = rgb.shape[0]
+    return rgb[int(round(h - yd)), int(round(xd))]
+
+
+def _pdf_pages(raw: bytes) -> int:
+    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", raw))
+
+
+# -- every figure ------------------------------------------------------------------------------------
+
+
+def test_every_function_returns_figure_with_dose(data):
+    for name, fig in _all_figures(data).items():
+        assert isinstance(fig, Figure), name
+        assert any(DOSE in t for t in _texts(fig)), f"{name}: dose not printed"
+        w, h = fig.get_size_inches()
+        assert w in (pytest.approx(F.SINGLE_COLUMN_IN, abs=1e-3), pytest.approx(F.DOUBLE_COLUMN_IN, abs=1e-3)), name
+        assert 1.0 < h < 9.0, name
+
+
+def test_no_pyplot_state(data):
+    import sys
+
+    plot_peak_map(data["peak_q"], STEP, DOSE)
+    if "matplotlib.pyplot" in sys.modules:  # another test may have imported it; we must not register figures
+        import matplotlib.pyplot as plt
+
+        assert plt.get_fignums() == []
+
+
+def test_style_does_not_leak(data):
+    import matplotlib
+
+    before = matplotlib.rcParams["font.size"], matplotlib.rcParams["xtick.direction"]
+    fig = plot_peak_map(data["peak_q"], STEP, DOSE)
+    assert (matplotlib.rcParams["font.size"], matplotlib.rcParams["xtick.direction"]) == before
+    ax = fig.axes[0]
+    assert ax.get_xticks().size == 0 and ax.get_yticks().size == 0
+
+
+# -- saving --------------------------------------------------------------------------------------------
+
+
+def test_save_figure_png_pdf(tmp_path, data):
+    fig = plot_class_map(data["class_map"], CLASS_NAMES, STEP, DOSE)
+    out = save_figure(fig, tmp_path / "figures" / "class_map")
+    assert out == [tmp_path / "figures" / "class_map.png", tmp_path / "figures" / "class_map.pdf"]
+    png = imread(out[0])
+    w, h = fig.get_size_inches()
+    assert png.shape[1] == round(w * 300) and png.shape[0] == round(h * 300)
+    raw = out[1].read_bytes()
+    assert raw.startswith(b"%PDF")
+    assert raw.rstrip().endswith(b"%%EOF")
+    assert _pdf_pages(raw) == 1
+    # no temporary leftovers
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["class_map.pdf", "class_map.png"]
+
+
+def test_save_all_figures_sizes(tmp_path, data):
+    for name, fig in _all_figures(data).items():
+        png, pdf = save_figure(fig, tmp_path / name)
+        arr = imread(png)
+        w, h = fig.get_size_inches()
+        assert arr.shape[:2] == (round(h * 300), round(w * 300)), name
+        assert _pdf_pages(pdf.read_bytes()) == 1, name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_save_figure_replaces_and_cleans_up_on_error(tmp_path, data, monkeypatch):
+    fig = plot_peak_map(data["peak_q"], STEP, DOSE)
+    save_figure(fig, tmp_path / "peak")
+    old = (tmp_path / "peak.png").read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", boom)
+    with pytest.raises(RuntimeError):
+        save_figure(fig, tmp_path / "peak")
+    # the previous complete files are still there, no temporary files left
+    assert (tmp_path / "peak.png").read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peak.pdf", "peak.png"]
+
+
+def test_save_figure_strips_suffix(tmp_path, data):
+    fig = plot_peak_map(data["peak_q"], STEP, DOSE)
+    out = save_figure(fig, tmp_path / "a" / "b" / "peak.png")
+    assert [p.name for p in out] == ["peak.png", "peak.pdf"]
+
+
+# -- maps ----------------------------------------------------------------------------------------------
+
+
+def test_class_map_colours_at_pixels(data):
+    cm = data["class_map"]
+    fig = plot_class_map(cm, CLASS_NAMES, STEP, DOSE)
+    ax = fig.axes[0]
+    rgb = _render(fig)
+    ry, rx = cm.shape
+    # centre of each column band, at one quarter height (away from the scale bar, lower right)
+    for k in range(4):
+        cols = np.where(cm[ry // 4] == k)[0]
+        x_nm = (cols.mean() + 0.5) * STEP
+        y_nm = (ry // 4 + 0.5) * STEP
+        got = _pixel_at(fig, ax, rgb, x_nm, y_nm)
+        want = np.array(mcolors.to_rgb(CLASS_COLORS[CLASS_NAMES[k]]))
+        assert np.allclose(got, want, atol=2 / 255), (CLASS_NAMES[k], got, want)
+
+
+def test_class_map_legend_names_and_counts(data):
+    cm = data["class_map"]
+    fig = plot_class_map(cm, CLASS_NAMES, STEP, DOSE)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    for k, name in enumerate(CLASS_NAMES):
+        assert f"{CLASS_LABELS[name]} (n = {int((cm == k).sum())})" in labels
+
+
+def test_class_map_unknown_and_invalid(data):
+    cm = data["class_map"].copy()
+    cm[5, 5] = -1
+    fig = plot_class_map(cm, ["crystal", "sei_type1", "mystery", "electrolyte", "unassigned"], STEP, DOSE)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(lbl.startswith("Mystery") for lbl in labels)
+    assert "No class (n = 1)" in labels
+
+
+def test_class_colours_okabe_ito_and_distinct():
+    okabe = {c.lower() for c in F.OKABE_ITO.values()}
+    assert set(CLASS_COLORS) == set(CLASS_NAMES) == set(CLASS_LABELS)
+    assert {c.lower() for c in CLASS_COLORS.values()} <= okabe
+    assert len(set(CLASS_COLORS.values())) == len(CLASS_COLORS)
+    assert CLASS_LABELS["sei_type1"] == "SEI Type 1"
+
+
+def test_peak_map_nan_colour_colourbar_and_note(data):
+    pq = data["peak_q"]
+    fig = plot_peak_map(pq, STEP, DOSE)
+    ax = fig.axes[0]
+    texts = _texts(fig)
+    assert "SRO peak Q (Å⁻¹)" in texts
+    n_nan = int(np.isnan(pq).sum())
+    assert f"No SRO peak (n = {n_nan})" in texts
+    rgb = _render(fig)
+    ry = pq.shape[0]
+    got = _pixel_at(fig, ax, rgb, 2 * STEP, (ry // 4 + 0.5) * STEP)  # crystal column: NaN
+    assert np.allclose(got, mcolors.to_rgb(F.NAN_COLOR), atol=2 / 255)
+
+
+def test_peak_map_explicit_limits(data):
+    fig = plot_peak_map(data["peak_q"], STEP, DOSE, vmin=0.28, vmax=0.34)
+    im = fig.axes[0].images[0]
+    assert im.get_clim() == (0.28, 0.34)
+
+
+def test_peak_map_all_nan():
+    fig = plot_peak_map(np.full((10, 12), np.nan), STEP, DOSE)
+    assert isinstance(fig, Figure)
+    _render(fig)
+
+
+@pytest.mark.parametrize("shape,step", [((20, 30), 4.0), ((60, 90), 4.0), ((40, 40), 10.0), ((50, 200), 2.5)])
+def test_scale_bar_round(shape, step):
+    fig = plot_peak_map(np.full(shape, 0.3), step, DOSE)
+    bars = [t for t in _texts(fig) if re.fullmatch(r"[\d.]+ (nm|µm)", t)]
+    assert len(bars) == 1 and bars[0] in ROUND_LENGTHS
+    length = float(bars[0].split()[0])
+    width = shape[1] * step
+    assert 0.1 <= length / width <= 0.5
+
+
+def test_scale_bar_length_choice():
+    assert F.scale_bar_length(120) == 20
+    assert F.scale_bar_length(360) == 100
+    assert F.scale_bar_length(200) == 50
+    assert F.scale_bar_length(1000) == 200
+    assert F.scale_bar_length(2000) == 500
+    with pytest.raises(ValueError):
+        F.scale_bar_length(0)
+
+
+# -- histograms, profiles, overview -------------------------------------------------------------------
+
+
+def test_histograms_legend_and_classes(data):
+    fig = plot_histograms(data["peak_q"], data["class_map"], CLASS_NAMES, data["fits"], DOSE)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    f1 = data["fits"]["sei_type1"]
+    assert f"SEI Type 1: μ = {f1['mu']:.3f}, σ = {f1['sigma']:.3f} Å⁻¹ (n = {f1['count']})" in labels
+    assert not any(lbl.startswith("Crystal") for lbl in labels)
+    assert ax.get_xlabel() == "SRO peak Q (Å⁻¹)"
+    # one fit line per fitted class with >1 value: type1, type2, electrolyte (unassigned has 1 value: no fit)
+    assert len(ax.lines) == 3
+
+
+def test_histogram_fit_scaled_to_counts():
+    rng = np.random.default_rng(3)
+    pq = rng.normal(0.33, 0.006, (40, 50))
+    cm = np.ones((40, 50), dtype=int)
+    fits = {"sei_type1": {"mu": 0.33, "sigma": 0.006, "count": pq.size}}
+    fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE, bin_width=0.002)
+    line = fig.axes[0].lines[0]
+    peak = line.get_ydata().max()
+    expected = pq.size * 0.002 / (0.006 * np.sqrt(2 * np.pi))
+    assert peak == pytest.approx(expected, rel=0.01)
+
+
+def test_histograms_no_peaks():
+    cm = np.zeros((5, 5), dtype=int)
+    fig = plot_histograms(np.full((5, 5), np.nan), cm, CLASS_NAMES, {}, DOSE)
+    assert isinstance(fig, Figure)
+    _render(fig)
+
+
+def test_profiles_label_ticks_and_normalisation(data):
+    fig = plot_class_profiles(data["q"], data["profiles"], 2, DOSE, reference_ticks=data["ref"], sem=data["sem"],
+                              window=(0.22, 0.42))
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "I·Q$^{2}$ (norm.)"
+    texts = _texts(fig)
+    for name in data["profiles"]:
+        assert CLASS_LABELS[name] in texts
+    assert "Li$_{2}$O" in texts and "LiF" in texts
+    # each curve's max inside [0.2, 1.0] equals 1 + its offset
+    q = data["q"]
+    sel = (q >= 0.2) & (q <= 1.0)
+    offsets = sorted(round(float(line.get_ydata()[sel].max()) - 1.0, 6) for line in ax.lines[: len(data["profiles"])])
+    assert offsets[0] == pytest.approx(0.0, abs=1e-9)
+    assert len(set(offsets)) == len(data["profiles"])
+
+
+def test_overview_panels(data):
+    fig = plot_overview(data["peak_q"], data["class_map"], CLASS_NAMES, data["q"], data["profiles"], data["fits"], 1,
+                        STEP, DOSE, bf=data["bf"], reference_ticks=data["ref"], window=(0.22, 0.42))
+    assert fig.get_size_inches()[0] == pytest.approx(F.DOUBLE_COLUMN_IN, abs=1e-3)
+    letters = [t for t in _texts(fig) if re.fullmatch(r"[a-e]", t)]
+    assert sorted(letters) == list("abcde")
+    fig2 = plot_overview(data["peak_q"], data["class_map"], CLASS_NAMES, data["q"], data["profiles"], data["fits"], 1,
+                         STEP, DOSE)
+    assert sorted(t for t in _texts(fig2) if re.fullmatch(r"[a-e]", t)) == list("abcd")
+
+
+def test_threads_build_figures_concurrently(tmp_path, data):
+    errors = []
+
+    def work(i):
+        try:
+            fig = plot_peak_map(data["peak_q"], STEP, DOSE)
+            save_figure(fig, tmp_path / f"p{i}")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(list(tmp_path.glob("p*.png"))) == 3
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError):
+        plot_peak_map(np.zeros(5), STEP, DOSE)
+    with pytest.raises(ValueError):
+        plot_peak_map(np.zeros((4, 4)), 0.0, DOSE)
+    with pytest.raises(ValueError):
+        plot_histograms(np.zeros((4, 4)), np.zeros((3, 4), int), CLASS_NAMES, {}, DOSE)
+
+
+def write_examples(out_dir: Path) -> list[Path]:  # pragma: no cover - used to look at the figures by eye
+    d = synthetic(60, 90)
+    paths = []
+    for name, fig in _all_figures(d).items():
+        paths += save_figure(fig, out_dir / name)
+    fig = plot_overview(d["peak_q"], d["class_map"], CLASS_NAMES, d["q"], d["profiles"], d["fits"], 1, STEP, DOSE,
+                        bf=d["bf"], reference_ticks=d["ref"], window=(0.22, 0.42), sem=d["sem"])
+    paths += save_figure(fig, out_dir / "overview_bf")
+    return paths

@@ -1,0 +1,75 @@
+"""SRO peak fits against known maxima, with calibrated uncertainties; histogram fits; layers; classes."""
+import numpy as np
+
+from sendmap.science.classify import classify_rules
+from sendmap.science.peaks import fit_peaks
+from sendmap.science.stats import class_mean_profiles, gaussian_histogram_fit, layer_thickness
+
+Q = (np.arange(64) + 0.5) * 0.0125
+
+
+def _profile(q0, width=0.045):
+    """A peak on a falling background, times Q (n = 1): its maximum is not at q0."""
+    return (30 * np.exp(-0.5 * ((Q - q0) / width) ** 2) + 60 * np.exp(-Q / 0.15)) * Q
+
+
+def _true_max(q0):
+    qq = np.linspace(0.22, 0.42, 200001)
+    f = (30 * np.exp(-0.5 * ((qq - q0) / 0.045) ** 2) + 60 * np.exp(-qq / 0.15)) * qq
+    return qq[np.argmax(f)]
+
+
+def test_noise_free_peak_is_exact():
+    prof = np.stack([_profile(q0) for q0 in (0.285, 0.30, 0.33, 0.345)])
+    r = fit_peaks(Q, prof, np.full_like(prof, 0.01), (0.22, 0.42))
+    truth = np.array([_true_max(q0) for q0 in (0.285, 0.30, 0.33, 0.345)])
+    assert np.abs(r["q_peak"] - truth).max() < 0.001
+    assert (r["status"] == 0).all()
+
+
+def test_noisy_peaks_unbiased_with_calibrated_errors():
+    rng = np.random.default_rng(4)
+    n = 3000
+    q0 = rng.uniform(0.28, 0.345, n)
+    clean = np.stack([_profile(v) for v in q0])
+    sem = 0.04 * np.sqrt(clean)  # Poisson-like: error grows with the signal
+    noisy = clean + rng.normal(size=clean.shape) * sem
+    r = fit_peaks(Q, noisy, sem, (0.22, 0.42))
+    truth = np.array([_true_max(v) for v in q0])
+    err = r["q_peak"] - truth
+    assert abs(np.mean(err)) < 0.001
+    inside = np.mean(np.abs(err) <= r["q_err"])
+    assert 0.6 <= inside <= 0.76, inside
+
+
+def test_no_data_gives_nan():
+    r = fit_peaks(Q, np.full((2, 64), np.nan), np.full((2, 64), np.nan), (0.22, 0.42))
+    assert np.isnan(r["q_peak"]).all() and (r["status"] == 2).all()
+
+
+def test_histogram_fit_and_intrinsic_spread():
+    rng = np.random.default_rng(1)
+    true_vals = rng.normal(0.33, 0.006, 5000)
+    meas_err = np.full(5000, 0.008)
+    measured = true_vals + rng.normal(size=5000) * meas_err
+    r = gaussian_histogram_fit(measured, 0.0025, meas_err)
+    assert abs(r["mu"] - 0.33) < 0.0005
+    assert abs(r["sigma"] - 0.01) < 0.0005  # sqrt(0.006² + 0.008²)
+    assert abs(r["intrinsic_sigma"] - 0.006) < 0.001
+
+
+def test_class_mean_profiles_and_layers():
+    cm = np.array([[3, 3, 3, 1, 1, 0, 0, 0]] * 3 + [[3, 3, 1, 1, 1, 1, 0, 0]] * 3)
+    prof = np.repeat(cm[..., None].astype(float), 5, axis=-1)
+    mean, sem, counts = class_mean_profiles(prof, cm, 5)
+    assert np.allclose(mean[3], 3) and counts[1] == 18
+    lay = layer_thickness(cm, 4.0)
+    assert lay["1#1"]["mean_nm"] == 12.0 and lay["1#1"]["std_nm"] > 0
+
+
+def test_rules_follow_definitions():
+    defs = dict(crystal_spot_z=25, lif_spot_z=6, electrolyte_max_q=0.307, sei_type1_range=(0.307, 0.37),
+                sei_type2_range=(0.27, 0.33), electrolyte_range=(0.26, 0.307))
+    c = classify_rules(np.array([0.33, 0.29, 0.30, 0.33, 0.50, np.nan]), np.array([2, 2, 2, 60, 2, 2.0]),
+                       np.array([1, 1, 9, 1, 1, 1.0]), **defs)
+    assert c.tolist() == [1, 3, 2, 0, 4, 4]
