@@ -51,7 +51,7 @@ class CalibrationConfig(_Section):
     descan_fit: Literal["plane", "none"] = Field("plane", description="robust plane fit of the per-position centres")
     ellipse: Literal["fit", "none"] | tuple[float, float] = Field(
         "fit", description="'fit' from the amorphous ring of the centred mean pattern, 'none', or [ratio, angle_deg]")
-    ellipse_window: tuple[float, float] = Field((0.2, 0.38), description="1/Å range used to fit the ellipse")
+    ellipse_window: tuple[float, float] = Field((0.15, 0.45), description="1/Å range used to fit the ellipse")
     mask_hot_dead: bool = Field(True, description="find hot and dead pixels from the sum and max patterns")
 
 
@@ -73,8 +73,10 @@ class ProfilesConfig(_Section):
 
 class PeaksConfig(_Section):
     window: tuple[float, float] = Field((0.22, 0.42), description="1/Å, where the first SRO peak is sought")
-    fit_half_width: float = Field(0.06, gt=0, description="1/Å each side of the first estimate used in the model fit")
-    smooth_sigma_bins: float = Field(1.5, ge=0, description="Gaussian smoothing (bins) for the first estimate")
+    fit_half_width: float = Field(
+        0.14, gt=0, description="1/Å each side of the first estimate used in the polynomial fit (SRO peaks are broad)")
+    degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
+    smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
     spatial_binning: int = Field(1, ge=1, le=8, description="average profiles over k×k neighbourhoods before the fit")
 
     @model_validator(mode="after")

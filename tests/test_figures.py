@@ -241,8 +241,7 @@ def test_peak_map_nan_colour_colourbar_and_note(data):
     ax = fig.axes[0]
     texts = _texts(fig)
     assert "SRO peak Q (Å⁻¹)" in texts
-    n_nan = int(np.isnan(pq).sum())
-    assert f"No SRO peak (n = {n_nan})" in texts
+    assert "No SRO peak" in texts  # the swatch at the foot of the colourbar
     rgb = _render(fig)
     ry = pq.shape[0]
     got = _pixel_at(fig, ax, rgb, 2 * STEP, (ry // 4 + 0.5) * STEP)  # crystal column: NaN

@@ -83,13 +83,14 @@ def test_disk_convolution_matches_brute_force_2d():
     f = P.gaussian_ring(q, 0.30, 0.01)  # narrow ring (delta-like next to the 0.16-wide disk)
     K = P.disk_convolution_matrix(q, a)
     conv = K @ f
-    # brute force: the same ring sampled on a 2-D grid, FFT-convolved with a (3×3 super-sampled) disk
+    # brute force: the same ring sampled on a 2-D grid, FFT-convolved with a (5×5 super-sampled) disk
     h = 0.002
-    ax = np.arange(-0.5, 0.5 + h / 2, h)
+    ax = np.arange(-250, 251) * h  # symmetric about 0
     Y, X = np.meshgrid(ax, ax, indexing="ij")
     img = P.gaussian_ring(np.hypot(Y, X), 0.30, 0.01)
-    sub = (np.arange(3) - 1) / 3 * h
-    kx = np.arange(-a - 2 * h, a + 2 * h + h / 2, h)
+    sub = ((np.arange(5) + 0.5) / 5 - 0.5) * h
+    m = int(np.ceil(a / h)) + 2
+    kx = np.arange(-m, m + 1) * h  # odd length, centred on 0
     KY, KX = np.meshgrid(kx, kx, indexing="ij")
     disk = np.zeros_like(KY)
     for sy in sub:
@@ -108,11 +109,7 @@ def test_disk_convolution_matches_brute_force_2d():
 def test_disk_convolution_of_central_delta_is_the_disk():
     a = 0.08
     q = P.fine_q_grid(0.3)
-    f = np.zeros(q.size)
-    f[0] = 1.0
-    conv = P.disk_convolution_matrix(q, a) @ f
-    # a point at q = 0 contributes nothing on a radial grid (r·θ = 0), but a thin ring at small r gives
-    # the disk: check the disk of a ring at r = 5 dq instead
+    # (a point at q = 0 has zero weight on a radial grid, r·θ = 0): a thin ring at r = 5 dq instead
     f = P.delta_rings(q, [5 * P.FINE_DQ], [1.0])
     conv = P.disk_convolution_matrix(q, a) @ f
     inside = q < a - 10 * P.FINE_DQ
@@ -374,6 +371,7 @@ def test_mib_output_matches_npy(tmp_path, npy_dataset):
     assert out["data"].name == "synth.mib" and out["hdr"].exists()
     arr, info = mib.read_mib_dask(out["data"], scan_shape=SMALL["scan_shape"])
     np.testing.assert_array_equal(np.asarray(arr), data)
+    assert info.metadata.get("frames_per_trigger") == SMALL["scan_shape"][1]  # scan row length in the .hdr
     assert yaml.safe_load(out["config"].read_text())["input"]["format"] == "mib"
 
 
@@ -398,6 +396,17 @@ def test_cli_arguments(tmp_path):
     meta = json.loads((tmp_path / "cli" / "truth.json").read_text())
     assert meta["electrons_per_pattern"] == 5000 and meta["seed"] == 3 and meta["ellipse"]["ratio"] == 1.02
     assert np.load(tmp_path / "cli" / "synth.npy").shape == (4, 12, 64, 64)
+
+
+def test_u1_output_clips_and_counts_saturation(tmp_path):
+    out = M.make_dataset(tmp_path, fmt="npy", dtype="u1", electrons_per_pattern=1e5, scan_shape=(2, 6),
+                         detector_shape=(64, 64), q_pixel_size=0.02)
+    data, meta = np.load(out["data"]), json.loads(out["truth_json"].read_text())
+    truth = np.load(out["truth_npz"])
+    assert data.dtype == np.uint8 and meta["n_saturated"] > 0  # the central disk holds ~1500 counts/px
+    assert np.all(truth["hot_values"] <= 255)
+    hy, hx = truth["hot_pixels"].T
+    np.testing.assert_array_equal(data[:, :, hy, hx], np.broadcast_to(truth["hot_values"], (2, 6, 5)))
 
 
 def test_bad_parameters_are_input_errors(tmp_path):

@@ -72,9 +72,15 @@ def fit_ellipse_from_scales(scales: np.ndarray, phi_centres_rad: np.ndarray, n_s
     e = math.hypot(coef[1], coef[2]) / coef[0]
     angle = math.degrees(0.5 * math.atan2(coef[2], coef[1])) % 180.0
     resid = scales - design @ coef
+    n_used = int(good.sum())
+    rms = float(np.sqrt(np.sum(resid[good] ** 2) / max(n_used - 3, 1))) if n_used > 3 else float("nan")
+    # 1-σ errors from the scatter of the sector scales: σ(c1) ≈ σ(c2) ≈ rms·sqrt(2/n) for evenly spread
+    # sectors; ratio ≈ 1 + 2e, so σ(ratio) ≈ 2σ(c)/c0, and σ(θ) ≈ σ(c)/(2·e·c0) rad.
+    sig_c = rms * math.sqrt(2.0 / max(n_used, 1))
     return {"ratio": float((1 + e) / (1 - e)), "angle_deg": float(angle), "scale": float(coef[0]),
-            "residual_rms": float(np.sqrt(np.nanmean(resid[good] ** 2))) if good.any() else float("nan"),
-            "n_used": int(good.sum())}
+            "ratio_err": float(2 * sig_c / coef[0]),
+            "angle_err_deg": float(math.degrees(sig_c / (2 * max(e, 1e-12) * coef[0]))),
+            "residual_rms": rms, "n_used": n_used}
 
 
 def phi_centres(n_phi: int) -> np.ndarray:

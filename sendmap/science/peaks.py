@@ -32,7 +32,7 @@ def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, fl
 
 
 def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
-              half_width: float = 0.06, smooth_sigma_bins: float = 1.5, degree: int = 4) -> dict[str, np.ndarray]:
+              half_width: float = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
     q: (nq,) bin centres, 1/Å (uniform spacing); profiles, sem: (N, nq) I·Q^n and its standard error.

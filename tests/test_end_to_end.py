@@ -1,0 +1,81 @@
+"""`sendmap synth` then `sendmap run`: accuracy against ground truth, stage reuse, schedulers."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from sendmap.cli import main
+from sendmap.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory):
+    """A 20 × 30 scan of 128² Merlin frames at 2 × 10⁴ e⁻/pattern, drift and a 1.5 % ellipse, run once."""
+    d = tmp_path_factory.mktemp("e2e")
+    assert main(["synth", str(d), "--scan-shape", "20", "30", "--seed", "11", "--quiet"]) == 0
+    assert main(["run", str(d / "config.yaml"), "--no-progress"]) == 0
+    return d
+
+
+def test_accuracy_against_truth(synth_run):
+    r = evaluate(synth_run / "results", synth_run)
+    assert r["class_accuracy"] >= 0.90, r
+    assert r["peak_mae"] <= 0.010, r
+    assert r["crystal_with_peak"] == 0
+
+
+def test_store_and_summary_follow_contract(synth_run):
+    out = synth_run / "results"
+    g = zarr.open_group(str(out / "sendmap.zarr"), mode="r")
+    for key in ("sendmap_version", "config", "input", "calibration", "created"):
+        assert key in g.attrs
+    assert g.attrs["status"] == "complete"
+    ry, rx = 20, 30
+    nq = g["profiles/q"].shape[0]
+    assert g["calibration/origin"].shape == (ry, rx, 2)
+    assert g["calibration/mask"].dtype == bool
+    for name in ("profiles/mean", "profiles/sem", "profiles/iqn"):
+        assert g[name].shape == (ry, rx, nq)
+    assert g["profiles/iqn"].attrs["n"] == 1
+    assert g["maps/class"].attrs["class_names"][:4] == ["crystal", "sei_type1", "sei_type2", "electrolyte"]
+    s = json.loads((out / "summary.json").read_text())
+    assert {"classes", "calibration", "timing_s"} <= set(s)
+    assert s["dose"]["electrons_per_pattern"] == 20000
+    ell = s["calibration"]["ellipse"]
+    # counting-noise limited on 600 frames: the fit reports its own 1-σ, and must be within 3σ of the truth
+    assert abs(ell["ratio"] - 1.015) < max(3 * ell["ratio_err"], 0.002) and ell["ratio_err"] < 0.006
+    for c in ("sei_type1", "electrolyte"):
+        assert {"count", "peak_q_mean", "peak_q_std", "fit_mu", "fit_sigma"} <= set(s["classes"][c])
+    truth = np.load(synth_run / "truth.npz")
+    origin = np.asarray(g["calibration/origin"])
+    assert np.abs(origin - truth["centre"]).max() < 0.1
+    for f in ("peak_map", "class_map", "histograms", "class_profiles", "overview"):
+        assert (out / "figures" / f"{f}.png").stat().st_size > 10_000
+        assert (out / "figures" / f"{f}.pdf").read_bytes()[:4] == b"%PDF"
+    assert (out / "tables" / "classes.csv").read_text().startswith("class,")
+
+
+def test_rerun_reuses_and_classification_change_recomputes_only_later_stages(synth_run, capsys):
+    cfg = str(synth_run / "config.yaml")
+    before = zarr.open_group(str(synth_run / "results" / "sendmap.zarr"), mode="r").attrs["stages"]
+    assert main(["run", cfg, "--no-progress"]) == 0
+    s = json.loads((synth_run / "results" / "summary.json").read_text())
+    assert s["reused_stages"] == ["ingest", "calibrate", "profiles", "peaks", "classify", "statistics", "report"]
+    assert main(["run", cfg, "--no-progress", "--set", "classify.definitions.lif_spot_z=7"]) == 0
+    s = json.loads((synth_run / "results" / "summary.json").read_text())
+    assert s["reused_stages"] == ["ingest", "calibrate", "profiles", "peaks"]
+    after = zarr.open_group(str(synth_run / "results" / "sendmap.zarr"), mode="r").attrs["stages"]
+    assert after["profiles"] == before["profiles"]
+    assert after["classify"]["config"]["classify"]["definitions"]["lif_spot_z"] == 7
+
+
+def test_input_file_is_not_modified(synth_run):
+    from sendmap.io import fingerprint
+
+    mib = synth_run / "synth.mib"
+    fp = fingerprint(mib)
+    mtime = mib.stat().st_mtime_ns
+    assert main(["run", str(synth_run / "config.yaml"), "--no-progress", "--force"]) == 0
+    assert fingerprint(mib) == fp and mib.stat().st_mtime_ns == mtime
