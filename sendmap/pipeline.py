@@ -407,6 +407,8 @@ def stage_peaks(ctx: Context) -> None:
                     cfg.peaks.smooth_sigma_bins, cfg.peaks.degree)
     for key, val in res.items():
         write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith("q") else None)
+    set_attrs(g, peaks={"fit_half_width": cfg.peaks.fit_half_width, "degree": cfg.peaks.degree,
+                        "method": "weighted polynomial fit, maximum by Newton, delta-method error"})
 
 
 # --------------------------------------------------------------------------------------------- classify

@@ -23,6 +23,8 @@ def test_accuracy_against_truth(synth_run):
     r = evaluate(synth_run / "results", synth_run)
     assert r["class_accuracy"] >= 0.90, r
     assert r["peak_mae"] <= 0.010, r
+    assert abs(r["peak_bias"]) <= 0.002, r
+    assert 0.55 <= r["peak_coverage_1sigma"] <= 0.80, r  # ±1σ holds ≈68 %; ~300 positions: ±0.03 binomial
     assert r["crystal_with_peak"] == 0
 
 

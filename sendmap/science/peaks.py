@@ -7,8 +7,8 @@ Method, for a block of profiles at once (no Python loop over positions):
 2. a weighted least-squares fit of a degree-``degree`` polynomial over ± ``half_width`` 1/Å around it,
    weights 1/sem²; the peak is the polynomial's maximum (Newton refinement of p'(q) = 0);
 3. the uncertainty propagates the fit covariance to the root of p'(q): σ_q² = gᵀ C g with
-   g_j = −j·x^{j−1} / p''(x) (delta method), scaled by sqrt(χ²_red) where the model fits worse than
-   the noise predicts.
+   g_j = −j·x^{j−1} / p''(x) (delta method), scaled by sqrt(χ²_red) where the model fits significantly
+   worse than the noise predicts.
 """
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     model = np.einsum("nmi,ni->nm", xp, np.nan_to_num(coef))
     dof = np.maximum(np.sum(wgt > 0, axis=1) - (degree + 1), 1)
     chi2_red = np.sum(wgt * (y - model) ** 2, axis=1) / dof
-    var_x *= np.maximum(chi2_red, 1.0)
+    # inflate only where the misfit is significant (beyond 2σ of the χ² distribution), not for noise
+    significant = chi2_red > 1.0 + 2.0 * np.sqrt(2.0 / dof)
+    var_x *= np.where(significant, chi2_red, 1.0)
     q_fit = q[centre] + xs * h * bw
     height = np.sum(coef * xs[:, None] ** powers, axis=1)
     out["q_peak"] = np.where(interior, q_fit, np.where(have, q[np.maximum(idx0, 0)], np.nan))
