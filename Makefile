@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
-BATCH_DIR ?= configs/batch
+BATCH_DIR ?= configs/scenarios
 
-.PHONY: demo test run batch bench venv clean
+.PHONY: demo test run batch bench venv clean scenarios
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf results
+
+# The synthetic published scenarios (configs/scenarios/*.yaml), with ground truth, then their accuracy.
+scenarios: $(STAMP)
+	$(BIN)/sendmap synth data/synthetic/li_cu_2e4 --dose 20000 --seed 0 --quiet
+	$(BIN)/sendmap synth data/synthetic/li_cu_5e3 --dose 5000 --seed 0 --quiet
+	@for d in 2e4 5e3; do $(BIN)/sendmap run configs/scenarios/li_cu_$$d.yaml --no-progress && \
+	  $(BIN)/python -m sendmap.evaluate results/li_cu_$$d data/synthetic/li_cu_$$d --brief; done

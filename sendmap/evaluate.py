@@ -60,8 +60,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="compare a sendmap result folder with a synthetic ground truth")
     p.add_argument("out_dir")
     p.add_argument("truth_dir")
+    p.add_argument("--brief", action="store_true", help="one line: accuracy, peak MAE, bias, 1-sigma coverage")
     a = p.parse_args(argv)
-    print(json.dumps(evaluate(Path(a.out_dir), Path(a.truth_dir)), indent=1))
+    r = evaluate(Path(a.out_dir), Path(a.truth_dir))
+    if a.brief:
+        print(f"{a.out_dir}: class accuracy {r['class_accuracy']:.3f}, peak MAE {r['peak_mae']:.4f} 1/Å, "
+              f"bias {r['peak_bias']:+.4f} 1/Å, ±1σ coverage {r['peak_coverage_1sigma']:.2f}, "
+              f"per-class mean error " + ", ".join(f"{k} {v['mean_error']:+.4f}" for k, v in r["per_class"].items()
+                                                   if "mean_error" in v))
+    else:
+        print(json.dumps(r, indent=1))
     return 0
 
 

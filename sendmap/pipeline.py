@@ -153,7 +153,6 @@ def stage_ingest(ctx: Context) -> None:
     write_array(ctx.group, "ingest/mean_pattern", total_sum / n, {"units": "counts per position"})
     write_array(ctx.group, "ingest/max_pattern", total_max, {"units": "counts"})
     write_array(ctx.group, "ingest/total_counts", counts, {"units": "counts per position"})
-    set_attrs(ctx.group, dose=dose_record(ctx.cfg, counts))
 
 
 def dose_record(cfg: Config, counts: np.ndarray) -> dict:
@@ -480,7 +479,8 @@ def stage_statistics(ctx: Context) -> None:
     write_array(g, "statistics/class_mean_iqn", mean, {"class_names": list(CLASS_NAMES)})
     write_array(g, "statistics/class_sem_iqn", sem, {"class_names": list(CLASS_NAMES)})
     layers = layer_thickness(cls, cfg.calibration.scan_step_nm)
-    set_attrs(g, statistics={"classes": classes, "layers": layers})
+    set_attrs(g, statistics={"classes": classes, "layers": layers},
+              dose=dose_record(cfg, np.asarray(g["ingest/total_counts"])))
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -494,11 +494,11 @@ def stage_report(ctx: Context) -> None:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
-    Stage("calibrate", ("calibration", "dose"), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
+    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF"),
     Stage("peaks", ("peaks",), stage_peaks, "first SRO peak: position, error, height, prominence"),
     Stage("classify", ("classify",), stage_classify, "class per position; final peak maps"),
-    Stage("statistics", ("statistics",), stage_statistics, "histogram fits, class-mean profiles, layers"),
+    Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), stage_report, "figures and tables"),
 )
 
