@@ -14,6 +14,7 @@ Results come back in item order whatever the scheduler.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -69,7 +70,9 @@ def run_blocks(load: Callable, process: Callable, items: Sequence, compute, desc
         elif scheduler == "processes":
             n = compute.n_workers or max(1, min(len(items), os.cpu_count() or 1))
             per = max(1, (os.cpu_count() or 1) // n)
-            with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, initargs=(per,)) as pool:
+            # spawn, not fork: a forked child of a process whose numba thread pool is running can crash
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(per,)) as pool:
                 futures = [pool.submit(_load_and_process, load, process, it) for it in items]
                 for i, f in enumerate(futures):
                     deliver(i, f.result())

@@ -81,3 +81,24 @@ def test_input_file_is_not_modified(synth_run):
     mtime = mib.stat().st_mtime_ns
     assert main(["run", str(synth_run / "config.yaml"), "--no-progress", "--force"]) == 0
     assert fingerprint(mib) == fp and mib.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("scheduler", ["processes", "distributed"])
+def test_schedulers_give_identical_results(synth_run, scheduler):
+    out = f"results_{scheduler}"
+    assert main(["run", str(synth_run / "config.yaml"), "--no-progress", "--set", f"compute.scheduler={scheduler}",
+                 "--set", "compute.n_workers=2", "--set", f"output.dir={out}", "--set", "output.figures=false"]) == 0
+    a = zarr.open_group(str(synth_run / "results" / "sendmap.zarr"), mode="r")
+    b = zarr.open_group(str(synth_run / out / "sendmap.zarr"), mode="r")
+    for key in ("data", "calibration/origin", "profiles/iqn", "profiles/sem", "maps/peak_q", "maps/class"):
+        assert np.array_equal(np.asarray(a[key]), np.asarray(b[key]), equal_nan=True), key
+
+
+def test_info_describes_file_and_store(synth_run, capsys):
+    assert main(["info", str(synth_run / "synth.mib")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["format"] == "mib" and d["scan_shape"] == [20, 30] and d["frame_shape"] == [128, 128]
+    assert main(["info", str(synth_run / "results")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["status"] == "complete" and d["arrays"]["maps/class"]["shape"] == [20, 30]
+    assert set(d["stages"]) >= {"ingest", "profiles", "report"}

@@ -10,6 +10,7 @@ import pytest
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.axis import Tick
 from matplotlib.text import Text
 
 from sendmap.report import figures as F
@@ -76,6 +77,12 @@ def data() -> dict:
     return synthetic()
 
 
+@pytest.fixture(scope="module")
+def all_figures(data) -> dict[str, Figure]:
+    """Every figure once per module (building them is the slow part)."""
+    return _all_figures(data)
+
+
 def _all_figures(d: dict) -> dict[str, Figure]:
     return {
         "peak_map": plot_peak_map(d["peak_q"], STEP, DOSE),
@@ -112,8 +119,8 @@ def _pdf_pages(raw: bytes) -> int:
 # -- every figure ------------------------------------------------------------------------------------
 
 
-def test_every_function_returns_figure_with_dose(data):
-    for name, fig in _all_figures(data).items():
+def test_every_function_returns_figure_with_dose(all_figures):
+    for name, fig in all_figures.items():
         assert isinstance(fig, Figure), name
         assert any(DOSE in t for t in _texts(fig)), f"{name}: dose not printed"
         w, h = fig.get_size_inches()
@@ -159,8 +166,8 @@ def test_save_figure_png_pdf(tmp_path, data):
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["class_map.pdf", "class_map.png"]
 
 
-def test_save_all_figures_sizes(tmp_path, data):
-    for name, fig in _all_figures(data).items():
+def test_save_all_figures_sizes(tmp_path, all_figures):
+    for name, fig in all_figures.items():
         png, pdf = save_figure(fig, tmp_path / name)
         arr = imread(png)
         w, h = fig.get_size_inches()
@@ -340,6 +347,72 @@ def test_overview_panels(data):
     fig2 = plot_overview(data["peak_q"], data["class_map"], CLASS_NAMES, data["q"], data["profiles"], data["fits"], 1,
                          STEP, DOSE)
     assert sorted(t for t in _texts(fig2) if re.fullmatch(r"[a-e]", t)) == list("abcd")
+
+
+def _map_sizes_in(fig: Figure) -> list[tuple[float, float]]:
+    """Drawn (width, height) of every map axes, inches."""
+    fig.canvas.draw()
+    out = []
+    for ax in fig.get_axes():
+        if ax.get_gid() == "map":
+            bb = ax.get_window_extent()
+            out.append((bb.width / fig.dpi, bb.height / fig.dpi))
+    return out
+
+
+def _inside_figure(fig: Figure) -> None:
+    """No text is cut off at the figure's edges."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    fb = fig.bbox
+    # tick labels: only those of the ticks drawn (axes keep spare Tick objects outside the view)
+    tick_texts = {id(t) for tick in fig.findobj(Tick) for t in (tick.label1, tick.label2)}
+    drawn_ticks = []
+    for ax in fig.get_axes():
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            eps = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if tick.get_loc() is not None and lo - eps <= tick.get_loc() <= hi + eps:
+                    drawn_ticks += [t for t in (tick.label1, tick.label2) if t.get_visible()]
+    texts = [t for t in fig.findobj(Text) if id(t) not in tick_texts] + drawn_ticks
+    for t in texts:
+        if not t.get_visible() or not t.get_text().strip():
+            continue
+        bb = t.get_window_extent(renderer)
+        assert bb.x0 >= fb.x0 - 1 and bb.x1 <= fb.x1 + 1 and bb.y0 >= fb.y0 - 1 and bb.y1 <= fb.y1 + 1, t.get_text()
+
+
+def test_overview_maps_equal_size_and_nothing_cut(all_figures, data):
+    fig = all_figures["overview"]
+    sizes = _map_sizes_in(fig)
+    assert len(sizes) == 2
+    (w1, h1), (w2, h2) = sizes
+    assert w1 == pytest.approx(w2, abs=0.02) and h1 == pytest.approx(h2, abs=0.02)
+    for name, f in all_figures.items():
+        _inside_figure(f)
+
+
+@pytest.mark.parametrize("shape", [(120, 30), (40, 200), (12, 200)])
+def test_layouts_for_tall_and_wide_scans(shape, recwarn):
+    """Tall scans (legend right), wide strips (maps stacked, colourbar below): no collapsed layout,
+    maps of equal size, figure within a page, no text cut off."""
+    d = synthetic(*shape, seed=1)
+    fig = plot_overview(d["peak_q"], d["class_map"], CLASS_NAMES, d["q"], d["profiles"], d["fits"], 1, STEP, DOSE,
+                        bf=d["bf"], reference_ticks=d["ref"])
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(F.DOUBLE_COLUMN_IN, abs=1e-3) and h < 9.5
+    sizes = np.array(_map_sizes_in(fig))
+    assert len(sizes) == 3
+    assert np.ptp(sizes[:, 0]) < 0.03 and np.ptp(sizes[:, 1]) < 0.03
+    # square pixels: drawn aspect equals the scan's
+    assert sizes[0, 0] / sizes[0, 1] == pytest.approx(shape[1] / shape[0], rel=0.03)
+    _inside_figure(fig)
+    for f in (plot_peak_map(d["peak_q"], STEP, DOSE), plot_class_map(d["class_map"], CLASS_NAMES, STEP, DOSE),
+              plot_virtual_images(d["bf"], d["adf"], STEP, DOSE)):
+        assert f.get_size_inches()[1] < 9.5
+        _inside_figure(f)
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
 
 
 def test_threads_build_figures_concurrently(tmp_path, data):

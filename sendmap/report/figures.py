@@ -9,9 +9,15 @@ several threads at once.
 Colours are colour-blind safe: classes use the Okabe-Ito palette, fixed per class name
 (:data:`CLASS_COLORS`); the SRO peak position map uses ``cividis``; virtual images use ``gray`` (bright
 field) and ``magma`` (annular dark field); positions without a value are drawn in a light grey
-(:data:`NAN_COLOR`) and named in a legend ("No SRO peak").
+(:data:`NAN_COLOR`) and named by a swatch beside the colourbar ("No SRO peak").
 
 Every figure carries the electron dose that produced it on its top line (``dose_text``).
+
+Maps are drawn with square pixels (one scan step each) and no ticks, with a round-length scale bar.
+Because a map's aspect is fixed, each figure's height is fitted to its maps after a first layout
+(:func:`_fit_layout`): side-by-side maps are made equally large, empty bands are cut, tall scans get
+their legend beside the map and wide strips are stacked with a horizontal colourbar. The fitted
+layout is then frozen, so a saved figure is exactly the fitted one.
 
 :func:`save_figure` writes ``<base>.png`` (300 dpi) and ``<base>.pdf`` (vector), each through a
 temporary file in the same folder and :func:`os.replace`, so a file with the final name is never
@@ -34,8 +40,9 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
-from matplotlib.gridspec import GridSpec
 from matplotlib.font_manager import FontProperties
+from matplotlib.gridspec import GridSpec
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch
 from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
@@ -611,8 +618,6 @@ def _draw_histograms(panel, peak_q, class_map, class_names, fits, bin_width):
     ax.set_ylim(0, ymax * 1.08 if ymax > 0 else 1)
     ax._sendmap_data_top = float(ymax)  # _fit_layout raises the y limit so the legend clears the bars
     # one legend entry per class: filled patch (histogram) with the fit line on top
-    from matplotlib.legend_handler import HandlerTuple  # local: only used here
-
     legend_handles = [(p, ln) if ln is not None else p for p, ln, _ in handles]
     ax.legend(
         legend_handles,
@@ -731,6 +736,21 @@ def _box_and_map_in(ax) -> tuple[float, float, float, float]:
     return box.width * pw, box.height * ph, act.width * pw, act.height * ph
 
 
+def _free_below_in(ax) -> float:
+    """Height of the empty band under a map inside its layout box (maps sit at the top of their
+    box), less what hangs below the map into that band (legend, colourbar), inches: what can be
+    cut from the figure without the layout having to shrink the map."""
+    root = ax.get_figure(root=True)
+    renderer = root.canvas.get_renderer()
+    parent = ax.get_figure(root=False)
+    box = ax.get_position(original=True).transformed(parent.transSubfigure)
+    act = ax.get_position(original=False).transformed(parent.transSubfigure)
+    tight = ax.get_tightbbox(renderer)
+    gap = act.y0 - box.y0
+    hang = max(0.0, act.y0 - tight.y0)
+    return max(0.0, gap - hang) / root.dpi
+
+
 def _resize_row(fig: Figure, delta_in: float, rows: tuple[GridSpec, int] | None) -> None:
     """Change the figure height by ``delta_in``; with ``rows`` only that row of the gridspec changes."""
     w, h = fig.get_size_inches()
@@ -740,7 +760,7 @@ def _resize_row(fig: Figure, delta_in: float, rows: tuple[GridSpec, int] | None)
         rows_in = ratios / ratios.sum() * h
         rows_in[row] += delta_in
         gs.set_height_ratios(list(rows_in))
-    fig.set_size_inches(w, _snap_in(h + delta_in))
+    fig.set_size_inches(w, _snap_in(max(h + delta_in, 0.8)))
 
 
 def _fit_maps(
@@ -787,7 +807,7 @@ def _fit_maps(
                 deco = np.where(np.isfinite(box_w), widths - box_w, 0.0)
                 columns.set_width_ratios(list(np.maximum(target + deco, 0.1)))
                 continue
-        slack = min(bh - mh for _, bh, _, mh in sizes)
+        slack = min(_free_below_in(ax) for ax in maps)
         if slack > 3 * tol:  # cut it, leaving a little so rounding cannot make a map height-limited
             _resize_row(fig, -(slack - tol) * stacked, rows)
             continue
@@ -1066,8 +1086,6 @@ def save_figure(fig: Figure, out_base) -> list[Path]:
     creator = f"sendmap {version} (matplotlib {matplotlib.__version__})"
     out = []
     with style_context():
-        if not isinstance(fig.canvas, FigureCanvasAgg):
-            FigureCanvasAgg(fig)
         out.append(
             _atomic_savefig(fig, base.parent / f"{base.name}.png", "png", dpi=DPI, metadata={"Software": creator})
         )
