@@ -108,7 +108,8 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
         "histograms": F.plot_histograms(peak, cls, CLASS_NAMES, fits, dose),
         "class_profiles": F.plot_class_profiles(q, profiles, n, dose, reference_ticks=ticks, sem=sems, window=window),
         "virtual_images": F.plot_virtual_images(bf, adf, step, dose),
-        "overview": F.plot_overview(peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose, bf=bf, reference_ticks=ticks),
+        "overview": F.plot_overview(peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose, bf=bf, reference_ticks=ticks,
+                                    sem=sems, window=window),
     }
     written = []
     for name, fig in figs.items():
