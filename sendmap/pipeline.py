@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,10 @@ class Context:
     dataset: Dataset | None
     input_info: dict
     log: Callable[[str], None] = print
-    timing: dict = field(default_factory=dict)
 
     @property
     def store_path(self) -> str:
         return str(self.out_dir / STORE_NAME)
-
-    def attr(self, name: str, default=None):
-        return self.group.attrs.get(name, default)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """`sendmap synth` then `sendmap run`: accuracy against ground truth, stage reuse, schedulers."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

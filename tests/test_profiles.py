@@ -91,7 +91,7 @@ def test_spot_significance_finds_bragg_disk():
 
 
 def test_profile_matches_pyfai_integrate1d():
-    pyFAI = pytest.importorskip("pyFAI", reason="pyFAI (test extra) is the peer reference")
+    pytest.importorskip("pyFAI", reason="pyFAI (test extra) is the peer reference")
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
     centre = (63.37, 64.81)
