@@ -52,54 +52,96 @@ class PolarGeometry:
                 self.supersample)
 
 
+@numba.njit(cache=True, inline="always")
+def _fast_atan2(y, x):
+    """atan2 to ≤ 1e-5 rad (Hastings' minimax polynomial for atan on [0, 1] with octant reduction).
+
+    Only the azimuthal sector of a pixel depends on it, so a 1e-5 rad error moves no pixel of a 5° sector
+    except within 1e-5 rad of a boundary; it is ~4× cheaper than math.atan2, the kernel's largest cost.
+    """
+    ax = abs(x)
+    ay = abs(y)
+    if ax == 0.0 and ay == 0.0:
+        return 0.0
+    swap = ay > ax
+    z = ax / ay if swap else ay / ax
+    z2 = z * z
+    r = z * (0.99997726 + z2 * (-0.33262347 + z2 * (0.19354346 + z2 * (-0.11643287 + z2 * (0.05265332
+                                                                                        - z2 * 0.01172120)))))
+    if swap:
+        r = 0.5 * math.pi - r
+    if x < 0.0:
+        r = math.pi - r
+    if y < 0.0:
+        r = -r
+    return r
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _polar_kernel(frames, centres, mask, qpx, bw, nq, nphi, a, b, ct, st, ss, out_s, out_w, out_w2, out_c2):
     nb, ny, nx = frames.shape
     inv_ss = 1.0 / ss
     w_sub = inv_ss * inv_ss
     two_pi = 2.0 * math.pi
+    ia = 1.0 / a
+    ib = 1.0 / b
+    scale = qpx / bw  # pixels of undistorted radius -> radial bin index
+    # radial bins one pixel can touch: its diagonal (√2 px) stretched by the ellipse, in bins, plus the ends
+    max_span = int(1.5 * max(ia, ib) * scale) + 3
+    # sub-pixel offsets from the pixel centre, already rotated into the ellipse frame (u, v)
+    off = np.empty(ss)
+    for k in range(ss):
+        off[k] = (k + 0.5) * inv_ss - 0.5
     for f in numba.prange(nb):
         cy = centres[f, 0]
         cx = centres[f, 1]
         idx = np.empty(ss * ss, np.int64)
+        cnt = np.empty(max_span, np.int64)
         for iy in range(ny):
+            dy0 = iy - cy
             for ix in range(nx):
                 if not mask[iy, ix]:
                     continue
                 c = np.float64(frames[f, iy, ix])
-                dy0 = iy - cy
                 dx0 = ix - cx
-                phi = math.atan2(dy0, dx0) + math.pi
+                phi = _fast_atan2(dy0, dx0) + math.pi
                 kp = int(phi / two_pi * nphi)
                 if kp >= nphi:
                     kp = nphi - 1
+                u0 = dx0 * ct + dy0 * st
+                v0 = -dx0 * st + dy0 * ct
                 n_in = 0
                 for sy in range(ss):
-                    dy = dy0 + (sy + 0.5) * inv_ss - 0.5
+                    du_y = off[sy] * st
+                    dv_y = off[sy] * ct
                     for sx in range(ss):
-                        dx = dx0 + (sx + 0.5) * inv_ss - 0.5
-                        u = dx * ct + dy * st
-                        v = -dx * st + dy * ct
-                        rho = math.sqrt((u / a) * (u / a) + (v / b) * (v / b))
-                        iq = int(rho * qpx / bw)
+                        u = (u0 + off[sx] * ct + du_y) * ia
+                        v = (v0 - off[sx] * st + dv_y) * ib
+                        iq = int(math.sqrt(u * u + v * v) * scale)
                         if iq < nq:
                             out_s[f, iq, kp] += w_sub * c
                             out_w[f, iq, kp] += w_sub
                             idx[n_in] = iq
                             n_in += 1
-                # per-pixel weight per radial bin, for the Poisson variance sum W_p^2 and the pixel variance
+                # per-pixel weight per radial bin (for the Poisson variance sum W_p^2 and the pixel variance):
+                # the sub-pixels of one pixel fall in a few consecutive bins, counted from the lowest one
+                if n_in == 0:
+                    continue
+                lo = idx[0]
+                hi = idx[0]
+                for i in range(1, n_in):
+                    lo = min(lo, idx[i])
+                    hi = max(hi, idx[i])
+                span = hi - lo + 1
+                for k in range(span):
+                    cnt[k] = 0
                 for i in range(n_in):
-                    iq = idx[i]
-                    if iq < 0:
-                        continue
-                    cnt = 1
-                    for j in range(i + 1, n_in):
-                        if idx[j] == iq:
-                            cnt += 1
-                            idx[j] = -1
-                    wp = cnt * w_sub
-                    out_w2[f, iq] += wp * wp
-                    out_c2[f, iq] += wp * c * c
+                    cnt[idx[i] - lo] += 1
+                for k in range(span):
+                    if cnt[k] > 0:
+                        wp = cnt[k] * w_sub
+                        out_w2[f, lo + k] += wp * wp
+                        out_c2[f, lo + k] += wp * c * c
 
 
 @dataclass
