@@ -311,10 +311,7 @@ class _EllipseProcess:
         ps = polar_sums(frames, centres, self.mask, self.geom)
         q = self.geom.q_centres
         z = spot_significance_profile(ps, q, self.disk_radius_q)
-        band = np.zeros(q.shape, bool)
-        for lo, hi in self.crystal_bands:
-            band |= (q >= lo) & (q < hi)
-        zc = np.nanmax(np.where(band[None, :], z, -np.inf), axis=1) if band.any() else np.zeros(len(frames))
+        zc = band_max(z, q, self.crystal_bands)
         keep = zc < self.crystal_spot_z
         return ps.s[keep].sum(axis=0), ps.w[keep].sum(axis=0)
 
@@ -528,8 +525,9 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     path = cfg.input_path()
     ds = open_dataset(path, cfg.input.format, cfg.input.scan_shape)
     q_pixel_size(cfg)
-    info = {"path": str(path), "format": ds.format, "bytes": fingerprint(path)["bytes"],
-            "fingerprint": fingerprint(path)["sha256_sampled"], "scan_shape": list(ds.scan_shape),
+    fp = fingerprint(path)
+    info = {"path": str(path), "format": ds.format, "bytes": fp["bytes"],
+            "fingerprint": fp["sha256_sampled"], "scan_shape": list(ds.scan_shape),
             "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype), "reader_metadata": ds.metadata}
     return ds, info
 
