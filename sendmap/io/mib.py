@@ -35,18 +35,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dask.array as da
-from dask.array.core import normalize_chunks
 import numpy as np
 
 from sendmap import __version__
 from sendmap.errors import SendmapInputError
+from sendmap.io._common import check_scan_shape, frame_range, scan_chunks
 
 _MAGIC = b"MQ1"
 _DTYPES = {"U08": np.dtype(">u1"), "U16": np.dtype(">u2"), "U32": np.dtype(">u4")}
 _GEOMETRY_FIELDS = (2, 4, 5, 6)
 """Header fields that fix the frame stride: data offset, width, height, pixel depth."""
-_CHUNK_BYTES = 64 * 2**20
-"""Largest default chunk (native bytes); chunks are whole scan rows, so 32-64 MiB where a row fits."""
 _WRITE_BLOCK_BYTES = 16 * 2**20
 """Input read per step by :func:`write_mib`."""
 
@@ -162,9 +160,9 @@ def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
     info = read_mib_info(path)
     if scan_shape is None:
         scan_shape = _default_scan_shape(info)
-    scan_shape = _check_scan_shape(scan_shape, info.n_frames, info.path)
+    scan_shape = check_scan_shape(scan_shape, info.n_frames, info.path)
     native = info.dtype.newbyteorder("=")
-    chunks = _scan_chunks(scan_shape, info.frame_shape, native.itemsize, frames_per_chunk)
+    chunks = scan_chunks(scan_shape, info.frame_shape, native.itemsize, frames_per_chunk)
     data = da.map_blocks(_load_mib_block, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                          info=info, row_length=scan_shape[1])
     return data, info
@@ -224,43 +222,10 @@ def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure
     return path
 
 
-# --- shared with sendmap.io.npy: scan shape and chunk plan ---------------------------------------------
-
-def _check_scan_shape(scan_shape, n_frames: int, path: Path) -> tuple[int, int]:
-    """``scan_shape`` as (Ry, Rx) ints, or SendmapInputError if it is not two positive ints making n_frames."""
-    try:
-        ry, rx = (int(v) for v in scan_shape)
-    except (TypeError, ValueError):
-        raise SendmapInputError(f"{path}: scan_shape must be two integers (Ry, Rx), not {scan_shape!r}") from None
-    if ry < 1 or rx < 1 or ry * rx != n_frames:
-        raise SendmapInputError(
-            f"{path}: scan_shape {ry} x {rx} = {ry * rx} probe positions does not match the {n_frames} frames "
-            "in the file")
-    return ry, rx
-
-
-def _scan_chunks(scan_shape: tuple[int, int], frame_shape: tuple[int, int], itemsize: int,
-                 frames_per_chunk: int | None) -> tuple[tuple[int, ...], ...]:
-    """Dask chunks of a (Ry, Rx, Qy, Qx) array, each a run of consecutive frames (whole rows or part of one)."""
-    ry, rx = scan_shape
-    if frames_per_chunk is None:
-        frames_per_chunk = max(1, _CHUNK_BYTES // (frame_shape[0] * frame_shape[1] * itemsize))
-    elif not isinstance(frames_per_chunk, (int, np.integer)) or frames_per_chunk < 1:
-        raise SendmapInputError(f"frames_per_chunk must be a positive integer, not {frames_per_chunk!r}")
-    rows, cols = (frames_per_chunk // rx, rx) if frames_per_chunk >= rx else (1, frames_per_chunk)
-    return normalize_chunks((rows, cols, -1, -1), shape=(ry, rx, *frame_shape))
-
-
-def _frame_range(block_info: dict, row_length: int) -> tuple[slice, tuple[int, int]]:
-    """Frames of the chunk described by dask's ``block_info`` (consecutive, see _scan_chunks) and its scan shape."""
-    (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
-    return slice(r0 * row_length + c0, (r1 - 1) * row_length + c1), (r1 - r0, c1 - c0)
-
-
 # --- private helpers -----------------------------------------------------------------------------------
 
 def _load_mib_block(info: MibInfo, row_length: int, block_info=None) -> np.ndarray:
-    frames, shape = _frame_range(block_info, row_length)
+    frames, shape = frame_range(block_info, row_length)
     px = mib_memmap(info)["px"][frames, ::-1]
     return np.array(px, dtype=info.dtype.newbyteorder("=")).reshape(*shape, *info.frame_shape)
 

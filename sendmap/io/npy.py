@@ -7,7 +7,7 @@ import dask.array as da
 import numpy as np
 
 from sendmap.errors import SendmapInputError
-from sendmap.io.mib import _check_scan_shape, _frame_range, _scan_chunks
+from sendmap.io._common import check_scan_shape, frame_range, scan_chunks
 
 
 def read_npy_dask(path, scan_shape: tuple[int, int] | None = None,
@@ -33,11 +33,11 @@ def read_npy_dask(path, scan_shape: tuple[int, int] | None = None,
                 f"{path}: scan_shape {tuple(scan_shape)} does not match the file's scan axes {array.shape[:2]}")
         scan_shape = array.shape[:2]
     else:
-        scan_shape = _check_scan_shape((1, array.shape[0]) if scan_shape is None else scan_shape,
+        scan_shape = check_scan_shape((1, array.shape[0]) if scan_shape is None else scan_shape,
                                        array.shape[0], path)
     frame_shape = array.shape[-2:]
     native = array.dtype.newbyteorder("=")
-    chunks = _scan_chunks(scan_shape, frame_shape, native.itemsize, frames_per_chunk)
+    chunks = scan_chunks(scan_shape, frame_shape, native.itemsize, frames_per_chunk)
     return da.map_blocks(_load_npy_block, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                          path=path, row_length=scan_shape[1])
 
@@ -60,5 +60,5 @@ def _load_npy_block(path: Path, row_length: int, block_info=None) -> np.ndarray:
     if array.ndim == 4:
         (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
         return np.array(array[r0:r1, c0:c1], dtype=native)
-    frames, shape = _frame_range(block_info, row_length)
+    frames, shape = frame_range(block_info, row_length)
     return np.array(array[frames], dtype=native).reshape(*shape, *array.shape[1:])
