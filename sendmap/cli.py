@@ -22,8 +22,11 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, args.set)
     if args.no_progress:
         cfg.compute.progress = False
-    summary = run_pipeline(cfg, force=args.force)
+    summary = run_pipeline(cfg, force=args.force, until=args.until)
     out = cfg.output_dir()
+    if args.until:
+        print(f"[sendmap] stopped after {args.until} (--until); timing {summary['timing_s']}")
+        return 0
     print(f"[sendmap] done: {out / 'summary.json'}")
     if cfg.output.figures:
         print(f"[sendmap] figures: {out / 'figures'}")
@@ -59,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="section.key=value", help="override a config key (repeatable)")
     r.add_argument("--force", action="store_true", help="recompute every stage")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--until", metavar="STAGE", default=None,
+                   choices=["ingest", "calibrate", "profiles", "peaks", "classify", "statistics", "report"],
+                   help="stop after this stage (its outputs are kept and reused by the next full run)")
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("synth", help="write a synthetic SEND dataset with ground truth and a config")

@@ -19,17 +19,45 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-FORMATS = ("auto", "mib", "dm4", "empad", "arina", "py4dstem", "npy", "zarr", "raw")
+FORMATS = ("auto", "mib", "dm4", "dm3", "empad", "arina", "py4dstem", "npy", "zarr", "raw")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RawLayout(_Section):
+    """Byte layout of a raw binary file (``input.format: raw``): a file header, then per frame a header,
+    Qy × Qx pixels and a footer."""
+
+    dtype: str = Field(..., description="pixel type, a numpy name: uint8, uint16, >u2, float32, ...")
+    frame_shape: tuple[int, int] = Field(..., description="[Qy, Qx] detector pixels")
+    header_bytes: int = Field(0, ge=0, description="bytes before the first frame")
+    frame_header_bytes: int = Field(0, ge=0, description="bytes before each frame's pixels")
+    frame_footer_bytes: int = Field(0, ge=0, description="bytes after each frame's pixels")
+    byte_order: Literal["<", ">", "="] = Field("<", description="'<' little-endian, '>' big-endian, '=' native")
+
+
+Region = tuple[int, int, int, int]
+
+
 class InputConfig(_Section):
     path: str = Field(..., description="the raw dataset; relative to the config file's folder")
     format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
     scan_shape: Optional[tuple[int, int]] = Field(None, description="[Ry, Rx] where the file does not record it")
+    dataset: Optional[str] = Field(
+        None, description="HDF5 or zarr path of the 4D array inside the file (null: found automatically)")
+    raw: Optional[RawLayout] = Field(None, description="byte layout, required for format: raw")
+    crop_r: Optional[Region] = Field(
+        None, description="[y0, y1, x0, x1] probe positions kept (half-open, before binning); null: all")
+    crop_q: Optional[Region] = Field(
+        None, description="[y0, y1, x0, x1] detector pixels kept (half-open, before binning); null: all")
+    bin_r: int = Field(1, ge=1, le=16, description="sum bin_r × bin_r probe positions into one (scan step grows by bin_r)")
+    bin_q: int = Field(1, ge=1, le=16, description="sum bin_q × bin_q detector pixels into one (Q per pixel grows by bin_q)")
+    nonfinite: Literal["error", "mask"] = Field(
+        "error", description="NaN/inf in float data: 'error' (exit 2, naming the first), or 'mask' (set to 0, "
+                             "detector pixels holding them masked, counts logged and stored)")
+    in_place: bool = Field(True, description="use a zarr input array in place (no copy) when it needs no crop or binning")
 
     @field_validator("scan_shape")
     @classmethod
@@ -38,10 +66,24 @@ class InputConfig(_Section):
             raise ValueError(f"scan_shape must be two positive integers, got {list(v)}")
         return v
 
+    @field_validator("crop_r", "crop_q")
+    @classmethod
+    def _region(cls, v):
+        if v is not None and not (0 <= v[0] < v[1] and 0 <= v[2] < v[3]):
+            raise ValueError(f"a crop is [y0, y1, x0, x1] with 0 <= y0 < y1 and 0 <= x0 < x1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _raw_layout(self):
+        if self.format == "raw" and self.raw is None:
+            raise ValueError("format: raw needs input.raw: {dtype, frame_shape, header_bytes, frame_header_bytes, "
+                             "frame_footer_bytes, byte_order}")
+        return self
+
 
 class CalibrationConfig(_Section):
-    q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per detector pixel, Q = 1/d")
-    scan_step_nm: float = Field(4.0, gt=0, description="probe step, nm")
+    q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per (unbinned) detector pixel, Q = 1/d")
+    scan_step_nm: float = Field(4.0, gt=0, description="probe step of the recording (before input.bin_r), nm")
     beam_energy_kv: float = Field(200.0, gt=0, description="accelerating voltage, kV")
     convergence_mrad: float = Field(2.0, gt=0, description="probe convergence semi-angle, mrad")
     camera_length_mm: Optional[float] = Field(None, gt=0, description="used with detector_pixel_um when q_pixel_size is null")
@@ -126,7 +168,10 @@ class ComputeConfig(_Section):
     scheduler: Literal["threads", "processes", "distributed", "synchronous"] = "threads"
     address: Optional[str] = Field(None, description="tcp://host:port of a running dask scheduler (distributed)")
     n_workers: Optional[int] = Field(None, ge=1)
-    chunk_mb: float = Field(64.0, gt=0, description="target size of one ingest chunk, MB")
+    chunk_mb: float = Field(16.0, gt=0, description="target size of one stored chunk of data (whole scan rows where "
+                                                       "a row is at most twice this), MB")
+    block_mb: float = Field(32.0, gt=0, description="data read and processed per task (whole chunks), MB; memory "
+                                                       "per worker is a few times this")
     progress: bool = True
 
 

@@ -34,28 +34,47 @@ def _init_worker(n_threads: int) -> None:
 
 
 def run_blocks(load: Callable, process: Callable, items: Sequence, compute, desc: str,
-               on_result: Callable[[int, Any], None] | None = None) -> list:
+               on_result: Callable[[int, Any], None] | None = None, sizes: Sequence[int] | None = None,
+               thread_safe: bool = False) -> list:
     """Run ``process(load(item))`` for every item; return the results in item order.
 
     ``compute`` is the config's compute section. ``on_result(i, result)`` is called in this process
     as each result arrives (used to write results into the store as they come, bounding memory); where
-    it is given, the returned list holds None instead of results.
+    it is given, the returned list holds None instead of results. ``sizes``: bytes each item reads, so
+    the progress bar shows MB and MB/s (else it counts blocks). ``thread_safe``: ``process`` may run in
+    several threads at once (its kernels are serial and release the GIL), so with ``threads`` one block
+    per core is in flight instead of one block plus a read-ahead.
     """
     items = list(items)
     results: list = [None] * len(items)
     show = bool(getattr(compute, "progress", True))
-    bar = tqdm(total=len(items), desc=desc, unit="block", disable=not show, leave=False)
+    if sizes is not None:
+        bar = tqdm(total=sum(sizes), desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not show,
+                   leave=False)
+        step = list(sizes)
+    else:
+        bar = tqdm(total=len(items), desc=desc, unit="block", disable=not show, leave=False)
+        step = [1] * len(items)
 
     def deliver(i, r):
         if on_result is not None:
             on_result(i, r)
         else:
             results[i] = r
-        bar.update(1)
+        bar.update(step[i])
 
     scheduler = compute.scheduler
     try:
-        if scheduler in ("threads", "synchronous"):
+        if scheduler == "threads" and thread_safe and len(items) > 1:
+            n = compute.n_workers or os.cpu_count() or 1
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                window: dict = {}
+                for i in range(len(items)):
+                    for j in range(i, min(len(items), i + n + 1)):  # bounded: at most n + 1 blocks in memory
+                        if j not in window:
+                            window[j] = pool.submit(_load_and_process, load, process, items[j])
+                    deliver(i, window.pop(i).result())
+        elif scheduler in ("threads", "synchronous"):
             if scheduler == "synchronous" or len(items) < 2:
                 for i, it in enumerate(items):
                     deliver(i, process(load(it)))

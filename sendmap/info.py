@@ -15,7 +15,7 @@ def describe(path: Path) -> dict:
     if not path.exists():
         raise SendmapInputError(f"no such file or folder: {path}")
     store = path / STORE_NAME if (path / STORE_NAME).is_dir() else path
-    if store.is_dir() and (store / "zarr.json").exists():
+    if _is_result_store(store):
         import zarr
 
         g = zarr.open_group(str(store), mode="r")
@@ -38,7 +38,23 @@ def describe(path: Path) -> dict:
                            for k, v in attrs.get("stages", {}).items()},
                 "arrays": arrays}
     ds = open_dataset(path, "auto")
+    if ds.format == "zarr":
+        path = path.resolve()
     return {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
             "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype),
             "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
             "fingerprint": fingerprint(path), "metadata": ds.metadata}
+
+
+def _is_result_store(path: Path) -> bool:
+    """A zarr v3 group written by sendmap (other zarr folders are datasets)."""
+    import json
+
+    meta = path / "zarr.json"
+    if not (path.is_dir() and meta.exists()):
+        return False
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("node_type") == "group" and "sendmap_version" in doc.get("attributes", {})

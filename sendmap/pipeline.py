@@ -22,6 +22,7 @@ import numpy as np
 from . import CLASS_NAMES, __version__
 from .config import Config
 from .errors import SendmapInputError
+from .ingest import stage_ingest
 from .io import Dataset, fingerprint, open_dataset
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .store import STORE_NAME, now_iso, open_store, set_attrs, write_array, write_json_atomic
@@ -52,103 +53,47 @@ class Stage:
 # --------------------------------------------------------------------------------------------- helpers
 
 def q_pixel_size(cfg: Config) -> float:
-    """Q per pixel (1/Å) from the config: given directly, or from camera length and detector pixel size."""
+    """Q per stored pixel (1/Å): the config's value (given directly, or from camera length and detector
+    pixel size) for one detector pixel, times ``input.bin_q``."""
     cal = cfg.calibration
     if cal.q_pixel_size:
-        return float(cal.q_pixel_size)
+        return float(cal.q_pixel_size) * cfg.input.bin_q
     if cal.camera_length_mm and cal.detector_pixel_um:
-        return q_pixel_size_from_camera(cal.detector_pixel_um, cal.camera_length_mm, cal.beam_energy_kv)
+        return q_pixel_size_from_camera(cal.detector_pixel_um, cal.camera_length_mm, cal.beam_energy_kv) * cfg.input.bin_q
     raise SendmapInputError(
         "calibration.q_pixel_size is not set and cannot be derived: give calibration.q_pixel_size (1/Å per pixel), "
         "or calibration.camera_length_mm with calibration.detector_pixel_um, or measure it with `sendmap calibrate`")
+
+
+def scan_step_nm(cfg: Config) -> float:
+    """Distance between stored probe positions (nm): the recorded step times ``input.bin_r``."""
+    return cfg.calibration.scan_step_nm * cfg.input.bin_r
 
 
 def disk_radius_px(cfg: Config) -> float:
     return probe_radius_inv_angstrom(cfg.calibration.convergence_mrad, cfg.calibration.beam_energy_kv) / q_pixel_size(cfg)
 
 
-def scan_blocks(scan_shape: tuple[int, int], frame_shape: tuple[int, int], itemsize: int, chunk_mb: float) -> list:
-    """Chunk-aligned regions (ry0, ry1, rx0, rx1) of about ``chunk_mb`` MB: whole rows where a row fits."""
-    ry, rx = scan_shape
-    frame_bytes = frame_shape[0] * frame_shape[1] * itemsize
-    target = max(1, int(chunk_mb * 1e6 // frame_bytes))
-    if target >= rx:
-        rows = max(1, min(ry, target // rx))
-        return [(y, min(ry, y + rows), 0, rx) for y in range(0, ry, rows)]
-    return [(y, y + 1, x, min(rx, x + target)) for y in range(ry) for x in range(0, rx, target)]
+def data_blocks(ctx: Context):
+    """The stored data array and its regions aligned to its chunks (about ``compute.block_mb`` MB each)."""
+    from .ingest import array_blocks, open_data
+
+    arr = open_data(ctx.store_path)
+    return arr, array_blocks(arr, ctx.cfg.compute.block_mb)
 
 
 def _read_store_block(item):
     """load(): frames (B, Qy, Qx) and fitted centres (B, 2) of one region of the store."""
     import zarr
 
+    from .ingest import open_data
+
     path, (y0, y1, x0, x1), with_centres = item
     g = zarr.open_group(path, mode="r")
-    frames = np.asarray(g["data"][y0:y1, x0:x1])
+    frames = np.asarray(open_data(path)[y0:y1, x0:x1])
     frames = frames.reshape(-1, *frames.shape[2:])
     centres = np.asarray(g["calibration/origin"][y0:y1, x0:x1]).reshape(-1, 2) if with_centres else None
     return item, frames, centres
-
-
-# --------------------------------------------------------------------------------------------- ingest
-
-def _ingest_load(item):
-    dataset_array, region, _ = item
-    y0, y1, x0, x1 = region
-    block = np.asarray(dataset_array[y0:y1, x0:x1].compute(scheduler="synchronous"))
-    return item, block
-
-
-def _ingest_process(loaded):
-    import zarr
-
-    (_, region, store_path), block = loaded
-    y0, y1, x0, x1 = region
-    if block.dtype.kind == "f":
-        bad = ~np.isfinite(block)
-        if bad.any():
-            iy, ix, qy, qx = np.argwhere(bad)[0]
-            raise SendmapInputError(
-                f"the input holds NaN or infinite values: first at scan position ({y0 + iy}, {x0 + ix}), "
-                f"detector pixel ({qy}, {qx}); {int(bad.sum())} such values in that block")
-    g = zarr.open_group(store_path, mode="r+")
-    g["data"][y0:y1, x0:x1] = block
-    frames = block.reshape(-1, *block.shape[2:])
-    return (region, frames.sum(axis=0, dtype=np.float64), frames.max(axis=0).astype(np.float64),
-            block.sum(axis=(2, 3), dtype=np.float64))
-
-
-def stage_ingest(ctx: Context) -> None:
-    """Stream the raw dataset into ``data`` (Ry, Rx, Qy, Qx), compressed, with sum/max patterns and counts."""
-    from .execute import run_blocks
-    from .store import compressor
-
-    ds = ctx.dataset
-    arr = ds.data
-    dtype = arr.dtype if arr.dtype.kind in "ui" else np.dtype(np.float32)
-    arr = arr.astype(dtype)
-    blocks = scan_blocks(ds.scan_shape, ds.frame_shape, dtype.itemsize, ctx.cfg.compute.chunk_mb)
-    chunk = (blocks[0][1] - blocks[0][0], blocks[0][3] - blocks[0][2], *ds.frame_shape)
-    ctx.group.create_array("data", shape=arr.shape, dtype=dtype, chunks=chunk, compressors=compressor(),
-                           overwrite=True, fill_value=0)
-    total_sum = np.zeros(ds.frame_shape)
-    total_max = np.zeros(ds.frame_shape)
-    counts = np.zeros(ds.scan_shape)
-
-    def collect(_, res):
-        region, s, m, c = res
-        total_sum[...] += s
-        np.maximum(total_max, m, out=total_max)
-        y0, y1, x0, x1 = region
-        counts[y0:y1, x0:x1] = c
-
-    items = [(arr, b, ctx.store_path) for b in blocks]
-    run_blocks(_ingest_load, _ingest_process, items, ctx.cfg.compute, "ingest", on_result=collect)
-    n = counts.size
-    write_array(ctx.group, "ingest/sum_pattern", total_sum, {"units": "counts summed over all positions"})
-    write_array(ctx.group, "ingest/mean_pattern", total_sum / n, {"units": "counts per position"})
-    write_array(ctx.group, "ingest/max_pattern", total_max, {"units": "counts"})
-    write_array(ctx.group, "ingest/total_counts", counts, {"units": "counts per position"})
 
 
 def dose_record(cfg: Config, counts: np.ndarray) -> dict:
@@ -168,10 +113,10 @@ def dose_record(cfg: Config, counts: np.ndarray) -> dict:
     else:
         epp = float(np.mean(counts)) / d.detector_counts_per_electron
         source = "measured: mean detector counts per position / detector_counts_per_electron"
-    step_a = cfg.calibration.scan_step_nm * 10.0
+    step_a = scan_step_nm(cfg) * 10.0
     per_area = epp / step_a ** 2
     return {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
-            "source": source, "scan_step_nm": cfg.calibration.scan_step_nm}
+            "source": source, "scan_step_nm": scan_step_nm(cfg)}
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -233,15 +178,17 @@ def stage_calibrate(ctx: Context) -> None:
     r_disk = disk_radius_px(cfg)
     sum_p = np.asarray(g["ingest/sum_pattern"])
     max_p = np.asarray(g["ingest/max_pattern"])
-    ry, rx = g["data"].shape[:2]
+    data, blocks = data_blocks(ctx)
+    ry, rx = data.shape[:2]
     if cfg.calibration.mask_hot_dead:
         m = hot_dead_mask(sum_p, max_p)
     else:
         m = {"mask": np.ones(sum_p.shape, bool), "hot": np.zeros(sum_p.shape, bool), "dead": np.zeros(sum_p.shape, bool)}
     mask = m["mask"]
+    if "ingest/nonfinite_count" in g:  # pixels that held NaN/inf (input.nonfinite: mask) are not used
+        mask = mask & (np.asarray(g["ingest/nonfinite_count"]) == 0)
     guess = brightest_disk_guess(np.where(mask, sum_p, 0.0), r_disk)
     radius = cfg.calibration.centre_radius_px or 1.5 * r_disk
-    blocks = scan_blocks((ry, rx), g["data"].shape[2:], g["data"].dtype.itemsize, cfg.compute.chunk_mb)
     measured = np.zeros((ry, rx, 2))
 
     def put(_, res):
@@ -292,7 +239,7 @@ def stage_calibrate(ctx: Context) -> None:
     calib = {"q_pixel_size": qpx, "q_pixel_size_source": "config", "disk_radius_px": r_disk,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
              "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(),
-             "n_hot": int(m["hot"].sum()), "n_dead": int(m["dead"].sum()), "scan_step_nm": cfg.calibration.scan_step_nm}
+             "n_hot": int(m["hot"].sum()), "n_dead": int(m["dead"].sum()), "scan_step_nm": scan_step_nm(cfg)}
     set_attrs(g, calibration=calib)
 
 
@@ -342,12 +289,12 @@ def stage_profiles(ctx: Context) -> None:
     calib = dict(g.attrs["calibration"])
     origin = np.asarray(g["calibration/origin"])
     mask = np.asarray(g["calibration/mask"])
-    ry, rx, qy, qx = g["data"].shape
+    data, blocks = data_blocks(ctx)
+    ry, rx, qy, qx = data.shape
     geom = profile_geometry(cfg, calib, (qy, qx), origin)
     r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
     q = geom.q_centres
     adf_q = (2 * r_q, q[-1] + geom.bin_width)
-    blocks = scan_blocks((ry, rx), (qy, qx), g["data"].dtype.itemsize, cfg.compute.chunk_mb)
     names = ("mean", "sem", "dispersion", "iqn", "iqn_sem", "spot_z")
     rows_per = blocks[0][1] - blocks[0][0]
     arrays = {}
@@ -471,7 +418,7 @@ def stage_statistics(ctx: Context) -> None:
     mean, sem, counts = class_mean_profiles(iqn, cls, len(CLASS_NAMES))
     write_array(g, "statistics/class_mean_iqn", mean, {"class_names": list(CLASS_NAMES)})
     write_array(g, "statistics/class_sem_iqn", sem, {"class_names": list(CLASS_NAMES)})
-    layers = layer_thickness(cls, cfg.calibration.scan_step_nm)
+    layers = layer_thickness(cls, scan_step_nm(cfg))
     set_attrs(g, statistics={"classes": classes, "layers": layers},
               dose=dose_record(cfg, np.asarray(g["ingest/total_counts"])))
 
@@ -523,11 +470,13 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
 def preflight(cfg: Config) -> tuple[Dataset, dict]:
     """Everything that can be checked before touching the output: the input opens, the shapes fit, Q is known."""
     path = cfg.input_path()
-    ds = open_dataset(path, cfg.input.format, cfg.input.scan_shape)
+    inp = cfg.input
+    ds = open_dataset(path, inp.format, inp.scan_shape, dataset=inp.dataset,
+                      raw=inp.raw.model_dump() if inp.raw else None)
     q_pixel_size(cfg)
-    fp = fingerprint(path)
+    fp = fingerprint(path, files=ds.files)
     info = {"path": str(path), "format": ds.format, "bytes": fp["bytes"],
-            "fingerprint": fp["sha256_sampled"], "scan_shape": list(ds.scan_shape),
+            "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
             "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype), "reader_metadata": ds.metadata}
     return ds, info
 
@@ -571,8 +520,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run every stage whose cache key changed (all with ``force``); return the summary dict."""
+def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print, until: str | None = None) -> dict:
+    """Run every stage whose cache key changed (all with ``force``); return the summary dict.
+
+    ``until``: stop after that stage. Its outputs are kept (and reused by the next run); the store stays
+    ``status: partial`` and no ``summary.json`` is written, since the results are not complete.
+    """
     dataset, input_info = preflight(cfg)
     out_dir = cfg.output_dir()
     try:
@@ -598,6 +551,8 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
             if not invalid and prev and prev.get("key") == keys[st.name]["key"]:
                 reused.append(st.name)
                 timing[st.name] = 0.0
+                if st.name == until:
+                    break
                 continue
             invalid = True  # every later stage reruns too
             done.pop(st.name, None)
@@ -613,7 +568,12 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
             done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
                              "seconds": timing[st.name], "sendmap_version": __version__}
             set_attrs(group, stages=done)
+            if st.name == until:
+                break
         summary = build_summary(group, timing, reused)
+        if until and until != STAGES[-1].name:
+            set_attrs(group, status="partial")
+            return summary
         write_json_atomic(summary_path, summary)
         set_attrs(group, status="complete", completed=now_iso())
     return summary

@@ -264,3 +264,26 @@ def test_npy_errors(tmp_path):
         with pytest.raises(SendmapInputError, match=message) as err:
             read_npy_dask(tmp_path / name, **kwargs)
         assert name in str(err.value)
+
+
+@pytest.mark.parametrize("frame", [(512, 512), (514, 514)])
+def test_quad_frames_with_768_byte_headers(tmp_path, frame):
+    """Quad (2x2) recordings: 768-byte headers read from the header, 512² or 514² (with the chip gap)."""
+    from rsciio.quantumdetector import file_reader
+
+    data = np.random.default_rng(3).poisson(2.0, size=(2, 3, *frame)).astype(np.uint16)
+    path = write_mib(tmp_path / "quad.mib", data, layout="2x2")
+    arr, info = read_mib_dask(path)
+    assert info.header_bytes == 768 and info.metadata["n_chips"] == 4 and arr.shape == data.shape
+    np.testing.assert_array_equal(arr.compute(), data)
+    np.testing.assert_array_equal(file_reader(str(path), navigation_shape=(3, 2))[0]["data"], data)
+
+
+@pytest.mark.parametrize("depth", ["R64", "U12"])
+def test_unreadable_pixel_depths_name_the_file_and_offset(tmp_path, depth):
+    path = write_mib(tmp_path / "d.mib", np.ones((1, 2, 8, 8), np.uint16))
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"U16"):raw.index(b"U16") + 3] = depth.encode()  # first header only
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SendmapInputError, match=rf"{depth}.*byte offset 0"):
+        read_mib_info(path)

@@ -1,13 +1,28 @@
 """Detector formats: one ``open_dataset`` that detects the format and returns a lazy 4D array.
 
-Every reader returns a dask array (Ry, Rx, Qy, Qx) in native byte order whose chunks are whole scan
-rows, each chunk opening the file read-only by itself (so the graph runs on threads, processes or a
-cluster). Input files are never opened for writing.
+Every reader returns a dask array (Ry, Rx, Qy, Qx) in native byte order whose chunks are runs of whole
+scan rows, each chunk opening the file read-only by itself (so the graph runs on threads, processes or
+a cluster); see :mod:`sendmap.io._common` for the contract. Input files are never opened for writing.
+
+=========  ==========================================================  ==============================
+format     files                                                       reader
+=========  ==========================================================  ==============================
+mib        Quantum Detectors Merlin ``.mib`` (+ ``.hdr``)              :mod:`sendmap.io.mib` (own; tested
+                                                                       against rosettasciio)
+dm4        Gatan DigitalMicrograph ``.dm4`` / ``.dm3`` 3D/4D stacks    :mod:`sendmap.io.dm` (tags parsed by
+                                                                       rosettasciio; data memory-mapped)
+empad      EMPAD ``.raw`` (128 × 130 float32 frames) + ``.xml``        :mod:`sendmap.io.empad`
+arina      DECTRIS Arina/EIGER ``*_master.h5`` + ``*_data_*.h5``       :mod:`sendmap.io.hdf5` (h5py +
+                                                                       hdf5plugin)
+py4dstem   py4DSTEM / emdfile / EMD 1.0 ``.h5`` ``.emd``               :mod:`sendmap.io.hdf5`
+npy        NumPy ``.npy`` (4D, or 3D frames)                           :mod:`sendmap.io.npy`
+zarr       an existing zarr array or group (v2 or v3)                  :mod:`sendmap.io.zarrarray`
+raw        headerless or fixed-header binary, layout from the config   :mod:`sendmap.io.raw`
+=========  ==========================================================  ==============================
 """
 from __future__ import annotations
 
 import hashlib
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +30,14 @@ import dask.array as da
 
 from ..errors import SendmapInputError
 
-SUPPORTED = ("mib", "npy")
-"""Formats read today; ``input.format`` also accepts the names of formats still to come (issue 3),
-which end with a clear error rather than a guess."""
+SUPPORTED = ("mib", "dm4", "empad", "arina", "py4dstem", "npy", "zarr", "raw")
+"""Names accepted by ``input.format`` (besides ``auto``); ``dm3`` is read as ``dm4``."""
 
-_MAGIC = {b"MQ1,": "mib", b"\x93NUMPY": "npy", b"\x89HDF": "hdf5"}
-_EXTENSIONS = {".mib": "mib", ".npy": "npy", ".dm4": "dm4", ".dm3": "dm4", ".raw": "empad", ".h5": "hdf5",
-               ".hdf5": "hdf5", ".emd": "py4dstem", ".zarr": "zarr"}
+_MAGIC = {b"MQ1,": "mib", b"\x93NUMPY": "npy", b"\x89HDF\r\n\x1a\n": "hdf5",
+          b"\x00\x00\x00\x03": "dm4", b"\x00\x00\x00\x04": "dm4"}
+"""Leading bytes of each format (DM files start with their version, 3 or 4, as a big-endian int32)."""
+_EXTENSIONS = {".mib": "mib", ".npy": "npy", ".dm4": "dm4", ".dm3": "dm4", ".raw": "raw", ".h5": "hdf5",
+               ".hdf5": "hdf5", ".emd": "hdf5", ".zarr": "zarr", ".zspy": "zarr", ".bin": "raw"}
 
 
 @dataclass
@@ -32,6 +48,8 @@ class Dataset:
     path: Path
     format: str
     metadata: dict = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    """Every file the dataset is made of (fingerprinted together): e.g. ``.mib`` + ``.hdr``, master + data."""
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -43,26 +61,51 @@ class Dataset:
 
 
 def detect_format(path: Path) -> str:
-    """Format of a file from its first bytes, then its extension.
+    """Format of a file from its first bytes, then its extension: a name of :data:`SUPPORTED` or "unknown".
 
-    Returns a name of ``config.FORMATS`` (or ``hdf5`` for an HDF5 file whose flavour is not yet known).
+    HDF5 files are told apart by their groups (DECTRIS master/data files → ``arina``, py4DSTEM/EMD →
+    ``py4dstem``); a ``.raw`` whose size is a whole number of EMPAD frames and that has an EMPAD XML or
+    an ``_x<Rx>_y<Ry>`` name is ``empad``, any other ``.raw`` needs its layout in ``input.raw``.
     """
     path = Path(path)
     if path.is_dir():
-        return "zarr" if (path / "zarr.json").exists() or (path / ".zarray").exists() else "unknown"
+        markers = ("zarr.json", ".zarray", ".zgroup")
+        return "zarr" if any((path / m).exists() for m in markers) else "unknown"
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
     except OSError as exc:
         raise SendmapInputError(f"cannot read input file {path}: {exc.strerror}") from None
-    for magic, fmt in _MAGIC.items():
-        if head.startswith(magic):
-            return fmt
-    return _EXTENSIONS.get(path.suffix.lower(), "unknown")
+    fmt = next((f for magic, f in _MAGIC.items() if head.startswith(magic)), None)
+    if fmt == "dm4" and path.suffix.lower() not in (".dm3", ".dm4"):
+        fmt = None  # four bytes 00 00 00 0[34] alone are too common to trust without the extension
+    fmt = fmt or _EXTENSIONS.get(path.suffix.lower(), "unknown")
+    if fmt == "hdf5":
+        from .hdf5 import hdf5_flavour
+
+        return hdf5_flavour(path) or "hdf5"
+    if fmt == "raw" and _looks_empad(path):
+        return "empad"
+    return fmt
 
 
-def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = None) -> Dataset:
+def _looks_empad(path: Path) -> bool:
+    from .empad import FRAME_BYTES, find_empad_xml, scan_shape_from_name
+
+    size = path.stat().st_size
+    if size == 0 or size % FRAME_BYTES:
+        return False
+    return find_empad_xml(path) is not None or scan_shape_from_name(path) is not None
+
+
+def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = None, *,
+                 dataset: str | None = None, raw: dict | None = None,
+                 frames_per_chunk: int | None = None) -> Dataset:
     """Open a detector file lazily; SendmapInputError (exit 2) for a missing file or unknown format.
+
+    ``dataset``: the HDF5/zarr path of the array inside the file (default: found). ``raw``: the byte
+    layout for ``fmt="raw"`` (keys of ``config.RawLayout``). ``frames_per_chunk``: dask chunk size
+    (default: about 64 MiB of whole scan rows; zarr arrays keep their own chunk grid).
 
     >>> import numpy as np, tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "d.npy"); np.save(p, np.zeros((2, 3, 8, 8), np.uint16))
@@ -73,52 +116,112 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     if not path.exists():
         raise SendmapInputError(f"input file not found: {path}")
     detected = detect_format(path)
+    fmt = "dm4" if fmt == "dm3" else fmt
     if fmt == "auto":
         fmt = detected
-        if fmt == "unknown":
+        if fmt == "raw" and raw is None:
             raise SendmapInputError(
-                f"cannot tell the format of {path}: its first bytes and extension match none of "
-                f"{', '.join(SUPPORTED)}; set input.format")
-    elif detected not in ("unknown", fmt) and not (detected == "hdf5" and fmt in ("arina", "py4dstem")):
+                f"{path}: a raw binary file whose layout is unknown; set input.format: raw and input.raw "
+                "{dtype, frame_shape, header_bytes, frame_header_bytes, frame_footer_bytes} (or, for EMPAD, put "
+                "its .xml beside it)")
+        if fmt in ("unknown", "hdf5"):
+            what = "an HDF5 file that is neither a DECTRIS Arina/EIGER nor a py4DSTEM/EMD file" if fmt == "hdf5" \
+                else "its first bytes and extension match no known format"
+            raise SendmapInputError(
+                f"cannot tell the format of {path}: {what}; set input.format to one of {', '.join(SUPPORTED)}")
+    elif not _compatible(detected, fmt):
         raise SendmapInputError(f"{path} looks like a {detected} file, but input.format says {fmt}")
+    kw = {"scan_shape": scan_shape, "frames_per_chunk": frames_per_chunk}
+    files = [path]
     if fmt == "mib":
         from .mib import read_mib_dask
 
-        data, info = read_mib_dask(path, scan_shape=scan_shape)
+        data, info = read_mib_dask(path, **kw)
         meta = {k: v for k, v in info.metadata.items() if k != "hdr"}
         meta.update(header_bytes=info.header_bytes, counter_depth=info.counter_depth, dtype_on_disk=info.dtype.str)
-        return Dataset(data, path, "mib", meta)
-    if fmt == "npy":
+        files += [p for p in (path.with_suffix(".hdr"),) if p.exists()]
+    elif fmt == "npy":
         from .npy import read_npy_dask
 
-        return Dataset(read_npy_dask(path, scan_shape=scan_shape), path, "npy", {})
-    raise SendmapInputError(
-        f"{path}: the {fmt} format is not supported yet (supported: {', '.join(SUPPORTED)}); convert it to .npy "
-        f"or .mib for now")
+        data, meta = read_npy_dask(path, **kw), {}
+    elif fmt == "dm4":
+        from .dm import read_dm_dask
+
+        data, meta = read_dm_dask(path, **kw)
+    elif fmt == "empad":
+        from .empad import read_empad_dask
+
+        data, meta = read_empad_dask(path, **kw)
+        files += [Path(meta["xml_path"])] if meta.get("xml_path") else []
+    elif fmt == "arina":
+        from .hdf5 import read_arina_dask
+
+        data, meta = read_arina_dask(path, **kw)
+        master = Path(meta.get("master") or path)
+        stem_file = master.with_name(master.name.replace("_master.h5", ".h5"))  # "STEM Metadata" beside it
+        files = [master, *map(Path, meta.get("data_files", []))] + ([stem_file] if stem_file.exists() else [])
+    elif fmt == "py4dstem":
+        from .hdf5 import read_py4dstem_dask
+
+        data, meta = read_py4dstem_dask(path, dataset=dataset, **kw)
+    elif fmt == "zarr":
+        from .zarrarray import read_zarr_dask
+
+        data, meta = read_zarr_dask(path, dataset=dataset, **kw)
+    elif fmt == "raw":
+        from .raw import read_raw_dask
+
+        if not raw:
+            raise SendmapInputError(f"{path}: input.format is raw but input.raw (the byte layout) is not given")
+        layout = dict(raw)
+        data, meta = read_raw_dask(path, dtype=layout.pop("dtype"), frame_shape=tuple(layout.pop("frame_shape")),
+                                   **layout, **kw)
+    else:
+        raise SendmapInputError(f"{path}: unknown input.format {fmt!r}; known: {', '.join(SUPPORTED)}")
+    return Dataset(data, path, fmt, meta, files)
 
 
-def fingerprint(path, sample_bytes: int = 1 << 20) -> dict:
-    """A cheap, content-based identity of an input file (or of every file of a folder).
+def _compatible(detected: str, fmt: str) -> bool:
+    """Whether a user-set ``input.format`` may override what the content says."""
+    if detected in ("unknown", fmt):
+        return True
+    if detected == "hdf5" and fmt in ("arina", "py4dstem"):
+        return True
+    if fmt == "raw":  # any file can be described byte by byte
+        return True
+    return detected == "empad" and fmt == "raw" or detected == "raw" and fmt == "empad"
 
-    SHA-256 over the size and three samples of ``sample_bytes`` (start, middle, end) of each file: a
+
+def fingerprint(path, sample_bytes: int = 1 << 20, files: list | None = None) -> dict:
+    """A cheap, content-based identity of an input (its files, or every file of a folder).
+
+    SHA-256 over each file's name, size and three samples of ``sample_bytes`` (start, middle, end): a
     changed byte count, header, or first/last frames changes it, while a multi-GB file is not read in
-    full. Returns ``{"sha256_sampled": hex, "bytes": total size, "files": n}``.
+    full. In a folder (a zarr store) every file's name and size count, metadata files (``*.json``,
+    ``.z*``) are read in full and chunk files are sampled at most 64 of them, evenly spread. ``files``:
+    the files of a multi-file dataset (default ``[path]``). Returns ``{"sha256_sampled": hex,
+    "bytes": total size, "files": n}``.
     """
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for side in (path.with_suffix(".hdr"),):
-        if path.suffix.lower() == ".mib" and side.exists():
-            files.append(side)
+    if path.is_dir():
+        members = sorted(p for p in path.rglob("*") if p.is_file())
+        meta = [p for p in members if p.suffix == ".json" or p.name.startswith(".z")]
+        chunks = [p for p in members if p not in set(meta)]
+        step = max(1, len(chunks) // 64)
+        sampled = set(meta) | set(chunks[::step]) | set(chunks[-1:])
+    else:
+        members = [Path(f) for f in (files or [path])]
+        sampled = set(members)
     h = hashlib.sha256()
     total = 0
-    for f in files:
+    for f in members:
         size = f.stat().st_size
         total += size
-        h.update(f"{f.name}:{size}".encode())
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
+        if f not in sampled:
+            continue
         with open(f, "rb") as fh:
             for offset in sorted({0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)}):
                 fh.seek(offset)
                 h.update(fh.read(sample_bytes))
-    return {"sha256_sampled": h.hexdigest(), "bytes": total, "files": len(files)}
-
-
+    return {"sha256_sampled": h.hexdigest(), "bytes": total, "files": len(members)}

@@ -50,6 +50,8 @@ _WRITE_BLOCK_BYTES = 16 * 2**20
 
 # Detector settings written by write_mib, those of the real single-chip recording in data/real/merlin_4x2.
 _HEADER_BYTES = 384
+_LAYOUTS = {"1x1": (1, 384), "2x2": (4, 768)}
+"""Sensor layout → (number of chips, frame header bytes): the quad's header lists DACs of all 4 chips."""
 _THRESHOLDS_KEV = (40.0, 511.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 _DACS = ("068,511,000,000,000,000,000,000,100,255,100,125,100,100,080,100,090,030,128,004,255,126,128,"
          "174,172,511,511")
@@ -169,8 +171,12 @@ def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
 
 
 def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure_ms: float = 1.0,
-              counter_depth: int | None = None) -> Path:
-    """Write frames as a single-chip Merlin ``.mib`` (and ``.hdr``), returning the ``.mib`` path.
+              counter_depth: int | None = None, layout: str = "1x1") -> Path:
+    """Write frames as a Merlin ``.mib`` (and ``.hdr``), returning the ``.mib`` path.
+
+    ``layout``: ``"1x1"`` single chip (384-byte frame headers) or ``"2x2"`` quad (768-byte headers, the
+    DAC block repeated for each of the 4 chips, as the Merlin software writes it; frames are then
+    typically 512² or 514² with the inter-chip gap).
 
     ``data``: (Ry, Rx, Qy, Qx) or (N, Qy, Qx) non-negative integers (numpy, dask or any array with
     ``shape``), or an iterable of (k, Qy, Qx) / (Qy, Qx) blocks. ``dtype``: ``u1``, ``u2`` or ``u4``
@@ -192,6 +198,8 @@ def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure
     exposure_ns = round(exposure_ms * 1e6)
     if exposure_ns <= 0:
         raise ValueError(f"exposure_ms must be positive, not {exposure_ms}")
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(_LAYOUTS)}, not {layout!r}")
     blocks, row_length = _frame_blocks(data)
     vmax = 2**counter_depth - 1
     t0_ns = time.time_ns()
@@ -207,7 +215,7 @@ def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure
                 for frame in pixels:
                     n += 1
                     f.write(_frame_header(n, frame.shape, depth_names[disk.itemsize],
-                                          t0_ns + (n - 1) * exposure_ns, exposure_ns, counter_depth))
+                                          t0_ns + (n - 1) * exposure_ns, exposure_ns, counter_depth, layout))
                     f.write(frame.tobytes())
         if n == 0:
             raise ValueError("no frames to write")
@@ -362,15 +370,17 @@ def _sci(value: float) -> str:
 
 
 def _frame_header(number: int, frame_shape: tuple[int, int], pixel_depth: str, t_ns: int, exposure_ns: int,
-                  counter_depth: int) -> bytes:
-    """384-byte single-chip frame header, field for field as the Merlin software writes it."""
+                  counter_depth: int, layout: str = "1x1") -> bytes:
+    """Frame header (384 bytes single chip, 768 quad), field for field as the Merlin software writes it."""
+    n_chips, size = _LAYOUTS[layout]
     seconds, ns = divmod(t_ns, 10**9)
     utc = datetime.fromtimestamp(seconds, timezone.utc)
-    fields = ["MQ1", f"{number:06d}", f"{_HEADER_BYTES:05d}", "01", f"{frame_shape[1]:04d}", f"{frame_shape[0]:04d}",
-              pixel_depth, "   1x1", "01", f"{utc.astimezone():%Y-%m-%d %H:%M:%S}.{ns // 1000:06d}",
-              f"{exposure_ns / 1e9:.6f}", "0", "0", "0", *map(_sci, _THRESHOLDS_KEV), "3RX", _DACS,
+    fields = ["MQ1", f"{number:06d}", f"{size:05d}", f"{n_chips:02d}", f"{frame_shape[1]:04d}", f"{frame_shape[0]:04d}",
+              pixel_depth, f"{layout:>6s}", "0F" if n_chips == 4 else "01",
+              f"{utc.astimezone():%Y-%m-%d %H:%M:%S}.{ns // 1000:06d}",
+              f"{exposure_ns / 1e9:.6f}", "0", "0", "0", *map(_sci, _THRESHOLDS_KEV), "3RX", *([_DACS] * n_chips),
               "MQ1A", f"{utc:%Y-%m-%dT%H:%M:%S}.{ns:09d}Z", f"{exposure_ns}ns", str(counter_depth), ""]
-    return ",".join(fields).encode("ascii").ljust(_HEADER_BYTES, b"\0")
+    return ",".join(fields).encode("ascii").ljust(size, b"\0")
 
 
 def _hdr_text(n_frames: int, frames_per_trigger: int, counter_depth: int, t0_ns: int) -> bytes:

@@ -1,0 +1,322 @@
+"""The ingest stage: stream the input into ``<store>/data`` in one pass, with everything later stages
+need from the whole dataset.
+
+One read of every input chunk gives: the stored (optionally cropped and binned) data, compressed
+losslessly; the sum, mean and maximum patterns; total counts, virtual bright-field and annular
+dark-field signal per position; and the count of non-finite values per detector pixel. Memory is
+bounded by (chunk size × blocks in flight), not by the dataset: blocks are read on a background
+thread (or by workers), reduced by a numba kernel, written, and dropped.
+
+A zarr input that needs no crop or binning is used in place (``input.in_place``): nothing is copied,
+the store records where the data live (root attr ``data_ref``) and the pass only computes the
+reductions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .errors import SendmapInputError
+from .io import Dataset, open_dataset
+from .science.frames import bin_block, binned_dtype, frame_statistics
+from .store import WRITE_CONFIG
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """How input positions and pixels map to stored ones (crop, then bin), and the stored blocks."""
+
+    crop_r: tuple[int, int, int, int]
+    """[y0, y1, x0, x1] input probe positions used (trimmed to whole bins)."""
+    crop_q: tuple[int, int, int, int]
+    """[y0, y1, x0, x1] input detector pixels used (trimmed to whole bins)."""
+    bin_r: int
+    bin_q: int
+    scan_shape: tuple[int, int]
+    """Stored (Ry, Rx)."""
+    frame_shape: tuple[int, int]
+    """Stored (Qy, Qx)."""
+    dtype: np.dtype
+    """Stored pixel type (the input's, widened where binning sums could overflow)."""
+    chunks: tuple[int, int]
+    """Stored chunk size along (Ry, Rx); a chunk holds whole frames."""
+    blocks: tuple[tuple[int, int, int, int], ...]
+    """Stored regions (y0, y1, x0, x1) processed per task: whole chunks."""
+
+    @property
+    def chunk_shape(self) -> tuple[int, int, int, int]:
+        return (*self.chunks, *self.frame_shape)
+
+    def input_region(self, block: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """The input probe positions (y0, y1, x0, x1) that make up a stored block."""
+        y0, y1, x0, x1 = block
+        b, (cy, _, cx, _) = self.bin_r, self.crop_r
+        return cy + y0 * b, cy + y1 * b, cx + x0 * b, cx + x1 * b
+
+    @property
+    def identity(self) -> bool:
+        """True where the stored data are the input as it is (no crop, no binning)."""
+        return self.bin_r == 1 and self.bin_q == 1 and self.crop_r[::2] == (0, 0) and self.crop_q[::2] == (0, 0)
+
+
+def _crop(region, shape, what: str, bins: int, log) -> tuple[int, int, int, int]:
+    """Clip a crop [y0, y1, x0, x1] to ``shape`` (error if outside) and trim it to whole bins."""
+    ny, nx = shape
+    y0, y1, x0, x1 = region if region is not None else (0, ny, 0, nx)
+    if y1 > ny or x1 > nx:
+        raise SendmapInputError(f"input.crop_{what} {[y0, y1, x0, x1]} reaches beyond the {what.upper()} axes "
+                                f"({ny}, {nx}) of the input")
+    ty, tx = (y1 - y0) // bins * bins, (x1 - x0) // bins * bins
+    if ty == 0 or tx == 0:
+        raise SendmapInputError(f"input.bin_{what} = {bins} is larger than the {what.upper()} extent "
+                                f"({y1 - y0}, {x1 - x0})")
+    if (ty, tx) != (y1 - y0, x1 - x0):
+        log(f"[sendmap] ingest: {what.upper()} extent ({y1 - y0}, {x1 - x0}) is not a multiple of bin_{what} = {bins}; "
+            f"the last {y1 - y0 - ty} rows and {x1 - x0 - tx} columns are left out")
+    return y0, y0 + ty, x0, x0 + tx
+
+
+def plan_ingest(cfg: Config, scan_shape, frame_shape, dtype, log=print) -> IngestPlan:
+    """The crop, binning, stored shapes and dtype, chunks of about ``compute.chunk_mb`` and blocks of
+    about ``compute.block_mb``."""
+    inp = cfg.input
+    crop_r = _crop(inp.crop_r, scan_shape, "r", inp.bin_r, log)
+    crop_q = _crop(inp.crop_q, frame_shape, "q", inp.bin_q, log)
+    ry, rx = (crop_r[1] - crop_r[0]) // inp.bin_r, (crop_r[3] - crop_r[2]) // inp.bin_r
+    qy, qx = (crop_q[1] - crop_q[0]) // inp.bin_q, (crop_q[3] - crop_q[2]) // inp.bin_q
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        dtype = np.dtype(np.uint8)
+    stored = binned_dtype(dtype, inp.bin_r ** 2 * inp.bin_q ** 2)
+    frame_bytes = qy * qx * stored.itemsize
+    chunks = chunk_grid((ry, rx), frame_bytes, cfg.compute.chunk_mb)
+    blocks = grid_blocks((ry, rx), chunks, frame_bytes, cfg.compute.block_mb)
+    return IngestPlan(crop_r, crop_q, inp.bin_r, inp.bin_q, (ry, rx), (qy, qx), stored, chunks, tuple(blocks))
+
+
+def chunk_grid(scan_shape, frame_bytes: int, chunk_mb: float) -> tuple[int, int]:
+    """Chunk size (rows, columns) along the scan for chunks of about ``chunk_mb`` MB: whole scan rows
+    where a row is at most twice that, else equal pieces of one row."""
+    ry, rx = scan_shape
+    target = max(1, chunk_mb * 1e6 / frame_bytes)
+    if 2 * target >= rx:
+        return max(1, min(ry, round(target / rx))), rx
+    pieces = math.ceil(rx / target)
+    return 1, math.ceil(rx / pieces)
+
+
+def grid_blocks(scan_shape, chunk_yx, frame_bytes: int, block_mb: float) -> list[tuple[int, int, int, int]]:
+    """Regions (y0, y1, x0, x1) made of whole chunks of ``chunk_yx``, about ``block_mb`` MB each."""
+    ry, rx = scan_shape
+    cy, cx = chunk_yx
+    k = max(1, int(block_mb * 1e6 // max(1, cy * cx * frame_bytes)))
+    if cx >= rx:
+        rows = cy * k
+        return [(y, min(ry, y + rows), 0, rx) for y in range(0, ry, rows)]
+    cols = min(rx, cx * k)
+    return [(y, min(ry, y + cy), x, min(rx, x + cols)) for y in range(0, ry, cy) for x in range(0, rx, cols)]
+
+
+def array_blocks(arr, block_mb: float) -> list[tuple[int, int, int, int]]:
+    """Regions of a stored 4D zarr array aligned to its chunk grid, about ``block_mb`` MB each."""
+    frame_bytes = arr.shape[2] * arr.shape[3] * arr.dtype.itemsize
+    return grid_blocks(arr.shape[:2], arr.chunks[:2], frame_bytes, block_mb)
+
+
+# --------------------------------------------------------------------------------------------- per block
+
+@dataclass(frozen=True)
+class _Load:
+    """load(): the input frames of one stored block (a picklable callable for every scheduler)."""
+
+    path: str
+    fmt: str
+    scan_shape: tuple | None
+    dataset: str | None
+    raw: dict | None
+    frames_per_chunk: int | None
+
+    def __call__(self, item):
+        plan, block = item[0], item[1]
+        y0, y1, x0, x1 = plan.input_region(block)
+        qy0, qy1, qx0, qx1 = plan.crop_q
+        ds = _open_cached(self)
+        part = ds.data[y0:y1, x0:x1, qy0:qy1, qx0:qx1]
+        return item, np.asarray(part.compute(scheduler="synchronous"))
+
+
+_OPEN: dict = {}
+
+
+def _open_cached(load: _Load) -> Dataset:
+    """The dataset, opened once per process (the header parse of a large file is not repeated per block)."""
+    ds = _OPEN.get(load)
+    if ds is None:
+        _OPEN.clear()
+        ds = _OPEN[load] = open_dataset(load.path, load.fmt, load.scan_shape, dataset=load.dataset, raw=load.raw,
+                                        frames_per_chunk=load.frames_per_chunk)
+    return ds
+
+
+@dataclass(frozen=True)
+class _Process:
+    """process(): bin, check, write and reduce one block."""
+
+    bf_mask: np.ndarray
+    adf_mask: np.ndarray
+    nonfinite: str
+    target: tuple | None
+    """(store path, array path) to write into, or None where the data are used in place."""
+
+    def __call__(self, loaded):
+        (plan, block, _), frames = loaded
+        y0, y1, x0, x1 = block
+        data = bin_block(frames, plan.bin_r, plan.bin_q, plan.dtype)
+        flat = data.reshape(-1, *data.shape[2:])
+        st = frame_statistics(flat, self.bf_mask, self.adf_mask)
+        n_bad = int(st["nonfinite"].sum())
+        if n_bad:
+            iy, ix, qy, qx = np.argwhere(~np.isfinite(data))[0]
+            if self.nonfinite == "error":
+                raise SendmapInputError(
+                    f"the input holds NaN or infinite values: first at stored scan position ({y0 + iy}, {x0 + ix}), "
+                    f"detector pixel ({qy}, {qx}); {n_bad} such values in that block. Set input.nonfinite: mask to "
+                    "set them to 0 and mask their detector pixels")
+            if data is frames and self.target is None:
+                pass  # used in place: the reduction left them out and calibrate masks their pixels
+            else:
+                data = np.where(np.isfinite(data), data, 0).astype(data.dtype)
+        if self.target is not None:
+            import zarr
+
+            store, name = self.target
+            arr = zarr.open_array(store, mode="r+", path=name).with_config(WRITE_CONFIG)  # config is not stored
+            arr[y0:y1, x0:x1] = data
+        shape = (y1 - y0, x1 - x0)
+        return block, {"sum": st["sum"], "max": st["max"], "nonfinite": st["nonfinite"],
+                       "total": st["total"].reshape(shape), "bf": st["bf"].reshape(shape),
+                       "adf": st["adf"].reshape(shape)}
+
+
+def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> tuple[np.ndarray, np.ndarray, list]:
+    """Bright-field disk (radius = the probe-disk radius) and annular dark field (2× that radius to the
+    largest circle inside the detector) around the brightest disk of ``mean_pattern``: fixed detector
+    regions for quick-look images of the raw data (the profiles stage adds descan-corrected ones)."""
+    from .science.centre import brightest_disk_guess
+
+    cy, cx = brightest_disk_guess(mean_pattern, disk_radius_px)
+    yy, xx = np.indices(mean_pattern.shape)
+    r = np.hypot(yy - cy, xx - cx)
+    r_out = min(cy, cx, mean_pattern.shape[0] - 1 - cy, mean_pattern.shape[1] - 1 - cx)
+    r_in = 2.0 * disk_radius_px
+    if r_out <= r_in:  # a detector too small (or a centre too near its edge) for an annulus: use all beyond
+        r_out = np.inf
+    return r <= disk_radius_px, (r >= r_in) & (r < r_out), [float(cy), float(cx)]
+
+
+# --------------------------------------------------------------------------------------------- stage
+
+def _in_place_target(ctx, plan: IngestPlan):
+    ds, inp = ctx.dataset, ctx.cfg.input
+    if ds.format != "zarr" or not inp.in_place or not plan.identity or ds.data.ndim != 4:
+        return None
+    if ds.metadata.get("dtype_on_disk") and np.dtype(ds.metadata["dtype_on_disk"]) != plan.dtype:
+        return None
+    return {"store": str(Path(ds.path).resolve()), "path": ds.metadata.get("array_path", "")}
+
+
+def stage_ingest(ctx) -> None:
+    """Stream the raw dataset into ``data`` (Ry, Rx, Qy, Qx), compressed, with its whole-dataset reductions."""
+    from .execute import run_blocks
+    from .pipeline import disk_radius_px
+    from .store import compressor, set_attrs, write_array
+
+    cfg, ds, g = ctx.cfg, ctx.dataset, ctx.group
+    plan = plan_ingest(cfg, ds.scan_shape, ds.frame_shape, ds.data.dtype, ctx.log)
+    ref = _in_place_target(ctx, plan)
+    if ref is not None:
+        from .io.zarrarray import open_zarr_array
+
+        arr, _ = open_zarr_array(ref["store"], ref["path"] or None)
+        blocks = array_blocks(arr, cfg.compute.block_mb)
+        plan = IngestPlan(plan.crop_r, plan.crop_q, 1, 1, plan.scan_shape, plan.frame_shape, plan.dtype,
+                          tuple(arr.chunks[:2]), tuple(blocks))
+        target = None
+        ctx.log(f"[sendmap] ingest: using the zarr array {ref['store']}:{ref['path'] or '/'} in place (no copy)")
+        if "data" in g:
+            del g["data"]
+    else:
+        ref = {"store": ctx.store_path, "path": "data"}
+        g.create_array("data", shape=(*plan.scan_shape, *plan.frame_shape), dtype=plan.dtype, chunks=plan.chunk_shape,
+                       compressors=compressor(), overwrite=True, fill_value=0, config=WRITE_CONFIG)
+        target = (ctx.store_path, "data")
+    # input chunks matched to the stored blocks, so each input chunk is read once
+    y0, y1, x0, x1 = plan.input_region(plan.blocks[0])
+    if x1 - x0 >= ds.scan_shape[1] - plan.crop_r[2] or plan.bin_r > 1:  # blocks of whole input rows
+        fpc = (y1 - y0) * ds.scan_shape[1]
+    else:  # pieces of one row
+        fpc = x1 - x0
+    inp = cfg.input
+    load = _Load(str(ds.path), ds.format, tuple(inp.scan_shape) if inp.scan_shape else None, inp.dataset,
+                 inp.raw.model_dump() if inp.raw else None, int(fpc))
+    r_disk = disk_radius_px(cfg)
+    _, first = load((plan, plan.blocks[0], None))
+    first = bin_block(first, plan.bin_r, plan.bin_q, plan.dtype)
+    mean_first = np.nanmean(first.reshape(-1, *plan.frame_shape).astype(np.float64), axis=0)
+    bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
+    del first
+    process = _Process(bf_mask, adf_mask, inp.nonfinite, target)
+
+    total_sum = np.zeros(plan.frame_shape)
+    total_max = np.full(plan.frame_shape, -np.inf)
+    nonfinite = np.zeros(plan.frame_shape, np.int64)
+    maps = {k: np.zeros(plan.scan_shape) for k in ("total", "bf", "adf")}
+
+    def collect(_, res):
+        (y0, y1, x0, x1), out = res
+        total_sum[...] += out["sum"]
+        np.maximum(total_max, out["max"], out=total_max)
+        nonfinite[...] += out["nonfinite"]
+        for k in maps:
+            maps[k][y0:y1, x0:x1] = out[k]
+
+    items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
+    frame_bytes = int(np.prod(ds.frame_shape)) * ds.data.dtype.itemsize
+    sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes * plan.bin_q ** 0 for b in plan.blocks]
+    run_blocks(load, process, items, cfg.compute, "ingest", on_result=collect, sizes=sizes, thread_safe=True)
+    n = maps["total"].size
+    total_max[~np.isfinite(total_max)] = 0.0
+    write_array(g, "ingest/sum_pattern", total_sum, {"units": "counts summed over all positions"})
+    write_array(g, "ingest/mean_pattern", total_sum / n, {"units": "counts per position"})
+    write_array(g, "ingest/max_pattern", total_max, {"units": "counts"})
+    write_array(g, "ingest/total_counts", maps["total"], {"units": "counts per position"})
+    write_array(g, "ingest/virtual_bf", maps["bf"], {"units": "counts", "centre_yx_px": vcentre,
+                                                       "radius_px": r_disk, "note": "fixed detector disk, no descan"})
+    write_array(g, "ingest/virtual_adf", maps["adf"], {"units": "counts", "centre_yx_px": vcentre,
+                                                         "inner_radius_px": 2 * r_disk, "note": "fixed annulus"})
+    write_array(g, "ingest/nonfinite_count", nonfinite, {"units": "NaN/inf values per detector pixel"})
+    n_bad = int(nonfinite.sum())
+    if n_bad:
+        ctx.log(f"[sendmap] ingest: {n_bad} NaN/inf values in {int((nonfinite > 0).sum())} detector pixels set to 0; "
+                "those pixels are masked (input.nonfinite: mask)")
+    set_attrs(g, data_ref=ref, ingest={
+        "crop_r": list(plan.crop_r), "crop_q": list(plan.crop_q), "bin_r": plan.bin_r, "bin_q": plan.bin_q,
+        "scan_shape": list(plan.scan_shape), "frame_shape": list(plan.frame_shape), "dtype": plan.dtype.str,
+        "chunks": list(plan.chunk_shape), "in_place": target is None, "nonfinite_values": n_bad,
+        "input_bytes": int(math.prod(ds.data.shape) * ds.data.dtype.itemsize)})
+
+
+def open_data(store_path: str):
+    """The stored 4D data array of a result store (its own ``data`` or the zarr input used in place)."""
+    import zarr
+
+    g = zarr.open_group(store_path, mode="r")
+    ref = g.attrs.get("data_ref") or {"store": store_path, "path": "data"}
+    if ref["store"] == store_path and ref["path"] == "data":
+        return g["data"]
+    return zarr.open_array(ref["store"], mode="r", path=ref["path"]) if ref["path"] else \
+        zarr.open_array(ref["store"], mode="r")

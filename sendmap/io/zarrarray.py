@@ -1,0 +1,112 @@
+"""An existing zarr array (v2 or v3), read lazily and, where it suits, used in place.
+
+A zarr input is either an array folder, or a group folder holding one 4D array (the largest 4D
+array is taken, or the one named by ``input.dataset``; a sendmap result store offers ``data``). The
+array is (Ry, Rx, Qy, Qx), or (N, Qy, Qx) frames in scan order reshaped to ``scan_shape``. The dask
+chunks follow the array's own chunk grid along the scan axes (grouped to about
+:data:`sendmap.io._common.CHUNK_BYTES`), so every stored chunk is read once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+from dask.array.core import normalize_chunks
+import numpy as np
+
+from sendmap.errors import SendmapInputError
+from sendmap.io._common import CHUNK_BYTES, check_scan_shape, frame_range, scan_chunks
+
+
+def open_zarr_array(path, dataset: str | None = None):
+    """(zarr.Array, its path inside the store) of a zarr input, read-only; SendmapInputError if none fits."""
+    import zarr
+
+    path = Path(path)
+    try:
+        node = zarr.open(str(path), mode="r", path=dataset) if dataset else zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for missing or corrupt metadata
+        raise SendmapInputError(f"{path}: not a readable zarr array or group"
+                                f"{f' at {dataset!r}' if dataset else ''} ({exc})") from None
+    if isinstance(node, zarr.Array):
+        return node, dataset or ""
+    found = [(name, arr) for name, arr in node.arrays()] + [
+        (f"{gname}/{name}", arr) for gname, grp in node.groups() for name, arr in grp.arrays()]
+    candidates = [(name, arr) for name, arr in found if arr.ndim in (3, 4) and arr.dtype.kind in "iuf"]
+    if not candidates:
+        raise SendmapInputError(
+            f"{path}: a zarr group with no 3D/4D numeric array (found: "
+            f"{', '.join(f'{n} {a.shape}' for n, a in found) or 'no arrays'}); set input.dataset")
+    name, arr = max(candidates, key=lambda c: (c[1].ndim, int(np.prod(c[1].shape))))
+    return arr, (f"{dataset}/{name}" if dataset else name)
+
+
+def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str | None = None,
+                   frames_per_chunk: int | None = None) -> tuple[da.Array, dict]:
+    """Lazy (Ry, Rx, Qy, Qx) array of a zarr input, with metadata (array path, chunks, codecs, attrs).
+
+    ``frames_per_chunk`` is ignored for 4D arrays, whose dask chunks follow the stored chunks.
+    """
+    path = Path(path)
+    arr, name = open_zarr_array(path, dataset)
+    if arr.dtype.kind not in "iuf" or arr.ndim not in (3, 4):
+        raise SendmapInputError(f"{path}: expected a (Ry, Rx, Qy, Qx) or (N, Qy, Qx) array of numbers, found "
+                                f"shape {arr.shape} of {arr.dtype}")
+    native = arr.dtype.newbyteorder("=")
+    meta = {"array_path": name, "chunks_on_disk": list(arr.chunks), "zarr_format": arr.metadata.zarr_format,
+            "dtype_on_disk": arr.dtype.str, "attrs": _small_attrs(dict(arr.attrs))}
+    if arr.ndim == 4:
+        if scan_shape is not None and tuple(scan_shape) != tuple(arr.shape[:2]):
+            raise SendmapInputError(
+                f"{path}: scan_shape {tuple(scan_shape)} does not match the array's scan axes {arr.shape[:2]}")
+        chunks = grouped_chunks(arr.shape, arr.chunks, native.itemsize)
+        data = da.map_blocks(_load_zarr4d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
+                             path=str(path), array_path=name)
+        return data, meta
+    scan_shape = check_scan_shape((1, arr.shape[0]) if scan_shape is None else scan_shape, arr.shape[0], path)
+    chunks = scan_chunks(scan_shape, arr.shape[1:], native.itemsize, frames_per_chunk)
+    data = da.map_blocks(_load_zarr3d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
+                         path=str(path), array_path=name, row_length=scan_shape[1])
+    return data, meta
+
+
+def grouped_chunks(shape, chunks, itemsize: int, target_bytes: int = CHUNK_BYTES) -> tuple:
+    """Dask chunks along (Ry, Rx) that are whole multiples of the stored chunks, about ``target_bytes``."""
+    ry, rx, qy, qx = shape
+    cy, cx = chunks[:2]
+    frame = qy * qx * itemsize
+    per_chunk = cy * cx * frame
+    if cx >= rx:  # stored chunks hold whole rows: group k chunk-rows
+        k = max(1, target_bytes // max(1, per_chunk))
+        return normalize_chunks((cy * k, rx, qy, qx), shape=shape)
+    k = max(1, min(-(-rx // cx), target_bytes // max(1, per_chunk)))
+    return normalize_chunks((cy, min(rx, cx * k), qy, qx), shape=shape)
+
+
+def _small_attrs(attrs: dict, limit: int = 4000) -> dict:
+    import json
+
+    try:
+        text = json.dumps(attrs, default=str)
+    except (TypeError, ValueError):
+        return {}
+    return attrs if len(text) <= limit else {"note": f"{len(text)} characters of attrs, not copied"}
+
+
+def _open(path: str, array_path: str):
+    import zarr
+
+    return zarr.open_array(path, mode="r", path=array_path) if array_path else zarr.open_array(path, mode="r")
+
+
+def _load_zarr4d(path: str, array_path: str, block_info=None) -> np.ndarray:
+    (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
+    out = np.asarray(_open(path, array_path)[r0:r1, c0:c1])
+    return out.astype(out.dtype.newbyteorder("="), copy=False)
+
+
+def _load_zarr3d(path: str, array_path: str, row_length: int, block_info=None) -> np.ndarray:
+    frames, shape = frame_range(block_info, row_length)
+    arr = _open(path, array_path)
+    out = np.asarray(arr[frames])
+    return out.astype(out.dtype.newbyteorder("="), copy=False).reshape(*shape, *arr.shape[1:])
