@@ -23,7 +23,7 @@ from .config import Config
 from .errors import SendmapInputError
 from .io import Dataset, open_dataset
 from .science.frames import bin_block, binned_dtype, frame_statistics
-from .store import WRITE_CONFIG
+from .store import WRITE_CONFIG, write_region_direct
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,8 @@ class _Process:
             else:
                 data = np.where(np.isfinite(data), data, 0).astype(data.dtype)
         if self.target is not None:
-            import zarr
-
             store, name = self.target
-            arr = zarr.open_array(store, mode="r+", path=name).with_config(WRITE_CONFIG)  # config is not stored
-            arr[y0:y1, x0:x1] = data
+            write_region_direct(Path(store, name), (*plan.chunks, *plan.frame_shape), (y0, x0, 0, 0), data)
         shape = (y1 - y0, x1 - x0)
         return block, {"sum": st["sum"], "max": st["max"], "nonfinite": st["nonfinite"],
                        "total": st["total"].reshape(shape), "bf": st["bf"].reshape(shape),
