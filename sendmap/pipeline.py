@@ -101,22 +101,26 @@ def dose_record(cfg: Config, counts: np.ndarray) -> dict:
 
     Priority: ``dose.electrons_per_pattern``; else beam current × dwell time / e; else the mean detector
     counts per position ÷ ``dose.detector_counts_per_electron`` (a lower bound where electrons miss the
-    detector). Area per position = (scan step)²; with a probe no larger than the step, each area is
-    exposed once, so the accumulated dose equals the per-position dose.
+    detector). All of these are per recorded probe position; a stored (``input.bin_r``-binned)
+    pattern sums bin_r² of them (``electrons_per_stored_pattern``). Area per recorded position =
+    (recorded scan step)²; with a probe no larger than the step, each area is exposed once, so the
+    accumulated dose equals the per-position dose.
     """
     d = cfg.dose
+    per_stored = cfg.input.bin_r ** 2
     if d.electrons_per_pattern:
         epp, source = float(d.electrons_per_pattern), "config dose.electrons_per_pattern"
     elif d.beam_current_pa and d.dwell_time_ms:
         epp = d.beam_current_pa * 1e-12 * d.dwell_time_ms * 1e-3 / 1.602176634e-19
         source = "beam current × dwell time"
     else:
-        epp = float(np.mean(counts)) / d.detector_counts_per_electron
+        epp = float(np.mean(counts)) / d.detector_counts_per_electron / per_stored
         source = "measured: mean detector counts per position / detector_counts_per_electron"
-    step_a = scan_step_nm(cfg) * 10.0
+    step_a = cfg.calibration.scan_step_nm * 10.0
     per_area = epp / step_a ** 2
     return {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
-            "source": source, "scan_step_nm": scan_step_nm(cfg)}
+            "electrons_per_stored_pattern": epp * per_stored, "source": source,
+            "scan_step_nm": cfg.calibration.scan_step_nm, "stored_step_nm": scan_step_nm(cfg)}
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -467,6 +471,11 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
 
 # --------------------------------------------------------------------------------------------- runner
 
+READERS = {"mib": "sendmap.io.mib", "dm4": "sendmap.io.dm (tags: rosettasciio)", "empad": "sendmap.io.empad",
+           "arina": "sendmap.io.hdf5 (h5py + hdf5plugin)", "py4dstem": "sendmap.io.hdf5 (h5py)",
+           "npy": "sendmap.io.npy", "zarr": "sendmap.io.zarrarray (zarr)", "raw": "sendmap.io.raw"}
+
+
 def preflight(cfg: Config) -> tuple[Dataset, dict]:
     """Everything that can be checked before touching the output: the input opens, the shapes fit, Q is known."""
     path = cfg.input_path()
@@ -475,7 +484,7 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
                       raw=inp.raw.model_dump() if inp.raw else None)
     q_pixel_size(cfg)
     fp = fingerprint(path, files=ds.files)
-    info = {"path": str(path), "format": ds.format, "bytes": fp["bytes"],
+    info = {"path": str(path), "format": ds.format, "reader": READERS.get(ds.format, ""), "bytes": fp["bytes"],
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
             "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype), "reader_metadata": ds.metadata}
     return ds, info
