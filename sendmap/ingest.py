@@ -22,8 +22,9 @@ import numpy as np
 from .config import Config
 from .errors import SendmapInputError
 from .io import Dataset, open_dataset
+from .io._common import chunk_groups
 from .science.frames import bin_block, binned_dtype, frame_statistics
-from .store import WRITE_CONFIG, write_region_direct
+from .store import write_region_direct
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,8 @@ def chunk_grid(scan_shape, frame_bytes: int, chunk_mb: float) -> tuple[int, int]
 def grid_blocks(scan_shape, chunk_yx, frame_bytes: int, block_mb: float) -> list[tuple[int, int, int, int]]:
     """Regions (y0, y1, x0, x1) made of whole chunks of ``chunk_yx``, about ``block_mb`` MB each."""
     ry, rx = scan_shape
-    cy, cx = chunk_yx
-    k = max(1, int(block_mb * 1e6 // max(1, cy * cx * frame_bytes)))
-    if cx >= rx:
-        rows = cy * k
-        return [(y, min(ry, y + rows), 0, rx) for y in range(0, ry, rows)]
-    cols = min(rx, cx * k)
-    return [(y, min(ry, y + cy), x, min(rx, x + cols)) for y in range(0, ry, cy) for x in range(0, rx, cols)]
+    rows, cols = chunk_groups(scan_shape, chunk_yx, frame_bytes, block_mb * 1e6)
+    return [(y, min(ry, y + rows), x, min(rx, x + cols)) for y in range(0, ry, rows) for x in range(0, rx, cols)]
 
 
 def array_blocks(arr, block_mb: float) -> list[tuple[int, int, int, int]]:
@@ -179,18 +175,15 @@ class _Process:
         flat = data.reshape(-1, *data.shape[2:])
         st = frame_statistics(flat, self.bf_mask, self.adf_mask)
         n_bad = int(st["nonfinite"].sum())
-        if n_bad:
+        if n_bad and self.nonfinite == "error":
             iy, ix, qy, qx = np.argwhere(~np.isfinite(data))[0]
-            if self.nonfinite == "error":
-                raise SendmapInputError(
-                    f"the input holds NaN or infinite values: first at stored scan position ({y0 + iy}, {x0 + ix}), "
-                    f"detector pixel ({qy}, {qx}); {n_bad} such values in that block. Set input.nonfinite: mask to "
-                    "set them to 0 and mask their detector pixels")
-            if data is frames and self.target is None:
-                pass  # used in place: the reduction left them out and calibrate masks their pixels
-            else:
+            raise SendmapInputError(
+                f"the input holds NaN or infinite values: first at stored scan position ({y0 + iy}, {x0 + ix}), "
+                f"detector pixel ({qy}, {qx}); {n_bad} such values in that block. Set input.nonfinite: mask to "
+                "set them to 0 and mask their detector pixels")
+        if self.target is not None:  # (used in place: the reduction left them out, calibrate masks their pixels)
+            if n_bad:
                 data = np.where(np.isfinite(data), data, 0).astype(data.dtype)
-        if self.target is not None:
             store, name = self.target
             write_region_direct(Path(store, name), (*plan.chunks, *plan.frame_shape), (y0, x0, 0, 0), data)
         shape = (y1 - y0, x1 - x0)
@@ -249,23 +242,26 @@ def stage_ingest(ctx) -> None:
     else:
         ref = {"store": ctx.store_path, "path": "data"}
         g.create_array("data", shape=(*plan.scan_shape, *plan.frame_shape), dtype=plan.dtype, chunks=plan.chunk_shape,
-                       compressors=compressor(), overwrite=True, fill_value=0, config=WRITE_CONFIG)
+                       compressors=compressor(), overwrite=True, fill_value=0)
         target = (ctx.store_path, "data")
     # input chunks matched to the stored blocks, so each input chunk is read once
     y0, y1, x0, x1 = plan.input_region(plan.blocks[0])
-    if x1 - x0 >= ds.scan_shape[1] - plan.crop_r[2] or plan.bin_r > 1:  # blocks of whole input rows
+    if target is None:  # in place: dask chunks = the blocks, groups of whole stored chunks
+        fpc = (y1 - y0) * (x1 - x0)
+    elif x1 - x0 >= ds.scan_shape[1] - plan.crop_r[2] or plan.bin_r > 1:  # blocks of whole input rows
         fpc = (y1 - y0) * ds.scan_shape[1]
     else:  # pieces of one row
         fpc = x1 - x0
     inp = cfg.input
     load = _Load(str(ds.path), ds.format, tuple(inp.scan_shape) if inp.scan_shape else None, inp.dataset,
                  inp.raw.model_dump() if inp.raw else None, int(fpc))
+    # the virtual-detector regions come from the first block, which is then processed like every other
     r_disk = disk_radius_px(cfg)
-    _, first = load((plan, plan.blocks[0], None))
-    first = bin_block(first, plan.bin_r, plan.bin_q, plan.dtype)
-    mean_first = np.nanmean(first.reshape(-1, *plan.frame_shape).astype(np.float64), axis=0)
+    items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
+    first = load(items[0])
+    mean_first = np.nanmean(first[1], axis=(0, 1))[None, None]  # crop_q applied, not yet binned
+    mean_first = bin_block(mean_first, 1, plan.bin_q, np.float64)[0, 0]
     bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
-    del first
     process = _Process(bf_mask, adf_mask, inp.nonfinite, target)
 
     total_sum = np.zeros(plan.frame_shape)
@@ -281,10 +277,11 @@ def stage_ingest(ctx) -> None:
         for k in maps:
             maps[k][y0:y1, x0:x1] = out[k]
 
-    items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
     frame_bytes = int(np.prod(ds.frame_shape)) * ds.data.dtype.itemsize
-    sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes * plan.bin_q ** 0 for b in plan.blocks]
-    run_blocks(load, process, items, cfg.compute, "ingest", on_result=collect, sizes=sizes, thread_safe=True)
+    sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes for b in plan.blocks]
+    collect(0, process(first))
+    del first
+    run_blocks(load, process, items[1:], cfg.compute, "ingest", on_result=collect, sizes=sizes[1:], thread_safe=True)
     n = maps["total"].size
     total_max[~np.isfinite(total_max)] = 0.0
     write_array(g, "ingest/sum_pattern", total_sum, {"units": "counts summed over all positions"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -175,8 +174,8 @@ def test_crop_and_bin_sum_counts_exactly(tmp_path, capsys):
 def test_crop_outside_the_data_is_an_input_error(tmp_path, capsys):
     np.save(tmp_path / "d.npy", _counts())
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(f"input: {{path: d.npy, crop_q: [0, 64, 0, 32]}}\ncalibration: {{q_pixel_size: 0.025}}\n"
-                        f"output: {{dir: out}}\n")
+    cfg_path.write_text("input: {path: d.npy, crop_q: [0, 64, 0, 32]}\ncalibration: {q_pixel_size: 0.025}\n"
+                        "output: {dir: out}\n")
     assert main(["run", str(cfg_path), "--no-progress"]) == 2
     assert "crop_q" in capsys.readouterr().err
 
@@ -285,18 +284,17 @@ def test_processes_scheduler_ingests_the_same(tmp_path):
 def test_direct_chunk_writes_read_back_through_zarr(tmp_path):
     """write_region_direct encodes chunks as zarr would: zarr reads them back, edge chunks included,
     and a chunk written by zarr itself has the same bytes."""
-    from sendmap.store import WRITE_CONFIG, compressor, write_region_direct
+    from sendmap.store import compressor, write_region_direct
 
     data = RNG.integers(0, 3000, size=(5, 7, 4, 6)).astype(np.uint16)
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     chunks = (2, 3, 4, 6)
-    g.create_array("d", shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=compressor(), fill_value=0,
-                   config=WRITE_CONFIG)
+    g.create_array("d", shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=compressor(), fill_value=0)
     for y0 in range(0, 5, 2):
         write_region_direct(tmp_path / "s.zarr" / "d", chunks, (y0, 0, 0, 0), data[y0:y0 + 2])
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "s.zarr"), path="d", mode="r")[...], data)
-    g.create_array("z", shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=compressor(), fill_value=0,
-                   config=WRITE_CONFIG)[...] = data
+    z = g.create_array("z", shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=compressor(), fill_value=0)
+    z[...] = data
     for key in ("c/0/0/0/0", "c/2/2/0/0"):  # an interior and a corner edge chunk
         assert (tmp_path / "s.zarr" / "d" / key).read_bytes() == (tmp_path / "s.zarr" / "z" / key).read_bytes()
     with pytest.raises(ValueError, match="aligned"):

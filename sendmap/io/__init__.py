@@ -189,7 +189,7 @@ def _compatible(detected: str, fmt: str) -> bool:
         return True
     if fmt == "raw":  # any file can be described byte by byte
         return True
-    return detected == "empad" and fmt == "raw" or detected == "raw" and fmt == "empad"
+    return detected == "raw" and fmt == "empad"
 
 
 def fingerprint(path, sample_bytes: int = 1 << 20, files: list | None = None) -> dict:

@@ -53,3 +53,13 @@ def frame_range(block_info: dict, row_length: int) -> tuple[slice, tuple[int, in
     """Frames of the chunk described by dask's ``block_info`` (consecutive, see scan_chunks) and its scan shape."""
     (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
     return slice(r0 * row_length + c0, (r1 - 1) * row_length + c1), (r1 - r0, c1 - c0)
+
+
+def chunk_groups(scan_shape: tuple[int, int], chunk_yx: tuple[int, int], frame_bytes: int,
+                 target_bytes: float) -> tuple[int, int]:
+    """(rows, columns) of a group of whole stored chunks of ``chunk_yx`` positions, about ``target_bytes``:
+    k chunk-rows where chunks hold whole scan rows, else k chunks along one chunk-row."""
+    ry, rx = scan_shape
+    cy, cx = chunk_yx
+    k = max(1, int(target_bytes // max(1, cy * cx * frame_bytes)))
+    return (cy * k, rx) if cx >= rx else (cy, min(rx, cx * k))

@@ -15,7 +15,7 @@ from dask.array.core import normalize_chunks
 import numpy as np
 
 from sendmap.errors import SendmapInputError
-from sendmap.io._common import CHUNK_BYTES, check_scan_shape, frame_range, scan_chunks
+from sendmap.io._common import CHUNK_BYTES, check_scan_shape, chunk_groups, frame_range, scan_chunks
 
 
 def open_zarr_array(path, dataset: str | None = None):
@@ -45,7 +45,8 @@ def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str
                    frames_per_chunk: int | None = None) -> tuple[da.Array, dict]:
     """Lazy (Ry, Rx, Qy, Qx) array of a zarr input, with metadata (array path, chunks, codecs, attrs).
 
-    ``frames_per_chunk`` is ignored for 4D arrays, whose dask chunks follow the stored chunks.
+    The dask chunks of a 4D array are groups of whole stored chunks of about ``frames_per_chunk`` frames
+    (default: :data:`CHUNK_BYTES`).
     """
     path = Path(path)
     arr, name = open_zarr_array(path, dataset)
@@ -59,7 +60,9 @@ def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str
         if scan_shape is not None and tuple(scan_shape) != tuple(arr.shape[:2]):
             raise SendmapInputError(
                 f"{path}: scan_shape {tuple(scan_shape)} does not match the array's scan axes {arr.shape[:2]}")
-        chunks = grouped_chunks(arr.shape, arr.chunks, native.itemsize)
+        frame_bytes = arr.shape[2] * arr.shape[3] * native.itemsize
+        target = CHUNK_BYTES if frames_per_chunk is None else frames_per_chunk * frame_bytes
+        chunks = grouped_chunks(arr.shape, arr.chunks, native.itemsize, target)
         data = da.map_blocks(_load_zarr4d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                              path=str(path), array_path=name)
         return data, meta
@@ -72,15 +75,8 @@ def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str
 
 def grouped_chunks(shape, chunks, itemsize: int, target_bytes: int = CHUNK_BYTES) -> tuple:
     """Dask chunks along (Ry, Rx) that are whole multiples of the stored chunks, about ``target_bytes``."""
-    ry, rx, qy, qx = shape
-    cy, cx = chunks[:2]
-    frame = qy * qx * itemsize
-    per_chunk = cy * cx * frame
-    if cx >= rx:  # stored chunks hold whole rows: group k chunk-rows
-        k = max(1, target_bytes // max(1, per_chunk))
-        return normalize_chunks((cy * k, rx, qy, qx), shape=shape)
-    k = max(1, min(-(-rx // cx), target_bytes // max(1, per_chunk)))
-    return normalize_chunks((cy, min(rx, cx * k), qy, qx), shape=shape)
+    rows, cols = chunk_groups(shape[:2], chunks[:2], shape[2] * shape[3] * itemsize, target_bytes)
+    return normalize_chunks((rows, cols, *shape[2:]), shape=shape)
 
 
 def _small_attrs(attrs: dict, limit: int = 4000) -> dict:
