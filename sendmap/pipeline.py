@@ -145,28 +145,18 @@ class _CentreProcess:
 
 @dataclass(frozen=True)
 class _PolarProcess:
-    """process(): polar sums of a block → profiles, features and virtual images."""
+    """process(): one pass over a block → profiles, robust mean, spot significance and virtual images."""
 
-    geom: object
+    tables: object  # PolarTables (pickles without its tables; rebuilt lazily where it runs)
     mask: np.ndarray
     disk_radius_q: float
-    n: int
     adf_q: tuple
 
     def __call__(self, loaded):
-        from .science.polar import polar_sums, radial_statistics, spot_significance_profile
+        from .science.polar_tables import profile_block
 
         item, frames, centres = loaded
-        ps = polar_sums(frames, centres, self.mask, self.geom)
-        st = radial_statistics(ps)
-        q = self.geom.q_centres
-        qn = q ** self.n
-        s = ps.s.sum(axis=2)
-        bf = s[:, q < self.disk_radius_q].sum(axis=1)
-        adf = s[:, (q >= self.adf_q[0]) & (q < self.adf_q[1])].sum(axis=1)
-        return item[1], {"mean": st["mean"], "sem": st["sem"], "dispersion": st["dispersion"],
-                         "iqn": st["mean"] * qn, "iqn_sem": st["sem"] * qn,
-                         "spot_z": spot_significance_profile(ps, q, self.disk_radius_q), "bf": bf, "adf": adf}
+        return item[1], profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q)
 
 
 def stage_calibrate(ctx: Context) -> None:
@@ -176,6 +166,7 @@ def stage_calibrate(ctx: Context) -> None:
     from .science.ellipse import fit_ellipse_from_scales, phi_centres, sector_scale_factors
     from .science.mask import hot_dead_mask
     from .science.polar import PolarGeometry
+    from .science.polar_tables import PolarTables
 
     cfg, g = ctx.cfg, ctx.group
     qpx = q_pixel_size(cfg)
@@ -228,7 +219,8 @@ def stage_calibrate(ctx: Context) -> None:
             acc["s"] += res[0]
             acc["w"] += res[1]
 
-        run_blocks(_read_store_block, _EllipseProcess(geom, mask, r_q, tuple(map(tuple, crystal_bands)),
+        run_blocks(_read_store_block, _EllipseProcess(PolarTables(geom, centre_step_px(cfg, data.shape[2:])), mask, r_q,
+                                                     tuple(map(tuple, crystal_bands)),
                                                      cfg.classify.definitions.crystal_spot_z),
                    [(ctx.store_path, b, True) for b in sub], cfg.compute, "ellipse", on_result=ell_put)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -249,22 +241,22 @@ def stage_calibrate(ctx: Context) -> None:
 
 @dataclass(frozen=True)
 class _EllipseProcess:
-    geom: object
+    """process(): centred polar sums (no ellipse correction) of the block's non-crystalline frames."""
+
+    tables: object
     mask: np.ndarray
     disk_radius_q: float
     crystal_bands: tuple
     crystal_spot_z: float
 
     def __call__(self, loaded):
-        from .science.polar import polar_sums, spot_significance_profile
+        from .science.polar_tables import profile_block
 
         _, frames, centres = loaded
-        ps = polar_sums(frames, centres, self.mask, self.geom)
-        q = self.geom.q_centres
-        z = spot_significance_profile(ps, q, self.disk_radius_q)
-        zc = band_max(z, q, self.crystal_bands)
+        r = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, keep_sums=True)
+        zc = band_max(r["spot_z"], self.tables.geom.q_centres, self.crystal_bands)
         keep = zc < self.crystal_spot_z
-        return ps.s[keep].sum(axis=0), ps.w[keep].sum(axis=0)
+        return r["s"][keep].sum(axis=0), r["w"][keep].sum(axis=0)
 
 
 # --------------------------------------------------------------------------------------------- profiles
@@ -285,9 +277,34 @@ def profile_geometry(cfg: Config, calib: dict, frame_shape: tuple[int, int], ori
                          cfg.profiles.supersample)
 
 
+PROFILE_OUTPUTS = {
+    "mean": ("profiles", {"units": "counts per pixel", "meaning": "azimuthal mean I(Q)"}),
+    "sem": ("profiles", {"units": "counts per pixel", "meaning": "Poisson standard error of the mean"}),
+    "dispersion": ("profiles", {"meaning": "pixel variance / mean: ≈ 1 for an isotropic Poisson ring"}),
+    "robust_mean": ("profiles", {"units": "counts per pixel",
+                                 "meaning": "azimuthal mean with sectors holding Bragg spots clipped (one-sided, 4σ)"}),
+    "iqn": ("profiles", None),
+    "iqn_sem": ("profiles", None),
+    "iqn_robust": ("profiles", None),
+    "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q"}),
+}
+
+
+def centre_step_px(cfg: Config, frame_shape) -> float:
+    """Grid (px) the per-position centres are rounded to for the pixel tables: the config's value, else
+    1/16 px for frames up to 256² (≤ 256 tables of ≈ 0.55 MB) and 1/8 px above (≤ 64 tables)."""
+    if cfg.profiles.centre_step_px:
+        return cfg.profiles.centre_step_px
+    return 0.0625 if frame_shape[0] * frame_shape[1] <= 256 * 256 else 0.125
+
+
 def stage_profiles(ctx: Context) -> None:
-    """Azimuthal mean I(Q), SEM, dispersion, I·Q^n, spot significance and virtual images per position."""
+    """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position.
+
+    One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`).
+    """
     from .execute import run_blocks
+    from .science.polar_tables import PolarTables
 
     cfg, g = ctx.cfg, ctx.group
     calib = dict(g.attrs["calibration"])
@@ -296,37 +313,45 @@ def stage_profiles(ctx: Context) -> None:
     data, blocks = data_blocks(ctx)
     ry, rx, qy, qx = data.shape
     geom = profile_geometry(cfg, calib, (qy, qx), origin)
+    tables = PolarTables(geom, centre_step_px(cfg, (qy, qx)))
     r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
     q = geom.q_centres
+    qn = q ** cfg.profiles.n
     adf_q = (2 * r_q, q[-1] + geom.bin_width)
-    names = ("mean", "sem", "dispersion", "iqn", "iqn_sem", "spot_z")
     rows_per = blocks[0][1] - blocks[0][0]
     arrays = {}
-    for nm in names:
-        grp = "features" if nm == "spot_z" else "profiles"
+    for nm, (grp, attrs) in PROFILE_OUTPUTS.items():
         arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32",
                                     chunks=(rows_per, rx, geom.nq), overwrite=True, fill_value=float("nan"))
+        if attrs:
+            arrays[nm].attrs.update(attrs)
+    for nm in ("iqn", "iqn_sem", "iqn_robust"):
+        arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     bf = np.zeros((ry, rx))
     adf = np.zeros((ry, rx))
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
-        for nm in names:
+        out["robust_mean"] = out.pop("robust")
+        out["iqn"] = out["mean"] * qn
+        out["iqn_sem"] = out["sem"] * qn
+        out["iqn_robust"] = out["robust_mean"] * qn
+        for nm in PROFILE_OUTPUTS:
             arrays[nm][y0:y1, x0:x1] = out[nm].reshape(y1 - y0, x1 - x0, -1).astype(np.float32)
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
 
     items = [(ctx.store_path, b, True) for b in blocks]
-    run_blocks(_read_store_block, _PolarProcess(geom, mask, r_q, cfg.profiles.n, adf_q), items, cfg.compute,
-               "profiles", on_result=put)
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q), items, cfg.compute, "profiles",
+               on_result=put)
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
-    arrays["iqn"].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
-    arrays["mean"].attrs.update({"units": "counts per pixel"})
-    arrays["spot_z"].attrs.update({"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q"})
     write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0, r_q]})
     write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
     set_attrs(g, profiles={"q_max": float(q[-1] + geom.bin_width / 2), "bin_width": geom.bin_width, "nq": geom.nq,
-                           "supersample": geom.supersample, "method": "supersampling (sub-pixels of 1/ss² counts)"})
+                           "n_azimuth": geom.n_phi, "supersample": geom.supersample,
+                           "centre_step_px": tables.centre_step_px,
+                           "method": "supersampling (sub-pixels of 1/ss² counts), per-frame centre rounded to "
+                                     "centre_step_px, precomputed pixel tables, non-zero pixels only"})
 
 
 # --------------------------------------------------------------------------------------------- peaks
@@ -458,7 +483,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
         if st.name == "calibrate":
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
                                                 if k.startswith("crystal")}
-            sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k in ("supersample", "n_azimuth")}
+            sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k in ("supersample", "n_azimuth", "centre_step_px")}
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},
