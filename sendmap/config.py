@@ -95,6 +95,18 @@ class CalibrationConfig(_Section):
         "fit", description="'fit' from the amorphous ring of the centred mean pattern, 'none', or [ratio, angle_deg]")
     ellipse_window: tuple[float, float] = Field((0.15, 0.45), description="1/Å range used to fit the ellipse")
     mask_hot_dead: bool = Field(True, description="find hot and dead pixels from the sum and max patterns")
+    mask_saturated: bool = Field(True, description="exclude pixels that reached the counter's saturation value "
+                                 "(unbinned data only) from the profiles")
+    saturation_count: Optional[int] = Field(
+        None, gt=0, description="saturation value; null: 2^bits − 1 of the recorded counter depth, else the integer "
+        "type's maximum")
+    mask_shadows: bool = Field(True, description="find a beam stop and an aperture shadow in the mean pattern")
+    mask_file: Optional[str] = Field(
+        None, description=".npy/.tif/.png of the stored frame shape, nonzero = excluded pixel (pyFAI's convention); "
+        "added to the automatic mask")
+    centre_method: Literal["auto", "disk", "symmetry"] = Field(
+        "auto", description="disk: centre of mass of the central disk; symmetry: 180° point symmetry of the rings; "
+        "auto: symmetry where a beam stop or the mask hides more than half of the central disk")
 
 
 class DoseConfig(_Section):
@@ -134,6 +146,9 @@ class PeaksConfig(_Section):
     degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
     smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
     spatial_binning: int = Field(1, ge=1, le=8, description="average profiles over k×k neighbourhoods before the fit")
+    profile: Literal["mean", "robust"] = Field(
+        "mean", description="profile the peak is fitted on: the azimuthal mean, or the robust mean whose sectors "
+        "holding Bragg spots are clipped (for spotty patterns)")
 
     @model_validator(mode="after")
     def _window_order(self):

@@ -130,6 +130,55 @@ def dose_record(cfg: Config, counts: np.ndarray) -> dict:
 
 # --------------------------------------------------------------------------------------------- calibrate
 
+def detector_mask(ctx: Context, r_disk_px: float) -> dict:
+    """Every cause of an unusable pixel, from the ingest reductions: hot, dead, saturated, non-finite, beam stop,
+    aperture shadow and the user's mask file. Returns bool arrays (True = excluded) per cause, ``mask`` and
+    ``centre_mask`` (True = used; the latter keeps saturated pixels: a flat-topped disk still has a centre),
+    ``centre_guess_yx`` and an ``info`` dict."""
+    from .science.mask import hot_dead_mask, load_user_mask, saturated_mask, saturation_level, shadow_masks
+
+    cfg, g = ctx.cfg, ctx.group
+    cal = cfg.calibration
+    sum_p = np.asarray(g["ingest/sum_pattern"])
+    max_p = np.asarray(g["ingest/max_pattern"])
+    shape = sum_p.shape
+    none = np.zeros(shape, bool)
+    info: dict = {}
+    hd = hot_dead_mask(sum_p, max_p) if cal.mask_hot_dead else {"hot": none, "dead": none}
+    sat = none
+    if cal.mask_saturated:
+        if cfg.input.bin_q > 1 or cfg.input.bin_r > 1:
+            info["saturated"] = "not searched: the data are binned (saturation is a property of single pixels/frames)"
+        else:
+            level = cal.saturation_count or saturation_level(
+                np.dtype(ctx.input_info.get("dtype", "uint16")),
+                (ctx.input_info.get("reader_metadata") or {}).get("counter_depth"))
+            if level is not None:
+                sat = saturated_mask(max_p, level)
+                info["saturation_count"] = int(level)
+    user = none
+    if cal.mask_file:
+        path = Path(cal.mask_file)
+        path = path if path.is_absolute() else cfg.base_dir / path
+        user = ~load_user_mask(path, shape)
+        info["mask_file"] = str(path)
+    nonfinite = (np.asarray(g["ingest/nonfinite_count"]) > 0) if "ingest/nonfinite_count" in g else none
+    prior = ~(hd["hot"] | hd["dead"] | user | nonfinite)
+    beam_stop = aperture = none
+    guess = [float("nan"), float("nan")]
+    if cal.mask_shadows:
+        sh = shadow_masks(np.asarray(g["ingest/mean_pattern"]), None, mask=prior & ~sat, disk_radius_px=r_disk_px,
+                          n_frames=int(np.prod(g["ingest/total_counts"].shape))
+                          if np.issubdtype(np.dtype(ctx.input_info.get("dtype", "uint16")), np.integer) else None)
+        beam_stop, aperture = sh["beam_stop"], sh["aperture"]
+        info["shadows"] = sh["info"]
+        guess = list(sh["info"].get("centre_yx", guess))
+    centre_mask = prior & ~beam_stop & ~aperture
+    return {"hot_pixels": hd["hot"], "dead_pixels": hd["dead"], "saturated_pixels": sat, "user_mask": user,
+            "beam_stop": beam_stop, "aperture": aperture, "mask": centre_mask & ~sat, "centre_mask": centre_mask,
+            "centre_guess_yx": guess, "info": info}
+
+
 ELLIPSE_SECTORS = 36
 """Azimuthal sectors (10° each) for the ellipse fit: enough to sample cos 2φ, wide enough to hold counts."""
 
@@ -140,19 +189,26 @@ class _CalibrateProcess:
     correction) of its non-crystalline frames: one read of the data for both."""
 
     guess: tuple
-    mask: np.ndarray
+    centre_mask: np.ndarray  # pixels used for the centres (saturated ones too: a flat-topped disk has a centre)
+    mask: np.ndarray  # pixels used for the ellipse sums and the profiles
     radius: float
+    method: str  # "disk" or "symmetry"
+    annulus_px: tuple  # symmetry: the radii (px) of the rings used
     tables: object  # PolarTables of the ellipse geometry, or None when the ellipse is not fitted
     disk_radius_q: float
     crystal_bands: tuple
     crystal_spot_z: float
 
     def __call__(self, loaded):
-        from .science.centre import disk_centres
+        from .science.centre import disk_centres, symmetry_centres
         from .science.polar_tables import profile_block
 
         item, frames, _ = loaded
-        centres = disk_centres(frames, np.array(self.guess), self.mask, self.radius)
+        if self.method == "symmetry":
+            centres = symmetry_centres(frames, np.array(self.guess), self.centre_mask, *self.annulus_px)
+            centres = np.where(np.isfinite(centres), centres, np.array(self.guess))
+        else:
+            centres = disk_centres(frames, np.array(self.guess), self.centre_mask, self.radius)
         sums = None
         if self.tables is not None:
             # around the measured centres (≈ 0.05 px noise at 2e4 e⁻: no visible blur of a mean ring)
@@ -171,27 +227,30 @@ def stage_calibrate(ctx: Context) -> None:
     from .execute import run_blocks
     from .science.centre import brightest_disk_guess, fit_descan_plane
     from .science.ellipse import fit_ellipse_from_scales, phi_centres, sector_scale_factors
-    from .science.mask import hot_dead_mask
     from .science.polar import PolarGeometry
     from .science.polar_tables import PolarTables
 
     cfg, g = ctx.cfg, ctx.group
+    cal = cfg.calibration
     qpx = q_pixel_size(cfg)
     r_disk = disk_radius_px(cfg)
-    sum_p = np.asarray(g["ingest/sum_pattern"])
-    max_p = np.asarray(g["ingest/max_pattern"])
     data, blocks = data_blocks(ctx)
     ry, rx = data.shape[:2]
-    if cfg.calibration.mask_hot_dead:
-        m = hot_dead_mask(sum_p, max_p)
-    else:
-        m = {"mask": np.ones(sum_p.shape, bool), "hot": np.zeros(sum_p.shape, bool), "dead": np.zeros(sum_p.shape, bool)}
-    mask = m["mask"]
-    if "ingest/nonfinite_count" in g:  # pixels that held NaN/inf (input.nonfinite: mask) are not used
-        mask = mask & (np.asarray(g["ingest/nonfinite_count"]) == 0)
-    guess = brightest_disk_guess(np.where(mask, sum_p, 0.0), r_disk)
-    radius = cfg.calibration.centre_radius_px or 1.5 * r_disk
-    ell = cfg.calibration.ellipse
+    dm = detector_mask(ctx, r_disk)
+    mask, centre_mask = dm["mask"], dm["centre_mask"]
+    guess = np.asarray(dm["centre_guess_yx"], dtype=float)
+    if not np.all(np.isfinite(guess)):
+        guess = brightest_disk_guess(np.where(mask, np.asarray(g["ingest/sum_pattern"]), 0.0), r_disk)
+    method = cal.centre_method
+    if method == "auto":
+        yy, xx = np.mgrid[:mask.shape[0], :mask.shape[1]]
+        disk = np.hypot(yy - guess[0], xx - guess[1]) <= r_disk
+        hidden = 1.0 - float(centre_mask[disk].mean()) if disk.any() else 1.0
+        method = "symmetry" if hidden > 0.5 else "disk"
+        dm["info"]["central_disk_hidden_fraction"] = hidden
+    radius = cal.centre_radius_px or 1.5 * r_disk
+    annulus = (1.5 * r_disk, 0.45 * min(mask.shape))
+    ell = cal.ellipse
     tables = None
     if ell == "fit":
         geom = PolarGeometry(qpx, qpx, int(cfg.calibration.ellipse_window[1] / qpx * 1.2) + 2, ELLIPSE_SECTORS,
@@ -208,8 +267,8 @@ def stage_calibrate(ctx: Context) -> None:
             acc["w"] = acc["w"] + sums[1]
 
     d = cfg.classify.definitions
-    process = _CalibrateProcess(tuple(guess), mask, radius, tables, r_disk * qpx, tuple(map(tuple, d.crystal_bands)),
-                                d.crystal_spot_z)
+    process = _CalibrateProcess(tuple(guess), centre_mask, mask, radius, method, annulus, tables, r_disk * qpx,
+                                tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z)
     run_blocks(_read_store_block, process, [(ctx.store_path, b, False) for b in blocks], cfg.compute, "calibrate",
                on_result=put)
     if cfg.calibration.descan_fit == "plane":
@@ -219,8 +278,8 @@ def stage_calibrate(ctx: Context) -> None:
     write_array(g, "calibration/origin_measured", measured, {"units": "pixel (y, x)"})
     write_array(g, "calibration/origin", fitted, {"units": "pixel (y, x)", "model": cfg.calibration.descan_fit})
     write_array(g, "calibration/mask", mask, {"meaning": "True where a detector pixel is used"})
-    write_array(g, "calibration/hot_pixels", m["hot"])
-    write_array(g, "calibration/dead_pixels", m["dead"])
+    for name in ("hot_pixels", "dead_pixels", "saturated_pixels", "beam_stop", "aperture", "user_mask"):
+        write_array(g, f"calibration/{name}", dm[name], {"meaning": "True where a pixel is excluded for this cause"})
 
     if ell == "fit":
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -234,8 +293,10 @@ def stage_calibrate(ctx: Context) -> None:
         ellipse = {"ratio": float(ell[0]), "angle_deg": float(ell[1]), "source": "config"}
     calib = {"q_pixel_size": qpx, "q_pixel_size_source": "config", "disk_radius_px": r_disk,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
-             "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(),
-             "n_hot": int(m["hot"].sum()), "n_dead": int(m["dead"].sum()), "scan_step_nm": scan_step_nm(cfg)}
+             "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(), "centre_method": method,
+             "n_hot": int(dm["hot_pixels"].sum()), "n_dead": int(dm["dead_pixels"].sum()),
+             "n_saturated": int(dm["saturated_pixels"].sum()), "n_masked": int((~mask).sum()),
+             "mask_info": dm["info"], "scan_step_nm": scan_step_nm(cfg)}
     set_attrs(g, calibration=calib)
 
 
@@ -360,7 +421,7 @@ def stage_peaks(ctx: Context) -> None:
 
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
-    iqn = np.asarray(g["profiles/iqn"], dtype=np.float64)
+    iqn = np.asarray(g["profiles/iqn_robust" if cfg.peaks.profile == "robust" else "profiles/iqn"], dtype=np.float64)
     sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
     ry, rx, nq = iqn.shape
     k = cfg.peaks.spatial_binning
@@ -480,6 +541,10 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
                                                 if k.startswith("crystal")}
             sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k in ("supersample", "n_azimuth", "centre_step_px")}
+            if cfg.calibration.mask_file:  # the file's content, not only its name: an edited mask recomputes
+                mf = Path(cfg.calibration.mask_file)
+                mf = mf if mf.is_absolute() else cfg.base_dir / mf
+                sections["mask_file_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},

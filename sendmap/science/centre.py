@@ -1,4 +1,5 @@
-"""Pattern centres: centre of mass of the central (unscattered) disk per frame, and a robust plane fit
+"""Pattern centres: centre of mass of the central (unscattered) disk per frame, the centre of point
+symmetry of the rings per frame (where a beam stop or saturation hides the disk), and a robust plane fit
 of the descan across the scan.
 """
 from __future__ import annotations
@@ -117,3 +118,203 @@ def fit_descan_plane(centres_yx: np.ndarray, n_sigma: float = 4.0, n_iter: int =
     info = {"origin_yx": coef[0].tolist(), "per_step_ry_yx": coef[1].tolist(), "per_step_rx_yx": coef[2].tolist(),
             "residual_rms_px": rms, "n_rejected": int((~good).sum())}
     return fitted, info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Centre from the point (Friedel) symmetry of the pattern: for patterns whose central disk is hidden
+# (beam stop, saturated disk) the rings still hold the centre.
+# ----------------------------------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, cache=True)
+def _symmetry_scores(frames, trials, mask, r_min2, r_max2, min_pairs, out):  # pragma: no cover - numba
+    """Masked normalised correlation of every frame with its copy rotated 180° about trial centres.
+
+    trials (B, T, 2) int: s = 2·c (twice the trial centre, so that the mirror 2c − x of a pixel is a
+    pixel). Pairs (x, 2c − x) with r_min² ≤ |x − c|² ≤ r_max², both pixels used and on the detector,
+    enter with both orders (a, b) and (b, a), so the two sides share one mean and variance and
+    NCC = (⟨ab⟩ − ⟨a⟩²)/(⟨a²⟩ − ⟨a⟩²); each pair is visited once (x in the upper half-plane).
+    −inf where fewer than ``min_pairs`` pixels or no variance."""
+    nb, ny, nx = frames.shape
+    nt = trials.shape[1]
+    r_max = math.sqrt(r_max2)
+    for job in numba.prange(nb * nt):
+        f = job // nt
+        t = job % nt
+        sy = trials[f, t, 0]
+        sx = trials[f, t, 1]
+        cy = 0.5 * sy
+        cx = 0.5 * sx
+        y0 = max(0, int(math.ceil(cy - r_max)), sy - (ny - 1))
+        y1 = min(sy // 2, int(math.floor(cy + r_max)), sy)  # iy <= my: each pair once
+        x0 = max(0, int(math.ceil(cx - r_max)), sx - (nx - 1))
+        x1 = min(nx - 1, int(math.floor(cx + r_max)), sx)
+        n = 0
+        sa = 0.0
+        saa = 0.0
+        sab = 0.0
+        for iy in range(y0, y1 + 1):
+            my = sy - iy
+            dy = iy - cy
+            xe = x1
+            if my == iy:  # the middle row: only ix < mx
+                xe = min(x1, (sx - 1) // 2)
+            for ix in range(x0, xe + 1):
+                dx = ix - cx
+                r2 = dy * dy + dx * dx
+                if r2 < r_min2 or r2 > r_max2:
+                    continue
+                mx = sx - ix
+                if not mask[iy, ix] or not mask[my, mx]:
+                    continue
+                a = float(frames[f, iy, ix])
+                b = float(frames[f, my, mx])
+                n += 2
+                sa += a + b
+                saa += a * a + b * b
+                sab += 2.0 * a * b
+        score = -np.inf
+        if n >= min_pairs:
+            m = sa / n
+            var = saa / n - m * m
+            if var > 0.0:
+                score = (sab / n - m * m) / var
+        out[f, t] = score
+
+
+def _quadratic_peak(z: np.ndarray) -> tuple[float, float]:
+    """Offset (dy, dx) in grid steps of the maximum of a quadratic through a 3×3 block of scores
+    (centre = best grid point); separable parabolas where the 2-D quadratic has no maximum nearby."""
+    gy = 0.5 * (z[2, 1] - z[0, 1])
+    gx = 0.5 * (z[1, 2] - z[1, 0])
+    hyy = z[2, 1] - 2.0 * z[1, 1] + z[0, 1]
+    hxx = z[1, 2] - 2.0 * z[1, 1] + z[1, 0]
+    hxy = 0.25 * (z[2, 2] - z[2, 0] - z[0, 2] + z[0, 0])
+    det = hyy * hxx - hxy * hxy
+    if hyy < 0 and hxx < 0 and det > 0:
+        dy = -(hxx * gy - hxy * gx) / det
+        dx = -(hyy * gx - hxy * gy) / det
+        if abs(dy) <= 1.0 and abs(dx) <= 1.0:
+            return dy, dx
+    dy = -gy / hyy if hyy < 0 else 0.0
+    dx = -gx / hxx if hxx < 0 else 0.0
+    return float(np.clip(dy, -0.5, 0.5)), float(np.clip(dx, -0.5, 0.5))
+
+
+def _smooth_masked(frames: np.ndarray, mask: np.ndarray, sigma: float, min_weight: float = 0.95
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised Gaussian smoothing of a block (B, Qy, Qx) over the used pixels only; returns float64
+    frames and the mask of pixels whose smoothing window was at least ``min_weight`` used."""
+    from scipy import ndimage
+
+    m = mask.astype(np.float64)
+    den = ndimage.gaussian_filter(m, sigma, mode="constant", truncate=3.0)
+    num = ndimage.gaussian_filter(frames * m[None], (0.0, sigma, sigma), mode="constant", truncate=3.0)
+    keep = mask & (den >= min_weight)
+    out = np.where(keep[None], num / np.maximum(den, 1e-12)[None], 0.0)
+    return np.ascontiguousarray(out), np.ascontiguousarray(keep)
+
+
+def symmetry_centres(frames: np.ndarray, guess_yx: np.ndarray, mask: np.ndarray, r_min_px: float,
+                     r_max_px: float, search_px: float = 4.0, smooth_px: float = 2.0, min_pairs: int = 200,
+                     return_score: bool = False):
+    """Centre (y, x) in pixels of every frame from its point symmetry I(c + d) = I(c − d).
+
+    A diffraction pattern (kinematic, with its elliptical distortion) is centrosymmetric about its
+    centre, so where a beam stop or saturation hides the central disk the amorphous rings and the
+    diffuse background still fix it. For a trial centre c the frame is correlated with its copy rotated
+    180° about c, over the annulus ``r_min_px`` ≤ |x − c| ≤ ``r_max_px`` (pixels), using only pixel
+    pairs (c + d, c − d) that are both used in ``mask`` and on the detector (a beam stop's shadow and
+    its point-mirror are ignored, so the shadow does not bias the centre). The score is the normalised
+    correlation coefficient of the pairs; it is 1 at the true centre of a noise-free pattern.
+
+    Low dose: each frame is first smoothed with a Gaussian of σ = ``smooth_px`` (normalised by the
+    smoothed mask, so masked pixels do not leak in; pixels whose Gaussian-weighted neighbourhood is less
+    than 95 % used — a ~2σ rim around the mask and the detector edge — are then dropped, so that no
+    one-sided average enters). Smoothing commutes with the point
+    reflection, so it keeps the symmetry; it removes the pixel-to-pixel Poisson noise that carries no
+    centre information and cuts the single-frame scatter at 2e4 electrons by ~3×. ``smooth_px=0`` turns it off.
+
+    Search: trial centres on a 2-px grid within ``search_px`` of the guess, then the 1-px grid around
+    the best, then the 0.5-px grid (the mirror of a pixel about a half-integer centre is still a pixel:
+    no interpolation) around that, and a quadratic through those 3×3 scores for the sub-pixel position.
+
+    frames: (B, Qy, Qx) counts; guess_yx: (2,) or (B, 2) first guess (pixels); mask: (Qy, Qx) bool,
+    True = used. Returns (B, 2) centres (NaN where fewer than ``min_pairs`` pixels were usable), and the
+    (B,) peak scores with ``return_score``.
+
+    Accuracy (synthetic 128² SEND patterns, 0.0125 1/Å per px, ellipse 1.5 %, central disk under a
+    beam stop, annulus 9.6–57.6 px): bias ≤ 0.03 px noise free; single-frame scatter at 2e4 electrons
+    per pattern ≈ 0.3–0.45 px RMS per axis (≈ 0.9 px at 5e3), unbiased, so fit the descan plane
+    (``fit_descan_plane``) through the per-frame centres: ≤ 0.36 px worst position over 12×16 scans.
+    Cost ≈ 45 trial centres × the annulus' pixels per frame (≈ 3 ms for a 128² frame on one core).
+
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:96, :96]
+    >>> r = np.hypot(yy - 47.3, xx - 49.8)
+    >>> img = (np.exp(-((r - 25.0) / 4.0) ** 2) + 1.0 / (1.0 + (r / 8.0) ** 2))[None]
+    >>> m = np.ones((96, 96), bool); m[40:55, 45:] = False       # a beam stop from the right edge
+    >>> np.round(symmetry_centres(img, np.array([46.0, 48.0]), m, 8.0, 40.0)[0], 1)
+    array([47.3, 49.8])
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    frames = np.ascontiguousarray(frames)
+    nb, ny, nx = frames.shape
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    if mask.shape != (ny, nx):
+        raise ValueError(f"mask shape {mask.shape} does not match the frames' {(ny, nx)}")
+    if not 0 <= r_min_px < r_max_px:
+        raise ValueError(f"need 0 <= r_min_px < r_max_px, got {r_min_px}, {r_max_px}")
+    guess = np.broadcast_to(np.asarray(guess_yx, dtype=np.float64), (nb, 2))
+    if smooth_px > 0:
+        frames, mask = _smooth_masked(frames, mask, float(smooth_px))
+    r_min2, r_max2 = float(r_min_px) ** 2, float(r_max_px) ** 2
+
+    def scores(trials):
+        out = np.empty(trials.shape[:2])
+        _symmetry_scores(frames, np.ascontiguousarray(trials, dtype=np.int64), mask, r_min2, r_max2,
+                         int(min_pairs), out)
+        return out
+
+    # stage 1: centres on a 2-px grid within search_px of the guess (s = 2c, steps of 4)
+    k = int(math.ceil(search_px / 2.0))
+    g1 = 2 * np.arange(-k, k + 1)
+    off1 = np.stack(np.meshgrid(g1, g1, indexing="ij"), -1).reshape(-1, 2)
+    base = np.rint(guess).astype(np.int64)
+    sc1 = scores(2 * (base[:, None, :] + off1[None]))
+    best = base + off1[np.argmax(sc1, axis=1)]
+    # stage 2: the 1-px grid around the best
+    g3 = np.array([-1, 0, 1])
+    off3 = np.stack(np.meshgrid(g3, g3, indexing="ij"), -1).reshape(-1, 2)
+    sc2 = scores(2 * (best[:, None, :] + off3[None]))
+    best2 = 2 * (best + off3[np.argmax(sc2, axis=1)])
+    # stage 3: the 0.5-px grid (s = 2c of any parity) around it, re-centred once on its best (the peak
+    # then lies within half a step of the block centre), and a quadratic through those 3×3 scores
+    sc3 = scores(best2[:, None, :] + off3[None])
+    i3 = np.argmax(sc3, axis=1)
+    moved = np.nonzero(i3 != 4)[0]
+    if moved.size:
+        best2[moved] += off3[i3[moved]]
+        sub = np.empty((moved.size, 9))
+        _symmetry_scores(np.ascontiguousarray(frames[moved]),
+                         np.ascontiguousarray(best2[moved][:, None, :] + off3[None], dtype=np.int64), mask,
+                         r_min2, r_max2, int(min_pairs), sub)
+        sc3[moved] = sub
+    sc3 = sc3.reshape(nb, 3, 3)
+    out = np.full((nb, 2), np.nan)
+    peak = np.full(nb, np.nan)
+    for f in range(nb):
+        z = sc3[f]
+        if not np.isfinite(z).all():
+            if np.isfinite(z[1, 1]):
+                out[f] = 0.5 * best2[f]
+                peak[f] = z[1, 1]
+            continue
+        dy, dx = _quadratic_peak(z)
+        out[f] = 0.5 * (best2[f] + np.array([dy, dx]))
+        peak[f] = z.max()
+    if return_score:
+        return out, peak
+    return out

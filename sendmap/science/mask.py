@@ -1,5 +1,16 @@
-"""Detector mask: hot and dead pixels found from the sum and maximum patterns of a dataset."""
+"""Detector mask: hot, dead and saturated pixels (from the sum and maximum patterns of a dataset), the
+shadows of a beam stop and of an aperture (from the mean pattern), and a user mask file.
+
+Every function is pure (arrays in, arrays out) except ``load_user_mask``. Convention: a *mask* is (Qy, Qx)
+bool, True where a pixel is used; the per-cause arrays (``hot``, ``dead``, ``saturated_mask``,
+``beam_stop``, ``aperture``) are True where a pixel is excluded. The detector mask used by the pipeline is
+
+    hot_dead["mask"] & ~saturated & shadows["mask"] & user_mask
+"""
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -33,3 +44,443 @@ def hot_dead_mask(sum_pattern: np.ndarray, max_pattern: np.ndarray,
     nb_med = ndimage.median_filter(s, size=5, mode="nearest")
     dead = (np.asarray(max_pattern) <= 0) & (nb_med >= dead_min_expected)
     return {"mask": ~(hot | dead), "hot": hot, "dead": dead}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saturated pixels
+# ----------------------------------------------------------------------------------------------------
+
+
+def saturation_level(dtype, counter_depth_bits: int | None = None) -> float | None:
+    """Count at which a counting detector's pixel saturates: 2**bits − 1.
+
+    ``counter_depth_bits`` is the counter depth when the detector reports one (Merlin: 1, 6, 12 or 24
+    bits, stored in u1/u1/u2/u4, so a 6-bit Merlin file saturates at 63 although its pixels are bytes;
+    DECTRIS ``saturation_value``); otherwise the integer ``dtype``'s maximum. Float data (EMPAD,
+    gain-corrected frames) have no fixed saturation count: returns None.
+
+    >>> saturation_level("u1", 6), saturation_level(">u2"), saturation_level("float32")
+    (63, 65535, None)
+    """
+    if counter_depth_bits is not None:
+        bits = int(counter_depth_bits)
+        if not 1 <= bits <= 64:
+            raise ValueError(f"counter depth must be 1..64 bits, got {counter_depth_bits}")
+        return 2 ** bits - 1
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        return int(np.iinfo(dt).max)
+    return None
+
+
+def saturated_mask(max_pattern: np.ndarray, saturation_count: float | None) -> np.ndarray:
+    """Pixels that reached the detector's saturation count in at least one frame: (Qy, Qx) bool,
+    **True = saturated** (a flag like ``hot``/``dead``, not a used-pixel mask).
+
+    ``max_pattern`` is the per-pixel maximum over the scan (``ingest/max_pattern``); ``saturation_count``
+    from ``saturation_level`` (None: nothing is flagged). A saturated pixel's counts are a lower bound,
+    not a measurement, so the whole pixel is excluded from the detector mask, hence from the centre fit
+    and from every profile (``mask = hot_dead["mask"] & ~saturated``). Where the central disk itself
+    saturates, its pixels go too: find the centres with ``centre.symmetry_centres`` (the rings).
+
+    >>> mx = np.array([[3, 63], [62, 63]], dtype=np.uint8)
+    >>> saturated_mask(mx, saturation_level("u1", 6))
+    array([[False,  True],
+           [False,  True]])
+    """
+    mx = np.asarray(max_pattern)
+    if saturation_count is None:
+        return np.zeros(mx.shape, bool)
+    return np.asarray(mx >= saturation_count)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shadows: beam stop and aperture, found from the mean (or sum) pattern
+# ----------------------------------------------------------------------------------------------------
+
+
+def _radial_bins(shape, centre_yx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yy, xx = np.indices(shape, dtype=np.float64)
+    dy, dx = yy - centre_yx[0], xx - centre_yx[1]
+    r = np.hypot(dy, dx)
+    return r, np.rint(r).astype(np.int64), np.arctan2(dy, dx)
+
+
+def _noise_scale(img: np.ndarray, used: np.ndarray) -> float:
+    """k in var(pixel) ≈ k · level, estimated from the residual from the 3×3 median (Poisson: k = 1 for
+    a sum pattern, 1/N for the mean of N frames; robust to structure because it uses a median)."""
+    med3 = ndimage.median_filter(img, size=3, mode="nearest")
+    sel = used & (med3 > 0)
+    if sel.sum() < 10:
+        return 0.0
+    ratio = (img[sel] - med3[sel]) ** 2 / med3[sel]
+    # median of χ²₁ is 0.455; the residual from a 9-pixel median has ~1.17× the pixel variance
+    return float(np.median(ratio) / (0.455 * 1.17))
+
+
+def _window_max(med: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """ref[r] = max(med[r + start : r + stop + 1]), the window clamped to the last finite bin (so the
+    outermost radii use the outermost level); 0 where the window holds no finite value."""
+    nb = med.size
+    valid = np.nonzero(np.isfinite(med))[0]
+    out = np.zeros(nb)
+    if valid.size == 0:
+        return out
+    last = int(valid[-1])
+    for r in range(nb):
+        lo, hi = min(r + start, last), min(r + stop, last)
+        w = med[lo:hi + 1]
+        w = w[np.isfinite(w)]
+        out[r] = max(float(w.max()), 0.0) if w.size else 0.0
+    return out
+
+
+def _dark_pixels(img, used, centre_yx, dark_fraction, n_sigma, k_noise, ref_offset_px, weak=False,
+                 ref_window_px=8):
+    """Used pixels far darker than the pattern level expected at their radius.
+
+    Levels are azimuthal medians of the used pixels in 1-px radius bins about ``centre_yx``. A shadow
+    covers a minority of the azimuth except under the beam stop's tip, so the level expected at radius r
+    is the largest median between r + ``ref_offset_px`` and r + ``ref_offset_px`` + ``ref_window_px``
+    (a diffraction pattern's level falls outwards; looking a few px out reaches past the tip's edge, and
+    the tip's interior, beyond that reach, is filled as a hole of the shadow later). **Strong**: value <
+    ``dark_fraction`` × expected by more than ``n_sigma`` Poisson σ, for the pixel itself or for the
+    mean of its 3×3 neighbourhood (at low dose single pixels hold too few counts). With ``weak`` also
+    returns a superset for hysteresis growth: the 3×3 mean below the same fraction at only 2 σ. (A
+    fraction well below 1 matters: between the Bragg disks of a spotty mean pattern the level can be
+    half the azimuthal median.)"""
+    r, rb, _ = _radial_bins(img.shape, centre_yx)
+    nb = int(rb.max()) + 1
+    lab = np.where(used, rb + 1, 0)
+    med = np.asarray(ndimage.median(img, labels=lab, index=np.arange(1, nb + 1)), dtype=np.float64)
+    med = np.where(np.bincount(lab.ravel(), minlength=nb + 1)[1:] > 0, med, -np.inf)
+    off = int(math.ceil(ref_offset_px))
+    ref = _window_max(med, off, off + int(ref_window_px))[rb]
+    sig = np.sqrt(k_noise * ref)
+    num = ndimage.uniform_filter(np.where(used, img, 0.0), 3, mode="constant")
+    den = ndimage.uniform_filter(used.astype(np.float64), 3, mode="constant")
+    sm = num / np.maximum(den, 1e-12)
+    n_sm = np.maximum(9.0 * den, 1.0)
+    below = used & (img < dark_fraction * ref)
+    strong = below & ((ref - img > n_sigma * sig)
+                      | ((sm < dark_fraction * ref) & (ref - sm > n_sigma * sig / np.sqrt(n_sm))))
+    if not weak:
+        return strong
+    weak_d = used & (sm < dark_fraction * ref) & (ref - sm > 2.0 * sig / np.sqrt(n_sm))
+    return strong, weak_d | strong
+
+
+def _fit_circle(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
+    """Algebraic (Kåsa) least-squares circle through points: (cy, cx, radius)."""
+    a = np.column_stack([x, y, np.ones_like(x)])
+    b = -(x * x + y * y)
+    (d, e, f), *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = -d / 2.0, -e / 2.0
+    return float(cy), float(cx), float(math.sqrt(max(cx * cx + cy * cy - f, 0.0)))
+
+
+def _find_aperture(img, used, centre_yx, r_min_px, dark_fraction, min_area_px, n_sectors=72):
+    """A circular aperture's shadow: in most azimuthal sectors the level drops, within ~2 px, to below
+    ``dark_fraction`` of the level just inside and stays there out to the detector edge; the drop
+    radii lie on one circle; and ≥ 90 % of the used pixels beyond that circle are that dark."""
+    r, rb, th = _radial_bins(img.shape, centre_yx)
+    nb = int(rb.max()) + 2
+    sec = np.floor((th + math.pi) / (2 * math.pi) * n_sectors).astype(np.int64) % n_sectors
+    idx = (sec * nb + rb)[used]
+    s = np.bincount(idx, weights=img[used], minlength=n_sectors * nb).reshape(n_sectors, nb)
+    c = np.bincount(idx, minlength=n_sectors * nb).reshape(n_sectors, nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = s / c
+    pts = []
+    for k in range(n_sectors):
+        pk = p[k]
+        ok = c[k] > 0
+        if ok.sum() < 8:
+            continue
+        outmax = np.maximum.accumulate(np.where(ok, pk, -np.inf)[::-1])[::-1]
+        n_out = np.cumsum(ok[::-1])[::-1]
+        for r0 in range(max(int(math.ceil(r_min_px)), 5), nb):
+            if n_out[r0] < 2:
+                break
+            inner = pk[r0 - 5:r0 - 1][ok[r0 - 5:r0 - 1]]
+            if inner.size < 2:
+                continue
+            lev = float(np.median(inner))
+            if lev > 0 and outmax[r0] <= dark_fraction * lev:
+                # edge: where the sector level crosses half the inside level (linear between bins)
+                edge = r0 - 0.5
+                for j in range(r0 - 1, r0 - 4, -1):
+                    if ok[j] and pk[j] >= 0.5 * lev:
+                        nxt = pk[j + 1] if ok[j + 1] else 0.0
+                        edge = j + (pk[j] - 0.5 * lev) / max(pk[j] - nxt, 1e-300)
+                        break
+                ang = (k + 0.5) / n_sectors * 2 * math.pi - math.pi
+                pts.append((centre_yx[0] + edge * math.sin(ang), centre_yx[1] + edge * math.cos(ang)))
+                break
+    info = {"found": False, "n_sectors": len(pts)}
+    if len(pts) < 6:
+        return None, info
+    pts = np.asarray(pts)
+    keep = np.ones(len(pts), bool)
+    for _ in range(4):
+        cy, cx, rad = _fit_circle(pts[keep, 0], pts[keep, 1])
+        res = np.abs(np.hypot(pts[:, 0] - cy, pts[:, 1] - cx) - rad)
+        new = res <= max(1.5, 3.0 * 1.4826 * float(np.median(res[keep])))
+        if new.sum() < 6 or np.array_equal(new, keep):
+            keep = new if new.sum() >= 6 else keep
+            break
+        keep = new
+    cy, cx, rad = _fit_circle(pts[keep, 0], pts[keep, 1])
+    d = np.hypot(*np.subtract(np.indices(img.shape), np.array([cy, cx])[:, None, None]))
+    # sectors that see beyond the circle: where a shadow could have been found
+    beyond = used & (d > rad + 2.0)
+    sec_beyond = np.unique(sec[beyond]).size
+    outside = used & (d > rad + 1.5)
+    ring_in = used & (d > rad - 6.0) & (d < rad - 2.0)
+    info.update(n_sectors=int(keep.sum()), n_sectors_beyond=int(sec_beyond), centre_yx=[cy, cx], radius_px=rad)
+    if keep.sum() < max(6, 0.5 * sec_beyond) or outside.sum() < min_area_px or ring_in.sum() < 10:
+        return None, info
+    lev_in = float(np.median(img[ring_in]))
+    num = ndimage.uniform_filter(np.where(used, img, 0.0), 3)
+    den = ndimage.uniform_filter(used.astype(np.float64), 3)
+    smooth = num / np.maximum(den, 1e-12)
+    frac_dark = float(np.mean(smooth[outside] <= dark_fraction * lev_in))
+    info.update(inside_level=lev_in, outside_level=float(np.mean(img[outside])), dark_fraction_outside=frac_dark)
+    if not (lev_in > 0 and frac_dark >= 0.9 and np.mean(img[outside]) <= dark_fraction * lev_in):
+        return None, info
+    info["found"] = True
+    return (cy, cx, rad), info
+
+
+def shadow_masks(mean_pattern: np.ndarray, centre_guess_yx=None, mask: np.ndarray | None = None,
+                 disk_radius_px: float | None = None, margin_px: float = 2.0, dark_fraction: float = 0.3,
+                 aperture_dark_fraction: float = 0.1, n_sigma: float = 5.0, min_area_px: int = 30,
+                 n_frames: int | None = None) -> dict:
+    """Beam stop and aperture shadows found from the mean (or sum) pattern of a scan.
+
+    mean_pattern: (Qy, Qx) mean or sum of the frames (counts; the method is scale-free). centre_guess_yx:
+    (y, x) pixels, or None (the brightest disk-sized spot, refined). mask: (Qy, Qx) bool, True = used
+    (pass the hot/dead/saturated/user mask: those pixels are neither evidence nor shadow).
+    disk_radius_px: central-disk radius (α/λ / Q per pixel), used for the first guess and to keep the
+    aperture search outside the disk (default 5 % of the detector). n_frames: frames averaged in
+    ``mean_pattern`` (1 for a sum) for the Poisson significance; default estimated from the data.
+
+    1. **Centre**: the point-symmetry centre of the mean pattern (``centre.symmetry_centres``): first
+       searched over ±30 % of the detector (±max(6 px, 2 disk radii) about ``centre_guess_yx`` if
+       given) with the near-zero pixels excluded, then refined with the dark pixels (step 2) and their
+       mirrors excluded, until it moves < 0.05 px (≤ 3 times).
+    2. **Dark pixels**: used pixels below ``dark_fraction`` of the level expected at their radius (the
+       largest azimuthal median 3–11 px further out) by more than ``n_sigma`` σ (the pixel or its 3×3
+       mean); grown (hysteresis) through pixels whose 3×3 mean is that dark at only 2 σ.
+    3. **Aperture**: in at least half of the 5° sectors that reach past it, the level drops within ~2 px to
+       below ``aperture_dark_fraction`` of the level just inside and stays there to the detector edge;
+       those edges fit one circle (radius > 3 disk radii), and ≥ 90 % of the pixels beyond it are dark.
+    4. **Beam stop**: connected groups (8-neighbour) of dark pixels of at least ``min_area_px`` pixels
+       that touch the detector edge or the aperture shadow — an arm entering from outside — with their
+       holes filled. A dead pixel or a dark speck inside the detector is never a beam stop; bright
+       Bragg spots raise no dark pixels; an isotropic pattern has none.
+    5. Both shadows are grown by ``margin_px`` (default 2 px: the partly shadowed rim and the blur of a
+       drifting pattern): the beam stop by ``margin_px`` pixels along rows, columns and diagonals (a
+       (2m+1)² square), the aperture circle's radius shrunk by ``margin_px``; ``margin_px=0`` gives the
+       shadow as found (pixels more than ~70 % shadowed). On synthetic 128² scans every pixel that
+       loses ≥ 10 % of its counts lies inside the grown masks, down to 2e3 electrons per pattern.
+
+    Returns ``{"beam_stop", "aperture"}`` (Qy, Qx) bool, **True = shadowed** pixel, ``"mask"`` (True =
+    used, i.e. neither), and ``"info"``: ``centre_yx``; ``beam_stop`` {found, n_pixels (as found, before
+    the margin), angle_deg (from
+    the centre towards where the arm leaves the detector, from +x towards +y), width_px (arm width in the
+    outer half), centre_covered_fraction (share of the central disk, radius ``disk_radius_px``, under
+    the shadow: > 0.5 means find the centres from the rings, ``symmetry_centres``)}; ``aperture``
+    {found, centre_yx, radius_px, ...}.
+
+    >>> yy, xx = np.mgrid[:96, :96]
+    >>> r = np.hypot(yy - 48.2, xx - 47.6)
+    >>> img = 200 * (r < 5) + 20 / (1 + (r / 8) ** 2) + 3 * np.exp(-((r - 25) / 4) ** 2)
+    >>> img = img * ~((np.abs(xx - 47.6) < 5) & (yy > 40)) * (r < 44)  # arm from the bottom, aperture
+    >>> sh = shadow_masks(img, disk_radius_px=5)
+    >>> bs, ap = sh["info"]["beam_stop"], sh["info"]["aperture"]
+    >>> bs["found"], round(bs["angle_deg"]), round(bs["width_px"]), ap["found"], round(ap["radius_px"])
+    (True, 90, 10, True, 44)
+    """
+    from .centre import brightest_disk_guess, symmetry_centres
+
+    img = np.nan_to_num(np.asarray(mean_pattern, dtype=np.float64))
+    shape = img.shape
+    used = np.ones(shape, bool) if mask is None else np.asarray(mask, bool).copy()
+    if used.shape != shape:
+        raise ValueError(f"mask shape {used.shape} does not match the pattern's {shape}")
+    n_min = min(shape)
+    r_disk = float(disk_radius_px) if disk_radius_px else 0.05 * n_min
+    k_noise = (1.0 / n_frames) if n_frames else _noise_scale(img, used)
+    ref_off = 3.0
+
+    min_pairs = max(50, int(0.05 * img.size))
+    r_sym = 0.45 * n_min
+
+    def sym(c0, excl, search):
+        res, score = symmetry_centres(img[None], c0, used & ~excl, 0.0, r_sym, search_px=search, smooth_px=1.0,
+                                      min_pairs=min_pairs, return_score=True)
+        return res[0], float(score[0])
+
+    # first pass: hide the near-zero pixels (shadows) from the symmetry; the centre is searched widely
+    # (a beam stop over the disk leaves no bright disk to guess from) from the brightest disk-sized spot
+    # and from the detector's middle, keeping the more symmetric answer
+    excl0 = ndimage.binary_dilation(img < 0.05 * np.median(img[used]), iterations=2) if used.any() else ~used
+    if centre_guess_yx is None:
+        starts = [brightest_disk_guess(np.where(used, img, 0.0), r_disk),
+                  np.array([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0])]
+        search = 0.3 * n_min
+    else:
+        starts = [np.asarray(centre_guess_yx, dtype=np.float64)]
+        search = max(6.0, 2.0 * r_disk)
+    f = int(math.ceil(n_min / 128.0))
+    if f > 1 and search > 8.0:
+        # large detectors: the wide search on the pattern binned f×f to ≤ 128², then ±f px at full size
+        ny, nx = (shape[0] // f) * f, (shape[1] // f) * f
+        ok = (used & ~excl0)[:ny, :nx].reshape(ny // f, f, nx // f, f)
+        wsum = np.where(used & ~excl0, img, 0.0)[:ny, :nx].reshape(ny // f, f, nx // f, f).sum(axis=(1, 3))
+        cnt = ok.sum(axis=(1, 3))
+        small = wsum / np.maximum(cnt, 1)
+        small_used = cnt >= 0.5 * f * f
+        cands = []
+        for s0 in starts:
+            cb, sc = symmetry_centres(small[None], (s0 + 0.5) / f - 0.5, small_used, 0.0, r_sym / f,
+                                      search_px=search / f, smooth_px=1.0, min_pairs=max(50, int(0.05 * small.size)),
+                                      return_score=True)
+            if np.all(np.isfinite(cb[0])):
+                cands.append(((cb[0] + 0.5) * f - 0.5, float(sc[0])))
+        starts = [max(cands, key=lambda cs: cs[1])[0]] if cands else starts
+        search = 2.0 * f
+    cands = [sym(s0, excl0, search) for s0 in starts]
+    cands = [cs for cs in cands if np.all(np.isfinite(cs[0]))]
+    c = max(cands, key=lambda cs: cs[1])[0] if cands else starts[0]
+    for _ in range(3):  # then with the dark pixels (and their mirrors) excluded
+        dark = _dark_pixels(img, used, c, dark_fraction, n_sigma, k_noise, ref_off)
+        c_new, _ = sym(c, ndimage.binary_dilation(dark, iterations=2), 3.0)
+        if not np.all(np.isfinite(c_new)):
+            break
+        moved = float(np.hypot(*(c_new - c)))
+        c = c_new
+        if moved < 0.05:
+            break
+    dark = _dark_pixels(img, used, c, dark_fraction, n_sigma, k_noise, ref_off)
+
+    # aperture (ignoring the dark arm's pixels, which would only cut some sectors short)
+    arm_guess = ndimage.binary_dilation(dark, iterations=1)
+    ap_fit, ap_info = _find_aperture(img, used & ~arm_guess, c, max(3.0 * r_disk, 0.15 * n_min),
+                                     aperture_dark_fraction, min_area_px)
+    yy, xx = np.indices(shape, dtype=np.float64)
+    if ap_fit is not None:
+        d_ap = np.hypot(yy - ap_fit[0], xx - ap_fit[1])
+        aperture_core = d_ap > ap_fit[2]
+        aperture = d_ap > ap_fit[2] - margin_px
+    else:
+        aperture_core = aperture = np.zeros(shape, bool)
+
+    # beam stop: dark groups reaching the detector edge or the aperture shadow (levels beyond the
+    # aperture's edge are not evidence of what an unshadowed pixel should hold). Hysteresis: groups of
+    # weakly dark pixels (3×3 means, 2 σ) that hold strongly dark ones (5 σ), so that an arm is followed out
+    # to the edge through a low-dose pattern's sparse outer pixels.
+    strong, weak = _dark_pixels(img, used & ~aperture_core, c, dark_fraction, n_sigma, k_noise, ref_off,
+                                weak=True)
+    lab, n = ndimage.label(weak & ~aperture_core, structure=np.ones((3, 3), bool))
+    edge = np.zeros(shape, bool)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    edge |= ndimage.binary_dilation(aperture_core, iterations=2)
+    core = np.zeros(shape, bool)
+    if n:
+        sizes = np.bincount(lab[strong], minlength=n + 1)
+        touching = np.unique(lab[edge & (lab > 0)])
+        keep = [t for t in touching if sizes[t] >= min_area_px]
+        if keep:
+            core = np.isin(lab, keep)
+            core = ndimage.binary_fill_holes(core)
+    if margin_px > 0 and core.any():
+        beam_stop = ndimage.distance_transform_cdt(~core, metric="chessboard") <= margin_px
+    else:
+        beam_stop = core.copy()
+
+    r = np.hypot(yy - c[0], xx - c[1])
+    bs_info = {"found": bool(core.any()), "n_pixels": int(core.sum())}
+    if core.any():
+        rc = r[core]
+        ang = np.arctan2(yy[core] - c[0], xx[core] - c[1])
+        far = rc >= 0.5 * rc.max()
+        a = math.degrees(math.atan2(np.sin(ang[far]).mean(), np.cos(ang[far]).mean()))
+        r_far = float(np.percentile(rc, 95))
+        band = (rc >= 0.5 * r_far) & (rc < 0.8 * r_far)
+        disk = r <= r_disk
+        bs_info.update(angle_deg=a % 360.0, width_px=float(band.sum() / max(0.3 * r_far, 1e-9)),
+                       closest_px=float(rc.min()),
+                       centre_covered_fraction=float(beam_stop[disk].mean()) if disk.any() else 0.0)
+    else:
+        bs_info["centre_covered_fraction"] = 0.0
+    return {"beam_stop": beam_stop, "aperture": aperture, "mask": ~(beam_stop | aperture),
+            "info": {"centre_yx": [float(c[0]), float(c[1])], "beam_stop": bs_info, "aperture": ap_info,
+                     "margin_px": float(margin_px)}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# User mask file
+# ----------------------------------------------------------------------------------------------------
+
+USER_MASK_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
+
+
+def load_user_mask(path, shape) -> np.ndarray:
+    """Read a user's detector mask file; returns (Qy, Qx) bool, **True = used** pixel.
+
+    File convention (pyFAI's, so its masks and those drawn in pyFAI-drawmask/ImageJ work as they are):
+    a **nonzero value marks an excluded pixel**, zero a used one (NaN counts as nonzero). Formats:
+    ``.npy`` (any numeric or bool dtype), ``.tif``/``.tiff`` (tifffile) and ``.png`` (Pillow; colour
+    images are converted to grey first). The array must have the detector's frame shape ``shape``
+    (after any crop or binning of the frames); a leading axis of length 1 is dropped.
+
+    Raises ``SendmapInputError`` naming the file when it is missing, unreadable, of an unknown type or
+    of the wrong shape.
+
+    >>> import tempfile, os
+    >>> m = np.zeros((4, 5), np.uint8); m[1, 2] = 1
+    >>> p = os.path.join(tempfile.mkdtemp(), "mask.npy"); np.save(p, m)
+    >>> used = load_user_mask(p, (4, 5))
+    >>> bool(used[1, 2]), int(used.sum())
+    (False, 19)
+    """
+    from sendmap.errors import SendmapInputError
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in USER_MASK_SUFFIXES:
+        raise SendmapInputError(f"mask file {p}: unknown type {p.suffix!r}; use one of "
+                                f"{', '.join(USER_MASK_SUFFIXES)} (nonzero = excluded pixel)")
+    if not p.is_file():
+        raise SendmapInputError(f"mask file {p}: not found")
+    try:
+        if suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(p)
+        else:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                if im.mode not in ("1", "L", "I", "I;16", "F"):
+                    im = im.convert("L")
+                arr = np.asarray(im)
+    except Exception as exc:  # any reader error: report the file, not a traceback
+        raise SendmapInputError(
+            f"mask file {p}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc})") from exc
+    arr = np.asarray(arr)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    want = tuple(int(v) for v in shape)
+    if arr.shape != want:
+        raise SendmapInputError(
+            f"mask file {p}: shape {tuple(arr.shape)} does not match the detector frames' shape {want} "
+            f"(Qy, Qx after crop/binning); nonzero = excluded pixel")
+    if arr.dtype.kind not in "biuf":
+        raise SendmapInputError(f"mask file {p}: values of type {arr.dtype} are not numbers")
+    return ~(arr != 0)

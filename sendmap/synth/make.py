@@ -146,6 +146,11 @@ class SynthParams:
     layers_nm: dict | None = None
     n_cu_grains: int | None = None
     dtype: str = "u2"
+    beam_stop: bool = False
+    beam_stop_width_px: float | None = None
+    beam_stop_angle_deg: float = 90.0
+    beam_stop_tip_radius_px: float | None = None
+    aperture_radius_px: float | None = None
 
     def validate(self) -> None:
         def bad(key, msg):
@@ -175,6 +180,12 @@ class SynthParams:
             bad("n_hot/n_dead", "must be >= 0")
         if self.dtype not in DTYPE_MAX:
             bad("dtype", f"must be one of {sorted(DTYPE_MAX)}, got {self.dtype!r}")
+        if self.beam_stop_width_px is not None and not self.beam_stop_width_px > 0:
+            bad("beam_stop_width_px", f"must be positive, got {self.beam_stop_width_px}")
+        if self.beam_stop_tip_radius_px is not None and not self.beam_stop_tip_radius_px >= 0:
+            bad("beam_stop_tip_radius_px", f"must be >= 0, got {self.beam_stop_tip_radius_px}")
+        if self.aperture_radius_px is not None and not self.aperture_radius_px > 0:
+            bad("aperture_radius_px", f"must be positive, got {self.aperture_radius_px}")
 
 
 class SynthModel:
@@ -226,6 +237,44 @@ class SynthModel:
             p.detector_shape, self.centres, r_px * math.sqrt(p.ellipse_ratio) + 3.0, p.n_hot, p.n_dead, hot_rng,
             hot_counts=(min(200, DTYPE_MAX[p.dtype]), min(1000, DTYPE_MAX[p.dtype])))
         self.n_saturated = 0
+        self._init_shadows(r_px)
+
+    def _init_shadows(self, r_px: float) -> None:
+        """Beam stop and aperture shadows, fixed on the detector (``params.beam_stop``,
+        ``params.aperture_radius_px``): ``transmission`` (Qy, Qx) in [0, 1] multiplies the expected counts
+        before Poisson noise, or None (no shadow: frames identical to a dataset without the options);
+        ``beam_stop``/``aperture`` hold the geometry (dicts, None when off) and ``*_mask`` the truly
+        shadowed pixels (transmission < 1)."""
+        p = self.params
+        self.transmission = None
+        self.beam_stop = self.aperture = None
+        self.beam_stop_mask = self.aperture_mask = None
+        if not p.beam_stop and p.aperture_radius_px is None:
+            return
+        t = np.ones(p.detector_shape)
+        if p.beam_stop:
+            c = self.centres.reshape(-1, 2)
+            tip = c.mean(axis=0)
+            # the tip hides the central disk at every position: disk radius (ellipse-lengthened) + the
+            # spread of the descan + 1 px
+            cover = r_px * math.sqrt(p.ellipse_ratio) + float(np.hypot(*(c - tip).T).max()) + 1.0
+            tip_r = float(p.beam_stop_tip_radius_px) if p.beam_stop_tip_radius_px is not None else cover
+            width = float(p.beam_stop_width_px) if p.beam_stop_width_px is not None else 2.0 * tip_r
+            bs = P.beam_stop_transmission(p.detector_shape, tip, tip_r, width, p.beam_stop_angle_deg)
+            self.beam_stop_mask = bs < 1.0
+            self.beam_stop = {"tip_yx": tip.tolist(), "tip_radius_px": tip_r, "width_px": width,
+                              "angle_deg": float(p.beam_stop_angle_deg), "disk_cover_radius_px": cover,
+                              "covers_central_disk": bool(tip_r >= cover),
+                              "n_pixels": int(self.beam_stop_mask.sum())}
+            t *= bs
+        if p.aperture_radius_px is not None:
+            centre = ((p.detector_shape[0] - 1) / 2.0, (p.detector_shape[1] - 1) / 2.0)
+            ap = P.aperture_transmission(p.detector_shape, centre, float(p.aperture_radius_px))
+            self.aperture_mask = ap < 1.0
+            self.aperture = {"centre_yx": list(centre), "radius_px": float(p.aperture_radius_px),
+                             "n_pixels": int(self.aperture_mask.sum())}
+            t *= ap
+        self.transmission = t
 
     # -- per-class physics --------------------------------------------------------------------------
 
@@ -358,11 +407,14 @@ class SynthModel:
 
     def _render(self, ry: int, j: int, st: dict) -> tuple[np.ndarray, float]:
         p = self.params
-        return P.render_pattern(
+        img, scale = P.render_pattern(
             p.detector_shape, self.centres[ry, j], p.q_pixel_size, probe_radius=self.probe_radius,
             radial_profile=st["F_iso"][:, j], spots=st["spots"][j], central_fraction=p.central_fraction,
             electrons=p.electrons_per_pattern, dq=self.dq, ratio=p.ellipse_ratio,
             angle_deg=p.ellipse_angle_deg, supersample=p.supersample, return_scale=True)
+        if self.transmission is not None:  # beam stop / aperture shadow (the scale keeps its unshadowed meaning)
+            img *= self.transmission
+        return img, scale
 
     def expected_row(self, ry: int, structure: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free expected counts (Rx, Qy, Qx) of row ``ry`` and the per-position scale factor (Rx,)
@@ -526,6 +578,11 @@ def make_dataset(
     waviness_nm: float = 3.0,
     layers_nm: dict | None = None,
     n_cu_grains: int | None = None,
+    beam_stop: bool = False,
+    beam_stop_width_px: float | None = None,
+    beam_stop_angle_deg: float = 90.0,
+    beam_stop_tip_radius_px: float | None = None,
+    aperture_radius_px: float | None = None,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Write a synthetic SEND dataset, its ground truth and a ready config into ``out_dir``.
@@ -539,6 +596,15 @@ def make_dataset(
     is sought; ``fmt`` "mib" (``synth.mib`` + ``synth.hdr``) or "npy" (``synth.npy``, (Ry, Rx, Qy, Qx));
     ``dtype`` u1/u2/u4 (counts above its maximum are clipped and counted); ``n_hot``/``n_dead`` defect
     pixels; ``supersample`` s×s sub-pixels per pixel.
+
+    Shadows (off by default; fixed on the detector, counts multiplied by the transmission before the
+    Poisson noise): ``beam_stop`` draws an opaque beam stop, a round tip over the central disk (radius
+    ``beam_stop_tip_radius_px``, default: disk radius + descan spread + 1 px, so the disk is hidden at
+    every position) on an arm ``beam_stop_width_px`` wide (default the tip's diameter) reaching from the
+    tip to the detector edge in the direction ``beam_stop_angle_deg`` (from +x towards +y; 90 = from the
+    bottom edge); ``aperture_radius_px`` shadows everything beyond that radius from the detector centre.
+    Their geometry goes into ``truth.json`` (``beam_stop``, ``aperture``) and the shadowed pixels
+    (transmission < 1) into ``truth.npz`` (``beam_stop_mask``, ``aperture_mask``, ``transmission``).
 
     Writes ``truth.npz`` (class_map int8, class_names, peak_q float64 (NaN for crystals), centre (Ry, Rx, 2)
     [y, x], hot_pixels, hot_values, dead_pixels, layer_map, layer_names, grain_map, ring_centre_q, n_lif,
@@ -563,7 +629,11 @@ def make_dataset(
         drift_slow_px=tuple(float(v) for v in drift_slow_px), step_nm=float(step_nm), n=int(n),
         window=tuple(float(v) for v in window), seed=int(seed), n_hot=int(n_hot), n_dead=int(n_dead),
         supersample=int(supersample), waviness_nm=float(waviness_nm), layers_nm=layers_nm,
-        n_cu_grains=n_cu_grains, dtype=dtype)
+        n_cu_grains=n_cu_grains, dtype=dtype, beam_stop=bool(beam_stop),
+        beam_stop_width_px=None if beam_stop_width_px is None else float(beam_stop_width_px),
+        beam_stop_angle_deg=float(beam_stop_angle_deg),
+        beam_stop_tip_radius_px=None if beam_stop_tip_radius_px is None else float(beam_stop_tip_radius_px),
+        aperture_radius_px=None if aperture_radius_px is None else float(aperture_radius_px))
     model = SynthModel(params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -631,6 +701,12 @@ def make_dataset(
         "class_mean_profile": class_mean,
         "class_mean_iqn": class_mean * model.qn[None, :],
     }
+    if model.transmission is not None:  # only with the shadow options: default outputs are unchanged
+        truth_arrays["transmission"] = model.transmission
+        if model.beam_stop_mask is not None:
+            truth_arrays["beam_stop_mask"] = model.beam_stop_mask
+        if model.aperture_mask is not None:
+            truth_arrays["aperture_mask"] = model.aperture_mask
     buf = io.BytesIO()
     np.savez_compressed(buf, **truth_arrays)
     paths["truth_npz"] = out / "truth.npz"
@@ -695,6 +771,10 @@ def make_dataset(
         "n_saturated": model.n_saturated,
         "generation_time_s": round(time.perf_counter() - t_start, 3),
     }
+    if model.beam_stop is not None:
+        truth_json["beam_stop"] = model.beam_stop
+    if model.aperture is not None:
+        truth_json["aperture"] = model.aperture
     paths["truth_json"] = out / "truth.json"
     _atomic_write_bytes(paths["truth_json"], (json.dumps(truth_json, indent=2) + "\n").encode())
     paths["config"] = out / "config.yaml"
@@ -732,6 +812,19 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--hot", type=int, default=5, help="number of hot pixels; default 5")
     parser.add_argument("--dead", type=int, default=5, help="number of dead pixels; default 5")
     parser.add_argument("--supersample", type=int, default=3, help="s×s sub-pixels per pixel; default 3")
+    parser.add_argument("--beam-stop", action="store_true",
+                        help="draw an opaque beam stop: a round tip hiding the central disk on an arm from the "
+                             "detector edge (geometry in truth.json); default off")
+    parser.add_argument("--beam-stop-width", type=float, default=None, metavar="PX",
+                        help="beam-stop arm width, px; default the tip's diameter")
+    parser.add_argument("--beam-stop-angle", type=float, default=90.0, metavar="DEG",
+                        help="direction from the tip to the edge the arm comes from (deg from +x towards +y; "
+                             "90 = bottom edge); default 90")
+    parser.add_argument("--beam-stop-tip-radius", type=float, default=None, metavar="PX",
+                        help="beam-stop tip radius, px; default disk radius + descan spread + 1")
+    parser.add_argument("--aperture-radius-px", type=float, default=None, metavar="PX",
+                        help="shadow of a circular aperture: no counts beyond this radius from the detector "
+                             "centre; default none")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -750,7 +843,11 @@ def synth_main(args: argparse.Namespace) -> int:
         central_fraction=args.central_fraction, ellipse_ratio=args.ellipse[0], ellipse_angle_deg=args.ellipse[1],
         drift_px=tuple(args.drift), drift_slow_px=tuple(args.drift_slow), step_nm=args.step_nm, n=args.n,
         fmt=args.format, dtype=args.dtype, seed=args.seed, n_hot=args.hot, n_dead=args.dead,
-        supersample=args.supersample, progress=not args.quiet)
+        supersample=args.supersample, beam_stop=getattr(args, "beam_stop", False),
+        beam_stop_width_px=getattr(args, "beam_stop_width", None),
+        beam_stop_angle_deg=getattr(args, "beam_stop_angle", 90.0),
+        beam_stop_tip_radius_px=getattr(args, "beam_stop_tip_radius", None),
+        aperture_radius_px=getattr(args, "aperture_radius_px", None), progress=not args.quiet)
     if not args.quiet:
         print(f"sendmap synth: wrote {paths['data']} and truth/config in {paths['data'].parent} "
               f"({time.perf_counter() - t0:.1f} s)")

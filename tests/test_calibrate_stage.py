@@ -1,0 +1,91 @@
+"""The calibrate stage end to end on synthetic scans: centres (disk and beam stop), masks from every cause."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from sendmap.cli import main as sendmap_main
+
+
+def _synth(folder, *extra):
+    assert sendmap_main(["synth", str(folder), "--scan-shape", "12", "16", "--detector", "128", "--seed", "1",
+                         "--quiet", *extra]) == 0
+    return folder / "config.yaml", np.load(folder / "truth.npz")
+
+
+def _calibrate(cfg, out, *sets):
+    args = ["run", str(cfg), "--until", "calibrate", "--no-progress", "--set", f"output.dir={out}"]
+    for s in sets:
+        args += ["--set", s]
+    assert sendmap_main(args) == 0
+    return zarr.open_group(str(out / "sendmap.zarr"), mode="r")
+
+
+def test_centres_with_drift_within_005_px(tmp_path):
+    cfg, truth = _synth(tmp_path / "d")
+    g = _calibrate(cfg, tmp_path / "o")
+    err = np.abs(np.asarray(g["calibration/origin"]) - truth["centre"])
+    assert err.max() < 0.05, err.max()
+    assert g.attrs["calibration"]["centre_method"] == "disk"
+    assert not np.asarray(g["calibration/beam_stop"]).any()
+    # hot pixels found and excluded
+    mask = np.asarray(g["calibration/mask"])
+    assert not mask[tuple(truth["hot_pixels"].T)].any()
+
+
+def test_beam_stop_over_the_central_disk_found_and_centres_within_half_a_pixel(tmp_path):
+    cfg, truth = _synth(tmp_path / "d", "--beam-stop")
+    g = _calibrate(cfg, tmp_path / "o")  # no mask given: the beam stop is found
+    cal = g.attrs["calibration"]
+    assert cal["centre_method"] == "symmetry"
+    found = np.asarray(g["calibration/beam_stop"])
+    true = truth["beam_stop_mask"]
+    assert (found & true).sum() / (found | true).sum() > 0.8
+    assert not np.asarray(g["calibration/mask"])[true].any()  # every shadowed pixel is excluded
+    err = np.abs(np.asarray(g["calibration/origin"]) - truth["centre"])
+    assert err.max() < 0.5, err.max()
+
+
+def test_user_mask_file_is_added_and_a_wrong_shape_is_exit_2(tmp_path):
+    cfg, _ = _synth(tmp_path / "d")
+    user = np.zeros((128, 128), np.uint8)
+    user[100:104, 10:30] = 1  # nonzero = excluded
+    np.save(tmp_path / "d" / "mine.npy", user)
+    g = _calibrate(cfg, tmp_path / "o", "calibration.mask_file=mine.npy")  # relative to the config's folder
+    mask = np.asarray(g["calibration/mask"])
+    assert not mask[100:104, 10:30].any()
+    np.testing.assert_array_equal(np.asarray(g["calibration/user_mask"]), user.astype(bool))
+    np.save(tmp_path / "d" / "bad.npy", np.zeros((64, 64)))
+    r = subprocess.run([sys.executable, "-m", "sendmap.cli", "run", str(cfg), "--until", "calibrate", "--no-progress",
+                        "--set", f"output.dir={tmp_path / 'o2'}", "--set", "calibration.mask_file=bad.npy"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "bad.npy" in r.stderr and "128" in r.stderr
+
+
+def test_saturated_pixels_are_masked_and_not_searched_when_binned(tmp_path):
+    cfg, _ = _synth(tmp_path / "d")
+    g = _calibrate(cfg, tmp_path / "o", "calibration.saturation_count=40")
+    sat = np.asarray(g["calibration/saturated_pixels"])
+    mx = np.asarray(g["ingest/max_pattern"])
+    np.testing.assert_array_equal(sat, mx >= 40)
+    assert not np.asarray(g["calibration/mask"])[sat].any()
+    # the central disk saturates here, but its centre is still found (saturated pixels are kept for centres)
+    assert g.attrs["calibration"]["centre_method"] == "disk"
+    g2 = _calibrate(cfg, tmp_path / "o2", "input.bin_q=2", "calibration.saturation_count=40")
+    assert not np.asarray(g2["calibration/saturated_pixels"]).any()
+    assert "binned" in json.dumps(g2.attrs["calibration"]["mask_info"])
+
+
+def test_editing_the_mask_file_recomputes_calibrate(tmp_path):
+    cfg, _ = _synth(tmp_path / "d")
+    user = np.zeros((128, 128), np.uint8)
+    np.save(tmp_path / "d" / "mine.npy", user)
+    _calibrate(cfg, tmp_path / "o", "calibration.mask_file=mine.npy")
+    user[5, 5] = 1
+    np.save(tmp_path / "d" / "mine.npy", user)
+    g = _calibrate(cfg, tmp_path / "o", "calibration.mask_file=mine.npy")
+    assert not np.asarray(g["calibration/mask"])[5, 5]
