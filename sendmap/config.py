@@ -123,15 +123,13 @@ class ProfilesConfig(_Section):
     q_max: Optional[float] = Field(None, gt=0, description="1/Å; null: the largest full circle inside the detector")
     supersample: int = Field(3, ge=1, le=8, description="sub-pixels per pixel side for the radial binning")
     n_azimuth: int = Field(72, ge=8, le=360, description="azimuthal sectors for anisotropy and spot features")
-    centre_step_px: Optional[float] = Field(
-        None, gt=0, le=1, description="per-position centres are rounded to this grid (px, 1/n) for the precomputed "
-        "pixel tables, at most half a step off; null: 1/16 for frames up to 256², 1/8 above (table memory)")
+    centre_step_px: float = Field(
+        0.125, gt=0, le=1, description="per-position centres are rounded to this grid (px, 1/n) for the precomputed "
+        "pixel tables: at most half a step off; ≤ 1/step² tables of ≈ 8 bytes per pixel")
 
     @field_validator("centre_step_px")
     @classmethod
     def _one_over_n(cls, v):
-        if v is None:
-            return v
         n = round(1 / v)
         if abs(n * v - 1) > 1e-9:
             raise ValueError(f"must be 1/n for a whole number n (0.5, 0.25, 0.125, 0.0625, ...), got {v}")

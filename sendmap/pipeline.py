@@ -181,6 +181,8 @@ def detector_mask(ctx: Context, r_disk_px: float) -> dict:
 
 ELLIPSE_SECTORS = 36
 """Azimuthal sectors (10° each) for the ellipse fit: enough to sample cos 2φ, wide enough to hold counts."""
+ELLIPSE_CENTRE_STEP_PX = 0.25
+"""Centre grid of the ellipse fit's mean pattern: a ±1/8 px jitter of single frames does not blur a mean ring."""
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,7 @@ def stage_calibrate(ctx: Context) -> None:
     if ell == "fit":
         geom = PolarGeometry(qpx, qpx, int(cfg.calibration.ellipse_window[1] / qpx * 1.2) + 2, ELLIPSE_SECTORS,
                              supersample=cfg.profiles.supersample)
-        tables = PolarTables(geom, centre_step_px(cfg, data.shape[2:]))
+        tables = PolarTables(geom, ELLIPSE_CENTRE_STEP_PX)
     measured = np.zeros((ry, rx, 2))
     acc = {"s": 0.0, "w": 0.0}
 
@@ -347,14 +349,6 @@ PROFILE_OUTPUTS = {
 }
 
 
-def centre_step_px(cfg: Config, frame_shape) -> float:
-    """Grid (px) the per-position centres are rounded to for the pixel tables: the config's value, else
-    1/16 px for frames up to 256² (≤ 256 tables of ≈ 0.55 MB) and 1/8 px above (≤ 64 tables)."""
-    if cfg.profiles.centre_step_px:
-        return cfg.profiles.centre_step_px
-    return 0.0625 if frame_shape[0] * frame_shape[1] <= 256 * 256 else 0.125
-
-
 def stage_profiles(ctx: Context) -> None:
     """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position.
 
@@ -370,7 +364,7 @@ def stage_profiles(ctx: Context) -> None:
     data, blocks = data_blocks(ctx)
     ry, rx, qy, qx = data.shape
     geom = profile_geometry(cfg, calib, (qy, qx), origin)
-    tables = PolarTables(geom, centre_step_px(cfg, (qy, qx)))
+    tables = PolarTables(geom, cfg.profiles.centre_step_px)
     r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
     q = geom.q_centres
     qn = q ** cfg.profiles.n
@@ -540,7 +534,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
         if st.name == "calibrate":
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
                                                 if k.startswith("crystal")}
-            sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k in ("supersample", "n_azimuth", "centre_step_px")}
+            sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k == "supersample"}
             if cfg.calibration.mask_file:  # the file's content, not only its name: an edited mask recomputes
                 mf = Path(cfg.calibration.mask_file)
                 mf = mf if mf.is_absolute() else cfg.base_dir / mf

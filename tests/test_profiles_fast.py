@@ -55,28 +55,28 @@ def test_equals_direct_kernel_for_centres_on_the_grid(ss, step):
 
 
 def test_rounding_the_centre_stays_within_the_supersampling_error():
-    """Centres off the 1/16-px grid are rounded (≤ 1/32 px). The azimuthal mean is insensitive to a centre
+    """Centres off the 1/8-px grid are rounded (≤ 1/16 px). The azimuthal mean is insensitive to a centre
     shift at first order; what changes is which sub-pixels fall in which bin, the same discretisation the
-    3×3 supersampling makes anyway: the rounded profile differs from the exact-centre one by < 0.15 %
-    (< 0.2 % on the 1/8 grid), and its error against the analytic annulus average stays within 0.1 % of
-    the exact-centre kernel's (≈ 0.5 % on this narrow ring, σ = 4 px: the pixel-area smear ∇²f/24)."""
+    3×3 supersampling makes anyway: the rounded profile differs from the exact-centre one by < 0.25 %,
+    and its error against the analytic annulus average stays within 0.15 % of the exact-centre kernel's
+    (≈ 0.5 % on this narrow ring, σ = 4 px: the pixel-area smear ∇²f/24)."""
     g = PolarGeometry(QPX, QPX, 45, 72, 1.015, 30.0, 3)
-    tables = PolarTables(g, 0.0625)
+    tables = PolarTables(g, 0.125)
     q = np.linspace(0, 45 * QPX, 45 * 400 + 1)
     w = _ring(q) * q
     exact_bins = np.array([np.trapezoid(w[i * 400:(i + 1) * 400 + 1], q[i * 400:(i + 1) * 400 + 1])
                            / np.trapezoid(q[i * 400:(i + 1) * 400 + 1], q[i * 400:(i + 1) * 400 + 1]) for i in range(45)])
     sel = g.q_centres > 0.1
     worst_rounding = worst_truth = worst_exact = 0.0
-    for centre in [(47.0 + 1 / 32, 48.0 - 1 / 32), (46.53, 48.47), (47.3, 47.71)]:
+    for centre in [(47.0 + 1 / 16, 48.0 - 1 / 16), (46.53, 48.47), (47.3, 47.71)]:
         img = _analytic(centre, 1.015, 30.0)[None]
         exact = frame_statistics(polar_sums(img, np.array([centre]), np.ones((N, N), bool), g), g.q_centres, 0.0)
         fast = profile_block(img, np.array([centre]), np.ones((N, N), bool), tables, 0.0)
         worst_rounding = max(worst_rounding, float(np.max(np.abs(fast["mean"][0][sel] / exact["mean"][0][sel] - 1))))
         worst_truth = max(worst_truth, float(np.max(np.abs(fast["mean"][0][sel] / exact_bins[sel] - 1))))
         worst_exact = max(worst_exact, float(np.max(np.abs(exact["mean"][0][sel] / exact_bins[sel] - 1))))
-    assert worst_rounding < 1.5e-3, worst_rounding
-    assert worst_truth < worst_exact + 1e-3, (worst_truth, worst_exact)
+    assert worst_rounding < 2.5e-3, worst_rounding
+    assert worst_truth < worst_exact + 1.5e-3, (worst_truth, worst_exact)
 
 
 def test_robust_mean_rejects_bragg_spots_and_is_unbiased_without_them():

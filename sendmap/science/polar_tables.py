@@ -4,9 +4,9 @@ The geometry of the polar binning (which radial bins and azimuthal sector each p
 in) depends only on where the pixel sits relative to the pattern centre. It is computed once per
 *fractional* centre position and reused for every frame whose centre has that fractional part: a
 table is indexed by the pixel's offset from the centre's integer part, so one table serves every integer
-shift of the centre. The centre is rounded to a grid of ``centre_step_px`` (1/16 px: at most 1/32 px
-away; ``tests/test_profiles_fast.py`` bounds the effect on I(Q) of an analytic ring: ≤ 0.1 %, below the
-supersampling's own discretisation).
+shift of the centre. The centre is rounded to a grid of ``centre_step_px`` (1/8 px: at most 1/16 px
+away; ``tests/test_profiles_fast.py`` bounds the effect on I(Q) of an analytic ring: < 0.25 %, the size of
+the supersampling's own discretisation jitter).
 
 Per frame only the **non-zero pixels** are visited (a low-dose counting detector records zero in most
 pixels: 93 % at 2 × 10⁴ e⁻ on 256²), each adding its counts to its 1–3 radial bins with the
@@ -30,8 +30,8 @@ import numpy as np
 
 from .polar import PolarGeometry, _fast_atan2, _frame_stats
 
-DEFAULT_CENTRE_STEP_PX = 0.0625
-"""Grid the per-frame centre is rounded to for the tables (px): at most 1/32 px off, up to 256 tables."""
+DEFAULT_CENTRE_STEP_PX = 0.125
+"""Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
 
 
 @numba.njit(parallel=True, cache=True)
