@@ -1,4 +1,4 @@
-"""The ``sendmap`` command line: run, synth, info, --version.
+"""The ``sendmap`` command line: run, synth, calibrate, info, --version.
 
 Bad input or config ends with a one-paragraph message on stderr and exit code 2.
 """
@@ -52,6 +52,17 @@ def _cmd_synth(args) -> int:
     return synth_main(args)
 
 
+def _cmd_calibrate(args) -> int:
+    from .calibrant import calibrate_file, format_report
+
+    res = calibrate_file(args.file, args.phase, scan_shape=tuple(args.scan_shape) if args.scan_shape else None,
+                         q_guess=args.q_guess, mask_file=args.mask, beam_energy_kv=args.beam_energy_kv,
+                         detector_pixel_um=args.detector_pixel_um, n_sectors=args.sectors,
+                         fit_drift=not args.no_drift)
+    print(json.dumps(res, indent=1, ensure_ascii=False) if args.json else format_report(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sendmap", description="SEND / 4D-STEM maps of battery interfaces: SRO peaks and SEI classes.")
     p.add_argument("--version", action="version", version=f"sendmap {__version__}")
@@ -72,6 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_arguments(s)
     s.set_defaults(func=_cmd_synth)
+
+    c = sub.add_parser("calibrate", help="Q per pixel, centre and ellipse from the rings of a polycrystalline standard",
+                       description="Measure Q per pixel (1/Å per px, Q = 1/d), the pattern centre and the elliptical "
+                                   "distortion on the rings of a polycrystalline standard (gold by default), with each "
+                                   "ring's residual. FILE: one pattern (TIFF, 2-D .npy) or any dataset sendmap reads "
+                                   "(its mean pattern is used).")
+    c.add_argument("file", help="calibration pattern or dataset")
+    c.add_argument("--phase", default="au", help="standard, a phase of the library (default: au)")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    c.add_argument("--scan-shape", nargs=2, type=int, metavar=("RY", "RX"), default=None,
+                   help="scan shape, for raw formats that need it")
+    c.add_argument("--q-guess", type=float, default=None, metavar="Q_PX",
+                   help="first guess of Q per pixel (1/Å per px) if the automatic indexing needs help")
+    c.add_argument("--mask", default=None, metavar="FILE", help="mask file (.npy/.tif/.png), nonzero = excluded pixel")
+    c.add_argument("--beam-energy-kv", type=float, default=200.0, help="accelerating voltage, kV (default 200; "
+                   "only reported, with the camera length)")
+    c.add_argument("--detector-pixel-um", type=float, default=None,
+                   help="physical detector pixel size, µm: also report the camera length")
+    c.add_argument("--sectors", type=int, default=36, help="azimuthal sectors for the centre/ellipse fit (default 36)")
+    c.add_argument("--no-drift", action="store_true",
+                   help="one centre for every ring (default: ring centres may drift as c + k·r², as on a tilted "
+                        "detector; the centre reported is the one at r = 0)")
+    c.set_defaults(func=_cmd_calibrate)
 
     i = sub.add_parser("info", help="describe a dataset file or a result store")
     i.add_argument("path")
