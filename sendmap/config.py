@@ -91,8 +91,12 @@ class CalibrationConfig(_Section):
     centre_radius_px: Optional[float] = Field(
         None, gt=0, description="radius (px) of the window for the centre of mass; null: 1.5 × probe-disk radius")
     descan_fit: Literal["plane", "none"] = Field("plane", description="robust plane fit of the per-position centres")
-    ellipse: Literal["fit", "none"] | tuple[float, float] = Field(
-        "fit", description="'fit' from the amorphous ring of the centred mean pattern, 'none', or [ratio, angle_deg]")
+    ellipse: Literal["fit", "none", "calibrant"] | tuple[float, float] = Field(
+        "fit", description="'fit' from the amorphous ring of the centred mean pattern, 'none', [ratio, angle_deg], "
+        "or 'calibrant' (from calibration.calibrant)")
+    calibrant: Optional[str] = Field(
+        None, description="JSON written by `sendmap calibrate --json` on a standard at the same camera length: "
+        "gives q_pixel_size where that is null, and the ellipse with ellipse: calibrant")
     ellipse_window: tuple[float, float] = Field((0.15, 0.45), description="1/Å range used to fit the ellipse")
     mask_hot_dead: bool = Field(True, description="find hot and dead pixels from the sum and max patterns")
     mask_saturated: bool = Field(True, description="exclude pixels that reached the counter's saturation value "

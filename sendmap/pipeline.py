@@ -52,17 +52,51 @@ class Stage:
 
 # --------------------------------------------------------------------------------------------- helpers
 
+def calibrant_record(cfg: Config) -> dict | None:
+    """The ``sendmap calibrate --json`` result named by ``calibration.calibrant`` (None where not set)."""
+    cal = cfg.calibration
+    if not cal.calibrant:
+        return None
+    path = Path(cal.calibrant)
+    path = path if path.is_absolute() else cfg.base_dir / path
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        float(rec["q_pixel_size"])
+        float(rec["ellipse"]["ratio"]), float(rec["ellipse"]["angle_deg"])
+    except FileNotFoundError:
+        raise SendmapInputError(f"calibration.calibrant: {path} does not exist (write it with "
+                                f"`sendmap calibrate STANDARD --json > {path.name}`)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SendmapInputError(f"calibration.calibrant: {path} is not the JSON of `sendmap calibrate --json` "
+                                f"(needs q_pixel_size and ellipse.ratio/angle_deg): {exc}") from None
+    rec["file"] = str(path)
+    return rec
+
+
+def q_pixel_size_source(cfg: Config) -> str:
+    cal = cfg.calibration
+    if cal.q_pixel_size:
+        return "config calibration.q_pixel_size"
+    if cal.calibrant:
+        return f"measured on a standard: {cal.calibrant}"
+    return "camera length and detector pixel size"
+
+
 def q_pixel_size(cfg: Config) -> float:
-    """Q per stored pixel (1/Å): the config's value (given directly, or from camera length and detector
-    pixel size) for one detector pixel, times ``input.bin_q``."""
+    """Q per stored pixel (1/Å): the config's value (given directly, measured on a standard by ``sendmap
+    calibrate`` and named by ``calibration.calibrant``, or from camera length and detector pixel size) for
+    one detector pixel, times ``input.bin_q``."""
     cal = cfg.calibration
     if cal.q_pixel_size:
         return float(cal.q_pixel_size) * cfg.input.bin_q
+    if cal.calibrant:
+        return float(calibrant_record(cfg)["q_pixel_size"]) * cfg.input.bin_q
     if cal.camera_length_mm and cal.detector_pixel_um:
         return q_pixel_size_from_camera(cal.detector_pixel_um, cal.camera_length_mm, cal.beam_energy_kv) * cfg.input.bin_q
     raise SendmapInputError(
         "calibration.q_pixel_size is not set and cannot be derived: give calibration.q_pixel_size (1/Å per pixel), "
-        "or calibration.camera_length_mm with calibration.detector_pixel_um, or measure it with `sendmap calibrate`")
+        "or calibration.camera_length_mm with calibration.detector_pixel_um, or measure it with `sendmap calibrate "
+        "STANDARD --json > standard.json` and set calibration.calibrant: standard.json")
 
 
 def scan_step_nm(cfg: Config) -> float:
@@ -291,9 +325,16 @@ def stage_calibrate(ctx: Context) -> None:
         ellipse["source"] = "fitted to the amorphous ring of the centred mean pattern"
     elif ell == "none":
         ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
+    elif ell == "calibrant":
+        rec = calibrant_record(cfg)
+        if rec is None:
+            raise SendmapInputError("calibration.ellipse: calibrant needs calibration.calibrant (the JSON of "
+                                    "`sendmap calibrate --json`)")
+        ellipse = {"ratio": float(rec["ellipse"]["ratio"]), "angle_deg": float(rec["ellipse"]["angle_deg"]),
+                   "source": f"measured on a standard: {rec['file']}"}
     else:
         ellipse = {"ratio": float(ell[0]), "angle_deg": float(ell[1]), "source": "config"}
-    calib = {"q_pixel_size": qpx, "q_pixel_size_source": "config", "disk_radius_px": r_disk,
+    calib = {"q_pixel_size": qpx, "q_pixel_size_source": q_pixel_size_source(cfg), "disk_radius_px": r_disk,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
              "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(), "centre_method": method,
              "n_hot": int(dm["hot_pixels"].sum()), "n_dead": int(dm["dead_pixels"].sum()),
@@ -535,10 +576,11 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
                                                 if k.startswith("crystal")}
             sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k == "supersample"}
-            if cfg.calibration.mask_file:  # the file's content, not only its name: an edited mask recomputes
-                mf = Path(cfg.calibration.mask_file)
-                mf = mf if mf.is_absolute() else cfg.base_dir / mf
-                sections["mask_file_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
+            for key in ("mask_file", "calibrant"):  # the files' content, not only their names: an edit recomputes
+                name = getattr(cfg.calibration, key)
+                if name:
+                    mf = Path(name) if Path(name).is_absolute() else cfg.base_dir / name
+                    sections[f"{key}_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},

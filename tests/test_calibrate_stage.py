@@ -89,3 +89,21 @@ def test_editing_the_mask_file_recomputes_calibrate(tmp_path):
     np.save(tmp_path / "d" / "mine.npy", user)
     g = _calibrate(cfg, tmp_path / "o", "calibration.mask_file=mine.npy")
     assert not np.asarray(g["calibration/mask"])[5, 5]
+
+
+def test_q_pixel_size_and_ellipse_from_a_calibrate_json(tmp_path):
+    cfg, _ = _synth(tmp_path / "d")
+    rec = {"q_pixel_size": 0.0125, "centre": [64.0, 64.0], "ellipse": {"ratio": 1.015, "angle_deg": 30.0},
+           "rings": []}
+    (tmp_path / "d" / "au.json").write_text(json.dumps(rec))
+    text = cfg.read_text().replace("q_pixel_size: 0.0125,", "calibrant: au.json, ellipse: calibrant,")
+    assert "calibrant" in text
+    (tmp_path / "d" / "cal.yaml").write_text(text)
+    g = _calibrate(tmp_path / "d" / "cal.yaml", tmp_path / "o")
+    cal = g.attrs["calibration"]
+    assert cal["q_pixel_size"] == 0.0125 and "au.json" in cal["q_pixel_size_source"]
+    assert cal["ellipse"]["ratio"] == 1.015 and "au.json" in cal["ellipse"]["source"]
+    (tmp_path / "d" / "au.json").write_text("{}")
+    r = subprocess.run([sys.executable, "-m", "sendmap.cli", "run", str(tmp_path / "d" / "cal.yaml"), "--no-progress",
+                        "--set", f"output.dir={tmp_path / 'o3'}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "au.json" in r.stderr
