@@ -35,14 +35,13 @@ DEFAULT_CENTRE_STEP_PX = 0.125
 
 
 @numba.njit(parallel=True, cache=True)
-def _build_table(fy, fx, hy, hx, qpx, bw, nq, nphi, a, b, ct, st, ss, kp_out, iq0_out, cnt_out):
-    """Fill one table: for every offset (oy, ox) of the box, the sector and the sub-pixel count per bin."""
+def _build_table(fy, fx, hy, hx, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec):
+    """Fill one table: for every offset (oy, ox) of the box, its record (see :class:`PolarTables`)."""
     inv_ss = 1.0 / ss
     ia = 1.0 / a
     ib = 1.0 / b
     scale = qpx / bw
     two_pi = 2.0 * math.pi
-    kmax = cnt_out.shape[2]
     off = np.empty(ss)
     for k in range(ss):
         off[k] = (k + 0.5) * inv_ss - 0.5
@@ -52,10 +51,8 @@ def _build_table(fy, fx, hy, hx, qpx, bw, nq, nphi, a, b, ct, st, ss, kp_out, iq
         idx = np.empty(ss * ss, np.int64)
         for ox in range(2 * hx + 1):
             dx0 = ox - hx - fx
-            for j in range(kmax):
-                cnt_out[oy, ox, j] = 0
-            iq0_out[oy, ox] = -1
-            kp_out[oy, ox] = 0
+            for j in range(rec.shape[2]):
+                rec[oy, ox, j] = 0
             phi = _fast_atan2(dy0, dx0) + math.pi
             kp = int(phi / two_pi * nphi)
             if kp >= nphi:
@@ -81,26 +78,40 @@ def _build_table(fy, fx, hy, hx, qpx, bw, nq, nphi, a, b, ct, st, ss, kp_out, iq
             for i in range(n_in):
                 j = idx[i] - lo
                 if j < kmax:
-                    cnt_out[oy, ox, j] += 1
+                    rec[oy, ox, 4 + j] += 1
                 else:
                     overflow += 1
-            iq0_out[oy, ox] = lo
-            kp_out[oy, ox] = kp
+            rec[oy, ox, 0] = (lo + 1) & 0xFF
+            rec[oy, ox, 1] = (lo + 1) >> 8
+            rec[oy, ox, 2] = kp & 0xFF
+            rec[oy, ox, 3] = kp >> 8
     return overflow
 
 
+@numba.njit(inline="always")
+def _first_bin(r):
+    """First radial bin of a record r (uint8[4 + K]), −1 where the offset reaches no bin."""
+    return (np.int64(r[0]) | (np.int64(r[1]) << 8)) - 1
+
+
+@numba.njit(inline="always")
+def _sector(r):
+    return np.int64(r[2]) | (np.int64(r[3]) << 8)
+
+
 @numba.njit(cache=True)
-def _table_totals(kp_t, iq0_t, cnt_t, inv_ss2, w_out, w2_out):
+def _table_totals(rec, inv_ss2, w_out, w2_out):
     """Σw per (bin, sector) and Σw² per bin over the whole box of one table."""
-    ny, nx, kmax = cnt_t.shape
+    ny, nx, nr = rec.shape
     for oy in range(ny):
         for ox in range(nx):
-            i0 = iq0_t[oy, ox]
+            r = rec[oy, ox]
+            i0 = _first_bin(r)
             if i0 < 0:
                 continue
-            k = kp_t[oy, ox]
-            for j in range(kmax):
-                n = cnt_t[oy, ox, j]
+            k = _sector(r)
+            for j in range(nr - 4):
+                n = r[4 + j]
                 if n:
                     wgt = n * inv_ss2
                     w_out[i0 + j, k] += wgt
@@ -108,13 +119,14 @@ def _table_totals(kp_t, iq0_t, cnt_t, inv_ss2, w_out, w2_out):
 
 
 @numba.njit(inline="always")
-def _subtract(kp_t, iq0_t, cnt_t, t, oy, ox, inv_ss2, w, w2):
-    i0 = iq0_t[t, oy, ox]
+def _subtract(rec, t, oy, ox, inv_ss2, w, w2):
+    r = rec[t, oy, ox]
+    i0 = _first_bin(r)
     if i0 < 0:
         return
-    k = kp_t[t, oy, ox]
-    for j in range(cnt_t.shape[3]):
-        n = cnt_t[t, oy, ox, j]
+    k = _sector(r)
+    for j in range(rec.shape[3] - 4):
+        n = r[4 + j]
         if n:
             wgt = n * inv_ss2
             w[i0 + j, k] -= wgt
@@ -122,8 +134,7 @@ def _subtract(kp_t, iq0_t, cnt_t, t, oy, ox, inv_ss2, w, w2):
 
 
 @numba.njit(parallel=True, cache=True)
-def _unique_geometry(uy, ux, ut, ny, nx, masked_y, masked_x, kp_t, iq0_t, cnt_t, w_full, w2_full, hy, hx,
-                     inv_ss2, w_out, w2_out):
+def _unique_geometry(uy, ux, ut, ny, nx, masked_y, masked_x, rec, w_full, w2_full, hy, hx, inv_ss2, w_out, w2_out):
     """Pixel areas per (bin, sector) for each distinct centre: table totals − masked − off-detector offsets."""
     nbox_y = 2 * hy + 1
     nbox_x = 2 * hx + 1
@@ -139,54 +150,61 @@ def _unique_geometry(uy, ux, ut, ny, nx, masked_y, masked_x, kp_t, iq0_t, cnt_t,
             iy = oy - by
             if iy < 0 or iy >= ny:
                 for ox in range(nbox_x):
-                    _subtract(kp_t, iq0_t, cnt_t, t, oy, ox, inv_ss2, w, w2)
+                    _subtract(rec, t, oy, ox, inv_ss2, w, w2)
             else:
                 for ox in range(0, min(nbox_x, bx)):  # ix < 0
-                    _subtract(kp_t, iq0_t, cnt_t, t, oy, ox, inv_ss2, w, w2)
+                    _subtract(rec, t, oy, ox, inv_ss2, w, w2)
                 for ox in range(max(0, nx + bx), nbox_x):  # ix >= nx
-                    _subtract(kp_t, iq0_t, cnt_t, t, oy, ox, inv_ss2, w, w2)
+                    _subtract(rec, t, oy, ox, inv_ss2, w, w2)
         for m in range(masked_y.size):
             oy = masked_y[m] + by
             ox = masked_x[m] + bx
             if 0 <= oy < nbox_y and 0 <= ox < nbox_x:
-                _subtract(kp_t, iq0_t, cnt_t, t, oy, ox, inv_ss2, w, w2)
+                _subtract(rec, t, oy, ox, inv_ss2, w, w2)
 
 
 @numba.njit(inline="always")
-def _accumulate_frame(frame, mask, kp_t, iq0_t, cnt_t, t, by, bx, inv_ss2, s, c2):
-    """Add the non-zero, unmasked pixels of one frame to its polar sums s (nq, nphi) and c2 (nq)."""
+def _accumulate_frame(frame, mask, rec, kmax, t, by, bx, inv_ss2, s, c2, idx):
+    """Add the non-zero, unmasked pixels of one frame to its polar sums s (nq + kmax, nphi) and c2 (nq + kmax):
+    the kmax spare bins at the end take the (zero) weights a branch-free loop adds past the last bin.
+
+    Each row's non-zero pixels are first listed without a branch (``idx``, length ≥ Qx): testing pixel by
+    pixel mispredicts a branch at every non-zero pixel of a sparse frame (35 vs 52 µs per 256² frame).
+    """
     ny, nx = frame.shape
-    nbox_y = iq0_t.shape[1]
-    nbox_x = iq0_t.shape[2]
-    kmax = cnt_t.shape[3]
+    nbox_y = rec.shape[1]
+    nbox_x = rec.shape[2]
     y0 = max(0, -by)
     y1 = min(ny, nbox_y - by)
     x0 = max(0, -bx)
     x1 = min(nx, nbox_x - bx)
     for iy in range(y0, y1):
         oy = iy + by
+        row = frame[iy]
+        n_nz = 0
         for ix in range(x0, x1):
-            c = frame[iy, ix]
-            if c == 0:
-                continue
+            idx[n_nz] = ix
+            n_nz += row[ix] != 0
+        for m in range(n_nz):
+            ix = idx[m]
             if not mask[iy, ix]:
                 continue
-            ox = ix + bx
-            i0 = iq0_t[t, oy, ox]
+            r = rec[t, oy, ix + bx]
+            i0 = _first_bin(r)
             if i0 < 0:
                 continue
-            k = kp_t[t, oy, ox]
-            cf = np.float64(c)
-            for j in range(kmax):
-                n = cnt_t[t, oy, ox, j]
-                if n:
-                    wgt = n * inv_ss2
-                    s[i0 + j, k] += wgt * cf
-                    c2[i0 + j] += wgt * cf * cf
+            k = _sector(r)
+            c = np.float64(row[ix])
+            cf = c * inv_ss2
+            cc = cf * c
+            for j in range(kmax):  # branch-free: s and c2 have kmax spare bins at the end
+                n = np.float64(r[4 + j])
+                s[i0 + j, k] += n * cf
+                c2[i0 + j] += n * cc
 
 
 @numba.njit(parallel=True, cache=True)
-def _profile_block_kernel(frames, iyc, ixc, tix, uix, w_u, w2_u, mask, kp_t, iq0_t, cnt_t, hy, hx, inv_ss2,
+def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec, kmax, hy, hx, inv_ss2,
                           q_c, disk_r_q, z_clip, bf_hi, adf_lo, adf_hi, n_chunks, keep_sums,
                           out_mean, out_sem, out_disp, out_robust, out_spot, out_bf, out_adf, out_s):
     nb = frames.shape[0]
@@ -194,25 +212,29 @@ def _profile_block_kernel(frames, iyc, ixc, tix, uix, w_u, w2_u, mask, kp_t, iq0
     for ch in numba.prange(n_chunks):
         f0 = ch * nb // n_chunks
         f1 = (ch + 1) * nb // n_chunks
-        s = np.empty((nq, nphi))
-        c2 = np.empty(nq)
+        s_pad = np.empty((nq + kmax, nphi))  # kmax spare bins: see _accumulate_frame
+        c2_pad = np.empty(nq + kmax)
+        s = s_pad[:nq]
+        c2 = c2_pad[:nq]
         scratch = np.empty((2 * (nq + 1), nphi))
-        for f in range(f0, f1):
-            s[:, :] = 0.0
-            c2[:] = 0.0
-            _accumulate_frame(frames[f], mask, kp_t, iq0_t, cnt_t, tix[f], hy - iyc[f], hx - ixc[f], inv_ss2, s, c2)
+        idx = np.empty(frames.shape[2], np.int64)
+        for i in range(f0, f1):
+            f = order[i]  # frames sharing a table in a row: it stays in cache
+            s_pad[:, :] = 0.0
+            c2_pad[:] = 0.0
+            _accumulate_frame(frames[f], mask, rec, kmax, tix[f], hy - iyc[f], hx - ixc[f], inv_ss2, s_pad, c2_pad, idx)
             u = uix[f]
             _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, out_mean[f], out_sem[f], out_disp[f],
                          out_robust[f], out_spot[f], scratch)
             bf = 0.0
             adf = 0.0
-            for i in range(nq):
+            for iq in range(nq):
                 row = 0.0
                 for k in range(nphi):
-                    row += s[i, k]
-                if q_c[i] < bf_hi:
+                    row += s[iq, k]
+                if q_c[iq] < bf_hi:
                     bf += row
-                if adf_lo <= q_c[i] < adf_hi:
+                if adf_lo <= q_c[iq] < adf_hi:
                     adf += row
             out_bf[f] = bf
             out_adf[f] = adf
@@ -223,9 +245,11 @@ def _profile_block_kernel(frames, iyc, ixc, tix, uix, w_u, w2_u, mask, kp_t, iq0
 class PolarTables:
     """Pixel → (radial bin, sector) tables of a :class:`PolarGeometry`, built lazily per fractional centre.
 
-    ``centre_step_px``: the grid (px) centres are rounded to (1 / an integer). Memory: (2H+1)² offsets ×
-    (4 + K) bytes per fractional position used, H the largest radius in px (≈ 0.5 MB for 256² frames);
-    at most 1/centre_step_px² tables. Thread-safe; pickles without its tables (rebuilt where used).
+    ``centre_step_px``: the grid (px) centres are rounded to (1 / an integer). A table holds, for each
+    offset (oy, ox) of a (2H+1)² box (H the largest radius in px), one record of 4 + K bytes read with a
+    single cache line: first radial bin + 1 (uint16, 0 = none), sector (uint16), and the number of
+    sub-pixels in each of K consecutive bins (uint8). ≈ 0.55 MB per table for 256² frames, at most
+    1/centre_step_px² tables. Thread-safe; pickles without its tables (rebuilt where used).
     """
 
     def __init__(self, geom: PolarGeometry, centre_step_px: float = DEFAULT_CENTRE_STEP_PX):
@@ -237,7 +261,10 @@ class PolarTables:
         a = math.sqrt(geom.ratio)  # the largest detector distance of an undistorted radius ρ is a·ρ
         rho_max = geom.nq * geom.bin_width / geom.q_pixel_size
         self.h = int(math.ceil(a * rho_max + 1.5))
-        self.kmax = int(math.ceil(1.5 * a * geom.q_pixel_size / geom.bin_width)) + 2
+        # bins one pixel's sub-pixels can reach: their centres span at most √2·(ss−1)/ss px, × a in ρ
+        ss = geom.supersample
+        self.kmax = int(math.floor(math.sqrt(2) * (ss - 1) / ss * a * geom.q_pixel_size / geom.bin_width + 1e-9)) + 2
+        self.rec_bytes = -(-(4 + self.kmax) // 4) * 4  # records padded to a multiple of 4 bytes
         self.inv_ss2 = 1.0 / geom.supersample ** 2
         self._lock = threading.Lock()
         self._alloc()
@@ -245,10 +272,10 @@ class PolarTables:
     def _alloc(self):
         nt, nbox = self.n_sub ** 2, 2 * self.h + 1
         g = self.geom
+        if g.nq >= 65535 or g.n_phi >= 65536:
+            raise ValueError("polar tables hold at most 65534 radial bins and 65535 sectors")
         # np.empty does not touch memory: only tables that get built cost RAM
-        self.kp = np.empty((nt, nbox, nbox), np.int16 if g.n_phi < 32768 else np.int32)
-        self.iq0 = np.empty((nt, nbox, nbox), np.int16 if g.nq < 32768 else np.int32)
-        self.cnt = np.empty((nt, nbox, nbox, self.kmax), np.uint8)
+        self.rec = np.empty((nt, nbox, nbox, self.rec_bytes), np.uint8)
         self.w_full = np.zeros((nt, g.nq, g.n_phi))
         self.w2_full = np.zeros((nt, g.nq))
         self.built = np.zeros(nt, bool)
@@ -283,13 +310,12 @@ class PolarTables:
                     continue
                 jy, jx = divmod(t, self.n_sub)
                 args = g.kernel_args()  # qpx, bw, nq, nphi, a, b, cos, sin, ss
-                over = _build_table(jy / self.n_sub, jx / self.n_sub, self.h, self.h, *args,
-                                    self.kp[t], self.iq0[t], self.cnt[t])
+                over = _build_table(jy / self.n_sub, jx / self.n_sub, self.h, self.h, *args, self.kmax, self.rec[t])
                 if over:
                     raise RuntimeError(f"polar table overflow ({over} sub-pixels beyond {self.kmax} bins)")
                 self.w_full[t] = 0.0
                 self.w2_full[t] = 0.0
-                _table_totals(self.kp[t], self.iq0[t], self.cnt[t], self.inv_ss2, self.w_full[t], self.w2_full[t])
+                _table_totals(self.rec[t], self.inv_ss2, self.w_full[t], self.w2_full[t])
                 self.built[t] = True
 
 
@@ -329,14 +355,15 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     w_u = np.empty((len(ukeys), g.nq, g.n_phi))
     w2_u = np.empty((len(ukeys), g.nq))
     _unique_geometry(ukeys[:, 0].copy(), ukeys[:, 1].copy(), ukeys[:, 2].copy(), ny, nx, my.astype(np.int64),
-                     mx.astype(np.int64), tables.kp, tables.iq0, tables.cnt, tables.w_full, tables.w2_full,
-                     tables.h, tables.h, tables.inv_ss2, w_u, w2_u)
+                     mx.astype(np.int64), tables.rec, tables.w_full, tables.w2_full, tables.h, tables.h,
+                     tables.inv_ss2, w_u, w2_u)
     out = {k: np.empty((nb, g.nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z")}
     bf = np.empty(nb)
     adf = np.empty(nb)
     s = np.empty((nb, g.nq, g.n_phi)) if keep_sums else np.empty((1, g.nq, g.n_phi))
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
-    _profile_block_kernel(frames, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.kp, tables.iq0, tables.cnt,
+    order = np.argsort(tix, kind="stable")
+    _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.kmax,
                           tables.h, tables.h, tables.inv_ss2, g.q_centres, float(disk_radius_q), float(z_clip),
                           float(disk_radius_q), float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums,
                           out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"], bf, adf, s)
