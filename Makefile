@@ -29,9 +29,30 @@ run: $(STAMP)
 batch: $(STAMP)
 	@set -e; for c in $(BATCH_DIR)/*.yaml; do echo "== $$c"; $(BIN)/sendmap run "$$c" --no-progress || echo "FAILED: $$c"; done
 
+# `make bench`: sendmap vs pyFAI (in .venv) and py4DSTEM (own venv: it pins numpy<2) and rosettasciio; writes
+# ~5 GB of synthetic Merlin data into bench_data/ once. BENCH_ARGS e.g. "--only profiles --data3g /elsewhere".
+PY4D_VENV  := .venv-py4dstem
+PY4D_STAMP := $(PY4D_VENV)/.installed
+PY4DSTEM_SPEC ?= py4DSTEM>=0.14.18,<0.15
+BENCH_ARGS ?=
+
+# No network or no wheel: the bench still runs and says py4DSTEM was skipped and why (bench_data/py4dstem_install.log).
+$(PY4D_STAMP):
+	@mkdir -p bench_data; echo "setting up $(PY4D_VENV) with $(PY4DSTEM_SPEC) ..."; \
+	if $(PYTHON) -m venv $(PY4D_VENV) > bench_data/py4dstem_install.log 2>&1 && \
+	   $(PY4D_VENV)/bin/python -m pip install --quiet --retries 1 --timeout 30 "$(PY4DSTEM_SPEC)" \
+	     >> bench_data/py4dstem_install.log 2>&1 && \
+	   $(PY4D_VENV)/bin/python -c "import py4DSTEM" >> bench_data/py4dstem_install.log 2>&1; then \
+	  touch $@; \
+	else \
+	  rm -rf $(PY4D_VENV); \
+	  echo "py4DSTEM: could not set up $(PY4D_VENV) (bench_data/py4dstem_install.log); the bench runs without it"; \
+	fi
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/run.py
+	@$(MAKE) --no-print-directory $(PY4D_STAMP)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf results
