@@ -117,3 +117,21 @@ def test_tables_pickle_without_their_arrays_and_rebuild():
 def test_centre_step_must_be_one_over_n():
     with pytest.raises(ValueError, match="1/n"):
         PolarTables(PolarGeometry(QPX, QPX, 10), 0.3)
+
+
+def test_tables_limited_to_the_detector_give_the_same_profiles():
+    """Tables cut to the offsets a detector pixel can have (frame shape + range of centres) give exactly the
+    profiles of the full square box, also for bins reaching the detector corners."""
+    rng = np.random.default_rng(2)
+    frames = rng.poisson(0.5, (30, N, N)).astype(np.uint16)
+    centres = np.array([47.3, 48.1]) + rng.uniform(-2, 2, (30, 2))
+    g = PolarGeometry(QPX, QPX, 66, 36, 1.02, 25.0, 3)  # up to the corners: 66 px
+    full = PolarTables(g)
+    cut = PolarTables(g, frame_shape=(N, N), centre_range_yx=[[45.3, 49.3], [46.1, 50.1]])
+    assert cut.box[0] * cut.box[1] < 0.6 * full.box[0] * full.box[1]
+    mask = np.ones((N, N), bool)
+    mask[3:9, 60:70] = False
+    a = profile_block(frames, centres, mask, full, 0.08, (0.16, 0.8))
+    b = profile_block(frames, centres, mask, cut, 0.08, (0.16, 0.8))
+    for k in ("mean", "sem", "dispersion", "robust", "spot_z", "bf", "adf"):
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-9, err_msg=k)

@@ -38,3 +38,15 @@ def test_other_layouts_fall_back_to_zarr(tmp_path):
     arr2 = zarr.create_array(str(tmp_path / "d.zarr"), shape=(4, 4, 3, 3), chunks=(2, 4, 2, 3), dtype="uint16",
                              compressors=compressor())
     assert read_region_direct(arr2, (0, 4, 0, 4)) is None  # frames split over chunks
+
+
+def test_direct_write_with_dot_separator_reads_back_through_zarr(tmp_path):
+    from sendmap.store import write_region_direct
+
+    arr = zarr.create_array(str(tmp_path / "e.zarr"), shape=(5, 4, 3), chunks=(2, 4, 3), dtype="float32",
+                            compressors=compressor(), fill_value=float("nan"),
+                            chunk_key_encoding={"name": "default", "separator": "."})
+    data = np.arange(60, dtype=np.float32).reshape(5, 4, 3)
+    for y0 in (0, 2, 4):
+        write_region_direct(tmp_path / "e.zarr", (2, 4, 3), (y0, 0, 0), data[y0:y0 + 2], separator=".")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "e.zarr"), mode="r")[...], data)

@@ -35,7 +35,7 @@ DEFAULT_CENTRE_STEP_PX = 0.125
 
 
 @numba.njit(parallel=True, cache=True)
-def _build_table(fy, fx, hy, hx, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec):
+def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec):
     """Fill one table: for every offset (oy, ox) of the box, its record (see :class:`PolarTables`)."""
     inv_ss = 1.0 / ss
     ia = 1.0 / a
@@ -46,11 +46,11 @@ def _build_table(fy, fx, hy, hx, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec)
     for k in range(ss):
         off[k] = (k + 0.5) * inv_ss - 0.5
     overflow = 0
-    for oy in numba.prange(2 * hy + 1):
-        dy0 = oy - hy - fy
+    for oy in numba.prange(rec.shape[0]):
+        dy0 = oy - oy0 - fy
         idx = np.empty(ss * ss, np.int64)
-        for ox in range(2 * hx + 1):
-            dx0 = ox - hx - fx
+        for ox in range(rec.shape[1]):
+            dx0 = ox - ox0 - fx
             for j in range(rec.shape[2]):
                 rec[oy, ox, j] = 0
             phi = _fast_atan2(dy0, dx0) + math.pi
@@ -134,18 +134,18 @@ def _subtract(rec, t, oy, ox, inv_ss2, w, w2):
 
 
 @numba.njit(parallel=True, cache=True)
-def _unique_geometry(uy, ux, ut, ny, nx, masked_y, masked_x, rec, w_full, w2_full, hy, hx, inv_ss2, w_out, w2_out):
+def _unique_geometry(uy, ux, ut, ny, nx, masked_y, masked_x, rec, w_full, w2_full, oy0, ox0, inv_ss2, w_out, w2_out):
     """Pixel areas per (bin, sector) for each distinct centre: table totals − masked − off-detector offsets."""
-    nbox_y = 2 * hy + 1
-    nbox_x = 2 * hx + 1
+    nbox_y = rec.shape[1]
+    nbox_x = rec.shape[2]
     for u in numba.prange(uy.size):
         t = ut[u]
         w = w_out[u]
         w2 = w2_out[u]
         w[:, :] = w_full[t]
         w2[:] = w2_full[t]
-        by = hy - uy[u]  # offset index = pixel index + by
-        bx = hx - ux[u]
+        by = oy0 - uy[u]  # offset index = pixel index + by
+        bx = ox0 - ux[u]
         for oy in range(nbox_y):
             iy = oy - by
             if iy < 0 or iy >= ny:
@@ -204,7 +204,7 @@ def _accumulate_frame(frame, mask, rec, kmax, t, by, bx, inv_ss2, s, c2, idx):
 
 
 @numba.njit(parallel=True, cache=True)
-def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec, kmax, hy, hx, inv_ss2,
+def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec, kmax, oy0, ox0, inv_ss2,
                           q_c, disk_r_q, z_clip, bf_hi, adf_lo, adf_hi, n_chunks, keep_sums,
                           out_mean, out_sem, out_disp, out_robust, out_spot, out_bf, out_adf, out_s):
     nb = frames.shape[0]
@@ -222,7 +222,8 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
             f = order[i]  # frames sharing a table in a row: it stays in cache
             s_pad[:, :] = 0.0
             c2_pad[:] = 0.0
-            _accumulate_frame(frames[f], mask, rec, kmax, tix[f], hy - iyc[f], hx - ixc[f], inv_ss2, s_pad, c2_pad, idx)
+            _accumulate_frame(frames[f], mask, rec, kmax, tix[f], oy0 - iyc[f], ox0 - ixc[f], inv_ss2, s_pad, c2_pad,
+                              idx)
             u = uix[f]
             _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, out_mean[f], out_sem[f], out_disp[f],
                          out_robust[f], out_spot[f], scratch)
@@ -245,22 +246,36 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
 class PolarTables:
     """Pixel → (radial bin, sector) tables of a :class:`PolarGeometry`, built lazily per fractional centre.
 
-    ``centre_step_px``: the grid (px) centres are rounded to (1 / an integer). A table holds, for each
-    offset (oy, ox) of a (2H+1)² box (H the largest radius in px), one record of 4 + K bytes read with a
+    ``centre_step_px``: the grid (px) centres are rounded to (1 / an integer). ``frame_shape`` and
+    ``centre_range_yx`` ((cy_min, cy_max), (cx_min, cx_max), px) limit the tables to the offsets a detector
+    pixel can have (else a square box of the largest radius). A table holds, for each offset of the box, one record of 4 + K bytes read with a
     single cache line: first radial bin + 1 (uint16, 0 = none), sector (uint16), and the number of
     sub-pixels in each of K consecutive bins (uint8). ≈ 0.55 MB per table for 256² frames, at most
     1/centre_step_px² tables. Thread-safe; pickles without its tables (rebuilt where used).
     """
 
-    def __init__(self, geom: PolarGeometry, centre_step_px: float = DEFAULT_CENTRE_STEP_PX):
+    def __init__(self, geom: PolarGeometry, centre_step_px: float = DEFAULT_CENTRE_STEP_PX,
+                 frame_shape: tuple[int, int] | None = None, centre_range_yx=None):
         n_sub = int(round(1.0 / centre_step_px))
         if n_sub < 1 or abs(n_sub * centre_step_px - 1.0) > 1e-9:
             raise ValueError(f"centre_step_px must be 1/n for an integer n, got {centre_step_px}")
         self.geom = geom
         self.n_sub = n_sub
+        self.frame_shape = tuple(frame_shape) if frame_shape is not None else None
+        self.centre_range_yx = np.asarray(centre_range_yx, float).tolist() if centre_range_yx is not None else None
         a = math.sqrt(geom.ratio)  # the largest detector distance of an undistorted radius ρ is a·ρ
         rho_max = geom.nq * geom.bin_width / geom.q_pixel_size
-        self.h = int(math.ceil(a * rho_max + 1.5))
+        h = int(math.ceil(a * rho_max + 1.5))
+        # offsets (pixel − integer part of the centre) the box covers: within the largest radius and, where the
+        # frame shape and the range of centres are known, only those a detector pixel can have
+        lo_y = lo_x = -h
+        hi_y = hi_x = h
+        if self.frame_shape is not None and self.centre_range_yx is not None:
+            (cy0, cy1), (cx0, cx1) = self.centre_range_yx
+            lo_y, hi_y = max(lo_y, -(math.floor(cy1) + 1)), min(hi_y, self.frame_shape[0] - 1 - (math.floor(cy0) - 1))
+            lo_x, hi_x = max(lo_x, -(math.floor(cx1) + 1)), min(hi_x, self.frame_shape[1] - 1 - (math.floor(cx0) - 1))
+        self.oy0, self.ox0 = -lo_y, -lo_x
+        self.box = (max(1, hi_y - lo_y + 1), max(1, hi_x - lo_x + 1))
         # bins one pixel's sub-pixels can reach: their centres span at most √2·(ss−1)/ss px, × a in ρ
         ss = geom.supersample
         self.kmax = int(math.floor(math.sqrt(2) * (ss - 1) / ss * a * geom.q_pixel_size / geom.bin_width + 1e-9)) + 2
@@ -270,21 +285,22 @@ class PolarTables:
         self._alloc()
 
     def _alloc(self):
-        nt, nbox = self.n_sub ** 2, 2 * self.h + 1
+        nt = self.n_sub ** 2
         g = self.geom
         if g.nq >= 65535 or g.n_phi >= 65536:
             raise ValueError("polar tables hold at most 65534 radial bins and 65535 sectors")
         # np.empty does not touch memory: only tables that get built cost RAM
-        self.rec = np.empty((nt, nbox, nbox, self.rec_bytes), np.uint8)
+        self.rec = np.empty((nt, *self.box, self.rec_bytes), np.uint8)
         self.w_full = np.zeros((nt, g.nq, g.n_phi))
         self.w2_full = np.zeros((nt, g.nq))
         self.built = np.zeros(nt, bool)
 
     def __getstate__(self):
-        return {"geom": self.geom, "n_sub": self.n_sub}
+        return {"geom": self.geom, "n_sub": self.n_sub, "frame_shape": self.frame_shape,
+                "centre_range_yx": self.centre_range_yx}
 
     def __setstate__(self, state):
-        self.__init__(state["geom"], 1.0 / state["n_sub"])
+        self.__init__(state["geom"], 1.0 / state["n_sub"], state.get("frame_shape"), state.get("centre_range_yx"))
 
     @property
     def centre_step_px(self) -> float:
@@ -310,7 +326,7 @@ class PolarTables:
                     continue
                 jy, jx = divmod(t, self.n_sub)
                 args = g.kernel_args()  # qpx, bw, nq, nphi, a, b, cos, sin, ss
-                over = _build_table(jy / self.n_sub, jx / self.n_sub, self.h, self.h, *args, self.kmax, self.rec[t])
+                over = _build_table(jy / self.n_sub, jx / self.n_sub, self.oy0, self.ox0, *args, self.kmax, self.rec[t])
                 if over:
                     raise RuntimeError(f"polar table overflow ({over} sub-pixels beyond {self.kmax} bins)")
                 self.w_full[t] = 0.0
@@ -355,7 +371,7 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     w_u = np.empty((len(ukeys), g.nq, g.n_phi))
     w2_u = np.empty((len(ukeys), g.nq))
     _unique_geometry(ukeys[:, 0].copy(), ukeys[:, 1].copy(), ukeys[:, 2].copy(), ny, nx, my.astype(np.int64),
-                     mx.astype(np.int64), tables.rec, tables.w_full, tables.w2_full, tables.h, tables.h,
+                     mx.astype(np.int64), tables.rec, tables.w_full, tables.w2_full, tables.oy0, tables.ox0,
                      tables.inv_ss2, w_u, w2_u)
     out = {k: np.empty((nb, g.nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z")}
     bf = np.empty(nb)
@@ -364,7 +380,7 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
     _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.kmax,
-                          tables.h, tables.h, tables.inv_ss2, g.q_centres, float(disk_radius_q), float(z_clip),
+                          tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q), float(z_clip),
                           float(disk_radius_q), float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums,
                           out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"], bf, adf, s)
     out["bf"] = bf
