@@ -243,6 +243,7 @@ class _CalibrateProcess:
         from .science.centre import disk_centres, symmetry_centres
         from .science.polar_tables import profile_block
 
+        _one_numba_thread_off_main()
         item, frames, _ = loaded
         if self.method == "symmetry":
             centres = symmetry_centres(frames, np.array(self.guess), self.centre_mask, *self.annulus_px)
@@ -311,7 +312,7 @@ def stage_calibrate(ctx: Context) -> None:
                                 tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z)
     _DATA_ARRAYS.pop(ctx.store_path, None)  # the data may have been re-ingested since
     run_blocks(_read_store_block, process, [(ctx.store_path, b, None) for b in blocks], cfg.compute, "calibrate",
-               on_result=put)
+               on_result=put, thread_safe=True)
     if cfg.calibration.descan_fit == "plane":
         fitted, descan = fit_descan_plane(measured)
     else:
