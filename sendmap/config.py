@@ -162,7 +162,11 @@ class PeaksConfig(_Section):
 class ClassDefinitions(_Section):
     """Class rules; defaults from SCIENCE.md (2025 cryo-SEND study)."""
 
-    crystal_spot_z: float = Field(25.0, gt=0, description="Bragg-disk significance (σ) above which a pattern is crystalline")
+    crystal_spot_z: float = Field(25.0, gt=0, description="Bragg-disk significance (σ) above which a pattern is crystalline, "
+                                  "at crystal_spot_z_electrons per pattern")
+    crystal_spot_z_electrons: Optional[float] = Field(
+        20000.0, gt=0, description="electrons per (stored) pattern at which crystal_spot_z holds; the threshold scales "
+        "as sqrt(electrons / this), as a spot's significance does; null: no scaling")
     crystal_bands: list[tuple[float, float]] = Field(
         [(0.38, 0.44), (0.45, 0.60), (0.75, 0.82)],
         description="1/Å bands where Li (110 0.403, 200 0.570) and Cu (111 0.479, 200 0.553, 220 0.782) Bragg disks fall")

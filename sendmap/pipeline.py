@@ -535,6 +535,18 @@ def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
     return np.nanmax(np.where(sel, spot_z, -np.inf), axis=-1)
 
 
+def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
+    """The crystal threshold (σ) for this dataset's dose: ``crystal_spot_z`` × sqrt(electrons per stored pattern /
+    ``crystal_spot_z_electrons``). A Bragg disk's significance grows as the square root of the counts, so a
+    fixed threshold set at 2 × 10⁴ e⁻ misses crystals at 5 × 10³ (synthetic Li/Cu scans: crystals score ≥ 88 σ
+    at 2 × 10⁴ and ≥ 20 σ at 5 × 10³, SEI with LiF spots ≤ 26 and ≤ 17)."""
+    d = cfg.classify.definitions
+    if not d.crystal_spot_z_electrons:
+        return float(d.crystal_spot_z)
+    epp = dose_record(cfg, total_counts)["electrons_per_stored_pattern"]
+    return float(d.crystal_spot_z * math.sqrt(max(epp, 1.0) / d.crystal_spot_z_electrons))
+
+
 def stage_classify(ctx: Context) -> None:
     """Class per position, and the final peak maps (no SRO peak for crystals)."""
     from .science.classify import CRYSTAL, classify_gmm, classify_rules
@@ -547,7 +559,8 @@ def stage_classify(ctx: Context) -> None:
     lif_z = band_max(spot_z, q, d.lif_bands)
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
-    rules = dict(crystal_spot_z=d.crystal_spot_z, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
+    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
                  electrolyte_range=d.electrolyte_range)
     if cfg.classify.method == "rules":
@@ -557,7 +570,8 @@ def stage_classify(ctx: Context) -> None:
     no_peak = cls == CRYSTAL
     write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands})
     write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands})
-    write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method})
+    write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,
+                                       "crystal_spot_z_threshold": crystal_thr})
     write_array(g, "maps/peak_q", np.where(no_peak, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum"})
     write_array(g, "maps/peak_q_err", np.where(no_peak, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})
 

@@ -107,3 +107,16 @@ def test_q_pixel_size_and_ellipse_from_a_calibrate_json(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sendmap.cli", "run", str(tmp_path / "d" / "cal.yaml"), "--no-progress",
                         "--set", f"output.dir={tmp_path / 'o3'}"], capture_output=True, text=True)
     assert r.returncode == 2 and "au.json" in r.stderr
+
+
+def test_crystal_threshold_scales_with_the_square_root_of_the_dose():
+    from sendmap.config import config_from_dict
+    from sendmap.pipeline import crystal_spot_threshold
+
+    counts = np.zeros((2, 2))
+    for epp, want in ((20000, 25.0), (5000, 12.5), (80000, 50.0)):
+        cfg = config_from_dict({"input": {"path": "x.npy"}, "dose": {"electrons_per_pattern": epp}})
+        assert crystal_spot_threshold(cfg, counts) == pytest.approx(want)
+    cfg = config_from_dict({"input": {"path": "x.npy"}, "dose": {"electrons_per_pattern": 5000},
+                            "classify": {"definitions": {"crystal_spot_z_electrons": None}}})
+    assert crystal_spot_threshold(cfg, counts) == 25.0

@@ -239,7 +239,6 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
     # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide
     cs_s = scratch[: nq + 1]
     cs_w = scratch[nq + 1: 2 * nq + 2]
-    cr = np.zeros(nq + 1)
     cw = np.zeros(nq + 1)
     for k in range(nphi):
         cs_s[0, k] = 0.0
@@ -248,8 +247,6 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
         for k in range(nphi):
             cs_s[i + 1, k] = cs_s[i, k] + s[i, k]
             cs_w[i + 1, k] = cs_w[i, k] + w[i, k]
-        r = o_rob[i] * wtot[i] if wtot[i] > tiny else 0.0
-        cr[i + 1] = cr[i] + r
         cw[i + 1] = cw[i] + (wtot[i] if wtot[i] > tiny else 0.0)
     bw = q_c[1] - q_c[0] if nq > 1 else 1.0
     half = max(0, int(round(disk_r_q / bw)))
@@ -264,12 +261,33 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
         hi = min(nq, i + half + 1)
         if cw[hi] - cw[lo] <= tiny:
             continue
-        rate = (cr[hi] - cr[lo]) / (cw[hi] - cw[lo])
         q_mid = max(q_c[i], disk_r_q)
         width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
+        bs = 0.0
+        bwt = 0.0
         for k in range(nphi):
             band_s[k] = cs_s[hi, k] - cs_s[lo, k]
             band_w[k] = cs_w[hi, k] - cs_w[lo, k]
+            bs += band_s[k]
+            bwt += band_w[k]
+        # the band's rate with its spotty sectors clipped (one-sided, as the robust mean): a Bragg disk spreads
+        # over several bins, so it is clipped far more surely on the band's sums than bin by bin at low dose
+        rate = bs / bwt
+        for _ in range(6):
+            sk = 0.0
+            wk = 0.0
+            for k in range(nphi):
+                if band_w[k] <= tiny:
+                    continue
+                e = rate * band_w[k]
+                d = band_s[k] - e - 1.0
+                if d <= 0.0 or d * d <= z2 * e:
+                    sk += band_s[k]
+                    wk += band_w[k]
+            new = sk / wk if wk > tiny else rate
+            if new == rate:
+                break
+            rate = new
         ws = 0.0
         ww = 0.0
         for k in range(width):
@@ -314,8 +332,8 @@ def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,
       only add counts) are dropped, iterated to convergence; equals ``mean`` on an isotropic ring;
     * ``spot_z``: significance (σ) of the brightest Bragg-disk-sized spot centred at each Q. Counts are
       summed over a radial band one disk diameter (2 × ``disk_radius_q``) wide and a sliding azimuthal
-      window one disk diameter wide at that radius; the expected count of a window is the band's robust
-      mean rate × the window's pixel area; the score is max over the azimuth of
+      window one disk diameter wide at that radius; the expected count of a window is the band's rate
+      with its spotty sectors clipped (as for ``robust``, on the band's sector sums) × the window's pixel area; the score is max over the azimuth of
       (observed − expected)/sqrt(expected). An isotropic Poisson ring scores ≈ 2–4 (the largest of ~n_phi
       correlated normal deviates); a Bragg disk scores far higher. NaN within 1.5 disk radii of the centre.
 
