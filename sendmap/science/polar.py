@@ -77,12 +77,38 @@ def _fast_atan2(y, x):
     return r
 
 
+@numba.njit(cache=True, inline="always")
+def pixel_bins(dy0, dx0, off, ia, ib, ct, st, scale, nq, nphi, idx):
+    """The geometry of one pixel at offset (dy0, dx0) px from the centre: its azimuthal sector, and the radial
+    bin of each of its ss × ss sub-pixels (offsets ``off`` from the pixel centre) that falls below ``nq``,
+    written to ``idx``. Returns (sector, number of sub-pixels in range). ia, ib: 1/a, 1/b of the ellipse;
+    ct, st: cos and sin of its angle; scale: q_pixel_size / bin_width. Shared by the direct kernel and the
+    tables of :mod:`sendmap.science.polar_tables`, so both bin alike."""
+    phi = _fast_atan2(dy0, dx0) + math.pi
+    kp = int(phi / (2.0 * math.pi) * nphi)
+    if kp >= nphi:
+        kp = nphi - 1
+    u0 = dx0 * ct + dy0 * st
+    v0 = -dx0 * st + dy0 * ct
+    n_in = 0
+    for sy in range(off.size):
+        du_y = off[sy] * st
+        dv_y = off[sy] * ct
+        for sx in range(off.size):
+            u = (u0 + off[sx] * ct + du_y) * ia
+            v = (v0 - off[sx] * st + dv_y) * ib
+            iq = int(math.sqrt(u * u + v * v) * scale)
+            if iq < nq:
+                idx[n_in] = iq
+                n_in += 1
+    return kp, n_in
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _polar_kernel(frames, centres, mask, qpx, bw, nq, nphi, a, b, ct, st, ss, out_s, out_w, out_w2, out_c2):
     nb, ny, nx = frames.shape
     inv_ss = 1.0 / ss
     w_sub = inv_ss * inv_ss
-    two_pi = 2.0 * math.pi
     ia = 1.0 / a
     ib = 1.0 / b
     scale = qpx / bw  # pixels of undistorted radius -> radial bin index
@@ -103,26 +129,10 @@ def _polar_kernel(frames, centres, mask, qpx, bw, nq, nphi, a, b, ct, st, ss, ou
                 if not mask[iy, ix]:
                     continue
                 c = np.float64(frames[f, iy, ix])
-                dx0 = ix - cx
-                phi = _fast_atan2(dy0, dx0) + math.pi
-                kp = int(phi / two_pi * nphi)
-                if kp >= nphi:
-                    kp = nphi - 1
-                u0 = dx0 * ct + dy0 * st
-                v0 = -dx0 * st + dy0 * ct
-                n_in = 0
-                for sy in range(ss):
-                    du_y = off[sy] * st
-                    dv_y = off[sy] * ct
-                    for sx in range(ss):
-                        u = (u0 + off[sx] * ct + du_y) * ia
-                        v = (v0 - off[sx] * st + dv_y) * ib
-                        iq = int(math.sqrt(u * u + v * v) * scale)
-                        if iq < nq:
-                            out_s[f, iq, kp] += w_sub * c
-                            out_w[f, iq, kp] += w_sub
-                            idx[n_in] = iq
-                            n_in += 1
+                kp, n_in = pixel_bins(dy0, ix - cx, off, ia, ib, ct, st, scale, nq, nphi, idx)
+                for i in range(n_in):
+                    out_s[f, idx[i], kp] += w_sub * c
+                    out_w[f, idx[i], kp] += w_sub
                 # per-pixel weight per radial bin (for the Poisson variance sum W_p^2 and the pixel variance):
                 # the sub-pixels of one pixel fall in a few consecutive bins, counted from the lowest one
                 if n_in == 0:

@@ -28,7 +28,7 @@ import threading
 import numba
 import numpy as np
 
-from .polar import PolarGeometry, _fast_atan2, _frame_stats
+from .polar import PolarGeometry, _frame_stats, pixel_bins
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
@@ -41,7 +41,6 @@ def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, re
     ia = 1.0 / a
     ib = 1.0 / b
     scale = qpx / bw
-    two_pi = 2.0 * math.pi
     off = np.empty(ss)
     for k in range(ss):
         off[k] = (k + 0.5) * inv_ss - 0.5
@@ -53,23 +52,7 @@ def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, re
             dx0 = ox - ox0 - fx
             for j in range(rec.shape[2]):
                 rec[oy, ox, j] = 0
-            phi = _fast_atan2(dy0, dx0) + math.pi
-            kp = int(phi / two_pi * nphi)
-            if kp >= nphi:
-                kp = nphi - 1
-            u0 = dx0 * ct + dy0 * st
-            v0 = -dx0 * st + dy0 * ct
-            n_in = 0
-            for sy in range(ss):
-                du_y = off[sy] * st
-                dv_y = off[sy] * ct
-                for sx in range(ss):
-                    u = (u0 + off[sx] * ct + du_y) * ia
-                    v = (v0 - off[sx] * st + dv_y) * ib
-                    iq = int(math.sqrt(u * u + v * v) * scale)
-                    if iq < nq:
-                        idx[n_in] = iq
-                        n_in += 1
+            kp, n_in = pixel_bins(dy0, dx0, off, ia, ib, ct, st, scale, nq, nphi, idx)
             if n_in == 0:
                 continue
             lo = idx[0]
