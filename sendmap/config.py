@@ -229,6 +229,10 @@ class Config(_Section):
     def output_dir(self) -> Path:
         return _resolve(self.base_dir, self.output.dir)
 
+    def resolve(self, path: str) -> Path:
+        """A path of the config (mask file, calibrant, ...): relative paths against the config's folder."""
+        return _resolve(self.base_dir, path)
+
     def section(self, name: str) -> dict:
         """One section as a JSON-compatible dict (what a stage's cache key is made of)."""
         return json.loads(getattr(self, name).model_dump_json())

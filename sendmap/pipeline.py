@@ -58,8 +58,7 @@ def calibrant_record(cfg: Config) -> dict | None:
     cal = cfg.calibration
     if not cal.calibrant:
         return None
-    path = Path(cal.calibrant)
-    path = path if path.is_absolute() else cfg.base_dir / path
+    path = cfg.resolve(cal.calibrant)
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
         float(rec["q_pixel_size"])
@@ -74,30 +73,28 @@ def calibrant_record(cfg: Config) -> dict | None:
     return rec
 
 
-def q_pixel_size_source(cfg: Config) -> str:
+def q_pixel_size_and_source(cfg: Config) -> tuple[float, str]:
+    """Q per stored pixel (1/Å) and where it came from: the config's value (given directly, measured on a
+    standard by ``sendmap calibrate`` and named by ``calibration.calibrant``, or from camera length and
+    detector pixel size) for one detector pixel, times ``input.bin_q``."""
     cal = cfg.calibration
     if cal.q_pixel_size:
-        return "config calibration.q_pixel_size"
+        return float(cal.q_pixel_size) * cfg.input.bin_q, "config calibration.q_pixel_size"
     if cal.calibrant:
-        return f"measured on a standard: {cal.calibrant}"
-    return "camera length and detector pixel size"
-
-
-def q_pixel_size(cfg: Config) -> float:
-    """Q per stored pixel (1/Å): the config's value (given directly, measured on a standard by ``sendmap
-    calibrate`` and named by ``calibration.calibrant``, or from camera length and detector pixel size) for
-    one detector pixel, times ``input.bin_q``."""
-    cal = cfg.calibration
-    if cal.q_pixel_size:
-        return float(cal.q_pixel_size) * cfg.input.bin_q
-    if cal.calibrant:
-        return float(calibrant_record(cfg)["q_pixel_size"]) * cfg.input.bin_q
+        return (float(calibrant_record(cfg)["q_pixel_size"]) * cfg.input.bin_q,
+                f"measured on a standard: {cal.calibrant}")
     if cal.camera_length_mm and cal.detector_pixel_um:
-        return q_pixel_size_from_camera(cal.detector_pixel_um, cal.camera_length_mm, cal.beam_energy_kv) * cfg.input.bin_q
+        return (q_pixel_size_from_camera(cal.detector_pixel_um, cal.camera_length_mm, cal.beam_energy_kv)
+                * cfg.input.bin_q, "camera length and detector pixel size")
     raise SendmapInputError(
         "calibration.q_pixel_size is not set and cannot be derived: give calibration.q_pixel_size (1/Å per pixel), "
         "or calibration.camera_length_mm with calibration.detector_pixel_um, or measure it with `sendmap calibrate "
         "STANDARD --json > standard.json` and set calibration.calibrant: standard.json")
+
+
+def q_pixel_size(cfg: Config) -> float:
+    """Q per stored pixel (1/Å): see :func:`q_pixel_size_and_source`."""
+    return q_pixel_size_and_source(cfg)[0]
 
 
 def scan_step_nm(cfg: Config) -> float:
@@ -196,8 +193,7 @@ def detector_mask(ctx: Context, r_disk_px: float) -> dict:
                 info["saturation_count"] = int(level)
     user = none
     if cal.mask_file:
-        path = Path(cal.mask_file)
-        path = path if path.is_absolute() else cfg.base_dir / path
+        path = cfg.resolve(cal.mask_file)
         user = ~load_user_mask(path, shape)
         info["mask_file"] = str(path)
     nonfinite = (np.asarray(g["ingest/nonfinite_count"]) > 0) if "ingest/nonfinite_count" in g else none
@@ -340,7 +336,7 @@ def stage_calibrate(ctx: Context) -> None:
                    "source": f"measured on a standard: {rec['file']}"}
     else:
         ellipse = {"ratio": float(ell[0]), "angle_deg": float(ell[1]), "source": "config"}
-    calib = {"q_pixel_size": qpx, "q_pixel_size_source": q_pixel_size_source(cfg), "disk_radius_px": r_disk,
+    calib = {"q_pixel_size": qpx, "q_pixel_size_source": q_pixel_size_and_source(cfg)[1], "disk_radius_px": r_disk,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
              "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(), "centre_method": method,
              "n_hot": int(dm["hot_pixels"].sum()), "n_dead": int(dm["dead_pixels"].sum()),
@@ -455,16 +451,15 @@ def stage_profiles(ctx: Context) -> None:
     bf = np.zeros((ry, rx))
     adf = np.zeros((ry, rx))
 
-    pending = {"y0": 0, "rows": []}  # whole-row results not yet written: (y0, y1, {name: array})
+    pending: list = []  # results not yet written, in scan order: ((y0, x0), {name: (rows, cols, nq) array})
 
     def flush():
-        if not pending["rows"]:
-            return
-        y0 = pending["rows"][0][0]
-        for nm, (grp, _) in PROFILE_OUTPUTS.items():
-            block = np.concatenate([r[2][nm] for r in pending["rows"]], axis=0)
-            write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, 0, 0), block, separator=".")
-        pending["rows"] = []
+        if pending:
+            (y0, x0), _ = pending[0]
+            for nm, (grp, _) in PROFILE_OUTPUTS.items():
+                block = np.concatenate([r[nm] for _, r in pending], axis=0)
+                write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".")
+            pending.clear()
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
@@ -472,16 +467,11 @@ def stage_profiles(ctx: Context) -> None:
         out["iqn"] = out["mean"] * qn
         out["iqn_sem"] = out["sem"] * qn
         out["iqn_robust"] = out["robust_mean"] * qn
-        shaped = {nm: out[nm].reshape(y1 - y0, x1 - x0, -1).astype(np.float32) for nm in PROFILE_OUTPUTS}
-        if per_chunk == 1:
-            for nm, (grp, _) in PROFILE_OUTPUTS.items():
-                write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), shaped[nm], separator=".")
-        else:  # blocks arrive in order: a chunk is complete at its last row or the end of the scan
-            pending["rows"].append((y0, y1, shaped))
-            if y1 % chunks[0] == 0 or y1 == ry:
-                flush()
-        bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
-        adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
+        pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1).astype(np.float32)
+                                   for nm in PROFILE_OUTPUTS}))
+        # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
+        if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
+            flush()
 
     _DATA_ARRAYS.pop(ctx.store_path, None)
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks]
@@ -645,7 +635,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
             for key in ("mask_file", "calibrant"):  # the files' content, not only their names: an edit recomputes
                 name = getattr(cfg.calibration, key)
                 if name:
-                    mf = Path(name) if Path(name).is_absolute() else cfg.base_dir / name
+                    mf = cfg.resolve(name)
                     sections[f"{key}_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
         if st.name == "report":
             sections["output"].pop("dir", None)

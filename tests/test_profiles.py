@@ -1,11 +1,11 @@
 """Radial profiles: analytic rings, Poisson errors, dispersion, spot significance, and pyFAI as a peer."""
-import math
 
 import numpy as np
 import pytest
 
 from sendmap.science.polar import PolarGeometry, polar_sums, radial_statistics, spot_significance_profile
 from sendmap.science.polar_tables import PolarTables, profile_block
+from sendmap.synth.patterns import detector_q
 
 N = 128
 QPX = 0.0125
@@ -16,15 +16,8 @@ def _ring(q, q0=0.33, s=0.06):
 
 
 def _analytic_pattern(centre, ratio=1.0, angle_deg=0.0):
-    """Pixel values = the analytic ring at each pixel centre (in elliptical coordinates)."""
-    th = math.radians(angle_deg)
-    a, b = math.sqrt(ratio), 1 / math.sqrt(ratio)
-    dy, dx = np.mgrid[:N, :N].astype(float)
-    dy -= centre[0]
-    dx -= centre[1]
-    u = dx * math.cos(th) + dy * math.sin(th)
-    v = -dx * math.sin(th) + dy * math.cos(th)
-    return _ring(np.sqrt((u / a) ** 2 + (v / b) ** 2) * QPX)
+    """Pixel values = the analytic ring at each pixel centre (in elliptical coordinates, synth's convention)."""
+    return _ring(detector_q((N, N), centre, QPX, ratio, angle_deg))
 
 
 def _bin_average(q_lo, q_hi):

@@ -7,6 +7,7 @@ import pytest
 
 from sendmap.science.polar import PolarGeometry, frame_statistics, polar_sums
 from sendmap.science.polar_tables import PolarTables, profile_block
+from sendmap.synth.patterns import detector_q
 
 N = 96
 QPX = 0.0125
@@ -17,14 +18,7 @@ def _ring(q, q0=0.33, s=0.05):
 
 
 def _analytic(centre, ratio=1.0, angle_deg=0.0, n=N):
-    th = math.radians(angle_deg)
-    a, b = math.sqrt(ratio), 1 / math.sqrt(ratio)
-    dy, dx = np.mgrid[:n, :n].astype(float)
-    dy -= centre[0]
-    dx -= centre[1]
-    u = dx * math.cos(th) + dy * math.sin(th)
-    v = -dx * math.sin(th) + dy * math.cos(th)
-    return _ring(np.sqrt((u / a) ** 2 + (v / b) ** 2) * QPX)
+    return _ring(detector_q((n, n), centre, QPX, ratio, angle_deg))
 
 
 @pytest.mark.parametrize("ss,step", [(3, 0.125), (2, 0.25), (1, 0.5)])

@@ -104,6 +104,32 @@ def pixel_bins(dy0, dx0, off, ia, ib, ct, st, scale, nq, nphi, idx):
     return kp, n_in
 
 
+@numba.njit(cache=True, inline="always")
+def subpixel_offsets(ss):
+    """Offsets (px) of ss sub-pixel centres from their pixel's centre along one axis."""
+    off = np.empty(ss)
+    for k in range(ss):
+        off[k] = (k + 0.5) / ss - 0.5
+    return off
+
+
+@numba.njit(cache=True, inline="always")
+def bin_counts(idx, n_in, cnt):
+    """Sub-pixels per radial bin of one pixel, from the bins ``idx[:n_in]`` of :func:`pixel_bins`: they fall in
+    a few consecutive bins; ``cnt[k]`` = how many in bin lo + k. Returns (lo, span); cnt needs ≥ span entries."""
+    lo = idx[0]
+    hi = idx[0]
+    for i in range(1, n_in):
+        lo = min(lo, idx[i])
+        hi = max(hi, idx[i])
+    span = hi - lo + 1
+    for k in range(span):
+        cnt[k] = 0
+    for i in range(n_in):
+        cnt[idx[i] - lo] += 1
+    return lo, span
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _polar_kernel(frames, centres, mask, qpx, bw, nq, nphi, a, b, ct, st, ss, out_s, out_w, out_w2, out_c2):
     nb, ny, nx = frames.shape
@@ -114,10 +140,7 @@ def _polar_kernel(frames, centres, mask, qpx, bw, nq, nphi, a, b, ct, st, ss, ou
     scale = qpx / bw  # pixels of undistorted radius -> radial bin index
     # radial bins one pixel can touch: its diagonal (√2 px) stretched by the ellipse, in bins, plus the ends
     max_span = int(1.5 * max(ia, ib) * scale) + 3
-    # sub-pixel offsets from the pixel centre, already rotated into the ellipse frame (u, v)
-    off = np.empty(ss)
-    for k in range(ss):
-        off[k] = (k + 0.5) * inv_ss - 0.5
+    off = subpixel_offsets(ss)
     for f in numba.prange(nb):
         cy = centres[f, 0]
         cx = centres[f, 1]
@@ -137,16 +160,7 @@ def _polar_kernel(frames, centres, mask, qpx, bw, nq, nphi, a, b, ct, st, ss, ou
                 # the sub-pixels of one pixel fall in a few consecutive bins, counted from the lowest one
                 if n_in == 0:
                     continue
-                lo = idx[0]
-                hi = idx[0]
-                for i in range(1, n_in):
-                    lo = min(lo, idx[i])
-                    hi = max(hi, idx[i])
-                span = hi - lo + 1
-                for k in range(span):
-                    cnt[k] = 0
-                for i in range(n_in):
-                    cnt[idx[i] - lo] += 1
+                lo, span = bin_counts(idx, n_in, cnt)
                 for k in range(span):
                     if cnt[k] > 0:
                         wp = cnt[k] * w_sub
@@ -199,14 +213,21 @@ ROBUST_Z_CLIP = 4.0
 4·sqrt(expected) + 1 is rejected (P < 10⁻³ per sector for Poisson noise at any rate; a Bragg spot far more)."""
 
 
+@numba.njit(cache=True, inline="always")
+def stats_scratch(nq, nphi):
+    """Work arrays of :func:`_frame_stats`, allocated once per thread rather than per frame."""
+    return np.empty((2 * (nq + 1) + 2, nphi)), np.empty(2 * nq + 1)
+
+
 @numba.njit(cache=True)
-def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot, scratch):
-    """Radial statistics of one frame from its polar sums (see :func:`frame_statistics`)."""
+def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot, scratch, work):
+    """Radial statistics of one frame from its polar sums (see :func:`frame_statistics`); scratch, work from
+    :func:`stats_scratch`."""
     nq, nphi = s.shape
     tiny = 1e-9
     nan = np.nan
     z2 = z_clip * z_clip
-    wtot = np.empty(nq)
+    wtot = work[:nq]
     for i in range(nq):
         S = 0.0
         W = 0.0
@@ -249,7 +270,8 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
     # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide
     cs_s = scratch[: nq + 1]
     cs_w = scratch[nq + 1: 2 * nq + 2]
-    cw = np.zeros(nq + 1)
+    cw = work[nq:]
+    cw[0] = 0.0
     for k in range(nphi):
         cs_s[0, k] = 0.0
         cs_w[0, k] = 0.0
@@ -260,8 +282,8 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
         cw[i + 1] = cw[i] + (wtot[i] if wtot[i] > tiny else 0.0)
     bw = q_c[1] - q_c[0] if nq > 1 else 1.0
     half = max(0, int(round(disk_r_q / bw)))
-    band_s = np.empty(nphi)
-    band_w = np.empty(nphi)
+    band_s = scratch[2 * nq + 2]
+    band_w = scratch[2 * nq + 3]
     sector = 2.0 * math.pi / nphi
     for i in range(nq):
         o_spot[i] = nan
@@ -324,9 +346,9 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
 def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot):
     nb, nq, nphi = s.shape
     for f in numba.prange(nb):
-        scratch = np.empty((2 * (nq + 1), nphi))
+        scratch, work = stats_scratch(nq, nphi)
         _frame_stats(s[f], w[f], w2[f], c2[f], q_c, disk_r_q, z_clip, o_mean[f], o_sem[f], o_disp[f], o_rob[f],
-                     o_spot[f], scratch)
+                     o_spot[f], scratch, work)
 
 
 def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,

@@ -28,7 +28,7 @@ import threading
 import numba
 import numpy as np
 
-from .polar import PolarGeometry, _frame_stats, pixel_bins
+from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
@@ -37,17 +37,16 @@ DEFAULT_CENTRE_STEP_PX = 0.125
 @numba.njit(parallel=True, cache=True)
 def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec):
     """Fill one table: for every offset (oy, ox) of the box, its record (see :class:`PolarTables`)."""
-    inv_ss = 1.0 / ss
     ia = 1.0 / a
     ib = 1.0 / b
     scale = qpx / bw
-    off = np.empty(ss)
-    for k in range(ss):
-        off[k] = (k + 0.5) * inv_ss - 0.5
+    off = subpixel_offsets(ss)
+    max_span = int(1.5 * max(ia, ib) * scale) + 3  # as in the direct kernel: ≥ the bins a pixel can touch
     overflow = 0
     for oy in numba.prange(rec.shape[0]):
         dy0 = oy - oy0 - fy
         idx = np.empty(ss * ss, np.int64)
+        cnt = np.empty(max_span, np.int64)
         for ox in range(rec.shape[1]):
             dx0 = ox - ox0 - fx
             for j in range(rec.shape[2]):
@@ -55,15 +54,12 @@ def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, re
             kp, n_in = pixel_bins(dy0, dx0, off, ia, ib, ct, st, scale, nq, nphi, idx)
             if n_in == 0:
                 continue
-            lo = idx[0]
-            for i in range(1, n_in):
-                lo = min(lo, idx[i])
-            for i in range(n_in):
-                j = idx[i] - lo
+            lo, span = bin_counts(idx, n_in, cnt)
+            for j in range(span):
                 if j < kmax:
-                    rec[oy, ox, 4 + j] += 1
+                    rec[oy, ox, 4 + j] = cnt[j]
                 else:
-                    overflow += 1
+                    overflow += cnt[j]
             rec[oy, ox, 0] = (lo + 1) & 0xFF
             rec[oy, ox, 1] = (lo + 1) >> 8
             rec[oy, ox, 2] = kp & 0xFF
@@ -199,7 +195,7 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
         c2_pad = np.empty(nq + kmax)
         s = s_pad[:nq]
         c2 = c2_pad[:nq]
-        scratch = np.empty((2 * (nq + 1), nphi))
+        scratch, work = stats_scratch(nq, nphi)
         idx = np.empty(frames.shape[2], np.int64)
         for i in range(f0, f1):
             f = order[i]  # frames sharing a table in a row: it stays in cache
@@ -209,7 +205,7 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
                               idx)
             u = uix[f]
             _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, out_mean[f], out_sem[f], out_disp[f],
-                         out_robust[f], out_spot[f], scratch)
+                         out_robust[f], out_spot[f], scratch, work)
             bf = 0.0
             adf = 0.0
             for iq in range(nq):
