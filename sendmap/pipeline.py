@@ -371,13 +371,15 @@ class _PolarProcess:
     mask: np.ndarray
     disk_radius_q: float
     adf_q: tuple
+    bf_q: float
 
     def __call__(self, loaded):
         from .science.polar_tables import profile_block
 
         _one_numba_thread_off_main()
         item, frames, centres = loaded
-        return item[1], profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q)
+        return item[1], profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
+                                      bf_max_q=self.bf_q)
 
 
 def _one_numba_thread_off_main() -> None:
@@ -431,7 +433,11 @@ def stage_profiles(ctx: Context) -> None:
     r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
     q = geom.q_centres
     qn = q ** cfg.profiles.n
-    adf_q = (2 * r_q, q[-1] + geom.bin_width)
+    # virtual images from whole radial bins: BF out to the bin edge nearest the disk radius, ADF from the edge
+    # nearest two disk radii to the last bin's edge
+    bw = geom.bin_width
+    bf_q = max(1, round(r_q / bw)) * bw
+    adf_q = (max(1, round(2 * r_q / bw)) * bw, geom.nq * bw)
     # Results are encoded and written straight to their chunk files (store.write_region_direct), a chunk of
     # whole-row blocks at a time (≈ PROFILE_CHUNK_BYTES per array: creating a file costs ~1 ms on some file
     # systems, 8 arrays × every block adds up); blocks of part of a row are one chunk each.
@@ -463,6 +469,8 @@ def stage_profiles(ctx: Context) -> None:
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
+        bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
+        adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
         out["robust_mean"] = out.pop("robust")
         out["iqn"] = out["mean"] * qn
         out["iqn_sem"] = out["sem"] * qn
@@ -475,11 +483,11 @@ def stage_profiles(ctx: Context) -> None:
 
     _DATA_ARRAYS.pop(ctx.store_path, None)
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks]
-    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q), items, cfg.compute, "profiles",
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q), items, cfg.compute, "profiles",
                on_result=put, thread_safe=True)
     flush()
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
-    write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0, r_q]})
+    write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
     write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
     set_attrs(g, profiles={"q_max": float(q[-1] + geom.bin_width / 2), "bin_width": geom.bin_width, "nq": geom.nq,
                            "n_azimuth": geom.n_phi, "supersample": geom.supersample,
