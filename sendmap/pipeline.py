@@ -235,6 +235,8 @@ class _CalibrateProcess:
     crystal_bands: tuple
     crystal_spot_z: float
 
+    ellipse_regions: frozenset  # the blocks whose ellipse sums are taken (all, or a sample spread over the scan)
+
     def __call__(self, loaded):
         from .science.centre import disk_centres, symmetry_centres
         from .science.polar_tables import profile_block
@@ -247,12 +249,25 @@ class _CalibrateProcess:
         else:
             centres = disk_centres(frames, np.array(self.guess), self.centre_mask, self.radius)
         sums = None
-        if self.tables is not None:
+        if self.tables is not None and tuple(item[1]) in self.ellipse_regions:
             # around the measured centres (≈ 0.05 px noise at 2e4 e⁻: no visible blur of a mean ring)
             r = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, keep_sums=True)
             keep = band_max(r["spot_z"], self.tables.geom.q_centres, self.crystal_bands) < self.crystal_spot_z
-            sums = (r["s"][keep].sum(axis=0), r["w"][keep].sum(axis=0))
+            sums = (r["s"][keep].sum(axis=0), r["w"][keep].sum(axis=0), int(keep.sum()))
         return item[1], centres, sums
+
+
+def ellipse_sample(blocks, max_frames: int) -> frozenset:
+    """The blocks (y0, y1, x0, x1) whose frames feed the ellipse fit: all of them, or where they hold more than
+    ``max_frames`` frames (> 0), about that many in whole blocks evenly spaced over the scan (a detector's
+    ellipse does not vary across the scan, so a spread sample fits it as well as the sample's counts allow)."""
+    sizes = [(b[1] - b[0]) * (b[3] - b[2]) for b in blocks]
+    total = sum(sizes)
+    if max_frames <= 0 or total <= max_frames:
+        return frozenset(tuple(b) for b in blocks)
+    n = max(1, math.ceil(len(blocks) * max_frames / total))
+    picks = np.unique(np.round(np.linspace(0, len(blocks) - 1, n)).astype(int))
+    return frozenset(tuple(blocks[i]) for i in picks)
 
 
 def stage_calibrate(ctx: Context) -> None:
@@ -294,7 +309,7 @@ def stage_calibrate(ctx: Context) -> None:
                              supersample=cfg.profiles.supersample)
         tables = PolarTables(geom, ELLIPSE_CENTRE_STEP_PX)
     measured = np.zeros((ry, rx, 2))
-    acc = {"s": 0.0, "w": 0.0}
+    acc = {"s": 0.0, "w": 0.0, "n": 0}
 
     def put(_, res):
         (y0, y1, x0, x1), c, sums = res
@@ -302,10 +317,12 @@ def stage_calibrate(ctx: Context) -> None:
         if sums is not None:
             acc["s"] = acc["s"] + sums[0]
             acc["w"] = acc["w"] + sums[1]
+            acc["n"] += sums[2]
 
     d = cfg.classify.definitions
     process = _CalibrateProcess(tuple(guess), centre_mask, mask, radius, method, annulus, tables, r_disk * qpx,
-                                tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z)
+                                tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z,
+                                ellipse_sample(blocks, cal.ellipse_max_frames))
     _DATA_ARRAYS.pop(ctx.store_path, None)  # the data may have been re-ingested since
     run_blocks(_read_store_block, process, [(ctx.store_path, b, None) for b in blocks], cfg.compute, "calibrate",
                on_result=put, thread_safe=True)
@@ -325,6 +342,7 @@ def stage_calibrate(ctx: Context) -> None:
         scales = sector_scale_factors(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window)
         ellipse = fit_ellipse_from_scales(scales, phi_centres(ELLIPSE_SECTORS))
         ellipse["source"] = "fitted to the amorphous ring of the centred mean pattern"
+        ellipse["frames_used"] = acc["n"]
     elif ell == "none":
         ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
     elif ell == "calibrant":
