@@ -10,7 +10,11 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True)
+COM_TOLERANCE_PX = 1e-4
+"""The iterated centre of mass stops once an iteration moves the window by less than this (px)."""
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _com_kernel(frames, guess, mask, radius, n_iter, out):
     nb, ny, nx = frames.shape
     for f in numba.prange(nb):
@@ -25,23 +29,28 @@ def _com_kernel(frames, guess, mask, radius, n_iter, out):
             x0 = max(0, int(math.floor(cx - radius - 1)))
             x1 = min(nx, int(math.ceil(cx + radius + 2)))
             for iy in range(y0, y1):
-                for ix in range(x0, x1):
-                    if not mask[iy, ix]:
-                        continue
-                    r = math.sqrt((iy - cy) ** 2 + (ix - cx) ** 2)
+                dy2 = (iy - cy) ** 2
+                sr = 0.0
+                sxr = 0.0
+                for ix in range(x0, x1):  # branch-free, so it vectorises
+                    r = math.sqrt(dy2 + (ix - cx) ** 2)
                     # soft window edge: weight = fraction of the pixel inside the radius (linear ramp)
-                    wgt = radius + 0.5 - r
-                    if wgt <= 0.0:
-                        continue
-                    if wgt > 1.0:
-                        wgt = 1.0
+                    wgt = min(max(radius + 0.5 - r, 0.0), 1.0) * mask[iy, ix]
                     v = wgt * frames[f, iy, ix]
-                    sw += v
-                    sy += v * iy
-                    sx += v * ix
-            if sw > 0:
-                cy = sy / sw
-                cx = sx / sw
+                    sr += v
+                    sxr += v * ix
+                sw += sr
+                sy += sr * iy
+                sx += sxr
+            if sw <= 0:
+                break
+            ny_c = sy / sw
+            nx_c = sx / sw
+            moved = abs(ny_c - cy) + abs(nx_c - cx)
+            cy = ny_c
+            cx = nx_c
+            if moved < COM_TOLERANCE_PX:
+                break
         out[f, 0] = cy
         out[f, 1] = cx
 
