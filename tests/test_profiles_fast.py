@@ -131,3 +131,31 @@ def test_tables_limited_to_the_detector_give_the_same_profiles():
     b = profile_block(frames, centres, mask, cut, 0.08, (0.16, 0.8))
     for k in ("mean", "sem", "dispersion", "robust", "spot_z", "bf", "adf"):
         np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-9, err_msg=k)
+
+
+def test_geometry_cache_gives_the_same_areas_for_any_mask_and_block():
+    """The per-process cache of pixel areas is keyed by the mask too: a second mask on the same tables gives
+    what fresh tables give; a block with more distinct centres than the cache holds uses a private array."""
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(0.5, (120, N, N)).astype(np.uint16)
+    centres = np.array([47.0, 48.0]) + rng.uniform(-6, 6, (120, 2))  # ~100 distinct centres on the 1/8 grid
+    g = PolarGeometry(QPX, QPX, 40, 24, 1.02, 25.0, 2)
+    mask_a = np.ones((N, N), bool)
+    mask_b = mask_a.copy()
+    mask_b[10:30, 60:90] = False
+    shared = PolarTables(g, 0.125)
+    shared._geo_cap = 0  # force the private-array path once
+    shared._geo_free = []
+    ra_private = profile_block(frames, centres, mask_a, shared, 0.08, keep_sums=True)
+    shared._alloc_geometry_cache()
+    ra = profile_block(frames[:40], centres[:40], mask_a, shared, 0.08, keep_sums=True)
+    rb = profile_block(frames[:40], centres[:40], mask_b, shared, 0.08, keep_sums=True)
+    ra2 = profile_block(frames[:40], centres[:40], mask_a, shared, 0.08, keep_sums=True)  # from the cache
+    fresh_b = profile_block(frames[:40], centres[:40], mask_b, PolarTables(g, 0.125), 0.08, keep_sums=True)
+    np.testing.assert_array_equal(rb["w"], fresh_b["w"])
+    np.testing.assert_array_equal(ra["w"], ra2["w"])
+    np.testing.assert_array_equal(ra["w"], ra_private["w"][:40])
+    assert not np.array_equal(ra["w"], rb["w"])
+    np.testing.assert_array_equal(np.isnan(rb["mean"]), np.isnan(fresh_b["mean"]))
+    np.testing.assert_allclose(rb["mean"], fresh_b["mean"], rtol=1e-12)
+    assert (shared._geo_pins == 0).all()  # every block released its slots

@@ -22,8 +22,10 @@ shared with the reference kernel.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
+from collections import OrderedDict
 
 import numba
 import numpy as np
@@ -32,6 +34,10 @@ from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_sc
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
+
+GEOMETRY_CACHE_BYTES = 64e6
+"""Per-process cache of the pixel areas of recently used centres (:meth:`PolarTables.geometry`): 600 centres at
+180 bins × 72 sectors; a drifting 148-position scan row uses ~40."""
 
 
 @numba.njit(parallel=True, cache=True)
@@ -113,14 +119,16 @@ def _subtract(rec, t, oy, ox, inv_ss2, w, w2):
 
 
 @numba.njit(parallel=True, cache=True)
-def _unique_geometry(uy, ux, ut, ny, nx, masked_y, masked_x, rec, w_full, w2_full, oy0, ox0, inv_ss2, w_out, w2_out):
-    """Pixel areas per (bin, sector) for each distinct centre: table totals − masked − off-detector offsets."""
+def _unique_geometry(uy, ux, ut, slot, ny, nx, masked_y, masked_x, rec, w_full, w2_full, oy0, ox0, inv_ss2, w_out,
+                     w2_out):
+    """Pixel areas per (bin, sector) for each distinct centre u, into w_out[slot[u]]: table totals − masked −
+    off-detector offsets."""
     nbox_y = rec.shape[1]
     nbox_x = rec.shape[2]
     for u in numba.prange(uy.size):
         t = ut[u]
-        w = w_out[u]
-        w2 = w2_out[u]
+        w = w_out[slot[u]]
+        w2 = w2_out[slot[u]]
         w[:, :] = w_full[t]
         w2[:] = w2_full[t]
         by = oy0 - uy[u]  # offset index = pixel index + by
@@ -262,6 +270,7 @@ class PolarTables:
         self.inv_ss2 = 1.0 / geom.supersample ** 2
         self._lock = threading.Lock()
         self._alloc()
+        self._alloc_geometry_cache()
 
     def _alloc(self):
         nt = self.n_sub ** 2
@@ -273,6 +282,69 @@ class PolarTables:
         self.w_full = np.zeros((nt, g.nq, g.n_phi))
         self.w2_full = np.zeros((nt, g.nq))
         self.built = np.zeros(nt, bool)
+
+    def _alloc_geometry_cache(self):
+        g = self.geom
+        self._geo_cap = max(64, int(GEOMETRY_CACHE_BYTES // (8 * g.nq * (g.n_phi + 1))))
+        # np.empty does not touch memory: only slots that get used cost RAM
+        self._geo_w = np.empty((self._geo_cap, g.nq, g.n_phi))
+        self._geo_w2 = np.empty((self._geo_cap, g.nq))
+        self._geo_slot: OrderedDict = OrderedDict()  # (mask digest, iy, ix, table) -> slot, least recent first
+        self._geo_pins = np.zeros(self._geo_cap, np.int64)  # blocks in flight using each slot
+        self._geo_free = list(range(self._geo_cap - 1, -1, -1))
+
+    def geometry(self, mask: np.ndarray, iyc: np.ndarray, ixc: np.ndarray, tix: np.ndarray):
+        """Pixel areas (Σw per bin and sector, Σw² per bin) of each frame's centre, from a per-process cache.
+
+        Returns (slot per frame, w (S, nq, n_phi), w2 (S, nq), release): frame f's areas are w[slot[f]]. Areas
+        depend on the centre's integer part, its table and the mask; neighbouring scan rows share most of
+        them, so each is computed once while it stays among the ~``GEOMETRY_CACHE_BYTES`` most recently used.
+        The slots stay valid until ``release()`` is called (after the kernel that reads them)."""
+        g = self.geom
+        ny, nx = mask.shape
+        keys = np.stack([iyc, ixc, tix], axis=1)
+        ukeys, uix = np.unique(keys, axis=0, return_inverse=True)
+        uix = uix.reshape(-1).astype(np.int64)
+        my, mx = np.nonzero(~mask)
+        digest = hashlib.blake2b(np.packbits(mask).tobytes() + bytes(str(mask.shape), "ascii"), digest_size=16).digest()
+        with self._lock:
+            if len(ukeys) > len(self._geo_free) + sum(1 for s in self._geo_slot.values() if self._geo_pins[s] == 0):
+                cached = None  # more distinct centres than free slots: a private array for this block
+            else:
+                cached = np.empty(len(ukeys), np.int64)
+                missing = []
+                for j, k in enumerate(ukeys.tolist()):
+                    key = (digest, *k)
+                    slot = self._geo_slot.get(key)
+                    if slot is None:
+                        if not self._geo_free:  # evict the least recently used slot no block is using
+                            old = next(kk for kk, ss in self._geo_slot.items() if self._geo_pins[ss] == 0)
+                            self._geo_free.append(self._geo_slot.pop(old))
+                        slot = self._geo_free.pop()
+                        self._geo_slot[key] = slot
+                        missing.append(j)
+                    else:
+                        self._geo_slot.move_to_end(key)
+                    cached[j] = slot
+                    self._geo_pins[slot] += 1
+                if missing:  # filled under the lock: no other block can read a slot before it is complete
+                    m = np.asarray(missing)
+                    _unique_geometry(ukeys[m, 0].copy(), ukeys[m, 1].copy(), ukeys[m, 2].copy(), cached[m].copy(), ny,
+                                     nx, my.astype(np.int64), mx.astype(np.int64), self.rec, self.w_full, self.w2_full,
+                                     self.oy0, self.ox0, self.inv_ss2, self._geo_w, self._geo_w2)
+        if cached is None:
+            w = np.empty((len(ukeys), g.nq, g.n_phi))
+            w2 = np.empty((len(ukeys), g.nq))
+            _unique_geometry(ukeys[:, 0].copy(), ukeys[:, 1].copy(), ukeys[:, 2].copy(), np.arange(len(ukeys)), ny, nx,
+                             my.astype(np.int64), mx.astype(np.int64), self.rec, self.w_full, self.w2_full, self.oy0,
+                             self.ox0, self.inv_ss2, w, w2)
+            return uix, w, w2, lambda: None
+
+        def release():
+            with self._lock:
+                self._geo_pins[cached] -= 1
+
+        return cached[uix], self._geo_w, self._geo_w2, release
 
     def __getstate__(self):
         return {"geom": self.geom, "n_sub": self.n_sub, "frame_shape": self.frame_shape,
@@ -343,30 +415,27 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     g = tables.geom
     nb, ny, nx = frames.shape
     iyc, ixc, tix = tables.split_centres(centres_yx)
-    keys = np.stack([iyc, ixc, tix], axis=1)
-    ukeys, uix = np.unique(keys, axis=0, return_inverse=True)
-    uix = uix.reshape(-1).astype(np.int64)
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
-    my, mx = np.nonzero(~mask)
-    w_u = np.empty((len(ukeys), g.nq, g.n_phi))
-    w2_u = np.empty((len(ukeys), g.nq))
-    _unique_geometry(ukeys[:, 0].copy(), ukeys[:, 1].copy(), ukeys[:, 2].copy(), ny, nx, my.astype(np.int64),
-                     mx.astype(np.int64), tables.rec, tables.w_full, tables.w2_full, tables.oy0, tables.ox0,
-                     tables.inv_ss2, w_u, w2_u)
+    if mask.shape != (ny, nx):
+        raise ValueError(f"mask shape {mask.shape} is not the frames' {(ny, nx)}")
+    uix, w_u, w2_u, release = tables.geometry(mask, iyc, ixc, tix)
     out = {k: np.empty((nb, g.nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z")}
     bf = np.empty(nb)
     adf = np.empty(nb)
     s = np.empty((nb, g.nq, g.n_phi)) if keep_sums else np.empty((1, g.nq, g.n_phi))
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
-    _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.kmax,
-                          tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q), float(z_clip),
-                          float(disk_radius_q if bf_max_q is None else bf_max_q), float(adf_range_q[0]),
-                          float(adf_range_q[1]), n_chunks, keep_sums,
-                          out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"], bf, adf, s)
-    out["bf"] = bf
-    out["adf"] = adf
-    if keep_sums:
-        out["s"] = s
-        out["w"] = w_u[uix]
+    try:
+        _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.kmax,
+                              tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q),
+                              float(z_clip), float(disk_radius_q if bf_max_q is None else bf_max_q),
+                              float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums,
+                              out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"], bf, adf, s)
+        out["bf"] = bf
+        out["adf"] = adf
+        if keep_sums:
+            out["s"] = s
+            out["w"] = w_u[uix]  # a copy: the cache's slots may be reused once released
+    finally:
+        release()
     return out
