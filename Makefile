@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 BATCH_DIR ?= configs/scenarios
 
-.PHONY: demo test run batch bench venv clean scenarios
+.PHONY: demo test run batch bench venv clean clean-numba scenarios
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf results
+
+# numba caches compiled kernels beside the sources (__pycache__/*.nbi, *.nbc) and checks only the timestamp of
+# the file a kernel is defined in: after editing a helper it inlines from another file, clear them.
+clean-numba:
+	find sendmap -name '*.nbi' -delete -o -name '*.nbc' -delete
 
 # The synthetic published scenarios (configs/scenarios/*.yaml), with ground truth, then their accuracy.
 scenarios: $(STAMP)
