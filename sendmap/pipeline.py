@@ -8,6 +8,7 @@ a stage); ``pipelines/README.md`` describes it for users.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -710,23 +711,35 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
 
 
 class OutputLock:
-    """An exclusive lock file in the output folder: two runs on one output at once are refused."""
+    """An exclusive lock file in the output folder: two runs on one output at once are refused.
+
+    The file holds the pid and host of the run. A lock whose pid is dead on this host is stale (a killed run)
+    and is taken over; a lock of another host (a shared file system) cannot be checked and is respected."""
 
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / ".sendmap.lock"
 
     def __enter__(self):
+        import socket
+
+        me = socket.gethostname()
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
+                os.write(fd, f"{os.getpid()} {me}".encode())
                 os.close(fd)
                 return self
             except FileExistsError:
                 try:
-                    pid = int(self.path.read_text().strip() or 0)
+                    pid_text, _, host = self.path.read_text().strip().partition(" ")
+                    pid = int(pid_text or 0)
                 except (OSError, ValueError):
-                    pid = 0
+                    pid, host = 0, ""
+                if host and host != me:
+                    raise SendmapInputError(
+                        f"another sendmap run (pid {pid} on host {host}) is writing to {self.path.parent}; wait for "
+                        f"it to finish or use another output.dir (if no run is active there, delete {self.path})"
+                    ) from None
                 if pid and _pid_alive(pid):
                     raise SendmapInputError(
                         f"another sendmap run (pid {pid}) is writing to {self.path.parent}; wait for it to finish "
@@ -762,7 +775,60 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise SendmapInputError(f"cannot write to the output folder {out_dir}: {exc.strerror}") from None
+        raise output_error(exc, out_dir, None) from None
+    try:
+        return _run_locked(cfg, out_dir, dataset, input_info, force, log, until)
+    except OSError as exc:
+        if _is_output_error(exc, out_dir):
+            raise output_error(exc, out_dir, getattr(exc, "sendmap_stage", None)) from None
+        raise
+
+
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+"""Write errors that are the output folder's condition (not a bug): reported in one paragraph, exit code 2."""
+
+
+def _is_output_error(exc: OSError, out_dir: Path) -> bool:
+    """A full disk anywhere, or a permission/read-only error on a file of the output folder."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    if exc.errno not in OUTPUT_ERRNOS:
+        return False
+    name = getattr(exc, "filename", None)
+    return name is None or os.path.abspath(str(name)).startswith(os.path.abspath(str(out_dir)))
+
+
+def output_error(exc: OSError, out_dir: Path, stage: str | None):
+    """A :class:`SendmapOutputError` for a write that failed: what, where, how much space is left, what to do."""
+    from .errors import SendmapOutputError
+
+    import shutil
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    what = f"the {stage} stage's results" if stage else "the results"
+    try:
+        free = f"; {shutil.disk_usage(out_dir).free / 1e6:.0f} MB free there"
+    except OSError:
+        free = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = f"the disk is full{' (quota)' if exc.errno == errno.EDQUOT else ''}{free}"
+        todo = "free some space or set output.dir to another disk, then run again"
+    elif exc.errno == errno.EROFS:
+        why = "the file system is read-only"
+        todo = "set output.dir to a writable folder"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = "permission denied"
+        todo = "make it writable or set output.dir to a writable folder"
+    else:
+        why = exc.strerror or str(exc)
+        todo = "set output.dir to a writable folder"
+    resume = (": finished stages are reused and the finished blocks of ingest and profiles are not redone"
+              if stage else "")
+    return SendmapOutputError(f"cannot write {what} to the output folder {out_dir}: {why}{where}. "
+                              f"Nothing there is marked complete; {todo}{resume}.")
+
+
+def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bool, log, until) -> dict:
     with OutputLock(out_dir):
         summary_path = out_dir / "summary.json"
         summary_path.unlink(missing_ok=True)  # a stale summary must not stand for an unfinished run
@@ -790,8 +856,13 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
             t0 = time.perf_counter()
             try:
                 st.run(ctx)
-            except BaseException:
-                set_attrs(group, status="failed")
+            except BaseException as exc:
+                if isinstance(exc, OSError):
+                    exc.sendmap_stage = st.name
+                try:
+                    set_attrs(group, status="failed")
+                except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
+                    pass
                 raise
             timing[st.name] = round(time.perf_counter() - t0, 3)
             done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
