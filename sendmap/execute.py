@@ -3,14 +3,16 @@
 A block task is split into ``load(item)`` (I/O: read a block of frames) and ``process(loaded)``
 (numba kernels over the whole block); both are module-level functions so they pickle.
 
-* ``threads`` (default) and ``synchronous``: blocks are processed in order in this process; with
-  ``threads`` the next block is read on a background thread while the numba kernels (parallel over all
-  cores) work on the current one. Kernels are never launched from two threads at once.
+* ``threads`` (default) and ``synchronous``: blocks are processed in this process; with ``threads`` and
+  a thread-safe ``process`` one block per core is in flight (each thread's numba kernels on one thread),
+  else the next block is read on a background thread while the kernels work on the current one.
 * ``processes``: a pool of worker processes, each running load+process with its share of the cores.
-* ``distributed``: a dask.distributed client — a local cluster, or the scheduler at
-  ``compute.address`` — mapping load+process over blocks.
+* ``distributed``: a dask.distributed client — a local cluster (``compute.n_workers``,
+  ``threads_per_worker``, ``memory_limit``), SLURM jobs through dask-jobqueue (``compute.cluster: slurm``),
+  or the scheduler at ``compute.address`` — running load+process per block on the workers.
 
-Results come back in item order whatever the scheduler.
+Results are delivered in item order whatever the scheduler, with a bounded number of blocks in flight
+(about two per worker slot), so memory is set by the block size, not by the dataset.
 """
 from __future__ import annotations
 
@@ -168,8 +170,15 @@ def get_client(compute):
         client.wait_for_workers(1)
     else:
         n = compute.n_workers or max(1, min(2, os.cpu_count() or 1))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=compute.threads_per_worker, processes=True,
-                               dashboard_address=None, memory_limit=compute.memory_limit or "auto")
+        # no spilling or pausing: a worker holds no managed data (each result goes straight to this process),
+        # its memory is the block in hand; pausing on that would wait forever. Above 95 % of memory_limit the
+        # nanny restarts it and the block is retried.
+        import dask
+
+        with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                              "distributed.worker.memory.pause": False}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=compute.threads_per_worker, processes=True,
+                                   dashboard_address=None, memory_limit=compute.memory_limit or "auto")
         client = Client(cluster)
     _CLIENT, _CLIENT_SPEC = client, spec
     return client
