@@ -61,8 +61,8 @@ def test_sigkill_mid_stage_is_resumed_without_redoing_finished_blocks(small, sta
     out = f"killed_{stage}"
     cmd = [sys.executable, "-m", "sendmap.cli", "run", str(small / "config.yaml"), "--no-progress",
            "--set", f"output.dir={out}", *SMALL_BLOCKS]
-    r = subprocess.run(cmd, env={**_env(), "SENDMAP_KILL_AFTER_BLOCKS": f"{stage}:{after}"}, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(cmd, env={**_env(), "SENDMAP_KILL_AFTER_BLOCKS": f"{stage}:{after}",
+                                 "SENDMAP_RESUME_INTERVAL_S": "0"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     res = small / out
     assert not (res / "summary.json").exists()
@@ -88,8 +88,11 @@ def test_force_and_changed_key_discard_the_record(small, capsys):
     from sendmap.resume import BlockProgress
 
     p = BlockProgress(small / "rec", "profiles", "k1", {"blocks": [[0, 1, 0, 2]]})
-    p.record([(0, 1, 0, 2)], {"bf": np.ones(3)})
-    assert BlockProgress(small / "rec", "profiles", "k1", {"blocks": [[0, 1, 0, 2]]}).resumed
+    p.interval = 0
+    p.record([(0, 1, 0, 2)], {"bf": np.ones(3), "n": np.arange(4, dtype=np.int16).reshape(2, 2)})
+    q = BlockProgress(small / "rec", "profiles", "k1", {"blocks": [[0, 1, 0, 2]]})
+    assert q.resumed and q.done == {(0, 1, 0, 2)} and q.arrays["n"].dtype == np.int16
+    assert np.array_equal(q.arrays["n"], [[0, 1], [2, 3]]) and np.array_equal(q.arrays["bf"], np.ones(3))
     assert not BlockProgress(small / "rec", "profiles", "k1", {"blocks": [[0, 2, 0, 2]]}).resumed
     p.record([(0, 1, 0, 2)], {"bf": np.ones(3)})
     assert not BlockProgress(small / "rec", "profiles", "k2", {"blocks": [[0, 1, 0, 2]]}).resumed
@@ -101,6 +104,7 @@ def test_force_and_changed_key_discard_the_record(small, capsys):
 def test_full_disk_is_a_clear_error_and_the_next_run_completes(small, monkeypatch, capsys):
     import sendmap.store as store
 
+    monkeypatch.setenv("SENDMAP_RESUME_INTERVAL_S", "0")
     real = store._write_chunk_atomic
     calls = {"n": 0}
 
