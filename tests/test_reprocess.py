@@ -71,6 +71,9 @@ def test_sigkill_mid_stage_is_resumed_without_redoing_finished_blocks(small, sta
     from sendmap.resume import read_record
 
     assert len(read_record(res, stage)["done"]) == after
+    from sendmap.info import describe
+
+    assert describe(res)["unfinished"][stage]["blocks_done"] == after
 
     assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"output.dir={out}", *SMALL_BLOCKS]) == 0
     log = capsys.readouterr().out
