@@ -98,6 +98,10 @@ class CalibrationConfig(_Section):
         None, description="JSON written by `sendmap calibrate --json` on a standard at the same camera length: "
         "gives q_pixel_size where that is null, and the ellipse with ellipse: calibrant")
     ellipse_window: tuple[float, float] = Field((0.15, 0.45), description="1/Å range used to fit the ellipse")
+    ellipse_max_frames: int = Field(
+        4096, ge=0, description="fit the ellipse on at most this many frames, whole blocks spread evenly over the "
+        "scan (0: every frame). The ellipse is one detector property: 4096 frames of 2e4 e⁻ fix its ratio to "
+        "~0.001, and the measured centres still come from every frame")
     mask_hot_dead: bool = Field(True, description="find hot and dead pixels from the sum and max patterns")
     mask_saturated: bool = Field(True, description="exclude pixels that reached the counter's saturation value "
                                  "(unbinned data only) from the profiles")

@@ -243,6 +243,8 @@ class _CalibrateProcess:
     crystal_bands: tuple
     crystal_spot_z: float
 
+    ellipse_regions: frozenset  # the blocks whose ellipse sums are taken (all, or a sample spread over the scan)
+
     def __call__(self, loaded):
         from .science.centre import disk_centres, symmetry_centres
         from .science.polar_tables import profile_block
@@ -255,12 +257,25 @@ class _CalibrateProcess:
         else:
             centres = disk_centres(frames, np.array(self.guess), self.centre_mask, self.radius)
         sums = None
-        if self.tables is not None:
+        if self.tables is not None and tuple(item[1]) in self.ellipse_regions:
             # around the measured centres (≈ 0.05 px noise at 2e4 e⁻: no visible blur of a mean ring)
             r = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, keep_sums=True)
             keep = band_max(r["spot_z"], self.tables.geom.q_centres, self.crystal_bands) < self.crystal_spot_z
-            sums = (r["s"][keep].sum(axis=0), r["w"][keep].sum(axis=0))
+            sums = (r["s"][keep].sum(axis=0), r["w"][keep].sum(axis=0), int(keep.sum()))
         return item[1], centres, sums
+
+
+def ellipse_sample(blocks, max_frames: int) -> frozenset:
+    """The blocks (y0, y1, x0, x1) whose frames feed the ellipse fit: all of them, or where they hold more than
+    ``max_frames`` frames (> 0), about that many in whole blocks evenly spaced over the scan (a detector's
+    ellipse does not vary across the scan, so a spread sample fits it as well as the sample's counts allow)."""
+    sizes = [(b[1] - b[0]) * (b[3] - b[2]) for b in blocks]
+    total = sum(sizes)
+    if max_frames <= 0 or total <= max_frames:
+        return frozenset(tuple(b) for b in blocks)
+    n = max(1, math.ceil(len(blocks) * max_frames / total))
+    picks = np.unique(np.round(np.linspace(0, len(blocks) - 1, n)).astype(int))
+    return frozenset(tuple(blocks[i]) for i in picks)
 
 
 def stage_calibrate(ctx: Context) -> None:
@@ -302,7 +317,7 @@ def stage_calibrate(ctx: Context) -> None:
                              supersample=cfg.profiles.supersample)
         tables = PolarTables(geom, ELLIPSE_CENTRE_STEP_PX)
     measured = np.zeros((ry, rx, 2))
-    acc = {"s": 0.0, "w": 0.0}
+    acc = {"s": 0.0, "w": 0.0, "n": 0}
 
     def put(_, res):
         (y0, y1, x0, x1), c, sums = res
@@ -310,10 +325,12 @@ def stage_calibrate(ctx: Context) -> None:
         if sums is not None:
             acc["s"] = acc["s"] + sums[0]
             acc["w"] = acc["w"] + sums[1]
+            acc["n"] += sums[2]
 
     d = cfg.classify.definitions
     process = _CalibrateProcess(tuple(guess), centre_mask, mask, radius, method, annulus, tables, r_disk * qpx,
-                                tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z)
+                                tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z,
+                                ellipse_sample(blocks, cal.ellipse_max_frames))
     _DATA_ARRAYS.pop(ctx.store_path, None)  # the data may have been re-ingested since
     run_blocks(_read_store_block, process, [(ctx.store_path, b, None) for b in blocks], cfg.compute, "calibrate",
                on_result=put, thread_safe=True)
@@ -333,6 +350,7 @@ def stage_calibrate(ctx: Context) -> None:
         scales = sector_scale_factors(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window)
         ellipse = fit_ellipse_from_scales(scales, phi_centres(ELLIPSE_SECTORS))
         ellipse["source"] = "fitted to the amorphous ring of the centred mean pattern"
+        ellipse["frames_used"] = acc["n"]
     elif ell == "none":
         ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
     elif ell == "calibrant":
@@ -398,13 +416,15 @@ class _PolarProcess:
     mask: np.ndarray
     disk_radius_q: float
     adf_q: tuple
+    bf_q: float
 
     def __call__(self, loaded):
         from .science.polar_tables import profile_block
 
         _one_numba_thread_off_main()
         item, frames, centres = loaded
-        return item[1], profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q)
+        return item[1], profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
+                                      bf_max_q=self.bf_q)
 
 
 def _one_numba_thread_off_main() -> None:
@@ -459,7 +479,11 @@ def stage_profiles(ctx: Context) -> None:
     r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
     q = geom.q_centres
     qn = q ** cfg.profiles.n
-    adf_q = (2 * r_q, q[-1] + geom.bin_width)
+    # virtual images from whole radial bins: BF out to the bin edge nearest the disk radius, ADF from the edge
+    # nearest two disk radii to the last bin's edge
+    bw = geom.bin_width
+    bf_q = max(1, round(r_q / bw)) * bw
+    adf_q = (max(1, round(2 * r_q / bw)) * bw, geom.nq * bw)
     # Results are encoded and written straight to their chunk files (store.write_region_direct), a chunk of
     # whole-row blocks at a time (≈ PROFILE_CHUNK_BYTES per array: creating a file costs ~1 ms on some file
     # systems, 8 arrays × every block adds up); blocks of part of a row are one chunk each.
@@ -517,11 +541,11 @@ def stage_profiles(ctx: Context) -> None:
     _DATA_ARRAYS.pop(ctx.store_path, None)
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
     ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
-    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q), items, cfg.compute, "profiles",
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q), items, cfg.compute, "profiles",
                on_result=put, thread_safe=True)
     flush()
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
-    write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0, r_q]})
+    write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
     write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
     set_attrs(g, profiles={"q_max": float(q[-1] + geom.bin_width / 2), "bin_width": geom.bin_width, "nq": geom.nq,
                            "n_azimuth": geom.n_phi, "supersample": geom.supersample,

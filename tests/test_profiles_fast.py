@@ -41,7 +41,9 @@ def test_equals_direct_kernel_for_centres_on_the_grid(ss, step):
     np.testing.assert_allclose(r["w"], ps.w, atol=1e-9)
     for k in ("mean", "sem", "dispersion", "robust", "spot_z"):
         np.testing.assert_array_equal(np.isnan(r[k]), np.isnan(ref[k]), err_msg=k)
-        np.testing.assert_allclose(r[k], ref[k], rtol=1e-9, atol=1e-9, err_msg=k)
+        # spot_z's last step (observed − expected)/sqrt(expected) runs in float32: 1 ulp there is 6e-8
+        tol = 1e-6 if k == "spot_z" else 1e-9
+        np.testing.assert_allclose(r[k], ref[k], rtol=tol, atol=tol, err_msg=k)
     s_tot = ps.s.sum(axis=2)
     q = g.q_centres
     np.testing.assert_allclose(r["bf"], s_tot[:, q < 0.08].sum(axis=1), rtol=1e-12)

@@ -213,16 +213,53 @@ ROBUST_Z_CLIP = 4.0
 4·sqrt(expected) + 1 is rejected (P < 10⁻³ per sector for Poisson noise at any rate; a Bragg spot far more)."""
 
 
+STATS_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+"""LLVM may reorder sums (so loops over sectors vectorise) but keeps NaN and infinity semantics."""
+
+ROBUST_MAX_ITER = 4
+"""Clipping passes of the robust mean (a Bragg spot is rejected in the first; convergence takes 1–3)."""
+
+SPOT_MAX_ITER = 6
+"""Clipping passes of the spot statistic's band rate."""
+
+
 @numba.njit(cache=True, inline="always")
 def stats_scratch(nq, nphi):
-    """Work arrays of :func:`_frame_stats`, allocated once per thread rather than per frame."""
-    return np.empty((2 * (nq + 1) + 2, nphi)), np.empty(2 * nq + 1)
+    """Work arrays of :func:`_frame_stats` (scratch, work, z), allocated once per thread rather than per frame."""
+    return np.empty((4, 2 * nphi)), np.empty(2 * nq + 1), np.empty(nphi, np.float32)
 
 
-@numba.njit(cache=True)
-def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot, scratch, work):
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _clipped_rate(s, w, rate, z2, max_iter):
+    """One-sided sigma clipping of sectors: the rate Σs/Σw over the sectors k whose counts s[k] do not exceed
+    the expectation e = rate·w[k] by more than sqrt(z2·e) + 1, iterated from ``rate`` until the clipped set
+    stops growing (it only grows: a lower rate clips more). Branch-free over the sectors, so it vectorises."""
+    n_prev = 0
+    for _ in range(max_iter):
+        sk = 0.0
+        wk = 0.0
+        n_keep = 0.0
+        for k in range(s.size):
+            e = rate * w[k]
+            d = s[k] - e - 1.0
+            keep = np.float64((d <= 0.0) or (d * d <= z2 * e))  # a number, not a branch: this loop vectorises
+            sk += s[k] * keep
+            wk += w[k] * keep
+            n_keep += keep
+        n_clip = s.size - int(n_keep)
+        if n_clip == n_prev:
+            break
+        n_prev = n_clip
+        if wk > 1e-9:
+            rate = sk / wk
+    return rate
+
+
+@numba.njit(cache=True, fastmath=STATS_FASTMATH)
+def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot, scratch, work, zf):
     """Radial statistics of one frame from its polar sums (see :func:`frame_statistics`); scratch, work from
-    :func:`stats_scratch`."""
+    :func:`stats_scratch`. Every loop over the sectors is branch-free (selects, not jumps), so LLVM vectorises
+    it: the statistics cost about as much as the accumulation that feeds them."""
     nq, nphi = s.shape
     tiny = 1e-9
     nan = np.nan
@@ -245,45 +282,27 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
         o_mean[i] = m
         o_sem[i] = math.sqrt(max(m, 0.0) * w2[i]) / W
         o_disp[i] = (c2[i] / W - m * m) / m if m > 0 else nan
-        rm = m
-        for _ in range(4):  # one-sided sigma clipping of sectors holding Bragg spots
-            sk = 0.0
-            wk = 0.0
-            for k in range(nphi):
-                wik = w[i, k]
-                if wik <= tiny:
-                    continue
-                e = rm * wik
-                d = s[i, k] - e - 1.0  # kept unless d > z·sqrt(e), tested without a square root
-                if d <= 0.0 or d * d <= z2 * e:
-                    sk += s[i, k]
-                    wk += wik
-            new = sk / wk if wk > tiny else rm
-            if new == rm:
-                break
-            rm = new
-        o_rob[i] = rm
+        o_rob[i] = _clipped_rate(s[i], w[i], m, z2, ROBUST_MAX_ITER)
     if disk_r_q <= 0.0:  # no spot statistic asked for
         for i in range(nq):
             o_spot[i] = nan
         return
     # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide
-    cs_s = scratch[: nq + 1]
-    cs_w = scratch[nq + 1: 2 * nq + 2]
-    cw = work[nq:]
+    cw = work[nq:]  # cumulative pixel area, to skip empty bands
     cw[0] = 0.0
-    for k in range(nphi):
-        cs_s[0, k] = 0.0
-        cs_w[0, k] = 0.0
     for i in range(nq):
-        for k in range(nphi):
-            cs_s[i + 1, k] = cs_s[i, k] + s[i, k]
-            cs_w[i + 1, k] = cs_w[i, k] + w[i, k]
         cw[i + 1] = cw[i] + (wtot[i] if wtot[i] > tiny else 0.0)
     bw = q_c[1] - q_c[0] if nq > 1 else 1.0
     half = max(0, int(round(disk_r_q / bw)))
-    band_s = scratch[2 * nq + 2]
-    band_w = scratch[2 * nq + 3]
+    band_s = scratch[0]  # the band's sector sums, the first `width` repeated at the end (circular)
+    band_w = scratch[1]
+    win_s = scratch[2]
+    win_w = scratch[3]
+    for k in range(nphi):
+        band_s[k] = 0.0
+        band_w[k] = 0.0
+    b_lo = 0  # the band holds bins [b_lo, b_hi): both ends only move up, each bin is added and removed once
+    b_hi = 0
     sector = 2.0 * math.pi / nphi
     for i in range(nq):
         o_spot[i] = nan
@@ -293,62 +312,55 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
         hi = min(nq, i + half + 1)
         if cw[hi] - cw[lo] <= tiny:
             continue
+        while b_hi < hi:
+            for k in range(nphi):
+                band_s[k] += s[b_hi, k]
+                band_w[k] += w[b_hi, k]
+            b_hi += 1
+        while b_lo < lo:
+            for k in range(nphi):
+                band_s[k] -= s[b_lo, k]
+                band_w[k] -= w[b_lo, k]
+            b_lo += 1
         q_mid = max(q_c[i], disk_r_q)
         width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
         bs = 0.0
         bwt = 0.0
         for k in range(nphi):
-            band_s[k] = cs_s[hi, k] - cs_s[lo, k]
-            band_w[k] = cs_w[hi, k] - cs_w[lo, k]
             bs += band_s[k]
             bwt += band_w[k]
         # the band's rate with its spotty sectors clipped (one-sided, as the robust mean): a Bragg disk spreads
         # over several bins, so it is clipped far more surely on the band's sums than bin by bin at low dose
-        rate = bs / bwt
-        for _ in range(6):
-            sk = 0.0
-            wk = 0.0
-            for k in range(nphi):
-                if band_w[k] <= tiny:
-                    continue
-                e = rate * band_w[k]
-                d = band_s[k] - e - 1.0
-                if d <= 0.0 or d * d <= z2 * e:
-                    sk += band_s[k]
-                    wk += band_w[k]
-            new = sk / wk if wk > tiny else rate
-            if new == rate:
-                break
-            rate = new
-        ws = 0.0
-        ww = 0.0
+        rate = _clipped_rate(band_s[:nphi], band_w[:nphi], bs / bwt, z2, SPOT_MAX_ITER)
         for k in range(width):
-            ws += band_s[k]
-            ww += band_w[k]
-        best = -np.inf
+            band_s[nphi + k] = band_s[k]
+            band_w[nphi + k] = band_w[k]
         for k in range(nphi):
-            if ww > tiny:
-                e = rate * ww
-                d = ws - e
-                # z = d / sqrt(max(e, 1)); the square root is taken only for a candidate maximum
-                if best < 0.0 or (d > 0.0 and d * d > best * best * max(e, 1.0)):
-                    z = d / math.sqrt(max(e, 1.0))
-                    if z > best:
-                        best = z
-            kk = (k + width) % nphi
-            ws += band_s[kk] - band_s[k]
-            ww += band_w[kk] - band_w[k]
+            win_s[k] = 0.0
+            win_w[k] = 0.0
+        for j in range(width):  # window sums: no serial dependency between windows, so it vectorises
+            for k in range(nphi):
+                win_s[k] += band_s[k + j]
+                win_w[k] += band_w[k + j]
+        # z = (observed − expected)/sqrt(max(expected, 1)) of each window, in float32 (8 lanes; ~1e-7 relative)
+        for k in range(nphi):
+            e = np.float32(rate * win_w[k])
+            z = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+            zf[k] = z if win_w[k] > tiny else np.float32(-np.inf)
+        best = np.float32(-np.inf)
+        for k in range(nphi):
+            best = max(best, zf[k])
         if best > -np.inf:
-            o_spot[i] = best
+            o_spot[i] = np.float64(best)
 
 
 @numba.njit(parallel=True, cache=True)
 def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot):
     nb, nq, nphi = s.shape
     for f in numba.prange(nb):
-        scratch, work = stats_scratch(nq, nphi)
+        scratch, work, zf = stats_scratch(nq, nphi)
         _frame_stats(s[f], w[f], w2[f], c2[f], q_c, disk_r_q, z_clip, o_mean[f], o_sem[f], o_disp[f], o_rob[f],
-                     o_spot[f], scratch, work)
+                     o_spot[f], scratch, work, zf)
 
 
 def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,

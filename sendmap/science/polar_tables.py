@@ -195,7 +195,7 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
         c2_pad = np.empty(nq + kmax)
         s = s_pad[:nq]
         c2 = c2_pad[:nq]
-        scratch, work = stats_scratch(nq, nphi)
+        scratch, work, zf = stats_scratch(nq, nphi)
         idx = np.empty(frames.shape[2], np.int64)
         for i in range(f0, f1):
             f = order[i]  # frames sharing a table in a row: it stays in cache
@@ -205,7 +205,7 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
                               idx)
             u = uix[f]
             _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, out_mean[f], out_sem[f], out_disp[f],
-                         out_robust[f], out_spot[f], scratch, work)
+                         out_robust[f], out_spot[f], scratch, work, zf)
             bf = 0.0
             adf = 0.0
             for iq in range(nq):
@@ -316,12 +316,13 @@ class PolarTables:
 
 def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
                   disk_radius_q: float, adf_range_q: tuple[float, float] = (0.0, 0.0), z_clip: float = 4.0,
-                  keep_sums: bool = False) -> dict[str, np.ndarray]:
+                  keep_sums: bool = False, bf_max_q: float | None = None) -> dict[str, np.ndarray]:
     """All radial statistics of a block of frames, each around its own centre, in one pass.
 
     frames: (B, Qy, Qx) counts (any integer or float dtype); centres_yx: (B, 2) px; mask: (Qy, Qx) bool,
     True where a pixel is used; disk_radius_q: probe-disk radius (1/Å), the size of a Bragg disk for
-    the spot statistic and the bright-field range; adf_range_q: (lo, hi) 1/Å for the virtual ADF.
+    the spot statistic and (unless ``bf_max_q`` is given) the bright-field range; adf_range_q: (lo, hi) 1/Å for
+    the virtual ADF. The virtual images sum whole radial bins: those whose centre lies inside the range.
 
     Returns (B, nq) float64 arrays ``mean`` (counts per pixel), ``sem``, ``dispersion``, ``robust``
     and ``spot_z`` (see :func:`sendmap.science.polar.frame_statistics`), (B,) ``bf`` and ``adf``
@@ -360,7 +361,8 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     order = np.argsort(tix, kind="stable")
     _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.kmax,
                           tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q), float(z_clip),
-                          float(disk_radius_q), float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums,
+                          float(disk_radius_q if bf_max_q is None else bf_max_q), float(adf_range_q[0]),
+                          float(adf_range_q[1]), n_chunks, keep_sums,
                           out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"], bf, adf, s)
     out["bf"] = bf
     out["adf"] = adf
