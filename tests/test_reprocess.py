@@ -292,3 +292,14 @@ def test_slurm_cluster_options_reach_dask_jobqueue(monkeypatch):
 
     with pytest.raises(SendmapInputError, match="dask-jobqueue"):
         execute.get_client(compute)
+
+
+def test_compute_memory_limit_is_validated(small):
+    from sendmap.config import ConfigError, load_config
+
+    assert load_config(small / "config.yaml", ["compute.memory_limit=1.5GB"]).compute.memory_limit == "1.5GB"
+    assert load_config(small / "config.yaml", ["compute.memory_limit=500000000"]).compute.memory_limit == "500000000"
+    with pytest.raises(ConfigError, match="compute.memory_limit"):
+        load_config(small / "config.yaml", ["compute.memory_limit=lots"])
+    with pytest.raises(ConfigError, match="did you mean 'compute.cluster'"):
+        load_config(small / "config.yaml", ["compute.clustr=slurm"])
