@@ -303,3 +303,29 @@ def test_compute_memory_limit_is_validated(small):
         load_config(small / "config.yaml", ["compute.memory_limit=lots"])
     with pytest.raises(ConfigError, match="did you mean 'compute.cluster'"):
         load_config(small / "config.yaml", ["compute.clustr=slurm"])
+
+
+def test_run_killed_from_outside_mid_profiles_while_a_second_run_is_refused(small, capsys):
+    """A real run on the same output is refused while another holds it; that run, SIGKILLed from outside (no
+    hook) right after it enters profiles, is completed by the next run with the same result."""
+    out = small / "outside_kill"
+    cmd = [sys.executable, "-m", "sendmap.cli", "run", str(small / "config.yaml"), "--no-progress",
+           "--set", f"output.dir={out}", *SMALL_BLOCKS]
+    proc = subprocess.Popen(cmd, env={**_env(), "SENDMAP_RESUME_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("[sendmap] profiles:"):
+                break
+        os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-stage, holding the output folder
+        assert main(cmd[3:]) == 2
+        assert f"another sendmap run (pid {proc.pid}) is writing to {out}" in capsys.readouterr().err
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    assert main(cmd[3:]) == 0
+    _assert_same_store(small / "ref" / "sendmap.zarr", out / "sendmap.zarr")
