@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 BATCH_DIR ?= configs/scenarios
+BATCH_ARGS ?=
 
 .PHONY: demo test run batch bench venv clean clean-numba scenarios
 
@@ -27,7 +28,7 @@ run: $(STAMP)
 	$(BIN)/sendmap run $(CONFIG)
 
 batch: $(STAMP)
-	@set -e; for c in $(BATCH_DIR)/*.yaml; do echo "== $$c"; $(BIN)/sendmap run "$$c" --no-progress || echo "FAILED: $$c"; done
+	$(BIN)/sendmap batch $(BATCH_DIR) $(BATCH_ARGS)
 
 # `make bench`: sendmap vs pyFAI (in .venv) and py4DSTEM (own venv: it pins numpy<2) and rosettasciio; writes
 # ~5 GB of synthetic Merlin data into bench_data/ once. BENCH_ARGS e.g. "--only profiles --data3g /elsewhere".

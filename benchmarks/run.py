@@ -8,6 +8,11 @@ Sections (``--only NAME[,NAME]`` runs some; all three by default):
 * ``wholerun``: the whole ``sendmap run --force --no-progress`` (ingest to figures, one process, wall time and
   peak RssAnon) against pyFAI's integrate1d alone over the same frames, reading included (target: sendmap's
   whole run faster).
+* ``rerun``: on the 2.9 GB file (``--rerun-data``, default ``--data3g``): wall time and peak memory of a first
+  ``sendmap run --force``, of a re-run after a classification change (``--set classify.definitions.lif_spot_z``;
+  target < 10 % of the first), of that re-run without figures, and of a first run on a local dask cluster of 2
+  workers limited to ``--worker-memory`` each (default 500MB: the dataset is several times their memory); the
+  largest RSS of each worker and whether its results equal the threads run's.
 * ``ingest``: a 2.15 GB Merlin file (128 × 128 positions of 256² uint16, ``--data``) ingested by sendmap
   (``timing_s.ingest``, and ``sendmap run --until ingest`` as a process) and by rosettasciio's lazy reader
   written to zarr with dask (benchmarks/ref_rsciio_ingest.py); then the whole ``sendmap run`` on it; peak
@@ -340,7 +345,83 @@ def bench_ingest(folder: Path) -> None:
     print(f"  whole-run stage times (s): {summary['timing_s']}")
 
 
-SECTIONS = ("profiles", "wholerun", "ingest")
+RERUN_CHANGE = "classify.definitions.lif_spot_z=6.5"
+"""The classification change of the ``rerun`` section (default 6.0): classify, statistics and report rerun."""
+
+
+def _stages(out: Path) -> dict:
+    return json.loads((out / "sendmap.zarr" / "zarr.json").read_text())["attributes"]["stages"]
+
+
+def _same_results(a: Path, b: Path) -> str:
+    """Whether two stores hold the same profiles, peaks and classes (bit for bit), as a short text."""
+    import numpy as np
+    import zarr
+
+    ga, gb = zarr.open_group(str(a / "sendmap.zarr"), mode="r"), zarr.open_group(str(b / "sendmap.zarr"), mode="r")
+    diff = [k for k in ("calibration/origin", "profiles/mean", "profiles/sem", "features/spot_z", "peaks/q_peak",
+                        "maps/peak_q", "maps/class", "ingest/sum_pattern")
+            if not np.array_equal(np.asarray(ga[k]), np.asarray(gb[k]), equal_nan=True)]
+    return "identical" if not diff else "DIFFERENT: " + ", ".join(diff)
+
+
+def bench_rerun(folder: Path, worker_memory: str, workers: int = 2) -> dict:
+    """First run, re-run after a classification change, and a first run on a local dask cluster of ``workers``
+    workers limited to ``worker_memory`` each: wall time and peak memory of each (one process tree each)."""
+    from dask.utils import parse_bytes
+
+    mib = _synth(folder, BIG_SCAN, BIG_DETECTOR, "2.9 GB", "about 3-4 minutes") \
+        if not (folder / "synth.mib").exists() else folder / "synth.mib"
+    cfg = folder / "config.yaml"
+    size = sum(f.stat().st_size for f in folder.glob("synth.*"))
+    out, out_dist = folder / "results_rerun", folder / "results_rerun_dask"
+    sendmap = [sys.executable, "-m", "sendmap.cli", "run", str(cfg), "--no-progress"]
+    _warm(mib)
+    print(f"\nincremental re-run and a {workers}-worker dask cluster on {mib} ({size / 1e9:.2f} GB; page cache warm):")
+    runs = {}
+    runs["first"] = run_measured(sendmap + ["--set", f"output.dir={out}", "--force"])
+    profiles_before = _stages(out)["profiles"] if not runs["first"]["returncode"] else None
+    runs["change"] = run_measured(sendmap + ["--set", f"output.dir={out}", "--set", RERUN_CHANGE])
+    runs["change_nofig"] = run_measured(sendmap + ["--set", f"output.dir={out}", "--set",
+                                                   RERUN_CHANGE.replace("6.5", "7.0"), "--set", "output.figures=false"])
+    # (with the last classification of `out`, so that every array can be compared with it)
+    runs["dask"] = run_measured(sendmap + ["--set", f"output.dir={out_dist}", "--force", "--set",
+                                           "compute.scheduler=distributed", "--set", f"compute.n_workers={workers}",
+                                           "--set", f"compute.memory_limit={worker_memory}", "--set",
+                                           RERUN_CHANGE.replace("6.5", "7.0"), "--set", "output.figures=false"])
+    for name, r in runs.items():
+        if r["returncode"]:
+            raise SystemExit(f"sendmap run ({name}) failed (exit {r['returncode']})")
+    first, change, nofig, dask = (runs[k] for k in ("first", "change", "change_nofig", "dask"))
+    st_change = json.loads((out / "summary.json").read_text())  # the last run on `out`: change_nofig
+    stages = _stages(out)
+    recomputed = [k for k, v in st_change["timing_s"].items() if k not in st_change["reused_stages"]]
+    t_first = first["wall_s"]
+    rows = [
+        ("first run (sendmap run --force, threads)", first),
+        (f"re-run after --set {RERUN_CHANGE}", change),
+        ("  the same without figures (output.figures=false)", nofig),
+        (f"first run, local dask cluster: {workers} workers x {worker_memory}, no figures", dask),
+    ]
+    for label, r in rows:
+        extra = ""
+        if r is not first:
+            extra = f"  {r['wall_s'] / t_first * 100:5.1f} % of the first run"
+        if r is dask:
+            extra += "; largest worker RSS " + ", ".join(f"{m:.0f}" for m in r["child_peak_rss_mib"][:workers]) + " MiB"
+        print(f"  {label:72s} {r['wall_s']:7.1f} s  peak RssAnon {r['peak_rss_anon_mib']:6.0f} MiB{extra}")
+    ratio = change["wall_s"] / t_first
+    print(f"  re-run / first: {ratio * 100:.1f} % (target < 10 %: {'met' if ratio < 0.1 else 'NOT met'}); "
+          f"recomputed: {', '.join(recomputed)}; profiles untouched: "
+          f"{'yes' if stages['profiles'] == profiles_before else 'NO'}")
+    print(f"  re-run stage times (s): {json.loads((out / 'summary.json').read_text())['timing_s']}")
+    limit = parse_bytes(worker_memory)
+    print(f"  dask: the dataset is {size / limit:.1f}x one worker's memory limit and {size / (workers * limit):.1f}x "
+          f"all {workers} workers'; results vs the threads run: {_same_results(out, out_dist)}")
+    return runs
+
+
+SECTIONS = ("profiles", "wholerun", "ingest", "rerun")
 
 
 def main(argv=None) -> int:
@@ -350,6 +431,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT / "bench_data" / "merlin_2g"), help="folder of the 2.15 GB ingest file")
     p.add_argument("--data3g", default=str(ROOT / "bench_data" / "merlin_3g"),
                    help="folder of the 2.9 GB file of the profiles and wholerun sections")
+    p.add_argument("--rerun-data", default=None, metavar="FOLDER",
+                   help="folder of the rerun section's dataset (synth.mib + config.yaml; default: --data3g)")
+    p.add_argument("--worker-memory", default="500MB",
+                   help="memory limit of each of the 2 dask workers in the rerun section (default 500MB)")
     p.add_argument("--pyfai-frames", type=int, default=0, help="frames for pyFAI (0: all)")
     p.add_argument("--py4dstem-frames", type=int, default=256, help="frames for py4DSTEM (it is slow)")
     p.add_argument("--repeat", type=int, default=1,
@@ -370,6 +455,8 @@ def main(argv=None) -> int:
         bench_wholerun(big)
     if "ingest" in only:
         bench_ingest(Path(args.data))
+    if "rerun" in only:
+        bench_rerun(Path(args.rerun_data or args.data3g), args.worker_memory)
     return 0
 
 

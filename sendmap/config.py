@@ -205,12 +205,39 @@ class OutputConfig(_Section):
 class ComputeConfig(_Section):
     scheduler: Literal["threads", "processes", "distributed", "synchronous"] = "threads"
     address: Optional[str] = Field(None, description="tcp://host:port of a running dask scheduler (distributed)")
-    n_workers: Optional[int] = Field(None, ge=1)
+    n_workers: Optional[int] = Field(None, ge=1, description="worker threads/processes (threads, processes) or "
+                                                        "dask workers (distributed: local cluster, or SLURM jobs' workers)")
+    threads_per_worker: int = Field(1, ge=1, description="distributed: tasks (blocks) run at once per dask worker "
+                                                          "(each with one numba thread)")
+    memory_limit: Optional[str] = Field(None, description="distributed, local or SLURM cluster: memory per worker, "
+                                                          "e.g. '1GB' (dask's limit: a worker above 95 % is restarted); "
+                                                          "null = dask's default (the machine's memory / workers)")
+    cluster: Literal["local", "slurm"] = Field("local", description="distributed without address: start a local "
+                                                                      "cluster, or SLURM jobs with dask-jobqueue")
+    cluster_options: dict[str, Any] = Field(default_factory=dict, description="cluster: slurm: keyword arguments of "
+                                                                               "dask_jobqueue.SLURMCluster (queue, "
+                                                                               "account, cores, memory, walltime, ...)")
     chunk_mb: float = Field(16.0, gt=0, description="target size of one stored chunk of data (whole scan rows where "
                                                        "a row is at most twice this), MB")
     block_mb: float = Field(32.0, gt=0, description="data read and processed per task (whole chunks), MB; memory "
                                                        "per worker is a few times this")
     progress: bool = True
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory(cls, v):
+        if v is None or isinstance(v, str):
+            if isinstance(v, str):
+                from dask.utils import parse_bytes
+
+                try:
+                    parse_bytes(v)
+                except (ValueError, TypeError):
+                    raise ValueError(f"not a memory size: {v!r} (e.g. '1GB', '512MiB')") from None
+            return v
+        if isinstance(v, (int, float)) and v > 0:
+            return str(int(v))
+        raise ValueError("a memory size such as '1GB', or a number of bytes")
 
 
 class Config(_Section):

@@ -11,3 +11,10 @@ class SendmapInputError(Exception):
 
 class ConfigError(SendmapInputError):
     """A config file or ``--set`` override is invalid (unknown key, wrong type, bad value)."""
+
+
+class SendmapOutputError(SendmapInputError):
+    """The output cannot be written: a full disk, a read-only or unwritable output folder, a lost mount.
+
+    Exit code 2 like bad input: the message names the folder (and file) and what to do.
+    """

@@ -3,14 +3,16 @@
 A block task is split into ``load(item)`` (I/O: read a block of frames) and ``process(loaded)``
 (numba kernels over the whole block); both are module-level functions so they pickle.
 
-* ``threads`` (default) and ``synchronous``: blocks are processed in order in this process; with
-  ``threads`` the next block is read on a background thread while the numba kernels (parallel over all
-  cores) work on the current one. Kernels are never launched from two threads at once.
+* ``threads`` (default) and ``synchronous``: blocks are processed in this process; with ``threads`` and
+  a thread-safe ``process`` one block per core is in flight (each thread's numba kernels on one thread),
+  else the next block is read on a background thread while the kernels work on the current one.
 * ``processes``: a pool of worker processes, each running load+process with its share of the cores.
-* ``distributed``: a dask.distributed client — a local cluster, or the scheduler at
-  ``compute.address`` — mapping load+process over blocks.
+* ``distributed``: a dask.distributed client — a local cluster (``compute.n_workers``,
+  ``threads_per_worker``, ``memory_limit``), SLURM jobs through dask-jobqueue (``compute.cluster: slurm``),
+  or the scheduler at ``compute.address`` — running load+process per block on the workers.
 
-Results come back in item order whatever the scheduler.
+Results are delivered in item order whatever the scheduler, with a bounded number of blocks in flight
+(about two per worker slot), so memory is set by the block size, not by the dataset.
 """
 from __future__ import annotations
 
@@ -92,18 +94,19 @@ def run_blocks(load: Callable, process: Callable, items: Sequence, compute, desc
             # spawn, not fork: a forked child of a process whose numba thread pool is running can crash
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(per,)) as pool:
-                futures = [pool.submit(_load_and_process, load, process, it) for it in items]
-                for i, f in enumerate(futures):
-                    deliver(i, f.result())
+                _in_order_window(lambda it: pool.submit(_load_and_process, load, process, it), items, 2 * n,
+                                 lambda f: f.result(), deliver)
         elif scheduler == "distributed":
-            from distributed import as_completed
-
             client = get_client(compute)
-            futures = client.map(_load_and_process, [load] * len(items), [process] * len(items), items, pure=False)
-            index = {f.key: i for i, f in enumerate(futures)}
-            for f in as_completed(futures):
-                deliver(index[f.key], f.result())
+            slots = sum(client.nthreads().values()) or 1
+
+            def result(f):
+                r = f.result()
                 f.release()
+                return r
+
+            _in_order_window(lambda it: client.submit(_load_and_process, load, process, it, pure=False), items,
+                             2 * slots, result, deliver)
         else:  # pragma: no cover - the config validator rejects other names
             raise ValueError(f"unknown scheduler {scheduler}")
     finally:
@@ -111,20 +114,86 @@ def run_blocks(load: Callable, process: Callable, items: Sequence, compute, desc
     return results
 
 
+def _in_order_window(submit: Callable, items: Sequence, window: int, result: Callable, deliver: Callable) -> None:
+    """Keep at most ``window`` tasks in flight and deliver their results in item order: the caller's
+    ``on_result`` sees blocks in scan order (the profile stage writes whole chunks of consecutive blocks), and
+    finished results never pile up (in workers or here) behind a slow one."""
+    futures: dict = {}
+    for i in range(len(items)):
+        for j in range(i, min(len(items), i + max(1, window))):
+            if j not in futures:
+                futures[j] = submit(items[j])
+        deliver(i, result(futures.pop(i)))
+
+
 _CLIENT = None
+_CLIENT_SPEC = None
 
 
 def get_client(compute):
-    """The dask.distributed client: connect to ``compute.address`` or start one local cluster per process."""
-    global _CLIENT
+    """The dask.distributed client for a compute section: connect to ``compute.address``, or start a cluster
+    (``compute.cluster``: ``local`` — a LocalCluster of ``n_workers`` processes with ``threads_per_worker``
+    threads and ``memory_limit`` each — or ``slurm`` — dask-jobqueue's SLURMCluster with ``cluster_options``,
+    scaled to ``n_workers`` workers). One client per process and per such setting; later runs with the same
+    setting reuse it (a batch, the stages of one run)."""
+    global _CLIENT, _CLIENT_SPEC
     from distributed import Client, LocalCluster
 
-    if _CLIENT is not None and _CLIENT.status == "running":
+    from .errors import SendmapInputError
+
+    spec = (compute.address, compute.cluster, compute.n_workers, compute.threads_per_worker, compute.memory_limit,
+            repr(sorted(compute.cluster_options.items())))
+    if _CLIENT is not None and _CLIENT_SPEC == spec and _CLIENT.status == "running":
         return _CLIENT
+    close_client()
     if compute.address:
-        _CLIENT = Client(compute.address)
+        try:
+            client = Client(compute.address, timeout="20s")
+        except OSError as exc:
+            raise SendmapInputError(f"compute.address: cannot reach a dask scheduler at {compute.address}: {exc}") from None
+    elif compute.cluster == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError:
+            raise SendmapInputError("compute.cluster: slurm needs dask-jobqueue (pip install 'sendmap[slurm]' or "
+                                    "pip install dask-jobqueue)") from None
+        opts = dict(compute.cluster_options)
+        if compute.memory_limit and "memory" not in opts:
+            opts["memory"] = compute.memory_limit
+        opts.setdefault("cores", compute.threads_per_worker)
+        try:
+            cluster = SLURMCluster(**opts)
+        except (TypeError, ValueError) as exc:
+            raise SendmapInputError(f"compute.cluster_options: SLURMCluster does not accept {opts}: {exc}") from None
+        cluster.scale(compute.n_workers or 2)
+        client = Client(cluster)
+        client.wait_for_workers(1)
     else:
         n = compute.n_workers or max(1, min(2, os.cpu_count() or 1))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        _CLIENT = Client(cluster)
-    return _CLIENT
+        # no spilling or pausing: a worker holds no managed data (each result goes straight to this process),
+        # its memory is the block in hand; pausing on that would wait forever. Above 95 % of memory_limit the
+        # nanny restarts it and the block is retried.
+        import dask
+
+        with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                              "distributed.worker.memory.pause": False}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=compute.threads_per_worker, processes=True,
+                                   dashboard_address=None, memory_limit=compute.memory_limit or "auto")
+        client = Client(cluster)
+    _CLIENT, _CLIENT_SPEC = client, spec
+    return client
+
+
+def close_client() -> None:
+    """Close the client (and the cluster this process started, if any)."""
+    global _CLIENT, _CLIENT_SPEC
+    if _CLIENT is None:
+        return
+    client, _CLIENT, _CLIENT_SPEC = _CLIENT, None, None
+    cluster = getattr(client, "cluster", None)
+    try:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    except Exception:  # closing is best effort
+        pass

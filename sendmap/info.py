@@ -34,8 +34,10 @@ def describe(path: Path) -> dict:
         return {"kind": "sendmap result store", "path": str(store), "status": attrs.get("status"),
                 "sendmap_version": attrs.get("sendmap_version"), "created": attrs.get("created"),
                 "input": attrs.get("input"), "calibration": attrs.get("calibration"), "dose": attrs.get("dose"),
-                "stages": {k: {kk: v[kk] for kk in ("key", "completed", "seconds") if kk in v}
+                "stages": {k: {kk: v[kk] for kk in ("key", "completed", "seconds", "blocks", "blocks_resumed")
+                               if kk in v}
                            for k, v in attrs.get("stages", {}).items()},
+                "unfinished": _unfinished(store.parent),
                 "arrays": arrays}
     ds = open_dataset(path, "auto")
     if ds.format == "zarr":
@@ -44,6 +46,19 @@ def describe(path: Path) -> dict:
             "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype),
             "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
             "fingerprint": fingerprint(path), "metadata": ds.metadata}
+
+
+def _unfinished(out_dir: Path) -> dict:
+    """Block stages a killed run left part-done (the next run resumes them): blocks done per stage."""
+    from .resume import RESUME_DIR, read_record
+
+    out = {}
+    for rec in sorted((out_dir / RESUME_DIR).glob("*.rec")):
+        meta = read_record(out_dir, rec.stem)
+        if meta:
+            out[rec.stem] = {"blocks_done": len(meta.get("done", [])), "blocks": len(meta.get("plan", {}).get("blocks", [])),
+                             "key": meta.get("key")}
+    return out
 
 
 def _is_result_store(path: Path) -> bool:

@@ -241,9 +241,11 @@ def stage_ingest(ctx) -> None:
             del g["data"]
     else:
         ref = {"store": ctx.store_path, "path": "data"}
+        target = (ctx.store_path, "data")
+    progress = _ingest_progress(ctx, plan, ref)
+    if target is not None and not progress.resumed:
         g.create_array("data", shape=(*plan.scan_shape, *plan.frame_shape), dtype=plan.dtype, chunks=plan.chunk_shape,
                        compressors=compressor(), overwrite=True, fill_value=0)
-        target = (ctx.store_path, "data")
     # input chunks matched to the stored blocks, so each input chunk is read once
     y0, y1, x0, x1 = plan.input_region(plan.blocks[0])
     if target is None:  # in place: dask chunks = the blocks, groups of whole stored chunks
@@ -258,16 +260,22 @@ def stage_ingest(ctx) -> None:
     # the virtual-detector regions come from the first block, which is then processed like every other
     r_disk = disk_radius_px(cfg)
     items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
-    first = load(items[0])
-    mean_first = np.nanmean(first[1], axis=(0, 1))[None, None]  # crop_q applied, not yet binned
-    mean_first = bin_block(mean_first, 1, plan.bin_q, np.float64)[0, 0]
-    bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
+    saved = progress.arrays
+    first = None
+    if progress.resumed:  # the virtual detectors and reductions of the finished blocks, as the killed run left them
+        bf_mask, adf_mask, vcentre = saved["bf_mask"], saved["adf_mask"], saved["vcentre"].tolist()
+        ctx.log(f"[sendmap] ingest: resuming, {len(progress.done)}/{len(items)} blocks done")
+    else:
+        first = load(items[0])
+        mean_first = np.nanmean(first[1], axis=(0, 1))[None, None]  # crop_q applied, not yet binned
+        mean_first = bin_block(mean_first, 1, plan.bin_q, np.float64)[0, 0]
+        bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
     process = _Process(bf_mask, adf_mask, inp.nonfinite, target)
 
-    total_sum = np.zeros(plan.frame_shape)
-    total_max = np.full(plan.frame_shape, -np.inf)
-    nonfinite = np.zeros(plan.frame_shape, np.int64)
-    maps = {k: np.zeros(plan.scan_shape) for k in ("total", "bf", "adf")}
+    total_sum = saved["sum"] if progress.resumed else np.zeros(plan.frame_shape)
+    total_max = saved["max"] if progress.resumed else np.full(plan.frame_shape, -np.inf)
+    nonfinite = saved["nonfinite"] if progress.resumed else np.zeros(plan.frame_shape, np.int64)
+    maps = {k: saved[k] if progress.resumed else np.zeros(plan.scan_shape) for k in ("total", "bf", "adf")}
 
     def collect(_, res):
         (y0, y1, x0, x1), out = res
@@ -276,12 +284,18 @@ def stage_ingest(ctx) -> None:
         nonfinite[...] += out["nonfinite"]
         for k in maps:
             maps[k][y0:y1, x0:x1] = out[k]
+        progress.record([(y0, y1, x0, x1)], {"bf_mask": bf_mask, "adf_mask": adf_mask, "vcentre": np.asarray(vcentre),
+                                             "sum": total_sum, "max": total_max, "nonfinite": nonfinite, **maps})
 
     frame_bytes = int(np.prod(ds.frame_shape)) * ds.data.dtype.itemsize
     sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes for b in plan.blocks]
-    collect(0, process(first))
-    del first
-    run_blocks(load, process, items[1:], cfg.compute, "ingest", on_result=collect, sizes=sizes[1:], thread_safe=True)
+    if first is not None:
+        collect(0, process(first))
+        del first
+    todo = [i for i in range(len(items)) if not progress.is_done(items[i][1])]
+    ctx.stage_info.update(blocks=len(items), blocks_resumed=len(items) - len(todo) if progress.resumed else 0)
+    run_blocks(load, process, [items[i] for i in todo], cfg.compute, "ingest", on_result=collect,
+               sizes=[sizes[i] for i in todo], thread_safe=True)
     n = maps["total"].size
     total_max[~np.isfinite(total_max)] = 0.0
     write_array(g, "ingest/sum_pattern", total_sum, {"units": "counts summed over all positions"})
@@ -302,6 +316,27 @@ def stage_ingest(ctx) -> None:
         "scan_shape": list(plan.scan_shape), "frame_shape": list(plan.frame_shape), "dtype": plan.dtype.str,
         "chunks": list(plan.chunk_shape), "in_place": target is None, "nonfinite_values": n_bad,
         "input_bytes": int(math.prod(ds.data.shape) * ds.data.dtype.itemsize)})
+
+
+def _ingest_progress(ctx, plan: IngestPlan, ref: dict):
+    """The resume record of this ingest (see :mod:`sendmap.resume`): used when the key and the block plan match
+    and, where the data are copied, the stored ``data`` array is the one that plan creates."""
+    from .resume import BlockProgress
+    from .store import remove_stray_temps
+
+    rplan = {"scan_shape": plan.scan_shape, "frame_shape": plan.frame_shape, "dtype": plan.dtype.str,
+             "chunks": plan.chunks, "blocks": plan.blocks, "crop_r": plan.crop_r, "crop_q": plan.crop_q,
+             "bin_r": plan.bin_r, "bin_q": plan.bin_q, "data": ref}
+    progress = BlockProgress(ctx.out_dir, "ingest", ctx.stage_key, rplan, enabled=ctx.resume)
+    if progress.resumed and ref["path"] == "data" and ref["store"] == ctx.store_path:
+        arr = ctx.group.get("data")
+        if arr is None or tuple(arr.shape) != (*plan.scan_shape, *plan.frame_shape) \
+                or tuple(arr.chunks) != plan.chunk_shape or np.dtype(arr.dtype) != plan.dtype:
+            progress.clear()
+            progress.done, progress.arrays, progress.resumed = set(), {}, False
+        else:
+            remove_stray_temps(Path(ctx.store_path, "data"))
+    return progress
 
 
 def open_data(store_path: str):

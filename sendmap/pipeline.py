@@ -8,13 +8,14 @@ a stage); ``pipelines/README.md`` describes it for users.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from .errors import SendmapInputError
 from .ingest import stage_ingest
 from .io import Dataset, fingerprint, open_dataset
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
+from .resume import clear_resume_record
 from .store import (STORE_NAME, compressor, now_iso, open_store, set_attrs, write_array, write_json_atomic,
                     write_region_direct)
 
@@ -37,6 +39,12 @@ class Context:
     dataset: Dataset | None
     input_info: dict
     log: Callable[[str], None] = print
+    stage_key: str | None = None
+    """Cache key of the stage being run (block stages key their resume record with it)."""
+    resume: bool = True
+    """Block stages may resume from the finished blocks of a killed run (False with ``--force``)."""
+    stage_info: dict = field(default_factory=dict)
+    """What the stage being run reports for its ``stages`` entry (block stages: ``blocks``, ``blocks_resumed``)."""
 
     @property
     def store_path(self) -> str:
@@ -365,6 +373,25 @@ def stage_calibrate(ctx: Context) -> None:
 
 # --------------------------------------------------------------------------------------------- profiles
 
+def block_progress(ctx: Context, stage: str, plan: dict, arrays: list[str]):
+    """The resume record of a block stage (:mod:`sendmap.resume`) whose blocks write ``arrays`` of the store: used
+    when the stage key and ``plan`` match those of a killed run and its arrays are there (stray temporary chunk
+    files removed), else discarded. Logs how many blocks are done."""
+    from .resume import BlockProgress
+    from .store import remove_stray_temps
+
+    progress = BlockProgress(ctx.out_dir, stage, ctx.stage_key, plan, enabled=ctx.resume)
+    if progress.resumed:
+        if all(a in ctx.group for a in arrays):
+            for a in arrays:
+                remove_stray_temps(Path(ctx.store_path, a))
+            ctx.log(f"[sendmap] {stage}: resuming, {len(progress.done)}/{len(plan['blocks'])} blocks done")
+        else:
+            progress.clear()
+            progress.done, progress.arrays, progress.resumed = set(), {}, False
+    return progress
+
+
 def profile_geometry(cfg: Config, calib: dict, frame_shape: tuple[int, int], origin: np.ndarray):
     from .science.polar import PolarGeometry
 
@@ -415,7 +442,8 @@ def _one_numba_thread_off_main() -> None:
 
 
 PROFILE_CHUNK_BYTES = 16e6
-"""Target size of one chunk of each (Ry, Rx, nq) float32 profile array."""
+"""Target size of one chunk of each (Ry, Rx, nq) float32 profile array (at the default ``compute.chunk_mb`` of 16,
+scaled with it)."""
 
 PROFILE_OUTPUTS = {
     "mean": ("profiles", {"units": "counts per pixel", "meaning": "azimuthal mean I(Q)"}),
@@ -461,10 +489,16 @@ def stage_profiles(ctx: Context) -> None:
     # systems, 8 arrays × every block adds up); blocks of part of a row are one chunk each.
     by, bx = blocks[0][1] - blocks[0][0], blocks[0][3] - blocks[0][2]
     whole_rows = all(b[2] == 0 and b[3] == rx for b in blocks)
-    per_chunk = max(1, int(PROFILE_CHUNK_BYTES // (by * bx * geom.nq * 4))) if whole_rows else 1
+    chunk_bytes = PROFILE_CHUNK_BYTES * cfg.compute.chunk_mb / 16.0  # 16 MB at the default compute.chunk_mb
+    per_chunk = max(1, int(chunk_bytes // (by * bx * geom.nq * 4))) if whole_rows else 1
     chunks = (by * per_chunk, bx, geom.nq)
+    progress = block_progress(ctx, "profiles", {"shape": (ry, rx, geom.nq), "chunks": chunks, "blocks": blocks},
+                              [f"{grp}/{nm}" for nm, (grp, _) in PROFILE_OUTPUTS.items()])
     arrays = {}
     for nm, (grp, attrs) in PROFILE_OUTPUTS.items():
+        if progress.resumed:  # the killed run's arrays, with its finished chunks
+            arrays[nm] = g[f"{grp}/{nm}"]
+            continue
         arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks,
                                     overwrite=True, fill_value=float("nan"), compressors=compressor(),
                                     chunk_key_encoding={"name": "default", "separator": "."})
@@ -472,8 +506,8 @@ def stage_profiles(ctx: Context) -> None:
             arrays[nm].attrs.update(attrs)
     for nm in ("iqn", "iqn_sem", "iqn_robust"):
         arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
-    bf = np.zeros((ry, rx))
-    adf = np.zeros((ry, rx))
+    bf = progress.arrays.get("bf", np.zeros((ry, rx)))
+    adf = progress.arrays.get("adf", np.zeros((ry, rx)))
 
     pending: list = []  # results not yet written, in scan order: ((y0, x0), {name: (rows, cols, nq) array})
 
@@ -483,10 +517,15 @@ def stage_profiles(ctx: Context) -> None:
             for nm, (grp, _) in PROFILE_OUTPUTS.items():
                 block = np.concatenate([r[nm] for _, r in pending], axis=0)
                 write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".")
+            progress.record(list(pending_blocks), {"bf": bf, "adf": adf})
             pending.clear()
+            pending_blocks.clear()
+
+    pending_blocks: list = []  # the blocks of ``pending``, recorded as finished once their chunks are written
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
+        pending_blocks.append((y0, y1, x0, x1))
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
         out["robust_mean"] = out.pop("robust")
@@ -500,7 +539,8 @@ def stage_profiles(ctx: Context) -> None:
             flush()
 
     _DATA_ARRAYS.pop(ctx.store_path, None)
-    items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks]
+    items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
+    ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
     run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q), items, cfg.compute, "profiles",
                on_result=put, thread_safe=True)
     flush()
@@ -695,23 +735,35 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
 
 
 class OutputLock:
-    """An exclusive lock file in the output folder: two runs on one output at once are refused."""
+    """An exclusive lock file in the output folder: two runs on one output at once are refused.
+
+    The file holds the pid and host of the run. A lock whose pid is dead on this host is stale (a killed run)
+    and is taken over; a lock of another host (a shared file system) cannot be checked and is respected."""
 
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / ".sendmap.lock"
 
     def __enter__(self):
+        import socket
+
+        me = socket.gethostname()
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
+                os.write(fd, f"{os.getpid()} {me}".encode())
                 os.close(fd)
                 return self
             except FileExistsError:
                 try:
-                    pid = int(self.path.read_text().strip() or 0)
+                    pid_text, _, host = self.path.read_text().strip().partition(" ")
+                    pid = int(pid_text or 0)
                 except (OSError, ValueError):
-                    pid = 0
+                    pid, host = 0, ""
+                if host and host != me:
+                    raise SendmapInputError(
+                        f"another sendmap run (pid {pid} on host {host}) is writing to {self.path.parent}; wait for "
+                        f"it to finish or use another output.dir (if no run is active there, delete {self.path})"
+                    ) from None
                 if pid and _pid_alive(pid):
                     raise SendmapInputError(
                         f"another sendmap run (pid {pid}) is writing to {self.path.parent}; wait for it to finish "
@@ -747,7 +799,60 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise SendmapInputError(f"cannot write to the output folder {out_dir}: {exc.strerror}") from None
+        raise output_error(exc, out_dir, None) from None
+    try:
+        return _run_locked(cfg, out_dir, dataset, input_info, force, log, until)
+    except OSError as exc:
+        if _is_output_error(exc, out_dir):
+            raise output_error(exc, out_dir, getattr(exc, "sendmap_stage", None)) from None
+        raise
+
+
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+"""Write errors that are the output folder's condition (not a bug): reported in one paragraph, exit code 2."""
+
+
+def _is_output_error(exc: OSError, out_dir: Path) -> bool:
+    """A full disk anywhere, or a permission/read-only error on a file of the output folder."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    if exc.errno not in OUTPUT_ERRNOS:
+        return False
+    name = getattr(exc, "filename", None)
+    return name is None or os.path.abspath(str(name)).startswith(os.path.abspath(str(out_dir)))
+
+
+def output_error(exc: OSError, out_dir: Path, stage: str | None):
+    """A :class:`SendmapOutputError` for a write that failed: what, where, how much space is left, what to do."""
+    from .errors import SendmapOutputError
+
+    import shutil
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    what = f"the {stage} stage's results" if stage else "the results"
+    try:
+        free = f"; {shutil.disk_usage(out_dir).free / 1e6:.0f} MB free there"
+    except OSError:
+        free = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = f"the disk is full{' (quota)' if exc.errno == errno.EDQUOT else ''}{free}"
+        todo = "free some space or set output.dir to another disk, then run again"
+    elif exc.errno == errno.EROFS:
+        why = "the file system is read-only"
+        todo = "set output.dir to a writable folder"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = "permission denied"
+        todo = "make it writable or set output.dir to a writable folder"
+    else:
+        why = exc.strerror or str(exc)
+        todo = "set output.dir to a writable folder"
+    resume = (": finished stages are reused and the finished blocks of ingest and profiles are not redone"
+              if stage else "")
+    return SendmapOutputError(f"cannot write {what} to the output folder {out_dir}: {why}{where}. "
+                              f"Nothing there is marked complete; {todo}{resume}.")
+
+
+def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bool, log, until) -> dict:
     with OutputLock(out_dir):
         summary_path = out_dir / "summary.json"
         summary_path.unlink(missing_ok=True)  # a stale summary must not stand for an unfinished run
@@ -771,16 +876,23 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
             done.pop(st.name, None)
             set_attrs(group, stages=done)
             log(f"[sendmap] {st.name}: {st.doc}")
+            ctx.stage_key, ctx.resume, ctx.stage_info = keys[st.name]["key"], not force, {}
             t0 = time.perf_counter()
             try:
                 st.run(ctx)
-            except BaseException:
-                set_attrs(group, status="failed")
+            except BaseException as exc:
+                if isinstance(exc, OSError):
+                    exc.sendmap_stage = st.name
+                try:
+                    set_attrs(group, status="failed")
+                except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
+                    pass
                 raise
             timing[st.name] = round(time.perf_counter() - t0, 3)
             done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
-                             "seconds": timing[st.name], "sendmap_version": __version__}
+                             "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}
             set_attrs(group, stages=done)
+            clear_resume_record(out_dir, st.name)  # only now: a kill before this line resumes from the record
             if st.name == until:
                 break
         summary = build_summary(group, timing, reused)

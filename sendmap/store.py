@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +80,34 @@ def write_region_direct(array_dir: Path, chunk_shape: tuple, region_start: tuple
             chunk = full
         key = [str((a + o) // c) for a, o, c in zip(lo, region_start, chunk_shape)]
         path = Path(array_dir, "c", *key) if separator == "/" else Path(array_dir, separator.join(["c", *key]))
-        blob = codec.encode(np.ascontiguousarray(chunk))
-        try:
-            path.write_bytes(blob)
-        except FileNotFoundError:  # first chunk of its folder (mkdir on every chunk costs ~1 ms on this VM)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(blob)
+        _write_chunk_atomic(path, codec.encode(np.ascontiguousarray(chunk)))
+
+
+def _write_chunk_atomic(path: Path, blob) -> None:
+    """Write a chunk file under a temporary name in its folder, then rename it into place: a run killed
+    mid-write leaves a stray ``.tmp-*`` file (ignored by zarr, removed by :func:`remove_stray_temps`), never a
+    truncated chunk (the next run rewrites that chunk; a rename replaces the old file atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_bytes(blob)
+    except FileNotFoundError:  # first chunk of its folder (mkdir on every chunk costs ~1 ms on this VM)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(blob)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written temporary left behind
+        raise
+    os.replace(tmp, path)
+
+
+def remove_stray_temps(array_dir: Path) -> int:
+    """Delete the temporary chunk files (``.*.tmp-*``) a killed run left in an array's folder; return how many."""
+    n = 0
+    root = Path(array_dir)
+    if root.is_dir():
+        for f in root.rglob(".*.tmp-*"):
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def read_region_direct(arr, region: tuple[int, int, int, int]) -> np.ndarray | None:
