@@ -130,3 +130,22 @@ def test_virtual_images_sum_the_counts_around_each_centre(synth_run):
     ref_adf = (data * ((q >= lo) & (q < hi) & mask)).sum(axis=(2, 3))
     assert abs(np.median(bf / ref_bf) - 1) < 0.02
     assert abs(np.median(adf / ref_adf) - 1) < 0.02
+
+
+def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_path, monkeypatch):
+    """The report's helper process draws some figures: the files equal those drawn in one process, and a helper
+    that cannot start only costs time (its figures are drawn here, with a warning)."""
+    import sys
+
+    from sendmap.report.build import write_figures
+
+    g = zarr.open_group(str(synth_run / "results" / "sendmap.zarr"), mode="r")
+    one = write_figures(g, tmp_path / "one", 1, processes=1)
+    two = write_figures(g, tmp_path / "two", 1, processes=2)
+    assert sorted(p.name for p in one) == sorted(p.name for p in two) and len(one) == 12
+    for p in one:
+        assert p.read_bytes() == (tmp_path / "two" / "figures" / p.name).read_bytes(), p.name
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.warns(UserWarning, match="figure helper process failed"):
+        three = write_figures(g, tmp_path / "three", 1, processes=2)
+    assert sorted(p.name for p in three) == sorted(p.name for p in one)

@@ -784,9 +784,12 @@ def _fit_maps(
 
     With ``rows`` = (gridspec of a column of subfigures, row index), only the maps' row changes height.
     ``stacked`` maps sit one above the other in equal gridspec rows: each gets 1/stacked of a change.
+
+    Returns True where the last thing done was a layout pass that changed nothing afterwards (the layout is
+    current), False where the caller must run one.
     """
     if not maps:
-        return
+        return False
     tol = 0.01  # inches: 3 pixels at 300 dpi
     for _ in range(max_iter):
         _execute_layout(fig)
@@ -798,7 +801,7 @@ def _fit_maps(
             if grow > tol:
                 _resize_row(fig, grow * stacked, rows)
                 continue
-            return  # capped: tall maps stay height-limited (equal heights, so equal widths)
+            return True  # capped: tall maps stay height-limited (equal heights, so equal widths)
         if columns is not None and len(panels) > 1:
             widths = np.array([p.bbox.width / fig.dpi for p in panels])
             box_w = np.array([_box_and_map_in(_map_axes(p)[0])[0] if _map_axes(p) else np.nan for p in panels])
@@ -811,12 +814,15 @@ def _fit_maps(
         if slack > 3 * tol:  # cut it, leaving a little so rounding cannot make a map height-limited
             _resize_row(fig, -(slack - tol) * stacked, rows)
             continue
-        return
+        return True
+    return False
 
 
-def _make_room_for_legend(fig: Figure) -> None:
-    """Raise the y limit of histogram axes so their legend (inside, upper left) clears the bars."""
+def _make_room_for_legend(fig: Figure) -> bool:
+    """Raise the y limit of histogram axes so their legend (inside, upper left) clears the bars; True if any
+    axes changed."""
     renderer = fig.canvas.get_renderer()
+    changed = False
     for ax in fig.get_axes():
         top = getattr(ax, "_sendmap_data_top", None)
         legend = ax.get_legend()
@@ -826,6 +832,8 @@ def _make_room_for_legend(fig: Figure) -> None:
         frac = (lb.y0 - ax.bbox.y0) / ax.bbox.height  # legend bottom, axes fraction
         frac = max(frac - 0.04, 0.35)
         ax.set_ylim(0, max(top * 1.08, top / frac))
+        changed = True
+    return changed
 
 
 def _fit_layout(
@@ -842,10 +850,11 @@ def _fit_layout(
         maps = [ax for p in map_panels for ax in _map_axes(p)]
     else:
         maps = [ax for ax in fig.get_axes() if ax.get_gid() == "map"]
-    _fit_maps(fig, maps, map_panels, map_columns, map_rows, max_map_in=max_map_in, stacked=stacked)
-    _execute_layout(fig)
-    _make_room_for_legend(fig)
-    _execute_layout(fig)
+    # each layout pass costs ~0.2 s (text extents of every tick label): run one only where something changed
+    if not _fit_maps(fig, maps, map_panels, map_columns, map_rows, max_map_in=max_map_in, stacked=stacked):
+        _execute_layout(fig)
+    if _make_room_for_legend(fig):
+        _execute_layout(fig)
     # freeze the fitted layout: saving (at any dpi) draws exactly what was fitted, without re-solving
     fig.set_layout_engine("none")
     return fig
