@@ -490,27 +490,77 @@ def stage_profiles(ctx: Context) -> None:
 
 # --------------------------------------------------------------------------------------------- peaks
 
-def stage_peaks(ctx: Context) -> None:
-    """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence."""
-    from scipy import ndimage
-
-    from .science.peaks import fit_peaks
-
+def crystal_rows(ctx: Context) -> np.ndarray:
+    """(Ry, Rx) bool: positions whose Bragg-disk significance in the crystal bands is above the dose-scaled
+    crystal threshold (the classify stage's first rule), from the profile stage's ``features/spot_z``."""
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
-    iqn = np.asarray(g["profiles/iqn_robust" if cfg.peaks.profile == "robust" else "profiles/iqn"], dtype=np.float64)
+    crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
+    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+
+
+def stage_peaks(ctx: Context) -> None:
+    """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence, width; second peak.
+
+    Optional, each off by default: k × k spatial binning, then low-rank (PCA/NMF) denoising whose
+    components come from the non-crystalline positions. The error is propagated through both (binning:
+    the SEM of the average; denoising: through the projection, :func:`sendmap.science.peaks.fit_peaks`).
+    The plain fit of the unbinned, undenoised profiles is always made too; the median reported σ of
+    both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
+    """
+    from scipy import ndimage
+
+    from .science.peaks import fit_peaks, fit_second_peak, lowrank_denoise
+
+    cfg, g = ctx.cfg, ctx.group
+    pk = cfg.peaks
+    q = np.asarray(g["profiles/q"])
+    iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
     sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
     ry, rx, nq = iqn.shape
-    k = cfg.peaks.spatial_binning
+    amorphous = ~crystal_rows(ctx).ravel()
+    fit_args = (pk.window, pk.fit_half_width, pk.smooth_sigma_bins, pk.degree)
+    plain = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), *fit_args)
+    k = pk.spatial_binning
     if k > 1:
         iqn = ndimage.uniform_filter(iqn, size=(k, k, 1), mode="nearest")
         sem = np.sqrt(ndimage.uniform_filter(sem ** 2, size=(k, k, 1), mode="nearest") / (k * k))
-    res = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), cfg.peaks.window, cfg.peaks.fit_half_width,
-                    cfg.peaks.smooth_sigma_bins, cfg.peaks.degree)
+    y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
+    operator, info = None, {"method": "none"}
+    if pk.denoise != "none":
+        lo, hi = pk.denoise_q_range or (pk.window[0] - pk.fit_half_width, float(q[-1]) + 1.0)
+        y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
+                                            pk.denoise_components, pk.denoise_guard)
+        if info["method"] == "none":
+            operator = None
+            ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
+    res = plain if (k == 1 and operator is None) else fit_peaks(q, y, s, *fit_args, operator=operator)
+    second = fit_second_peak(q, y, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
+                             operator=operator)
     for key, val in res.items():
-        write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith("q") else None)
-    set_attrs(g, peaks={"fit_half_width": cfg.peaks.fit_half_width, "degree": cfg.peaks.degree,
-                        "method": "weighted polynomial fit, maximum by Newton, delta-method error"})
+        write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    for key, val in second.items():
+        name = "second_present" if key == "present" else f"second_{key}"
+        write_array(g, f"peaks/{name}", val.reshape(ry, rx),
+                    {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    if operator is not None:
+        write_array(g, "peaks/denoised_iqn", y.reshape(ry, rx, nq).astype(np.float32),
+                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)", "n_components": info["n_components"]})
+
+    def med(a):
+        v = a[amorphous & np.isfinite(a)]
+        return float(np.median(v)) if v.size else None
+
+    diagnostics = {"n_amorphous_positions": int(amorphous.sum()),
+                   "median_q_err_plain": med(plain["q_err"]), "median_q_err": med(res["q_err"]),
+                   "median_q_err_ratio": (med(res["q_err"]) / med(plain["q_err"])
+                                          if med(plain["q_err"]) and med(res["q_err"]) else None),
+                   "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
+                   "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0}
+    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "degree": pk.degree, "profile": pk.profile,
+                        "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
+                        "method": "weighted polynomial fit, maximum by Newton, delta-method error"
+                                  + (" propagated through the denoising projection" if operator is not None else "")})
 
 
 # --------------------------------------------------------------------------------------------- classify
@@ -538,28 +588,75 @@ def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
 
 
 def stage_classify(ctx: Context) -> None:
-    """Class per position, and the final peak maps (no SRO peak for crystals)."""
-    from .science.classify import CRYSTAL, classify_gmm, classify_rules
+    """Features per position, class per position, phase naming, and the final peak maps (no SRO peak for crystals).
+
+    Features (``features/*``): crystal- and LiF-band spot significance, anisotropy at the reflections of
+    LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
+    ``maps/phase``: the library phase whose reflections the significant spots fall on.
+    """
+    from .science.classify import CRYSTAL, classify_gmm, classify_rules, spot_vote
+    from .science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
+                                   phase_lines)
+    from .science.phases import get_phase
 
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     spot_z = np.asarray(g["features/spot_z"])
     d = cfg.classify.definitions
+    calib = dict(g.attrs.get("calibration", {}))
+    r_q = float(calib.get("disk_radius_px", 0.0)) * float(calib.get("q_pixel_size", 0.0)) or float(q[1] - q[0]) * 6
     crystal_z = band_max(spot_z, q, d.crystal_bands)
     lif_z = band_max(spot_z, q, d.lif_bands)
+    q_hi = float(q[-1])
+    bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
+                           np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction)
+    vote = spot_vote(lif_z, crystal_like, d.lif_spot_z_noise, d.lif_spot_z, d.lif_neighbourhood)
     rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
-                 electrolyte_range=d.electrolyte_range)
+                 electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
+                 crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min)
     if cfg.classify.method == "rules":
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
-        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed, **rules)
+        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
+                           method=cfg.classify.method, **rules)
     no_peak = cls == CRYSTAL
-    write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands})
-    write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands})
+    # anisotropy at each feature phase's reflections (± one bin), and phase naming over all SEI phases
+    q_rng = (2 * r_q, q_hi)
+    bw = float(q[1] - q[0])
+    feat_lines = phase_lines(FEATURE_PHASES, q_rng)
+    aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
+    all_lines = phase_lines(SEI_PHASES, q_rng)
+    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, d.lif_spot_z, 1.5 * bw, q_rng)
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
+    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scattered = np.where(counts > 0, 1.0 - bf_img / counts, np.nan)
+    phase_names = [get_phase(p).name for p in SEI_PHASES]
+    write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands, "units": "sigma"})
+    write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands, "units": "sigma"})
+    write_array(g, "features/lif_vote", vote, {"meaning": "neighbourhood vote for LiF spots (0-1), NaN for crystals",
+                                                "neighbourhood": d.lif_neighbourhood})
+    write_array(g, "features/bragg_fraction", bragg, {"meaning": "share of scattered intensity in Bragg-spot sectors",
+                                                      "q_range": list(q_rng)})
+    write_array(g, "features/anisotropy", aniso, {"phases": [get_phase(p).name for p in FEATURE_PHASES],
+                                                  "units": "sigma", "lines": {get_phase(k).name: v.tolist()
+                                                                              for k, v in feat_lines.items()},
+                                                  "meaning": "largest spot significance within one Q bin of the phase's rings"})
+    write_array(g, "features/scattered_fraction", scattered, {"meaning": "1 - virtual BF / total counts"})
+    write_array(g, "features/peak_fwhm", np.where(no_peak, np.nan, np.asarray(g["peaks/fwhm"])), {"units": "1/Å"})
+    for key, name in (("q_peak", "peak2_q"), ("q_err", "peak2_q_err"), ("height", "peak2_height")):
+        src = np.asarray(g[f"peaks/second_{key}"])
+        write_array(g, f"maps/{name}", np.where(no_peak, np.nan, src),
+                    {"units": "1/Å" if key.startswith("q") else "profile units", "meaning": "second SRO peak; NaN where absent"})
+    write_array(g, "maps/phase", phase_idx, {"phase_names": phase_names, "meaning": "library phase whose rings the "
+                                             "significant spots fall on; -1 none", "min_spot_z": d.lif_spot_z})
+    write_array(g, "features/phase_score", phase_score, {"meaning": "explained spot share minus chance, best phase"})
+    write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
     write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,
                                        "crystal_spot_z_threshold": crystal_thr})
     write_array(g, "maps/peak_q", np.where(no_peak, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum"})
@@ -637,6 +734,10 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
                 if name:
                     mf = cfg.resolve(name)
                     sections[f"{key}_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
+        if st.name == "peaks":  # which positions are crystalline (the rows that define denoising components)
+            sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
+                                                if k.startswith("crystal")}
+            sections["dose"] = cfg.section("dose")
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},
