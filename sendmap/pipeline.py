@@ -535,8 +535,20 @@ def stage_peaks(ctx: Context) -> None:
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
     res = plain if (k == 1 and operator is None) else fit_peaks(q, y, s, *fit_args, operator=operator)
-    second = fit_second_peak(q, y, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
-                             operator=operator)
+    # the second peak on the robust mean (sectors holding Bragg spots clipped): LiF (220) spots at 0.70 1/Å
+    # would otherwise pose as a second SRO peak in SEI Type 2
+    y2, op2 = y, operator
+    if pk.profile == "mean":
+        rob = np.asarray(g["profiles/iqn_robust"], dtype=np.float64)
+        if k > 1:
+            rob = ndimage.uniform_filter(rob, size=(k, k, 1), mode="nearest")
+        y2, op2 = rob.reshape(-1, nq), None
+        if operator is not None:
+            y2, op2, info2 = lowrank_denoise(y2, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
+                                             pk.denoise_components, pk.denoise_guard)
+            op2 = None if info2["method"] == "none" else op2
+    second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
+                             operator=op2)
     for key, val in res.items():
         write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
     for key, val in second.items():
@@ -631,7 +643,7 @@ def stage_classify(ctx: Context) -> None:
     feat_lines = phase_lines(FEATURE_PHASES, q_rng)
     aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
     all_lines = phase_lines(SEI_PHASES, q_rng)
-    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, d.lif_spot_z, 1.5 * bw, q_rng)
+    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, d.lif_spot_z, 0.6 * bw, q_rng)
     counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
     bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -649,9 +661,14 @@ def stage_classify(ctx: Context) -> None:
                                                   "meaning": "largest spot significance within one Q bin of the phase's rings"})
     write_array(g, "features/scattered_fraction", scattered, {"meaning": "1 - virtual BF / total counts"})
     write_array(g, "features/peak_fwhm", np.where(no_peak, np.nan, np.asarray(g["peaks/fwhm"])), {"units": "1/Å"})
+    # a second maximum where Bragg spots sit (e.g. LiF (220) at 0.70 1/Å in SEI Type 2) is a reflection, not SRO
+    q2 = np.asarray(g["peaks/second_q_peak"])
+    j2 = np.clip(np.searchsorted(q, np.nan_to_num(q2, nan=q[0])), 0, q.size - 1)
+    spot_at_q2 = np.take_along_axis(np.nan_to_num(spot_z), j2[..., None], axis=-1)[..., 0] > d.lif_spot_z
+    no_peak2 = no_peak | spot_at_q2
     for key, name in (("q_peak", "peak2_q"), ("q_err", "peak2_q_err"), ("height", "peak2_height")):
         src = np.asarray(g[f"peaks/second_{key}"])
-        write_array(g, f"maps/{name}", np.where(no_peak, np.nan, src),
+        write_array(g, f"maps/{name}", np.where(no_peak2, np.nan, src),
                     {"units": "1/Å" if key.startswith("q") else "profile units", "meaning": "second SRO peak; NaN where absent"})
     write_array(g, "maps/phase", phase_idx, {"phase_names": phase_names, "meaning": "library phase whose rings the "
                                              "significant spots fall on; -1 none", "min_spot_z": d.lif_spot_z})

@@ -103,13 +103,15 @@ def feature_matrix(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
 
 def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n_clusters: int, seed: int,
                  method: str = "gmm", **definitions) -> np.ndarray:
-    """Unsupervised clusters of the features (Gaussian mixture, or k-means), each named by the rule class
-    of most of its members.
+    """Unsupervised clusters (Gaussian mixture, or k-means), each named by the rule class of most of its members.
 
-    Clusters are found without labels; naming them by the definitions makes the result comparable
-    with ``classify_rules`` while letting the data set the boundaries between classes. Several clusters
-    may take one name; a class no cluster wins is absent. ``definitions``: the keyword arguments of
-    :func:`classify_rules` (``bragg_fraction``/``lif_vote`` arrays included, which also enter the features).
+    Crystals are found by the physics rule (strong Bragg disks, :func:`classify_rules`); the other
+    positions are clustered without labels into ``n_clusters`` − 1 groups on standardised features (SRO
+    peak Q, LiF-spot evidence: the neighbourhood vote where given, else log1p of the LiF-band σ). Naming
+    each cluster by the definitions makes the result comparable with ``classify_rules`` while the data set
+    the boundaries between classes. Several clusters may take one name; a class no cluster wins is absent.
+    ``definitions``: the keyword arguments of :func:`classify_rules` (``bragg_fraction``/``lif_vote`` arrays
+    included).
     """
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
@@ -120,17 +122,25 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     for key in ("bragg_fraction", "lif_vote"):
         if d.get(key) is not None:
             d[key] = np.ravel(d[key])
-    vote = d.get("lif_vote")
-    feats = feature_matrix(flat_q, flat_c, flat_l if vote is None else np.expm1(4.0 * np.nan_to_num(vote)),
-                           d.get("bragg_fraction"))
     rules = classify_rules(flat_q, flat_c, flat_l, **d)
-    k = min(n_clusters, max(1, len(feats)))
+    out = np.full(flat_q.shape, UNASSIGNED, dtype=np.int8)
+    out[rules == CRYSTAL] = CRYSTAL
+    rest = (rules != CRYSTAL) & np.isfinite(flat_q)
+    vote = d.get("lif_vote")
+    spot = np.nan_to_num(vote) if vote is not None else np.log1p(np.clip(np.nan_to_num(flat_l), 0, None))
+    feats = np.stack([flat_q, spot], axis=-1)[rest]
+    k = min(max(1, n_clusters - 1), max(1, len(feats)))
+    if len(feats) == 0:
+        return out.reshape(shape)
+    sd = feats.std(axis=0)
+    feats = (feats - feats.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     if method == "kmeans":
         labels = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(feats)
     else:
-        labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full").fit_predict(feats)
-    out = np.full(flat_q.shape, UNASSIGNED, dtype=np.int8)
+        labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full", n_init=3).fit_predict(feats)
+    named = np.empty(len(feats), dtype=np.int8)
     for lab in np.unique(labels):
         members = labels == lab
-        out[members] = np.bincount(rules[members], minlength=len(CLASS_NAMES)).argmax()
+        named[members] = np.bincount(rules[rest][members], minlength=len(CLASS_NAMES)).argmax()
+    out[rest] = named
     return out.reshape(shape)

@@ -33,7 +33,8 @@ def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, fl
 
 def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
               half_width: float = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
-              operator: np.ndarray | None = None, width_draws: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+              operator: np.ndarray | None = None, width_draws: int = 24, seed: int = 0,
+              first_estimate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
     q: (nq,) bin centres, 1/Å (uniform spacing); profiles, sem: (N, nq) I·Q^n and its standard error.
@@ -42,12 +43,13 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     through it (C = M L diag(sem²) Lᵀ Mᵀ for the fit's linear map M) instead of assuming independent
     bins, and no χ² inflation is applied (the residuals of a denoised profile are correlated).
     Returns arrays of shape (N,): ``q_peak`` and ``q_err`` (1/Å; NaN where no interior maximum was
-    found), ``height`` (profile units), ``prominence`` (height above the higher of the two minima of
+    found), ``height`` and ``height_err`` (profile units), ``prominence`` (height above the higher of the two minima of
     the smoothed profile inside the window), ``fwhm`` and ``fwhm_err`` (1/Å: full width of the fitted
     peak at half its prominence, NaN where a side does not reach that level inside the fit range; the
     error from ``width_draws`` draws of the fit coefficients from their covariance) and ``status``
     (0 ok, 1 fit maximum at the edge of its range or not a maximum: smoothed argmax reported with a
-    bin-width error, 2 no data).
+    bin-width error, 2 no data). ``first_estimate``: (N,) bin indices to start from instead of the
+    smoothed maximum (−1: no peak).
 
     >>> import numpy as np
     >>> q = (np.arange(80) + 0.5) * 0.0125
@@ -59,8 +61,8 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     n, nq = profiles.shape
     bw = float(q[1] - q[0])
     h = max(degree // 2 + 1, int(round(half_width / bw)))
-    idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins)
-    out = {k: np.full(n, np.nan) for k in ("q_peak", "q_err", "height", "prominence", "fwhm", "fwhm_err")}
+    idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
+    out = {k: np.full(n, np.nan) for k in ("q_peak", "q_err", "height", "height_err", "prominence", "fwhm", "fwhm_err")}
     status = np.full(n, 2, dtype=np.int8)
     have = idx0 >= 0
     if not have.any():
@@ -92,7 +94,13 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     grid = np.linspace(-1, 1, 201)
     vals = (grid[:, None] ** powers) @ coef.T  # (201, N)
     vals[:, ~ok] = -np.inf
-    xs = grid[np.argmax(vals, axis=0)]
+    if first_estimate is None:
+        xs = grid[np.argmax(vals, axis=0)]
+    else:  # the polynomial's local maximum nearest the first estimate (x = 0), not a higher value at an edge
+        loc = np.zeros_like(vals, dtype=bool)
+        loc[1:-1] = (vals[1:-1] > vals[:-2]) & (vals[1:-1] >= vals[2:])
+        dist = np.where(loc, np.abs(grid)[:, None], np.inf)
+        xs = np.where(np.isfinite(dist).any(axis=0), grid[np.argmin(dist, axis=0)], grid[np.argmax(vals, axis=0)])
     d1 = powers[1:] * 1.0
     d2 = powers[2:] * (powers[2:] - 1.0)
     for _ in range(8):
@@ -115,9 +123,12 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         var_x *= np.where(significant, chi2_red, 1.0)
     q_fit = q[centre] + xs * h * bw
     height = np.sum(coef * xs[:, None] ** powers, axis=1)
+    xv = xs[:, None] ** powers
+    height_var = np.einsum("ni,nij,nj->n", xv, cov, xv) * np.where(significant & (operator is None), chi2_red, 1.0)
     out["q_peak"] = np.where(interior, q_fit, np.where(have, q[np.maximum(idx0, 0)], np.nan))
     out["q_err"] = np.where(interior, np.sqrt(np.maximum(var_x, 0)) * h * bw, np.where(have, bw, np.nan))
     out["height"] = np.where(interior, height, np.where(have, profiles[np.arange(n), np.maximum(idx0, 0)], np.nan))
+    out["height_err"] = np.where(interior, np.sqrt(np.maximum(height_var, 0)), np.nan)
     status[have] = np.where(interior[have], 0, 1)
     out["status"] = status
     out["prominence"] = _prominence(q, profiles, window, smooth_sigma_bins, idx0, out["height"])
@@ -202,15 +213,25 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
                     operator: np.ndarray | None = None, min_prominence_sigma: float = 3.0) -> dict[str, np.ndarray]:
     """The second SRO peak (≈ 1.75–1.8 × the first in amorphous solids) where present.
 
-    Same fit as :func:`fit_peaks` inside ``window`` (1/Å); "present" where the fitted maximum is interior
-    (status 0) and stands above the higher of its two flanking minima by more than
+    Same fit as :func:`fit_peaks` inside ``window`` (1/Å), started from the highest local maximum of the
+    smoothed profile inside the window (a falling shoulder is no peak); "present" where there is one, the
+    fitted maximum is interior (status 0) and inside the window, and stands above the higher of its two flanking minima by more than
     ``min_prominence_sigma`` × the profile's standard error at the peak. Returns ``q_peak``, ``q_err``,
     ``height``, ``prominence``, ``fwhm``, ``fwhm_err`` (NaN where absent) and ``present`` (bool).
     """
-    r = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator=operator, width_draws=0)
-    j = np.clip(np.searchsorted(q, np.nan_to_num(r["q_peak"], nan=q[0])), 0, q.size - 1)
-    s_peak = sem[np.arange(len(j)), j]
-    present = (r["status"] == 0) & (r["prominence"] > min_prominence_sigma * s_peak)
+    # first estimate: the highest local maximum of the smoothed profile strictly inside the window (the
+    # plain maximum would often be the window's low edge, on the first peak's falling flank)
+    p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
+    inside = (q >= window[0]) & (q <= window[1])
+    local = np.zeros_like(p, dtype=bool)
+    local[:, 1:-1] = (p[:, 1:-1] > p[:, :-2]) & (p[:, 1:-1] >= p[:, 2:])
+    cand = np.where(local & inside[None, :], p, -np.inf)
+    idx0 = np.where(np.isfinite(cand).any(axis=1), np.argmax(cand, axis=1), -1)
+    r = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator=operator, width_draws=0,
+                  first_estimate=idx0)
+    present = ((idx0 >= 0) & (r["status"] == 0)
+               & (r["prominence"] > min_prominence_sigma * np.sqrt(2.0) * r["height_err"])
+               & (r["q_peak"] >= window[0]) & (r["q_peak"] <= window[1]))
     out = {k: np.where(present, v, np.nan) for k, v in r.items() if k != "status"}
     out["present"] = present
     return out
