@@ -467,6 +467,8 @@ def stage_profiles(ctx: Context) -> None:
         out["iqn"] = out["mean"] * qn
         out["iqn_sem"] = out["sem"] * qn
         out["iqn_robust"] = out["robust_mean"] * qn
+        bf[y0:y1, x0:x1] = out.pop("bf").reshape(y1 - y0, x1 - x0)
+        adf[y0:y1, x0:x1] = out.pop("adf").reshape(y1 - y0, x1 - x0)
         pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1).astype(np.float32)
                                    for nm in PROFILE_OUTPUTS}))
         # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
@@ -690,6 +692,11 @@ def stage_statistics(ctx: Context) -> None:
     cls = np.asarray(g["maps/class"])
     peak = np.asarray(g["maps/peak_q"])
     err = np.asarray(g["maps/peak_q_err"])
+    fwhm = np.asarray(g["features/peak_fwhm"]) if "features/peak_fwhm" in g else np.full(cls.shape, np.nan)
+    peak2 = np.asarray(g["maps/peak2_q"]) if "maps/peak2_q" in g else np.full(cls.shape, np.nan)
+    phase = np.asarray(g["maps/phase"]) if "maps/phase" in g else None
+    phase_names = list(g["maps/phase"].attrs.get("phase_names", [])) if phase is not None else []
+    dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]))
     classes = {}
     for k, name in enumerate(CLASS_NAMES):
         sel = cls == k
@@ -704,14 +711,23 @@ def stage_statistics(ctx: Context) -> None:
                          fit_amplitude=fit["amplitude"], fit_converged=fit["fit_converged"],
                          intrinsic_sigma=fit.get("intrinsic_sigma"), measurement_sigma=fit.get("measurement_sigma"),
                          histogram={"bin_edges": fit["bin_edges"], "counts": fit["bin_counts"]})
+        for key, arr in (("fwhm", fwhm), ("peak2_q", peak2)):
+            v = arr[sel & np.isfinite(arr)]
+            if v.size:
+                entry[f"{key}_mean"], entry[f"{key}_std"] = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+            entry[f"{key}_count"] = int(v.size)
+        if phase is not None:
+            idx, cnt = np.unique(phase[sel & (phase >= 0)], return_counts=True)
+            entry["phases"] = {phase_names[i]: int(c) for i, c in zip(idx, cnt)}
+        entry["electrons_per_pattern"] = dose["electrons_per_pattern"]
+        entry["electrons_per_A2"] = dose["electrons_per_A2"]
         classes[name] = entry
     iqn = np.asarray(g["profiles/iqn"], dtype=np.float64)
     mean, sem, counts = class_mean_profiles(iqn, cls, len(CLASS_NAMES))
     write_array(g, "statistics/class_mean_iqn", mean, {"class_names": list(CLASS_NAMES)})
     write_array(g, "statistics/class_sem_iqn", sem, {"class_names": list(CLASS_NAMES)})
     layers = layer_thickness(cls, scan_step_nm(cfg))
-    set_attrs(g, statistics={"classes": classes, "layers": layers},
-              dose=dose_record(cfg, np.asarray(g["ingest/total_counts"])))
+    set_attrs(g, statistics={"classes": classes, "layers": layers}, dose=dose)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -890,6 +906,6 @@ def build_summary(group, timing: dict, reused: list) -> dict:
     return {"classes": stats.get("classes", {}),
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
-            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}),
+            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),
             "timing_s": timing, "reused_stages": reused, "input": group.attrs.get("input"),
             "sendmap_version": __version__, "store": str(Path(group.store.root) if hasattr(group.store, "root") else "")}

@@ -87,7 +87,8 @@ def layer_thickness(class_map: np.ndarray, step_nm: float, axis: int = 1) -> dic
     across the interface, each run of consecutive positions of one class is a layer crossing of
     length run × step_nm. Layers are grouped by their order along the line (the k-th run of class c),
     and for each group the mean, standard deviation and count of crossings along the interface are
-    returned (nm). Runs of one position are ignored as classification noise.
+    returned (nm), with the share of lines that cross it (a layer seen in a few lines only is a patch,
+    not a layer). Runs of one position are ignored as classification noise.
 
     >>> import numpy as np
     >>> cm = np.array([[3, 3, 1, 1, 1, 0, 0]] * 4)
@@ -115,5 +116,5 @@ def layer_thickness(class_map: np.ndarray, step_nm: float, axis: int = 1) -> dic
         arr = np.asarray(vals)
         out[key] = {"class": CLASS_NAMES[c] if c < len(CLASS_NAMES) else str(c), "layer": int(key.split("#")[1]),
                     "mean_nm": float(arr.mean()), "std_nm": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-                    "n_lines": int(arr.size)}
+                    "n_lines": int(arr.size), "fraction_of_lines": float(arr.size / max(len(cm), 1))}
     return out
