@@ -185,10 +185,15 @@ class ClassDefinitions(_Section):
     crystal_bands: list[tuple[float, float]] = Field(
         [(0.38, 0.44), (0.45, 0.60), (0.75, 0.82)],
         description="1/Å bands where Li (110 0.403, 200 0.570) and Cu (111 0.479, 200 0.553, 220 0.782) Bragg disks fall")
+    crystal_min_neighbours: int = Field(
+        4, ge=0, le=8, description="of its 8 scan neighbours, how many must pass the crystal spot threshold too: Li/Cu "
+        "grains span many positions, a LiF nanocrystal with one strong reflection does not; 0: off (grains of one "
+        "or two positions)")
     crystal_bragg_fraction: float = Field(
-        0.06, ge=0, le=1, description="share of the scattered intensity (Q from 2 probe-disk radii) in sectors holding "
+        0.0, ge=0, le=1, description="share of the scattered intensity (Q from 2 probe-disk radii) in sectors holding "
         "Bragg spots above which a pattern with a crystal-band spot is crystalline (a Li/Cu grain in a zone axis: most; "
-        "a few LiF nanocrystals, whose (200) ring falls into the Cu band: a few %)")
+        "a few LiF nanocrystals, whose (200) ring falls into the Cu band: a few %); 0: off (default: the clipping misses "
+        "spots that fill much of a ring, e.g. Li [111], which then measures ≈ 0.01)")
     lif_spot_z: float = Field(6.0, gt=0, description="spot significance (σ) in LiF bands that marks SEI Type 2")
     lif_spot_z_noise: float = Field(
         3.5, gt=0, description="σ an isotropic pattern's brightest spot in the LiF bands reaches by chance (typically "

@@ -494,7 +494,8 @@ def stage_profiles(ctx: Context) -> None:
 
 def crystal_rows(ctx: Context) -> np.ndarray:
     """(Ry, Rx) bool: positions whose Bragg-disk significance in the crystal bands is above the dose-scaled
-    crystal threshold (the classify stage's first rule), from the profile stage's ``features/spot_z``."""
+    crystal threshold (the classify stage's first rule, without the neighbour condition: every strongly
+    spotty pattern is kept out of the denoising components), from the profile stage's ``features/spot_z``."""
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
@@ -608,7 +609,7 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from .science.classify import CRYSTAL, classify_gmm, classify_rules, spot_vote
+    from .science.classify import CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count, spot_vote
     from .science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
     from .science.phases import get_phase
@@ -627,12 +628,16 @@ def stage_classify(ctx: Context) -> None:
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
-    crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction)
+    neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
+    crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
+    if d.crystal_bragg_fraction > 0:
+        crystal_like &= np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction
     vote = spot_vote(lif_z, crystal_like, d.lif_spot_z_noise, d.lif_spot_z, d.lif_neighbourhood)
     rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
                  electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
-                 crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min)
+                 crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
+                 crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours)
     if cfg.classify.method == "rules":
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
@@ -750,6 +755,10 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+CRYSTAL_THRESHOLD_KEYS = ("crystal_spot_z", "crystal_spot_z_electrons", "crystal_bands")
+"""classify.definitions keys that decide which frames are crystalline for calibrate (ellipse) and peaks (denoising)."""
+
+
 def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
     """Cache key of every stage: version + its config sections + the previous stage's key."""
     keys = {}
@@ -760,7 +769,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
             sections["input"] = {k: v for k, v in sections["input"].items() if k != "path"}
         if st.name == "calibrate":
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
-                                                if k.startswith("crystal")}
+                                                if k in CRYSTAL_THRESHOLD_KEYS}
             sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k == "supersample"}
             for key in ("mask_file", "calibrant"):  # the files' content, not only their names: an edit recomputes
                 name = getattr(cfg.calibration, key)
@@ -769,7 +778,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
                     sections[f"{key}_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
         if st.name == "peaks":  # which positions are crystalline (the rows that define denoising components)
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
-                                                if k.startswith("crystal")}
+                                                if k in CRYSTAL_THRESHOLD_KEYS}
             sections["dose"] = cfg.section("dose")
         if st.name == "report":
             sections["output"].pop("dir", None)

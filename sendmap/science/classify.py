@@ -18,13 +18,17 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
                    lif_spot_z: float, electrolyte_max_q: float, sei_type1_range: tuple[float, float],
                    sei_type2_range: tuple[float, float], electrolyte_range: tuple[float, float],
                    bragg_fraction: np.ndarray | None = None, crystal_bragg_fraction: float = 0.0,
-                   lif_vote: np.ndarray | None = None, lif_vote_min: float = 0.5) -> np.ndarray:
+                   lif_vote: np.ndarray | None = None, lif_vote_min: float = 0.5,
+                   crystal_neighbours: np.ndarray | None = None, crystal_min_neighbours: int = 0) -> np.ndarray:
     """Class index per position (``CLASS_NAMES`` order) from the rules of SCIENCE.md.
 
     1. crystal: a Bragg-disk spot in the Li/Cu bands stronger than ``crystal_spot_z`` σ and (where
        ``bragg_fraction`` is given) more than ``crystal_bragg_fraction`` of the scattered intensity in
        Bragg spots: a grain in a zone axis puts most of it there, a few LiF nanocrystals whose (200) ring
-       falls into the same band only a few %;
+       falls into the same band only a few %; not used by default: the robust mean misses spots that fill
+       much of a ring, e.g. Li [111]) and (where ``crystal_neighbours`` is given, :func:`crystal_neighbour_count`)
+       at least ``crystal_min_neighbours`` of its 8 neighbours crystalline too: a grain, not a nanocrystal
+       with one strong reflection;
     2. SEI Type 2: spots in the LiF (200)/(220) bands above ``lif_spot_z`` σ, or (where ``lif_vote`` is
        given, see :func:`spot_vote`) a neighbourhood vote for LiF spots ≥ ``lif_vote_min``; SRO peak in its
        range;
@@ -40,8 +44,10 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     cls = np.full(peak_q.shape, UNASSIGNED, dtype=np.int8)
     fin = np.isfinite(peak_q)
     crystal = np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_z
-    if bragg_fraction is not None:
+    if bragg_fraction is not None and crystal_bragg_fraction > 0:
         crystal &= np.nan_to_num(bragg_fraction, nan=1.0) > crystal_bragg_fraction
+    if crystal_neighbours is not None and crystal_min_neighbours > 0:
+        crystal &= np.asarray(crystal_neighbours) >= crystal_min_neighbours
     spotty = np.nan_to_num(lif_z, nan=0.0) > lif_spot_z
     if lif_vote is not None:
         spotty |= np.nan_to_num(lif_vote, nan=0.0) >= lif_vote_min
@@ -56,6 +62,23 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     cls[iso & (peak_q >= electrolyte_max_q) & within(sei_type1_range)] = SEI_TYPE1
     cls[crystal] = CRYSTAL
     return cls
+
+
+def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
+    """Number of the 8 scan neighbours (edges: the nearest position repeated) whose crystal-band spot
+    significance exceeds ``threshold`` σ, (Ry, Rx) int.
+
+    >>> import numpy as np
+    >>> z = np.zeros((3, 4)); z[:, 2:] = 50
+    >>> crystal_neighbour_count(z, 25)[1].tolist()
+    [0, 3, 5, 5]
+    """
+    from scipy import ndimage
+
+    k = np.ones((3, 3))
+    k[1, 1] = 0
+    hit = (np.nan_to_num(crystal_z, nan=0.0) > threshold).astype(float)
+    return np.rint(ndimage.convolve(hit, k, mode="nearest")).astype(int)
 
 
 def spot_vote(lif_z: np.ndarray, exclude: np.ndarray, z_noise: float, z_sure: float, size: int = 3,
