@@ -71,7 +71,7 @@ def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarr
     >>> import numpy as np
     >>> z = np.zeros((3, 4)); z[:, 2:] = 50
     >>> crystal_neighbour_count(z, 25)[1].tolist()
-    [0, 3, 5, 5]
+    [0, 3, 5, 8]
     """
     from scipy import ndimage
 
