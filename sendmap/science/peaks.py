@@ -46,7 +46,9 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     found), ``height`` and ``height_err`` (profile units), ``prominence`` (height above the higher of the two minima of
     the smoothed profile inside the window), ``fwhm`` and ``fwhm_err`` (1/Å: full width of the fitted
     peak at half its prominence, NaN where a side does not reach that level inside the fit range; the
-    error from ``width_draws`` draws of the fit coefficients from their covariance) and ``status``
+    error from ``width_draws`` draws of the fit coefficients from their covariance, the level following
+    each draw's height and base (the base's own noise is included where it lies inside the fit range)) and
+    ``status``
     (0 ok, 1 fit maximum at the edge of its range or not a maximum: smoothed argmax reported with a
     bin-width error, 2 no data). ``first_estimate``: (N,) bin indices to start from instead of the
     smoothed maximum (−1: no peak).
@@ -131,7 +133,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     out["height_err"] = np.where(interior, np.sqrt(np.maximum(height_var, 0)), np.nan)
     status[have] = np.where(interior[have], 0, 1)
     out["status"] = status
-    out["prominence"] = _prominence(q, profiles, window, smooth_sigma_bins, idx0, out["height"])
+    out["prominence"], base_q = _prominence(q, profiles, window, smooth_sigma_bins, idx0, out["height"], True)
     # width at half prominence of the fitted polynomial, and its spread over draws of the coefficients
     level = out["height"] - 0.5 * out["prominence"]
     scale = h * bw
@@ -144,9 +146,15 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         ev, evec = np.linalg.eigh(0.5 * (c_sel + np.swapaxes(c_sel, 1, 2)))  # a low-rank operator: singular C
         chol = evec * np.sqrt(np.clip(ev, 0, None))[:, None, :]
         draws = np.empty((width_draws, sel.size))
+        xv_sel = xs[sel, None] ** powers
+        # the base, where it lies inside the fit range, moves with the drawn polynomial too
+        xb = (base_q[sel] - q[centre[sel]]) / scale
+        xb_v = np.where(np.abs(xb) <= 1.0, 1.0, 0.0)[:, None] * np.clip(xb, -1, 1)[:, None] ** powers
         for k in range(width_draws):
             cd = coef[sel] + np.einsum("nij,nj->ni", chol, rng.standard_normal((sel.size, degree + 1)))
-            draws[k] = _half_level_width(cd, xs[sel], level[sel], np.ones(sel.size, bool)) * scale
+            # half prominence = (height + base) / 2 moves by half the drawn changes of both
+            lev = level[sel] + 0.5 * np.sum((cd - coef[sel]) * (xv_sel + xb_v), axis=1)
+            draws[k] = _half_level_width(cd, xs[sel], lev, np.ones(sel.size, bool)) * scale
         err = np.full(n, np.nan)
         err[sel] = np.nanstd(draws, axis=0, ddof=1)
         out["fwhm_err"] = err
@@ -197,15 +205,21 @@ def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid
     return np.where(ok, xr - xl, np.nan)
 
 
-def _prominence(q, profiles, window, sigma_bins, idx0, height):
-    """Height above the higher of the lowest smoothed values left and right of the peak inside the window."""
+def _prominence(q, profiles, window, sigma_bins, idx0, height, return_base_q: bool = False):
+    """Height above the higher of the lowest smoothed values left and right of the peak inside the window
+    (and, if asked, the Q of that base)."""
     p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(sigma_bins, 1e-6), axis=1, mode="nearest")
     inside = (q >= window[0]) & (q <= window[1])
     j = np.arange(q.size)[None, :]
-    left = np.where(inside[None, :] & (j <= idx0[:, None]), p, np.inf).min(axis=1)
-    right = np.where(inside[None, :] & (j >= idx0[:, None]), p, np.inf).min(axis=1)
+    lv = np.where(inside[None, :] & (j <= idx0[:, None]), p, np.inf)
+    rv = np.where(inside[None, :] & (j >= idx0[:, None]), p, np.inf)
+    left, right = lv.min(axis=1), rv.min(axis=1)
     base = np.maximum(left, right)
-    return np.where(idx0 >= 0, height - base, np.nan)
+    prom = np.where(idx0 >= 0, height - base, np.nan)
+    if not return_base_q:
+        return prom
+    base_q = np.where(left >= right, q[np.argmin(lv, axis=1)], q[np.argmin(rv, axis=1)])
+    return prom, base_q
 
 
 def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
