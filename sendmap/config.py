@@ -147,7 +147,9 @@ class PeaksConfig(_Section):
                          "SRO peak (probe-convolved SRO peaks at 2 mrad are ≈ 0.13 1/Å wide)")
     degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
     smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
-    spatial_binning: int = Field(1, ge=1, le=8, description="average profiles over k×k neighbourhoods before the fit")
+    spatial_binning: int = Field(
+        1, ge=1, le=8, description="average each profile with those of its k × k neighbourhood that agree with it within "
+        "counting noise (χ² test over the fit range: layer boundaries and crystals are not smeared) before the fit")
     profile: Literal["mean", "robust"] = Field(
         "mean", description="profile the peak is fitted on: the azimuthal mean, or the robust mean whose sectors "
         "holding Bragg spots are clipped (for spotty patterns)")

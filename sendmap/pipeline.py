@@ -511,9 +511,8 @@ def stage_peaks(ctx: Context) -> None:
     The plain fit of the unbinned, undenoised profiles is always made too; the median reported σ of
     both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
     """
-    from scipy import ndimage
 
-    from .science.peaks import fit_peaks, fit_second_peak, lowrank_denoise
+    from .science.peaks import bin_similar_neighbours, fit_peaks, fit_second_peak, lowrank_denoise
 
     cfg, g = ctx.cfg, ctx.group
     pk = cfg.peaks
@@ -525,9 +524,11 @@ def stage_peaks(ctx: Context) -> None:
     fit_args = (pk.window, pk.fit_half_width, pk.smooth_sigma_bins, pk.degree)
     plain = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), *fit_args)
     k = pk.spatial_binning
+    compare = (q >= pk.window[0] - pk.fit_half_width) & (q <= pk.window[1] + pk.fit_half_width)
+    n_binned = np.ones((ry, rx), int)
     if k > 1:
-        iqn = ndimage.uniform_filter(iqn, size=(k, k, 1), mode="nearest")
-        sem = np.sqrt(ndimage.uniform_filter(sem ** 2, size=(k, k, 1), mode="nearest") / (k * k))
+        sem_raw = sem
+        iqn, sem, n_binned = bin_similar_neighbours(iqn, sem_raw, k, compare)
     y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
     operator, info = None, {"method": "none"}
     if pk.denoise != "none":
@@ -544,7 +545,7 @@ def stage_peaks(ctx: Context) -> None:
     if pk.profile == "mean":
         rob = np.asarray(g["profiles/iqn_robust"], dtype=np.float64)
         if k > 1:
-            rob = ndimage.uniform_filter(rob, size=(k, k, 1), mode="nearest")
+            rob = bin_similar_neighbours(rob, sem_raw, k, compare)[0]
         y2, op2 = rob.reshape(-1, nq), None
         if operator is not None:
             y2, op2, info2 = lowrank_denoise(y2, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
@@ -571,7 +572,8 @@ def stage_peaks(ctx: Context) -> None:
                    "median_q_err_ratio": (med(res["q_err"]) / med(plain["q_err"])
                                           if med(plain["q_err"]) and med(res["q_err"]) else None),
                    "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
-                   "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0}
+                   "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
+                   "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0}
     set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "degree": pk.degree, "profile": pk.profile,
                         "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
                         "method": "weighted polynomial fit, maximum by Newton, delta-method error"

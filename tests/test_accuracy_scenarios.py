@@ -120,3 +120,12 @@ def test_figures_open_png_300dpi_and_one_page_pdf(scenario):
         assert imread(png).std() > 0.01, name  # not blank
         raw = pdf.read_bytes()
         assert raw.startswith(b"%PDF") and _pdf_pages(raw) == 1, name
+
+
+def test_gaussian_mixture_clusters_named_by_definitions(scenario):
+    """Runs last for each dose: re-classifies the same store with classify.method gmm (later stages only)."""
+    dose, d, _ = scenario
+    assert main(["run", str(d / "config.yaml"), "--no-progress", "--set", "classify.method=gmm"]) == 0
+    r = evaluate(d / "results", d)
+    assert r["class_accuracy"] >= BOUNDS[dose][0], r
+    assert r["crystal_with_peak"] == 0

@@ -119,6 +119,24 @@ def test_phase_naming_from_spot_positions():
     assert aniso[0] > 35 and aniso[2] == pytest.approx(2.0)
 
 
+def test_binning_keeps_boundaries():
+    from sendmap.science.peaks import bin_similar_neighbours
+
+    rng = np.random.default_rng(3)
+    prof = np.empty((12, 16, Q.size))
+    prof[:, :8] = _profile(0.286, Q)  # electrolyte | SEI Type 1
+    prof[:, 8:] = _profile(0.334, Q)
+    sem = 0.08 * np.sqrt(prof)
+    noisy = prof + rng.normal(size=prof.shape) * sem
+    avg, err, n = bin_similar_neighbours(noisy, sem, 3, (Q > 0.08) & (Q < 0.56))
+    # inside a layer nearly every neighbour agrees (a few % fail the 3σ χ² test by chance) ...
+    assert n[1:-1, 1:6].mean() > 8.7 and n[1:-1, 9:15].mean() > 8.7
+    assert (n[1:-1, [7, 8]] <= 6).all()  # ... and the columns at the boundary do not take in the other side
+    r = fit_peaks(Q, avg.reshape(-1, Q.size), err.reshape(-1, Q.size), WIN)
+    qp = r["q_peak"].reshape(12, 16)
+    assert abs(np.mean(qp[:, 7]) - _true_max(0.286)) < 0.003 and abs(np.mean(qp[:, 8]) - _true_max(0.334)) < 0.003
+
+
 def test_bragg_fraction():
     mean = np.ones((2, Q.size))
     robust = mean.copy()
@@ -138,6 +156,8 @@ def test_gmm_and_kmeans_name_clusters_by_the_definitions():
     cz = np.where(truth == 0, 100.0, 3.0)
     d = dict(crystal_spot_z=25, lif_spot_z=6, electrolyte_max_q=0.307, sei_type1_range=(0.307, 0.37),
              sei_type2_range=(0.27, 0.33), electrolyte_range=(0.26, 0.307))
+    d.update(lif_vote=spot_vote(lif, cz > 25, 3.5, 6.0), crystal_neighbours=crystal_neighbour_count(cz, 25),
+             crystal_min_neighbours=4)
     for method in ("gmm", "kmeans"):
         cls = classify_gmm(peak, cz, lif, 4, 0, method=method, **d)
         assert np.mean(cls == truth) > 0.97, method

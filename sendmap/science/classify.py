@@ -142,7 +142,7 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))
     d = dict(definitions)
-    for key in ("bragg_fraction", "lif_vote"):
+    for key in ("bragg_fraction", "lif_vote", "crystal_neighbours"):
         if d.get(key) is not None:
             d[key] = np.ravel(d[key])
     rules = classify_rules(flat_q, flat_c, flat_l, **d)
