@@ -750,8 +750,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
     Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF"),
-    Stage("peaks", ("peaks",), stage_peaks, "first SRO peak: position, error, height, prominence"),
-    Stage("classify", ("classify",), stage_classify, "class per position; final peak maps"),
+    Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak"),
+    Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), stage_report, "figures and tables"),
 )
