@@ -151,10 +151,27 @@ class PeaksConfig(_Section):
                          "SRO peak (probe-convolved SRO peaks at 2 mrad are ≈ 0.13 1/Å wide)")
     degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
     smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
-    spatial_binning: int = Field(1, ge=1, le=8, description="average profiles over k×k neighbourhoods before the fit")
+    spatial_binning: int = Field(
+        1, ge=1, le=8, description="average each profile with those of its k × k neighbourhood that agree with it within "
+        "counting noise (χ² test over the fit range: layer boundaries and crystals are not smeared) before the fit")
     profile: Literal["mean", "robust"] = Field(
         "mean", description="profile the peak is fitted on: the azimuthal mean, or the robust mean whose sectors "
         "holding Bragg spots are clipped (for spotty patterns)")
+    denoise: Literal["none", "pca", "nmf"] = Field(
+        "pca", description="low-rank denoising of the profiles before the fit (components from the non-crystalline "
+        "positions, each Q bin whitened by its counting noise); the fit's error is propagated through the projection; "
+        "none: each position's profile on its own")
+    denoise_components: Optional[int] = Field(
+        None, ge=1, le=40, description="components kept; null: those above the noise edge of the singular values "
+        "plus denoise_guard")
+    denoise_guard: int = Field(
+        3, ge=0, le=10, description="components kept beyond the noise edge when denoise_components is null: a little more "
+        "variance (propagated into the error) for less truncation bias (not in the error)")
+    denoise_q_range: Optional[tuple[float, float]] = Field(
+        None, description="1/Å range denoised; null: from window[0] − fit_half_width to the detector's edge")
+    second_window: tuple[float, float] = Field(
+        (0.45, 0.75), description="1/Å, where the second SRO peak (≈ 1.75–1.8 × the first) is sought")
+    second_half_width: float = Field(0.16, gt=0, description="1/Å each side of the second peak's first estimate")
 
     @model_validator(mode="after")
     def _window_order(self):
@@ -174,7 +191,23 @@ class ClassDefinitions(_Section):
     crystal_bands: list[tuple[float, float]] = Field(
         [(0.38, 0.44), (0.45, 0.60), (0.75, 0.82)],
         description="1/Å bands where Li (110 0.403, 200 0.570) and Cu (111 0.479, 200 0.553, 220 0.782) Bragg disks fall")
+    crystal_min_neighbours: int = Field(
+        4, ge=0, le=8, description="of its 8 scan neighbours, how many must pass the crystal spot threshold too: Li/Cu "
+        "grains span many positions, a LiF nanocrystal with one strong reflection does not; 0: off (grains of one "
+        "or two positions)")
+    crystal_bragg_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of the scattered intensity (Q from 2 probe-disk radii) in sectors holding "
+        "Bragg spots above which a pattern with a crystal-band spot is crystalline (a Li/Cu grain in a zone axis: most; "
+        "a few LiF nanocrystals, whose (200) ring falls into the Cu band: a few %); 0: off (default: the clipping misses "
+        "spots that fill much of a ring, e.g. Li [111], which then measures ≈ 0.01)")
     lif_spot_z: float = Field(6.0, gt=0, description="spot significance (σ) in LiF bands that marks SEI Type 2")
+    lif_spot_z_noise: float = Field(
+        3.5, gt=0, description="σ an isotropic pattern's brightest spot in the LiF bands reaches by chance (typically "
+        "2.5–4.8): a position votes 0 for LiF spots here, rising to 1 at lif_spot_z")
+    lif_neighbourhood: int = Field(
+        3, ge=1, le=9, description="k × k neighbourhood (non-crystal positions) whose LiF-spot vote marks SEI Type 2; "
+        "1: each position on its own")
+    lif_vote_min: float = Field(0.5, gt=0, le=1, description="neighbourhood vote (0–1) at or above which a position is SEI Type 2")
     lif_bands: list[tuple[float, float]] = Field(
         [(0.465, 0.53), (0.67, 0.735)], description="1/Å bands of LiF (200) 0.497 and (220) 0.702")
     electrolyte_max_q: float = Field(
@@ -185,7 +218,7 @@ class ClassDefinitions(_Section):
 
 
 class ClassifyConfig(_Section):
-    method: Literal["rules", "gmm"] = "rules"
+    method: Literal["rules", "gmm", "kmeans"] = "rules"
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

@@ -49,7 +49,8 @@ def evaluate(out_dir: Path, truth_dir: Path) -> dict:
         if hk.any():
             entry.update(true_mean=float(np.mean(true_peak[hk])), measured_mean=float(np.mean(peak[hk])),
                          mean_error=float(np.mean(peak[hk]) - np.mean(true_peak[hk])),
-                         mae=float(np.mean(np.abs(peak[hk] - true_peak[hk]))))
+                         mae=float(np.mean(np.abs(peak[hk] - true_peak[hk]))),
+                         coverage_1sigma=float(np.mean(np.abs(peak[hk] - true_peak[hk]) <= err[hk])))
         res["per_class"][name] = entry
     return res
 

@@ -556,27 +556,92 @@ def stage_profiles(ctx: Context) -> None:
 
 # --------------------------------------------------------------------------------------------- peaks
 
-def stage_peaks(ctx: Context) -> None:
-    """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence."""
-    from scipy import ndimage
-
-    from .science.peaks import fit_peaks
-
+def crystal_rows(ctx: Context) -> np.ndarray:
+    """(Ry, Rx) bool: positions whose Bragg-disk significance in the crystal bands is above the dose-scaled
+    crystal threshold (the classify stage's first rule, without the neighbour condition: every strongly
+    spotty pattern is kept out of the denoising components), from the profile stage's ``features/spot_z``."""
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
-    iqn = np.asarray(g["profiles/iqn_robust" if cfg.peaks.profile == "robust" else "profiles/iqn"], dtype=np.float64)
+    crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
+    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+
+
+def stage_peaks(ctx: Context) -> None:
+    """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence, width; second peak.
+
+    Optional, each off by default: k × k spatial binning, then low-rank (PCA/NMF) denoising whose
+    components come from the non-crystalline positions. The error is propagated through both (binning:
+    the SEM of the average; denoising: through the projection, :func:`sendmap.science.peaks.fit_peaks`).
+    The plain fit of the unbinned, undenoised profiles is always made too; the median reported σ of
+    both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
+    """
+
+    from .science.peaks import bin_similar_neighbours, fit_peaks, fit_second_peak, lowrank_denoise
+
+    cfg, g = ctx.cfg, ctx.group
+    pk = cfg.peaks
+    q = np.asarray(g["profiles/q"])
+    iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
     sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
     ry, rx, nq = iqn.shape
-    k = cfg.peaks.spatial_binning
+    amorphous = ~crystal_rows(ctx).ravel()
+    fit_args = (pk.window, pk.fit_half_width, pk.smooth_sigma_bins, pk.degree)
+    plain = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), *fit_args)
+    k = pk.spatial_binning
+    compare = (q >= pk.window[0] - pk.fit_half_width) & (q <= pk.window[1] + pk.fit_half_width)
+    n_binned = np.ones((ry, rx), int)
     if k > 1:
-        iqn = ndimage.uniform_filter(iqn, size=(k, k, 1), mode="nearest")
-        sem = np.sqrt(ndimage.uniform_filter(sem ** 2, size=(k, k, 1), mode="nearest") / (k * k))
-    res = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), cfg.peaks.window, cfg.peaks.fit_half_width,
-                    cfg.peaks.smooth_sigma_bins, cfg.peaks.degree)
+        sem_raw = sem
+        iqn, sem, n_binned = bin_similar_neighbours(iqn, sem_raw, k, compare)
+    y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
+    operator, info = None, {"method": "none"}
+    if pk.denoise != "none":
+        lo, hi = pk.denoise_q_range or (pk.window[0] - pk.fit_half_width, float(q[-1]) + 1.0)
+        y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
+                                            pk.denoise_components, pk.denoise_guard)
+        if info["method"] == "none":
+            operator = None
+            ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
+    res = plain if (k == 1 and operator is None) else fit_peaks(q, y, s, *fit_args, operator=operator)
+    # the second peak on the robust mean (sectors holding Bragg spots clipped): LiF (220) spots at 0.70 1/Å
+    # would otherwise pose as a second SRO peak in SEI Type 2
+    y2, op2 = y, operator
+    if pk.profile == "mean":
+        rob = np.asarray(g["profiles/iqn_robust"], dtype=np.float64)
+        if k > 1:
+            rob = bin_similar_neighbours(rob, sem_raw, k, compare)[0]
+        y2, op2 = rob.reshape(-1, nq), None
+        if operator is not None:
+            y2, op2, info2 = lowrank_denoise(y2, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
+                                             pk.denoise_components, pk.denoise_guard)
+            op2 = None if info2["method"] == "none" else op2
+    second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
+                             operator=op2)
     for key, val in res.items():
-        write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith("q") else None)
-    set_attrs(g, peaks={"fit_half_width": cfg.peaks.fit_half_width, "degree": cfg.peaks.degree,
-                        "method": "weighted polynomial fit, maximum by Newton, delta-method error"})
+        write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    for key, val in second.items():
+        name = "second_present" if key == "present" else f"second_{key}"
+        write_array(g, f"peaks/{name}", val.reshape(ry, rx),
+                    {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    if operator is not None:
+        write_array(g, "peaks/denoised_iqn", y.reshape(ry, rx, nq).astype(np.float32),
+                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)", "n_components": info["n_components"]})
+
+    def med(a):
+        v = a[amorphous & np.isfinite(a)]
+        return float(np.median(v)) if v.size else None
+
+    diagnostics = {"n_amorphous_positions": int(amorphous.sum()),
+                   "median_q_err_plain": med(plain["q_err"]), "median_q_err": med(res["q_err"]),
+                   "median_q_err_ratio": (med(res["q_err"]) / med(plain["q_err"])
+                                          if med(plain["q_err"]) and med(res["q_err"]) else None),
+                   "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
+                   "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
+                   "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0}
+    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "degree": pk.degree, "profile": pk.profile,
+                        "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
+                        "method": "weighted polynomial fit, maximum by Newton, delta-method error"
+                                  + (" propagated through the denoising projection" if operator is not None else "")})
 
 
 # --------------------------------------------------------------------------------------------- classify
@@ -604,28 +669,84 @@ def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
 
 
 def stage_classify(ctx: Context) -> None:
-    """Class per position, and the final peak maps (no SRO peak for crystals)."""
-    from .science.classify import CRYSTAL, classify_gmm, classify_rules
+    """Features per position, class per position, phase naming, and the final peak maps (no SRO peak for crystals).
+
+    Features (``features/*``): crystal- and LiF-band spot significance, anisotropy at the reflections of
+    LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
+    ``maps/phase``: the library phase whose reflections the significant spots fall on.
+    """
+    from .science.classify import CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count, spot_vote
+    from .science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
+                                   phase_lines)
+    from .science.phases import get_phase
 
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     spot_z = np.asarray(g["features/spot_z"])
     d = cfg.classify.definitions
+    calib = dict(g.attrs.get("calibration", {}))
+    r_q = float(calib.get("disk_radius_px", 0.0)) * float(calib.get("q_pixel_size", 0.0)) or float(q[1] - q[0]) * 6
     crystal_z = band_max(spot_z, q, d.crystal_bands)
     lif_z = band_max(spot_z, q, d.lif_bands)
+    q_hi = float(q[-1])
+    bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
+                           np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
+    crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
+    if d.crystal_bragg_fraction > 0:
+        crystal_like &= np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction
+    vote = spot_vote(lif_z, crystal_like, d.lif_spot_z_noise, d.lif_spot_z, d.lif_neighbourhood)
     rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
-                 electrolyte_range=d.electrolyte_range)
+                 electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
+                 crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
+                 crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours)
     if cfg.classify.method == "rules":
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
-        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed, **rules)
+        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
+                           method=cfg.classify.method, **rules)
     no_peak = cls == CRYSTAL
-    write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands})
-    write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands})
+    # anisotropy at each feature phase's reflections (± one bin), and phase naming over all SEI phases
+    q_rng = (2 * r_q, q_hi)
+    bw = float(q[1] - q[0])
+    feat_lines = phase_lines(FEATURE_PHASES, q_rng)
+    aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
+    all_lines = phase_lines(SEI_PHASES, q_rng)
+    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, d.lif_spot_z, 0.6 * bw, q_rng)
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
+    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scattered = np.where(counts > 0, 1.0 - bf_img / counts, np.nan)
+    phase_names = [get_phase(p).name for p in SEI_PHASES]
+    write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands, "units": "sigma"})
+    write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands, "units": "sigma"})
+    write_array(g, "features/lif_vote", vote, {"meaning": "neighbourhood vote for LiF spots (0-1), NaN for crystals",
+                                                "neighbourhood": d.lif_neighbourhood})
+    write_array(g, "features/bragg_fraction", bragg, {"meaning": "share of scattered intensity in Bragg-spot sectors",
+                                                      "q_range": list(q_rng)})
+    write_array(g, "features/anisotropy", aniso, {"phases": [get_phase(p).name for p in FEATURE_PHASES],
+                                                  "units": "sigma", "lines": {get_phase(k).name: v.tolist()
+                                                                              for k, v in feat_lines.items()},
+                                                  "meaning": "largest spot significance within one Q bin of the phase's rings"})
+    write_array(g, "features/scattered_fraction", scattered, {"meaning": "1 - virtual BF / total counts"})
+    write_array(g, "features/peak_fwhm", np.where(no_peak, np.nan, np.asarray(g["peaks/fwhm"])), {"units": "1/Å"})
+    # a second maximum where Bragg spots sit (e.g. LiF (220) at 0.70 1/Å in SEI Type 2) is a reflection, not SRO
+    q2 = np.asarray(g["peaks/second_q_peak"])
+    j2 = np.clip(np.searchsorted(q, np.nan_to_num(q2, nan=q[0])), 0, q.size - 1)
+    spot_at_q2 = np.take_along_axis(np.nan_to_num(spot_z), j2[..., None], axis=-1)[..., 0] > d.lif_spot_z
+    no_peak2 = no_peak | spot_at_q2
+    for key, name in (("q_peak", "peak2_q"), ("q_err", "peak2_q_err"), ("height", "peak2_height")):
+        src = np.asarray(g[f"peaks/second_{key}"])
+        write_array(g, f"maps/{name}", np.where(no_peak2, np.nan, src),
+                    {"units": "1/Å" if key.startswith("q") else "profile units", "meaning": "second SRO peak; NaN where absent"})
+    write_array(g, "maps/phase", phase_idx, {"phase_names": phase_names, "meaning": "library phase whose rings the "
+                                             "significant spots fall on; -1 none", "min_spot_z": d.lif_spot_z})
+    write_array(g, "features/phase_score", phase_score, {"meaning": "explained spot share minus chance, best phase"})
+    write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
     write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,
                                        "crystal_spot_z_threshold": crystal_thr})
     write_array(g, "maps/peak_q", np.where(no_peak, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum"})
@@ -642,6 +763,11 @@ def stage_statistics(ctx: Context) -> None:
     cls = np.asarray(g["maps/class"])
     peak = np.asarray(g["maps/peak_q"])
     err = np.asarray(g["maps/peak_q_err"])
+    fwhm = np.asarray(g["features/peak_fwhm"]) if "features/peak_fwhm" in g else np.full(cls.shape, np.nan)
+    peak2 = np.asarray(g["maps/peak2_q"]) if "maps/peak2_q" in g else np.full(cls.shape, np.nan)
+    phase = np.asarray(g["maps/phase"]) if "maps/phase" in g else None
+    phase_names = list(g["maps/phase"].attrs.get("phase_names", [])) if phase is not None else []
+    dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]))
     classes = {}
     for k, name in enumerate(CLASS_NAMES):
         sel = cls == k
@@ -656,14 +782,23 @@ def stage_statistics(ctx: Context) -> None:
                          fit_amplitude=fit["amplitude"], fit_converged=fit["fit_converged"],
                          intrinsic_sigma=fit.get("intrinsic_sigma"), measurement_sigma=fit.get("measurement_sigma"),
                          histogram={"bin_edges": fit["bin_edges"], "counts": fit["bin_counts"]})
+        for key, arr in (("fwhm", fwhm), ("peak2_q", peak2)):
+            v = arr[sel & np.isfinite(arr)]
+            if v.size:
+                entry[f"{key}_mean"], entry[f"{key}_std"] = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+            entry[f"{key}_count"] = int(v.size)
+        if phase is not None:
+            idx, cnt = np.unique(phase[sel & (phase >= 0)], return_counts=True)
+            entry["phases"] = {phase_names[i]: int(c) for i, c in zip(idx, cnt)}
+        entry["electrons_per_pattern"] = dose["electrons_per_pattern"]
+        entry["electrons_per_A2"] = dose["electrons_per_A2"]
         classes[name] = entry
     iqn = np.asarray(g["profiles/iqn"], dtype=np.float64)
     mean, sem, counts = class_mean_profiles(iqn, cls, len(CLASS_NAMES))
     write_array(g, "statistics/class_mean_iqn", mean, {"class_names": list(CLASS_NAMES)})
     write_array(g, "statistics/class_sem_iqn", sem, {"class_names": list(CLASS_NAMES)})
     layers = layer_thickness(cls, scan_step_nm(cfg))
-    set_attrs(g, statistics={"classes": classes, "layers": layers},
-              dose=dose_record(cfg, np.asarray(g["ingest/total_counts"])))
+    set_attrs(g, statistics={"classes": classes, "layers": layers}, dose=dose)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -679,11 +814,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
     Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF"),
-    Stage("peaks", ("peaks",), stage_peaks, "first SRO peak: position, error, height, prominence"),
-    Stage("classify", ("classify",), stage_classify, "class per position; final peak maps"),
+    Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak"),
+    Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), stage_report, "figures and tables"),
 )
+
+
+CRYSTAL_THRESHOLD_KEYS = ("crystal_spot_z", "crystal_spot_z_electrons", "crystal_bands")
+"""classify.definitions keys that decide which frames are crystalline for calibrate (ellipse) and peaks (denoising)."""
 
 
 def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
@@ -696,13 +835,17 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
             sections["input"] = {k: v for k, v in sections["input"].items() if k != "path"}
         if st.name == "calibrate":
             sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
-                                                if k.startswith("crystal")}
+                                                if k in CRYSTAL_THRESHOLD_KEYS}
             sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k == "supersample"}
             for key in ("mask_file", "calibrant"):  # the files' content, not only their names: an edit recomputes
                 name = getattr(cfg.calibration, key)
                 if name:
                     mf = cfg.resolve(name)
                     sections[f"{key}_sha256"] = hashlib.sha256(mf.read_bytes()).hexdigest() if mf.is_file() else None
+        if st.name == "peaks":  # which positions are crystalline (the rows that define denoising components)
+            sections["classify.definitions"] = {k: v for k, v in cfg.section("classify")["definitions"].items()
+                                                if k in CRYSTAL_THRESHOLD_KEYS}
+            sections["dose"] = cfg.section("dose")
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},
@@ -910,6 +1053,6 @@ def build_summary(group, timing: dict, reused: list) -> dict:
     return {"classes": stats.get("classes", {}),
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
-            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}),
+            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),
             "timing_s": timing, "reused_stages": reused, "input": group.attrs.get("input"),
             "sendmap_version": __version__, "store": str(Path(group.store.root) if hasattr(group.store, "root") else "")}

@@ -187,8 +187,18 @@ def write_array(group: zarr.Group, name: str, value: np.ndarray, attrs: dict | N
 
 
 def _jsonable(obj):
-    """Turn numpy scalars/arrays and paths into JSON types for zarr attributes."""
-    return json.loads(json.dumps(obj, default=_json_default))
+    """Turn numpy scalars/arrays and paths into JSON types for zarr attributes; non-finite floats become null."""
+    return _finite(json.loads(json.dumps(obj, default=_json_default)))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _json_default(o):

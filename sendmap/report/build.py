@@ -31,8 +31,10 @@ def _csv(rows: list[dict]) -> str:
 
 
 def write_tables(group, out_dir: Path) -> list[Path]:
-    """tables/classes.csv (per-class statistics + dose), tables/positions.csv (one row per position),
-    tables/layers.csv (layer thickness), tables/class_profiles.csv (class-mean I·Q^n)."""
+    """tables/classes.csv (per-class statistics), tables/positions.csv (one row per position: class, phase,
+    peak and its error, height, prominence, width, second peak, features, centre), tables/phases.csv (named
+    phase counts per class), tables/layers.csv (layer thickness), tables/class_profiles.csv (class-mean
+    I·Q^n); every table carries the dose (electrons per pattern and e⁻/Å²) on every row."""
     tdir = Path(out_dir) / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     stats = group.attrs.get("statistics", {})
@@ -41,8 +43,11 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     for name, c in stats.get("classes", {}).items():
         rows.append({"class": name, "count": c.get("count"), "count_with_peak": c.get("count_with_peak"),
                      "peak_q_mean": c.get("peak_q_mean"), "peak_q_std": c.get("peak_q_std"),
-                     "fit_mu": c.get("fit_mu"), "fit_sigma": c.get("fit_sigma"),
+                     "fit_mu": c.get("fit_mu"), "fit_mu_err": c.get("fit_mu_err"), "fit_sigma": c.get("fit_sigma"),
+                     "fit_sigma_err": c.get("fit_sigma_err"),
                      "intrinsic_sigma": c.get("intrinsic_sigma"), "peak_q_err_median": c.get("peak_q_err_median"),
+                     "fwhm_mean": c.get("fwhm_mean"), "peak2_q_mean": c.get("peak2_q_mean"),
+                     "peak2_count": c.get("peak2_q_count"),
                      "electrons_per_pattern": dose.get("electrons_per_pattern"),
                      "electrons_per_A2": dose.get("electrons_per_A2")})
     paths = []
@@ -50,26 +55,55 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     write_text_atomic(p, _csv(rows))
     paths.append(p)
     cls = np.asarray(group["maps/class"])
-    peak = np.asarray(group["maps/peak_q"])
-    err = np.asarray(group["maps/peak_q_err"])
-    origin = np.asarray(group["calibration/origin"])
     ry, rx = cls.shape
-    yy, xx = np.mgrid[:ry, :rx]
     step = float(group.attrs["calibration"]["scan_step_nm"])
-    lines = ["ry,rx,y_nm,x_nm,class,peak_q_inv_A,peak_q_err_inv_A,centre_y_px,centre_x_px"]
-    for y, x, c, pq, pe, o in zip(yy.ravel(), xx.ravel(), cls.ravel(), peak.ravel(), err.ravel(), origin.reshape(-1, 2)):
-        lines.append(f"{y},{x},{y * step:g},{x * step:g},{CLASS_NAMES[c]},{pq:.5f},{pe:.5f},{o[0]:.3f},{o[1]:.3f}")
+    epp, epa = dose.get("electrons_per_pattern"), dose.get("electrons_per_A2")
+
+    def arr(key, default=np.nan):
+        return np.asarray(group[key], dtype=float) if key in group else np.full((ry, rx), default)
+
+    yy, xx = np.mgrid[:ry, :rx]
+    origin = np.asarray(group["calibration/origin"])
+    phase = np.asarray(group["maps/phase"]) if "maps/phase" in group else np.full((ry, rx), -1)
+    phase_names = list(group["maps/phase"].attrs.get("phase_names", [])) if "maps/phase" in group else []
+    cols = {"peak_q_inv_A": arr("maps/peak_q"), "peak_q_err_inv_A": arr("maps/peak_q_err"),
+            "peak_height": np.where(cls == 0, np.nan, arr("peaks/height")),
+            "peak_prominence": np.where(cls == 0, np.nan, arr("peaks/prominence")),
+            "peak_fwhm_inv_A": arr("features/peak_fwhm"),
+            "peak_fwhm_err_inv_A": np.where(cls == 0, np.nan, arr("peaks/fwhm_err")),
+            "peak2_q_inv_A": arr("maps/peak2_q"), "peak2_q_err_inv_A": arr("maps/peak2_q_err"),
+            "crystal_z": arr("features/crystal_z"), "lif_z": arr("features/lif_z"),
+            "lif_vote": arr("features/lif_vote"), "bragg_fraction": arr("features/bragg_fraction"),
+            "virtual_bf": arr("features/virtual_bf"), "virtual_adf": arr("features/virtual_adf")}
+    header = ["ry", "rx", "y_nm", "x_nm", "class", "phase", *cols, "centre_y_px", "centre_x_px",
+              "electrons_per_pattern", "electrons_per_A2"]
+    flat = {k: v.ravel() for k, v in cols.items()}
+    lines = [",".join(header)]
+    for i, (y, x, c, ph, o) in enumerate(zip(yy.ravel(), xx.ravel(), cls.ravel(), phase.ravel(), origin.reshape(-1, 2))):
+        vals = ",".join("" if not np.isfinite(v[i]) else f"{v[i]:.6g}" for v in flat.values())
+        pname = phase_names[ph] if 0 <= ph < len(phase_names) else ""
+        lines.append(f"{y},{x},{y * step:g},{x * step:g},{CLASS_NAMES[c]},{pname},{vals},{o[0]:.3f},{o[1]:.3f},{epp},{epa}")
     p = tdir / "positions.csv"
-    write_text_atomic(p, "\n".join(lines).replace("nan", "") + "\n")
+    write_text_atomic(p, "\n".join(lines) + "\n")
     paths.append(p)
-    layers = [{"layer": k, **v} for k, v in stats.get("layers", {}).items()]
+    prow = []
+    for name, c in stats.get("classes", {}).items():
+        for ph, count in c.get("phases", {}).items():
+            prow.append({"class": name, "phase": ph, "positions": count, "class_count": c.get("count"),
+                         "electrons_per_pattern": epp, "electrons_per_A2": epa})
+    p = tdir / "phases.csv"
+    write_text_atomic(p, _csv(prow) or "class,phase,positions,class_count,electrons_per_pattern,electrons_per_A2\n")
+    paths.append(p)
+    layers = [{"key": k, **v, "electrons_per_pattern": epp, "electrons_per_A2": epa}
+              for k, v in stats.get("layers", {}).items()]
     p = tdir / "layers.csv"
     write_text_atomic(p, _csv(layers))
     paths.append(p)
     q = np.asarray(group["profiles/q"])
     mean = np.asarray(group["statistics/class_mean_iqn"])
     prow = [{"q_inv_A": f"{qq:.5f}", **{CLASS_NAMES[k]: f"{mean[k, i]:.6g}" for k in range(len(CLASS_NAMES))
-                                           if np.isfinite(mean[k]).any()}} for i, qq in enumerate(q)]
+                                           if np.isfinite(mean[k]).any()},
+             "electrons_per_pattern": epp, "electrons_per_A2": epa} for i, qq in enumerate(q)]
     p = tdir / "class_profiles.csv"
     write_text_atomic(p, _csv(prow))
     paths.append(p)
@@ -95,7 +129,7 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     try:
         from ..science.phases import reference_ticks
 
-        ticks = reference_ticks(["LiF", "Li2O", "Li (bcc)", "Cu", "Li2CO3"], q_max=float(q[-1]))
+        ticks = reference_ticks(["LiF", "Li2O", "Li (bcc)", "Cu", "Li2CO3"], q_max=float(q[-1]), min_intensity=20.0)
     except Exception:  # the phase library is optional for figures
         ticks = None
     bf = np.asarray(group["features/virtual_bf"])

@@ -687,7 +687,8 @@ def _draw_profiles(panel, q, profiles, n, reference_ticks=None, sem=None, window
             # hkl above its tick where it does not collide with the previous label
             last_q, last_len = -np.inf, 0
             for qq, hkl in sorted(qs):
-                if hkl and qq - last_q >= (0.5 * (len(hkl) + last_len) + 1.0) * q_per_char:
+                fits_in = qlo + 0.5 * len(hkl) * q_per_char <= qq <= qhi - 0.5 * len(hkl) * q_per_char
+                if hkl and fits_in and qq - last_q >= (0.5 * (len(hkl) + last_len) + 1.0) * q_per_char:
                     ax.text(qq, yr + 0.12, hkl, ha="center", va="bottom", fontsize=HKL_PT, color="0.35")
                     last_q, last_len = qq, len(hkl)
             ax.text(1.015, yr, _chem(str(phase)), transform=right, fontsize=SMALL_PT, ha="left", va="center",

@@ -16,11 +16,22 @@ assert CLASS_NAMES[CRYSTAL] == "crystal" and CLASS_NAMES[UNASSIGNED] == "unassig
 
 def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, *, crystal_spot_z: float,
                    lif_spot_z: float, electrolyte_max_q: float, sei_type1_range: tuple[float, float],
-                   sei_type2_range: tuple[float, float], electrolyte_range: tuple[float, float]) -> np.ndarray:
+                   sei_type2_range: tuple[float, float], electrolyte_range: tuple[float, float],
+                   bragg_fraction: np.ndarray | None = None, crystal_bragg_fraction: float = 0.0,
+                   lif_vote: np.ndarray | None = None, lif_vote_min: float = 0.5,
+                   crystal_neighbours: np.ndarray | None = None, crystal_min_neighbours: int = 0) -> np.ndarray:
     """Class index per position (``CLASS_NAMES`` order) from the rules of SCIENCE.md.
 
-    1. crystal: a Bragg-disk spot in the Li/Cu bands stronger than ``crystal_spot_z`` σ;
-    2. SEI Type 2: spots in the LiF (200)/(220) bands above ``lif_spot_z`` σ, SRO peak in its range;
+    1. crystal: a Bragg-disk spot in the Li/Cu bands stronger than ``crystal_spot_z`` σ and (where
+       ``bragg_fraction`` is given) more than ``crystal_bragg_fraction`` of the scattered intensity in
+       Bragg spots: a grain in a zone axis puts most of it there, a few LiF nanocrystals whose (200) ring
+       falls into the same band only a few %; not used by default: the robust mean misses spots that fill
+       much of a ring, e.g. Li [111]) and (where ``crystal_neighbours`` is given, :func:`crystal_neighbour_count`)
+       at least ``crystal_min_neighbours`` of its 8 neighbours crystalline too: a grain, not a nanocrystal
+       with one strong reflection;
+    2. SEI Type 2: spots in the LiF (200)/(220) bands above ``lif_spot_z`` σ, or (where ``lif_vote`` is
+       given, see :func:`spot_vote`) a neighbourhood vote for LiF spots ≥ ``lif_vote_min``; SRO peak in its
+       range;
     3. isotropic: electrolyte below ``electrolyte_max_q``, SEI Type 1 above, each within its range;
     4. anything else (no peak, peak outside every range): unassigned.
 
@@ -33,7 +44,14 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     cls = np.full(peak_q.shape, UNASSIGNED, dtype=np.int8)
     fin = np.isfinite(peak_q)
     crystal = np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_z
-    spotty = ~crystal & (np.nan_to_num(lif_z, nan=0.0) > lif_spot_z)
+    if bragg_fraction is not None and crystal_bragg_fraction > 0:
+        crystal &= np.nan_to_num(bragg_fraction, nan=1.0) > crystal_bragg_fraction
+    if crystal_neighbours is not None and crystal_min_neighbours > 0:
+        crystal &= np.asarray(crystal_neighbours) >= crystal_min_neighbours
+    spotty = np.nan_to_num(lif_z, nan=0.0) > lif_spot_z
+    if lif_vote is not None:
+        spotty |= np.nan_to_num(lif_vote, nan=0.0) >= lif_vote_min
+    spotty &= ~crystal
     iso = ~crystal & ~spotty & fin
 
     def within(r):
@@ -46,29 +64,106 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     return cls
 
 
-def feature_matrix(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray) -> np.ndarray:
-    """Standardised-scale features for clustering: (N, 3) of peak Q (1/Å × 100), log1p crystal σ, log1p LiF σ."""
-    return np.stack([np.nan_to_num(peak_q, nan=0.0) * 100.0,
-                     np.log1p(np.clip(np.nan_to_num(crystal_z), 0, None)),
-                     np.log1p(np.clip(np.nan_to_num(lif_z), 0, None))], axis=-1)
+def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
+    """Number of the 8 scan neighbours (edges: the nearest position repeated) whose crystal-band spot
+    significance exceeds ``threshold`` σ, (Ry, Rx) int.
+
+    >>> import numpy as np
+    >>> z = np.zeros((3, 4)); z[:, 2:] = 50
+    >>> crystal_neighbour_count(z, 25)[1].tolist()
+    [0, 3, 5, 8]
+    """
+    from scipy import ndimage
+
+    k = np.ones((3, 3))
+    k[1, 1] = 0
+    hit = (np.nan_to_num(crystal_z, nan=0.0) > threshold).astype(float)
+    return np.rint(ndimage.convolve(hit, k, mode="nearest")).astype(int)
+
+
+def spot_vote(lif_z: np.ndarray, exclude: np.ndarray, z_noise: float, z_sure: float, size: int = 3,
+              self_weight: float = 2.0) -> np.ndarray:
+    """Neighbourhood vote (0–1) for LiF nanocrystal spots at each scan position.
+
+    Each position votes clip((lif_z − z_noise) / (z_sure − z_noise), 0, 1): 0 at the level an isotropic
+    Poisson pattern reaches by chance (its brightest spot over the LiF bands is ≈ 2.5–4.8 σ), 1 for a spot
+    that is certain. The vote is averaged over the ``size`` × ``size`` neighbourhood (the position itself
+    counted ``self_weight`` times), leaving out ``exclude`` (crystal) positions. An SEI Type 2 layer is tens
+    of nm thick and holds nanocrystals throughout, so at 4 nm steps its neighbours show spots too, while a
+    lone noise excursion has none; a vote, not a mean of σ, so that strong neighbours do not carry an
+    isotropic position across a layer boundary. ``size`` 1: the position's own vote.
+
+    >>> import numpy as np
+    >>> z = np.array([[3., 3., 3.], [3., 5., 3.], [3., 3., 3.]])
+    >>> round(float(spot_vote(z, np.zeros((3, 3), bool), 3.5, 6.0)[1, 1]), 3)  # (2 × 0.6) / 10
+    0.12
+    """
+    from scipy import ndimage
+
+    v = np.clip((np.nan_to_num(lif_z, nan=0.0) - z_noise) / max(z_sure - z_noise, 1e-9), 0.0, 1.0)
+    w = (~exclude).astype(float)
+    if size <= 1:
+        return np.where(exclude, np.nan, v)
+    k = np.ones((size, size))
+    k[size // 2, size // 2] = self_weight
+    num = ndimage.convolve(v * w, k, mode="nearest")
+    den = ndimage.convolve(w, k, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(exclude | (den <= 0), np.nan, num / np.where(den > 0, den, 1.0))
+
+
+def feature_matrix(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
+                   bragg_fraction: np.ndarray | None = None) -> np.ndarray:
+    """Standardised-scale features for clustering: (N, 3 or 4) of peak Q (1/Å × 100), log1p crystal σ,
+    log1p LiF σ (or vote × 4) and, if given, the Bragg fraction × 10."""
+    cols = [np.nan_to_num(peak_q, nan=0.0) * 100.0,
+            np.log1p(np.clip(np.nan_to_num(crystal_z), 0, None)),
+            np.log1p(np.clip(np.nan_to_num(lif_z), 0, None))]
+    if bragg_fraction is not None:
+        cols.append(np.nan_to_num(bragg_fraction, nan=0.0) * 10.0)
+    return np.stack(cols, axis=-1)
 
 
 def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n_clusters: int, seed: int,
-                 **definitions) -> np.ndarray:
-    """Gaussian-mixture clusters of the features, each named by the rule class of most of its members.
+                 method: str = "gmm", **definitions) -> np.ndarray:
+    """Unsupervised clusters (Gaussian mixture, or k-means), each named by the rule class of most of its members.
 
-    Clusters are found without labels; naming them by the definitions makes the result comparable
-    with ``classify_rules`` while letting the data set the boundaries between classes.
+    Crystals are found by the physics rule (strong Bragg disks, :func:`classify_rules`); the other
+    positions are clustered without labels into ``n_clusters`` − 1 groups on standardised features (SRO
+    peak Q, LiF-spot evidence: the neighbourhood vote where given, else log1p of the LiF-band σ). Naming
+    each cluster by the definitions makes the result comparable with ``classify_rules`` while the data set
+    the boundaries between classes. Several clusters may take one name; a class no cluster wins is absent.
+    ``definitions``: the keyword arguments of :func:`classify_rules` (``bragg_fraction``/``lif_vote`` arrays
+    included).
     """
+    from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
 
+    shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))
-    feats = feature_matrix(flat_q, flat_c, flat_l)
-    rules = classify_rules(flat_q, flat_c, flat_l, **definitions)
-    k = min(n_clusters, max(1, len(feats)))
-    labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full").fit_predict(feats)
+    d = dict(definitions)
+    for key in ("bragg_fraction", "lif_vote", "crystal_neighbours"):
+        if d.get(key) is not None:
+            d[key] = np.ravel(d[key])
+    rules = classify_rules(flat_q, flat_c, flat_l, **d)
     out = np.full(flat_q.shape, UNASSIGNED, dtype=np.int8)
+    out[rules == CRYSTAL] = CRYSTAL
+    rest = (rules != CRYSTAL) & np.isfinite(flat_q)
+    vote = d.get("lif_vote")
+    spot = np.nan_to_num(vote) if vote is not None else np.log1p(np.clip(np.nan_to_num(flat_l), 0, None))
+    feats = np.stack([flat_q, spot], axis=-1)[rest]
+    k = min(max(1, n_clusters - 1), max(1, len(feats)))
+    if len(feats) == 0:
+        return out.reshape(shape)
+    sd = feats.std(axis=0)
+    feats = (feats - feats.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    if method == "kmeans":
+        labels = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(feats)
+    else:
+        labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full", n_init=3).fit_predict(feats)
+    named = np.empty(len(feats), dtype=np.int8)
     for lab in np.unique(labels):
         members = labels == lab
-        out[members] = np.bincount(rules[members], minlength=len(CLASS_NAMES)).argmax()
-    return out.reshape(np.shape(peak_q))
+        named[members] = np.bincount(rules[rest][members], minlength=len(CLASS_NAMES)).argmax()
+    out[rest] = named
+    return out.reshape(shape)

@@ -87,7 +87,10 @@ def layer_thickness(class_map: np.ndarray, step_nm: float, axis: int = 1) -> dic
     across the interface, each run of consecutive positions of one class is a layer crossing of
     length run × step_nm. Layers are grouped by their order along the line (the k-th run of class c),
     and for each group the mean, standard deviation and count of crossings along the interface are
-    returned (nm). Runs of one position are ignored as classification noise.
+    returned (nm), with the share of lines that cross it (a layer seen in a few lines only is a patch,
+    not a layer). A run of one position between two runs of one class is classification noise: it is
+    given to that class (so it neither splits the layer nor counts as one); other one-position runs are
+    ignored.
 
     >>> import numpy as np
     >>> cm = np.array([[3, 3, 1, 1, 1, 0, 0]] * 4)
@@ -99,6 +102,7 @@ def layer_thickness(class_map: np.ndarray, step_nm: float, axis: int = 1) -> dic
     cm = np.moveaxis(class_map, axis, 1)
     runs: dict[str, list[float]] = {}
     for line in cm:
+        line = _absorb_single_positions(line)
         change = np.flatnonzero(np.diff(line)) + 1
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [len(line)]])
@@ -115,5 +119,15 @@ def layer_thickness(class_map: np.ndarray, step_nm: float, axis: int = 1) -> dic
         arr = np.asarray(vals)
         out[key] = {"class": CLASS_NAMES[c] if c < len(CLASS_NAMES) else str(c), "layer": int(key.split("#")[1]),
                     "mean_nm": float(arr.mean()), "std_nm": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-                    "n_lines": int(arr.size)}
+                    "n_lines": int(arr.size), "fraction_of_lines": float(arr.size / max(len(cm), 1))}
+    return out
+
+
+def _absorb_single_positions(line: np.ndarray) -> np.ndarray:
+    """A one-position run flanked by one class on both sides takes that class (1-D class line)."""
+    out = np.array(line, copy=True)
+    if out.size >= 3:
+        lone = (out[1:-1] != out[:-2]) & (out[1:-1] != out[2:]) & (out[:-2] == out[2:])
+        idx = np.flatnonzero(lone) + 1
+        out[idx] = out[idx - 1]
     return out

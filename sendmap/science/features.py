@@ -1,0 +1,135 @@
+"""Per-position classification features from the profile stage's arrays.
+
+All functions take arrays whose last axis is Q (bin centres ``q`` in 1/Å) and return arrays over the
+leading (position) axes; none loops over positions.
+
+* anisotropy in Q bands: the largest Bragg-disk spot significance (σ, ``features/spot_z``) inside each
+  band, for fixed bands or for the reflections of library phases (Li, Li2O, LiF, Cu, ...);
+* Bragg fraction: the share of the scattered intensity that sits in azimuthal sectors holding Bragg spots
+  (mean − robust mean, weighted by the annulus' size), ≈ 0.6–0.8 for a grain in a zone axis, a few % for
+  nanocrystals in an amorphous film, 0 for an isotropic pattern;
+* phase naming: which library phase's reflections the significant spots of a pattern fall on, scored
+  as the share of the spot significance it explains minus the share its rings would catch by chance.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SEI_PHASES = ("li", "li2o", "lif", "lih", "li2co3", "lioh", "li3n", "cu", "cu2o", "li3po4_beta", "li3po4_gamma")
+"""Library phases that may appear at a Li-metal / SEI / Cu interface (SCIENCE.md), in display order."""
+
+FEATURE_PHASES = ("lif", "li", "li2o", "cu")
+"""Phases whose reflection bands are stored as anisotropy features (the issue's LiF, Li, Li2O, Cu)."""
+
+
+def phase_lines(phase_ids, q_range: tuple[float, float], min_intensity: float = 10.0) -> dict[str, np.ndarray]:
+    """Ring positions Q (1/Å) of each library phase inside ``q_range`` with intensity ≥ ``min_intensity``
+    (of 100 for the phase's strongest ring), computed by :mod:`sendmap.science.phases`."""
+    from .phases import get_phase
+
+    out = {}
+    for pid in phase_ids:
+        refl = get_phase(pid).reflections(q_range[1], min_intensity=min_intensity)
+        out[pid] = np.array([r.q_inv_angstrom for r in refl if r.q_inv_angstrom >= q_range[0]])
+    return out
+
+
+def band_anisotropy(q: np.ndarray, spot_z: np.ndarray, centres, half_width: float) -> np.ndarray:
+    """Largest spot significance (σ) within ± ``half_width`` (1/Å) of any of ``centres`` (1/Å).
+
+    spot_z: (..., nq). Returns (...,); 0 where no bin falls in a band.
+
+    >>> import numpy as np
+    >>> q = np.arange(10) * 0.1
+    >>> band_anisotropy(q, np.arange(10.0)[None], [0.3], 0.05)
+    array([3.])
+    """
+    sel = np.zeros(q.shape, bool)
+    for c in np.atleast_1d(centres):
+        sel |= np.abs(q - c) <= half_width
+    if not sel.any():
+        return np.zeros(spot_z.shape[:-1])
+    return np.nanmax(np.where(sel, np.nan_to_num(spot_z, nan=0.0), -np.inf), axis=-1)
+
+
+def phase_anisotropy(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray], half_width: float) -> np.ndarray:
+    """:func:`band_anisotropy` for every phase of ``lines`` (:func:`phase_lines`): (..., n_phases)."""
+    return np.stack([band_anisotropy(q, spot_z, v, half_width) for v in lines.values()], axis=-1)
+
+
+def bragg_fraction(q: np.ndarray, mean: np.ndarray, robust: np.ndarray, q_range: tuple[float, float]) -> np.ndarray:
+    """Share of the scattered intensity in sectors holding Bragg spots, over ``q_range`` (1/Å).
+
+    mean, robust: (..., nq) azimuthal mean and spot-clipped robust mean (counts per pixel). Each bin is
+    weighted by Q (an annulus' area), so the result is (counts in spots) / (all counts) in the range.
+    Dimensionless, in [0, 1]; NaN where there are no counts. Bragg disks that the clipping does not find
+    (faint spots at low dose) are not counted, so it is a lower bound.
+    """
+    sel = (q >= q_range[0]) & (q <= q_range[1])
+    w = q[sel]
+    m = np.nan_to_num(mean[..., sel])
+    r = np.nan_to_num(robust[..., sel])
+    tot = np.sum(m * w, axis=-1)
+    spots = np.sum(np.clip(m - r, 0, None) * w, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, spots / tot, np.nan)
+
+
+def spot_maxima(spot_z: np.ndarray, z_min: float) -> np.ndarray:
+    """(..., nq) bool: bins where the spot significance is a local maximum along Q and ≥ ``z_min`` σ (a spot
+    is a disk: its significance peaks at the disk's own Q and falls off over ± one disk radius)."""
+    z = np.nan_to_num(spot_z, nan=0.0)
+    left = np.concatenate([np.full(z.shape[:-1] + (1,), -np.inf), z[..., :-1]], axis=-1)
+    right = np.concatenate([z[..., 1:], np.full(z.shape[:-1] + (1,), -np.inf)], axis=-1)
+    return (z >= z_min) & (z >= left) & (z > right)
+
+
+def spot_q(q: np.ndarray, spot_z: np.ndarray, z_min: float) -> np.ndarray:
+    """(..., nq): the Q (1/Å) of each spot found by :func:`spot_maxima`, refined between bins by a parabola
+    through the significance at the maximum and its two neighbours; NaN at every other bin."""
+    z = np.nan_to_num(spot_z, nan=0.0)
+    peaks = spot_maxima(z, z_min)
+    zl = np.concatenate([z[..., :1], z[..., :-1]], axis=-1)
+    zr = np.concatenate([z[..., 1:], z[..., -1:]], axis=-1)
+    curv = zl - 2 * z + zr
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(curv < 0, 0.5 * (zl - zr) / np.where(curv < 0, curv, -1.0), 0.0)
+    return np.where(peaks, q + np.clip(delta, -0.5, 0.5) * float(q[1] - q[0]), np.nan)
+
+
+def name_phases(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray], z_min: float, tolerance: float,
+                q_range: tuple[float, float], min_score: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which phase's reflections the significant spots of each pattern fall on.
+
+    Spots: local maxima of ``spot_z`` along Q above ``z_min`` σ inside ``q_range``, at their refined Q
+    (:func:`spot_q`). For each phase, the explained share = Σ z of spots within ``tolerance`` (1/Å) of one
+    of its rings / Σ z of all spots, minus the share of ``q_range`` its rings cover (what spots at random Q
+    would hit by chance: a phase with dense rings is not favoured). Returns (best phase index into
+    ``lines`` or −1 where there is no spot or the best excess < ``min_score``, its excess score, the
+    runner-up's score), each (...,).
+
+    Phases whose rings lie within the tolerance of each other (LiF and LiH differ by 1.3 %, less than
+    a 0.0125 1/Å bin at 0.5 1/Å) cannot be told apart this way; a runner-up score close to the best says so.
+    """
+    qs = spot_q(q, spot_z, z_min)
+    inside = np.isfinite(qs) & (qs >= q_range[0]) & (qs <= q_range[1])
+    z = np.where(inside, np.nan_to_num(spot_z), 0.0)
+    total = z.sum(axis=-1)
+    fine = np.linspace(q_range[0], q_range[1], 2001)
+    scores = []
+    for v in lines.values():
+        v = np.asarray(v, dtype=float)
+        if v.size == 0:
+            scores.append(np.zeros(total.shape))
+            continue
+        dist = np.min(np.abs(np.nan_to_num(qs, nan=-1.0)[..., None] - v), axis=-1)
+        near = inside & (dist <= tolerance)
+        chance = float(np.mean(np.min(np.abs(fine[:, None] - v[None, :]), axis=1) <= tolerance))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores.append(np.where(total > 0, (z * near).sum(axis=-1) / np.where(total > 0, total, 1.0), 0.0) - chance)
+    s = np.stack(scores, axis=-1)
+    order = np.argsort(-s, axis=-1, kind="stable")
+    best = np.take_along_axis(s, order[..., :1], axis=-1)[..., 0]
+    second = np.take_along_axis(s, order[..., 1:2], axis=-1)[..., 0] if s.shape[-1] > 1 else np.zeros_like(best)
+    idx = np.where((total > 0) & (best >= min_score), order[..., 0], -1)
+    return idx.astype(np.int8), best, second
