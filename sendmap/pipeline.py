@@ -566,6 +566,11 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
 
 
+PLAIN_FIT_SAMPLE = 4096
+"""With binning or denoising, the plain fit (for the diagnostics: the options' effect on the reported error) runs
+on at most this many non-crystalline positions, drawn at random (seed 0): medians to ~2 %."""
+
+
 def stage_peaks(ctx: Context) -> None:
     """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence, width; second peak.
 
@@ -586,7 +591,7 @@ def stage_peaks(ctx: Context) -> None:
     ry, rx, nq = iqn.shape
     amorphous = ~crystal_rows(ctx).ravel()
     fit_args = (pk.window, pk.fit_half_width, pk.smooth_sigma_bins, pk.degree)
-    plain = fit_peaks(q, iqn.reshape(-1, nq), sem.reshape(-1, nq), *fit_args)
+    plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
     k = pk.spatial_binning
     compare = (q >= pk.window[0] - pk.fit_half_width) & (q <= pk.window[1] + pk.fit_half_width)
     n_binned = np.ones((ry, rx), int)
@@ -602,7 +607,17 @@ def stage_peaks(ctx: Context) -> None:
         if info["method"] == "none":
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
-    res = plain if (k == 1 and operator is None) else fit_peaks(q, y, s, *fit_args, operator=operator)
+    if k == 1 and operator is None:
+        res = plain = fit_peaks(q, *plain_in, *fit_args)
+    else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
+        res = fit_peaks(q, y, s, *fit_args, operator=operator)
+        sample = np.flatnonzero(amorphous)
+        if sample.size > PLAIN_FIT_SAMPLE:
+            sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
+        plain = {kk: np.full(ry * rx, np.nan) for kk in ("q_peak", "q_err")}
+        part = fit_peaks(q, plain_in[0][sample], plain_in[1][sample], *fit_args, width_error=False)
+        for kk in plain:
+            plain[kk][sample] = part[kk]
     # the second peak on the robust mean (sectors holding Bragg spots clipped): LiF (220) spots at 0.70 1/Å
     # would otherwise pose as a second SRO peak in SEI Type 2
     y2, op2 = y, operator
@@ -627,11 +642,13 @@ def stage_peaks(ctx: Context) -> None:
         write_array(g, "peaks/denoised_iqn", y.reshape(ry, rx, nq).astype(np.float32),
                     {"meaning": f"profiles after {pk.denoise} denoising (fit input)", "n_components": info["n_components"]})
 
+    in_plain = np.isfinite(plain["q_err"])  # the positions the plain fit covers (all, or the sample)
+
     def med(a):
-        v = a[amorphous & np.isfinite(a)]
+        v = a[amorphous & in_plain & np.isfinite(a)]
         return float(np.median(v)) if v.size else None
 
-    diagnostics = {"n_amorphous_positions": int(amorphous.sum()),
+    diagnostics = {"n_amorphous_positions": int(amorphous.sum()), "n_plain_fit": int((amorphous & in_plain).sum()),
                    "median_q_err_plain": med(plain["q_err"]), "median_q_err": med(res["q_err"]),
                    "median_q_err_ratio": (med(res["q_err"]) / med(plain["q_err"])
                                           if med(plain["q_err"]) and med(res["q_err"]) else None),

@@ -115,18 +115,23 @@ def name_phases(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray],
     inside = np.isfinite(qs) & (qs >= q_range[0]) & (qs <= q_range[1])
     z = np.where(inside, np.nan_to_num(spot_z), 0.0)
     total = z.sum(axis=-1)
+    # the spots only (a few per pattern), not every bin × every ring: memory and time scale with the spots
+    pos, b = np.nonzero(inside.reshape(-1, inside.shape[-1]))
+    q_spot = qs.reshape(-1, qs.shape[-1])[pos, b]
+    z_spot = z.reshape(-1, z.shape[-1])[pos, b]
     fine = np.linspace(q_range[0], q_range[1], 2001)
     scores = []
     for v in lines.values():
-        v = np.asarray(v, dtype=float)
+        v = np.sort(np.asarray(v, dtype=float))
         if v.size == 0:
             scores.append(np.zeros(total.shape))
             continue
-        dist = np.min(np.abs(np.nan_to_num(qs, nan=-1.0)[..., None] - v), axis=-1)
-        near = inside & (dist <= tolerance)
+        j = np.searchsorted(v, q_spot)
+        dist = np.minimum(np.abs(q_spot - v[np.clip(j - 1, 0, v.size - 1)]), np.abs(q_spot - v[np.clip(j, 0, v.size - 1)]))
+        explained = np.bincount(pos, weights=z_spot * (dist <= tolerance), minlength=total.size).reshape(total.shape)
         chance = float(np.mean(np.min(np.abs(fine[:, None] - v[None, :]), axis=1) <= tolerance))
         with np.errstate(invalid="ignore", divide="ignore"):
-            scores.append(np.where(total > 0, (z * near).sum(axis=-1) / np.where(total > 0, total, 1.0), 0.0) - chance)
+            scores.append(np.where(total > 0, explained / np.where(total > 0, total, 1.0), 0.0) - chance)
     s = np.stack(scores, axis=-1)
     order = np.argsort(-s, axis=-1, kind="stable")
     best = np.take_along_axis(s, order[..., :1], axis=-1)[..., 0]

@@ -33,7 +33,7 @@ def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, fl
 
 def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
               half_width: float = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
-              operator: np.ndarray | None = None, width_draws: int = 24, seed: int = 0,
+              operator: np.ndarray | None = None, width_error: bool = True,
               first_estimate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
@@ -45,10 +45,9 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     Returns arrays of shape (N,): ``q_peak`` and ``q_err`` (1/Å; NaN where no interior maximum was
     found), ``height`` and ``height_err`` (profile units), ``prominence`` (height above the higher of the two minima of
     the smoothed profile inside the window), ``fwhm`` and ``fwhm_err`` (1/Å: full width of the fitted
-    peak at half its prominence, NaN where a side does not reach that level inside the fit range; the
-    error from ``width_draws`` draws of the fit coefficients from their covariance, the level following
-    each draw's height and base (the base's own noise is included where it lies inside the fit range)) and
-    ``status``
+    peak at half its prominence, NaN where a side does not reach that level inside the fit range; with
+    ``width_error`` its 1-σ error by the delta method from the fit covariance, the level moving with the
+    height and with the base where the base lies inside the fit range) and ``status``
     (0 ok, 1 fit maximum at the edge of its range or not a maximum: smoothed argmax reported with a
     bin-width error, 2 no data). ``first_estimate``: (N,) bin indices to start from instead of the
     smoothed maximum (−1: no peak).
@@ -81,14 +80,15 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     y = np.nan_to_num(y)
     powers = np.arange(degree + 1)
     xp = x[..., None] ** powers  # (N, m, d+1)
-    a = np.einsum("nmi,nm,nmj->nij", xp, wgt, xp)
-    b = np.einsum("nmi,nm,nm->ni", xp, wgt, y)
+    xpw = xp * wgt[..., None]  # batched matrix products, not einsum: numpy runs 3-operand einsums naively
+    a = np.swapaxes(xpw, 1, 2) @ xp
+    b = (np.swapaxes(xpw, 1, 2) @ y[..., None])[..., 0]
     ok = have & (np.sum(wgt > 0, axis=1) > degree + 1)
     cov = np.full_like(a, np.nan)
     coef = np.full((n, degree + 1), np.nan)
     if ok.any():
         cov[ok] = np.linalg.pinv(a[ok])
-        coef[ok] = np.einsum("nij,nj->ni", cov[ok], b[ok])
+        coef[ok] = (cov[ok] @ b[ok][..., None])[..., 0]
         if operator is not None:
             cov[ok] = _propagated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], np.asarray(operator, float),
                                              np.nan_to_num(sem[ok]))
@@ -115,8 +115,8 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     # delta-method error, scaled by the reduced chi-square where the model fits worse than the noise
     g = np.zeros((n, degree + 1))
     g[:, 1:] = -(d1 * xs[:, None] ** (powers[1:] - 1)) / np.where(p2 < 0, p2, -1.0)[:, None]
-    var_x = np.einsum("ni,nij,nj->n", g, cov, g)
-    model = np.einsum("nmi,ni->nm", xp, np.nan_to_num(coef))
+    var_x = _quad(g, cov)
+    model = (xp @ np.nan_to_num(coef)[..., None])[..., 0]
     dof = np.maximum(np.sum(wgt > 0, axis=1) - (degree + 1), 1)
     chi2_red = np.sum(wgt * (y - model) ** 2, axis=1) / dof
     # inflate only where the misfit is significant (beyond 2σ of the χ² distribution), not for noise
@@ -126,7 +126,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     q_fit = q[centre] + xs * h * bw
     height = np.sum(coef * xs[:, None] ** powers, axis=1)
     xv = xs[:, None] ** powers
-    height_var = np.einsum("ni,nij,nj->n", xv, cov, xv) * np.where(significant & (operator is None), chi2_red, 1.0)
+    height_var = _quad(xv, cov) * np.where(significant & (operator is None), chi2_red, 1.0)
     out["q_peak"] = np.where(interior, q_fit, np.where(have, q[np.maximum(idx0, 0)], np.nan))
     out["q_err"] = np.where(interior, np.sqrt(np.maximum(var_x, 0)) * h * bw, np.where(have, bw, np.nan))
     out["height"] = np.where(interior, height, np.where(have, profiles[np.arange(n), np.maximum(idx0, 0)], np.nan))
@@ -137,28 +137,34 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     # width at half prominence of the fitted polynomial, and its spread over draws of the coefficients
     level = out["height"] - 0.5 * out["prominence"]
     scale = h * bw
-    wid = _half_level_width(coef, xs, level, interior) * scale
+    wid_x, xl, xr = _half_level_width(coef, xs, level, interior, crossings=True)
+    wid = wid_x * scale
     out["fwhm"] = wid
-    if width_draws > 1 and interior.any():
-        rng = np.random.default_rng(seed)
+    if width_error and interior.any():
+        # delta method, as for the position: width = x_r − x_l with p(x) = level at both, level = (height + base)/2;
+        # d x/d c_j = (d level/d c_j − x^j) / p'(x); the height moves by xs^j (p'(xs) = 0), the base by xb^j
+        # where it lies inside the fit range (outside, it comes from the smoothed profile, not the polynomial)
         sel = np.flatnonzero(interior & np.isfinite(wid))
         c_sel = np.nan_to_num(cov[sel]) * np.where(significant[sel] & (operator is None), chi2_red[sel], 1.0)[:, None, None]
-        ev, evec = np.linalg.eigh(0.5 * (c_sel + np.swapaxes(c_sel, 1, 2)))  # a low-rank operator: singular C
-        chol = evec * np.sqrt(np.clip(ev, 0, None))[:, None, :]
-        draws = np.empty((width_draws, sel.size))
-        xv_sel = xs[sel, None] ** powers
-        # the base, where it lies inside the fit range, moves with the drawn polynomial too
         xb = (base_q[sel] - q[centre[sel]]) / scale
-        xb_v = np.where(np.abs(xb) <= 1.0, 1.0, 0.0)[:, None] * np.clip(xb, -1, 1)[:, None] ** powers
-        for k in range(width_draws):
-            cd = coef[sel] + np.einsum("nij,nj->ni", chol, rng.standard_normal((sel.size, degree + 1)))
-            # half prominence = (height + base) / 2 moves by half the drawn changes of both
-            lev = level[sel] + 0.5 * np.sum((cd - coef[sel]) * (xv_sel + xb_v), axis=1)
-            draws[k] = _half_level_width(cd, xs[sel], lev, np.ones(sel.size, bool)) * scale
+        dlev = 0.5 * (xs[sel, None] ** powers + np.where(np.abs(xb) <= 1.0, 1.0, 0.0)[:, None]
+                      * np.clip(xb, -1, 1)[:, None] ** powers)
+
+        def slope(x):
+            return np.sum(coef[sel, 1:] * d1 * x[:, None] ** (powers[1:] - 1), axis=1)
+
+        gr = (dlev - xr[sel, None] ** powers) / slope(xr[sel])[:, None]
+        gl = (dlev - xl[sel, None] ** powers) / slope(xl[sel])[:, None]
+        gw = gr - gl
         err = np.full(n, np.nan)
-        err[sel] = np.nanstd(draws, axis=0, ddof=1)
+        err[sel] = np.sqrt(np.maximum(_quad(gw, c_sel), 0)) * scale
         out["fwhm_err"] = err
     return out
+
+
+def _quad(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """vᵀ M v per row: v (N, k), M (N, k, k) → (N,)."""
+    return np.sum(v * (m @ v[..., None])[..., 0], axis=-1)
 
 
 def _propagated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, cols: np.ndarray,
@@ -172,17 +178,18 @@ def _propagated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
     out = np.empty_like(m_inv)
     for s in range(0, len(m_inv), chunk):
         e = s + chunk
-        mm = np.einsum("nij,nmj,nm->nim", m_inv[s:e], xp[s:e], wgt[s:e])  # (B, d+1, m)
-        gmat = np.einsum("nim,nmk->nik", mm, operator[cols[s:e]])  # (B, d+1, nq)
-        out[s:e] = np.einsum("nik,nk,njk->nij", gmat, sem[s:e] ** 2, gmat)
+        mm = m_inv[s:e] @ np.swapaxes(xp[s:e] * wgt[s:e, :, None], 1, 2)  # (B, d+1, m)
+        gmat = mm @ operator[cols[s:e]]  # (B, d+1, nq)
+        out[s:e] = (gmat * sem[s:e, None, :] ** 2) @ np.swapaxes(gmat, 1, 2)
     return out
 
 
 def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid: np.ndarray,
-                      n_grid: int = 401) -> np.ndarray:
+                      n_grid: int = 401, crossings: bool = False):
     """Distance between the crossings of polynomial(s) ``coef`` (N, d+1) through ``level`` nearest to the
     maximum at ``x0`` on each side, in the polynomial's local coordinate [-1, 1]; NaN where a side does
-    not cross inside [-1, 1] (linear interpolation on an ``n_grid`` grid)."""
+    not cross inside [-1, 1] (linear interpolation on an ``n_grid`` grid). With ``crossings``, also the left
+    and right crossings themselves."""
     n = len(coef)
     grid = np.linspace(-1.0, 1.0, n_grid)
     vals = np.nan_to_num(coef) @ (grid[None, :] ** np.arange(coef.shape[1])[:, None])  # (N, G)
@@ -202,7 +209,10 @@ def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid
     ok = valid & (r < n_grid) & (lft >= 0) & np.isfinite(level)
     xr = cross(np.clip(r - 1, 0, n_grid - 1), np.clip(r, 0, n_grid - 1))
     xl = cross(np.clip(lft, 0, n_grid - 1), np.clip(lft + 1, 0, n_grid - 1))
-    return np.where(ok, xr - xl, np.nan)
+    width = np.where(ok, xr - xl, np.nan)
+    if crossings:
+        return width, np.where(ok, xl, np.nan), np.where(ok, xr, np.nan)
+    return width
 
 
 def _prominence(q, profiles, window, sigma_bins, idx0, height, return_base_q: bool = False):
@@ -241,7 +251,7 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
     local[:, 1:-1] = (p[:, 1:-1] > p[:, :-2]) & (p[:, 1:-1] >= p[:, 2:])
     cand = np.where(local & inside[None, :], p, -np.inf)
     idx0 = np.where(np.isfinite(cand).any(axis=1), np.argmax(cand, axis=1), -1)
-    r = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator=operator, width_draws=0,
+    r = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator=operator, width_error=False,
                   first_estimate=idx0)
     present = ((idx0 >= 0) & (r["status"] == 0)
                & (r["prominence"] > min_prominence_sigma * np.sqrt(2.0) * r["height_err"])
@@ -276,8 +286,6 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     the span of the components (exact where no non-negativity constraint is active). ``info``: method,
     n_components, singular values (whitened, per √N) and the noise edge.
     """
-    from sklearn.decomposition import NMF, PCA
-
     n, nq = profiles.shape
     y = np.nan_to_num(np.asarray(profiles, float))
     ref = np.nanmedian(np.where(fit_rows[:, None], sem, np.nan), axis=0)
@@ -285,7 +293,9 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     r = ref[cols]
     x = y[:, cols] / r
     xf = x[fit_rows]
-    sv = np.linalg.svd(xf - xf.mean(axis=0), compute_uv=False) / np.sqrt(max(len(xf), 1))
+    mean = xf.mean(axis=0)
+    _, sv, vt = np.linalg.svd(xf - mean, full_matrices=False)  # the principal axes: PCA without scikit-learn
+    sv = sv / np.sqrt(max(len(xf), 1))
     edge = float(np.median(sv) * (1.0 + np.sqrt(len(cols) / max(len(xf), 1))) * 1.2)
     k_auto = max(2, int(np.sum(sv > edge)))
     k = int(n_components) if n_components else k_auto + guard + (1 if method == "nmf" else 0)
@@ -296,11 +306,12 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     op = np.eye(nq)
     out = y.copy()
     if method == "pca":
-        model = PCA(n_components=k, random_state=seed).fit(xf)
-        v = model.components_  # (k, m), orthonormal rows
-        xd = model.mean_ + (x - model.mean_) @ v.T @ v
+        v = vt[:k]  # (k, m), orthonormal rows
+        xd = mean + (x - mean) @ v.T @ v
         proj = v.T @ v
     elif method == "nmf":
+        from sklearn.decomposition import NMF
+
         model = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=1000).fit(np.clip(xf, 0, None))
         hmat = model.components_  # (k, m)
         xd = model.transform(np.clip(x, 0, None)) @ hmat
