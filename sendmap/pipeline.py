@@ -417,14 +417,22 @@ class _PolarProcess:
     disk_radius_q: float
     adf_q: tuple
     bf_q: float
+    qn: np.ndarray | None = None  # Q^n per bin: with it, the block's stored outputs are made here (float32)
 
     def __call__(self, loaded):
         from .science.polar_tables import profile_block
 
         _one_numba_thread_off_main()
         item, frames, centres = loaded
-        return item[1], profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
-                                      bf_max_q=self.bf_q)
+        out = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
+                            bf_max_q=self.bf_q)
+        if self.qn is not None:  # in the worker, not in the main thread that writes (which shares the cores)
+            out["robust_mean"] = out.pop("robust")
+            for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean")):
+                out[nm] = out[src] * self.qn
+            for nm in PROFILE_OUTPUTS:
+                out[nm] = out[nm].astype(np.float32)
+        return item[1], out
 
 
 def _one_numba_thread_off_main() -> None:
@@ -476,6 +484,8 @@ def stage_profiles(ctx: Context) -> None:
     finite = origin.reshape(-1, 2)[np.all(np.isfinite(origin.reshape(-1, 2)), axis=1)]
     tables = PolarTables(geom, cfg.profiles.centre_step_px, (qy, qx),
                          np.stack([finite.min(axis=0), finite.max(axis=0)], axis=1) if len(finite) else None)
+    if len(finite):  # every table the scan needs, built here with all cores (a worker thread has one)
+        tables.split_centres(finite)
     r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
     q = geom.q_centres
     qn = q ** cfg.profiles.n
@@ -500,7 +510,7 @@ def stage_profiles(ctx: Context) -> None:
             arrays[nm] = g[f"{grp}/{nm}"]
             continue
         arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks,
-                                    overwrite=True, fill_value=float("nan"), compressors=compressor(),
+                                    overwrite=True, fill_value=float("nan"), compressors=None,
                                     chunk_key_encoding={"name": "default", "separator": "."})
         if attrs:
             arrays[nm].attrs.update(attrs)
@@ -516,7 +526,9 @@ def stage_profiles(ctx: Context) -> None:
             (y0, x0), _ = pending[0]
             for nm, (grp, _) in PROFILE_OUTPUTS.items():
                 block = np.concatenate([r[nm] for _, r in pending], axis=0)
-                write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".")
+                # uncompressed: float noise compresses 1.2×, not worth encoding in the writing thread
+                write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".",
+                                    compress=False)
             progress.record(list(pending_blocks), {"bf": bf, "adf": adf})
             pending.clear()
             pending_blocks.clear()
@@ -528,12 +540,7 @@ def stage_profiles(ctx: Context) -> None:
         pending_blocks.append((y0, y1, x0, x1))
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
-        out["robust_mean"] = out.pop("robust")
-        out["iqn"] = out["mean"] * qn
-        out["iqn_sem"] = out["sem"] * qn
-        out["iqn_robust"] = out["robust_mean"] * qn
-        pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1).astype(np.float32)
-                                   for nm in PROFILE_OUTPUTS}))
+        pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
         # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
         if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
             flush()
@@ -541,7 +548,7 @@ def stage_profiles(ctx: Context) -> None:
     _DATA_ARRAYS.pop(ctx.store_path, None)
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
     ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
-    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q), items, cfg.compute, "profiles",
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn), items, cfg.compute, "profiles",
                on_result=put, thread_safe=True)
     flush()
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})

@@ -50,3 +50,17 @@ def test_direct_write_with_dot_separator_reads_back_through_zarr(tmp_path):
     for y0 in (0, 2, 4):
         write_region_direct(tmp_path / "e.zarr", (2, 4, 3), (y0, 0, 0), data[y0:y0 + 2], separator=".")
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "e.zarr"), mode="r")[...], data)
+
+
+def test_write_region_direct_uncompressed_reads_back_with_zarr(tmp_path):
+    """Chunks written raw (compress=False) into an array without compressors: zarr reads the same values."""
+    import zarr
+
+    from sendmap.store import write_region_direct
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    data = np.random.default_rng(3).normal(size=(5, 7, 11)).astype(np.float32)
+    g.create_array("a", shape=data.shape, dtype="float32", chunks=(2, 7, 11), compressors=None,
+                   fill_value=float("nan"), chunk_key_encoding={"name": "default", "separator": "."})
+    write_region_direct(tmp_path / "s.zarr" / "a", (2, 7, 11), (0, 0, 0), data, separator=".", compress=False)
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["a"]), data)

@@ -324,7 +324,7 @@ class PolarTables:
         self.kmax = int(math.floor(math.sqrt(2) * (ss - 1) / ss * a * geom.q_pixel_size / geom.bin_width + 1e-9)) + 2
         self.rec_bytes = -(-(4 + self.kmax) // 4) * 4  # records padded to a multiple of 4 bytes
         self.inv_ss2 = 1.0 / geom.supersample ** 2
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the geometry cache
         self._alloc()
         self._alloc_geometry_cache()
 
@@ -341,6 +341,7 @@ class PolarTables:
         self.w_full = np.zeros((nt, g.nq, g.n_phi))
         self.w2_full = np.zeros((nt, g.nq))
         self.built = np.zeros(nt, bool)
+        self._table_locks = [threading.Lock() for _ in range(nt)]  # threads build different tables at once
 
     def _alloc_geometry_cache(self):
         g = self.geom
@@ -431,7 +432,7 @@ class PolarTables:
             t = int(t)
             if self.built[t]:
                 continue
-            with self._lock:
+            with self._table_locks[t]:
                 if self.built[t]:
                     continue
                 jy, jx = divmod(t, self.n_sub)
