@@ -287,3 +287,18 @@ def test_unreadable_pixel_depths_name_the_file_and_offset(tmp_path, depth):
     path.write_bytes(bytes(raw))
     with pytest.raises(SendmapInputError, match=rf"{depth}.*byte offset 0"):
         read_mib_info(path)
+
+
+def test_region_reader_equals_the_dask_array(tmp_path):
+    """read_mib_region (the ingest's direct path) gives the dask array's values for whole rows and row pieces."""
+    from sendmap.io import open_dataset
+    from sendmap.io.mib import write_mib
+
+    data = np.random.default_rng(4).integers(0, 3000, (3, 5, 16, 12)).astype(np.uint16)
+    path = write_mib(tmp_path / "s.mib", data)
+    ds = open_dataset(path, "mib", None)
+    assert ds.read_region is not None
+    for region in [(0, 3, 0, 5), (1, 2, 0, 5), (0, 2, 1, 4), (2, 3, 4, 5)]:
+        y0, y1, x0, x1 = region
+        np.testing.assert_array_equal(ds.read_region(region), np.asarray(ds.data[y0:y1, x0:x1]))
+        np.testing.assert_array_equal(ds.read_region(region), data[y0:y1, x0:x1])

@@ -50,6 +50,9 @@ class Dataset:
     metadata: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     """Every file the dataset is made of (fingerprinted together): e.g. ``.mib`` + ``.hdr``, master + data."""
+    read_region: object = None
+    """Optional ``read_region((y0, y1, x0, x1)) -> ndarray`` (y1-y0, x1-x0, Qy, Qx), equal to ``data``'s region
+    but read directly (no dask graph per block: ~30 ms per block of 148 frames saved), where a reader has one."""
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -136,7 +139,12 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     if fmt == "mib":
         from .mib import read_mib_dask
 
+        import functools
+
+        from .mib import read_mib_region
+
         data, info = read_mib_dask(path, **kw)
+        region_reader = functools.partial(read_mib_region, info, data.shape[1])
         meta = {k: v for k, v in info.metadata.items() if k != "hdr"}
         meta.update(header_bytes=info.header_bytes, counter_depth=info.counter_depth, dtype_on_disk=info.dtype.str)
         files += [p for p in (path.with_suffix(".hdr"),) if p.exists()]
@@ -178,7 +186,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
                                    **layout, **kw)
     else:
         raise SendmapInputError(f"{path}: unknown input.format {fmt!r}; known: {', '.join(SUPPORTED)}")
-    return Dataset(data, path, fmt, meta, files)
+    return Dataset(data, path, fmt, meta, files, read_region=region_reader if fmt == "mib" else None)
 
 
 def _compatible(detected: str, fmt: str) -> bool:

@@ -232,6 +232,19 @@ def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure
 
 # --- private helpers -----------------------------------------------------------------------------------
 
+def read_mib_region(info: MibInfo, row_length: int, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Frames of scan rows y0:y1, columns x0:x1 (``region``) as (y1-y0, x1-x0, Qy, Qx) in native byte order, Qy
+    flipped: the same values as :func:`read_mib_dask`'s array, straight from the file mapping (the byte swap
+    happens in the one copy)."""
+    y0, y1, x0, x1 = region
+    px = mib_memmap(info)["px"]
+    out = np.empty((y1 - y0, x1 - x0, *info.frame_shape), info.dtype.newbyteorder("="))
+    for y in range(y0, y1):
+        s = y * row_length
+        np.copyto(out[y - y0], px[s + x0:s + x1, ::-1])
+    return out
+
+
 def _load_mib_block(info: MibInfo, row_length: int, block_info=None) -> np.ndarray:
     frames, shape = frame_range(block_info, row_length)
     px = mib_memmap(info)["px"][frames, ::-1]
