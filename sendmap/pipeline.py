@@ -27,7 +27,7 @@ from .ingest import stage_ingest
 from .io import Dataset, fingerprint, open_dataset
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
-from .store import (STORE_NAME, compressor, now_iso, open_store, set_attrs, write_array, write_json_atomic,
+from .store import (STORE_NAME, now_iso, open_store, set_attrs, write_array, write_json_atomic,
                     write_region_direct)
 
 
@@ -417,7 +417,7 @@ class _PolarProcess:
     disk_radius_q: float
     adf_q: tuple
     bf_q: float
-    qn: np.ndarray | None = None  # Q^n per bin: with it, the block's stored outputs are made here (float32)
+    qn: np.ndarray  # Q^n per bin
 
     def __call__(self, loaded):
         from .science.polar_tables import profile_block
@@ -426,12 +426,13 @@ class _PolarProcess:
         item, frames, centres = loaded
         out = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
                             bf_max_q=self.bf_q)
-        if self.qn is not None:  # in the worker, not in the main thread that writes (which shares the cores)
-            out["robust_mean"] = out.pop("robust")
-            for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean")):
-                out[nm] = out[src] * self.qn
-            for nm in PROFILE_OUTPUTS:
-                out[nm] = out[nm].astype(np.float32)
+        # the stored outputs (float32) made here in the worker, not in the main thread that writes (it shares
+        # the cores)
+        out["robust_mean"] = out.pop("robust")
+        for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean")):
+            out[nm] = out[src] * self.qn
+        for nm in PROFILE_OUTPUTS:
+            out[nm] = out[nm].astype(np.float32)
         return item[1], out
 
 
