@@ -68,9 +68,9 @@ def read_pattern(path, scan_shape: tuple[int, int] | None = None) -> tuple[np.nd
         from .io import open_dataset
 
         ds = open_dataset(path, "auto", scan_shape=scan_shape)
-        if ds.data.ndim != 4:
-            raise SendmapInputError(f"{path}: expected a 2-D pattern or a 4-D dataset, got shape {ds.data.shape}")
-        n = int(ds.data.shape[0] * ds.data.shape[1])
+        if len(ds.shape) != 4:
+            raise SendmapInputError(f"{path}: expected a 2-D pattern or a 4-D dataset, got shape {ds.shape}")
+        n = int(ds.shape[0] * ds.shape[1])
         pattern = ds.data.astype(np.float64).mean(axis=(0, 1)).compute()
         fmt = ds.format
     pattern = np.asarray(pattern, dtype=np.float64)

@@ -43,7 +43,7 @@ def describe(path: Path) -> dict:
     if ds.format == "zarr":
         path = path.resolve()
     return {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
-            "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype),
+            "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype),
             "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
             "fingerprint": fingerprint(path), "metadata": ds.metadata}
 

@@ -217,7 +217,7 @@ def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> t
 
 def _in_place_target(ctx, plan: IngestPlan):
     ds, inp = ctx.dataset, ctx.cfg.input
-    if ds.format != "zarr" or not inp.in_place or not plan.identity or ds.data.ndim != 4:
+    if ds.format != "zarr" or not inp.in_place or not plan.identity or len(ds.shape) != 4:
         return None
     if ds.metadata.get("dtype_on_disk") and np.dtype(ds.metadata["dtype_on_disk"]) != plan.dtype:
         return None
@@ -231,7 +231,7 @@ def stage_ingest(ctx) -> None:
     from .store import compressor, set_attrs, write_array
 
     cfg, ds, g = ctx.cfg, ctx.dataset, ctx.group
-    plan = plan_ingest(cfg, ds.scan_shape, ds.frame_shape, ds.data.dtype, ctx.log)
+    plan = plan_ingest(cfg, ds.scan_shape, ds.frame_shape, ds.dtype, ctx.log)
     ref = _in_place_target(ctx, plan)
     if ref is not None:
         from .io.zarrarray import open_zarr_array
@@ -292,7 +292,7 @@ def stage_ingest(ctx) -> None:
         progress.record([(y0, y1, x0, x1)], {"bf_mask": bf_mask, "adf_mask": adf_mask, "vcentre": np.asarray(vcentre),
                                              "sum": total_sum, "max": total_max, "nonfinite": nonfinite, **maps})
 
-    frame_bytes = int(np.prod(ds.frame_shape)) * ds.data.dtype.itemsize
+    frame_bytes = int(np.prod(ds.frame_shape)) * ds.dtype.itemsize
     sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes for b in plan.blocks]
     if first is not None:
         collect(0, process(first))
@@ -320,7 +320,7 @@ def stage_ingest(ctx) -> None:
         "crop_r": list(plan.crop_r), "crop_q": list(plan.crop_q), "bin_r": plan.bin_r, "bin_q": plan.bin_q,
         "scan_shape": list(plan.scan_shape), "frame_shape": list(plan.frame_shape), "dtype": plan.dtype.str,
         "chunks": list(plan.chunk_shape), "in_place": target is None, "nonfinite_values": n_bad,
-        "input_bytes": int(math.prod(ds.data.shape) * ds.data.dtype.itemsize)})
+        "input_bytes": int(math.prod(ds.shape) * ds.dtype.itemsize)})
 
 
 def _ingest_progress(ctx, plan: IngestPlan, ref: dict):

@@ -23,7 +23,6 @@ import numpy as np
 from . import CLASS_NAMES, __version__
 from .config import Config
 from .errors import SendmapInputError
-from .ingest import stage_ingest
 from .io import Dataset, fingerprint, open_dataset
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
@@ -669,6 +668,16 @@ def stage_peaks(ctx: Context) -> None:
                                   + (" propagated through the denoising projection" if operator is not None else "")})
 
 
+# --------------------------------------------------------------------------------------------- ingest
+
+def stage_ingest(ctx: Context) -> None:
+    """Raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose: see :mod:`sendmap.ingest` (imported here,
+    not at the top: it needs numba and dask, which a re-run that reuses ingest never loads)."""
+    from .ingest import stage_ingest as run
+
+    run(ctx)
+
+
 # --------------------------------------------------------------------------------------------- classify
 
 def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
@@ -832,7 +841,7 @@ def stage_report(ctx: Context) -> None:
     """Figures (PNG + PDF) and tables (CSV)."""
     from .report.build import write_report
 
-    write_report(ctx.group, ctx.out_dir, ctx.cfg, ctx.log)
+    write_report(ctx.group, ctx.out_dir, ctx.cfg, ctx.log, reuse=ctx.resume)  # --force redraws every figure
 
 
 STAGES: tuple[Stage, ...] = (
@@ -898,7 +907,7 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     fp = fingerprint(path, files=ds.files)
     info = {"path": str(path), "format": ds.format, "reader": READERS.get(ds.format, ""), "bytes": fp["bytes"],
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
-            "frame_shape": list(ds.frame_shape), "dtype": str(ds.data.dtype), "reader_metadata": ds.metadata}
+            "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype), "reader_metadata": ds.metadata}
     return ds, info
 
 

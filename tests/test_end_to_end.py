@@ -72,6 +72,67 @@ def test_rerun_reuses_and_classification_change_recomputes_only_later_stages(syn
     assert after["classify"]["config"]["classify"]["definitions"]["lif_spot_z"] == 7
 
 
+def test_report_redraws_only_figures_whose_inputs_changed(synth_run, tmp_path):
+    """A classification change redraws the figures drawn from classes; the virtual images (drawn from the
+    profiles alone) are kept, byte for byte; ``reuse=False`` (``--force``) and a missing file redraw; a figure
+    being redrawn is dropped from the manifest first, so a killed report never leaves a new file under an old
+    digest."""
+    import json
+
+    from sendmap.report import build
+
+    g = zarr.open_group(str(synth_run / "results" / "sendmap.zarr"), mode="r")
+    out = tmp_path / "r"
+    first = build.write_figures(g, out, 1, processes=1)
+    fdir = out / "figures"
+    manifest = json.loads((fdir / build.FIGURE_MANIFEST).read_text())
+    assert sorted(manifest) == sorted({p.stem for p in first}) and len(first) == 12
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first}
+    again = build.write_figures(g, out, 1, processes=1)  # nothing changed: nothing drawn
+    assert sorted(p.name for p in again) == sorted(mtimes)
+    assert {p.name: p.stat().st_mtime_ns for p in again} == mtimes
+
+    class Changed:  # the same store with one position's class changed, as after a threshold change
+        def __init__(self, grp):
+            self.grp, self.attrs = grp, grp.attrs
+
+        def __contains__(self, key):
+            return key in self.grp
+
+        def __getitem__(self, key):
+            a = np.asarray(self.grp[key])
+            if key == "maps/class":
+                a = a.copy()
+                a[0, 0] = (a[0, 0] + 1) % 4
+            return a
+
+    drawn = []
+    real = build.render_figures
+    build_render = lambda specs, *a, **k: drawn.extend(s[0] for s in specs) or real(specs, *a, **k)  # noqa: E731
+    try:
+        build.render_figures = build_render
+        build.write_figures(Changed(g), out, 1, processes=1)
+        assert "virtual_images" not in drawn and {"class_map", "overview", "histograms"} <= set(drawn)
+        assert (fdir / "virtual_images.png").stat().st_mtime_ns == mtimes["virtual_images.png"]
+        drawn.clear()
+        (fdir / "peak_map.pdf").unlink()
+        build.write_figures(Changed(g), out, 1, processes=1)
+        assert drawn == ["peak_map"]
+        drawn.clear()
+        build.write_figures(Changed(g), out, 1, processes=1, reuse=False)
+        assert len(drawn) == 6
+
+        def killed(specs, *a, **k):
+            raise KeyboardInterrupt
+        build.render_figures = killed
+        with pytest.raises(KeyboardInterrupt):
+            build.write_figures(g, out, 1, processes=1)  # back to the original classes: these figures must redraw
+        left = json.loads((fdir / build.FIGURE_MANIFEST).read_text())
+        assert "class_map" not in left and "virtual_images" in left
+    finally:
+        build.render_figures = real
+
+
 def test_input_file_is_not_modified(synth_run):
     from sendmap.io import fingerprint
 

@@ -162,3 +162,15 @@ def test_gmm_and_kmeans_name_clusters_by_the_definitions():
         cls = classify_gmm(peak, cz, lif, 4, 0, method=method, **d)
         assert np.mean(cls == truth) > 0.97, method
         assert set(np.unique(cls)) <= set(range(len(CLASS_NAMES)))
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (1, 5), (5, 1), (2, 2)])
+def test_window_sum_equals_ndimage_convolve_nearest(shape):
+    """classify's neighbourhood sums (crystal neighbours, LiF vote) avoid scipy.ndimage; same numbers."""
+    from scipy import ndimage
+
+    from sendmap.science.classify import window_sum
+
+    a = np.random.default_rng(1).random(shape)
+    for k in (np.ones((3, 3)), np.array([[1, 1, 1], [1, 2, 1], [1, 1, 1.0]]), np.ones((5, 5))):
+        np.testing.assert_allclose(window_sum(a, k), ndimage.convolve(a, k, mode="nearest"), rtol=0, atol=1e-12)

@@ -1,6 +1,6 @@
 """Detector formats: one ``open_dataset`` that detects the format and returns a lazy 4D array.
 
-Every reader returns a dask array (Ry, Rx, Qy, Qx) in native byte order whose chunks are runs of whole
+Every reader gives a dask array (Ry, Rx, Qy, Qx) in native byte order whose chunks are runs of whole
 scan rows, each chunk opening the file read-only by itself (so the graph runs on threads, processes or
 a cluster); see :mod:`sendmap.io._common` for the contract. Input files are never opened for writing.
 
@@ -25,8 +25,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-import dask.array as da
+import numpy as np
 
 from ..errors import SendmapInputError
 
@@ -42,9 +43,16 @@ _EXTENSIONS = {".mib": "mib", ".npy": "npy", ".dm4": "dm4", ".dm3": "dm4", ".raw
 
 @dataclass
 class Dataset:
-    """A lazily opened 4D-STEM dataset."""
+    """A lazily opened 4D-STEM dataset: shape, dtype and metadata at once, the dask array when first asked for.
 
-    data: da.Array
+    Building the dask array needs dask itself (~0.5 s to import); a re-run that reuses ingest never does, so
+    readers that know the shape from the header alone (mib) build it on first access of :attr:`data`.
+    """
+
+    shape: tuple[int, int, int, int]
+    """(Ry, Rx, Qy, Qx)."""
+    dtype: np.dtype
+    """Pixel type in native byte order (the dask array's dtype)."""
     path: Path
     format: str
     metadata: dict = field(default_factory=dict)
@@ -53,14 +61,31 @@ class Dataset:
     read_region: object = None
     """Optional ``read_region((y0, y1, x0, x1)) -> ndarray`` (y1-y0, x1-x0, Qy, Qx), equal to ``data``'s region
     but read directly (no dask graph per block: ~30 ms per block of 148 frames saved), where a reader has one."""
+    make_data: Callable[[], Any] | None = field(default=None, repr=False)
+    """Builds the dask array (called once, on first access of :attr:`data`)."""
+    _data: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_array(cls, data, path: Path, format: str, metadata: dict | None = None, files=None,
+                   read_region=None) -> "Dataset":
+        """A dataset around an already built (dask) array."""
+        return cls(tuple(data.shape), np.dtype(data.dtype), Path(path), format, dict(metadata or {}),
+                   list(files or []), read_region, None, data)
+
+    @property
+    def data(self):
+        """The lazy (Ry, Rx, Qy, Qx) dask array."""
+        if self._data is None:
+            self._data = self.make_data()
+        return self._data
 
     @property
     def scan_shape(self) -> tuple[int, int]:
-        return tuple(self.data.shape[:2])
+        return tuple(self.shape[:2])
 
     @property
     def frame_shape(self) -> tuple[int, int]:
-        return tuple(self.data.shape[2:])
+        return tuple(self.shape[2:])
 
 
 def detect_format(path: Path) -> str:
@@ -137,18 +162,19 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     kw = {"scan_shape": scan_shape, "frames_per_chunk": frames_per_chunk}
     files = [path]
     if fmt == "mib":
-        from .mib import read_mib_dask
-
         import functools
 
-        from .mib import read_mib_region
+        from .mib import mib_scan_shape, read_mib_dask, read_mib_info, read_mib_region
 
-        data, info = read_mib_dask(path, **kw)
-        region_reader = functools.partial(read_mib_region, info, data.shape[1])
+        info = read_mib_info(path)
+        scan = mib_scan_shape(info, scan_shape)
         meta = {k: v for k, v in info.metadata.items() if k != "hdr"}
         meta.update(header_bytes=info.header_bytes, counter_depth=info.counter_depth, dtype_on_disk=info.dtype.str)
         files += [p for p in (path.with_suffix(".hdr"),) if p.exists()]
-    elif fmt == "npy":
+        return Dataset((*scan, *info.frame_shape), info.dtype.newbyteorder("="), path, fmt, meta, files,
+                       read_region=functools.partial(read_mib_region, info, scan[1]),
+                       make_data=lambda: read_mib_dask(path, **kw)[0])
+    if fmt == "npy":
         from .npy import read_npy_dask
 
         data, meta = read_npy_dask(path, **kw), {}
@@ -186,7 +212,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
                                    **layout, **kw)
     else:
         raise SendmapInputError(f"{path}: unknown input.format {fmt!r}; known: {', '.join(SUPPORTED)}")
-    return Dataset(data, path, fmt, meta, files, read_region=region_reader if fmt == "mib" else None)
+    return Dataset.from_array(data, path, fmt, meta, files)
 
 
 def _compatible(detected: str, fmt: str) -> bool:

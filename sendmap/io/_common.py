@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dask.array.core import normalize_chunks
 import numpy as np
 
 from sendmap.errors import SendmapInputError
@@ -46,6 +45,8 @@ def scan_chunks(scan_shape: tuple[int, int], frame_shape: tuple[int, int], items
     elif not isinstance(frames_per_chunk, (int, np.integer)) or frames_per_chunk < 1:
         raise SendmapInputError(f"frames_per_chunk must be a positive integer, not {frames_per_chunk!r}")
     rows, cols = (frames_per_chunk // rx, rx) if frames_per_chunk >= rx else (1, frames_per_chunk)
+    from dask.array.core import normalize_chunks  # here, not at import: a re-run that reuses ingest needs no dask
+
     return normalize_chunks((rows, cols, -1, -1), shape=(ry, rx, *frame_shape))
 
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 
 from sendmap import __version__
@@ -150,7 +149,7 @@ def mib_memmap(info: MibInfo) -> np.ndarray:
 
 
 def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
-                  frames_per_chunk: int | None = None) -> tuple[da.Array, MibInfo]:
+                  frames_per_chunk: int | None = None) -> tuple["da.Array", MibInfo]:
     """Lazy (Ry, Rx, Qy, Qx) array of a ``.mib`` file in native byte order, Qy flipped (see module doc).
 
     ``scan_shape`` (Ry, Rx) defaults to (n_frames / row, row) where the ``.hdr`` gives more than one frame
@@ -159,10 +158,10 @@ def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
     longer; each chunk maps the file read-only by itself, so the graph pickles and runs on threads or
     processes. Returns the array and the file's :class:`MibInfo`.
     """
+    import dask.array as da
+
     info = read_mib_info(path)
-    if scan_shape is None:
-        scan_shape = _default_scan_shape(info)
-    scan_shape = check_scan_shape(scan_shape, info.n_frames, info.path)
+    scan_shape = mib_scan_shape(info, scan_shape)
     native = info.dtype.newbyteorder("=")
     chunks = scan_chunks(scan_shape, info.frame_shape, native.itemsize, frames_per_chunk)
     data = da.map_blocks(_load_mib_block, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
@@ -249,6 +248,14 @@ def _load_mib_block(info: MibInfo, row_length: int, block_info=None) -> np.ndarr
     frames, shape = frame_range(block_info, row_length)
     px = mib_memmap(info)["px"][frames, ::-1]
     return np.array(px, dtype=info.dtype.newbyteorder("=")).reshape(*shape, *info.frame_shape)
+
+
+def mib_scan_shape(info: MibInfo, scan_shape: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The scan shape (Ry, Rx) of a file: ``scan_shape`` checked against the frame count, or the default of
+    :func:`read_mib_dask`; SendmapInputError if it does not fit."""
+    if scan_shape is None:
+        scan_shape = _default_scan_shape(info)
+    return check_scan_shape(scan_shape, info.n_frames, info.path)
 
 
 def _default_scan_shape(info: MibInfo) -> tuple[int, int]:

@@ -77,12 +77,21 @@ def write_tables(group, out_dir: Path) -> list[Path]:
             "virtual_bf": arr("features/virtual_bf"), "virtual_adf": arr("features/virtual_adf")}
     header = ["ry", "rx", "y_nm", "x_nm", "class", "phase", *cols, "centre_y_px", "centre_x_px",
               "electrons_per_pattern", "electrons_per_A2"]
-    flat = {k: v.ravel() for k, v in cols.items()}
     lines = [",".join(header)]
-    for i, (y, x, c, ph, o) in enumerate(zip(yy.ravel(), xx.ravel(), cls.ravel(), phase.ravel(), origin.reshape(-1, 2))):
-        vals = ",".join("" if not np.isfinite(v[i]) else f"{v[i]:.6g}" for v in flat.values())
-        pname = phase_names[ph] if 0 <= ph < len(phase_names) else ""
-        lines.append(f"{y},{x},{y * step:g},{x * step:g},{CLASS_NAMES[c]},{pname},{vals},{o[0]:.3f},{o[1]:.3f},{epp},{epa}")
+    names = np.array([*CLASS_NAMES, ""], dtype=object)
+    pnames = np.array([*phase_names, ""], dtype=object)
+
+    def fmt(values, spec: str) -> list[str]:  # one column as text, "" where not finite (Python floats format fast)
+        return ["" if v != v or v in (np.inf, -np.inf) else format(v, spec) for v in np.asarray(values, float).ravel().tolist()]
+
+    ph = phase.ravel()
+    columns = [map(str, yy.ravel().tolist()), map(str, xx.ravel().tolist()), fmt(yy * step, "g"), fmt(xx * step, "g"),
+               names[np.where((cls >= 0) & (cls < len(CLASS_NAMES)), cls, -1).ravel()],
+               pnames[np.where((ph >= 0) & (ph < len(phase_names)), ph, -1)],
+               *(fmt(v, ".6g") for v in cols.values()),
+               fmt(origin[..., 0], ".3f"), fmt(origin[..., 1], ".3f")]
+    tail = f",{epp},{epa}"
+    lines += [",".join(row) + tail for row in zip(*columns)]
     p = tdir / "positions.csv"
     write_text_atomic(p, "\n".join(lines) + "\n")
     paths.append(p)
@@ -110,8 +119,14 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2) -> list[Path]:
-    """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes``)."""
+def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
+                  reuse: bool = True) -> list[Path]:
+    """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes``).
+
+    With ``reuse``, a figure whose inputs (every array and number it is drawn from), formats, and drawing code
+    (:mod:`sendmap.report.figures`, sendmap and matplotlib versions) are those of the files already there is not
+    drawn again (:func:`figures_to_draw`): after a classification change the virtual images stay as they are.
+    """
     fdir = Path(out_dir) / "figures"
     dose = dose_text(group.attrs.get("dose"))
     step = float(group.attrs["calibration"]["scan_step_nm"])
@@ -145,7 +160,57 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
          dict(reference_ticks=ticks, sem=sems, window=window)),
         ("virtual_images", "plot_virtual_images", (bf, adf, step, dose), {}),
     ]
-    return render_figures(specs, fdir, tuple(formats), processes=processes)
+    todo, digests = figures_to_draw(specs, fdir, tuple(formats), reuse)
+    redo = {spec[0] for spec in todo}
+    # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
+    # an old digest (which a later run with the old inputs would wrongly keep)
+    write_figure_manifest(fdir, {k: v for k, v in digests.items() if k not in redo})
+    drawn = render_figures(todo, fdir, tuple(formats), processes=processes) if todo else []
+    write_figure_manifest(fdir, digests)
+    kept = [fdir / f"{name}.{fmt}" for name, *_ in specs if name not in redo for fmt in formats]
+    return drawn + kept
+
+
+FIGURE_MANIFEST = ".figures.json"
+"""In ``<out_dir>/figures``: the input digest of every figure there (see :func:`figures_to_draw`)."""
+
+
+def _figure_digest(spec, formats: tuple) -> str:
+    """SHA-256 of everything a figure depends on: its plotting function and arguments (arrays by content), the
+    formats, the source of :mod:`sendmap.report.figures`, and the sendmap and matplotlib versions."""
+    import hashlib
+    import pickle
+    from importlib.metadata import version
+
+    from .. import __version__
+    from . import __file__ as _pkg
+
+    h = hashlib.sha256()
+    h.update(pickle.dumps((spec, formats, __version__, version("matplotlib")), protocol=5))
+    h.update((Path(_pkg).parent / "figures.py").read_bytes())
+    return h.hexdigest()
+
+
+def figures_to_draw(specs, fdir: Path, formats: tuple, reuse: bool = True) -> tuple[list, dict]:
+    """(specs of the figures that must be drawn, {name: digest} of all): a figure is kept where ``reuse``, its
+    digest equals the manifest's and every one of its files exists."""
+    import json
+
+    digests = {spec[0]: _figure_digest(spec, formats) for spec in specs}
+    try:
+        old = json.loads((Path(fdir) / FIGURE_MANIFEST).read_text()) if reuse else {}
+    except (OSError, ValueError):
+        old = {}
+    todo = [spec for spec in specs if old.get(spec[0]) != digests[spec[0]]
+            or not all((Path(fdir) / f"{spec[0]}.{fmt}").exists() for fmt in formats)]
+    return todo, digests
+
+
+def write_figure_manifest(fdir: Path, digests: dict) -> None:
+    import json
+
+    Path(fdir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(fdir) / FIGURE_MANIFEST, json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
 
 FIGURE_SHARE_OF_HELPER = 4
@@ -205,10 +270,10 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2) -> lis
     return [Path(p) for p in mine + theirs]
 
 
-def write_report(group, out_dir: Path, cfg, log) -> None:
+def write_report(group, out_dir: Path, cfg, log, reuse: bool = True) -> None:
     paths = write_tables(group, out_dir)
     if cfg.output.figures:
         # a helper process draws half the figures, except where the user asked for one process
         paths += write_figures(group, out_dir, cfg.profiles.n, tuple(cfg.output.formats), window=cfg.peaks.window,
-                               processes=1 if cfg.compute.scheduler == "synchronous" else 2)
+                               processes=1 if cfg.compute.scheduler == "synchronous" else 2, reuse=reuse)
     log(f"[sendmap] report: {len(paths)} files in {out_dir}/figures and {out_dir}/tables")

@@ -73,12 +73,30 @@ def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarr
     >>> crystal_neighbour_count(z, 25)[1].tolist()
     [0, 3, 5, 8]
     """
-    from scipy import ndimage
-
     k = np.ones((3, 3))
     k[1, 1] = 0
     hit = (np.nan_to_num(crystal_z, nan=0.0) > threshold).astype(float)
-    return np.rint(ndimage.convolve(hit, k, mode="nearest")).astype(int)
+    return np.rint(window_sum(hit, k)).astype(int)
+
+
+def window_sum(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted sum over the odd-sized, symmetric ``weights`` window centred on every pixel of a 2-D ``image``,
+    edges extended by the nearest pixel: ``scipy.ndimage.convolve(image, weights, mode="nearest")`` for the small
+    symmetric windows used here, without importing scipy.ndimage (~0.2 s of a re-run).
+
+    >>> import numpy as np
+    >>> window_sum(np.arange(3.0)[None, :], np.ones((1, 3))).tolist()
+    [[1.0, 3.0, 5.0]]
+    """
+    wy, wx = weights.shape
+    ry, rx = wy // 2, wx // 2
+    padded = np.pad(np.asarray(image, dtype=float), ((ry, ry), (rx, rx)), mode="edge")
+    out = np.zeros(image.shape, dtype=float)
+    for i in range(wy):
+        for j in range(wx):
+            if weights[i, j]:
+                out += weights[i, j] * padded[i:i + image.shape[0], j:j + image.shape[1]]
+    return out
 
 
 def spot_vote(lif_z: np.ndarray, exclude: np.ndarray, z_noise: float, z_sure: float, size: int = 3,
@@ -98,16 +116,14 @@ def spot_vote(lif_z: np.ndarray, exclude: np.ndarray, z_noise: float, z_sure: fl
     >>> round(float(spot_vote(z, np.zeros((3, 3), bool), 3.5, 6.0)[1, 1]), 3)  # (2 × 0.6) / 10
     0.12
     """
-    from scipy import ndimage
-
     v = np.clip((np.nan_to_num(lif_z, nan=0.0) - z_noise) / max(z_sure - z_noise, 1e-9), 0.0, 1.0)
     w = (~exclude).astype(float)
     if size <= 1:
         return np.where(exclude, np.nan, v)
     k = np.ones((size, size))
     k[size // 2, size // 2] = self_weight
-    num = ndimage.convolve(v * w, k, mode="nearest")
-    den = ndimage.convolve(w, k, mode="nearest")
+    num = window_sum(v * w, k)
+    den = window_sum(w, k)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(exclude | (den <= 0), np.nan, num / np.where(den > 0, den, 1.0))
 
