@@ -174,3 +174,19 @@ def test_window_sum_equals_ndimage_convolve_nearest(shape):
     a = np.random.default_rng(1).random(shape)
     for k in (np.ones((3, 3)), np.array([[1, 1, 1], [1, 2, 1], [1, 1, 1.0]]), np.ones((5, 5))):
         np.testing.assert_allclose(window_sum(a, k), ndimage.convolve(a, k, mode="nearest"), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["pca", "nmf"])
+def test_lowrank_operator_gives_the_dense_covariance(method):
+    """The factorised operator's error propagation equals the dense matrix's (to rounding)."""
+    rng = np.random.default_rng(3)
+    n = 400
+    clean = np.stack([_profile(v, Q) for v in rng.uniform(0.28, 0.345, n)])
+    sem = 0.25 * np.sqrt(clean)
+    den, op, info = lowrank_denoise(clean + rng.normal(size=clean.shape) * sem, sem, np.ones(n, bool), Q >= 0.08,
+                                    method)
+    assert isinstance(op, peaks.LowRankOperator) and op.shape == (Q.size, Q.size)
+    fast = fit_peaks(Q, den, sem, WIN, operator=op)
+    dense = fit_peaks(Q, den, sem, WIN, operator=np.asarray(op))
+    for key in ("q_err", "height_err", "fwhm_err"):
+        np.testing.assert_allclose(fast[key], dense[key], rtol=1e-9, equal_nan=True)

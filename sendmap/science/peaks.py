@@ -16,6 +16,30 @@ import numpy as np
 from scipy import ndimage
 
 
+class LowRankOperator:
+    """The linear map of a low-rank denoising, y' = L y with L = diag(pass) + A B (nq × nq), kept factorised.
+
+    ``passed``: (nq,) bool, the bins returned unchanged (identity); ``a``: (nq, k), ``b``: (k, nq), both zero
+    outside the denoised bins (rows of ``a``, columns of ``b`` where ``passed``). Factorised, the covariance
+    of a fit through L costs O(k²) per position instead of O(nq²) (:func:`_propagated_covariance_lowrank`).
+    ``np.asarray(op)`` gives the dense matrix.
+    """
+
+    def __init__(self, passed: np.ndarray, a: np.ndarray, b: np.ndarray):
+        self.passed, self.a, self.b = np.asarray(passed, bool), np.asarray(a, float), np.asarray(b, float)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.passed.size, self.passed.size)
+
+    def dense(self) -> np.ndarray:
+        return np.diag(self.passed.astype(float)) + self.a @ self.b
+
+    def __array__(self, dtype=None, copy=None):
+        d = self.dense()
+        return d if dtype is None else d.astype(dtype)
+
+
 def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, float], sigma_bins: float) -> np.ndarray:
     """Index of the maximum of each Gaussian-smoothed profile inside ``window`` (1/Å); -1 where all NaN.
 
@@ -29,6 +53,27 @@ def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, fl
     idx = np.argmax(p, axis=1)
     idx[~np.isfinite(profiles).any(axis=1)] = -1
     return idx
+
+
+FIT_BLOCK = 2048
+"""Positions fitted at once by :func:`fit_peaks` (results do not depend on it)."""
+
+
+def _map_threads(func, items) -> list:
+    """``[func(i) for i in items]`` on up to one thread per core (numpy releases the GIL in its array work;
+    the results are the same, in order; 0.55 → 0.33 s for the 21,904 fits of the 2.9 GB benchmark scan)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers < 2:
+        return [func(i) for i in items]
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread per worker: BLAS's own threads on top of ours would fight for the same cores
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(func, items))
 
 
 def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
@@ -59,6 +104,15 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     >>> round(float(r["q_peak"][0]), 3)
     0.331
     """
+    n = len(profiles)
+    if n > FIT_BLOCK:  # blocks of positions: the temporaries (N × 401 grids) stay small and in cache
+        def block(i):
+            return fit_peaks(q, profiles[i:i + FIT_BLOCK], sem[i:i + FIT_BLOCK], window, half_width,
+                             smooth_sigma_bins, degree, operator, width_error,
+                             None if first_estimate is None else np.asarray(first_estimate)[i:i + FIT_BLOCK])
+
+        parts = _map_threads(block, range(0, n, FIT_BLOCK))
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n, nq = profiles.shape
     bw = float(q[1] - q[0])
     h = max(degree // 2 + 1, int(round(half_width / bw)))
@@ -87,9 +141,12 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     cov = np.full_like(a, np.nan)
     coef = np.full((n, degree + 1), np.nan)
     if ok.any():
-        cov[ok] = np.linalg.pinv(a[ok])
+        cov[ok] = _inverse(a[ok])
         coef[ok] = (cov[ok] @ b[ok][..., None])[..., 0]
-        if operator is not None:
+        if isinstance(operator, LowRankOperator):
+            cov[ok] = _propagated_covariance_lowrank(cov[ok], xp[ok], wgt[ok], cols[ok], operator,
+                                                     np.nan_to_num(sem[ok]))
+        elif operator is not None:
             cov[ok] = _propagated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], np.asarray(operator, float),
                                              np.nan_to_num(sem[ok]))
     # the maximum of the polynomial: dense evaluation, then Newton steps on p'(x) = 0
@@ -162,6 +219,21 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     return out
 
 
+def _inverse(a: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of normal matrices XᵀWX (N, k, k): LU (≈ 3× faster than the SVD of ``pinv``), the
+    pseudo-inverse for those that are singular or ill-conditioned (condition number ≥ 1e12)."""
+    try:
+        inv = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(a)
+    # ‖A‖₁‖A⁻¹‖₁ estimates the condition number; rows beyond 1e12 get the pseudo-inverse
+    cond = np.abs(a).sum(axis=1).max(axis=1) * np.abs(inv).sum(axis=1).max(axis=1)
+    bad = ~np.isfinite(cond) | (cond >= 1e12)
+    if bad.any():
+        inv[bad] = np.linalg.pinv(a[bad])
+    return inv
+
+
 def _quad(v: np.ndarray, m: np.ndarray) -> np.ndarray:
     """vᵀ M v per row: v (N, k), M (N, k, k) → (N,)."""
     return np.sum(v * (m @ v[..., None])[..., 0], axis=-1)
@@ -182,6 +254,23 @@ def _propagated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
         gmat = mm @ operator[cols[s:e]]  # (B, d+1, nq)
         out[s:e] = (gmat * sem[s:e, None, :] ** 2) @ np.swapaxes(gmat, 1, 2)
     return out
+
+
+def _propagated_covariance_lowrank(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, cols: np.ndarray,
+                                   operator: LowRankOperator, sem: np.ndarray) -> np.ndarray:
+    """:func:`_propagated_covariance` for L = diag(pass) + A B: the same C, in O(k²) per position.
+
+    With S = diag(sem²) and R the fit range's rows, L_R S L_Rᵀ = diag_R(pass · sem²) + A_R (B S Bᵀ) A_Rᵀ (the
+    cross terms vanish: B is zero on the passed bins), so C = M diag_R(pass · sem²) Mᵀ + (M A_R) K (M A_R)ᵀ with
+    K = B S Bᵀ, one (N, nq) × (nq, k²) product for all positions.
+    """
+    n, k = len(m_inv), operator.b.shape[0]
+    s2 = sem ** 2
+    kmat = (s2 @ (operator.b[:, None, :] * operator.b[None, :, :]).reshape(k * k, -1).T).reshape(n, k, k)
+    mm = m_inv @ np.swapaxes(xp * wgt[..., None], 1, 2)  # (N, d+1, m): the fit's linear map M
+    ma = mm @ operator.a[cols]  # (N, d+1, k)
+    d = np.take_along_axis(s2, cols, axis=1) * operator.passed[cols]  # (N, m)
+    return (mm * d[:, None, :]) @ np.swapaxes(mm, 1, 2) + ma @ kmat @ np.swapaxes(ma, 1, 2)
 
 
 def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid: np.ndarray,
@@ -281,7 +370,7 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     synthetic Li/Cu scans three guard components bring the ±1σ coverage from 0.58 to 0.64 at 2 × 10⁴ e⁻.
     NMF gets one more (it has no mean to subtract).
 
-    Returns (denoised (N, nq), operator L (nq, nq), info). The denoised profile of every row is
+    Returns (denoised (N, nq), operator L (nq, nq; a :class:`LowRankOperator` where denoised), info). The denoised profile of every row is
     y' = m + L (y − m) for PCA (m the mean of the fit rows); for NMF, L is the least-squares projection onto
     the span of the components (exact where no non-negativity constraint is active). ``info``: method,
     n_components, singular values (whitened, per √N) and the noise edge.
@@ -303,23 +392,29 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     if len(xf) < max(MIN_DENOISE_ROWS, 4 * k):  # too few profiles to learn components from: leave them as they are
         return y, np.eye(nq), {"method": "none", "skipped": f"{len(xf)} non-crystalline positions (< {max(MIN_DENOISE_ROWS, 4 * k)})",
                                "fit_rows": int(fit_rows.sum())}
-    op = np.eye(nq)
     out = y.copy()
     if method == "pca":
         v = vt[:k]  # (k, m), orthonormal rows
         xd = mean + (x - mean) @ v.T @ v
-        proj = v.T @ v
+        left, right = v.T, v  # the projection P = left @ right (symmetric)
     elif method == "nmf":
         from sklearn.decomposition import NMF
 
         model = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=1000).fit(np.clip(xf, 0, None))
         hmat = model.components_  # (k, m)
         xd = model.transform(np.clip(x, 0, None)) @ hmat
-        proj = hmat.T @ np.linalg.pinv(hmat @ hmat.T) @ hmat
+        left, right = hmat.T, np.linalg.pinv(hmat @ hmat.T) @ hmat  # P = Hᵀ (HHᵀ)⁺ H (symmetric)
     else:
         raise ValueError(f"unknown denoising method {method!r}")
     out[:, cols] = xd * r
-    op[np.ix_(cols, cols)] = (r[:, None] * proj.T) / r[None, :]  # y' = diag(r) Pᵀ diag(1/r) y on the columns
+    # y' = diag(r) Pᵀ diag(1/r) y on the columns, P = Pᵀ = left @ right; the other bins pass unchanged
+    a = np.zeros((nq, left.shape[1]))
+    b = np.zeros((left.shape[1], nq))
+    a[cols] = r[:, None] * left
+    b[:, cols] = right / r[None, :]
+    passed = np.ones(nq, bool)
+    passed[cols] = False
+    op = LowRankOperator(passed, a, b)
     info = {"method": method, "n_components": k, "n_components_auto": k_auto, "noise_edge": edge,
             "singular_values": [float(v) for v in sv[:min(12, sv.size)]], "q_range": [int(cols[0]), int(cols[-1])],
             "fit_rows": int(fit_rows.sum())}
