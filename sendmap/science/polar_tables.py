@@ -44,19 +44,20 @@ GEOMETRY_CACHE_BYTES = 64e6
 180 bins × 72 sectors; a drifting 148-position scan row uses ~40."""
 
 
-@numba.njit(parallel=True, cache=True)
-def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec):
-    """Fill one table: for every offset (oy, ox) of the box, its record (see :class:`PolarTables`)."""
+@numba.njit(cache=True)
+def _fill_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec):
+    """Fill one table: for every offset (oy, ox) of the box, its record (see :class:`PolarTables`); returns the
+    sub-pixels that fell beyond ``kmax`` bins (0 unless kmax is too small)."""
     ia = 1.0 / a
     ib = 1.0 / b
     scale = qpx / bw
     off = subpixel_offsets(ss)
     max_span = int(1.5 * max(ia, ib) * scale) + 3  # as in the direct kernel: ≥ the bins a pixel can touch
     overflow = 0
-    for oy in numba.prange(rec.shape[0]):
+    idx = np.empty(ss * ss, np.int64)
+    cnt = np.empty(max_span, np.int64)
+    for oy in range(rec.shape[0]):
         dy0 = oy - oy0 - fy
-        idx = np.empty(ss * ss, np.int64)
-        cnt = np.empty(max_span, np.int64)
         for ox in range(rec.shape[1]):
             dx0 = ox - ox0 - fx
             for j in range(rec.shape[2]):
@@ -74,6 +75,29 @@ def _build_table(fy, fx, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, re
             rec[oy, ox, 1] = (lo + 1) >> 8
             rec[oy, ox, 2] = kp & 0xFF
             rec[oy, ox, 3] = kp >> 8
+    return overflow
+
+
+@numba.njit(parallel=True, cache=True)
+def _build_tables(todo, n_sub, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, inv_ss2, rec, w_full, w2_full,
+                  crec, compact):
+    """Build the tables ``todo`` (indices into rec, w_full, w2_full, crec), one per thread at a time: records,
+    their area totals and, if ``compact``, the 4-byte records. Returns the overflow of each (see _fill_table)."""
+    overflow = np.zeros(todo.size, np.int64)
+    for i in numba.prange(todo.size):
+        t = todo[i]
+        jy, jx = divmod(t, n_sub)
+        overflow[i] = _fill_table(jy / n_sub, jx / n_sub, oy0, ox0, qpx, bw, nq, nphi, a, b, ct, st, ss, kmax, rec[t])
+        w_full[t] = 0.0
+        w2_full[t] = 0.0
+        _table_totals(rec[t], inv_ss2, w_full[t], w2_full[t])
+        if compact:
+            r = rec[t]
+            for oy in range(r.shape[0]):
+                for ox in range(r.shape[1]):
+                    crec[t, oy, ox] = ((np.uint32(r[oy, ox, 0]) | (np.uint32(r[oy, ox, 1]) << 8))
+                                       | ((np.uint32(r[oy, ox, 2]) | (np.uint32(r[oy, ox, 3]) << 8)) << 12)
+                                       | (np.uint32(r[oy, ox, 4]) << 20) | (np.uint32(r[oy, ox, 5]) << 26))
     return overflow
 
 
@@ -424,25 +448,25 @@ class PolarTables:
         return ip[:, 0].copy(), ip[:, 1].copy(), t
 
     def ensure(self, tables) -> None:
-        g = self.geom
-        for t in tables:
-            t = int(t)
-            if self.built[t]:
-                continue
-            with self._table_locks[t]:
-                if self.built[t]:
-                    continue
-                jy, jx = divmod(t, self.n_sub)
-                args = g.kernel_args()  # qpx, bw, nq, nphi, a, b, cos, sin, ss
-                over = _build_table(jy / self.n_sub, jx / self.n_sub, self.oy0, self.ox0, *args, self.kmax, self.rec[t])
-                if over:
-                    raise RuntimeError(f"polar table overflow ({over} sub-pixels beyond {self.kmax} bins)")
-                self.w_full[t] = 0.0
-                self.w2_full[t] = 0.0
-                _table_totals(self.rec[t], self.inv_ss2, self.w_full[t], self.w2_full[t])
-                if self.compact:
-                    self.crec[t] = _pack_compact(self.rec[t])
-                self.built[t] = True
+        """Build the tables ``tables`` not built yet, several at once (one per core: each is serial inside)."""
+        todo = [int(t) for t in tables if not self.built[int(t)]]
+        if not todo:
+            return
+        locks = [self._table_locks[t] for t in sorted(todo)]  # in order: two threads cannot deadlock
+        for lk in locks:
+            lk.acquire()
+        try:
+            todo = np.asarray([t for t in sorted(todo) if not self.built[t]], np.int64)
+            if todo.size:
+                g = self.geom
+                over = _build_tables(todo, self.n_sub, self.oy0, self.ox0, *g.kernel_args(), self.kmax, self.inv_ss2,
+                                     self.rec, self.w_full, self.w2_full, self.crec, self.compact)
+                if over.any():
+                    raise RuntimeError(f"polar table overflow ({int(over.sum())} sub-pixels beyond {self.kmax} bins)")
+                self.built[todo] = True
+        finally:
+            for lk in locks:
+                lk.release()
 
 
 def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
