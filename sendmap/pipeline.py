@@ -417,8 +417,10 @@ class _PolarProcess:
     adf_q: tuple
     bf_q: float
     qn: np.ndarray  # Q^n per bin
+    bragg_q_range: tuple = (0.0, 0.0)  # Q range (1/Å) of the Bragg fraction (features/bragg_fraction)
 
     def __call__(self, loaded):
+        from .science.features import bragg_fraction
         from .science.polar_tables import profile_block
 
         _one_numba_thread_off_main()
@@ -432,6 +434,9 @@ class _PolarProcess:
             out[nm] = out[src] * self.qn
         for nm in PROFILE_OUTPUTS:
             out[nm] = out[nm].astype(np.float32)
+        # from the stored (float32) profiles, as the classify stage computed it before it moved here
+        out["bragg"] = bragg_fraction(self.tables.geom.q_centres, out["mean"].astype(np.float64),
+                                      out["robust_mean"].astype(np.float64), self.bragg_q_range)
         return item[1], out
 
 
@@ -464,6 +469,9 @@ PROFILE_OUTPUTS = {
     "iqn_robust": ("profiles", None),
     "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q"}),
 }
+
+
+BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
 
 
 def stage_profiles(ctx: Context) -> None:
@@ -518,6 +526,7 @@ def stage_profiles(ctx: Context) -> None:
         arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
+    bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
 
     pending: list = []  # results not yet written, in scan order: ((y0, x0), {name: (rows, cols, nq) array})
 
@@ -529,7 +538,7 @@ def stage_profiles(ctx: Context) -> None:
                 # uncompressed: float noise compresses 1.2×, not worth encoding in the writing thread
                 write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".",
                                     compress=False)
-            progress.record(list(pending_blocks), {"bf": bf, "adf": adf})
+            progress.record(list(pending_blocks), {"bf": bf, "adf": adf, "bragg": bragg})
             pending.clear()
             pending_blocks.clear()
 
@@ -540,6 +549,7 @@ def stage_profiles(ctx: Context) -> None:
         pending_blocks.append((y0, y1, x0, x1))
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
+        bragg[y0:y1, x0:x1] = out["bragg"].reshape(y1 - y0, x1 - x0)
         pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
         # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
         if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
@@ -548,12 +558,14 @@ def stage_profiles(ctx: Context) -> None:
     _DATA_ARRAYS.pop(ctx.store_path, None)
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
     ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
-    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn), items, cfg.compute, "profiles",
+    bragg_q = (2 * r_q, float(q[-1]))
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn, bragg_q), items, cfg.compute, "profiles",
                on_result=put, thread_safe=True)
     flush()
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
     write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
     write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
+    write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": list(bragg_q)})
     set_attrs(g, profiles={"q_max": float(q[-1] + geom.bin_width / 2), "bin_width": geom.bin_width, "nq": geom.nq,
                            "n_azimuth": geom.n_phi, "supersample": geom.supersample,
                            "centre_step_px": tables.centre_step_px,
@@ -723,8 +735,12 @@ def stage_classify(ctx: Context) -> None:
     crystal_z = band_max(spot_z, q, d.crystal_bands)
     lif_z = band_max(spot_z, q, d.lif_bands)
     q_hi = float(q[-1])
-    bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
-                           np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
+    if "features/bragg_fraction" in g:  # the profile stage's (stores of sendmap ≤ 0.1 session 4: computed here)
+        bragg = np.asarray(g["features/bragg_fraction"])
+    else:
+        bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
+                               np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
+        write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": [2 * r_q, q_hi]})
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
@@ -760,8 +776,6 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands, "units": "sigma"})
     write_array(g, "features/lif_vote", vote, {"meaning": "neighbourhood vote for LiF spots (0-1), NaN for crystals",
                                                 "neighbourhood": d.lif_neighbourhood})
-    write_array(g, "features/bragg_fraction", bragg, {"meaning": "share of scattered intensity in Bragg-spot sectors",
-                                                      "q_range": list(q_rng)})
     write_array(g, "features/anisotropy", aniso, {"phases": [get_phase(p).name for p in FEATURE_PHASES],
                                                   "units": "sigma", "lines": {get_phase(k).name: v.tolist()
                                                                               for k, v in feat_lines.items()},
@@ -847,7 +861,7 @@ def stage_report(ctx: Context) -> None:
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
     Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
-    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF"),
+    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
     Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak"),
     Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
