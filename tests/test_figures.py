@@ -360,12 +360,8 @@ def _map_sizes_in(fig: Figure) -> list[tuple[float, float]]:
     return out
 
 
-def _inside_figure(fig: Figure) -> None:
-    """No text is cut off at the figure's edges."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    fb = fig.bbox
-    # tick labels: only those of the ticks drawn (axes keep spare Tick objects outside the view)
+def _drawn_texts(fig: Figure) -> list[Text]:
+    """Every text the figure draws (non-empty, visible; tick labels only of ticks inside the view)."""
     tick_texts = {id(t) for tick in fig.findobj(Tick) for t in (tick.label1, tick.label2)}
     drawn_ticks = []
     for ax in fig.get_axes():
@@ -376,11 +372,73 @@ def _inside_figure(fig: Figure) -> None:
                 if tick.get_loc() is not None and lo - eps <= tick.get_loc() <= hi + eps:
                     drawn_ticks += [t for t in (tick.label1, tick.label2) if t.get_visible()]
     texts = [t for t in fig.findobj(Text) if id(t) not in tick_texts] + drawn_ticks
-    for t in texts:
-        if not t.get_visible() or not t.get_text().strip():
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _inside_figure(fig: Figure) -> None:
+    """No text, legend or axes is cut off at the figure's edges."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    fb = fig.bbox
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _drawn_texts(fig)]
+    boxes += [("legend", ax.get_legend().get_window_extent(renderer)) for ax in fig.get_axes() if ax.get_legend()]
+    boxes += [("axes", ax.get_window_extent(renderer)) for ax in fig.get_axes()]
+    for name, bb in boxes:
+        assert bb.x0 >= fb.x0 - 1 and bb.x1 <= fb.x1 + 1 and bb.y0 >= fb.y0 - 1 and bb.y1 <= fb.y1 + 1, name
+
+
+def _overlap(a, b, tol: float = 0.5) -> bool:
+    """Boxes (display pixels) overlap by more than ``tol`` pixels both ways."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > tol and min(a.y1, b.y1) - max(a.y0, b.y0) > tol
+
+
+def _nothing_overlaps(fig: Figure) -> None:
+    """No text, legend or colourbar lies over a map (but its own scale bar), and no two texts overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    maps = [ax for ax in fig.get_axes() if ax.get_gid() == "map"]
+    own = {}  # id(text) -> the map whose scale bar holds it
+    for ax in maps:
+        for bar in [a for a in ax.get_children() if a.get_gid() == "scale_bar"]:
+            own.update({id(t): ax for t in bar.findobj(Text)})
+    texts = _drawn_texts(fig)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for t, bb in zip(texts, boxes):
+        for ax in maps:
+            if own.get(id(t)) is not ax:
+                assert not _overlap(bb, ax.get_window_extent(renderer)), f"text {t.get_text()!r} over a map"
+    others = [a.get_legend().get_window_extent(renderer) for a in maps if a.get_legend() is not None]
+    others += [a.get_window_extent(renderer) for a in fig.get_axes() if a.get_gid() != "map"]  # colourbars, plots
+    for m in maps:
+        for bb in others:
+            assert not _overlap(bb, m.get_window_extent(renderer)), "a legend or an axes over a map"
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            assert not _overlap(boxes[i], boxes[j]), (texts[i].get_text(), texts[j].get_text())
+
+
+def _legend_clears_bars(fig: Figure) -> None:
+    """The histogram legend (inside, upper left) lies above every bar and fit curve under it."""
+    from matplotlib.patches import StepPatch
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.get_axes():
+        legend = ax.get_legend()
+        steps = [p for p in ax.patches if isinstance(p, StepPatch)]
+        if legend is None or not steps:
             continue
-        bb = t.get_window_extent(renderer)
-        assert bb.x0 >= fb.x0 - 1 and bb.x1 <= fb.x1 + 1 and bb.y0 >= fb.y0 - 1 and bb.y1 <= fb.y1 + 1, t.get_text()
+        lb = legend.get_window_extent(renderer)
+        inv = ax.transData.inverted()
+        (x0, _), (x1, y0) = inv.transform([(lb.x0, lb.y0), (lb.x1, lb.y0)])
+        for p in steps:
+            values, edges = p.get_data().values, p.get_data().edges
+            under = (edges[1:] >= x0) & (edges[:-1] <= x1)
+            assert not under.any() or values[under].max() < y0, "bars reach into the legend"
+        for line in ax.lines:
+            x, y = line.get_data()
+            under = (x >= x0) & (x <= x1)
+            assert not under.any() or y[under].max() < y0, "a fit curve reaches into the legend"
 
 
 def test_overview_maps_equal_size_and_nothing_cut(all_figures, data):
@@ -391,9 +449,29 @@ def test_overview_maps_equal_size_and_nothing_cut(all_figures, data):
     assert w1 == pytest.approx(w2, abs=0.02) and h1 == pytest.approx(h2, abs=0.02)
     for name, f in all_figures.items():
         _inside_figure(f)
+        _nothing_overlaps(f)
+        _legend_clears_bars(f)
 
 
-@pytest.mark.parametrize("shape", [(120, 30), (40, 200), (12, 200)])
+def test_no_layout_engine(all_figures):
+    """Figures are laid out when built (in inches); saving must not lay them out again."""
+    for name, fig in all_figures.items():
+        assert fig.get_layout_engine() is None, name
+
+
+def test_histogram_legend_clears_tall_bars():
+    """Many counts in one class (5-digit tick labels) and several classes: the legend stays clear."""
+    rng = np.random.default_rng(5)
+    cm = np.repeat(np.array([1, 2, 3]), [30000, 2000, 500]).reshape(65, 500)
+    pq = np.where(cm == 1, rng.normal(0.30, 0.004, cm.shape), rng.normal(0.33, 0.01, cm.shape))
+    fits = {n: {"mu": 0.3, "sigma": 0.005, "count": int((cm == k).sum())} for k, n in enumerate(CLASS_NAMES) if k in (1, 2, 3)}
+    fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE)
+    _legend_clears_bars(fig)
+    _inside_figure(fig)
+    _nothing_overlaps(fig)
+
+
+@pytest.mark.parametrize("shape", [(120, 30), (40, 200), (12, 200), (148, 148), (300, 40), (30, 45)])
 def test_layouts_for_tall_and_wide_scans(shape, recwarn):
     """Tall scans (legend right), wide strips (maps stacked, colourbar below): no collapsed layout,
     maps of equal size, figure within a page, no text cut off."""
@@ -408,11 +486,16 @@ def test_layouts_for_tall_and_wide_scans(shape, recwarn):
     # square pixels: drawn aspect equals the scan's
     assert sizes[0, 0] / sizes[0, 1] == pytest.approx(shape[1] / shape[0], rel=0.03)
     _inside_figure(fig)
+    _nothing_overlaps(fig)
     for f in (plot_peak_map(d["peak_q"], STEP, DOSE), plot_class_map(d["class_map"], CLASS_NAMES, STEP, DOSE),
               plot_virtual_images(d["bf"], d["adf"], STEP, DOSE)):
         assert f.get_size_inches()[1] < 9.5
         _inside_figure(f)
-    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
+        _nothing_overlaps(f)
+        sizes = np.array(_map_sizes_in(f))
+        assert np.ptp(sizes[:, 0]) < 0.03 and np.ptp(sizes[:, 1]) < 0.03  # both virtual images alike
+        assert sizes[0, 0] / sizes[0, 1] == pytest.approx(shape[1] / shape[0], rel=0.03)
+    assert not [w for w in recwarn if "layout" in str(w.message)]
 
 
 def test_threads_build_figures_concurrently(tmp_path, data):
