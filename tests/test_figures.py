@@ -166,6 +166,28 @@ def test_save_figure_png_pdf(tmp_path, data):
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["class_map.pdf", "class_map.png"]
 
 
+def test_png_is_the_rendered_image(tmp_path, data):
+    """The PNG holds exactly the pixels matplotlib renders at 300 dpi (RGB: the figure is opaque), with
+    the dpi and the Software text recorded."""
+    import io
+
+    from PIL import Image
+
+    fig = plot_peak_map(data["peak_q"], STEP, DOSE)
+    png, _ = save_figure(fig, tmp_path / "peak")
+    with Image.open(png) as im:
+        assert im.mode == "RGB"
+        assert im.info["Software"].startswith("sendmap")
+        assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+        pixels = np.asarray(im)
+    buf = io.BytesIO()
+    with F.style_context():
+        fig.savefig(buf, format="rgba", dpi=300)
+    rgba = np.frombuffer(buf.getvalue(), np.uint8).reshape(pixels.shape[0], pixels.shape[1], 4)
+    assert (rgba[..., 3] == 255).all()
+    assert np.array_equal(pixels, rgba[..., :3])
+
+
 def test_save_all_figures_sizes(tmp_path, all_figures):
     for name, fig in all_figures.items():
         png, pdf = save_figure(fig, tmp_path / name)
