@@ -188,6 +188,42 @@ def test_png_is_the_rendered_image(tmp_path, data):
     assert np.array_equal(pixels, rgba[..., :3])
 
 
+def _embedded_fonts(raw: bytes) -> list:
+    """The TrueType font programs (FontFile2 streams) of a matplotlib PDF, as fontTools fonts."""
+    import io
+    import zlib
+
+    from fontTools.ttLib import TTFont
+
+    fonts = []
+    for num in re.findall(rb"/FontFile2 (\d+) 0 R", raw):
+        obj = re.search(rb"\n" + num + rb" 0 obj\s*<<(.*?)>>\s*stream\r?\n", raw, re.S)
+        start = obj.end()
+        length = int(re.search(rb"/Length (\d+)", obj.group(1)).group(1))
+        data = raw[start:start + length]
+        if b"FlateDecode" in obj.group(1):
+            data = zlib.decompress(data)
+        fonts.append(TTFont(io.BytesIO(data)))
+    return fonts
+
+
+def test_pdf_text_is_truetype_without_layout_tables(tmp_path, all_figures):
+    """PDF text is embedded TrueType (Type 42) subsets that keep glyph outlines and metrics but not the
+    OpenType layout tables a PDF never reads; fontTools is left as it was."""
+    from fontTools import subset
+
+    load_font = subset.load_font
+    _, pdf = save_figure(all_figures["overview"], tmp_path / "overview")
+    raw = pdf.read_bytes()
+    assert b"/CIDFontType2" in raw and b"/Type3" not in raw
+    fonts = _embedded_fonts(raw)
+    assert fonts
+    for font in fonts:
+        assert {"glyf", "loca", "head", "hhea", "hmtx", "maxp"} <= set(font.keys())
+        assert not {"GSUB", "GPOS", "GDEF", "MATH"} & set(font.keys())
+    assert subset.load_font is load_font
+
+
 def test_save_all_figures_sizes(tmp_path, all_figures):
     for name, fig in all_figures.items():
         png, pdf = save_figure(fig, tmp_path / name)
