@@ -383,17 +383,26 @@ def test_profiles_label_ticks_and_normalisation(data):
     fig = plot_class_profiles(data["q"], data["profiles"], 2, DOSE, reference_ticks=data["ref"], sem=data["sem"],
                               window=(0.22, 0.42))
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "I·Q$^{2}$ (norm.)"
+    assert ax.get_ylabel() == "I·Q² (norm.)"
     texts = _texts(fig)
     for name in data["profiles"]:
         assert CLASS_LABELS[name] in texts
-    assert "Li$_{2}$O" in texts and "LiF" in texts
+    assert "Li₂O" in texts and "LiF" in texts
+    assert not [t for t in texts if "$" in t]  # plain Unicode, no mathtext
     # each curve's max inside [0.2, 1.0] equals 1 + its offset
     q = data["q"]
     sel = (q >= 0.2) & (q <= 1.0)
     offsets = sorted(round(float(line.get_ydata()[sel].max()) - 1.0, 6) for line in ax.lines[: len(data["profiles"])])
     assert offsets[0] == pytest.approx(0.0, abs=1e-9)
     assert len(set(offsets)) == len(data["profiles"])
+
+
+def test_chemical_formulas_and_exponents():
+    assert F._chem("Li2CO3") == "Li₂CO₃"
+    assert F._chem("beta-Li3PO4") == "β-Li₃PO₄"
+    assert F._chem("Li (bcc)") == "Li (bcc)"
+    assert F._chem("Ca(OH)2") == "Ca(OH)₂"
+    assert F._superscript(1) == "¹" and F._superscript(-2) == "⁻²" and F._superscript(10) == "¹⁰"
 
 
 def test_overview_panels(data):

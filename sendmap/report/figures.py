@@ -260,11 +260,21 @@ def _class_cmap(class_names: Sequence[str]) -> tuple[mcolors.ListedColormap, mco
 _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ"}
 
 
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def _chem(text: str) -> str:
-    """'Li2CO3' -> 'Li$_{2}$CO$_{3}$' (subscript digits that follow an element or bracket);
-    'beta-Li3PO4' -> 'β-Li$_{3}$PO$_{4}$'."""
+    """'Li2CO3' -> 'Li₂CO₃' (Unicode subscript digits where digits follow an element or bracket);
+    'beta-Li3PO4' -> 'β-Li₃PO₄'. Plain text, not mathtext: nothing to parse when drawing, and the
+    text stays one run of characters in the PDF."""
     text = re.sub(r"^(alpha|beta|gamma|delta)(?=-)", lambda m: _GREEK[m.group(1)], text)
-    return re.sub(r"(?<=[A-Za-z\)\]])(\d+)", r"$_{\1}$", text)
+    return re.sub(r"(?<=[A-Za-z\)\]])(\d+)", lambda m: m.group(1).translate(_SUBSCRIPT), text)
+
+
+def _superscript(n: int) -> str:
+    """7 -> '⁷', -2 -> '⁻²'."""
+    return str(int(n)).translate(_SUPERSCRIPT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -891,7 +901,7 @@ def _draw_profiles(sheet: _Sheet, rect: tuple[float, float, float, float], q, pr
                   + [_text_in(p, SMALL_PT)[0] for p in phase_labels] + [0.0])
     x, top, w, h = rect
     ax.set_xlabel(f"Q ({INV_A})")
-    ax.set_ylabel(f"I·Q$^{{{int(n)}}}$ (norm.)")
+    ax.set_ylabel(f"I·Q{_superscript(n)} (norm.)")
     ylabel_h = _text_in(ax.get_ylabel(), matplotlib.rcParams["axes.labelsize"])[1]
     axes_w = (w - ylabel_h - matplotlib.rcParams["axes.labelpad"] * PT - 1 * PT - names_w - 1 * PT) / (1 + label_gap)
     right_in = names_w + label_gap * axes_w + 1 * PT
