@@ -357,7 +357,37 @@ def test_histograms_legend_and_classes(data):
     assert not any(lbl.startswith("Crystal") for lbl in labels)
     assert ax.get_xlabel() == "SRO peak Q (Å⁻¹)"
     # one fit line per fitted class with >1 value: type1, type2, electrolyte (unassigned has 1 value: no fit)
-    assert len(ax.lines) == 3
+    assert len(_data_lines(ax)) == 3
+
+
+def _data_lines(ax) -> list:
+    """The axes' lines but the minor tick marks (drawn as marker lines, see test_minor_ticks_as_drawn)."""
+    return [ln for ln in ax.lines if not (ln.get_gid() or "").startswith("minor_ticks")]
+
+
+def test_minor_ticks_as_drawn(data, monkeypatch):
+    """Minor ticks are marker lines (one per side), drawn exactly as matplotlib's own minor ticks would be:
+    four sides of the histograms, top and bottom of the profiles."""
+    def build():
+        return (plot_histograms(data["peak_q"], data["class_map"], CLASS_NAMES, data["fits"], DOSE),
+                plot_class_profiles(data["q"], data["profiles"], 1, DOSE, reference_ticks=data["ref"]))
+
+    figs = build()
+    sides = [sorted(ln.get_gid() for ln in f.axes[0].lines if (ln.get_gid() or "").startswith("minor")) for f in figs]
+    assert sides == [["minor_ticks_x"] * 2 + ["minor_ticks_y"] * 2, ["minor_ticks_x"] * 2]
+    monkeypatch.setattr(F, "_minor_tick_marks", lambda ax: None)  # matplotlib's Tick artists instead
+    for new, old in zip(figs, build()):
+        with F.style_context():  # as saved (Tick artists made at draw time take the rc style of the moment)
+            assert np.array_equal(_render(new), _render(old))
+
+
+def test_figure_draws_alike_outside_the_style(data):
+    """Ticks are made when the figure is built: drawing it outside the journal style changes nothing."""
+    for fig in (plot_histograms(data["peak_q"], data["class_map"], CLASS_NAMES, data["fits"], DOSE),
+                plot_peak_map(data["peak_q"], STEP, DOSE)):
+        plain = _render(fig)  # first draw outside the style: any Tick made now would take default rc values
+        with F.style_context():
+            assert np.array_equal(_render(fig), plain)
 
 
 def test_histogram_fit_scaled_to_counts():
@@ -366,7 +396,7 @@ def test_histogram_fit_scaled_to_counts():
     cm = np.ones((40, 50), dtype=int)
     fits = {"sei_type1": {"mu": 0.33, "sigma": 0.006, "count": pq.size}}
     fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE, bin_width=0.002)
-    line = fig.axes[0].lines[0]
+    line = _data_lines(fig.axes[0])[0]
     peak = line.get_ydata().max()
     expected = pq.size * 0.002 / (0.006 * np.sqrt(2 * np.pi))
     assert peak == pytest.approx(expected, rel=0.01)
@@ -392,7 +422,7 @@ def test_profiles_label_ticks_and_normalisation(data):
     # each curve's max inside [0.2, 1.0] equals 1 + its offset
     q = data["q"]
     sel = (q >= 0.2) & (q <= 1.0)
-    offsets = sorted(round(float(line.get_ydata()[sel].max()) - 1.0, 6) for line in ax.lines[: len(data["profiles"])])
+    offsets = sorted(round(float(line.get_ydata()[sel].max()) - 1.0, 6) for line in _data_lines(ax)[: len(data["profiles"])])
     assert offsets[0] == pytest.approx(0.0, abs=1e-9)
     assert len(set(offsets)) == len(data["profiles"])
 
@@ -502,7 +532,7 @@ def _legend_clears_bars(fig: Figure) -> None:
             values, edges = p.get_data().values, p.get_data().edges
             under = (edges[1:] >= x0) & (edges[:-1] <= x1)
             assert not under.any() or values[under].max() < y0, "bars reach into the legend"
-        for line in ax.lines:
+        for line in _data_lines(ax):
             x, y = line.get_data()
             under = (x >= x0) & (x <= x1)
             assert not under.any() or y[under].max() < y0, "a fit curve reaches into the legend"

@@ -419,6 +419,8 @@ class _Sheet:
         self.fig.set_size_inches(self.width, _snap_in(height_in))
         for ax in self._rects:
             self._apply(ax)
+        for ax in self.fig.axes:
+            _freeze_ticks(ax)
         return self.fig
 
 
@@ -782,6 +784,62 @@ def _fit_label(name: str, fit: Mapping | None, n_default: int) -> tuple[str, flo
     if ok:
         return f"{label}: μ = {mu:.3f}, σ = {sigma:.3f} {INV_A} (n = {count})", float(mu), float(sigma), count
     return f"{label} (n = {count})", None, None, count
+
+
+def _freeze_ticks(ax) -> None:
+    """Fix the ticks of ``ax`` as they are now, in the journal style, with its final size and limits: major
+    positions (a FixedLocator: the tick count no longer follows the rc font size at draw time), the Tick
+    artists themselves (matplotlib makes them lazily, taking size, direction and label size from the rc
+    parameters of the moment: made here, inside :func:`style_context`, a figure draws the same anywhere),
+    and the minor ticks as marks (:func:`_minor_tick_marks`)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if isinstance(axis.get_major_locator(), NullLocator):
+            continue
+        locs = np.asarray(axis.get_majorticklocs(), dtype=float)
+        if not isinstance(axis.get_major_locator(), FixedLocator):
+            axis.set_major_locator(FixedLocator(locs))
+        lo, hi = sorted(axis.get_view_interval())
+        eps = 1e-9 * max(1.0, abs(hi - lo))
+        n = int(np.count_nonzero((locs >= lo - eps) & (locs <= hi + eps)))
+        if n:
+            axis.get_major_ticks(n)
+    _minor_tick_marks(ax)
+
+
+def _minor_tick_marks(ax) -> None:
+    """Draw the minor ticks of ``ax`` as one marker line per side of the axes instead of one Tick per mark
+    (a Tick is two lines and two texts, made, updated and laid out at every draw; the histograms and
+    profiles have ~40 minor ticks per axis and side). The marks are matplotlib's own: positions from the
+    axis's minor locator (less those on major ticks, within the limits), and marker, size, width, colour,
+    sides and transforms of the axis's own minor tick. Call once limits and size are final."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if isinstance(axis.get_minor_locator(), NullLocator):
+            continue
+        lo, hi = sorted(axis.get_view_interval())
+        eps = 1e-9 * max(1.0, abs(hi - lo))
+        locs = np.asarray(axis.get_minorticklocs(), dtype=float)
+        locs = locs[(locs >= lo - eps) & (locs <= hi + eps)]
+        tick = axis.get_minor_ticks(1)[0]  # the style matplotlib would give each minor tick
+        axis.set_minor_locator(NullLocator())
+        horizontal = axis is ax.xaxis
+        for mark, which, at in ((tick.tick1line, "tick1", 0.0), (tick.tick2line, "tick2", 1.0)):
+            if not (mark.get_visible() and locs.size):
+                continue
+            other = np.full(locs.shape, at)
+            transform = (ax.get_xaxis_transform(which=which) if horizontal
+                         else ax.get_yaxis_transform(which=which))
+            ax.add_artist(Line2D(
+                locs if horizontal else other, other if horizontal else locs, transform=transform,
+                linestyle="none", marker=mark.get_marker(), markersize=mark.get_markersize(),
+                markeredgewidth=mark.get_markeredgewidth(), markeredgecolor=mark.get_markeredgecolor(),
+                markerfacecolor=mark.get_markerfacecolor(), zorder=axis.get_zorder(), clip_on=False,
+                gid=f"minor_ticks_{axis.axis_name}",
+            ))
 
 
 def _place_plot(sheet: _Sheet, ax, x: float, top: float, w: float, h: float, y_ticklabels: bool = True,
