@@ -221,6 +221,7 @@ def test_pdf_text_is_truetype_without_layout_tables(tmp_path, all_figures):
     for font in fonts:
         assert {"glyf", "loca", "head", "hhea", "hmtx", "maxp"} <= set(font.keys())
         assert not {"GSUB", "GPOS", "GDEF", "MATH"} & set(font.keys())
+        assert font["cmap"].getBestCmap()  # a Unicode character map is kept
     assert subset.load_font is load_font
 
 
