@@ -225,6 +225,20 @@ def test_pdf_text_is_truetype_without_layout_tables(tmp_path, all_figures):
     assert subset.load_font is load_font
 
 
+def test_pdf_one_font_subset_per_font(tmp_path, data):
+    """'field' in the titles makes no ligature glyph, which matplotlib would embed as a second subset of the
+    font (each subset is another fontTools run); the overview has a second font only for bold letters."""
+    fig = plot_virtual_images(data["bf"], data["adf"], STEP, DOSE)
+    _, pdf = save_figure(fig, tmp_path / "virtual")
+    assert len(re.findall(rb"/FontFile2", pdf.read_bytes())) == 1
+    fig = plot_overview(data["peak_q"], data["class_map"], CLASS_NAMES, data["q"], data["profiles"], data["fits"], 1,
+                        STEP, DOSE, bf=data["bf"], reference_ticks=data["ref"])
+    _, pdf = save_figure(fig, tmp_path / "overview")
+    raw = pdf.read_bytes()
+    assert len(re.findall(rb"/FontFile2", raw)) == 2
+    assert len(set(re.findall(rb"/BaseFont /([A-Z]{6}\+[A-Za-z-]+)", raw))) == 2
+
+
 def test_save_all_figures_sizes(tmp_path, all_figures):
     for name, fig in all_figures.items():
         png, pdf = save_figure(fig, tmp_path / name)

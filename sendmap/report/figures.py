@@ -45,6 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
@@ -421,6 +422,12 @@ class _Sheet:
             self._apply(ax)
         for ax in self.fig.axes:
             _freeze_ticks(ax)
+        if hasattr(Text, "set_fontfeatures"):
+            # matplotlib >= 3.11 shapes text with HarfBuzz, which makes 'fi' of 'field' one ligature glyph;
+            # its PDF backend puts such a glyph in a second subset of the font, a second fontTools run per
+            # file. Without ligatures the letters are drawn as by matplotlib <= 3.10.
+            for text in self.fig.findobj(Text):
+                text.set_fontfeatures(["-liga"])
         return self.fig
 
 
