@@ -319,10 +319,16 @@ def _measurers() -> list:
     return _MEASURERS
 
 
-@functools.lru_cache(maxsize=4096)
 def _text_in(text: str, size: float, weight: str = "normal") -> tuple[float, float, float]:
     """(width, height, descent) of one line of text, inches, as matplotlib lays it out (a line is at least
-    as tall and as deep as 'lp'). Measured in the journal style (builds run inside :func:`style_context`)."""
+    as tall and as deep as 'lp'), in the fonts of the current rc parameters (the journal style: builds run
+    inside :func:`style_context`)."""
+    rc = matplotlib.rcParams
+    return _text_in_fonts(text, float(size), weight, tuple(rc["font.family"]), tuple(rc["font.sans-serif"]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_in_fonts(text: str, size: float, weight: str, family: tuple, sans_serif: tuple) -> tuple[float, float, float]:
     prop = FontProperties(size=size, weight=weight)
     out = (0.0, 0.0, 0.0)
     for r in _measurers():
@@ -335,9 +341,8 @@ def _text_in(text: str, size: float, weight: str = "normal") -> tuple[float, flo
 
 def _legend_in(legend) -> tuple[float, float]:
     """(width, height) of a legend's box, inches (independent of where it is anchored)."""
-    sizes = [legend.get_window_extent(r) for r in _measurers()]
-    return max(bb.width / r.dpi for bb, r in zip(sizes, _measurers())), max(
-        bb.height / r.dpi for bb, r in zip(sizes, _measurers()))
+    sizes = [(bb.width / r.dpi, bb.height / r.dpi) for r in _measurers() for bb in [legend.get_window_extent(r)]]
+    return max(w for w, _ in sizes), max(h for _, h in sizes)
 
 
 def _tick_labels_in(axis, size: float) -> tuple[float, float, float, float]:
@@ -402,9 +407,6 @@ class _Sheet:
         """Put ``ax`` at ``x`` inches from the left and ``top`` inches from the top, ``w`` x ``h`` inches."""
         self._rects[ax] = (x, top, max(w, 0.01), max(h, 0.01))
         self._apply(ax)
-
-    def rect(self, ax) -> tuple[float, float, float, float]:
-        return self._rects[ax]
 
     def _apply(self, ax) -> None:
         x, top, w, h = self._rects[ax]
@@ -696,7 +698,7 @@ class _PeakMapPanel(_MapPanel):
 
     def _measure(self) -> None:
         """Room the colourbar needs at its current length (tick labels depend on it)."""
-        label_w, label_h, d = _text_in(Q_LABEL, matplotlib.rcParams["axes.labelsize"])
+        label_h = _text_in(Q_LABEL, matplotlib.rcParams["axes.labelsize"])[1]
         labelpad = matplotlib.rcParams["axes.labelpad"] * PT
         axis = self.cbar.ax.xaxis if self.where == "below" else self.cbar.ax.yaxis
         tw, th, first_w, last_w = _tick_labels_in(axis, SMALL_PT)
@@ -863,10 +865,10 @@ def _place_plot(sheet: _Sheet, ax, x: float, top: float, w: float, h: float, y_t
     bottom = _pad_in("x") + tick_h + labelpad + xlabel_h
     head = 0.5 * tick_h if y_ticklabels else 1 * PT  # the top y tick label reaches half its height above
     ax_h = h - head - bottom
-    # first at a guessed width (x ticks depend on it), then at the one its tick labels leave
+    # placed at a guessed width first: the tick labels depend on the axes' size (the height is final)
     left = ylabel_h + labelpad + (_pad_in("y") + 4 * tick_h if y_ticklabels else 1 * PT)
     right = max(right_in, 1 * PT)
-    for _ in range(2):  # at a guessed width first: the tick labels depend on the axes' size
+    for _ in range(2):
         sheet.place(ax, x + left, top + head, w - left - right, ax_h)
         ytw = _tick_labels_in(ax.yaxis, rc["ytick.labelsize"])[0] if y_ticklabels else 0.0
         left = ylabel_h + labelpad + (_pad_in("y") + ytw if y_ticklabels else 1 * PT)
