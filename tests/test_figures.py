@@ -426,6 +426,20 @@ def test_histograms_no_peaks():
     _render(fig)
 
 
+def test_histogram_corner_tick_labels_apart():
+    """Bins starting on a major tick (0.27) put an x tick label at the bottom left corner, where the y axis
+    has its '0': they must not overlap (nor on an empty histogram, 0.0 and 0.0)."""
+    rng = np.random.default_rng(2)
+    cm = np.ones((4, 200), dtype=int)
+    pq = 0.2701 + np.abs(rng.normal(0.0, 0.01, cm.shape))
+    fits = {"sei_type1": {"mu": 0.28, "sigma": 0.01, "count": pq.size}}
+    fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE)
+    assert fig.axes[0].get_xlim()[0] == pytest.approx(0.27)
+    _nothing_overlaps(fig)
+    _inside_figure(fig)
+    _nothing_overlaps(plot_histograms(np.full((5, 5), np.nan), np.zeros((5, 5), int), CLASS_NAMES, {}, DOSE))
+
+
 def test_profiles_label_ticks_and_normalisation(data):
     fig = plot_class_profiles(data["q"], data["profiles"], 2, DOSE, reference_ticks=data["ref"], sem=data["sem"],
                               window=(0.22, 0.42))

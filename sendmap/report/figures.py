@@ -853,28 +853,61 @@ def _minor_tick_marks(ax) -> None:
             ))
 
 
+def _first_tick(axis) -> float | None:
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * max(1.0, abs(hi - lo))
+    locs = [v for v in axis.get_major_locator()() if lo - eps <= v <= hi + eps]
+    return min(locs) if locs else None
+
+
+def _corner_clash(sheet: _Sheet, ax, x_pad: float) -> bool:
+    """Would the first x tick label (centred under its tick) run into the y tick label at the axes' bottom
+    left corner? They meet where ticks fall on (or next to) both lower limits."""
+    rc = matplotlib.rcParams
+    _, _, w, h = sheet._rects[ax]
+    fx, fy = _first_tick(ax.xaxis), _first_tick(ax.yaxis)
+    if fx is None or fy is None:
+        return False
+    (xlo, xhi), (ylo, yhi) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    dx = (fx - xlo) / (xhi - xlo) * w  # inches right of the corner
+    dy = (fy - ylo) / (yhi - ylo) * h  # inches above it
+    first_w = _tick_labels_in(ax.xaxis, rc["xtick.labelsize"])[2]
+    tick_h = _text_in("0", rc["ytick.labelsize"])[1]
+    return dx - 0.5 * first_w < -_pad_in("y") and dy - 0.5 * tick_h < -x_pad
+
+
 def _place_plot(sheet: _Sheet, ax, x: float, top: float, w: float, h: float, y_ticklabels: bool = True,
-                right_in: float = 0.0) -> None:
+                right_in: float = 0.0, x_pad_pt: float | None = None) -> float:
     """Place a plot axes (x label and tick labels below, y label left, ticks inward) so that it and its
-    labels fill the rectangle (x, top, w, h) inches; ``right_in`` is kept free right of the axes."""
+    labels fill the rectangle (x, top, w, h) inches; ``right_in`` is kept free right of the axes. Where
+    the first x and y tick labels would meet at the bottom left corner, the x tick labels are set lower
+    (pad) - unless ``x_pad_pt`` gives their pad. Returns the pad, points."""
     rc = matplotlib.rcParams
     labelpad = rc["axes.labelpad"] * PT
     tick_h = _text_in("0", rc["xtick.labelsize"])[1]
     xlabel_h = _text_in(ax.get_xlabel() or "0", rc["axes.labelsize"])[1]
     ylabel_h = _text_in(ax.get_ylabel() or "0", rc["axes.labelsize"])[1]
-    bottom = _pad_in("x") + tick_h + labelpad + xlabel_h
     head = 0.5 * tick_h if y_ticklabels else 1 * PT  # the top y tick label reaches half its height above
-    ax_h = h - head - bottom
-    # placed at a guessed width first: the tick labels depend on the axes' size (the height is final)
+    pad_pt = rc["xtick.major.pad"] if x_pad_pt is None else x_pad_pt
+    out = _pad_in("x") - rc["xtick.major.pad"] * PT  # any outward tick length
+    # placed at a guessed width first: the tick labels depend on the axes' size
     left = ylabel_h + labelpad + (_pad_in("y") + 4 * tick_h if y_ticklabels else 1 * PT)
     right = max(right_in, 1 * PT)
-    for _ in range(2):
+    for attempt in range(3):
+        ax_h = h - head - (pad_pt * PT + out + tick_h + labelpad + xlabel_h)
+        for _ in range(2):
+            sheet.place(ax, x + left, top + head, w - left - right, ax_h)
+            ytw = _tick_labels_in(ax.yaxis, rc["ytick.labelsize"])[0] if y_ticklabels else 0.0
+            left = ylabel_h + labelpad + (_pad_in("y") + ytw if y_ticklabels else 1 * PT)
+            last_w = _tick_labels_in(ax.xaxis, rc["xtick.labelsize"])[3]
+            right = max(right_in, 0.5 * last_w + 1 * PT)  # the last x tick label reaches half its width beyond
         sheet.place(ax, x + left, top + head, w - left - right, ax_h)
-        ytw = _tick_labels_in(ax.yaxis, rc["ytick.labelsize"])[0] if y_ticklabels else 0.0
-        left = ylabel_h + labelpad + (_pad_in("y") + ytw if y_ticklabels else 1 * PT)
-        last_w = _tick_labels_in(ax.xaxis, rc["xtick.labelsize"])[3]
-        right = max(right_in, 0.5 * last_w + 1 * PT)  # the last x tick label reaches half its width beyond
-    sheet.place(ax, x + left, top + head, w - left - right, ax_h)
+        if attempt or x_pad_pt is not None or not y_ticklabels or not _corner_clash(sheet, ax, pad_pt * PT + out):
+            break
+        pad_pt = max(pad_pt, 0.5 * tick_h / PT + 1.0)  # x tick labels' tops below the corner y label
+    if pad_pt != rc["xtick.major.pad"]:
+        ax.tick_params(axis="x", which="major", pad=pad_pt)
+    return pad_pt
 
 
 def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], peak_q, class_map, class_names,
@@ -932,17 +965,15 @@ def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], pea
         ncols=1,
         handlelength=1.6,
     )
-    # the y limit leaves the legend (inside, upper left) clear of the bars and curves; the axes height is
-    # known before its width, so the limit is set before the y tick labels are measured
-    x, top, w, h = rect
-    rc = matplotlib.rcParams
-    tick_h = _text_in("0", rc["xtick.labelsize"])[1]
-    ax_h = h - 0.5 * tick_h - (_pad_in("x") + tick_h + rc["axes.labelpad"] * PT
-                               + _text_in(Q_LABEL, rc["axes.labelsize"])[1])
+    # the y limit leaves the legend (inside, upper left) clear of the bars and curves: set from the height
+    # of the placed axes, then placed again (the y tick labels, hence the width, follow the limit)
+    ax.set_ylim(0, ymax * 1.08 if ymax > 0 else 1)
+    pad = _place_plot(sheet, ax, *rect)
+    ax_h = sheet._rects[ax][3]
     legend_h = _legend_in(legend)[1] + 0.4 * legend.prop.get_size_in_points() * PT
     frac = max(1.0 - legend_h / max(ax_h, 0.1) - 0.04, 0.35)  # legend bottom, axes fraction, less a margin
     ax.set_ylim(0, max(ymax * 1.08, ymax / frac) if ymax > 0 else 1)
-    _place_plot(sheet, ax, *rect)
+    _place_plot(sheet, ax, *rect, x_pad_pt=pad)
     return ax
 
 
