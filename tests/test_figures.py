@@ -166,6 +166,81 @@ def test_save_figure_png_pdf(tmp_path, data):
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["class_map.pdf", "class_map.png"]
 
 
+def test_png_is_the_rendered_image(tmp_path, data):
+    """The PNG holds exactly the pixels matplotlib renders at 300 dpi (RGB: the figure is opaque), with
+    the dpi and the Software text recorded."""
+    import io
+
+    from PIL import Image
+
+    fig = plot_peak_map(data["peak_q"], STEP, DOSE)
+    png, _ = save_figure(fig, tmp_path / "peak")
+    with Image.open(png) as im:
+        im.verify()  # chunk CRCs
+    with Image.open(png) as im:
+        assert im.mode == "RGB"
+        assert im.info["Software"].startswith("sendmap")
+        assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+        pixels = np.asarray(im)
+    buf = io.BytesIO()
+    with F.style_context():
+        fig.savefig(buf, format="rgba", dpi=300)
+    rgba = np.frombuffer(buf.getvalue(), np.uint8).reshape(pixels.shape[0], pixels.shape[1], 4)
+    assert (rgba[..., 3] == 255).all()
+    assert np.array_equal(pixels, rgba[..., :3])
+
+
+def _embedded_fonts(raw: bytes) -> list:
+    """The TrueType font programs (FontFile2 streams) of a matplotlib PDF, as fontTools fonts."""
+    import io
+    import zlib
+
+    from fontTools.ttLib import TTFont
+
+    fonts = []
+    for num in re.findall(rb"/FontFile2 (\d+) 0 R", raw):
+        obj = re.search(rb"\n" + num + rb" 0 obj\s*<<(.*?)>>\s*stream\r?\n", raw, re.S)
+        start = obj.end()
+        length = int(re.search(rb"/Length (\d+)", obj.group(1)).group(1))
+        data = raw[start:start + length]
+        if b"FlateDecode" in obj.group(1):
+            data = zlib.decompress(data)
+        fonts.append(TTFont(io.BytesIO(data)))
+    return fonts
+
+
+def test_pdf_text_is_truetype_without_layout_tables(tmp_path, all_figures):
+    """PDF text is embedded TrueType (Type 42) subsets that keep glyph outlines and metrics but not the
+    OpenType layout tables a PDF never reads; fontTools is left as it was."""
+    from fontTools import subset
+
+    load_font = subset.load_font
+    _, pdf = save_figure(all_figures["overview"], tmp_path / "overview")
+    raw = pdf.read_bytes()
+    assert b"/CIDFontType2" in raw and b"/Type3" not in raw
+    fonts = _embedded_fonts(raw)
+    assert fonts
+    for font in fonts:
+        assert {"glyf", "loca", "head", "hhea", "hmtx", "maxp"} <= set(font.keys())
+        assert not {"GSUB", "GPOS", "GDEF", "MATH"} & set(font.keys())
+        assert font["cmap"].getBestCmap()  # a Unicode character map is kept
+    assert subset.load_font is load_font
+
+
+def test_pdf_one_font_subset_per_font(tmp_path, data):
+    """'field' in the titles makes no ligature glyph, which matplotlib would embed as a second subset of the
+    font (each subset is another fontTools run); the overview has a second font only for bold letters."""
+    fig = plot_virtual_images(data["bf"], data["adf"], STEP, DOSE)
+    _, pdf = save_figure(fig, tmp_path / "virtual")
+    assert len(re.findall(rb"/FontFile2", pdf.read_bytes())) == 1
+    fig = plot_overview(data["peak_q"], data["class_map"], CLASS_NAMES, data["q"], data["profiles"], data["fits"], 1,
+                        STEP, DOSE, bf=data["bf"], reference_ticks=data["ref"])
+    _, pdf = save_figure(fig, tmp_path / "overview")
+    raw = pdf.read_bytes()
+    assert len(re.findall(rb"/FontFile2", raw)) == 2
+    assert len(set(re.findall(rb"/BaseFont /([A-Z]{6}\+[A-Za-z-]+)", raw))) == 2
+
+
 def test_save_all_figures_sizes(tmp_path, all_figures):
     for name, fig in all_figures.items():
         png, pdf = save_figure(fig, tmp_path / name)
@@ -299,7 +374,37 @@ def test_histograms_legend_and_classes(data):
     assert not any(lbl.startswith("Crystal") for lbl in labels)
     assert ax.get_xlabel() == "SRO peak Q (Å⁻¹)"
     # one fit line per fitted class with >1 value: type1, type2, electrolyte (unassigned has 1 value: no fit)
-    assert len(ax.lines) == 3
+    assert len(_data_lines(ax)) == 3
+
+
+def _data_lines(ax) -> list:
+    """The axes' lines but the minor tick marks (drawn as marker lines, see test_minor_ticks_as_drawn)."""
+    return [ln for ln in ax.lines if not (ln.get_gid() or "").startswith("minor_ticks")]
+
+
+def test_minor_ticks_as_drawn(data, monkeypatch):
+    """Minor ticks are marker lines (one per side), drawn exactly as matplotlib's own minor ticks would be:
+    four sides of the histograms, top and bottom of the profiles."""
+    def build():
+        return (plot_histograms(data["peak_q"], data["class_map"], CLASS_NAMES, data["fits"], DOSE),
+                plot_class_profiles(data["q"], data["profiles"], 1, DOSE, reference_ticks=data["ref"]))
+
+    figs = build()
+    sides = [sorted(ln.get_gid() for ln in f.axes[0].lines if (ln.get_gid() or "").startswith("minor")) for f in figs]
+    assert sides == [["minor_ticks_x"] * 2 + ["minor_ticks_y"] * 2, ["minor_ticks_x"] * 2]
+    monkeypatch.setattr(F, "_minor_tick_marks", lambda ax: None)  # matplotlib's Tick artists instead
+    for new, old in zip(figs, build()):
+        with F.style_context():  # as saved (Tick artists made at draw time take the rc style of the moment)
+            assert np.array_equal(_render(new), _render(old))
+
+
+def test_figure_draws_alike_outside_the_style(data):
+    """Ticks are made when the figure is built: drawing it outside the journal style changes nothing."""
+    for fig in (plot_histograms(data["peak_q"], data["class_map"], CLASS_NAMES, data["fits"], DOSE),
+                plot_peak_map(data["peak_q"], STEP, DOSE)):
+        plain = _render(fig)  # first draw outside the style: any Tick made now would take default rc values
+        with F.style_context():
+            assert np.array_equal(_render(fig), plain)
 
 
 def test_histogram_fit_scaled_to_counts():
@@ -308,7 +413,7 @@ def test_histogram_fit_scaled_to_counts():
     cm = np.ones((40, 50), dtype=int)
     fits = {"sei_type1": {"mu": 0.33, "sigma": 0.006, "count": pq.size}}
     fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE, bin_width=0.002)
-    line = fig.axes[0].lines[0]
+    line = _data_lines(fig.axes[0])[0]
     peak = line.get_ydata().max()
     expected = pq.size * 0.002 / (0.006 * np.sqrt(2 * np.pi))
     assert peak == pytest.approx(expected, rel=0.01)
@@ -321,21 +426,44 @@ def test_histograms_no_peaks():
     _render(fig)
 
 
+def test_histogram_corner_tick_labels_apart():
+    """Bins starting on a major tick (0.27) put an x tick label at the bottom left corner, where the y axis
+    has its '0': they must not overlap (nor on an empty histogram, 0.0 and 0.0)."""
+    rng = np.random.default_rng(2)
+    cm = np.ones((4, 200), dtype=int)
+    pq = 0.2701 + np.abs(rng.normal(0.0, 0.01, cm.shape))
+    fits = {"sei_type1": {"mu": 0.28, "sigma": 0.01, "count": pq.size}}
+    fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE)
+    assert fig.axes[0].get_xlim()[0] == pytest.approx(0.27)
+    _nothing_overlaps(fig)
+    _inside_figure(fig)
+    _nothing_overlaps(plot_histograms(np.full((5, 5), np.nan), np.zeros((5, 5), int), CLASS_NAMES, {}, DOSE))
+
+
 def test_profiles_label_ticks_and_normalisation(data):
     fig = plot_class_profiles(data["q"], data["profiles"], 2, DOSE, reference_ticks=data["ref"], sem=data["sem"],
                               window=(0.22, 0.42))
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "I·Q$^{2}$ (norm.)"
+    assert ax.get_ylabel() == "I·Q² (norm.)"
     texts = _texts(fig)
     for name in data["profiles"]:
         assert CLASS_LABELS[name] in texts
-    assert "Li$_{2}$O" in texts and "LiF" in texts
+    assert "Li₂O" in texts and "LiF" in texts
+    assert not [t for t in texts if "$" in t]  # plain Unicode, no mathtext
     # each curve's max inside [0.2, 1.0] equals 1 + its offset
     q = data["q"]
     sel = (q >= 0.2) & (q <= 1.0)
-    offsets = sorted(round(float(line.get_ydata()[sel].max()) - 1.0, 6) for line in ax.lines[: len(data["profiles"])])
+    offsets = sorted(round(float(line.get_ydata()[sel].max()) - 1.0, 6) for line in _data_lines(ax)[: len(data["profiles"])])
     assert offsets[0] == pytest.approx(0.0, abs=1e-9)
     assert len(set(offsets)) == len(data["profiles"])
+
+
+def test_chemical_formulas_and_exponents():
+    assert F._chem("Li2CO3") == "Li₂CO₃"
+    assert F._chem("beta-Li3PO4") == "β-Li₃PO₄"
+    assert F._chem("Li (bcc)") == "Li (bcc)"
+    assert F._chem("Ca(OH)2") == "Ca(OH)₂"
+    assert F._superscript(1) == "¹" and F._superscript(-2) == "⁻²" and F._superscript(10) == "¹⁰"
 
 
 def test_overview_panels(data):
@@ -360,12 +488,8 @@ def _map_sizes_in(fig: Figure) -> list[tuple[float, float]]:
     return out
 
 
-def _inside_figure(fig: Figure) -> None:
-    """No text is cut off at the figure's edges."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    fb = fig.bbox
-    # tick labels: only those of the ticks drawn (axes keep spare Tick objects outside the view)
+def _drawn_texts(fig: Figure) -> list[Text]:
+    """Every text the figure draws (non-empty, visible; tick labels only of ticks inside the view)."""
     tick_texts = {id(t) for tick in fig.findobj(Tick) for t in (tick.label1, tick.label2)}
     drawn_ticks = []
     for ax in fig.get_axes():
@@ -376,11 +500,73 @@ def _inside_figure(fig: Figure) -> None:
                 if tick.get_loc() is not None and lo - eps <= tick.get_loc() <= hi + eps:
                     drawn_ticks += [t for t in (tick.label1, tick.label2) if t.get_visible()]
     texts = [t for t in fig.findobj(Text) if id(t) not in tick_texts] + drawn_ticks
-    for t in texts:
-        if not t.get_visible() or not t.get_text().strip():
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _inside_figure(fig: Figure) -> None:
+    """No text, legend or axes is cut off at the figure's edges."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    fb = fig.bbox
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _drawn_texts(fig)]
+    boxes += [("legend", ax.get_legend().get_window_extent(renderer)) for ax in fig.get_axes() if ax.get_legend()]
+    boxes += [("axes", ax.get_window_extent(renderer)) for ax in fig.get_axes()]
+    for name, bb in boxes:
+        assert bb.x0 >= fb.x0 - 1 and bb.x1 <= fb.x1 + 1 and bb.y0 >= fb.y0 - 1 and bb.y1 <= fb.y1 + 1, name
+
+
+def _overlap(a, b, tol: float = 0.5) -> bool:
+    """Boxes (display pixels) overlap by more than ``tol`` pixels both ways."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > tol and min(a.y1, b.y1) - max(a.y0, b.y0) > tol
+
+
+def _nothing_overlaps(fig: Figure) -> None:
+    """No text, legend or colourbar lies over a map (but its own scale bar), and no two texts overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    maps = [ax for ax in fig.get_axes() if ax.get_gid() == "map"]
+    own = {}  # id(text) -> the map whose scale bar holds it
+    for ax in maps:
+        for bar in [a for a in ax.get_children() if a.get_gid() == "scale_bar"]:
+            own.update({id(t): ax for t in bar.findobj(Text)})
+    texts = _drawn_texts(fig)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for t, bb in zip(texts, boxes):
+        for ax in maps:
+            if own.get(id(t)) is not ax:
+                assert not _overlap(bb, ax.get_window_extent(renderer)), f"text {t.get_text()!r} over a map"
+    others = [a.get_legend().get_window_extent(renderer) for a in maps if a.get_legend() is not None]
+    others += [a.get_window_extent(renderer) for a in fig.get_axes() if a.get_gid() != "map"]  # colourbars, plots
+    for m in maps:
+        for bb in others:
+            assert not _overlap(bb, m.get_window_extent(renderer)), "a legend or an axes over a map"
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            assert not _overlap(boxes[i], boxes[j]), (texts[i].get_text(), texts[j].get_text())
+
+
+def _legend_clears_bars(fig: Figure) -> None:
+    """The histogram legend (inside, upper left) lies above every bar and fit curve under it."""
+    from matplotlib.patches import StepPatch
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.get_axes():
+        legend = ax.get_legend()
+        steps = [p for p in ax.patches if isinstance(p, StepPatch)]
+        if legend is None or not steps:
             continue
-        bb = t.get_window_extent(renderer)
-        assert bb.x0 >= fb.x0 - 1 and bb.x1 <= fb.x1 + 1 and bb.y0 >= fb.y0 - 1 and bb.y1 <= fb.y1 + 1, t.get_text()
+        lb = legend.get_window_extent(renderer)
+        inv = ax.transData.inverted()
+        (x0, _), (x1, y0) = inv.transform([(lb.x0, lb.y0), (lb.x1, lb.y0)])
+        for p in steps:
+            values, edges = p.get_data().values, p.get_data().edges
+            under = (edges[1:] >= x0) & (edges[:-1] <= x1)
+            assert not under.any() or values[under].max() < y0, "bars reach into the legend"
+        for line in _data_lines(ax):
+            x, y = line.get_data()
+            under = (x >= x0) & (x <= x1)
+            assert not under.any() or y[under].max() < y0, "a fit curve reaches into the legend"
 
 
 def test_overview_maps_equal_size_and_nothing_cut(all_figures, data):
@@ -391,9 +577,29 @@ def test_overview_maps_equal_size_and_nothing_cut(all_figures, data):
     assert w1 == pytest.approx(w2, abs=0.02) and h1 == pytest.approx(h2, abs=0.02)
     for name, f in all_figures.items():
         _inside_figure(f)
+        _nothing_overlaps(f)
+        _legend_clears_bars(f)
 
 
-@pytest.mark.parametrize("shape", [(120, 30), (40, 200), (12, 200)])
+def test_no_layout_engine(all_figures):
+    """Figures are laid out when built (in inches); saving must not lay them out again."""
+    for name, fig in all_figures.items():
+        assert fig.get_layout_engine() is None, name
+
+
+def test_histogram_legend_clears_tall_bars():
+    """Many counts in one class (5-digit tick labels) and several classes: the legend stays clear."""
+    rng = np.random.default_rng(5)
+    cm = np.repeat(np.array([1, 2, 3]), [30000, 2000, 500]).reshape(65, 500)
+    pq = np.where(cm == 1, rng.normal(0.30, 0.004, cm.shape), rng.normal(0.33, 0.01, cm.shape))
+    fits = {n: {"mu": 0.3, "sigma": 0.005, "count": int((cm == k).sum())} for k, n in enumerate(CLASS_NAMES) if k in (1, 2, 3)}
+    fig = plot_histograms(pq, cm, CLASS_NAMES, fits, DOSE)
+    _legend_clears_bars(fig)
+    _inside_figure(fig)
+    _nothing_overlaps(fig)
+
+
+@pytest.mark.parametrize("shape", [(120, 30), (40, 200), (12, 200), (148, 148), (300, 40), (30, 45)])
 def test_layouts_for_tall_and_wide_scans(shape, recwarn):
     """Tall scans (legend right), wide strips (maps stacked, colourbar below): no collapsed layout,
     maps of equal size, figure within a page, no text cut off."""
@@ -408,11 +614,16 @@ def test_layouts_for_tall_and_wide_scans(shape, recwarn):
     # square pixels: drawn aspect equals the scan's
     assert sizes[0, 0] / sizes[0, 1] == pytest.approx(shape[1] / shape[0], rel=0.03)
     _inside_figure(fig)
+    _nothing_overlaps(fig)
     for f in (plot_peak_map(d["peak_q"], STEP, DOSE), plot_class_map(d["class_map"], CLASS_NAMES, STEP, DOSE),
               plot_virtual_images(d["bf"], d["adf"], STEP, DOSE)):
         assert f.get_size_inches()[1] < 9.5
         _inside_figure(f)
-    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
+        _nothing_overlaps(f)
+        sizes = np.array(_map_sizes_in(f))
+        assert np.ptp(sizes[:, 0]) < 0.03 and np.ptp(sizes[:, 1]) < 0.03  # both virtual images alike
+        assert sizes[0, 0] / sizes[0, 1] == pytest.approx(shape[1] / shape[0], rel=0.03)
+    assert not [w for w in recwarn if "layout" in str(w.message)]
 
 
 def test_threads_build_figures_concurrently(tmp_path, data):

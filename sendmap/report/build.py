@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASS_NAMES
-from ..store import write_text_atomic
 
 
 def dose_text(dose: dict | None) -> str:
@@ -35,6 +34,7 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     peak and its error, height, prominence, width, second peak, features, centre), tables/phases.csv (named
     phase counts per class), tables/layers.csv (layer thickness), tables/class_profiles.csv (class-mean
     I·Q^n); every table carries the dose (electrons per pattern and e⁻/Å²) on every row."""
+    from ..store import write_text_atomic  # here, not at the top: the figure helper process needs no zarr
     tdir = Path(out_dir) / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     stats = group.attrs.get("statistics", {})
@@ -213,9 +213,12 @@ def write_figure_manifest(fdir: Path, digests: dict) -> None:
     write_text_atomic(Path(fdir) / FIGURE_MANIFEST, json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
 
-FIGURE_SHARE_OF_HELPER = 4
-"""With a helper process, it draws the last 4 figures of the list (the cheaper ones, ~0.6 s each on one
-core, plus ~0.7 s to import matplotlib) while this process draws the first two (the overview alone ~2.5 s)."""
+FIGURE_SHARE_OF_HELPER = 3
+"""With a helper process, it draws the last 3 figures of the list while this process draws the first three.
+CPU per figure (build, PNG and PDF; warm process, 148x148 scan): the overview ~0.7 s, the others ~0.2 s each;
+the helper also pays ~0.65 s to import matplotlib, and each process ~0.3 s of first use (fonts, fontTools).
+Measured from a fresh process: 3 + 3 ends both at about the same time (1.5 s and 1.55 s CPU, 1.55 s wall;
+2.1 s in one process); 2 or 4 in the helper leave one process ~0.45 s behind the other."""
 
 
 def _render(specs, fdir: str, formats: tuple) -> list[str]:

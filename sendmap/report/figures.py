@@ -14,10 +14,11 @@ field) and ``magma`` (annular dark field); positions without a value are drawn i
 Every figure carries the electron dose that produced it on its top line (``dose_text``).
 
 Maps are drawn with square pixels (one scan step each) and no ticks, with a round-length scale bar.
-Because a map's aspect is fixed, each figure's height is fitted to its maps after a first layout
-(:func:`_fit_layout`): side-by-side maps are made equally large, empty bands are cut, tall scans get
-their legend beside the map and wide strips are stacked with a horizontal colourbar. The fitted
-layout is then frozen, so a saved figure is exactly the fitted one.
+There is no layout engine: every figure is laid out in inches from the sizes of its pieces (fonts
+have fixed sizes, maps a fixed aspect; titles, tick labels, legends and colourbars are measured once,
+without drawing) by :class:`_Sheet`, and its height follows from its maps: side-by-side maps are
+equally large, tall scans get their legend beside the map and wide strips are stacked with a
+horizontal colourbar. A saved figure is exactly the built one, at any dpi.
 
 :func:`save_figure` writes ``<base>.png`` (300 dpi) and ``<base>.pdf`` (vector), each through a
 temporary file in the same folder and :func:`os.replace`, so a file with the final name is never
@@ -26,11 +27,14 @@ half written.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import re
+import struct
 import threading
 import uuid
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -39,12 +43,12 @@ import matplotlib
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure, SubFigure
+from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
-from matplotlib.gridspec import GridSpec
 from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch
-from matplotlib.transforms import Bbox, TransformedBbox, blended_transform_factory
+from matplotlib.text import Text
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 __all__ = [
@@ -137,10 +141,6 @@ STYLE: dict[str, object] = {
     "image.origin": "upper",
     "figure.dpi": 100,
     "figure.facecolor": "white",
-    "figure.constrained_layout.w_pad": 2.0 / 72,
-    "figure.constrained_layout.h_pad": 2.0 / 72,
-    "figure.constrained_layout.wspace": 0.03,
-    "figure.constrained_layout.hspace": 0.03,
     "savefig.dpi": DPI,
     "savefig.facecolor": "white",
     "savefig.bbox": None,  # keep the exact figure size: width is a journal column
@@ -263,16 +263,125 @@ def _class_cmap(class_names: Sequence[str]) -> tuple[mcolors.ListedColormap, mco
 _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ"}
 
 
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def _chem(text: str) -> str:
-    """'Li2CO3' -> 'Li$_{2}$CO$_{3}$' (subscript digits that follow an element or bracket);
-    'beta-Li3PO4' -> 'β-Li$_{3}$PO$_{4}$'."""
+    """'Li2CO3' -> 'Li₂CO₃' (Unicode subscript digits where digits follow an element or bracket);
+    'beta-Li3PO4' -> 'β-Li₃PO₄'. Plain text, not mathtext: nothing to parse when drawing, and the
+    text stays one run of characters in the PDF."""
     text = re.sub(r"^(alpha|beta|gamma|delta)(?=-)", lambda m: _GREEK[m.group(1)], text)
-    return re.sub(r"(?<=[A-Za-z\)\]])(\d+)", r"$_{\1}$", text)
+    return re.sub(r"(?<=[A-Za-z\)\]])(\d+)", lambda m: m.group(1).translate(_SUBSCRIPT), text)
+
+
+def _superscript(n: int) -> str:
+    """7 -> '⁷', -2 -> '⁻²'."""
+    return str(int(n)).translate(_SUPERSCRIPT)
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared drawing pieces
+# Layout in inches: every figure is placed from measured sizes, with no layout engine
 # --------------------------------------------------------------------------------------------------
+
+PT = 1.0 / 72.0
+"""One point, inches."""
+PAD_IN = 3 * PT
+"""Margin at every edge of a figure, inches."""
+GAP_IN = 3 * PT
+"""Gap between a map and its legend, and under the dose line, inches."""
+CBAR_GAP_IN = 4 * PT
+"""Gap between a map and its colourbar, inches."""
+CBAR_THICK_IN = 7 * PT
+"""Colourbar thickness, inches."""
+COL_GAP_IN = 10 * PT
+"""Least gap between panels side by side, inches."""
+ROW_GAP_IN = 8 * PT
+"""Gap between the rows of the overview, inches."""
+LETTER_PT = 10.0
+"""Font size of panel letters (bold)."""
+TITLE_PT = SMALL_PT + 0.5
+"""Font size of map titles."""
+CBAR_BELOW_LENGTH = 0.55
+"""A colourbar below a map spans this fraction of the map's width (from its left)."""
+
+_MEASURERS: list = []
+
+
+def _measurers() -> list:
+    """Agg renderers that measure text and legends (never draw), kept for the process (matplotlib caches
+    text metrics per renderer): one at the figure's own dpi and one at :data:`DPI`. Hinting makes text a
+    few per cent wider at low dpi, so a size is the larger of the two: it fits at either."""
+    if not _MEASURERS:
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        _MEASURERS.extend(RendererAgg(1, 1, dpi) for dpi in sorted({float(STYLE["figure.dpi"]), float(DPI)}))
+    return _MEASURERS
+
+
+def _text_in(text: str, size: float, weight: str = "normal") -> tuple[float, float, float]:
+    """(width, height, descent) of one line of text, inches, as matplotlib lays it out (a line is at least
+    as tall and as deep as 'lp'), in the fonts of the current rc parameters (the journal style: builds run
+    inside :func:`style_context`)."""
+    rc = matplotlib.rcParams
+    return _text_in_fonts(text, float(size), weight, tuple(rc["font.family"]), tuple(rc["font.sans-serif"]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_in_fonts(text: str, size: float, weight: str, family: tuple, sans_serif: tuple) -> tuple[float, float, float]:
+    prop = FontProperties(size=size, weight=weight)
+    out = (0.0, 0.0, 0.0)
+    for r in _measurers():
+        w, h, d = r.get_text_width_height_descent(text, prop, ismath=False)
+        _, lh, ld = r.get_text_width_height_descent("lp", prop, ismath=False)
+        k = 1.0 / r.dpi
+        out = tuple(max(a, b) for a, b in zip(out, (w * k, max(h, lh) * k, max(d, ld) * k)))
+    return out
+
+
+def _legend_in(legend) -> tuple[float, float]:
+    """(width, height) of a legend's box, inches (independent of where it is anchored)."""
+    sizes = [(bb.width / r.dpi, bb.height / r.dpi) for r in _measurers() for bb in [legend.get_window_extent(r)]]
+    return max(w for w, _ in sizes), max(h for _, h in sizes)
+
+
+def _tick_labels_in(axis, size: float) -> tuple[float, float, float, float]:
+    """(widest, tallest, first, last width) of the major tick labels ``axis`` draws at its current length and
+    limits, inches (labels are formatted, not drawn)."""
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * max(1.0, abs(hi - lo))
+    locs = [v for v in axis.get_major_locator()() if lo - eps <= v <= hi + eps]
+    labels = [s for s in axis.get_major_formatter().format_ticks(locs) if s] if locs else []
+    h0 = _text_in("0", size)[1]
+    if not labels:
+        return 0.0, h0, 0.0, 0.0
+    sizes = [_text_in(s, size)[:2] for s in labels]
+    return max(w for w, _ in sizes), max(h for _, h in sizes), sizes[0][0], sizes[-1][0]
+
+
+def _pad_in(axis_name: str) -> float:
+    """Tick-label pad plus any outward tick length of an axis in the journal style, inches."""
+    rc = matplotlib.rcParams
+    out = rc[f"{axis_name}tick.major.size"] if rc[f"{axis_name}tick.direction"] in ("out", "inout") else 0.0
+    return (rc[f"{axis_name}tick.major.pad"] + out) * PT
+
+
+def _title_band_in(title: str | None) -> float:
+    """Height a map title takes above its map (title pad plus the text above its baseline), inches."""
+    if not title:
+        return 0.0
+    _, h, d = _text_in(title, TITLE_PT)
+    return matplotlib.rcParams["axes.titlepad"] * PT + (h - d)
+
+
+def _letter_band_in() -> float:
+    """Height of a line of panel letters, inches."""
+    return _text_in("a", LETTER_PT, "bold")[1] + 1 * PT
+
+
+def _caption_band_in(text: str) -> float:
+    """Height from the figure's top edge to the top of its content, below the dose line, inches."""
+    return PAD_IN + _text_in(text, SMALL_PT)[1] + GAP_IN
 
 
 def _snap_in(x: float) -> float:
@@ -280,29 +389,74 @@ def _snap_in(x: float) -> float:
     return round(x * DPI) / DPI + 1e-7
 
 
-def _new_figure(width_in: float, height_in: float) -> Figure:
-    """A bare Figure with an Agg canvas and constrained layout (never touches pyplot)."""
-    fig = Figure(figsize=(_snap_in(width_in), _snap_in(height_in)), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+class _Sheet:
+    """A bare Figure (Agg canvas, never pyplot, no layout engine) whose axes are placed by rectangles in
+    inches measured from its top-left corner; :meth:`finish` sets the final height and re-applies them, so a
+    piece keeps its size in inches whatever the figure's height."""
+
+    def __init__(self, width_in: float, height_in: float = 4.0):
+        self.fig = Figure(figsize=(_snap_in(width_in), _snap_in(height_in)), layout=None)
+        FigureCanvasAgg(self.fig)
+        self.width = float(self.fig.get_figwidth())
+        self._rects: dict = {}
+
+    def axes(self, **kwargs):
+        return self.fig.add_axes((0.0, 0.0, 1.0, 1.0), **kwargs)
+
+    def place(self, ax, x: float, top: float, w: float, h: float) -> None:
+        """Put ``ax`` at ``x`` inches from the left and ``top`` inches from the top, ``w`` x ``h`` inches."""
+        self._rects[ax] = (x, top, max(w, 0.01), max(h, 0.01))
+        self._apply(ax)
+
+    def _apply(self, ax) -> None:
+        x, top, w, h = self._rects[ax]
+        fw, fh = self.fig.get_size_inches()
+        ax.set_position((x / fw, (fh - top - h) / fh, w / fw, h / fh))
+
+    def from_top_left(self, x: float, top: float):
+        """Transform of the point (0, 1) to ``x`` inches right of and ``top`` inches below the top-left corner."""
+        return self.fig.transFigure + ScaledTranslation(x, -top, self.fig.dpi_scale_trans)
+
+    def text(self, x: float, top: float, s: str, **kwargs):
+        return self.fig.text(0.0, 1.0, s, transform=self.from_top_left(x, top), **kwargs)
+
+    def finish(self, height_in: float) -> Figure:
+        self.fig.set_size_inches(self.width, _snap_in(height_in))
+        for ax in self._rects:
+            self._apply(ax)
+        for ax in self.fig.axes:
+            _freeze_ticks(ax)
+        if hasattr(Text, "set_fontfeatures"):
+            # matplotlib >= 3.11 shapes text with HarfBuzz, which makes 'fi' of 'field' one ligature glyph;
+            # its PDF backend puts such a glyph in a second subset of the font, a second fontTools run per
+            # file. Without ligatures the letters are drawn as by matplotlib <= 3.10.
+            for text in self.fig.findobj(Text):
+                text.set_fontfeatures(["-liga"])
+        return self.fig
 
 
-def _add_dose_caption(fig: Figure, dose_text: str) -> None:
-    """Top line of every figure: the dose that produced the data, small, left aligned."""
+def _offset(ax, x: float, y: float, dx_in: float = 0.0, dy_in: float = 0.0):
+    """(point, transform): the axes-fraction point (x, y) moved by (dx_in, dy_in) inches."""
+    fig = ax.get_figure(root=True)
+    return (x, y), ax.transAxes + ScaledTranslation(dx_in, dy_in, fig.dpi_scale_trans)
+
+
+def _add_dose_caption(sheet: _Sheet, dose_text: str) -> str:
+    """Top line of every figure: the dose that produced the data, small, left aligned. Returns the text."""
     text = str(dose_text).strip() if dose_text is not None else ""
-    fig.suptitle(
-        f"Dose: {text}" if text else "Dose: not recorded",
-        x=0.01,
-        ha="left",
-        fontsize=SMALL_PT,
-        color="0.25",
-        fontweight="normal",
-    )
+    caption = f"Dose: {text}" if text else "Dose: not recorded"
+    sheet.text(PAD_IN, PAD_IN, caption, ha="left", va="top", fontsize=SMALL_PT, color="0.25")
+    return caption
 
 
-def _panel_letter(panel: SubFigure, letter: str) -> None:
-    """Bold panel letter at the top-left corner of a panel (space reserved by the layout)."""
-    panel.suptitle(letter, x=0.0, ha="left", fontsize=10, fontweight="bold")
+def _panel_letter(sheet: _Sheet, x: float, top: float, letter: str) -> None:
+    """Bold panel letter with its top-left corner at (x, top) inches."""
+    sheet.text(x, top, letter, ha="left", va="top", fontsize=LETTER_PT, fontweight="bold")
+
+
+def _axes_letter(ax, letter: str) -> None:
+    """Panel letter on an axes' top-left, on the line of its title (stacked maps)."""
+    ax.set_title(letter, loc="left", fontsize=LETTER_PT, fontweight="bold")
 
 
 def scale_bar_length(width_nm: float, fraction: float = 0.225) -> float:
@@ -356,8 +510,8 @@ def _check_step(step_nm: float) -> float:
 
 
 def _show_map(ax, image: np.ndarray, step_nm: float, title: str | None = None, **imshow_kw):
-    """imshow a (Ry, Rx) map with square pixels in nm, no ticks, and a scale bar; the map sits at the
-    top of its layout box (spare height goes below, where :func:`_fit_layout` trims it)."""
+    """imshow a (Ry, Rx) map with square pixels in nm, no ticks, and a scale bar (the axes is placed later,
+    at the map's aspect)."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"a map must be 2-D (Ry, Rx), got shape {image.shape}")
@@ -374,75 +528,17 @@ def _show_map(ax, image: np.ndarray, step_nm: float, title: str | None = None, *
     )
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_anchor("N")
     ax.set_gid("map")
     if title:
-        ax.set_title(title, fontsize=SMALL_PT + 0.5)
+        ax.set_title(title, fontsize=TITLE_PT)
     for spine in ax.spines.values():
         spine.set_linewidth(0.4)
     _add_scale_bar(ax, width_nm, height_nm)
     return im
 
 
-def _map_legend(ax, handles, where: str = "below", max_cols: int = 3, max_width_in: float | None = None):
-    """Legend of a map (class names and counts): ``below`` it, in as many columns (up to
-    ``max_cols``) as fit within ``max_width_in`` so it never widens the map's panel, or in one column
-    to its ``right`` (tall maps, whose height is the limit)."""
-    common = dict(handles=handles, borderaxespad=0.0, handlelength=1.0, handleheight=1.0, columnspacing=0.8,
-                  handletextpad=0.35, borderpad=0.15)
-    if where == "right":
-        return ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), ncols=1, **common)
-    legend = None
-    for ncols in range(max(1, min(max_cols, len(handles))), 0, -1):
-        legend = ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.015), ncols=ncols, **common)
-        if max_width_in is None or ncols == 1:
-            break
-        fig = ax.get_figure(root=True)
-        width_in = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
-        if width_in <= max_width_in:
-            break
-    return legend
-
-
-class _ColourbarLocator:
-    """Places a colourbar beside a fixed-aspect map, whatever the map's final size: ``right`` of it
-    (as tall as the map, less room at the foot for the map's 'No SRO peak' swatch) or ``below`` it
-    (along the left part of the map's width). Thickness and gaps are in points."""
-
-    def __init__(self, parent, where: str = "right", thickness_pt: float = 7.0, gap_pt: float = 4.0,
-                 length: float = 0.55):
-        self.parent, self.where = parent, where
-        self.thickness_pt, self.gap_pt, self.length = thickness_pt, gap_pt, length
-
-    def __call__(self, cax, renderer):
-        pb = self.parent.bbox  # the parent's drawn box: its aspect is applied before its children
-        gap = renderer.points_to_pixels(self.gap_pt)
-        thick = renderer.points_to_pixels(self.thickness_pt)
-        if self.where == "below":
-            top = pb.y0 - gap
-            box = Bbox.from_extents(pb.x0, top - thick, pb.x0 + self.length * pb.width, top)
-        else:
-            bottom = pb.y0
-            legend = self.parent.get_legend()
-            if legend is not None:
-                bottom = legend.get_window_extent(renderer).y1 + gap
-            x0 = pb.x1 + gap
-            box = Bbox.from_extents(x0, bottom, x0 + thick, max(pb.y1, bottom + 1.0))
-        return TransformedBbox(box, cax.get_figure(root=False).transSubfigure.inverted())
-
-
-def _add_axes(panel, spec=None):
-    """One axes in a (sub)figure: the whole of it, or the gridspec cell ``spec``."""
-    return panel.add_subplot(spec) if spec is not None else panel.add_subplot()
-
-
-def _axes_letter(ax, letter: str) -> None:
-    """Panel letter on an axes' top-left (used where several panels share one subfigure)."""
-    ax.set_title(letter, loc="left", fontsize=10, fontweight="bold")
-
-
 def _map_panel_height(width_in: float, shape: tuple[int, int], extra_in: float, max_map_in: float = MAX_MAP_IN) -> float:
-    """Height of a figure holding one map of ``shape`` drawn ``width_in`` wide, plus decorations."""
+    """Height of one map of ``shape`` drawn ``width_in`` wide (at most ``max_map_in``), plus ``extra_in``."""
     ry, rx = shape
     return min(width_in * ry / max(rx, 1), max_map_in) + extra_in
 
@@ -461,75 +557,203 @@ def _robust_limits(values: np.ndarray, lo_pct: float, hi_pct: float, fallback=(0
     return float(lo), float(hi)
 
 
+def _fit_map(shape: tuple[int, int], max_w: float, max_h: float) -> tuple[float, float]:
+    """(width, height) in inches of a map of ``shape`` (square pixels) as large as fits in max_w x max_h."""
+    ry, rx = shape
+    aspect = ry / max(rx, 1)  # height / width
+    w = max(max_w, 0.05)
+    h = w * aspect
+    if h > max_h:
+        h = max(max_h, 0.05)
+        w = h / aspect
+    return w, h
+
+
 # --------------------------------------------------------------------------------------------------
-# Panels: draw into a given (sub)figure; public plot functions and the overview reuse them
+# Map panels: a map axes and what hangs off it, with the room each piece needs (inches)
 # --------------------------------------------------------------------------------------------------
 
 
-def _draw_peak_map(panel, peak_q, step_nm, vmin=None, vmax=None, title: str | None = None,
-                   cbar_where: str = "right", spec=None):
-    peak_q = np.asarray(peak_q, dtype=float)
-    ax = _add_axes(panel, spec)
-    auto_lo, auto_hi = _robust_limits(peak_q, 1, 99, fallback=(0.25, 0.40))
-    lo = auto_lo if vmin is None else float(vmin)
-    hi = auto_hi if vmax is None else float(vmax)
-    if not hi > lo:
-        hi = lo + 1e-3
-    finite = peak_q[np.isfinite(peak_q)]
-    below = finite.size and finite.min() < lo
-    above = finite.size and finite.max() > hi
-    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
-        (bool(below), bool(above))
-    ]
-    cmap = matplotlib.colormaps[PEAK_CMAP].with_extremes(bad=NAN_COLOR)
-    im = _show_map(ax, np.ma.masked_invalid(peak_q), step_nm, title=title, cmap=cmap, vmin=lo, vmax=hi)
-    # NaN note: a light-grey swatch "No SRO peak" at the foot of the colourbar column (colourbar
-    # right) or beside the colourbar (colourbar below)
-    n_nan = int(np.count_nonzero(~np.isfinite(peak_q)))
-    if n_nan:
-        swatch = Patch(facecolor=NAN_COLOR, edgecolor="0.5", linewidth=0.4, label=NO_PEAK_LABEL)
-        where = dict(loc="lower left", bbox_to_anchor=(1.0, 0.0), borderaxespad=0.6)
-        if cbar_where == "below":
-            where = dict(loc="upper left", bbox_to_anchor=(0.62, 0.0), borderaxespad=0.6)
-        ax.legend(handles=[swatch], borderpad=0.0, handlelength=1.0, handleheight=1.0, handletextpad=0.4, **where)
-    # colourbar: a child of the map, sized by the map's final box (see _ColourbarLocator)
-    cax = ax.inset_axes([1.03, 0.0, 0.045, 1.0])
-    cax.set_axes_locator(_ColourbarLocator(ax, cbar_where))
-    cbar = panel.colorbar(im, cax=cax, extend=extend, extendfrac=0.04,
-                          orientation="horizontal" if cbar_where == "below" else "vertical")
-    cbar.set_label(Q_LABEL)
-    cbar.ax.tick_params(labelsize=SMALL_PT, width=0.5, length=2.0)
-    cbar.outline.set_linewidth(0.5)
-    return ax, im, cbar
+class _MapPanel:
+    """A map and its decorations. ``above`` (title band), ``right`` (legend or colourbar column right of
+    the map) and ``below`` (legend or colourbar under it) are the room they need, in inches;
+    ``overhang`` is how far the title reaches beyond each side of a map ``w`` wide. :meth:`place` puts the
+    map (and its colourbar) at its final rectangle."""
+
+    def __init__(self, sheet: _Sheet, ax, title: str | None):
+        self.sheet, self.ax, self.title = sheet, ax, title
+        self.above = _title_band_in(title)
+        self.right = 0.0
+        self.below = 0.0
+        self._title_w = _text_in(title, TITLE_PT)[0] if title else 0.0
+
+    def overhang(self, w: float) -> float:
+        return max(0.0, 0.5 * (self._title_w - w))
+
+    def place(self, x: float, top: float, w: float, h: float, x_min: float, x_max: float) -> None:
+        """Map at (x, top), w x h inches; its decorations stay within [x_min, x_max]."""
+        self.sheet.place(self.ax, x, top, w, h)
 
 
-def _draw_class_map(panel, class_map, class_names, step_nm, legend_width_in: float, legend_where: str = "below",
-                    title: str | None = None, spec=None):
-    class_map = np.asarray(class_map)
-    if class_map.ndim != 2:
-        raise ValueError(f"class map must be 2-D (Ry, Rx), got shape {class_map.shape}")
-    names = list(class_names)
-    k = len(names)
-    valid = (class_map >= 0) & (class_map < k)
-    data = np.ma.masked_array(np.where(valid, class_map, 0).astype(float), mask=~valid)
-    cmap, norm = _class_cmap(names)
-    ax = _add_axes(panel, spec)
-    im = _show_map(ax, data, step_nm, title=title, cmap=cmap, norm=norm)
-    colors = _class_colors(names)
-    handles = []
-    for i, name in enumerate(names):
-        count = int(np.count_nonzero(class_map == i))
-        if count == 0:
-            continue
-        handles.append(
-            Patch(facecolor=colors[i], edgecolor="0.3", linewidth=0.3, label=f"{class_label(name)} (n = {count})")
-        )
-    n_bad = int(np.count_nonzero(~valid))
-    if n_bad:
-        handles.append(Patch(facecolor=NAN_COLOR, edgecolor="0.6", linewidth=0.4, label=f"No class (n = {n_bad})"))
-    if handles:
-        _map_legend(ax, handles, legend_where, 3, legend_width_in)
-    return ax, im
+class _ClassMapPanel(_MapPanel):
+    def __init__(self, sheet, class_map, class_names, step_nm, title=None, legend_where="below"):
+        class_map = np.asarray(class_map)
+        if class_map.ndim != 2:
+            raise ValueError(f"class map must be 2-D (Ry, Rx), got shape {class_map.shape}")
+        names = list(class_names)
+        k = len(names)
+        valid = (class_map >= 0) & (class_map < k)
+        data = np.ma.masked_array(np.where(valid, class_map, 0).astype(float), mask=~valid)
+        cmap, norm = _class_cmap(names)
+        super().__init__(sheet, sheet.axes(), title)
+        self.im = _show_map(self.ax, data, step_nm, title=title, cmap=cmap, norm=norm)
+        colors = _class_colors(names)
+        counts = np.bincount(np.where(valid, class_map, k).ravel().astype(np.int64), minlength=k + 1)
+        self.handles = [
+            Patch(facecolor=colors[i], edgecolor="0.3", linewidth=0.3, label=f"{class_label(name)} (n = {int(counts[i])})")
+            for i, name in enumerate(names)
+            if counts[i]
+        ]
+        n_bad = int(np.count_nonzero(~valid))
+        if n_bad:
+            self.handles.append(Patch(facecolor=NAN_COLOR, edgecolor="0.6", linewidth=0.4, label=f"No class (n = {n_bad})"))
+        self.where = legend_where
+        self.legend = None
+        self.legend_size = (0.0, 0.0)
+        if self.handles and legend_where == "right":
+            self._make_legend(1)
+            self.right = GAP_IN + self.legend_size[0]
+
+    _common = dict(borderaxespad=0.0, handlelength=1.0, handleheight=1.0, columnspacing=0.8, handletextpad=0.35,
+                   borderpad=0.15, loc="upper left")
+
+    def _make_legend(self, ncols: int):
+        if self.legend is not None:
+            self.legend.remove()
+        self.legend = self.ax.legend(handles=self.handles, ncols=ncols, **self._common)
+        self.legend_size = _legend_in(self.legend)
+
+    def fit_below(self, max_width_in: float, max_cols: int = 3) -> None:
+        """Legend under the map in as many columns (up to ``max_cols``) as fit in ``max_width_in``."""
+        if not self.handles or self.where != "below":
+            return
+        for ncols in range(max(1, min(max_cols, len(self.handles))), 0, -1):
+            self._make_legend(ncols)
+            if ncols == 1 or self.legend_size[0] <= max_width_in:
+                break
+        self.below = GAP_IN + self.legend_size[1]
+
+    def place(self, x, top, w, h, x_min, x_max):
+        super().place(x, top, w, h, x_min, x_max)
+        if self.legend is None:
+            return
+        if self.where == "right":
+            self.legend.set_bbox_to_anchor(*_offset(self.ax, 1.0, 1.0, GAP_IN, 0.0))
+        else:
+            self.legend.set_bbox_to_anchor(*_offset(self.ax, 0.0, 0.0, 0.0, -GAP_IN))
+
+
+class _PeakMapPanel(_MapPanel):
+    def __init__(self, sheet, peak_q, step_nm, vmin=None, vmax=None, title=None, cbar_where="right",
+                 est_length_in: float = 2.0):
+        peak_q = np.asarray(peak_q, dtype=float)
+        super().__init__(sheet, sheet.axes(), title)
+        auto_lo, auto_hi = _robust_limits(peak_q, 1, 99, fallback=(0.25, 0.40))
+        lo = auto_lo if vmin is None else float(vmin)
+        hi = auto_hi if vmax is None else float(vmax)
+        if not hi > lo:
+            hi = lo + 1e-3
+        finite = peak_q[np.isfinite(peak_q)]
+        below = finite.size and finite.min() < lo
+        above = finite.size and finite.max() > hi
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+            (bool(below), bool(above))
+        ]
+        cmap = matplotlib.colormaps[PEAK_CMAP].with_extremes(bad=NAN_COLOR)
+        self.im = _show_map(self.ax, np.ma.masked_invalid(peak_q), step_nm, title=title, cmap=cmap, vmin=lo, vmax=hi)
+        self.where = cbar_where
+        # NaN note: a light-grey swatch "No SRO peak" at the foot of the colourbar column (colourbar right)
+        # or right of the colourbar (colourbar below)
+        self.swatch = None
+        self.swatch_size = (0.0, 0.0)
+        if np.count_nonzero(~np.isfinite(peak_q)):
+            patch = Patch(facecolor=NAN_COLOR, edgecolor="0.5", linewidth=0.4, label=NO_PEAK_LABEL)
+            self.swatch = self.ax.legend(handles=[patch], borderpad=0.0, borderaxespad=0.0, handlelength=1.0,
+                                         handleheight=1.0, handletextpad=0.4,
+                                         loc="lower left" if cbar_where == "right" else "upper left")
+            self.swatch_size = _legend_in(self.swatch)
+        self.cax = sheet.axes()
+        horizontal = cbar_where == "below"
+        if horizontal:
+            sheet.place(self.cax, 0.0, 0.0, CBAR_BELOW_LENGTH * est_length_in, CBAR_THICK_IN)
+        else:
+            sheet.place(self.cax, 0.0, 0.0, CBAR_THICK_IN, est_length_in)
+        self.cbar = sheet.fig.colorbar(self.im, cax=self.cax, extend=extend, extendfrac=0.04,
+                                       orientation="horizontal" if horizontal else "vertical")
+        self.cbar.formatter.set_useOffset(False)  # every label complete: nothing placed beside the bar
+        self.cbar.set_label(Q_LABEL)
+        self.cbar.ax.tick_params(labelsize=SMALL_PT, width=0.5, length=2.0)
+        self.cbar.outline.set_linewidth(0.5)
+        self._measure()
+
+    def _measure(self) -> None:
+        """Room the colourbar needs at its current length (tick labels depend on it)."""
+        label_h = _text_in(Q_LABEL, matplotlib.rcParams["axes.labelsize"])[1]
+        labelpad = matplotlib.rcParams["axes.labelpad"] * PT
+        axis = self.cbar.ax.xaxis if self.where == "below" else self.cbar.ax.yaxis
+        tw, th, first_w, last_w = _tick_labels_in(axis, SMALL_PT)
+        self.tick = (tw, th, first_w, last_w)
+        if self.where == "below":
+            self.below = CBAR_GAP_IN + CBAR_THICK_IN + _pad_in("x") + th + labelpad + label_h
+            self.below = max(self.below, CBAR_GAP_IN + self.swatch_size[1])
+            self.right = 0.0
+        else:
+            column = CBAR_THICK_IN + _pad_in("y") + tw + labelpad + label_h
+            self.right = CBAR_GAP_IN + max(column, self.swatch_size[0])
+            # the lowest tick label reaches half its height below the bar's foot
+            foot = (self.swatch_size[1] + CBAR_GAP_IN) if self.swatch is not None else 0.0
+            self.below = max(0.0, 0.5 * th - foot)
+
+    def place(self, x, top, w, h, x_min, x_max):
+        super().place(x, top, w, h, x_min, x_max)
+        tw, th, first_w, last_w = self.tick
+        if self.where == "below":
+            # the end labels reach half their width beyond the bar: keep them inside [x_min, x_max]
+            x0 = max(x, x_min + 0.5 * first_w)
+            length = CBAR_BELOW_LENGTH * w
+            if self.swatch is not None:
+                sx = min(x + 0.62 * w, x_max - self.swatch_size[0])
+                length = min(length, sx - x0 - 0.5 * last_w - GAP_IN)
+                self.swatch.set_bbox_to_anchor(*_offset(self.ax, 0.0, 0.0, sx - x, -CBAR_GAP_IN))
+            length = min(length, x_max - 0.5 * last_w - x0)
+            self.sheet.place(self.cax, x0, top + h + CBAR_GAP_IN, max(length, 0.3), CBAR_THICK_IN)
+        else:
+            foot = (self.swatch_size[1] + CBAR_GAP_IN) if self.swatch is not None else 0.0
+            # a title wider than the map reaches over the colourbar column: start the bar under it
+            head = 0.5 * th if self.overhang(w) > CBAR_GAP_IN else 0.0
+            self.sheet.place(self.cax, x + w + CBAR_GAP_IN, top + head, CBAR_THICK_IN, max(h - foot - head, 0.2))
+            if self.swatch is not None:
+                self.swatch.set_bbox_to_anchor(*_offset(self.ax, 1.0, 0.0, CBAR_GAP_IN, 0.0))
+
+    def remeasure(self) -> bool:
+        """Measure again at the placed length; True if the colourbar now needs more room than was left."""
+        right, below = self.right, self.below
+        self._measure()
+        return self.right > right + 0.5 * PT or self.below > below + 0.5 * PT
+
+
+class _ImagePanel(_MapPanel):
+    def __init__(self, sheet, image, step_nm, cmap: str, title: str):
+        super().__init__(sheet, sheet.axes(), title)
+        image = np.asarray(image, dtype=float)
+        lo, hi = _robust_limits(image, 0.5, 99.5)
+        cm = matplotlib.colormaps[cmap].with_extremes(bad=NAN_COLOR)
+        self.im = _show_map(self.ax, np.ma.masked_invalid(image), step_nm, title=title, cmap=cm, vmin=lo, vmax=hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plot panels: histograms and profiles, drawn into a rectangle (inches) that includes their labels
+# --------------------------------------------------------------------------------------------------
 
 
 def _histogram_classes(peak_q, class_map, class_names, fits) -> list[tuple[int, str, np.ndarray]]:
@@ -573,7 +797,121 @@ def _fit_label(name: str, fit: Mapping | None, n_default: int) -> tuple[str, flo
     return f"{label} (n = {count})", None, None, count
 
 
-def _draw_histograms(panel, peak_q, class_map, class_names, fits, bin_width):
+def _freeze_ticks(ax) -> None:
+    """Fix the ticks of ``ax`` as they are now, in the journal style, with its final size and limits: major
+    positions (a FixedLocator: the tick count no longer follows the rc font size at draw time), the Tick
+    artists themselves (matplotlib makes them lazily, taking size, direction and label size from the rc
+    parameters of the moment: made here, inside :func:`style_context`, a figure draws the same anywhere),
+    and the minor ticks as marks (:func:`_minor_tick_marks`)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if isinstance(axis.get_major_locator(), NullLocator):
+            continue
+        locs = np.asarray(axis.get_majorticklocs(), dtype=float)
+        if not isinstance(axis.get_major_locator(), FixedLocator):
+            axis.set_major_locator(FixedLocator(locs))
+        lo, hi = sorted(axis.get_view_interval())
+        eps = 1e-9 * max(1.0, abs(hi - lo))
+        n = int(np.count_nonzero((locs >= lo - eps) & (locs <= hi + eps)))
+        if n:
+            axis.get_major_ticks(n)
+    _minor_tick_marks(ax)
+
+
+def _minor_tick_marks(ax) -> None:
+    """Draw the minor ticks of ``ax`` as one marker line per side of the axes instead of one Tick per mark
+    (a Tick is two lines and two texts, made, updated and laid out at every draw; the histograms and
+    profiles have ~40 minor ticks per axis and side). The marks are matplotlib's own: positions from the
+    axis's minor locator (less those on major ticks, within the limits), and marker, size, width, colour,
+    sides and transforms of the axis's own minor tick. Call once limits and size are final."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if isinstance(axis.get_minor_locator(), NullLocator):
+            continue
+        lo, hi = sorted(axis.get_view_interval())
+        eps = 1e-9 * max(1.0, abs(hi - lo))
+        locs = np.asarray(axis.get_minorticklocs(), dtype=float)
+        locs = locs[(locs >= lo - eps) & (locs <= hi + eps)]
+        tick = axis.get_minor_ticks(1)[0]  # the style matplotlib would give each minor tick
+        axis.set_minor_locator(NullLocator())
+        horizontal = axis is ax.xaxis
+        for mark, which, at in ((tick.tick1line, "tick1", 0.0), (tick.tick2line, "tick2", 1.0)):
+            if not (mark.get_visible() and locs.size):
+                continue
+            other = np.full(locs.shape, at)
+            transform = (ax.get_xaxis_transform(which=which) if horizontal
+                         else ax.get_yaxis_transform(which=which))
+            ax.add_artist(Line2D(
+                locs if horizontal else other, other if horizontal else locs, transform=transform,
+                linestyle="none", marker=mark.get_marker(), markersize=mark.get_markersize(),
+                markeredgewidth=mark.get_markeredgewidth(), markeredgecolor=mark.get_markeredgecolor(),
+                markerfacecolor=mark.get_markerfacecolor(), zorder=axis.get_zorder(), clip_on=False,
+                gid=f"minor_ticks_{axis.axis_name}",
+            ))
+
+
+def _first_tick(axis) -> float | None:
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * max(1.0, abs(hi - lo))
+    locs = [v for v in axis.get_major_locator()() if lo - eps <= v <= hi + eps]
+    return min(locs) if locs else None
+
+
+def _corner_clash(sheet: _Sheet, ax, x_pad: float) -> bool:
+    """Would the first x tick label (centred under its tick) run into the y tick label at the axes' bottom
+    left corner? They meet where ticks fall on (or next to) both lower limits."""
+    rc = matplotlib.rcParams
+    _, _, w, h = sheet._rects[ax]
+    fx, fy = _first_tick(ax.xaxis), _first_tick(ax.yaxis)
+    if fx is None or fy is None:
+        return False
+    (xlo, xhi), (ylo, yhi) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    dx = (fx - xlo) / (xhi - xlo) * w  # inches right of the corner
+    dy = (fy - ylo) / (yhi - ylo) * h  # inches above it
+    first_w = _tick_labels_in(ax.xaxis, rc["xtick.labelsize"])[2]
+    tick_h = _text_in("0", rc["ytick.labelsize"])[1]
+    return dx - 0.5 * first_w < -_pad_in("y") and dy - 0.5 * tick_h < -x_pad
+
+
+def _place_plot(sheet: _Sheet, ax, x: float, top: float, w: float, h: float, y_ticklabels: bool = True,
+                right_in: float = 0.0, x_pad_pt: float | None = None) -> float:
+    """Place a plot axes (x label and tick labels below, y label left, ticks inward) so that it and its
+    labels fill the rectangle (x, top, w, h) inches; ``right_in`` is kept free right of the axes. Where
+    the first x and y tick labels would meet at the bottom left corner, the x tick labels are set lower
+    (pad) - unless ``x_pad_pt`` gives their pad. Returns the pad, points."""
+    rc = matplotlib.rcParams
+    labelpad = rc["axes.labelpad"] * PT
+    tick_h = _text_in("0", rc["xtick.labelsize"])[1]
+    xlabel_h = _text_in(ax.get_xlabel() or "0", rc["axes.labelsize"])[1]
+    ylabel_h = _text_in(ax.get_ylabel() or "0", rc["axes.labelsize"])[1]
+    head = 0.5 * tick_h if y_ticklabels else 1 * PT  # the top y tick label reaches half its height above
+    pad_pt = rc["xtick.major.pad"] if x_pad_pt is None else x_pad_pt
+    out = _pad_in("x") - rc["xtick.major.pad"] * PT  # any outward tick length
+    # placed at a guessed width first: the tick labels depend on the axes' size
+    left = ylabel_h + labelpad + (_pad_in("y") + 4 * tick_h if y_ticklabels else 1 * PT)
+    right = max(right_in, 1 * PT)
+    for attempt in range(3):
+        ax_h = h - head - (pad_pt * PT + out + tick_h + labelpad + xlabel_h)
+        for _ in range(2):
+            sheet.place(ax, x + left, top + head, w - left - right, ax_h)
+            ytw = _tick_labels_in(ax.yaxis, rc["ytick.labelsize"])[0] if y_ticklabels else 0.0
+            left = ylabel_h + labelpad + (_pad_in("y") + ytw if y_ticklabels else 1 * PT)
+            last_w = _tick_labels_in(ax.xaxis, rc["xtick.labelsize"])[3]
+            right = max(right_in, 0.5 * last_w + 1 * PT)  # the last x tick label reaches half its width beyond
+        sheet.place(ax, x + left, top + head, w - left - right, ax_h)
+        if attempt or x_pad_pt is not None or not y_ticklabels or not _corner_clash(sheet, ax, pad_pt * PT + out):
+            break
+        pad_pt = max(pad_pt, 0.5 * tick_h / PT + 1.0)  # x tick labels' tops below the corner y label
+    if pad_pt != rc["xtick.major.pad"]:
+        ax.tick_params(axis="x", which="major", pad=pad_pt)
+    return pad_pt
+
+
+def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], peak_q, class_map, class_names,
+                     fits, bin_width):
     peak_q = np.asarray(peak_q, dtype=float)
     class_map = np.asarray(class_map)
     if peak_q.shape != class_map.shape:
@@ -581,7 +919,7 @@ def _draw_histograms(panel, peak_q, class_map, class_names, fits, bin_width):
     if not (np.isfinite(bin_width) and bin_width > 0):
         raise ValueError(f"bin_width must be positive, got {bin_width!r}")
     fits = dict(fits or {})
-    ax = panel.add_subplot()
+    ax = sheet.axes()
     ax.set_xlabel(Q_LABEL)
     ax.set_ylabel("Count per bin")
     ax.minorticks_on()
@@ -589,6 +927,7 @@ def _draw_histograms(panel, peak_q, class_map, class_names, fits, bin_width):
     if not groups:
         ax.text(0.5, 0.5, "No SRO peaks in amorphous classes", transform=ax.transAxes, ha="center", va="center",
                 fontsize=SMALL_PT, color="0.4")
+        _place_plot(sheet, ax, *rect)
         return ax
     colors = _class_colors(list(class_names))
     bins = _hist_bins([g[2] for g in groups], bin_width)
@@ -615,11 +954,9 @@ def _draw_histograms(panel, peak_q, class_map, class_names, fits, bin_width):
             (Patch(facecolor=mcolors.to_rgba(col, 0.3), edgecolor=col, linewidth=0.7), line, label)
         )
     ax.set_xlim(bins[0], bins[-1])
-    ax.set_ylim(0, ymax * 1.08 if ymax > 0 else 1)
-    ax._sendmap_data_top = float(ymax)  # _fit_layout raises the y limit so the legend clears the bars
     # one legend entry per class: filled patch (histogram) with the fit line on top
     legend_handles = [(p, ln) if ln is not None else p for p, ln, _ in handles]
-    ax.legend(
+    legend = ax.legend(
         legend_handles,
         [lbl for *_, lbl in handles],
         handler_map={tuple: HandlerTuple(ndivide=1)},
@@ -628,6 +965,15 @@ def _draw_histograms(panel, peak_q, class_map, class_names, fits, bin_width):
         ncols=1,
         handlelength=1.6,
     )
+    # the y limit leaves the legend (inside, upper left) clear of the bars and curves: set from the height
+    # of the placed axes, then placed again (the y tick labels, hence the width, follow the limit)
+    ax.set_ylim(0, ymax * 1.08 if ymax > 0 else 1)
+    pad = _place_plot(sheet, ax, *rect)
+    ax_h = sheet._rects[ax][3]
+    legend_h = _legend_in(legend)[1] + 0.4 * legend.prop.get_size_in_points() * PT
+    frac = max(1.0 - legend_h / max(ax_h, 0.1) - 0.04, 0.35)  # legend bottom, axes fraction, less a margin
+    ax.set_ylim(0, max(ymax * 1.08, ymax / frac) if ymax > 0 else 1)
+    _place_plot(sheet, ax, *rect, x_pad_pt=pad)
     return ax
 
 
@@ -639,14 +985,26 @@ def _normalise_profile(q, y, q_range) -> float:
     return m if np.isfinite(m) and m > 0 else 1.0
 
 
-def _draw_profiles(panel, q, profiles, n, reference_ticks=None, sem=None, window=None, q_range=(0.2, 1.0)):
+def _draw_profiles(sheet: _Sheet, rect: tuple[float, float, float, float], q, profiles, n, reference_ticks=None,
+                   sem=None, window=None, q_range=(0.2, 1.0)):
     q = np.asarray(q, dtype=float)
-    ax = panel.add_subplot()
+    ax = sheet.axes()
     names = list(profiles)
     qlo = max(float(np.nanmin(q)), q_range[0]) if q.size else q_range[0]
     qhi = min(float(np.nanmax(q)), q_range[1]) if q.size else q_range[1]
     if not qhi > qlo:
         qlo, qhi = float(np.nanmin(q)), float(np.nanmax(q))
+    # names at the right of the axes (classes and phases): the axes leaves room for the longest
+    label_gap = 0.015  # axes fraction between the axes and the names
+    phase_labels = [_chem(str(p)) for p in (reference_ticks or {})]
+    names_w = max([_text_in(class_label(nm), SMALL_PT)[0] for nm in names]
+                  + [_text_in(p, SMALL_PT)[0] for p in phase_labels] + [0.0])
+    x, top, w, h = rect
+    ax.set_xlabel(f"Q ({INV_A})")
+    ax.set_ylabel(f"I·Q{_superscript(n)} (norm.)")
+    ylabel_h = _text_in(ax.get_ylabel(), matplotlib.rcParams["axes.labelsize"])[1]
+    axes_w = (w - ylabel_h - matplotlib.rcParams["axes.labelpad"] * PT - 1 * PT - names_w - 1 * PT) / (1 + label_gap)
+    right_in = names_w + label_gap * axes_w + 1 * PT
     step = 0.65  # vertical offset between normalised curves
     right = blended_transform_factory(ax.transAxes, ax.transData)
     inside = (q >= qlo) & (q <= qhi)
@@ -670,15 +1028,14 @@ def _draw_profiles(panel, q, profiles, n, reference_ticks=None, sem=None, window
             y_end = float(vis[-1])
         else:
             y_end = off
-        ax.text(1.015, y_end, class_label(name), transform=right, color=col, fontsize=SMALL_PT,
+        ax.text(1 + label_gap, y_end, class_label(name), transform=right, color=col, fontsize=SMALL_PT,
                 ha="left", va="center", clip_on=False)
     ybottom = 0.0
-    # width of one hkl character in Q units, from the panel width less ~1 in of labels
-    axes_w_in = max(panel.bbox.width / panel.get_figure(root=True).dpi - 1.0, 1.0)
-    q_per_char = 0.6 * HKL_PT / 72.0 * (qhi - qlo) / axes_w_in
+    # width of one hkl character in Q units
+    q_per_char = 0.6 * HKL_PT / 72.0 * (qhi - qlo) / max(axes_w, 0.5)
     if reference_ticks:
         row_h = 0.32
-        for r, (phase, ticks) in enumerate(reference_ticks.items()):
+        for r, ((phase, ticks), plabel) in enumerate(zip(reference_ticks.items(), phase_labels)):
             yr = -(r + 0.75) * row_h
             ybottom = yr - 0.55 * row_h
             qs = [(float(t[0]), str(t[1]) if len(t) > 1 else "") for t in ticks if qlo <= float(t[0]) <= qhi]
@@ -691,7 +1048,7 @@ def _draw_profiles(panel, q, profiles, n, reference_ticks=None, sem=None, window
                 if hkl and fits_in and qq - last_q >= (0.5 * (len(hkl) + last_len) + 1.0) * q_per_char:
                     ax.text(qq, yr + 0.12, hkl, ha="center", va="bottom", fontsize=HKL_PT, color="0.35")
                     last_q, last_len = qq, len(hkl)
-            ax.text(1.015, yr, _chem(str(phase)), transform=right, fontsize=SMALL_PT, ha="left", va="center",
+            ax.text(1 + label_gap, yr, plabel, transform=right, fontsize=SMALL_PT, ha="left", va="center",
                     color="0.2", clip_on=False)
         ax.axhline(0.0 - 0.1 * row_h, color="0.7", linewidth=0.4)
     y_max = ytop + (0.3 if window is not None else 0.15)  # headroom for the window label
@@ -705,165 +1062,29 @@ def _draw_profiles(panel, q, profiles, n, reference_ticks=None, sem=None, window
     ax.set_yticks([])
     ax.minorticks_on()
     ax.tick_params(axis="y", which="both", left=False, right=False)
-    ax.set_xlabel(f"Q ({INV_A})")
-    ax.set_ylabel(f"I·Q$^{{{int(n)}}}$ (norm.)")
+    _place_plot(sheet, ax, x, top, w, h, y_ticklabels=False, right_in=right_in)
     return ax
-
-
-def _draw_image(panel, image, step_nm, cmap: str, title: str, spec=None):
-    ax = _add_axes(panel, spec)
-    image = np.asarray(image, dtype=float)
-    lo, hi = _robust_limits(image, 0.5, 99.5)
-    cm = matplotlib.colormaps[cmap].with_extremes(bad=NAN_COLOR)
-    _show_map(ax, np.ma.masked_invalid(image), step_nm, title=title, cmap=cm, vmin=lo, vmax=hi)
-    return ax
-
-
-def _execute_layout(fig: Figure) -> None:
-    fig.get_layout_engine().execute(fig)
-
-
-def _map_axes(panel) -> list:
-    return [ax for ax in panel.get_axes() if ax.get_gid() == "map"]
-
-
-def _box_and_map_in(ax) -> tuple[float, float, float, float]:
-    """(box width, box height, map width, map height) of a fixed-aspect map axes, in inches."""
-    parent = ax.get_figure(root=False)
-    dpi = ax.get_figure(root=True).dpi
-    pw, ph = parent.bbox.width / dpi, parent.bbox.height / dpi
-    box = ax.get_position(original=True)
-    act = ax.get_position(original=False)  # applies the aspect
-    return box.width * pw, box.height * ph, act.width * pw, act.height * ph
-
-
-def _free_below_in(ax) -> float:
-    """Height of the empty band under a map inside its layout box (maps sit at the top of their
-    box), less what hangs below the map into that band (legend, colourbar), inches: what can be
-    cut from the figure without the layout having to shrink the map."""
-    root = ax.get_figure(root=True)
-    renderer = root.canvas.get_renderer()
-    parent = ax.get_figure(root=False)
-    box = ax.get_position(original=True).transformed(parent.transSubfigure)
-    act = ax.get_position(original=False).transformed(parent.transSubfigure)
-    tight = ax.get_tightbbox(renderer)
-    gap = act.y0 - box.y0
-    hang = max(0.0, act.y0 - tight.y0)
-    return max(0.0, gap - hang) / root.dpi
-
-
-def _resize_row(fig: Figure, delta_in: float, rows: tuple[GridSpec, int] | None) -> None:
-    """Change the figure height by ``delta_in``; with ``rows`` only that row of the gridspec changes."""
-    w, h = fig.get_size_inches()
-    if rows is not None:
-        gs, row = rows
-        ratios = np.asarray(gs.get_height_ratios() or [1.0] * gs.nrows, dtype=float)
-        rows_in = ratios / ratios.sum() * h
-        rows_in[row] += delta_in
-        gs.set_height_ratios(list(rows_in))
-    fig.set_size_inches(w, _snap_in(max(h + delta_in, 0.8)))
-
-
-def _fit_maps(
-    fig: Figure,
-    maps: Sequence,
-    panels: Sequence[SubFigure] = (),
-    columns: GridSpec | None = None,
-    rows: tuple[GridSpec, int] | None = None,
-    max_map_in: float = MAX_MAP_IN,
-    stacked: int = 1,
-    max_iter: int = 8,
-) -> None:
-    """Size the figure around its fixed-aspect maps (the initial height is only an estimate):
-
-    * a map limited by its box's height (narrower than its box) makes the maps' row taller, as long
-      as no map grows taller than ``max_map_in``;
-    * side-by-side map ``panels`` (the columns of ``columns``) get width ratios that make their map
-      boxes equally wide (a colourbar or legend takes its room from its own panel, not from the
-      map next door);
-    * the empty band under width-limited maps is cut from the figure height.
-
-    With ``rows`` = (gridspec of a column of subfigures, row index), only the maps' row changes height.
-    ``stacked`` maps sit one above the other in equal gridspec rows: each gets 1/stacked of a change.
-
-    Returns True where the last thing done was a layout pass that changed nothing afterwards (the layout is
-    current), False where the caller must run one.
-    """
-    if not maps:
-        return False
-    tol = 0.01  # inches: 3 pixels at 300 dpi
-    for _ in range(max_iter):
-        _execute_layout(fig)
-        sizes = [_box_and_map_in(ax) for ax in maps]
-        height_limited = any(bw - mw > tol for bw, _, mw, _ in sizes)
-        if height_limited:
-            need = max((bw * mh / mw - bh) if mw > 0 else 0.0 for bw, bh, mw, mh in sizes)
-            grow = min(need + tol, max_map_in - max(mh for *_, mh in sizes))
-            if grow > tol:
-                _resize_row(fig, grow * stacked, rows)
-                continue
-            return True  # capped: tall maps stay height-limited (equal heights, so equal widths)
-        if columns is not None and len(panels) > 1:
-            widths = np.array([p.bbox.width / fig.dpi for p in panels])
-            box_w = np.array([_box_and_map_in(_map_axes(p)[0])[0] if _map_axes(p) else np.nan for p in panels])
-            target = np.nanmean(box_w)
-            if np.nanmax(np.abs(box_w - target)) > tol:
-                deco = np.where(np.isfinite(box_w), widths - box_w, 0.0)
-                columns.set_width_ratios(list(np.maximum(target + deco, 0.1)))
-                continue
-        slack = min(_free_below_in(ax) for ax in maps)
-        if slack > 3 * tol:  # cut it, leaving a little so rounding cannot make a map height-limited
-            _resize_row(fig, -(slack - tol) * stacked, rows)
-            continue
-        return True
-    return False
-
-
-def _make_room_for_legend(fig: Figure) -> bool:
-    """Raise the y limit of histogram axes so their legend (inside, upper left) clears the bars; True if any
-    axes changed."""
-    renderer = fig.canvas.get_renderer()
-    changed = False
-    for ax in fig.get_axes():
-        top = getattr(ax, "_sendmap_data_top", None)
-        legend = ax.get_legend()
-        if not top or legend is None:
-            continue
-        lb = legend.get_window_extent(renderer)
-        frac = (lb.y0 - ax.bbox.y0) / ax.bbox.height  # legend bottom, axes fraction
-        frac = max(frac - 0.04, 0.35)
-        ax.set_ylim(0, max(top * 1.08, top / frac))
-        changed = True
-    return changed
-
-
-def _fit_layout(
-    fig: Figure,
-    map_panels: Sequence[SubFigure] = (),
-    map_columns: GridSpec | None = None,
-    map_rows: tuple[GridSpec, int] | None = None,
-    max_map_in: float = MAX_MAP_IN,
-    stacked: int = 1,
-) -> Figure:
-    """Final layout pass shared by all figures: maps sized by :func:`_fit_maps`, legend room in
-    histograms, then the layout is frozen (the figure's layout engine is set to 'none')."""
-    if map_panels:
-        maps = [ax for p in map_panels for ax in _map_axes(p)]
-    else:
-        maps = [ax for ax in fig.get_axes() if ax.get_gid() == "map"]
-    # each layout pass costs ~0.2 s (text extents of every tick label): run one only where something changed
-    if not _fit_maps(fig, maps, map_panels, map_columns, map_rows, max_map_in=max_map_in, stacked=stacked):
-        _execute_layout(fig)
-    if _make_room_for_legend(fig):
-        _execute_layout(fig)
-    # freeze the fitted layout: saving (at any dpi) draws exactly what was fitted, without re-solving
-    fig.set_layout_engine("none")
-    return fig
 
 
 # --------------------------------------------------------------------------------------------------
 # Public figures
 # --------------------------------------------------------------------------------------------------
+
+
+def _single_map_figure(sheet: _Sheet, panel: _MapPanel, shape, top: float, max_map_in: float) -> Figure:
+    """Lay out one map panel under the dose line of a single-column figure: the map as large as the width
+    (less the room right of it) and ``max_map_in`` allow, the map and its right column centred."""
+    avail = sheet.width - 2 * PAD_IN
+    for _ in range(2):  # a colourbar's tick labels depend on its length: measure again once placed
+        w, h = _fit_map(shape, avail - panel.right, max_map_in)
+        if isinstance(panel, _ClassMapPanel):
+            panel.fit_below(avail)
+        x = PAD_IN + max(0.0, 0.5 * (avail - w - panel.right))
+        x = max(x, PAD_IN + panel.overhang(w))
+        panel.place(x, top + panel.above, w, h, 1 * PT, sheet.width - 1 * PT)
+        if not (isinstance(panel, _PeakMapPanel) and panel.remeasure()):
+            break
+    return sheet.finish(top + panel.above + h + panel.below + PAD_IN)
 
 
 @_styled
@@ -876,13 +1097,11 @@ def plot_peak_map(peak_q: np.ndarray, step_nm: float, dose_text: str, vmin=None,
     w = SINGLE_COLUMN_IN
     ry, rx = peak_q.shape
     cbar_where = "right" if (w - 0.8) * ry / max(rx, 1) >= MIN_CBAR_RIGHT_IN else "below"
-    if cbar_where == "right":
-        fig = _new_figure(w, _map_panel_height(w - 0.8, peak_q.shape, 0.6))
-    else:
-        fig = _new_figure(w, _map_panel_height(w, peak_q.shape, 0.9))
-    _draw_peak_map(fig, peak_q, step_nm, vmin=vmin, vmax=vmax, cbar_where=cbar_where)
-    _add_dose_caption(fig, dose_text)
-    return _fit_layout(fig)
+    est = _map_panel_height(w - 0.8, peak_q.shape, 0.0) if cbar_where == "right" else w
+    sheet = _Sheet(w)
+    caption = _add_dose_caption(sheet, dose_text)
+    panel = _PeakMapPanel(sheet, peak_q, step_nm, vmin=vmin, vmax=vmax, cbar_where=cbar_where, est_length_in=est)
+    return _single_map_figure(sheet, panel, peak_q.shape, _caption_band_in(caption), MAX_MAP_IN)
 
 
 @_styled
@@ -895,12 +1114,10 @@ def plot_class_map(class_map: np.ndarray, class_names: Sequence[str], step_nm: f
     w = SINGLE_COLUMN_IN
     ry, rx = class_map.shape
     tall = (w - 0.1) * ry / max(rx, 1) > MAX_MAP_IN  # height-limited: legend to the right of the map
-    n_rows = math.ceil((max(1, len(class_names)) + 1) / 2)
-    fig = _new_figure(w, _map_panel_height(w, class_map.shape, 0.3 if tall else 0.45 + 0.15 * n_rows))
-    _draw_class_map(fig, class_map, class_names, step_nm, legend_width_in=w - 0.1,
-                    legend_where="right" if tall else "below")
-    _add_dose_caption(fig, dose_text)
-    return _fit_layout(fig)
+    sheet = _Sheet(w)
+    caption = _add_dose_caption(sheet, dose_text)
+    panel = _ClassMapPanel(sheet, class_map, class_names, step_nm, legend_where="right" if tall else "below")
+    return _single_map_figure(sheet, panel, class_map.shape, _caption_band_in(caption), MAX_MAP_IN)
 
 
 @_styled
@@ -919,10 +1136,12 @@ def plot_histograms(
     counts per bin) is given. 'crystal' is never plotted, 'unassigned' only when it has a fit, and
     classes without finite peaks are skipped.
     """
-    fig = _new_figure(SINGLE_COLUMN_IN, 2.5)
-    _draw_histograms(fig, peak_q, class_map, class_names, fits, bin_width)
-    _add_dose_caption(fig, dose_text)
-    return _fit_layout(fig)
+    height = 2.5
+    sheet = _Sheet(SINGLE_COLUMN_IN, height)
+    top = _caption_band_in(_add_dose_caption(sheet, dose_text))
+    _draw_histograms(sheet, (PAD_IN, top, sheet.width - 2 * PAD_IN, height - top - PAD_IN), peak_q, class_map,
+                     class_names, fits, bin_width)
+    return sheet.finish(height)
 
 
 @_styled
@@ -940,36 +1159,47 @@ def plot_class_profiles(
     (first class on top), ±sem bands, reference ring positions as tick rows per phase (names at the
     right, hkl above the ticks where there is room), and the peak search window shaded; single column."""
     n_ref = len(reference_ticks or {})
-    fig = _new_figure(SINGLE_COLUMN_IN, 2.2 + 0.3 * max(0, len(profiles) - 3) + 0.2 * n_ref)
-    _draw_profiles(fig, q, profiles, n, reference_ticks=reference_ticks, sem=sem, window=window, q_range=q_range)
-    _add_dose_caption(fig, dose_text)
-    return _fit_layout(fig)
+    height = 2.2 + 0.3 * max(0, len(profiles) - 3) + 0.2 * n_ref
+    sheet = _Sheet(SINGLE_COLUMN_IN, height)
+    top = _caption_band_in(_add_dose_caption(sheet, dose_text))
+    _draw_profiles(sheet, (PAD_IN, top, sheet.width - 2 * PAD_IN, height - top - PAD_IN), q, profiles, n,
+                   reference_ticks=reference_ticks, sem=sem, window=window, q_range=q_range)
+    return sheet.finish(height)
 
 
 @_styled
 def plot_virtual_images(bf: np.ndarray, adf: np.ndarray, step_nm: float, dose_text: str) -> Figure:
     """Virtual bright-field (gray) and annular dark-field (magma) images side by side, each with a
-    scale bar; contrast from the 0.5-99.5th percentiles; single column."""
+    scale bar; contrast from the 0.5-99.5th percentiles; single column. Wide scans are stacked."""
     bf = np.asarray(bf, dtype=float)
     adf = np.asarray(adf, dtype=float)
     if bf.ndim != 2 or adf.ndim != 2:
         raise ValueError(f"virtual images must be 2-D, got {bf.shape} and {adf.shape}")
     if bf.shape != adf.shape:
         raise ValueError(f"virtual images differ in shape: {bf.shape} and {adf.shape}")
-    w = SINGLE_COLUMN_IN
+    sheet = _Sheet(SINGLE_COLUMN_IN)
+    top = _caption_band_in(_add_dose_caption(sheet, dose_text))
+    panels = [_ImagePanel(sheet, bf, step_nm, BF_CMAP, "Virtual bright field"),
+              _ImagePanel(sheet, adf, step_nm, ADF_CMAP, "Virtual annular dark field")]
     ry, rx = bf.shape
-    if rx / max(ry, 1) <= 1.6:  # side by side
-        fig = _new_figure(w, _map_panel_height(w / 2, bf.shape, 0.5))
-        gs = fig.add_gridspec(1, 2)
-        stacked = 1
+    avail = sheet.width - 2 * PAD_IN
+    band = max(p.above for p in panels)
+    if rx / max(ry, 1) <= 1.6:  # side by side, each centred in its half
+        col = 0.5 * (avail - COL_GAP_IN)
+        w, h = _fit_map(bf.shape, col, MAX_MAP_IN)
+        for i, p in enumerate(panels):
+            x0 = PAD_IN + i * (col + COL_GAP_IN)
+            p.place(x0 + 0.5 * (col - w), top + band, w, h, x0, x0 + col)
+        bottom = top + band + h
     else:  # wide scans: one above the other
-        fig = _new_figure(w, 2 * _map_panel_height(w, bf.shape, 0.3, max_map_in=MAX_MAP_IN / 2) + 0.2)
-        gs = fig.add_gridspec(2, 1)
-        stacked = 2
-    _draw_image(fig, bf, step_nm, BF_CMAP, "Virtual bright field", spec=gs[0])
-    _draw_image(fig, adf, step_nm, ADF_CMAP, "Virtual annular dark field", spec=gs[1])
-    _add_dose_caption(fig, dose_text)
-    return _fit_layout(fig, max_map_in=MAX_MAP_IN / stacked, stacked=stacked)
+        w, h = _fit_map(bf.shape, avail, MAX_MAP_IN / 2)
+        x0 = PAD_IN + 0.5 * (avail - w)
+        y = top
+        for p in panels:
+            p.place(x0, y + band, w, h, PAD_IN, sheet.width - PAD_IN)
+            y += band + h + GAP_IN
+        bottom = y - GAP_IN
+    return sheet.finish(bottom + PAD_IN)
 
 
 @_styled
@@ -1001,62 +1231,100 @@ def plot_overview(
     ry, rx = peak_q.shape
     aspect = rx / max(ry, 1)  # width / height of a map
     n_top = 3 if bf is not None else 2
-    side_w = (DOUBLE_COLUMN_IN - 0.7) / n_top  # map width with the maps side by side
+    W = DOUBLE_COLUMN_IN
+    side_w = (W - 0.7) / n_top  # map width with the maps side by side
     stacked = side_w / aspect < MIN_SIDE_BY_SIDE_IN  # wide strips: maps one above the other
     n_ref = len(reference_ticks or {})
     bottom_h = 2.4 + 0.2 * max(0, n_ref - 2) + 0.25 * max(0, len(profiles) - 4)
     n_legend = max(1, len(class_names)) + 1
     if not stacked:
         map_h = min(side_w / aspect, MAX_MAP_IN_OVERVIEW)
-        tall = side_w / aspect > MAX_MAP_IN_OVERVIEW  # height-limited: class legend right of the map
-        legend_where = "right" if tall else "below"
+        legend_where = "right" if side_w / aspect > MAX_MAP_IN_OVERVIEW else "below"  # tall: legend right
         cbar_where = "right" if map_h >= MIN_CBAR_RIGHT_IN else "below"
-        n_rows_legend = 0 if tall else math.ceil(n_legend / (2 if n_top == 2 else 1))
-        top_h = map_h + 0.5 + 0.15 * n_rows_legend + (0.5 if cbar_where == "below" else 0.0)
         max_map_in = MAX_MAP_IN_OVERVIEW
     else:
-        stack_w = DOUBLE_COLUMN_IN - 1.5  # room for a legend column on the right
         max_map_in = MAX_STACK_IN_OVERVIEW / n_top
-        map_h = min(stack_w / aspect, max_map_in)
+        map_h = min((W - 1.5) / aspect, max_map_in)
         legend_where = "right" if map_h >= 0.15 * n_legend else "below"
         cbar_where = "right" if map_h >= MIN_CBAR_RIGHT_IN else "below"
-        top_h = n_top * (map_h + 0.35) + (0.5 if cbar_where == "below" else 0.0) + (
-            0.15 * math.ceil(n_legend / 3) if legend_where == "below" else 0.0)
-    fig = _new_figure(DOUBLE_COLUMN_IN, top_h + bottom_h + 0.15)
-    rows = fig.add_gridspec(2, 1, height_ratios=[top_h, bottom_h], hspace=0.01)
-    top, bottom = fig.add_subfigure(rows[0, 0]), fig.add_subfigure(rows[1, 0])
-    bottoms = bottom.subfigures(1, 2, wspace=0.01)
-    letters = iter("abcdef")
-    if not stacked:  # one subfigure per map, lettered at its corner; equal map widths by column ratios
-        columns = top.add_gridspec(1, n_top, wspace=0.01)
-        tops = [top.add_subfigure(columns[0, i]) for i in range(n_top)]
-        specs = [None] * n_top
-        legend_w = side_w
-    else:  # one column of maps in one subfigure: constrained layout gives them equal widths
-        columns = None
-        cells = top.add_gridspec(n_top, 1)
-        tops = [top] * n_top
-        specs = [cells[i, 0] for i in range(n_top)]
-        legend_w = DOUBLE_COLUMN_IN - 0.2
-    map_axes = []
+    sheet = _Sheet(W)
+    top = _caption_band_in(_add_dose_caption(sheet, dose_text))
+    panels: list[_MapPanel] = []
     if bf is not None:
-        map_axes.append(_draw_image(tops[0], bf, step_nm, BF_CMAP, "Virtual bright field", spec=specs[0]))
-    map_axes.append(_draw_class_map(tops[-2], class_map, class_names, step_nm, legend_width_in=legend_w,
-                                    legend_where=legend_where, title="Class", spec=specs[-2])[0])
-    map_axes.append(_draw_peak_map(tops[-1], peak_q, step_nm, vmin=vmin, vmax=vmax, title="First SRO peak position",
-                                   cbar_where=cbar_where, spec=specs[-1])[0])
-    for panel, ax in zip(tops, map_axes):
-        if stacked:
-            _axes_letter(ax, next(letters))
-        else:
-            _panel_letter(panel, next(letters))
-    _draw_histograms(bottoms[0], peak_q, class_map, class_names, fits, bin_width)
-    _draw_profiles(bottoms[1], q, profiles, n, reference_ticks=reference_ticks, sem=sem, window=window)
-    for panel in bottoms:
-        _panel_letter(panel, next(letters))
-    _add_dose_caption(fig, dose_text)
-    return _fit_layout(fig, map_panels=[top] if stacked else tops, map_columns=columns, map_rows=(rows, 0),
-                       max_map_in=max_map_in, stacked=n_top if stacked else 1)
+        panels.append(_ImagePanel(sheet, bf, step_nm, BF_CMAP, "Virtual bright field"))
+    cls_panel = _ClassMapPanel(sheet, class_map, class_names, step_nm, title="Class", legend_where=legend_where)
+    peak_panel = _PeakMapPanel(sheet, peak_q, step_nm, vmin=vmin, vmax=vmax, title="First SRO peak position",
+                               cbar_where=cbar_where, est_length_in=map_h if cbar_where == "right" else side_w)
+    panels += [cls_panel, peak_panel]
+    letters = iter("abcdef")
+    avail = W - 2 * PAD_IN
+    if not stacked:
+        top_h = _place_side_by_side(sheet, panels, peak_q.shape, top, avail, max_map_in, letters)
+    else:
+        top_h = _place_stacked(sheet, panels, peak_q.shape, top, avail, max_map_in, letters)
+    # bottom row: histograms and profiles, each under its letter
+    y = top + top_h + ROW_GAP_IN
+    half = 0.5 * (avail - COL_GAP_IN)
+    band = _letter_band_in()
+    for i, draw in enumerate((
+        lambda r: _draw_histograms(sheet, r, peak_q, class_map, class_names, fits, bin_width),
+        lambda r: _draw_profiles(sheet, r, q, profiles, n, reference_ticks=reference_ticks, sem=sem, window=window),
+    )):
+        x0 = PAD_IN + i * (half + COL_GAP_IN)
+        _panel_letter(sheet, x0, y, next(letters))
+        draw((x0, y + band, half, bottom_h - band))
+    return sheet.finish(y + bottom_h + PAD_IN)
+
+
+def _place_side_by_side(sheet, panels, shape, top, avail, max_map_in, letters) -> float:
+    """Maps side by side at one size, each panel lettered at its top-left corner; returns the row height.
+    Each column holds its map and what is right of it (colourbar, legend, a title wider than the map);
+    width left over is shared evenly between the columns."""
+    n = len(panels)
+    band = _letter_band_in() + max(p.above for p in panels)
+    for _ in range(2):  # the colourbar's tick labels depend on its length: measure again once placed
+        w, h = _fit_map(shape, (avail - (n - 1) * COL_GAP_IN - sum(p.right for p in panels)) / n, max_map_in)
+        for _ in range(4):  # a title wider than a height-limited (narrow) map needs room too
+            need = [p.overhang(w) + w + max(p.right, p.overhang(w)) for p in panels]
+            excess = sum(need) + (n - 1) * COL_GAP_IN - avail
+            if excess <= 1e-9:
+                break
+            w, h = _fit_map(shape, w - excess / n, h)
+        spare = max(0.0, avail - sum(need) - (n - 1) * COL_GAP_IN) / n
+        starts = [PAD_IN + sum(need[:i]) + i * (spare + COL_GAP_IN) for i in range(n)]
+        for i, p in enumerate(panels):
+            xm = starts[i] + 0.5 * spare + p.overhang(w)
+            limit = starts[i + 1] - 2 * PT if i + 1 < n else PAD_IN + avail
+            if isinstance(p, _ClassMapPanel):
+                p.fit_below(limit - xm)
+            p.place(xm, top + band, w, h, starts[i], limit)
+        if not any(isinstance(p, _PeakMapPanel) and p.remeasure() for p in panels):
+            break
+    for i, p in enumerate(panels):
+        _panel_letter(sheet, starts[i] + 0.5 * spare, top, next(letters))
+    return band + h + max(p.below for p in panels)
+
+
+def _place_stacked(sheet, panels, shape, top, avail, max_map_in, letters) -> float:
+    """Wide strips one above the other at one size (letter and title on one line); returns the height."""
+    for p in panels:
+        _axes_letter(p.ax, next(letters))
+    _, lh, ld = _text_in("a", LETTER_PT, "bold")  # letters sit on the titles' baseline
+    band = max(matplotlib.rcParams["axes.titlepad"] * PT + lh - ld, max(p.above for p in panels))
+    for _ in range(2):
+        right = max(p.right for p in panels)
+        w, h = _fit_map(shape, avail - right, max_map_in)
+        x0 = PAD_IN + 0.5 * (avail - w - right)
+        for p in panels:
+            if isinstance(p, _ClassMapPanel):
+                p.fit_below(w)
+        y = top
+        for p in panels:
+            p.place(x0, y + band, w, h, PAD_IN, PAD_IN + avail)
+            y += band + h + p.below + 2 * GAP_IN
+        if not any(isinstance(p, _PeakMapPanel) and p.remeasure() for p in panels):
+            break
+    return y - 2 * GAP_IN - top
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1064,11 +1332,11 @@ def plot_overview(
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_savefig(fig: Figure, final: Path, fmt: str, **kwargs) -> Path:
+def _atomic_savefig(fig: Figure, final: Path, fmt: str, *args) -> Path:
     tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "xb") as fh:  # 'x': never clobber; permissions follow the umask
-            fig.savefig(fh, format=fmt, **kwargs)
+            {"png": _write_png, "pdf": _write_pdf}[fmt](fig, fh, *args)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -1078,8 +1346,93 @@ def _atomic_savefig(fig: Figure, final: Path, fmt: str, **kwargs) -> Path:
     return final
 
 
+PNG_COMPRESS_LEVEL = 3
+"""zlib level of saved PNGs (level 4 and above take twice as long for ~10 % smaller files)."""
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def _write_png(fig: Figure, fh, creator: str) -> None:
+    """Draw ``fig`` once at :data:`DPI` and write it as an 8-bit PNG: RGB where every pixel is opaque (the
+    figures are, on a white ground), else RGBA; the dpi (pHYs) and ``Software`` text as matplotlib's own
+    writer records them. Rows are stored unfiltered and deflated at :data:`PNG_COMPRESS_LEVEL`: on figures
+    (flat colours, repeated rows) that is smaller than PIL's adaptive per-row filters and ~2.6x faster
+    (the six figures of a 148x148 scan: 878 KiB in 0.07 s vs 958 KiB in 0.19 s)."""
+    buf = io.BytesIO()
+    with style_context():
+        fig.savefig(buf, format="rgba", dpi=DPI)
+    raw = np.frombuffer(buf.getbuffer(), np.uint8)
+    width = int(fig.get_figwidth() * DPI)  # as the Agg canvas sizes itself (figure sizes are whole pixels)
+    height = raw.size // (4 * width)
+    if width * height * 4 != raw.size:  # pragma: no cover - a canvas of another size
+        raise RuntimeError(f"raw RGBA buffer of {raw.size} bytes is not {width} pixels wide")
+    rgba = raw.reshape(height, width, 4)
+    opaque = bool((rgba[..., 3] == 255).all())
+    channels = 3 if opaque else 4
+    rows = np.empty((height, 1 + channels * width), np.uint8)
+    rows[:, 0] = 0  # filter type 'None' on every row
+    rows[:, 1:].reshape(height, width, channels)[...] = rgba[..., :channels]  # a view of ``rows``
+    ppm = round(DPI / 0.0254)  # pixels per metre
+    fh.write(b"\x89PNG\r\n\x1a\n")
+    fh.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2 if opaque else 6, 0, 0, 0)))
+    fh.write(_png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)))
+    fh.write(_png_chunk(b"tEXt", b"Software\0" + creator.encode("latin-1", "replace")))
+    fh.write(_png_chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL)))
+    fh.write(_png_chunk(b"IEND", b""))
+
+
+_PDF_UNUSED_FONT_TABLES = ("GSUB", "GPOS", "GDEF", "MATH", "BASE", "JSTF")
+"""OpenType layout tables, never read from a font embedded in a PDF: the PDF places every glyph itself
+(glyph ids through the CIDToGIDMap) and maps them back to text with its ToUnicode map, and a
+TrueType font program in a PDF needs only glyf, head, hhea, hmtx, loca, maxp (cvt, fpgm, prep)."""
+
+
+@contextmanager
+def _lean_embedded_fonts() -> Iterator[None]:
+    """While this thread saves a PDF: fonts loaded for subsetting leave out :data:`_PDF_UNUSED_FONT_TABLES`
+    and all but the Windows-platform character maps before fontTools reads them. Subsetting DejaVu Sans
+    for Type 42 embedding took ~0.15 s per font per file, mostly decoding GSUB/GPOS lookups that the subset
+    then had to keep consistent; without them ~0.03 s. Text stays TrueType text. Other threads get
+    fontTools unchanged."""
+    try:
+        from fontTools import subset as ft_subset
+    except ImportError:  # pragma: no cover - matplotlib requires fontTools
+        yield
+        return
+    original = ft_subset.load_font
+    owner = threading.get_ident()
+
+    @functools.wraps(original)
+    def load_font(*args, **kwargs):
+        font = original(*args, **kwargs)
+        if threading.get_ident() == owner:
+            for tag in _PDF_UNUSED_FONT_TABLES:
+                if tag in font:
+                    del font[tag]
+            # character maps: the Windows-platform ones only (the ones FreeType picks; the Unicode- and
+            # Mac-platform ones repeat them), so fontTools decodes 2 of DejaVu Sans' 5 (23,000 entries)
+            cmap = font["cmap"] if "cmap" in font else None
+            if cmap is not None and any(t.platformID == 3 for t in cmap.tables):
+                cmap.tables = [t for t in cmap.tables if t.platformID == 3]
+        return font
+
+    ft_subset.load_font = load_font
+    try:
+        yield
+    finally:
+        ft_subset.load_font = original
+
+
+def _write_pdf(fig: Figure, fh, creator: str) -> None:
+    """Vector PDF, text as TrueType (Type 42) text; no CreationDate, so the same figure gives the same bytes."""
+    with style_context(), _lean_embedded_fonts():
+        fig.savefig(fh, format="pdf", metadata={"Creator": creator, "CreationDate": None})
+
+
 def save_figure(fig: Figure, out_base) -> list[Path]:
-    """Write ``out_base.png`` (300 dpi) and ``out_base.pdf`` (vector); returns both paths.
+    """Write ``out_base.png`` (300 dpi, see :func:`_write_png`) and ``out_base.pdf`` (vector); returns both paths.
 
     Each file is written to a temporary name in the destination folder and moved into place with
     :func:`os.replace`, so a file with the final name is always complete. The folder is created.
@@ -1096,13 +1449,6 @@ def save_figure(fig: Figure, out_base) -> list[Path]:
     creator = f"sendmap {version} (matplotlib {matplotlib.__version__})"
     out = []
     with style_context():
-        out.append(
-            _atomic_savefig(fig, base.parent / f"{base.name}.png", "png", dpi=DPI, metadata={"Software": creator})
-        )
-        # CreationDate None: the same figure gives the same PDF bytes
-        out.append(
-            _atomic_savefig(
-                fig, base.parent / f"{base.name}.pdf", "pdf", metadata={"Creator": creator, "CreationDate": None}
-            )
-        )
+        out.append(_atomic_savefig(fig, base.parent / f"{base.name}.png", "png", creator))
+        out.append(_atomic_savefig(fig, base.parent / f"{base.name}.pdf", "pdf", creator))
     return out
