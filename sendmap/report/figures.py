@@ -31,10 +31,8 @@ import io
 import math
 import os
 import re
-import struct
 import threading
 import uuid
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -1347,40 +1345,30 @@ def _atomic_savefig(fig: Figure, final: Path, fmt: str, *args) -> Path:
 
 
 PNG_COMPRESS_LEVEL = 3
-"""zlib level of saved PNGs (level 4 and above take twice as long for ~10 % smaller files)."""
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+"""zlib level of saved PNGs: as small as level 6 for these figures once the alpha channel is dropped
+(950 vs 955 KiB for the six figures of a 148x148 scan), and half the encoding time."""
 
 
 def _write_png(fig: Figure, fh, creator: str) -> None:
-    """Draw ``fig`` once at :data:`DPI` and write it as an 8-bit PNG: RGB where every pixel is opaque (the
-    figures are, on a white ground), else RGBA; the dpi (pHYs) and ``Software`` text as matplotlib's own
-    writer records them. Rows are stored unfiltered and deflated at :data:`PNG_COMPRESS_LEVEL`: on figures
-    (flat colours, repeated rows) that is smaller than PIL's adaptive per-row filters and ~2.6x faster
-    (the six figures of a 148x148 scan: 878 KiB in 0.07 s vs 958 KiB in 0.19 s)."""
+    """Draw ``fig`` once at :data:`DPI` and write it as PNG: RGB where every pixel is opaque (the figures
+    are, on a white ground), else RGBA; zlib level :data:`PNG_COMPRESS_LEVEL`; ``Software`` text and the
+    dpi recorded as matplotlib's own PNG writer does."""
+    from PIL import Image, PngImagePlugin
+
     buf = io.BytesIO()
     with style_context():
         fig.savefig(buf, format="rgba", dpi=DPI)
-    raw = np.frombuffer(buf.getbuffer(), np.uint8)
+    raw = buf.getbuffer()
     width = int(fig.get_figwidth() * DPI)  # as the Agg canvas sizes itself (figure sizes are whole pixels)
-    height = raw.size // (4 * width)
-    if width * height * 4 != raw.size:  # pragma: no cover - a canvas of another size
-        raise RuntimeError(f"raw RGBA buffer of {raw.size} bytes is not {width} pixels wide")
-    rgba = raw.reshape(height, width, 4)
-    opaque = bool((rgba[..., 3] == 255).all())
-    channels = 3 if opaque else 4
-    rows = np.empty((height, 1 + channels * width), np.uint8)
-    rows[:, 0] = 0  # filter type 'None' on every row
-    rows[:, 1:].reshape(height, width, channels)[...] = rgba[..., :channels]  # a view of ``rows``
-    ppm = round(DPI / 0.0254)  # pixels per metre
-    fh.write(b"\x89PNG\r\n\x1a\n")
-    fh.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2 if opaque else 6, 0, 0, 0)))
-    fh.write(_png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)))
-    fh.write(_png_chunk(b"tEXt", b"Software\0" + creator.encode("latin-1", "replace")))
-    fh.write(_png_chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL)))
-    fh.write(_png_chunk(b"IEND", b""))
+    height = len(raw) // (4 * width)
+    if width * height * 4 != len(raw):  # pragma: no cover - a canvas of another size
+        raise RuntimeError(f"raw RGBA buffer of {len(raw)} bytes is not {width} pixels wide")
+    img = Image.frombuffer("RGBA", (width, height), raw, "raw", "RGBA", 0, 1)
+    if img.getextrema()[3] == (255, 255):
+        img = img.convert("RGB")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", creator)
+    img.save(fh, format="png", pnginfo=info, dpi=(DPI, DPI), compress_level=PNG_COMPRESS_LEVEL)
 
 
 _PDF_UNUSED_FONT_TABLES = ("GSUB", "GPOS", "GDEF", "MATH", "BASE", "JSTF")
