@@ -209,6 +209,8 @@ def figures_to_draw(specs, fdir: Path, formats: tuple, reuse: bool = True) -> tu
 def write_figure_manifest(fdir: Path, digests: dict) -> None:
     import json
 
+    from ..store import write_text_atomic
+
     Path(fdir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(fdir) / FIGURE_MANIFEST, json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
