@@ -381,7 +381,14 @@ def bench_rerun(folder: Path, worker_memory: str, workers: int = 2) -> dict:
     runs = {}
     runs["first"] = run_measured(sendmap + ["--set", f"output.dir={out}", "--force"])
     profiles_before = _stages(out)["profiles"] if not runs["first"]["returncode"] else None
+    cls_before = _class_map(out) if not runs["first"]["returncode"] else None
+    manifest_before = _figure_manifest(out)
     runs["change"] = run_measured(sendmap + ["--set", f"output.dir={out}", "--set", RERUN_CHANGE])
+    change_timing = json.loads((out / "summary.json").read_text())["timing_s"] if not runs["change"]["returncode"] \
+        else {}
+    n_changed = int((_class_map(out) != cls_before).sum()) if cls_before is not None else -1
+    manifest_after = _figure_manifest(out)
+    redrawn = sorted(k for k in manifest_after if manifest_after.get(k) != manifest_before.get(k))
     runs["change_nofig"] = run_measured(sendmap + ["--set", f"output.dir={out}", "--set",
                                                    RERUN_CHANGE.replace("6.5", "7.0"), "--set", "output.figures=false"])
     # (with the last classification of `out`, so that every array can be compared with it)
@@ -414,11 +421,26 @@ def bench_rerun(folder: Path, worker_memory: str, workers: int = 2) -> dict:
     print(f"  re-run / first: {ratio * 100:.1f} % (target < 10 %: {'met' if ratio < 0.1 else 'NOT met'}); "
           f"recomputed: {', '.join(recomputed)}; profiles untouched: "
           f"{'yes' if stages['profiles'] == profiles_before else 'NO'}")
-    print(f"  re-run stage times (s): {json.loads((out / 'summary.json').read_text())['timing_s']}")
+    print(f"  re-run after the change: {n_changed} positions changed class; figures redrawn: {', '.join(redrawn) or 'none'}"
+          f"; stage times (s): {change_timing}")
     limit = parse_bytes(worker_memory)
     print(f"  dask: the dataset is {size / limit:.1f}x one worker's memory limit and {size / (workers * limit):.1f}x "
           f"all {workers} workers'; results vs the threads run: {_same_results(out, out_dist)}")
     return runs
+
+
+def _class_map(out: Path):
+    import numpy as np
+    import zarr
+
+    return np.asarray(zarr.open_group(str(out / "sendmap.zarr"), mode="r")["maps/class"])
+
+
+def _figure_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / "figures" / ".figures.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 SECTIONS = ("profiles", "wholerun", "ingest", "rerun")

@@ -44,6 +44,8 @@ class Context:
     """Block stages may resume from the finished blocks of a killed run (False with ``--force``)."""
     stage_info: dict = field(default_factory=dict)
     """What the stage being run reports for its ``stages`` entry (block stages: ``blocks``, ``blocks_resumed``)."""
+    figure_helpers: object = None
+    """:class:`sendmap.report.build.FigureHelpers` started when classification starts, for the report."""
 
     @property
     def store_path(self) -> str:
@@ -855,7 +857,8 @@ def stage_report(ctx: Context) -> None:
     """Figures (PNG + PDF) and tables (CSV)."""
     from .report.build import write_report
 
-    write_report(ctx.group, ctx.out_dir, ctx.cfg, ctx.log, reuse=ctx.resume)  # --force redraws every figure
+    # --force redraws every figure
+    write_report(ctx.group, ctx.out_dir, ctx.cfg, ctx.log, reuse=ctx.resume, helpers=ctx.figure_helpers)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -1043,6 +1046,24 @@ def output_error(exc: OSError, out_dir: Path, stage: str | None):
                               f"Nothing there is marked complete; {todo}{resume}.")
 
 
+FIGURE_HELPER_STAGES = ("classify", "statistics", "report")
+"""When one of these stages runs, the report's figure helper processes start (they import matplotlib and warm
+their fonts, ~1 s CPU, while classification and statistics run in this process)."""
+
+
+def _start_figure_helpers(cfg: Config):
+    """Two :class:`~sendmap.report.build.FigureHelpers`, or None (no figures, one core, the synchronous
+    scheduler, or the processes cannot start: the report then draws its figures itself)."""
+    if not cfg.output.figures or cfg.compute.scheduler == "synchronous" or (os.cpu_count() or 1) < 2:
+        return None
+    from .report.build import FigureHelpers
+
+    try:
+        return FigureHelpers(2)
+    except OSError:
+        return None
+
+
 def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bool, log, until) -> dict:
     with OutputLock(out_dir):
         summary_path = out_dir / "summary.json"
@@ -1053,45 +1074,57 @@ def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bo
         set_attrs(group, sendmap_version=__version__, config=cfg.resolved(), input=input_info, status="running",
                   created=group.attrs.get("created", now_iso()))
         ctx = Context(cfg, out_dir, group, dataset, input_info, log)
-        reused, timing = [], {}
-        invalid = force
-        for st in STAGES:
-            prev = done.get(st.name)
-            if not invalid and prev and prev.get("key") == keys[st.name]["key"]:
-                reused.append(st.name)
-                timing[st.name] = 0.0
-                if st.name == until:
-                    break
-                continue
-            invalid = True  # every later stage reruns too
-            done.pop(st.name, None)
-            set_attrs(group, stages=done)
-            log(f"[sendmap] {st.name}: {st.doc}")
-            ctx.stage_key, ctx.resume, ctx.stage_info = keys[st.name]["key"], not force, {}
-            t0 = time.perf_counter()
-            try:
-                st.run(ctx)
-            except BaseException as exc:
-                if isinstance(exc, OSError):
-                    exc.sendmap_stage = st.name
-                try:
-                    set_attrs(group, status="failed")
-                except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
-                    pass
-                raise
-            timing[st.name] = round(time.perf_counter() - t0, 3)
-            done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
-                             "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}
-            set_attrs(group, stages=done)
-            clear_resume_record(out_dir, st.name)  # only now: a kill before this line resumes from the record
+        try:
+            return _run_stages(ctx, keys, done, force, until)
+        finally:
+            if ctx.figure_helpers is not None:
+                ctx.figure_helpers.close()  # unused (e.g. --until) or failed: end them
+
+
+def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dict:
+    cfg, out_dir, group, log = ctx.cfg, ctx.out_dir, ctx.group, ctx.log
+    summary_path = out_dir / "summary.json"
+    reused, timing = [], {}
+    invalid = force
+    for st in STAGES:
+        prev = done.get(st.name)
+        if not invalid and prev and prev.get("key") == keys[st.name]["key"]:
+            reused.append(st.name)
+            timing[st.name] = 0.0
             if st.name == until:
                 break
-        summary = build_summary(group, timing, reused)
-        if until and until != STAGES[-1].name:
-            set_attrs(group, status="partial")
-            return summary
-        write_json_atomic(summary_path, summary)
-        set_attrs(group, status="complete", completed=now_iso())
+            continue
+        invalid = True  # every later stage reruns too
+        done.pop(st.name, None)
+        set_attrs(group, stages=done)
+        log(f"[sendmap] {st.name}: {st.doc}")
+        if st.name in FIGURE_HELPER_STAGES and ctx.figure_helpers is None:
+            ctx.figure_helpers = _start_figure_helpers(cfg)
+        ctx.stage_key, ctx.resume, ctx.stage_info = keys[st.name]["key"], not force, {}
+        t0 = time.perf_counter()
+        try:
+            st.run(ctx)
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                exc.sendmap_stage = st.name
+            try:
+                set_attrs(group, status="failed")
+            except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
+                pass
+            raise
+        timing[st.name] = round(time.perf_counter() - t0, 3)
+        done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
+                         "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}
+        set_attrs(group, stages=done)
+        clear_resume_record(out_dir, st.name)  # only now: a kill before this line resumes from the record
+        if st.name == until:
+            break
+    summary = build_summary(group, timing, reused)
+    if until and until != STAGES[-1].name:
+        set_attrs(group, status="partial")
+        return summary
+    write_json_atomic(summary_path, summary)
+    set_attrs(group, status="complete", completed=now_iso())
     return summary
 
 

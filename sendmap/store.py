@@ -83,7 +83,8 @@ def write_region_direct(array_dir: Path, chunk_shape: tuple, region_start: tuple
         key = [str((a + o) // c) for a, o, c in zip(lo, region_start, chunk_shape)]
         path = Path(array_dir, "c", *key) if separator == "/" else Path(array_dir, separator.join(["c", *key]))
         chunk = np.ascontiguousarray(chunk)
-        _write_chunk_atomic(path, codec.encode(chunk) if codec is not None else chunk.tobytes())
+        # uncompressed: the array's own buffer, not a tobytes() copy
+        _write_chunk_atomic(path, codec.encode(chunk) if codec is not None else memoryview(chunk).cast("B"))
 
 
 def _write_chunk_atomic(path: Path, blob) -> None:

@@ -206,7 +206,17 @@ def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_p
     assert sorted(p.name for p in one) == sorted(p.name for p in two) and len(one) == 12
     for p in one:
         assert p.read_bytes() == (tmp_path / "two" / "figures" / p.name).read_bytes(), p.name
+    # helpers started early (as the pipeline does when classification starts) draw them all, the same bytes
+    from sendmap.report.build import FigureHelpers
+
+    early = write_figures(g, tmp_path / "early", 1, helpers=FigureHelpers(2))
+    assert sorted(p.name for p in early) == sorted(p.name for p in one)
+    for p in one:
+        assert p.read_bytes() == (tmp_path / "early" / "figures" / p.name).read_bytes(), p.name
     monkeypatch.setattr(sys, "executable", "/bin/false")
     with pytest.warns(UserWarning, match="figure helper process failed"):
         three = write_figures(g, tmp_path / "three", 1, processes=2)
     assert sorted(p.name for p in three) == sorted(p.name for p in one)
+    with pytest.warns(UserWarning, match="figure helper process failed"):
+        four = write_figures(g, tmp_path / "four", 1, helpers=FigureHelpers(2))
+    assert sorted(p.name for p in four) == sorted(p.name for p in one)

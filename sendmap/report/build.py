@@ -120,7 +120,7 @@ def write_tables(group, out_dir: Path) -> list[Path]:
 
 
 def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
-                  reuse: bool = True) -> list[Path]:
+                  reuse: bool = True, helpers: "FigureHelpers | None" = None) -> list[Path]:
     """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes``).
 
     With ``reuse``, a figure whose inputs (every array and number it is drawn from), formats, and drawing code
@@ -165,7 +165,7 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
     # an old digest (which a later run with the old inputs would wrongly keep)
     write_figure_manifest(fdir, {k: v for k, v in digests.items() if k not in redo})
-    drawn = render_figures(todo, fdir, tuple(formats), processes=processes) if todo else []
+    drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers) if todo else []
     write_figure_manifest(fdir, digests)
     kept = [fdir / f"{name}.{fmt}" for name, *_ in specs if name not in redo for fmt in formats]
     return drawn + kept
@@ -234,17 +234,103 @@ def _render(specs, fdir: str, formats: tuple) -> list[str]:
     return out
 
 
-def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2) -> list[Path]:
-    """Draw every figure of ``specs``; with ``processes`` ≥ 2 (and ≥ 2 cores) a helper Python process draws
-    the cheaper ones at the same time (matplotlib holds the GIL: threads would not help). The helper is a plain
+FIGURE_COST = {"overview": 3.5}
+"""Relative CPU cost of drawing a figure (build, PNG, PDF; others 1): the overview ≈ 0.7 s, the rest ≈ 0.2 s each
+on the 148 × 148 benchmark scan. Used to share the figures among the helper processes."""
+
+_HELPER_CODE = ("import pickle, sys; from sendmap.report.build import _render, _warm_up; _warm_up(); "
+                "a = pickle.load(sys.stdin.buffer); pickle.dump(_render(*a), sys.stdout.buffer)")
+
+
+def _warm_up() -> None:
+    """Import matplotlib and the figure module and draw a small figure to PNG and PDF in memory: the first use
+    of the fonts and of fontTools costs ~0.3 s, paid while the helper waits for its figures."""
+    import io
+
+    from . import figures as F
+
+    fig = F.plot_histograms(np.array([[0.3, 0.31]]), np.array([[1, 1]]), ["crystal", "sei_type1"], {}, "warm-up")
+    with F.style_context():
+        F._write_png(fig, io.BytesIO(), "warm-up")
+        F._write_pdf(fig, io.BytesIO(), "warm-up")
+
+
+class FigureHelpers:
+    """Helper Python processes for the report's figures, started early (e.g. when classification starts): each
+    imports matplotlib and warms its fonts (~1 s CPU) while the main process classifies, then draws the figures
+    it is sent. Plain ``python -c`` subprocesses fed pickled specs on stdin (multiprocessing would re-import the
+    caller's main script). ``close()`` ends any not used."""
+
+    def __init__(self, n: int = 2):
+        import subprocess
+        import sys
+
+        self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.procs)
+
+    def render(self, groups, fdir: str, formats: tuple) -> list[list[str]]:
+        """Send group i of specs to helper i, then collect each helper's saved paths (RuntimeError if one failed)."""
+        import pickle
+
+        procs, self.procs = self.procs, []
+        for proc, group in zip(procs, groups):
+            try:
+                proc.stdin.write(pickle.dumps((group, fdir, formats)))
+                proc.stdin.close()
+            except OSError:  # it died early: its error comes out of communicate()
+                pass
+            proc.stdin = None  # sent and closed: communicate() must not flush it
+        out = []
+        for proc in procs:
+            res, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(err.decode(errors="replace")[-2000:])
+            out.append(pickle.loads(res))
+        return out
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.communicate()
+        self.procs = []
+
+
+def _share(specs, n: int) -> list[list]:
+    """Specs split into ``n`` groups of about equal cost (:data:`FIGURE_COST`), dearest first, each group in
+    the order of ``specs``."""
+    groups, load = [[] for _ in range(n)], [0.0] * n
+    for i in sorted(range(len(specs)), key=lambda i: -FIGURE_COST.get(specs[i][0], 1.0)):
+        j = load.index(min(load))
+        groups[j].append(i)
+        load[j] += FIGURE_COST.get(specs[i][0], 1.0)
+    return [[specs[i] for i in sorted(g)] for g in groups]
+
+
+def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helpers: FigureHelpers | None = None
+                   ) -> list[Path]:
+    """Draw every figure of ``specs``. With ``helpers`` (started early, :class:`FigureHelpers`), they draw them
+    all, shared by cost; else with ``processes`` ≥ 2 (and ≥ 2 cores) a helper Python process draws the cheaper
+    ones while this one draws the rest (matplotlib holds the GIL: threads would not help). The helper is a plain
     ``python -c`` subprocess fed the pickled specs, not multiprocessing: that would re-import the caller's main
-    script in the child. The files are the same, byte for byte, as drawing them all here; if the helper fails,
-    its figures are drawn here."""
+    script in the child. The files are the same, byte for byte, as drawing them all here; if a helper fails,
+    the figures are drawn here."""
     import os
     import pickle
     import subprocess
     import sys
 
+    if helpers is not None and len(helpers):
+        try:
+            return [Path(p) for group in helpers.render(_share(specs, len(helpers)), str(fdir), formats) for p in group]
+        except Exception as exc:  # a helper failed: draw them all here (and say so, once)
+            import warnings
+
+            helpers.close()
+            warnings.warn(f"figure helper process failed ({str(exc).strip().splitlines()[-1:]}); drawing here")
+            return [Path(p) for p in _render(specs, str(fdir), formats)]
     n_help = min(FIGURE_SHARE_OF_HELPER, len(specs) - 1)
     if processes < 2 or (os.cpu_count() or 1) < 2 or n_help < 1:
         return [Path(p) for p in _render(specs, str(fdir), formats)]
@@ -275,10 +361,11 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2) -> lis
     return [Path(p) for p in mine + theirs]
 
 
-def write_report(group, out_dir: Path, cfg, log, reuse: bool = True) -> None:
+def write_report(group, out_dir: Path, cfg, log, reuse: bool = True, helpers: FigureHelpers | None = None) -> None:
     paths = write_tables(group, out_dir)
     if cfg.output.figures:
         # a helper process draws half the figures, except where the user asked for one process
         paths += write_figures(group, out_dir, cfg.profiles.n, tuple(cfg.output.formats), window=cfg.peaks.window,
-                               processes=1 if cfg.compute.scheduler == "synchronous" else 2, reuse=reuse)
+                               processes=1 if cfg.compute.scheduler == "synchronous" else 2, reuse=reuse,
+                               helpers=helpers)
     log(f"[sendmap] report: {len(paths)} files in {out_dir}/figures and {out_dir}/tables")
