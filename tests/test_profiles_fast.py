@@ -185,7 +185,12 @@ def test_tables_built_together_match_the_numpy_packing():
     """The parallel table builder's 4-byte records equal the numpy packing of its byte records, and its area
     totals (Σw per bin) equal the sub-pixel counts of the records / ss²."""
     from sendmap.science.polar import PolarGeometry
-    from sendmap.science.polar_tables import PolarTables, _pack_compact
+    from sendmap.science.polar_tables import PolarTables
+
+    def _pack_compact(rec):  # COMPACT_LAYOUT in numpy: bits 0-11 first bin + 1, 12-19 sector, 20-25/26-31 sub-pixels
+        r = rec.astype(np.uint32)
+        return ((r[..., 0] | (r[..., 1] << 8)) | ((r[..., 2] | (r[..., 3] << 8)) << 12) | (r[..., 4] << 20)
+                | (r[..., 5] << 26)).astype(np.uint32)
 
     geom = PolarGeometry(0.01, 0.01, 40, 36, 1.02, 25.0, 3)
     t = PolarTables(geom, 0.25, (64, 64), [[30.0, 33.0], [30.0, 33.0]])

@@ -164,7 +164,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     if fmt == "mib":
         import functools
 
-        from .mib import mib_scan_shape, read_mib_dask, read_mib_info, read_mib_region
+        from .mib import mib_dask_array, mib_scan_shape, read_mib_info, read_mib_region
 
         info = read_mib_info(path)
         scan = mib_scan_shape(info, scan_shape)
@@ -173,7 +173,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
         files += [p for p in (path.with_suffix(".hdr"),) if p.exists()]
         return Dataset((*scan, *info.frame_shape), info.dtype.newbyteorder("="), path, fmt, meta, files,
                        read_region=functools.partial(read_mib_region, info, scan[1]),
-                       make_data=lambda: read_mib_dask(path, **kw)[0])
+                       make_data=lambda: mib_dask_array(info, scan, frames_per_chunk))
     if fmt == "npy":
         from .npy import read_npy_dask
 

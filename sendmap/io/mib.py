@@ -158,15 +158,18 @@ def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
     longer; each chunk maps the file read-only by itself, so the graph pickles and runs on threads or
     processes. Returns the array and the file's :class:`MibInfo`.
     """
+    info = read_mib_info(path)
+    return mib_dask_array(info, mib_scan_shape(info, scan_shape), frames_per_chunk), info
+
+
+def mib_dask_array(info: MibInfo, scan_shape: tuple[int, int], frames_per_chunk: int | None = None) -> "da.Array":
+    """The lazy array of :func:`read_mib_dask` from a parsed header and a checked scan shape."""
     import dask.array as da
 
-    info = read_mib_info(path)
-    scan_shape = mib_scan_shape(info, scan_shape)
     native = info.dtype.newbyteorder("=")
     chunks = scan_chunks(scan_shape, info.frame_shape, native.itemsize, frames_per_chunk)
-    data = da.map_blocks(_load_mib_block, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
+    return da.map_blocks(_load_mib_block, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                          info=info, row_length=scan_shape[1])
-    return data, info
 
 
 def write_mib(path, data, *, dtype: str = "u2", write_hdr: bool = True, exposure_ms: float = 1.0,

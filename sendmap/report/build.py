@@ -215,14 +215,6 @@ def write_figure_manifest(fdir: Path, digests: dict) -> None:
     write_text_atomic(Path(fdir) / FIGURE_MANIFEST, json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
 
-FIGURE_SHARE_OF_HELPER = 3
-"""With a helper process, it draws the last 3 figures of the list while this process draws the first three.
-CPU per figure (build, PNG and PDF; warm process, 148x148 scan): the overview ~0.7 s, the others ~0.2 s each;
-the helper also pays ~0.65 s to import matplotlib, and each process ~0.3 s of first use (fonts, fontTools).
-Measured from a fresh process: 3 + 3 ends both at about the same time (1.5 s and 1.55 s CPU, 1.55 s wall;
-2.1 s in one process); 2 or 4 in the helper leave one process ~0.45 s behind the other."""
-
-
 def _render(specs, fdir: str, formats: tuple) -> list[str]:
     """Draw and save figures (a module-level function, so a spawned process can run it)."""
     from . import figures as F
@@ -238,7 +230,8 @@ FIGURE_COST = {"overview": 3.5}
 """Relative CPU cost of drawing a figure (build, PNG, PDF; others 1): the overview ≈ 0.7 s, the rest ≈ 0.2 s each
 on the 148 × 148 benchmark scan. Used to share the figures among the helper processes."""
 
-_HELPER_CODE = ("import pickle, sys; from sendmap.report.build import _render, _warm_up; _warm_up(); "
+_HELPER_CODE = ("import pickle, sys; from sendmap.report.build import _render, _warm_up; "
+                "_warm_up() if sys.argv[1] == 'warm' else None; "
                 "a = pickle.load(sys.stdin.buffer); pickle.dump(_render(*a), sys.stdout.buffer)")
 
 
@@ -257,36 +250,45 @@ def _warm_up() -> None:
 
 class FigureHelpers:
     """Helper Python processes for the report's figures, started early (e.g. when classification starts): each
-    imports matplotlib and warms its fonts (~1 s CPU) while the main process classifies, then draws the figures
-    it is sent. Plain ``python -c`` subprocesses fed pickled specs on stdin (multiprocessing would re-import the
-    caller's main script). ``close()`` ends any not used."""
+    imports matplotlib and (``warm``) warms its fonts (~1 s CPU) while the main process classifies, then draws
+    the figures it is sent. Plain ``python -c`` subprocesses fed pickled specs on stdin (multiprocessing would
+    re-import the caller's main script). ``close()`` ends any not used."""
 
-    def __init__(self, n: int = 2):
+    def __init__(self, n: int = 2, warm: bool = True):
         import subprocess
         import sys
 
-        self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+        self._sent: list = []
+        self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE, "warm" if warm else "cold"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      for _ in range(n)]
 
     def __len__(self) -> int:
         return len(self.procs)
 
-    def render(self, groups, fdir: str, formats: tuple) -> list[list[str]]:
-        """Send group i of specs to helper i, then collect each helper's saved paths (RuntimeError if one failed)."""
+    def send(self, groups, fdir: str, formats: tuple) -> None:
+        """Send group i of specs to helper i (each helper takes one group, once)."""
         import pickle
 
-        procs, self.procs = self.procs, []
-        for proc, group in zip(procs, groups):
+        self._sent, self.procs = self.procs, []
+        for proc, group in zip(self._sent, groups):
             try:
                 proc.stdin.write(pickle.dumps((group, fdir, formats)))
                 proc.stdin.close()
-            except OSError:  # it died early: its error comes out of communicate()
+            except OSError:  # it died early: its error comes out of collect()
                 pass
             proc.stdin = None  # sent and closed: communicate() must not flush it
+
+    def collect(self) -> list[list[str]]:
+        """Each helper's saved paths, in the order sent (RuntimeError if one failed)."""
+        import pickle
+
         out = []
-        for proc in procs:
+        procs, self._sent = self._sent, []
+        for i, proc in enumerate(procs):
             res, err = proc.communicate()
             if proc.returncode != 0:
+                self.procs = procs[i + 1:]  # close() ends the others
                 raise RuntimeError(err.decode(errors="replace")[-2000:])
             out.append(pickle.loads(res))
         return out
@@ -311,54 +313,35 @@ def _share(specs, n: int) -> list[list]:
 
 def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helpers: FigureHelpers | None = None
                    ) -> list[Path]:
-    """Draw every figure of ``specs``. With ``helpers`` (started early, :class:`FigureHelpers`), they draw them
-    all, shared by cost; else with ``processes`` ≥ 2 (and ≥ 2 cores) a helper Python process draws the cheaper
-    ones while this one draws the rest (matplotlib holds the GIL: threads would not help). The helper is a plain
-    ``python -c`` subprocess fed the pickled specs, not multiprocessing: that would re-import the caller's main
-    script in the child. The files are the same, byte for byte, as drawing them all here; if a helper fails,
-    the figures are drawn here."""
+    """Draw every figure of ``specs``, shared by cost (:data:`FIGURE_COST`). With ``helpers`` (started early,
+    :class:`FigureHelpers`) they draw them all; else with ``processes`` ≥ 2 (and ≥ 2 cores) one helper started
+    now draws part while this process draws the rest (matplotlib holds the GIL: threads would not help). The
+    files are the same, byte for byte, as drawing them all here; if a helper fails, its figures are drawn here
+    (with a warning)."""
     import os
-    import pickle
-    import subprocess
-    import sys
 
-    if helpers is not None and len(helpers):
-        try:
-            return [Path(p) for group in helpers.render(_share(specs, len(helpers)), str(fdir), formats) for p in group]
-        except Exception as exc:  # a helper failed: draw them all here (and say so, once)
-            import warnings
-
-            helpers.close()
-            warnings.warn(f"figure helper process failed ({str(exc).strip().splitlines()[-1:]}); drawing here")
+    mine = []
+    if helpers is None or not len(helpers):
+        if processes < 2 or (os.cpu_count() or 1) < 2 or len(specs) < 2:
             return [Path(p) for p in _render(specs, str(fdir), formats)]
-    n_help = min(FIGURE_SHARE_OF_HELPER, len(specs) - 1)
-    if processes < 2 or (os.cpu_count() or 1) < 2 or n_help < 1:
-        return [Path(p) for p in _render(specs, str(fdir), formats)]
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("wb", suffix=".pickle", delete=False) as fh:
-        pickle.dump((specs[-n_help:], str(fdir), formats), fh)
-    code = ("import pickle, sys; from sendmap.report.build import _render; "
-            "a = pickle.load(open(sys.argv[1], 'rb')); pickle.dump(_render(*a), sys.stdout.buffer)")
-    try:
-        helper = subprocess.Popen([sys.executable, "-c", code, fh.name], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
+        mine, theirs = _share(specs, 2)
         try:
-            mine = _render(specs[:-n_help], str(fdir), formats)
-        finally:
-            out, err = helper.communicate()
-    finally:
-        os.unlink(fh.name)
+            helpers = FigureHelpers(1, warm=False)
+        except OSError:  # no process can be started: draw them all here
+            return [Path(p) for p in _render(specs, str(fdir), formats)]
+    else:
+        theirs = specs
+    helpers.send(_share(theirs, len(helpers)), str(fdir), formats)
+    drawn = _render(mine, str(fdir), formats)
     try:
-        if helper.returncode != 0:
-            raise RuntimeError(err.decode(errors="replace")[-2000:])
-        theirs = pickle.loads(out)
-    except Exception as exc:  # the helper failed: draw its figures here (and say so, once)
+        drawn += [p for group in helpers.collect() for p in group]
+    except Exception as exc:  # a helper failed: draw its figures here (and say so, once)
         import warnings
 
+        helpers.close()
         warnings.warn(f"figure helper process failed ({str(exc).strip().splitlines()[-1:]}); drawing here")
-        theirs = _render(specs[-n_help:], str(fdir), formats)
-    return [Path(p) for p in mine + theirs]
+        drawn += _render(theirs, str(fdir), formats)
+    return [Path(p) for p in drawn]
 
 
 def write_report(group, out_dir: Path, cfg, log, reuse: bool = True, helpers: FigureHelpers | None = None) -> None:

@@ -128,18 +128,6 @@ def spot_vote(lif_z: np.ndarray, exclude: np.ndarray, z_noise: float, z_sure: fl
         return np.where(exclude | (den <= 0), np.nan, num / np.where(den > 0, den, 1.0))
 
 
-def feature_matrix(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
-                   bragg_fraction: np.ndarray | None = None) -> np.ndarray:
-    """Standardised-scale features for clustering: (N, 3 or 4) of peak Q (1/Å × 100), log1p crystal σ,
-    log1p LiF σ (or vote × 4) and, if given, the Bragg fraction × 10."""
-    cols = [np.nan_to_num(peak_q, nan=0.0) * 100.0,
-            np.log1p(np.clip(np.nan_to_num(crystal_z), 0, None)),
-            np.log1p(np.clip(np.nan_to_num(lif_z), 0, None))]
-    if bragg_fraction is not None:
-        cols.append(np.nan_to_num(bragg_fraction, nan=0.0) * 10.0)
-    return np.stack(cols, axis=-1)
-
-
 def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n_clusters: int, seed: int,
                  method: str = "gmm", **definitions) -> np.ndarray:
     """Unsupervised clusters (Gaussian mixture, or k-means), each named by the rule class of most of its members.

@@ -254,14 +254,6 @@ def _accumulate_frame_compact(frame, mask, crec, t, by, bx, inv_ss2, s, c2, idx)
             c2[i0 + 1] += n1 * cc
 
 
-def _pack_compact(rec: np.ndarray) -> np.ndarray:
-    """Byte records (kmax = 2) → 4-byte records: bits 0–11 first bin + 1, 12–19 sector, 20–25 and 26–31 the
-    sub-pixels in the first and second bin (:data:`COMPACT_LAYOUT`)."""
-    r = rec.astype(np.uint32)
-    return ((r[..., 0] | (r[..., 1] << 8)) | ((r[..., 2] | (r[..., 3] << 8)) << 12) | (r[..., 4] << 20)
-            | (r[..., 5] << 26)).astype(np.uint32)
-
-
 @numba.njit(parallel=True, cache=True)
 def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec, crec, compact, kmax, oy0, ox0,
                           inv_ss2, q_c, disk_r_q, z_clip, bf_hi, adf_lo, adf_hi, n_chunks, keep_sums,
