@@ -254,7 +254,8 @@ def test_schedulers_identical_with_many_blocks(small, rows_ref, scheduler):
     assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"compute.scheduler={scheduler}",
                  "--set", "compute.n_workers=2", "--set", f"output.dir={out}", *ROW_BLOCKS, *extra]) == 0
     g = zarr.open_group(str(small / out / "sendmap.zarr"), mode="r")
-    assert g.attrs["stages"]["profiles"]["blocks"] == 12 and g["profiles/mean"].chunks[0] >= 12
+    # a dozen blocks, each profile chunk made of several of them
+    assert g.attrs["stages"]["profiles"]["blocks"] == 12 and g["profiles/mean"].chunks[0] > 1
     _assert_same_store(rows_ref / "sendmap.zarr", small / out / "sendmap.zarr")
 
 
