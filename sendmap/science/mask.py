@@ -10,6 +10,7 @@ bool, True where a pixel is used; the per-cause arrays (``hot``, ``dead``, ``sat
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,14 @@ def _find_aperture(img, used, centre_yx, r_min_px, dark_fraction, min_area_px, n
     s = np.bincount(idx, weights=img[used], minlength=n_sectors * nb).reshape(n_sectors, nb)
     c = np.bincount(idx, minlength=n_sectors * nb).reshape(n_sectors, nb)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = s / c
+        p = s / c  # NaN where a bin has no pixel
+    # the level just inside radius r0: the median of the used bins among r0-5 .. r0-2 (at least two), every sector
+    # and radius at once (one nanmedian call instead of ~7000 np.median calls of ≤ 4 values: 0.27 → 0.01 s)
+    win = np.lib.stride_tricks.sliding_window_view(p, 4, axis=1)  # win[k, r0 - 5] = p[k, r0-5 : r0-1]
+    n_inner = np.sum(np.isfinite(win), axis=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: skipped below (n_inner < 2)
+        inner_level = np.nanmedian(win, axis=2)
     pts = []
     for k in range(n_sectors):
         pk = p[k]
@@ -202,10 +210,9 @@ def _find_aperture(img, used, centre_yx, r_min_px, dark_fraction, min_area_px, n
         for r0 in range(max(int(math.ceil(r_min_px)), 5), nb):
             if n_out[r0] < 2:
                 break
-            inner = pk[r0 - 5:r0 - 1][ok[r0 - 5:r0 - 1]]
-            if inner.size < 2:
+            if n_inner[k, r0 - 5] < 2:
                 continue
-            lev = float(np.median(inner))
+            lev = float(inner_level[k, r0 - 5])
             if lev > 0 and outmax[r0] <= dark_fraction * lev:
                 # edge: where the sector level crosses half the inside level (linear between bins)
                 edge = r0 - 0.5
