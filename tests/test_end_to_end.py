@@ -133,6 +133,43 @@ def test_report_redraws_only_figures_whose_inputs_changed(synth_run, tmp_path):
         build.render_figures = real
 
 
+def test_report_writes_tables_while_the_helpers_draw(synth_run, tmp_path):
+    """``meanwhile`` (the report's tables) runs exactly once: after the helper processes have their figures and
+    before this process waits for them; first where everything is drawn here; also where nothing is redrawn."""
+    from sendmap.report import build
+
+    g = zarr.open_group(str(synth_run / "results" / "sendmap.zarr"), mode="r")
+    events = []
+
+    class Helpers:  # stands in for FigureHelpers: records the order of send, meanwhile and collect
+        def __len__(self):
+            return 2
+
+        def send(self, groups, fdir, formats):
+            events.append(("send", sorted(s[0] for grp in groups for s in grp)))
+
+        def collect(self):
+            events.append("collect")
+            return []
+
+        def close(self):
+            pass
+
+    out = tmp_path / "r"
+    build.write_figures(g, out, 1, helpers=Helpers(), meanwhile=lambda: events.append("tables"))
+    assert [e if isinstance(e, str) else e[0] for e in events] == ["send", "tables", "collect"]
+    assert len(events[0][1]) == 6
+    events.clear()
+    build.write_figures(g, out, 1, processes=1, reuse=False, meanwhile=lambda: events.append("tables"))
+    assert events == ["tables"] and len(list((out / "figures").glob("*.png"))) == 6
+    events.clear()
+    build.write_figures(g, out, 1, processes=1, meanwhile=lambda: events.append("tables"))  # all kept
+    assert events == ["tables"]
+    groups = build._share([(name, None, (), {}) for name in
+                           ("overview", "peak_map", "class_map", "histograms", "class_profiles", "virtual_images")], 2)
+    assert sorted(len(grp) for grp in groups) == [1, 5] and [s[0] for s in min(groups, key=len)] == ["overview"]
+
+
 def test_input_file_is_not_modified(synth_run):
     from sendmap.io import fingerprint
 

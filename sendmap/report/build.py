@@ -120,8 +120,9 @@ def write_tables(group, out_dir: Path) -> list[Path]:
 
 
 def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
-                  reuse: bool = True, helpers: "FigureHelpers | None" = None) -> list[Path]:
-    """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes``).
+                  reuse: bool = True, helpers: "FigureHelpers | None" = None, meanwhile=None) -> list[Path]:
+    """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes`` and
+    ``meanwhile``, which is called once in any case).
 
     With ``reuse``, a figure whose inputs (every array and number it is drawn from), formats, and drawing code
     (:mod:`sendmap.report.figures`, sendmap and matplotlib versions) are those of the files already there is not
@@ -165,7 +166,12 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
     # an old digest (which a later run with the old inputs would wrongly keep)
     write_figure_manifest(fdir, {k: v for k, v in digests.items() if k not in redo})
-    drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers) if todo else []
+    if todo:
+        drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
+    else:
+        drawn = []
+        if meanwhile is not None:
+            meanwhile()
     write_figure_manifest(fdir, digests)
     kept = [fdir / f"{name}.{fmt}" for name, *_ in specs if name not in redo for fmt in formats]
     return drawn + kept
@@ -226,9 +232,10 @@ def _render(specs, fdir: str, formats: tuple) -> list[str]:
     return out
 
 
-FIGURE_COST = {"overview": 3.5}
-"""Relative CPU cost of drawing a figure (build, PNG, PDF; others 1): the overview ≈ 0.7 s, the rest ≈ 0.2 s each
-on the 148 × 148 benchmark scan. Used to share the figures among the helper processes."""
+FIGURE_COST = {"overview": 5.0}
+"""Relative CPU cost of drawing a figure (build, PNG, PDF; others 1): the overview ≈ 1.07 s, the rest 0.18-0.26 s
+each on the 148 × 148 benchmark scan. Used to share the figures among the helper processes: with two, one draws
+the overview alone and the other the five others."""
 
 _HELPER_CODE = ("import pickle, sys; from sendmap.report.build import _render, _warm_up; "
                 "_warm_up() if sys.argv[1] == 'warm' else None; "
@@ -311,27 +318,35 @@ def _share(specs, n: int) -> list[list]:
     return [[specs[i] for i in sorted(g)] for g in groups]
 
 
-def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helpers: FigureHelpers | None = None
-                   ) -> list[Path]:
+def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helpers: FigureHelpers | None = None,
+                   meanwhile=None) -> list[Path]:
     """Draw every figure of ``specs``, shared by cost (:data:`FIGURE_COST`). With ``helpers`` (started early,
     :class:`FigureHelpers`) they draw them all; else with ``processes`` ≥ 2 (and ≥ 2 cores) one helper started
     now draws part while this process draws the rest (matplotlib holds the GIL: threads would not help). The
     files are the same, byte for byte, as drawing them all here; if a helper fails, its figures are drawn here
-    (with a warning)."""
+    (with a warning). ``meanwhile()`` (e.g. writing the tables) is called once the helpers have their figures,
+    before this process draws or waits (first where there are no helpers)."""
     import os
+
+    def draw_here(group):
+        if meanwhile is not None:
+            meanwhile()
+        return [Path(p) for p in _render(group, str(fdir), formats)]
 
     mine = []
     if helpers is None or not len(helpers):
         if processes < 2 or (os.cpu_count() or 1) < 2 or len(specs) < 2:
-            return [Path(p) for p in _render(specs, str(fdir), formats)]
+            return draw_here(specs)
         mine, theirs = _share(specs, 2)
         try:
             helpers = FigureHelpers(1, warm=False)
         except OSError:  # no process can be started: draw them all here
-            return [Path(p) for p in _render(specs, str(fdir), formats)]
+            return draw_here(specs)
     else:
         theirs = specs
     helpers.send(_share(theirs, len(helpers)), str(fdir), formats)
+    if meanwhile is not None:
+        meanwhile()
     drawn = _render(mine, str(fdir), formats)
     try:
         drawn += [p for group in helpers.collect() for p in group]
@@ -345,10 +360,13 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
 
 
 def write_report(group, out_dir: Path, cfg, log, reuse: bool = True, helpers: FigureHelpers | None = None) -> None:
-    paths = write_tables(group, out_dir)
+    paths: list = []
     if cfg.output.figures:
-        # a helper process draws half the figures, except where the user asked for one process
+        # the tables are written while the helper processes draw (a helper draws half the figures, except where the
+        # user asked for one process)
         paths += write_figures(group, out_dir, cfg.profiles.n, tuple(cfg.output.formats), window=cfg.peaks.window,
                                processes=1 if cfg.compute.scheduler == "synchronous" else 2, reuse=reuse,
-                               helpers=helpers)
+                               helpers=helpers, meanwhile=lambda: paths.extend(write_tables(group, out_dir)))
+    else:
+        paths += write_tables(group, out_dir)
     log(f"[sendmap] report: {len(paths)} files in {out_dir}/figures and {out_dir}/tables")
