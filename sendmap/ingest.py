@@ -227,7 +227,7 @@ def _in_place_target(ctx, plan: IngestPlan):
 def stage_ingest(ctx) -> None:
     """Stream the raw dataset into ``data`` (Ry, Rx, Qy, Qx), compressed, with its whole-dataset reductions."""
     from .execute import run_blocks
-    from .pipeline import disk_radius_px
+    from .pipeline import disk_radius_px, prefetch_imports
     from .store import compressor, set_attrs, write_array
 
     cfg, ds, g = ctx.cfg, ctx.dataset, ctx.group
@@ -299,6 +299,8 @@ def stage_ingest(ctx) -> None:
         del first
     todo = [i for i in range(len(items)) if not progress.is_done(items[i][1])]
     ctx.stage_info.update(blocks=len(items), blocks_resumed=len(items) - len(todo) if progress.resumed else 0)
+    if len(todo) > 2:  # the later stages' imports, while the blocks run (see prefetch_imports)
+        prefetch_imports()
     run_blocks(load, process, [items[i] for i in todo], cfg.compute, "ingest", on_result=collect,
                sizes=[sizes[i] for i in todo], thread_safe=True)
     n = maps["total"].size

@@ -442,6 +442,31 @@ class _PolarProcess:
         return item[1], out
 
 
+LATER_STAGE_MODULES = ("sendmap.science.mask", "sendmap.science.centre", "sendmap.science.ellipse",
+                       "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.features",
+                       "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats",
+                       "sendmap.report.build", "threadpoolctl")
+"""The modules the stages after ingest import (scipy.optimize alone takes ~0.45 s): see :func:`prefetch_imports`."""
+
+
+def prefetch_imports(modules=LATER_STAGE_MODULES) -> None:
+    """Import ``modules`` on a background thread. Called when ingest's blocks start: its threads then run numba
+    kernels, blosc and file I/O without the GIL, so the imports cost little there, instead of running serially,
+    with a core idle, at the start of later stages. Python's import lock makes a later import of the same module
+    wait for this one; a module that fails to import here is imported (and fails) again where it is used."""
+    import importlib
+    import threading
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported where the module is really needed
+                pass
+
+    threading.Thread(target=run, name="sendmap-prefetch-imports", daemon=True).start()
+
+
 def _one_numba_thread_off_main() -> None:
     """In a worker thread of the threads scheduler (one block per core), kernels run on that thread alone.
 
