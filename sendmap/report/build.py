@@ -166,12 +166,7 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
     # an old digest (which a later run with the old inputs would wrongly keep)
     write_figure_manifest(fdir, {k: v for k, v in digests.items() if k not in redo})
-    if todo:
-        drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
-    else:
-        drawn = []
-        if meanwhile is not None:
-            meanwhile()
+    drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
     write_figure_manifest(fdir, digests)
     kept = [fdir / f"{name}.{fmt}" for name, *_ in specs if name not in redo for fmt in formats]
     return drawn + kept
@@ -328,11 +323,14 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
     before this process draws or waits (first where there are no helpers)."""
     import os
 
+    meanwhile = meanwhile or (lambda: None)
+
     def draw_here(group):
-        if meanwhile is not None:
-            meanwhile()
+        meanwhile()
         return [Path(p) for p in _render(group, str(fdir), formats)]
 
+    if not specs:  # nothing to draw: the helpers (if any) are not needed
+        return draw_here([])
     mine = []
     if helpers is None or not len(helpers):
         if processes < 2 or (os.cpu_count() or 1) < 2 or len(specs) < 2:
@@ -345,8 +343,7 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
     else:
         theirs = specs
     helpers.send(_share(theirs, len(helpers)), str(fdir), formats)
-    if meanwhile is not None:
-        meanwhile()
+    meanwhile()
     drawn = _render(mine, str(fdir), formats)
     try:
         drawn += [p for group in helpers.collect() for p in group]

@@ -114,17 +114,17 @@ def frame_statistics(frames: np.ndarray, bf_mask: np.ndarray, adf_mask: np.ndarr
     n, qy, qx = frames.shape
     bad = np.zeros((qy, qx), np.int64)
     small = frames.dtype.kind == "u" and frames.dtype.itemsize <= 2
+    if frames.dtype.kind in "ui":
+        tot, vbf, vadf = (np.zeros(n, np.int64) for _ in range(3))
     if small and max(n, qx) * int(np.iinfo(frames.dtype).max) < 2 ** 32:
         s = np.zeros((qy, qx), np.uint32)
         m = np.zeros((qy, qx), frames.dtype)
-        tot, vbf, vadf = (np.zeros(n, np.int64) for _ in range(3))
         ones = np.uint32(0xFFFFFFFF)
         _frame_stats_u16(frames, np.where(bf_mask, ones, np.uint32(0)), np.where(adf_mask, ones, np.uint32(0)), s, m,
                          tot, vbf, vadf)
     elif frames.dtype.kind in "ui":
         s = np.zeros((qy, qx), np.int64)
         m = np.full((qy, qx), np.iinfo(np.int64).min)
-        tot, vbf, vadf = (np.zeros(n, np.int64) for _ in range(3))
         _frame_stats_int(frames, bf_mask.astype(np.int64), adf_mask.astype(np.int64), s, m, tot, vbf, vadf)
         if frames.dtype == np.uint64 and (s < 0).any():  # pragma: no cover - counts beyond 2**63
             raise OverflowError("uint64 counts overflow the int64 sums")
