@@ -58,6 +58,11 @@ class InputConfig(_Section):
         "error", description="NaN/inf in float data: 'error' (exit 2, naming the first), or 'mask' (set to 0, "
                              "detector pixels holding them masked, counts logged and stored)")
     in_place: bool = Field(True, description="use a zarr input array in place (no copy) when it needs no crop or binning")
+    store_layout: Literal["auto", "dense", "sparse"] = Field(
+        "auto", description="how the stored data hold the frames: 'sparse' (the non-zero pixels of each frame and "
+                            "their counts; integer data only), 'dense' (whole frames, compressed), or 'auto' (sparse "
+                            "for integer data with at most 25 % non-zero pixels in the first block). Results are "
+                            "identical; sparse is faster to ingest and to profile")
 
     @field_validator("scan_shape")
     @classmethod

@@ -33,7 +33,8 @@ def describe(path: Path) -> dict:
         attrs = dict(g.attrs)
         return {"kind": "sendmap result store", "path": str(store), "status": attrs.get("status"),
                 "sendmap_version": attrs.get("sendmap_version"), "created": attrs.get("created"),
-                "input": attrs.get("input"), "calibration": attrs.get("calibration"), "dose": attrs.get("dose"),
+                "input": attrs.get("input"), "ingest": attrs.get("ingest"), "calibration": attrs.get("calibration"),
+                "dose": attrs.get("dose"),
                 "stages": {k: {kk: v[kk] for kk in ("key", "completed", "seconds", "blocks", "blocks_resumed")
                                if kk in v}
                            for k, v in attrs.get("stages", {}).items()},

@@ -13,6 +13,7 @@ reductions.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,17 @@ from .errors import SendmapInputError
 from .io import Dataset, open_dataset
 from .io._common import chunk_groups
 from .science.frames import bin_block, binned_dtype, frame_statistics
-from .store import write_region_direct
+from .science.sparse import SPARSE_MAX_FILL, from_counts, index_dtype, to_sparse
+from .store import read_row_direct, write_region_direct
+
+
+SPARSE_GROUP = "data_sparse"
+"""The store's group of sparse data: ``index`` and ``value`` (n_blocks, cap), one row per ingest block holding the
+flat pixel indices and counts of its frames' non-zero pixels in scan order, and ``nnz`` (Ry, Rx), the non-zero
+pixels of each frame (see :mod:`sendmap.science.sparse`)."""
+SPARSE_CHUNK_LEN = 1 << 20
+"""Elements per chunk of a sparse row (2 MB of uint16): a 32 MB block of 2 × 10⁴ e⁻ 256² frames fills about two,
+and a row stores only the chunks its non-zero pixels reach (the rest are the fill value, absent on disk)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class IngestPlan:
     """Stored chunk size along (Ry, Rx); a chunk holds whole frames."""
     blocks: tuple[tuple[int, int, int, int], ...]
     """Stored regions (y0, y1, x0, x1) processed per task: whole chunks."""
+    sparse: bool = False
+    """Frames stored as their non-zero pixels (``data_sparse``, one row per block) instead of whole (``data``)."""
 
     @property
     def chunk_shape(self) -> tuple[int, int, int, int]:
@@ -186,15 +199,22 @@ class _Process:
                 f"the input holds NaN or infinite values: first at stored scan position ({y0 + iy}, {x0 + ix}), "
                 f"detector pixel ({qy}, {qx}); {n_bad} such values in that block. Set input.nonfinite: mask to "
                 "set them to 0 and mask their detector pixels")
+        shape = (y1 - y0, x1 - x0)
+        out = {"sum": st["sum"], "max": st["max"], "nonfinite": st["nonfinite"], "total": st["total"].reshape(shape),
+               "bf": st["bf"].reshape(shape), "adf": st["adf"].reshape(shape)}
         if self.target is not None:  # (used in place: the reduction left them out, calibrate masks their pixels)
             if n_bad:
                 data = np.where(np.isfinite(data), data, 0).astype(data.dtype)
             store, name = self.target
-            write_region_direct(Path(store, name), (*plan.chunks, *plan.frame_shape), (y0, x0, 0, 0), data)
-        shape = (y1 - y0, x1 - x0)
-        return block, {"sum": st["sum"], "max": st["max"], "nonfinite": st["nonfinite"],
-                       "total": st["total"].reshape(shape), "bf": st["bf"].reshape(shape),
-                       "adf": st["adf"].reshape(shape)}
+            if plan.sparse:  # row `block index` of the index and value arrays
+                sp = to_sparse(data.reshape(-1, *data.shape[2:]))
+                row = loaded[0][2]
+                for part, values in (("index", sp.index), ("value", sp.value)):
+                    write_region_direct(Path(store, SPARSE_GROUP, part), (1, SPARSE_CHUNK_LEN), (row, 0), values[None])
+                out["nnz"] = np.diff(sp.offsets).reshape(shape)
+            else:
+                write_region_direct(Path(store, name), (*plan.chunks, *plan.frame_shape), (y0, x0, 0, 0), data)
+        return block, out
 
 
 def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> tuple[np.ndarray, np.ndarray, list]:
@@ -228,7 +248,7 @@ def stage_ingest(ctx) -> None:
     """Stream the raw dataset into ``data`` (Ry, Rx, Qy, Qx), compressed, with its whole-dataset reductions."""
     from .execute import run_blocks
     from .pipeline import disk_radius_px, prefetch_imports
-    from .store import compressor, set_attrs, write_array
+    from .store import set_attrs, write_array
 
     cfg, ds, g = ctx.cfg, ctx.dataset, ctx.group
     plan = plan_ingest(cfg, ds.scan_shape, ds.frame_shape, ds.dtype, ctx.log)
@@ -242,15 +262,13 @@ def stage_ingest(ctx) -> None:
                           tuple(arr.chunks[:2]), tuple(blocks))
         target = None
         ctx.log(f"[sendmap] ingest: using the zarr array {ref['store']}:{ref['path'] or '/'} in place (no copy)")
-        if "data" in g:
-            del g["data"]
+        for name in ("data", SPARSE_GROUP):
+            if name in g:
+                del g[name]
     else:
         ref = {"store": ctx.store_path, "path": "data"}
         target = (ctx.store_path, "data")
     progress = _ingest_progress(ctx, plan, ref)
-    if target is not None and not progress.resumed:
-        g.create_array("data", shape=(*plan.scan_shape, *plan.frame_shape), dtype=plan.dtype, chunks=plan.chunk_shape,
-                       compressors=compressor(), overwrite=True, fill_value=0)
     # input chunks matched to the stored blocks, so each input chunk is read once
     y0, y1, x0, x1 = plan.input_region(plan.blocks[0])
     if target is None:  # in place: dask chunks = the blocks, groups of whole stored chunks
@@ -275,12 +293,24 @@ def stage_ingest(ctx) -> None:
         mean_first = np.nanmean(first[1], axis=(0, 1))[None, None]  # crop_q applied, not yet binned
         mean_first = bin_block(mean_first, 1, plan.bin_q, np.float64)[0, 0]
         bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
+    if target is not None:
+        if progress.resumed:
+            sparse = bool(saved["sparse"])
+        else:
+            sparse = choose_sparse(inp.store_layout, plan.dtype, bin_block(first[1], plan.bin_r, plan.bin_q, plan.dtype))
+            _create_data_arrays(g, plan, sparse)
+        plan = dataclasses.replace(plan, sparse=sparse)
+        items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
+        if first is not None:
+            first = (items[0], first[1])
     process = _Process(bf_mask, adf_mask, inp.nonfinite, target)
 
     total_sum = saved["sum"] if progress.resumed else np.zeros(plan.frame_shape)
     total_max = saved["max"] if progress.resumed else np.full(plan.frame_shape, -np.inf)
     nonfinite = saved["nonfinite"] if progress.resumed else np.zeros(plan.frame_shape, np.int64)
     maps = {k: saved[k] if progress.resumed else np.zeros(plan.scan_shape) for k in ("total", "bf", "adf")}
+    if plan.sparse:
+        maps["nnz"] = saved["nnz"] if progress.resumed else np.zeros(plan.scan_shape, np.int64)
 
     def collect(_, res):
         (y0, y1, x0, x1), out = res
@@ -290,7 +320,8 @@ def stage_ingest(ctx) -> None:
         for k in maps:
             maps[k][y0:y1, x0:x1] = out[k]
         progress.record([(y0, y1, x0, x1)], {"bf_mask": bf_mask, "adf_mask": adf_mask, "vcentre": np.asarray(vcentre),
-                                             "sum": total_sum, "max": total_max, "nonfinite": nonfinite, **maps})
+                                             "sum": total_sum, "max": total_max, "nonfinite": nonfinite,
+                                             "sparse": np.asarray(plan.sparse), **maps})
 
     frame_bytes = int(np.prod(ds.frame_shape)) * ds.dtype.itemsize
     sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes for b in plan.blocks]
@@ -314,6 +345,11 @@ def stage_ingest(ctx) -> None:
     write_array(g, "ingest/virtual_adf", maps["adf"], {"units": "counts", "centre_yx_px": vcentre,
                                                          "inner_radius_px": 2 * r_disk, "note": "fixed annulus"})
     write_array(g, "ingest/nonfinite_count", nonfinite, {"units": "NaN/inf values per detector pixel"})
+    layout = "in place" if target is None else "sparse" if plan.sparse else "dense"
+    if plan.sparse:
+        write_array(g, f"{SPARSE_GROUP}/nnz", maps["nnz"], {"units": "non-zero pixels per frame"})
+        n_pix = maps["nnz"].size * math.prod(plan.frame_shape)
+        ctx.log(f"[sendmap] ingest: stored sparse ({100 * maps['nnz'].sum() / n_pix:.1f} % of the pixels non-zero)")
     n_bad = int(nonfinite.sum())
     if n_bad:
         ctx.log(f"[sendmap] ingest: {n_bad} NaN/inf values in {int((nonfinite > 0).sum())} detector pixels set to 0; "
@@ -321,8 +357,43 @@ def stage_ingest(ctx) -> None:
     set_attrs(g, data_ref=ref, ingest={
         "crop_r": list(plan.crop_r), "crop_q": list(plan.crop_q), "bin_r": plan.bin_r, "bin_q": plan.bin_q,
         "scan_shape": list(plan.scan_shape), "frame_shape": list(plan.frame_shape), "dtype": plan.dtype.str,
-        "chunks": list(plan.chunk_shape), "in_place": target is None, "nonfinite_values": n_bad,
+        "chunks": list(plan.chunk_shape), "in_place": target is None, "layout": layout, "nonfinite_values": n_bad,
         "input_bytes": int(math.prod(ds.shape) * ds.dtype.itemsize)})
+
+
+def choose_sparse(layout: str, dtype: np.dtype, first_block: np.ndarray) -> bool:
+    """Whether to store the data sparse (``input.store_layout``): 'sparse' and 'dense' as asked (sparse needs
+    integer data), 'auto' where the data are integers with at most :data:`SPARSE_MAX_FILL` of the first block's
+    pixels non-zero."""
+    integer = np.dtype(dtype).kind in "ui"
+    if layout == "sparse" and not integer:
+        raise SendmapInputError(f"input.store_layout: sparse needs integer counts; the data are {np.dtype(dtype)}")
+    if layout != "auto":
+        return layout == "sparse"
+    return integer and np.count_nonzero(first_block) <= SPARSE_MAX_FILL * first_block.size
+
+
+def _create_data_arrays(g, plan: IngestPlan, sparse: bool) -> None:
+    """The empty stored-data arrays of ``plan``: ``data`` (dense) or ``data_sparse/index`` and ``value`` (one row
+    of up to every pixel of the largest block per block; only the chunks a row fills are ever written)."""
+    from .store import compressor
+
+    for name in ("data", SPARSE_GROUP):
+        if name in g:
+            del g[name]
+    if not sparse:
+        g.create_array("data", shape=(*plan.scan_shape, *plan.frame_shape), dtype=plan.dtype, chunks=plan.chunk_shape,
+                       compressors=compressor(), overwrite=True, fill_value=0)
+        return
+    cap = max((b[1] - b[0]) * (b[3] - b[2]) for b in plan.blocks) * math.prod(plan.frame_shape)
+    grp = g.create_group(SPARSE_GROUP, overwrite=True)
+    grp.attrs.update({"blocks": [list(b) for b in plan.blocks], "frame_shape": list(plan.frame_shape),
+                      "scan_shape": list(plan.scan_shape), "dtype": plan.dtype.str, "chunk_len": SPARSE_CHUNK_LEN,
+                      "layout": "row b = block b (attr blocks: y0, y1, x0, x1), its frames in scan order, each frame's "
+                                "non-zero pixels in ascending flat index iy * Qx + ix; nnz: per frame"})
+    for part, dtype in (("index", index_dtype(plan.frame_shape)), ("value", plan.dtype)):
+        grp.create_array(part, shape=(len(plan.blocks), cap), dtype=dtype, chunks=(1, SPARSE_CHUNK_LEN),
+                         compressors=compressor(), overwrite=True, fill_value=0)
 
 
 def _ingest_progress(ctx, plan: IngestPlan, ref: dict):
@@ -336,23 +407,118 @@ def _ingest_progress(ctx, plan: IngestPlan, ref: dict):
              "bin_r": plan.bin_r, "bin_q": plan.bin_q, "data": ref}
     progress = BlockProgress(ctx.out_dir, "ingest", ctx.stage_key, rplan, enabled=ctx.resume)
     if progress.resumed and ref["path"] == "data" and ref["store"] == ctx.store_path:
-        arr = ctx.group.get("data")
-        if arr is None or tuple(arr.shape) != (*plan.scan_shape, *plan.frame_shape) \
-                or tuple(arr.chunks) != plan.chunk_shape or np.dtype(arr.dtype) != plan.dtype:
+        g = ctx.group
+        if "sparse" not in progress.arrays:
+            ok = False
+        elif bool(progress.arrays["sparse"]):
+            ok = f"{SPARSE_GROUP}/index" in g and f"{SPARSE_GROUP}/value" in g \
+                and g[SPARSE_GROUP].attrs.get("blocks") == [list(b) for b in plan.blocks] \
+                and np.dtype(g[f"{SPARSE_GROUP}/value"].dtype) == plan.dtype
+            dirs = [Path(ctx.store_path, SPARSE_GROUP, p) for p in ("index", "value")]
+        else:
+            arr = g.get("data")
+            ok = arr is not None and tuple(arr.shape) == (*plan.scan_shape, *plan.frame_shape) \
+                and tuple(arr.chunks) == plan.chunk_shape and np.dtype(arr.dtype) == plan.dtype
+            dirs = [Path(ctx.store_path, "data")]
+        if not ok:
             progress.clear()
             progress.done, progress.arrays, progress.resumed = set(), {}, False
         else:
-            remove_stray_temps(Path(ctx.store_path, "data"))
+            for d in dirs:
+                remove_stray_temps(d)
     return progress
 
 
-def open_data(store_path: str):
-    """The stored 4D data array of a result store (its own ``data`` or the zarr input used in place)."""
+@dataclass(frozen=True)
+class StoredData:
+    """The frames of a result store as the later stages read them, a block at a time: dense (the store's ``data``
+    or the zarr input used in place) or sparse (``data_sparse``, see :data:`SPARSE_GROUP`)."""
+
+    store_path: str
+    shape: tuple[int, int, int, int]
+    """(Ry, Rx, Qy, Qx)."""
+    dtype: np.dtype
+    array: object = None
+    """The dense zarr array; None when sparse."""
+    blocks: tuple = ()
+    """Sparse: the ingest blocks (y0, y1, x0, x1), one per row of ``index`` and ``value``."""
+    nnz: np.ndarray | None = None
+    """Sparse: non-zero pixels per frame (Ry, Rx)."""
+    chunk_len: int = SPARSE_CHUNK_LEN
+
+    @property
+    def sparse(self) -> bool:
+        return self.array is None
+
+    def block_regions(self, block_mb: float) -> list[tuple[int, int, int, int]]:
+        """Regions to process a block at a time: the ingest blocks (sparse), else whole chunks of about
+        ``block_mb`` MB."""
+        return list(self.blocks) if self.sparse else array_blocks(self.array, block_mb)
+
+    def read(self, region: tuple[int, int, int, int]):
+        """The frames of a region from :meth:`block_regions` as (B, Qy, Qx): an array, or
+        :class:`~sendmap.science.sparse.SparseFrames` when stored sparse."""
+        from .store import read_region_direct
+
+        if self.sparse:
+            row = self.blocks.index(tuple(region))
+            y0, y1, x0, x1 = region
+            nnz = self.nnz[y0:y1, x0:x1].ravel()
+            n = int(nnz.sum())
+            base = Path(self.store_path, SPARSE_GROUP)
+            index = read_row_direct(base / "index", row, n, index_dtype(self.shape[2:]), self.chunk_len)
+            value = read_row_direct(base / "value", row, n, self.dtype, self.chunk_len)
+            return from_counts(nnz, index, value, self.shape[2:])
+        frames = read_region_direct(self.array, region)
+        if frames is None:  # not a plain local blosc array (e.g. a zarr input used in place): through zarr
+            y0, y1, x0, x1 = region
+            frames = np.asarray(self.array[y0:y1, x0:x1])
+        return frames.reshape(-1, *frames.shape[2:])
+
+    def read_dense(self, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Any region (y0, y1, x0, x1) of probe positions (default: all) as a dense (y1-y0, x1-x0, Qy, Qx) array."""
+        ry, rx, qy, qx = self.shape
+        y0, y1, x0, x1 = region if region is not None else (0, ry, 0, rx)
+        if not self.sparse:
+            return np.asarray(self.array[y0:y1, x0:x1])
+        out = np.zeros((y1 - y0, x1 - x0, qy, qx), self.dtype)
+        for b in self.blocks:
+            ya, yb, xa, xb = max(y0, b[0]), min(y1, b[1]), max(x0, b[2]), min(x1, b[3])
+            if ya < yb and xa < xb:
+                frames = self.read(b).dense().reshape(b[1] - b[0], b[3] - b[2], qy, qx)
+                out[ya - y0:yb - y0, xa - x0:xb - x0] = frames[ya - b[0]:yb - b[0], xa - b[2]:xb - b[2]]
+        return out
+
+
+def open_stored(store_path: str) -> StoredData:
+    """The stored frames of a result store (its own ``data`` or ``data_sparse``, or the zarr input used in place)."""
     import zarr
 
     g = zarr.open_group(store_path, mode="r")
     ref = g.attrs.get("data_ref") or {"store": store_path, "path": "data"}
-    if ref["store"] == store_path and ref["path"] == "data":
-        return g["data"]
-    return zarr.open_array(ref["store"], mode="r", path=ref["path"]) if ref["path"] else \
-        zarr.open_array(ref["store"], mode="r")
+    # the store's own data (a copied or moved store too: data_ref names the folder it was written in), else the
+    # zarr input used in place (ingest then removes the store's own)
+    if "data" in g or SPARSE_GROUP in g:
+        if "data" not in g:
+            sg = g[SPARSE_GROUP]
+            ry, rx = sg.attrs["scan_shape"]
+            qy, qx = sg.attrs["frame_shape"]
+            return StoredData(store_path, (ry, rx, qy, qx), np.dtype(sg.attrs["dtype"]),
+                              blocks=tuple(tuple(b) for b in sg.attrs["blocks"]), nnz=np.asarray(sg["nnz"]),
+                              chunk_len=int(sg.attrs["chunk_len"]))
+        arr = g["data"]
+    elif ref["path"]:
+        arr = zarr.open_array(ref["store"], mode="r", path=ref["path"])
+    else:
+        arr = zarr.open_array(ref["store"], mode="r")
+    return StoredData(store_path, tuple(arr.shape), np.dtype(arr.dtype), array=arr)
+
+
+def read_frames(store_path: str, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The stored frames of a result store, dense (Ry, Rx, Qy, Qx) (or a region of probe positions), however
+    they are stored: for users and tests.
+
+    >>> read_frames("results/demo/sendmap.zarr", (0, 2, 0, 3)).shape  # doctest: +SKIP
+    (2, 3, 256, 256)
+    """
+    return open_stored(str(store_path)).read_dense(region)

@@ -116,32 +116,30 @@ def disk_radius_px(cfg: Config) -> float:
 
 
 def data_blocks(ctx: Context):
-    """The stored data array and its regions aligned to its chunks (about ``compute.block_mb`` MB each)."""
-    from .ingest import array_blocks, open_data
+    """The stored data (:class:`sendmap.ingest.StoredData`) and the regions to process a block at a time (the
+    ingest blocks where stored sparse, else regions of whole chunks of about ``compute.block_mb`` MB)."""
+    from .ingest import open_stored
 
-    arr = open_data(ctx.store_path)
-    return arr, array_blocks(arr, ctx.cfg.compute.block_mb)
+    stored = open_stored(ctx.store_path)
+    return stored, stored.block_regions(ctx.cfg.compute.block_mb)
 
 
 _DATA_ARRAYS: dict = {}
-"""Per process: the opened data array of each store (zarr's metadata reads funnel through one event-loop
+"""Per process: the opened stored data of each store (zarr's metadata reads funnel through one event-loop
 thread; opening it for every block serialised the loader threads)."""
 
 
 def _read_store_block(item):
-    """load(): frames (B, Qy, Qx) of one region of the store, and that region's centres (B, 2) when the item
-    carries them (item = (store path, (y0, y1, x0, x1), centres (y1-y0, x1-x0, 2) or None))."""
-    from .ingest import open_data
-    from .store import read_region_direct
+    """load(): frames (B, Qy, Qx) of one region of the store (an array, or
+    :class:`~sendmap.science.sparse.SparseFrames` where stored sparse), and that region's centres (B, 2) when the
+    item carries them (item = (store path, (y0, y1, x0, x1), centres (y1-y0, x1-x0, 2) or None))."""
+    from .ingest import open_stored
 
-    path, (y0, y1, x0, x1), centres = item
-    arr = _DATA_ARRAYS.get(path)
-    if arr is None:
-        arr = _DATA_ARRAYS[path] = open_data(path)
-    frames = read_region_direct(arr, (y0, y1, x0, x1))
-    if frames is None:  # not a plain local blosc array (e.g. a zarr input used in place): through zarr
-        frames = np.asarray(arr[y0:y1, x0:x1])
-    frames = frames.reshape(-1, *frames.shape[2:])
+    path, region, centres = item
+    stored = _DATA_ARRAYS.get(path)
+    if stored is None:
+        stored = _DATA_ARRAYS[path] = open_stored(path)
+    frames = stored.read(tuple(region))
     return item, frames, (None if centres is None else np.asarray(centres, dtype=np.float64).reshape(-1, 2))
 
 
@@ -249,11 +247,12 @@ class _CalibrateProcess:
     def __call__(self, loaded):
         from .science.centre import disk_centres, symmetry_centres
         from .science.polar_tables import profile_block
+        from .science.sparse import as_dense
 
         _one_numba_thread_off_main()
         item, frames, _ = loaded
         if self.method == "symmetry":
-            centres = symmetry_centres(frames, np.array(self.guess), self.centre_mask, *self.annulus_px)
+            centres = symmetry_centres(as_dense(frames), np.array(self.guess), self.centre_mask, *self.annulus_px)
             centres = np.where(np.isfinite(centres), centres, np.array(self.guess))
         else:
             centres = disk_centres(frames, np.array(self.guess), self.centre_mask, self.radius)

@@ -168,6 +168,26 @@ def read_region_direct(arr, region: tuple[int, int, int, int]) -> np.ndarray | N
     return out
 
 
+def read_row_direct(array_dir: Path, row: int, n: int, dtype, chunk_len: int) -> np.ndarray:
+    """The first ``n`` elements of row ``row`` of a local 2D zarr v3 array of ``bytes`` + blosc chunks of shape
+    (1, ``chunk_len``) with "/" chunk keys (sendmap's sparse data, :mod:`sendmap.ingest`), decoding only the chunk
+    files that hold them, straight into the output. A missing chunk file reads as zeros (the fill value)."""
+    from numcodecs import Blosc
+
+    n_chunks = -(-n // chunk_len)
+    out = np.empty(n_chunks * chunk_len, np.dtype(dtype).newbyteorder("<"))
+    codec = Blosc()
+    for k in range(n_chunks):
+        dst = out[k * chunk_len:(k + 1) * chunk_len]
+        try:
+            raw = (Path(array_dir) / "c" / str(row) / str(k)).read_bytes()
+        except FileNotFoundError:
+            dst[...] = 0
+            continue
+        codec.decode(raw, out=dst)
+    return out[:n]
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

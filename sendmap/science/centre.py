@@ -55,11 +55,66 @@ def _com_kernel(frames, guess, mask, radius, n_iter, out):
         out[f, 1] = cx
 
 
-def disk_centres(frames: np.ndarray, guess_yx: np.ndarray, mask: np.ndarray, radius_px: float,
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _com_kernel_sparse(offsets, index, value, ny, nx, guess, mask, radius, n_iter, out):
+    """:func:`_com_kernel` for frames given as their non-zero pixels (:mod:`sendmap.science.sparse`): the same
+    window and weights, summed over the non-zero pixels of the window's rows only (found by bisection: the flat
+    indices ascend)."""
+    nb = offsets.size - 1
+    for f in numba.prange(nb):
+        a = offsets[f]
+        b = offsets[f + 1]
+        pix = index[a:b]
+        cy = guess[f, 0]
+        cx = guess[f, 1]
+        for _ in range(n_iter):
+            sw = 0.0
+            sy = 0.0
+            sx = 0.0
+            y0 = max(0, int(math.floor(cy - radius - 1)))
+            y1 = min(ny, int(math.ceil(cy + radius + 2)))
+            x0 = max(0, int(math.floor(cx - radius - 1)))
+            x1 = min(nx, int(math.ceil(cx + radius + 2)))
+            k = np.searchsorted(pix, y0 * nx)
+            end = np.searchsorted(pix, y1 * nx)
+            while k < end:
+                p = np.int64(pix[k])
+                iy = p // nx
+                row_end = (iy + 1) * nx
+                dy2 = (iy - cy) ** 2
+                sr = 0.0
+                sxr = 0.0
+                while k < end and pix[k] < row_end:
+                    ix = np.int64(pix[k]) - iy * nx
+                    if x0 <= ix < x1:
+                        r = math.sqrt(dy2 + (ix - cx) ** 2)
+                        wgt = min(max(radius + 0.5 - r, 0.0), 1.0) * mask[iy, ix]
+                        v = wgt * value[a + k]
+                        sr += v
+                        sxr += v * ix
+                    k += 1
+                sw += sr
+                sy += sr * iy
+                sx += sxr
+            if sw <= 0:
+                break
+            ny_c = sy / sw
+            nx_c = sx / sw
+            moved = abs(ny_c - cy) + abs(nx_c - cx)
+            cy = ny_c
+            cx = nx_c
+            if moved < COM_TOLERANCE_PX:
+                break
+        out[f, 0] = cy
+        out[f, 1] = cx
+
+
+def disk_centres(frames, guess_yx: np.ndarray, mask: np.ndarray, radius_px: float,
                  n_iter: int = 6) -> np.ndarray:
     """Centre (y, x) in pixels of the central disk of every frame, by iterated centre of mass.
 
-    frames: (B, Qy, Qx); guess_yx: (2,) or (B, 2) first guess; mask: (Qy, Qx) bool (hot pixels
+    frames: (B, Qy, Qx), or a block's non-zero pixels (:class:`sendmap.science.sparse.SparseFrames`: the same
+    sums over the pixels that are not zero); guess_yx: (2,) or (B, 2) first guess; mask: (Qy, Qx) bool (hot pixels
     excluded); radius_px: radius of the window (≈ 1.5 × probe-disk radius keeps the whole disk and
     little background). Each iteration re-centres the window on the last estimate.
 
@@ -69,10 +124,16 @@ def disk_centres(frames: np.ndarray, guess_yx: np.ndarray, mask: np.ndarray, rad
     >>> np.round(disk_centres(disk, np.array([32.0, 32.0]), np.ones((64, 64), bool), 9.0)[0], 1)
     array([30. , 33.5])
     """
-    frames = np.ascontiguousarray(frames)
+    from .sparse import SparseFrames
+
     guess = np.broadcast_to(np.asarray(guess_yx, dtype=np.float64), (frames.shape[0], 2)).copy()
     out = np.empty((frames.shape[0], 2))
-    _com_kernel(frames, guess, np.ascontiguousarray(mask, dtype=np.bool_), float(radius_px), int(n_iter), out)
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    if isinstance(frames, SparseFrames):
+        _com_kernel_sparse(frames.offsets, frames.index, frames.value, *frames.frame_shape, guess, mask,
+                           float(radius_px), int(n_iter), out)
+    else:
+        _com_kernel(np.ascontiguousarray(frames), guess, mask, float(radius_px), int(n_iter), out)
     return out
 
 

@@ -31,6 +31,7 @@ import numba
 import numpy as np
 
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
+from .sparse import SparseFrames
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
@@ -254,11 +255,67 @@ def _accumulate_frame_compact(frame, mask, crec, t, by, bx, inv_ss2, s, c2, idx)
             c2[i0 + 1] += n1 * cc
 
 
+@numba.njit(inline="always")
+def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, inv_ss2, s, c2):
+    """:func:`_accumulate_frame` (``compact``: :func:`_accumulate_frame_compact`) for one frame given as its
+    non-zero pixels: flat indices ``pix`` (ascending, iy·nx + ix) and counts ``val``. The same sums in the same
+    order, bit for bit, without decoding or scanning the zeros. The row is followed as the indices grow (no
+    integer division per pixel)."""
+    if compact:
+        bh, bwid = crec.shape[1], crec.shape[2]
+    else:
+        bh, bwid = rec.shape[1], rec.shape[2]
+    iy = -1
+    row_end = 0
+    oy = 0
+    row_ok = False
+    for m in range(pix.size):
+        p = np.int64(pix[m])
+        if p >= row_end:
+            iy = p // nx
+            row_end = (iy + 1) * nx
+            oy = iy + by
+            row_ok = 0 <= oy < bh
+        if not row_ok:
+            continue
+        ix = p - (row_end - nx)
+        ox = ix + bx
+        if ox < 0 or ox >= bwid or not mask[iy, ix]:
+            continue
+        c = np.float64(val[m])
+        cf = c * inv_ss2
+        cc = cf * c
+        if compact:
+            r = np.int64(crec[t, oy, ox])
+            i0 = (r & 0xFFF) - 1
+            if i0 < 0:
+                continue
+            k = (r >> 12) & 0xFF
+            n0 = np.float64((r >> 20) & 0x3F)
+            n1 = np.float64(r >> 26)
+            s[i0, k] += n0 * cf
+            s[i0 + 1, k] += n1 * cf
+            c2[i0] += n0 * cc
+            c2[i0 + 1] += n1 * cc
+        else:
+            rr = rec[t, oy, ox]
+            i0 = _first_bin(rr)
+            if i0 < 0:
+                continue
+            k = _sector(rr)
+            for j in range(kmax):
+                n = np.float64(rr[4 + j])
+                s[i0 + j, k] += n * cf
+                c2[i0 + j] += n * cc
+
+
 @numba.njit(parallel=True, cache=True)
-def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec, crec, compact, kmax, oy0, ox0,
-                          inv_ss2, q_c, disk_r_q, z_clip, bf_hi, adf_lo, adf_hi, n_chunks, keep_sums,
-                          out_mean, out_sem, out_disp, out_robust, out_spot, out_bf, out_adf, out_s):
-    nb = frames.shape[0]
+def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
+                          crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, bf_hi, adf_lo, adf_hi,
+                          n_chunks, keep_sums, out_mean, out_sem, out_disp, out_robust, out_spot, out_bf, out_adf,
+                          out_s):
+    nb = order.shape[0]
+    nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
     for ch in numba.prange(n_chunks):
         f0 = ch * nb // n_chunks
@@ -268,12 +325,16 @@ def _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, re
         s = s_pad[:nq]
         c2 = c2_pad[:nq]
         scratch, work, zf = stats_scratch(nq, nphi)
-        idx = np.empty(frames.shape[2], np.int64)
+        idx = np.empty(nx, np.int64)
         for i in range(f0, f1):
             f = order[i]  # frames sharing a table in a row: it stays in cache
             s_pad[:, :] = 0.0
             c2_pad[:] = 0.0
-            if compact:
+            if sparse:
+                a, z = sp_off[f], sp_off[f + 1]
+                _accumulate_sparse(sp_pix[a:z], sp_val[a:z], nx, mask, rec, crec, compact, kmax, tix[f],
+                                   oy0 - iyc[f], ox0 - ixc[f], inv_ss2, s_pad, c2_pad)
+            elif compact:
                 _accumulate_frame_compact(frames[f], mask, crec, tix[f], oy0 - iyc[f], ox0 - ixc[f], inv_ss2, s_pad, c2_pad,
                                           idx)
             else:
@@ -461,12 +522,18 @@ class PolarTables:
                 lk.release()
 
 
-def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
+_NO_OFFSETS = np.zeros(1, np.int64)
+_NO_INDEX = np.zeros(0, np.uint16)
+
+
+def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
                   disk_radius_q: float, adf_range_q: tuple[float, float] = (0.0, 0.0), z_clip: float = 4.0,
                   keep_sums: bool = False, bf_max_q: float | None = None) -> dict[str, np.ndarray]:
     """All radial statistics of a block of frames, each around its own centre, in one pass.
 
-    frames: (B, Qy, Qx) counts (any integer or float dtype); centres_yx: (B, 2) px; mask: (Qy, Qx) bool,
+    frames: (B, Qy, Qx) counts (any integer or float dtype), or the block's non-zero pixels
+    (:class:`sendmap.science.sparse.SparseFrames`: the same results, bit for bit, without visiting the zeros);
+    centres_yx: (B, 2) px; mask: (Qy, Qx) bool,
     True where a pixel is used; disk_radius_q: probe-disk radius (1/Å), the size of a Bragg disk for
     the spot statistic and (unless ``bf_max_q`` is given) the bright-field range; adf_range_q: (lo, hi) 1/Å for
     the virtual ADF. The virtual images sum whole radial bins: those whose centre lies inside the range.
@@ -484,11 +551,19 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     >>> bool(np.allclose(r["mean"], 1.0))
     True
     """
-    frames = np.ascontiguousarray(frames)
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be (B, Qy, Qx), got shape {frames.shape}")
+    sparse = isinstance(frames, SparseFrames)
+    if sparse:
+        sp_off, sp_pix, sp_val = frames.offsets, frames.index, frames.value
+        nb, ny, nx = frames.shape
+        frames = np.zeros((1, 1, 1), sp_val.dtype)  # not read
+    else:
+        frames = np.ascontiguousarray(frames)
+        if frames.ndim != 3:
+            raise ValueError(f"frames must be (B, Qy, Qx), got shape {frames.shape}")
+        nb, ny, nx = frames.shape
+        # not read; their types are the common sparse ones, so the dense kernel shares their compilation
+        sp_off, sp_pix, sp_val = _NO_OFFSETS, _NO_INDEX, np.zeros(0, frames.dtype)
     g = tables.geom
-    nb, ny, nx = frames.shape
     iyc, ixc, tix = tables.split_centres(centres_yx)
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
     if mask.shape != (ny, nx):
@@ -501,7 +576,7 @@ def profile_block(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, 
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
     try:
-        _profile_block_kernel(frames, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.crec,
+        _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.crec,
                               tables.compact, tables.kmax,
                               tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q),
                               float(z_clip), float(disk_radius_q if bf_max_q is None else bf_max_q),
