@@ -1,4 +1,5 @@
-"""Encode/decode speed and ratio of blosc settings on real chunks of a sendmap store's data (one core).
+"""Encode/decode speed and ratio of blosc settings on real frames of a sendmap store (one core), dense and as
+the sparse layout's index and count lists (``input.store_layout``).
 
     python benchmarks/codecs.py RESULTS/sendmap.zarr [--rows 2]
 
@@ -10,10 +11,10 @@ import argparse
 import time
 
 import numpy as np
-import zarr
 from numcodecs import Blosc, blosc
 
-from sendmap.store import read_region_direct
+from sendmap.ingest import open_stored, read_frames
+from sendmap.science.sparse import to_sparse
 
 SETTINGS = [("lz4", Blosc.SHUFFLE, 1 << 20), ("lz4", Blosc.BITSHUFFLE, 1 << 20), ("lz4", Blosc.NOSHUFFLE, 1 << 20),
             ("zstd", Blosc.BITSHUFFLE, 1 << 20), ("blosclz", Blosc.SHUFFLE, 0)]
@@ -25,11 +26,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2)
     a = ap.parse_args()
     blosc.set_nthreads(1)
-    arr = zarr.open_group(a.store, mode="r")["data"]
-    y0 = arr.shape[0] // 2
-    x = read_region_direct(arr, (y0, y0 + a.rows, 0, arr.shape[1]))
-    if x is None:
-        x = np.asarray(arr[y0:y0 + a.rows])
+    ry, rx = open_stored(a.store).shape[:2]
+    y0 = ry // 2
+    x = read_frames(a.store, (y0, y0 + a.rows, 0, rx))
     nf = x.shape[0] * x.shape[1]
     out = np.empty_like(x)
     names = {Blosc.SHUFFLE: "byte shuffle", Blosc.BITSHUFFLE: "bit shuffle", Blosc.NOSHUFFLE: "no shuffle"}
@@ -45,6 +44,20 @@ def main() -> None:
             td = min(td, time.perf_counter() - t)
         print(f"{cname:8s} {names[shuffle]:12s} block {bs >> 10:5d} KiB  encode {te / nf * 1e6:6.1f} µs/frame  "
               f"decode {td / nf * 1e6:6.1f} µs/frame  ratio {x.nbytes / len(buf):5.1f}")
+    sp = to_sparse(x.reshape(-1, *x.shape[2:]))
+    c = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE, blocksize=1 << 20)
+    te = td = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        bufs = [c.encode(v) for v in (sp.index, sp.value)]
+        te = min(te, time.perf_counter() - t)
+        t = time.perf_counter()
+        for b, v in zip(bufs, (np.empty_like(sp.index), np.empty_like(sp.value))):
+            c.decode(b, out=v)
+        td = min(td, time.perf_counter() - t)
+    print(f"sparse   lz4 byte shuffle (index + count lists, {100 * sp.fill:.1f} % of pixels)  encode "
+          f"{te / nf * 1e6:6.1f} µs/frame  decode {td / nf * 1e6:6.1f} µs/frame  "
+          f"ratio {x.nbytes / sum(len(b) for b in bufs):5.1f} (of the dense bytes)")
 
 
 if __name__ == "__main__":
