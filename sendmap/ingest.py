@@ -2,7 +2,8 @@
 need from the whole dataset.
 
 One read of every input chunk gives: the stored (optionally cropped and binned) data, compressed
-losslessly; the sum, mean and maximum patterns; total counts, virtual bright-field and annular
+losslessly, as each frame's non-zero pixels where the data are sparse counts (:data:`SPARSE_GROUP`) or as whole
+frames; the sum, mean and maximum patterns; total counts, virtual bright-field and annular
 dark-field signal per position; and the count of non-finite values per detector pixel. Memory is
 bounded by (chunk size × blocks in flight), not by the dataset: blocks are read on a background
 thread (or by workers), reduced by a numba kernel, written, and dropped.
@@ -206,7 +207,7 @@ class _Process:
             if n_bad:
                 data = np.where(np.isfinite(data), data, 0).astype(data.dtype)
             store, name = self.target
-            if plan.sparse:  # row `block index` of the index and value arrays
+            if plan.sparse:  # this block's row (its index in the plan) of the index and value arrays
                 sp = to_sparse(data.reshape(-1, *data.shape[2:]))
                 row = loaded[0][2]
                 for part, values in (("index", sp.index), ("value", sp.value)):
@@ -245,7 +246,8 @@ def _in_place_target(ctx, plan: IngestPlan):
 
 
 def stage_ingest(ctx) -> None:
-    """Stream the raw dataset into ``data`` (Ry, Rx, Qy, Qx), compressed, with its whole-dataset reductions."""
+    """Stream the raw dataset into the store, compressed (``data_sparse``: the non-zero pixels of counted frames, or
+    ``data`` (Ry, Rx, Qy, Qx): whole frames; ``input.store_layout``), with its whole-dataset reductions."""
     from .execute import run_blocks
     from .pipeline import disk_radius_px, prefetch_imports
     from .store import set_attrs, write_array

@@ -198,6 +198,34 @@ def _list_nonzero(row, x0, x1, idx):
 
 
 @numba.njit(inline="always")
+def _add_general(r, kmax, cf, cc, s, c2):
+    """Add one pixel (counts/ss² ``cf``, × counts ``cc``) to its bins by its general record r (uint8[4 + K])."""
+    i0 = _first_bin(r)
+    if i0 < 0:
+        return
+    k = _sector(r)
+    for j in range(kmax):  # branch-free: s and c2 have kmax spare bins at the end
+        n = np.float64(r[4 + j])
+        s[i0 + j, k] += n * cf
+        c2[i0 + j] += n * cc
+
+
+@numba.njit(inline="always")
+def _add_compact(r, cf, cc, s, c2):
+    """Add one pixel to its bins by its 4-byte record r (:data:`COMPACT_LAYOUT`)."""
+    i0 = (r & 0xFFF) - 1
+    if i0 < 0:
+        return
+    k = (r >> 12) & 0xFF
+    n0 = np.float64((r >> 20) & 0x3F)
+    n1 = np.float64(r >> 26)  # s and c2 have a spare bin at the end for n1 of the last bin
+    s[i0, k] += n0 * cf
+    s[i0 + 1, k] += n1 * cf
+    c2[i0] += n0 * cc
+    c2[i0 + 1] += n1 * cc
+
+
+@numba.njit(inline="always")
 def _accumulate_frame(frame, mask, rec, kmax, t, by, bx, inv_ss2, s, c2, idx):
     """Add the non-zero, unmasked pixels of one frame to its polar sums s (nq + kmax, nphi) and c2 (nq + kmax):
     the kmax spare bins at the end take the (zero) weights a branch-free loop adds past the last bin.
@@ -211,18 +239,9 @@ def _accumulate_frame(frame, mask, rec, kmax, t, by, bx, inv_ss2, s, c2, idx):
             ix = idx[m]
             if not mask[iy, ix]:
                 continue
-            r = rec[t, oy, ix + bx]
-            i0 = _first_bin(r)
-            if i0 < 0:
-                continue
-            k = _sector(r)
             c = np.float64(row[ix])
             cf = c * inv_ss2
-            cc = cf * c
-            for j in range(kmax):  # branch-free: s and c2 have kmax spare bins at the end
-                n = np.float64(r[4 + j])
-                s[i0 + j, k] += n * cf
-                c2[i0 + j] += n * cc
+            _add_general(rec[t, oy, ix + bx], kmax, cf, cf * c, s, c2)
 
 
 @numba.njit(inline="always")
@@ -239,20 +258,9 @@ def _accumulate_frame_compact(frame, mask, crec, t, by, bx, inv_ss2, s, c2, idx)
             ix = idx[m]
             if not mrow[ix]:
                 continue
-            r = np.int64(rrow[ix + bx])
-            i0 = (r & 0xFFF) - 1
-            if i0 < 0:
-                continue
-            k = (r >> 12) & 0xFF
             c = np.float64(row[ix])
             cf = c * inv_ss2
-            cc = cf * c
-            n0 = np.float64((r >> 20) & 0x3F)
-            n1 = np.float64(r >> 26)  # s and c2 have a spare bin at the end for n1 of the last bin
-            s[i0, k] += n0 * cf
-            s[i0 + 1, k] += n1 * cf
-            c2[i0] += n0 * cc
-            c2[i0 + 1] += n1 * cc
+            _add_compact(np.int64(rrow[ix + bx]), cf, cf * c, s, c2)
 
 
 @numba.njit(inline="always")
@@ -284,29 +292,10 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
             continue
         c = np.float64(val[m])
         cf = c * inv_ss2
-        cc = cf * c
         if compact:
-            r = np.int64(crec[t, oy, ox])
-            i0 = (r & 0xFFF) - 1
-            if i0 < 0:
-                continue
-            k = (r >> 12) & 0xFF
-            n0 = np.float64((r >> 20) & 0x3F)
-            n1 = np.float64(r >> 26)
-            s[i0, k] += n0 * cf
-            s[i0 + 1, k] += n1 * cf
-            c2[i0] += n0 * cc
-            c2[i0 + 1] += n1 * cc
+            _add_compact(np.int64(crec[t, oy, ox]), cf, cf * c, s, c2)
         else:
-            rr = rec[t, oy, ox]
-            i0 = _first_bin(rr)
-            if i0 < 0:
-                continue
-            k = _sector(rr)
-            for j in range(kmax):
-                n = np.float64(rr[4 + j])
-                s[i0 + j, k] += n * cf
-                c2[i0 + j] += n * cc
+            _add_general(rec[t, oy, ox], kmax, cf, cf * c, s, c2)
 
 
 @numba.njit(parallel=True, cache=True)
