@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
+from _stores import store_arrays
 from sendmap.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,22 +29,8 @@ def small(tmp_path_factory):
     return d
 
 
-def _arrays(store: Path) -> dict:
-    g = zarr.open_group(str(store), mode="r")
-    out = {}
-
-    def walk(grp, prefix):
-        for name, arr in grp.arrays():
-            out[prefix + name] = np.asarray(arr)
-        for name, sub in grp.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(g, "")
-    return out
-
-
 def _assert_same_store(a: Path, b: Path):
-    x, y = _arrays(a), _arrays(b)
+    x, y = store_arrays(a), store_arrays(b)
     assert set(x) == set(y)
     assert len(x) > 30
     for k in x:

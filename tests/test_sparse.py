@@ -1,11 +1,10 @@
 """Sparse frames (the non-zero pixels of counted data): conversion, the kernels that read them, and the sparse
 layout of the result store against the dense one."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import zarr
 
+from _stores import store_arrays
 from sendmap.cli import main
 from sendmap.errors import SendmapInputError
 from sendmap.ingest import SPARSE_GROUP, choose_sparse, read_frames
@@ -108,23 +107,9 @@ def two_layouts(tmp_path_factory):
     return d
 
 
-def _arrays(store: Path) -> dict:
-    g = zarr.open_group(str(store), mode="r")
-    out = {}
-
-    def walk(grp, prefix):
-        for name, arr in grp.arrays():
-            out[prefix + name] = np.asarray(arr)
-        for name, sub in grp.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(g, "")
-    return out
-
-
 def test_sparse_and_dense_stores_give_the_same_results(two_layouts):
     d = two_layouts
-    s, x = _arrays(d / "sparse" / "sendmap.zarr"), _arrays(d / "dense" / "sendmap.zarr")
+    s, x = store_arrays(d / "sparse" / "sendmap.zarr"), store_arrays(d / "dense" / "sendmap.zarr")
     assert {k for k in s if k.startswith(SPARSE_GROUP)} == {f"{SPARSE_GROUP}/{k}" for k in ("index", "value", "nnz")}
     assert "data" in x and "data" not in s
     common = [k for k in x if k != "data"]

@@ -14,6 +14,24 @@ COM_TOLERANCE_PX = 1e-4
 """The iterated centre of mass stops once an iteration moves the window by less than this (px)."""
 
 
+@numba.njit(inline="always")
+def _com_window(cy, cx, radius, ny, nx):
+    """Rows y0:y1 and columns x0:x1 of the window around (cy, cx): the radius plus the soft edge, in the frame."""
+    return (max(0, int(math.floor(cy - radius - 1))), min(ny, int(math.ceil(cy + radius + 2))),
+            max(0, int(math.floor(cx - radius - 1))), min(nx, int(math.ceil(cx + radius + 2))))
+
+
+@numba.njit(inline="always")
+def _com_update(sw, sy, sx, cy, cx):
+    """One iteration's new window centre from its sums (Σw, Σw·y, Σw·x), and whether to stop: an empty window
+    (the centre stays) or a move below :data:`COM_TOLERANCE_PX`."""
+    if sw <= 0:
+        return cy, cx, True
+    ny_c = sy / sw
+    nx_c = sx / sw
+    return ny_c, nx_c, abs(ny_c - cy) + abs(nx_c - cx) < COM_TOLERANCE_PX
+
+
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _com_kernel(frames, guess, mask, radius, n_iter, out):
     nb, ny, nx = frames.shape
@@ -24,10 +42,7 @@ def _com_kernel(frames, guess, mask, radius, n_iter, out):
             sw = 0.0
             sy = 0.0
             sx = 0.0
-            y0 = max(0, int(math.floor(cy - radius - 1)))
-            y1 = min(ny, int(math.ceil(cy + radius + 2)))
-            x0 = max(0, int(math.floor(cx - radius - 1)))
-            x1 = min(nx, int(math.ceil(cx + radius + 2)))
+            y0, y1, x0, x1 = _com_window(cy, cx, radius, ny, nx)
             for iy in range(y0, y1):
                 dy2 = (iy - cy) ** 2
                 sr = 0.0
@@ -42,14 +57,8 @@ def _com_kernel(frames, guess, mask, radius, n_iter, out):
                 sw += sr
                 sy += sr * iy
                 sx += sxr
-            if sw <= 0:
-                break
-            ny_c = sy / sw
-            nx_c = sx / sw
-            moved = abs(ny_c - cy) + abs(nx_c - cx)
-            cy = ny_c
-            cx = nx_c
-            if moved < COM_TOLERANCE_PX:
+            cy, cx, done = _com_update(sw, sy, sx, cy, cx)
+            if done:
                 break
         out[f, 0] = cy
         out[f, 1] = cx
@@ -71,10 +80,7 @@ def _com_kernel_sparse(offsets, index, value, ny, nx, guess, mask, radius, n_ite
             sw = 0.0
             sy = 0.0
             sx = 0.0
-            y0 = max(0, int(math.floor(cy - radius - 1)))
-            y1 = min(ny, int(math.ceil(cy + radius + 2)))
-            x0 = max(0, int(math.floor(cx - radius - 1)))
-            x1 = min(nx, int(math.ceil(cx + radius + 2)))
+            y0, y1, x0, x1 = _com_window(cy, cx, radius, ny, nx)
             k = np.searchsorted(pix, y0 * nx)
             end = np.searchsorted(pix, y1 * nx)
             while k < end:
@@ -96,14 +102,8 @@ def _com_kernel_sparse(offsets, index, value, ny, nx, guess, mask, radius, n_ite
                 sw += sr
                 sy += sr * iy
                 sx += sxr
-            if sw <= 0:
-                break
-            ny_c = sy / sw
-            nx_c = sx / sw
-            moved = abs(ny_c - cy) + abs(nx_c - cx)
-            cy = ny_c
-            cx = nx_c
-            if moved < COM_TOLERANCE_PX:
+            cy, cx, done = _com_update(sw, sy, sx, cy, cx)
+            if done:
                 break
         out[f, 0] = cy
         out[f, 1] = cx
