@@ -15,6 +15,7 @@ reductions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,9 +265,7 @@ def stage_ingest(ctx) -> None:
                           tuple(arr.chunks[:2]), tuple(blocks))
         target = None
         ctx.log(f"[sendmap] ingest: using the zarr array {ref['store']}:{ref['path'] or '/'} in place (no copy)")
-        for name in ("data", SPARSE_GROUP):
-            if name in g:
-                del g[name]
+        _drop_stored_data(g)
     else:
         ref = {"store": ctx.store_path, "path": "data"}
         target = (ctx.store_path, "data")
@@ -375,14 +374,19 @@ def choose_sparse(layout: str, dtype: np.dtype, first_block: np.ndarray) -> bool
     return integer and np.count_nonzero(first_block) <= SPARSE_MAX_FILL * first_block.size
 
 
+def _drop_stored_data(g) -> None:
+    """Remove the store's own data of an earlier ingest, in either layout."""
+    for name in ("data", SPARSE_GROUP):
+        if name in g:
+            del g[name]
+
+
 def _create_data_arrays(g, plan: IngestPlan, sparse: bool) -> None:
     """The empty stored-data arrays of ``plan``: ``data`` (dense) or ``data_sparse/index`` and ``value`` (one row
     of up to every pixel of the largest block per block; only the chunks a row fills are ever written)."""
     from .store import compressor
 
-    for name in ("data", SPARSE_GROUP):
-        if name in g:
-            del g[name]
+    _drop_stored_data(g)
     if not sparse:
         g.create_array("data", shape=(*plan.scan_shape, *plan.frame_shape), dtype=plan.dtype, chunks=plan.chunk_shape,
                        compressors=compressor(), overwrite=True, fill_value=0)
@@ -452,6 +456,11 @@ class StoredData:
     def sparse(self) -> bool:
         return self.array is None
 
+    @functools.cached_property
+    def _rows(self) -> dict:
+        """Sparse: the row of each block (a dict: a scan of 10⁴ blocks is not searched block by block)."""
+        return {tuple(b): i for i, b in enumerate(self.blocks)}
+
     def block_regions(self, block_mb: float) -> list[tuple[int, int, int, int]]:
         """Regions to process a block at a time: the ingest blocks (sparse), else whole chunks of about
         ``block_mb`` MB."""
@@ -463,7 +472,7 @@ class StoredData:
         from .store import read_region_direct
 
         if self.sparse:
-            row = self.blocks.index(tuple(region))
+            row = self._rows[tuple(region)]
             y0, y1, x0, x1 = region
             nnz = self.nnz[y0:y1, x0:x1].ravel()
             n = int(nnz.sum())

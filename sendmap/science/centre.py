@@ -32,76 +32,71 @@ def _com_update(sw, sy, sx, cy, cx):
     return ny_c, nx_c, abs(ny_c - cy) + abs(nx_c - cx) < COM_TOLERANCE_PX
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _com_kernel(frames, guess, mask, radius, n_iter, out):
-    nb, ny, nx = frames.shape
-    for f in numba.prange(nb):
-        cy = guess[f, 0]
-        cx = guess[f, 1]
-        for _ in range(n_iter):
-            sw = 0.0
-            sy = 0.0
-            sx = 0.0
-            y0, y1, x0, x1 = _com_window(cy, cx, radius, ny, nx)
-            for iy in range(y0, y1):
-                dy2 = (iy - cy) ** 2
-                sr = 0.0
-                sxr = 0.0
-                for ix in range(x0, x1):  # branch-free, so it vectorises
-                    r = math.sqrt(dy2 + (ix - cx) ** 2)
-                    # soft window edge: weight = fraction of the pixel inside the radius (linear ramp)
-                    wgt = min(max(radius + 0.5 - r, 0.0), 1.0) * mask[iy, ix]
-                    v = wgt * frames[f, iy, ix]
-                    sr += v
-                    sxr += v * ix
-                sw += sr
-                sy += sr * iy
-                sx += sxr
-            cy, cx, done = _com_update(sw, sy, sx, cy, cx)
-            if done:
-                break
-        out[f, 0] = cy
-        out[f, 1] = cx
+@numba.njit(inline="always")
+def _window_sums_dense(frame, mask, cy, cx, radius, y0, y1, x0, x1):
+    """(Σw·c, Σw·c·y, Σw·c·x) over the window rows y0:y1, columns x0:x1 of a dense frame; w is the soft window
+    edge: the fraction of the pixel inside the radius (a linear ramp), 0 for masked pixels."""
+    sw = 0.0
+    sy = 0.0
+    sx = 0.0
+    for iy in range(y0, y1):
+        dy2 = (iy - cy) ** 2
+        sr = 0.0
+        sxr = 0.0
+        for ix in range(x0, x1):  # branch-free, so it vectorises
+            r = math.sqrt(dy2 + (ix - cx) ** 2)
+            v = min(max(radius + 0.5 - r, 0.0), 1.0) * mask[iy, ix] * frame[iy, ix]
+            sr += v
+            sxr += v * ix
+        sw += sr
+        sy += sr * iy
+        sx += sxr
+    return sw, sy, sx
+
+
+@numba.njit(inline="always")
+def _window_sums_sparse(pix, val, nx, mask, cy, cx, radius, y0, y1, x0, x1):
+    """:func:`_window_sums_dense` of a frame given as its non-zero pixels (flat indices ``pix`` ascending, counts
+    ``val``): the window's rows are found by bisection, and only their non-zero pixels are visited."""
+    sw = 0.0
+    sy = 0.0
+    sx = 0.0
+    k = np.searchsorted(pix, y0 * nx)
+    end = np.searchsorted(pix, y1 * nx)
+    while k < end:
+        iy = np.int64(pix[k]) // nx
+        row_end = (iy + 1) * nx
+        dy2 = (iy - cy) ** 2
+        sr = 0.0
+        sxr = 0.0
+        while k < end and pix[k] < row_end:
+            ix = np.int64(pix[k]) - iy * nx
+            if x0 <= ix < x1:
+                r = math.sqrt(dy2 + (ix - cx) ** 2)
+                v = min(max(radius + 0.5 - r, 0.0), 1.0) * mask[iy, ix] * val[k]
+                sr += v
+                sxr += v * ix
+            k += 1
+        sw += sr
+        sy += sr * iy
+        sx += sxr
+    return sw, sy, sx
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _com_kernel_sparse(offsets, index, value, ny, nx, guess, mask, radius, n_iter, out):
-    """:func:`_com_kernel` for frames given as their non-zero pixels (:mod:`sendmap.science.sparse`): the same
-    window and weights, summed over the non-zero pixels of the window's rows only (found by bisection: the flat
-    indices ascend)."""
-    nb = offsets.size - 1
-    for f in numba.prange(nb):
-        a = offsets[f]
-        b = offsets[f + 1]
-        pix = index[a:b]
+def _com_kernel(frames, sp_off, sp_pix, sp_val, sparse, ny, nx, guess, mask, radius, n_iter, out):
+    """Iterated centre of mass of every frame: dense ``frames`` (B, Qy, Qx), or with ``sparse`` the frames'
+    non-zero pixels (:mod:`sendmap.science.sparse`: offsets, flat indices, counts)."""
+    for f in numba.prange(guess.shape[0]):
         cy = guess[f, 0]
         cx = guess[f, 1]
         for _ in range(n_iter):
-            sw = 0.0
-            sy = 0.0
-            sx = 0.0
             y0, y1, x0, x1 = _com_window(cy, cx, radius, ny, nx)
-            k = np.searchsorted(pix, y0 * nx)
-            end = np.searchsorted(pix, y1 * nx)
-            while k < end:
-                p = np.int64(pix[k])
-                iy = p // nx
-                row_end = (iy + 1) * nx
-                dy2 = (iy - cy) ** 2
-                sr = 0.0
-                sxr = 0.0
-                while k < end and pix[k] < row_end:
-                    ix = np.int64(pix[k]) - iy * nx
-                    if x0 <= ix < x1:
-                        r = math.sqrt(dy2 + (ix - cx) ** 2)
-                        wgt = min(max(radius + 0.5 - r, 0.0), 1.0) * mask[iy, ix]
-                        v = wgt * value[a + k]
-                        sr += v
-                        sxr += v * ix
-                    k += 1
-                sw += sr
-                sy += sr * iy
-                sx += sxr
+            if sparse:
+                a, b = sp_off[f], sp_off[f + 1]
+                sw, sy, sx = _window_sums_sparse(sp_pix[a:b], sp_val[a:b], nx, mask, cy, cx, radius, y0, y1, x0, x1)
+            else:
+                sw, sy, sx = _window_sums_dense(frames[f], mask, cy, cx, radius, y0, y1, x0, x1)
             cy, cx, done = _com_update(sw, sy, sx, cy, cx)
             if done:
                 break
@@ -130,10 +125,12 @@ def disk_centres(frames, guess_yx: np.ndarray, mask: np.ndarray, radius_px: floa
     out = np.empty((frames.shape[0], 2))
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
     if isinstance(frames, SparseFrames):
-        _com_kernel_sparse(frames.offsets, frames.index, frames.value, *frames.frame_shape, guess, mask,
-                           float(radius_px), int(n_iter), out)
-    else:
-        _com_kernel(np.ascontiguousarray(frames), guess, mask, float(radius_px), int(n_iter), out)
+        _com_kernel(np.zeros((1, 1, 1), frames.dtype), frames.offsets, frames.index, frames.value, True,
+                    *frames.frame_shape, guess, mask, float(radius_px), int(n_iter), out)
+    else:  # (the sparse arguments are not read; their common types share the compilation)
+        frames = np.ascontiguousarray(frames)
+        _com_kernel(frames, np.zeros(1, np.int64), np.zeros(0, np.uint16), np.zeros(0, frames.dtype), False,
+                    *frames.shape[1:], guess, mask, float(radius_px), int(n_iter), out)
     return out
 
 
