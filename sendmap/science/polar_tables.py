@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
-from .sparse import SparseFrames
+from .sparse import SparseFrames, list_nonzero
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
@@ -187,17 +187,6 @@ def _frame_window(frame_shape, box, by, bx):
 
 
 @numba.njit(inline="always")
-def _list_nonzero(row, x0, x1, idx):
-    """Columns of the non-zero pixels of ``row[x0:x1]`` into ``idx``; returns how many. Listed without a branch:
-    testing pixel by pixel mispredicts a branch at every non-zero pixel of a sparse frame (35 vs 52 µs per 256²)."""
-    n_nz = 0
-    for ix in range(x0, x1):
-        idx[n_nz] = ix
-        n_nz += row[ix] != 0
-    return n_nz
-
-
-@numba.njit(inline="always")
 def _add_general(r, kmax, cf, cc, s, c2):
     """Add one pixel (counts/ss² ``cf``, × counts ``cc``) to its bins by its general record r (uint8[4 + K])."""
     i0 = _first_bin(r)
@@ -229,12 +218,12 @@ def _add_compact(r, cf, cc, s, c2):
 def _accumulate_frame(frame, mask, rec, kmax, t, by, bx, inv_ss2, s, c2, idx):
     """Add the non-zero, unmasked pixels of one frame to its polar sums s (nq + kmax, nphi) and c2 (nq + kmax):
     the kmax spare bins at the end take the (zero) weights a branch-free loop adds past the last bin.
-    ``idx``: work array of length ≥ Qx for :func:`_list_nonzero`."""
+    ``idx``: work array of length ≥ Qx for :func:`list_nonzero`."""
     y0, y1, x0, x1 = _frame_window(frame.shape, rec.shape[1:3], by, bx)
     for iy in range(y0, y1):
         oy = iy + by
         row = frame[iy]
-        n_nz = _list_nonzero(row, x0, x1, idx)
+        n_nz = list_nonzero(row, x0, x1, idx)
         for m in range(n_nz):
             ix = idx[m]
             if not mask[iy, ix]:
@@ -253,7 +242,7 @@ def _accumulate_frame_compact(frame, mask, crec, t, by, bx, inv_ss2, s, c2, idx)
         row = frame[iy]
         mrow = mask[iy]
         rrow = crec[t, iy + by]
-        n_nz = _list_nonzero(row, x0, x1, idx)
+        n_nz = list_nonzero(row, x0, x1, idx)
         for m in range(n_nz):
             ix = idx[m]
             if not mrow[ix]:
