@@ -726,7 +726,9 @@ def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
         sel |= (q >= lo) & (q < hi)
     if not sel.any():
         return np.zeros(spot_z.shape[:-1])
-    return np.nanmax(np.where(sel, spot_z, -np.inf), axis=-1)
+    if sel.all():
+        return np.nanmax(spot_z, axis=-1)
+    return np.fmax.reduce(spot_z[..., sel], axis=-1, initial=-np.inf)  # -inf where the bands are all NaN
 
 
 def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:

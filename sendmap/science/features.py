@@ -59,7 +59,7 @@ def band_anisotropy(q: np.ndarray, spot_z: np.ndarray, centres, half_width: floa
         sel |= np.abs(q - c) <= half_width
     if not sel.any():
         return np.zeros(spot_z.shape[:-1])
-    return np.max(np.where(sel, zero_nan(spot_z), -np.inf), axis=-1)
+    return zero_nan(spot_z[..., sel]).max(axis=-1)  # the band's bins only (a few of ~180)
 
 
 def phase_anisotropy(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray], half_width: float) -> np.ndarray:
@@ -87,24 +87,44 @@ def bragg_fraction(q: np.ndarray, mean: np.ndarray, robust: np.ndarray, q_range:
 
 def spot_maxima(spot_z: np.ndarray, z_min: float) -> np.ndarray:
     """(..., nq) bool: bins where the spot significance is a local maximum along Q and ≥ ``z_min`` σ (a spot
-    is a disk: its significance peaks at the disk's own Q and falls off over ± one disk radius)."""
+    is a disk: its significance peaks at the disk's own Q and falls off over ± one disk radius).
+
+    >>> spot_maxima(np.array([0.0, 7.0, 3.0, 9.0, 9.0, 2.0]), 5.0).tolist()
+    [False, True, False, False, True, False]
+    """
     z = zero_nan(spot_z)
-    left = np.concatenate([np.full(z.shape[:-1] + (1,), -np.inf), z[..., :-1]], axis=-1)
-    right = np.concatenate([z[..., 1:], np.full(z.shape[:-1] + (1,), -np.inf)], axis=-1)
-    return (z >= z_min) & (z >= left) & (z > right)
+    m = z >= z_min
+    m[..., 1:] &= z[..., 1:] >= z[..., :-1]  # ≥ the bin before (a plateau's last bin is its maximum)
+    m[..., :-1] &= z[..., :-1] > z[..., 1:]  # > the bin after
+    m[..., -1] &= z[..., -1] > -np.inf
+    return m
+
+
+def _spot_list(q: np.ndarray, spot_z: np.ndarray, z_min: float):
+    """Every spot of :func:`spot_maxima` as lists: (position index into the flattened leading axes, bin, Q (1/Å)
+    refined by a parabola through the significance at the maximum and its two neighbours, significance σ)."""
+    z = zero_nan(spot_z).reshape(-1, spot_z.shape[-1])
+    pos, b = np.nonzero(spot_maxima(z, z_min))
+    zc = z[pos, b]
+    zl = z[pos, np.maximum(b - 1, 0)]  # the edge bins are their own neighbour
+    zr = z[pos, np.minimum(b + 1, z.shape[-1] - 1)]
+    curv = zl - 2 * zc + zr
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(curv < 0, 0.5 * (zl - zr) / np.where(curv < 0, curv, -1.0), 0.0)
+    return pos, b, q[b] + np.clip(delta, -0.5, 0.5) * float(q[1] - q[0]), zc
 
 
 def spot_q(q: np.ndarray, spot_z: np.ndarray, z_min: float) -> np.ndarray:
     """(..., nq): the Q (1/Å) of each spot found by :func:`spot_maxima`, refined between bins by a parabola
-    through the significance at the maximum and its two neighbours; NaN at every other bin."""
-    z = zero_nan(spot_z)
-    peaks = spot_maxima(z, z_min)
-    zl = np.concatenate([z[..., :1], z[..., :-1]], axis=-1)
-    zr = np.concatenate([z[..., 1:], z[..., -1:]], axis=-1)
-    curv = zl - 2 * z + zr
-    with np.errstate(invalid="ignore", divide="ignore"):
-        delta = np.where(curv < 0, 0.5 * (zl - zr) / np.where(curv < 0, curv, -1.0), 0.0)
-    return np.where(peaks, q + np.clip(delta, -0.5, 0.5) * float(q[1] - q[0]), np.nan)
+    through the significance at the maximum and its two neighbours; NaN at every other bin.
+
+    >>> spot_q(np.arange(5) * 0.1, np.array([0.0, 6.0, 8.0, 6.0, 0.0]), 5.0)[2].round(6)
+    np.float64(0.2)
+    """
+    pos, b, qs, _ = _spot_list(q, spot_z, z_min)
+    out = np.full(spot_z.shape, np.nan)
+    out.reshape(-1, spot_z.shape[-1])[pos, b] = qs
+    return out
 
 
 def name_phases(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray], z_min: float, tolerance: float,
@@ -121,14 +141,13 @@ def name_phases(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray],
     Phases whose rings lie within the tolerance of each other (LiF and LiH differ by 1.3 %, less than
     a 0.0125 1/Å bin at 0.5 1/Å) cannot be told apart this way; a runner-up score close to the best says so.
     """
-    qs = spot_q(q, spot_z, z_min)
-    inside = np.isfinite(qs) & (qs >= q_range[0]) & (qs <= q_range[1])
-    z = np.where(inside, zero_nan(spot_z), 0.0)
-    total = z.sum(axis=-1)
     # the spots only (a few per pattern), not every bin × every ring: memory and time scale with the spots
-    pos, b = np.nonzero(inside.reshape(-1, inside.shape[-1]))
-    q_spot = qs.reshape(-1, qs.shape[-1])[pos, b]
-    z_spot = z.reshape(-1, z.shape[-1])[pos, b]
+    pos, b, q_spot, z_spot = _spot_list(q, spot_z, z_min)
+    inside = (q_spot >= q_range[0]) & (q_spot <= q_range[1])
+    pos, b, q_spot, z_spot = pos[inside], b[inside], q_spot[inside], z_spot[inside]
+    z = np.zeros(spot_z.shape, dtype=z_spot.dtype)  # (summed as an array: the same sums, bit for bit, as before)
+    z.reshape(-1, z.shape[-1])[pos, b] = z_spot
+    total = z.sum(axis=-1)
     fine = np.linspace(q_range[0], q_range[1], 2001)
     scores = []
     for v in lines.values():
