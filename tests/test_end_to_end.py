@@ -250,6 +250,12 @@ def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_p
     assert sorted(p.name for p in early) == sorted(p.name for p in one)
     for p in one:
         assert p.read_bytes() == (tmp_path / "early" / "figures" / p.name).read_bytes(), p.name
+    # a figure that fails in a drawer (on Linux: a child forked from the helper) comes back as the helper's error
+    helpers = FigureHelpers(2, warm=False)
+    helpers.send([[], [("broken", "no_such_plot", (), {})]], str(tmp_path / "broken"), ("png",))
+    with pytest.raises(RuntimeError, match="no_such_plot"):
+        helpers.collect()
+    helpers.close()
     monkeypatch.setattr(sys, "executable", "/bin/false")
     with pytest.warns(UserWarning, match="figure helper process failed"):
         three = write_figures(g, tmp_path / "three", 1, processes=2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,11 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     pnames = np.array([*phase_names, ""], dtype=object)
 
     def fmt(values, spec: str) -> list[str]:  # one column as text, "" where not finite (Python floats format fast)
-        return ["" if v != v or v in (np.inf, -np.inf) else format(v, spec) for v in np.asarray(values, float).ravel().tolist()]
+        v = np.asarray(values, float).ravel()
+        out = list(map(f"%{spec}".__mod__, v.tolist()))
+        for i in np.flatnonzero(~np.isfinite(v)).tolist():
+            out[i] = ""
+        return out
 
     ph = phase.ravel()
     columns = [map(str, yy.ravel().tolist()), map(str, xx.ravel().tolist()), fmt(yy * step, "g"), fmt(xx * step, "g"),
@@ -217,7 +222,10 @@ def write_figure_manifest(fdir: Path, digests: dict) -> None:
 
 
 def _render(specs, fdir: str, formats: tuple) -> list[str]:
-    """Draw and save figures (a module-level function, so a spawned process can run it)."""
+    """Draw and save figures (a module-level function, so a spawned process can run it). Nothing to draw imports
+    nothing (matplotlib costs ~0.6 s CPU: the main process, whose figures the helpers draw, needs none)."""
+    if not specs:
+        return []
     from . import figures as F
 
     out = []
@@ -232,9 +240,7 @@ FIGURE_COST = {"overview": 5.0}
 each on the 148 × 148 benchmark scan. Used to share the figures among the helper processes: with two, one draws
 the overview alone and the other the five others."""
 
-_HELPER_CODE = ("import pickle, sys; from sendmap.report.build import _render, _warm_up; "
-                "_warm_up() if sys.argv[1] == 'warm' else None; "
-                "a = pickle.load(sys.stdin.buffer); pickle.dump(_render(*a), sys.stdout.buffer)")
+_HELPER_CODE = "import sys; from sendmap.report.build import _serve; _serve(sys.argv[1] == 'warm')"
 
 
 def _warm_up() -> None:
@@ -250,39 +256,97 @@ def _warm_up() -> None:
         F._write_pdf(fig, io.BytesIO(), "warm-up")
 
 
+def _draw_group(group, fdir: str, formats: tuple) -> tuple[str, object]:
+    """("ok", saved paths) or ("error", the traceback): one group of specs, drawn here."""
+    import traceback
+
+    try:
+        return "ok", _render(group, fdir, formats)
+    except Exception:  # noqa: BLE001 - sent back to the main process, which draws the group itself
+        return "error", traceback.format_exc()
+
+
+def _serve(warm: bool) -> None:
+    """Main of a figure helper process (:class:`FigureHelpers`): warm up (``warm``), read (groups of specs,
+    folder, formats) pickled on stdin, draw group 0 here and every other group in a child forked from this warm
+    process (no second matplotlib import: ~1 s CPU saved per group), and write the list of each group's
+    :func:`_draw_group` result, in order, pickled to stdout."""
+    import os
+    import pickle
+
+    if warm:
+        _warm_up()
+    groups, fdir, formats = pickle.load(sys.stdin.buffer)
+    children = []
+    for group in groups[1:]:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: draw, send the result, leave without running the parent's exit handlers
+            try:
+                os.close(r)
+                with os.fdopen(w, "wb") as fh:
+                    pickle.dump(_draw_group(group, fdir, formats), fh)
+            finally:
+                os._exit(0)
+        os.close(w)
+        children.append((pid, r))
+    results = [_draw_group(groups[0], fdir, formats)] if groups else []
+    for pid, r in children:
+        with os.fdopen(r, "rb") as fh:
+            data = fh.read()
+        _, status = os.waitpid(pid, 0)
+        results.append(pickle.loads(data) if data else ("error", f"figure process {pid} died (wait status {status})"))
+    pickle.dump(results, sys.stdout.buffer)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # without the interpreter's teardown (~0.1 s with matplotlib loaded), for which the main process waits
+
+
+def _fork_helpers() -> bool:
+    """Whether a helper forks its extra drawers (Linux: fork after importing matplotlib's Agg and PDF backends is
+    safe there; elsewhere one process per drawer, as multiprocessing's own default of spawn suggests)."""
+    import os
+
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
 class FigureHelpers:
-    """Helper Python processes for the report's figures, started early (e.g. when classification starts): each
-    imports matplotlib and (``warm``) warms its fonts (~1 s CPU) while the main process classifies, then draws
-    the figures it is sent. Plain ``python -c`` subprocesses fed pickled specs on stdin (multiprocessing would
-    re-import the caller's main script). ``close()`` ends any not used."""
+    """Helper Python processes that draw the report's figures, ``n`` at a time, started early (e.g. when
+    classification starts): a helper imports matplotlib and (``warm``) warms its fonts (~1 s CPU) while the main
+    process classifies, then draws the figures it is sent. On Linux one helper process does this and forks the
+    other ``n`` − 1 drawers once it has the figures (:func:`_serve`); elsewhere ``n`` processes each import
+    matplotlib. Plain ``python -c`` subprocesses fed pickled specs on stdin (multiprocessing would re-import the
+    caller's main script). ``close()`` ends any not used."""
 
     def __init__(self, n: int = 2, warm: bool = True):
         import subprocess
-        import sys
 
+        self.n = n
         self._sent: list = []
         self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE, "warm" if warm else "cold"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                      for _ in range(n)]
+                      for _ in range(1 if _fork_helpers() else n)]
 
     def __len__(self) -> int:
-        return len(self.procs)
+        """How many groups of figures they draw at once (0 once sent or closed)."""
+        return self.n if self.procs else 0
 
     def send(self, groups, fdir: str, formats: tuple) -> None:
-        """Send group i of specs to helper i (each helper takes one group, once)."""
+        """Send the ``len(self)`` groups of specs (each helper takes its groups, once)."""
         import pickle
 
         self._sent, self.procs = self.procs, []
-        for proc, group in zip(self._sent, groups):
+        per_proc = [list(groups)] if len(self._sent) == 1 else [[g] for g in groups]
+        for proc, mine in zip(self._sent, per_proc):
             try:
-                proc.stdin.write(pickle.dumps((group, fdir, formats)))
+                proc.stdin.write(pickle.dumps((mine, fdir, formats)))
                 proc.stdin.close()
             except OSError:  # it died early: its error comes out of collect()
                 pass
             proc.stdin = None  # sent and closed: communicate() must not flush it
 
     def collect(self) -> list[list[str]]:
-        """Each helper's saved paths, in the order sent (RuntimeError if one failed)."""
+        """Each group's saved paths, in the order sent (RuntimeError if one failed)."""
         import pickle
 
         out = []
@@ -292,7 +356,11 @@ class FigureHelpers:
             if proc.returncode != 0:
                 self.procs = procs[i + 1:]  # close() ends the others
                 raise RuntimeError(err.decode(errors="replace")[-2000:])
-            out.append(pickle.loads(res))
+            for status, payload in pickle.loads(res):
+                if status != "ok":
+                    self.procs = procs[i + 1:]
+                    raise RuntimeError(str(payload)[-2000:])
+                out.append(payload)
         return out
 
     def close(self) -> None:
