@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-STORE_NAME = "sendmap.zarr"
+from . import STORE_NAME  # noqa: F401 - (re-exported: sendmap.store.STORE_NAME)
 
 
 BLOSC_BLOCK_BYTES = 1 << 20
@@ -199,14 +199,14 @@ def open_store(out_dir: Path, mode: str = "a") -> zarr.Group:
 
 def write_array(group: zarr.Group, name: str, value: np.ndarray, attrs: dict | None = None,
                 chunks=None) -> zarr.Array:
-    """Create (replacing any old one) and fill an array of the store in one go."""
+    """Create (replacing any old one) and fill an array of the store in one go (its attributes written with its
+    metadata: one metadata write, not two)."""
     value = np.asarray(value)
     arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks or value.shape or (1,),
                              compressors=compressor(), overwrite=True,
-                             fill_value=False if value.dtype == bool else 0)
+                             fill_value=False if value.dtype == bool else 0,
+                             attributes=_jsonable(attrs) if attrs else None)
     arr[...] = value
-    if attrs:
-        arr.attrs.update(_jsonable(attrs))
     return arr
 
 
