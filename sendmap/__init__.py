@@ -13,3 +13,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 CLASS_NAMES = ("crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned")
 """Class index -> name, as stored in ``maps/class`` (attr ``class_names``)."""
+
+STORE_NAME = "sendmap.zarr"
+"""The result store's folder name in ``output.dir`` (:mod:`sendmap.store`)."""

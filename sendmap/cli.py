@@ -17,12 +17,20 @@ EXIT_BAD_INPUT = 2
 
 def _cmd_run(args) -> int:
     from .config import load_config
-    from .pipeline import run_pipeline
+    from .report.build import start_figure_helpers_for_rerun
 
     cfg = load_config(args.config, args.set)
     if args.no_progress:
         cfg.compute.progress = False
-    summary = run_pipeline(cfg, force=args.force, until=args.until)
+    # on a likely re-run from classification on, the figure helpers warm up while the pipeline's modules import
+    helpers = start_figure_helpers_for_rerun(cfg, args.force, args.until)
+    try:
+        from .pipeline import run_pipeline
+    except BaseException:
+        if helpers is not None:
+            helpers.close()
+        raise
+    summary = run_pipeline(cfg, force=args.force, until=args.until, figure_helpers=helpers)
     out = cfg.output_dir()
     if args.until:
         print(f"[sendmap] stopped after {args.until} (--until); timing {summary['timing_s']}")

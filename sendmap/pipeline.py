@@ -26,6 +26,7 @@ from .errors import SendmapInputError
 from .io import Dataset, fingerprint, open_dataset
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
+from .report.build import FIGURE_HELPER_STAGES, start_figure_helpers
 from .store import (STORE_NAME, now_iso, open_store, set_attrs, write_array, write_json_atomic,
                     write_region_direct)
 
@@ -1006,27 +1007,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print, until: str | None = None) -> dict:
+def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print, until: str | None = None,
+                 figure_helpers=None) -> dict:
     """Run every stage whose cache key changed (all with ``force``); return the summary dict.
 
     ``until``: stop after that stage. Its outputs are kept (and reused by the next run); the store stays
     ``status: partial`` and no ``summary.json`` is written, since the results are not complete.
+    ``figure_helpers``: :class:`~sendmap.report.build.FigureHelpers` the caller started early
+    (:func:`~sendmap.report.build.start_figure_helpers_for_rerun`); used if the first stage to run is one of
+    :data:`~sendmap.report.build.FIGURE_HELPER_STAGES`, else ended at once; ended in any case when the run ends.
     """
-    dataset, input_info = preflight(cfg)
-    out_dir = cfg.output_dir()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise output_error(exc, out_dir, None) from None
-    try:
-        return _run_locked(cfg, out_dir, dataset, input_info, force, log, until)
-    except OSError as exc:
-        if _is_output_error(exc, out_dir):
-            raise output_error(exc, out_dir, getattr(exc, "sendmap_stage", None)) from None
-        raise
+        dataset, input_info = preflight(cfg)
+        out_dir = cfg.output_dir()
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            probe = out_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise output_error(exc, out_dir, None) from None
+        try:
+            return _run_locked(cfg, out_dir, dataset, input_info, force, log, until, figure_helpers)
+        except OSError as exc:
+            if _is_output_error(exc, out_dir):
+                raise output_error(exc, out_dir, getattr(exc, "sendmap_stage", None)) from None
+            raise
+    finally:
+        if figure_helpers is not None:
+            figure_helpers.close()  # (nothing left to end where they drew the figures)
 
 
 OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -1073,25 +1082,14 @@ def output_error(exc: OSError, out_dir: Path, stage: str | None):
                               f"Nothing there is marked complete; {todo}{resume}.")
 
 
-FIGURE_HELPER_STAGES = ("classify", "statistics", "report")
-"""When one of these stages runs, the report's figure helper processes start (they import matplotlib and warm
-their fonts, ~1 s CPU, while classification and statistics run in this process)."""
+def _first_stage_to_run(keys: dict, done: dict, force: bool) -> str | None:
+    """The first stage whose key differs from the finished one's (every stage after it runs too)."""
+    return next((st.name for st in STAGES if force or (done.get(st.name) or {}).get("key") != keys[st.name]["key"]),
+                None)
 
 
-def _start_figure_helpers(cfg: Config):
-    """Two :class:`~sendmap.report.build.FigureHelpers`, or None (no figures, one core, the synchronous
-    scheduler, or the processes cannot start: the report then draws its figures itself)."""
-    if not cfg.output.figures or cfg.compute.scheduler == "synchronous" or (os.cpu_count() or 1) < 2:
-        return None
-    from .report.build import FigureHelpers
-
-    try:
-        return FigureHelpers(2)
-    except OSError:
-        return None
-
-
-def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bool, log, until) -> dict:
+def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bool, log, until,
+                figure_helpers=None) -> dict:
     with OutputLock(out_dir):
         summary_path = out_dir / "summary.json"
         summary_path.unlink(missing_ok=True)  # a stale summary must not stand for an unfinished run
@@ -1101,6 +1099,10 @@ def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bo
         set_attrs(group, sendmap_version=__version__, config=cfg.resolved(), input=input_info, status="running",
                   created=group.attrs.get("created", now_iso()))
         ctx = Context(cfg, out_dir, group, dataset, input_info, log)
+        if figure_helpers is not None and _first_stage_to_run(keys, done, force) in FIGURE_HELPER_STAGES:
+            ctx.figure_helpers = figure_helpers
+        elif figure_helpers is not None:  # a heavier stage runs first: they would compete with its blocks
+            figure_helpers.close()
         try:
             return _run_stages(ctx, keys, done, force, until)
         finally:
@@ -1126,7 +1128,7 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
         set_attrs(group, stages=done)
         log(f"[sendmap] {st.name}: {st.doc}")
         if st.name in FIGURE_HELPER_STAGES and ctx.figure_helpers is None:
-            ctx.figure_helpers = _start_figure_helpers(cfg)
+            ctx.figure_helpers = start_figure_helpers(cfg)
         ctx.stage_key, ctx.resume, ctx.stage_info = keys[st.name]["key"], not force, {}
         t0 = time.perf_counter()
         try:

@@ -72,6 +72,47 @@ def test_rerun_reuses_and_classification_change_recomputes_only_later_stages(syn
     assert after["classify"]["config"]["classify"]["definitions"]["lif_spot_z"] == 7
 
 
+def test_figure_helpers_start_early_only_for_a_likely_rerun(synth_run, monkeypatch, capsys):
+    """``sendmap run`` starts the figure helpers before the pipeline's imports where the store is complete with
+    another config (a re-run); the pipeline uses them where classification is the first stage to run, and ends
+    them unused (starting others when classification starts) where an earlier stage must run."""
+    from sendmap.report import build
+
+    early, sent, closed = [], [], []
+
+    class Recorded(build.FigureHelpers):
+        def send(self, *a, **k):
+            sent.append(self)
+            return super().send(*a, **k)
+
+        def close(self):
+            closed.append(self)
+            return super().close()
+
+    real_early = build.start_figure_helpers_for_rerun
+    monkeypatch.setattr(build, "FigureHelpers", Recorded)
+    monkeypatch.setattr(build, "start_figure_helpers_for_rerun", lambda *a, **k: early.append(real_early(*a, **k))
+                        or early[-1])
+    cfg = str(synth_run / "config.yaml")
+    run = ["run", cfg, "--no-progress", "--set", "output.dir=early_helpers"]
+
+    def summary():
+        return json.loads((synth_run / "early_helpers" / "summary.json").read_text())
+
+    assert main(run) == 0 and early == [None] and len(sent) == 1  # a first run: started when classify starts
+    assert main(run) == 0 and early == [None, None] and len(sent) == 1  # the same config: nothing to draw
+    # (a change that redraws figures: the histograms' bins)
+    assert main(run + ["--set", "statistics.bin_width=0.003"]) == 0
+    assert early[-1] is not None and sent[-1] is early[-1] and len(sent) == 2
+    assert summary()["reused_stages"] == ["ingest", "calibrate", "profiles", "peaks", "classify"]
+    assert main(run + ["--set", "statistics.bin_width=0.003", "--set", "profiles.n=2"]) == 0
+    assert early[-1] is not None and early[-1] not in sent and early[-1] in closed  # ended unused ...
+    assert len(sent) == 3 and sent[-1] is not early[-1]  # ... and others drew the figures
+    assert summary()["reused_stages"] == ["ingest", "calibrate"]
+    assert main(run + ["--force"]) == 0 and early[-1] is None
+    assert all(not h.procs for h in sent + closed)  # no helper process left running
+
+
 def test_report_redraws_only_figures_whose_inputs_changed(synth_run, tmp_path):
     """A classification change redraws the figures drawn from classes; the virtual images (drawn from the
     profiles alone) are kept, byte for byte; ``reuse=False`` (``--force``) and a missing file redraw; a figure

@@ -370,6 +370,49 @@ class FigureHelpers:
         self.procs = []
 
 
+FIGURE_HELPER_STAGES = ("classify", "statistics", "report")
+"""When one of these stages runs, the report's figure helper processes start (they import matplotlib and warm
+their fonts, ~1 s CPU, while classification and statistics run in the main process)."""
+
+
+def start_figure_helpers(cfg) -> FigureHelpers | None:
+    """:class:`FigureHelpers` drawing two figures at a time, or None (no figures, one core, the synchronous
+    scheduler, or the processes cannot start: the report then draws its figures itself)."""
+    import os
+
+    if not cfg.output.figures or cfg.compute.scheduler == "synchronous" or (os.cpu_count() or 1) < 2:
+        return None
+    try:
+        return FigureHelpers(2)
+    except OSError:
+        return None
+
+
+def start_figure_helpers_for_rerun(cfg, force: bool = False, until: str | None = None) -> FigureHelpers | None:
+    """:func:`start_figure_helpers` at once, before the pipeline's own imports (~0.25 s), where the run is likely
+    to redraw figures without recomputing the heavy stages: the output's store is complete (its ``zarr.json``,
+    read as JSON) with another config, no ``--force``, and the run goes on to the report. A guess: :func:`sendmap.pipeline.run_pipeline`
+    ends these helpers where a stage before classification must run after all (they would compete with its
+    blocks), and starts others when classification starts, as on a first run."""
+    import json
+    from pathlib import Path
+
+    from .. import STORE_NAME
+
+    if force or until not in (None, FIGURE_HELPER_STAGES[-1]):
+        return None
+    try:
+        meta = json.loads((Path(cfg.output_dir()) / STORE_NAME / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    if not isinstance(attrs, dict) or attrs.get("status") != "complete":
+        return None
+    if attrs.get("config") == cfg.resolved():  # the same config: most likely nothing to run at all
+        return None
+    return start_figure_helpers(cfg)
+
+
 def _share(specs, n: int) -> list[list]:
     """Specs split into ``n`` groups of about equal cost (:data:`FIGURE_COST`), dearest first, each group in
     the order of ``specs``."""
