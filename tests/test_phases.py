@@ -312,3 +312,15 @@ def test_science_md_bragg_positions():
 def test_docstring_examples():
     result = doctest.testmod(phases_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 5 and result.failed == 0
+
+
+def test_unique_rows_equals_numpy_unique_over_rows():
+    """The ring merging's row-unique (one integer key per row) gives np.unique(axis=0)'s rows, order and counts."""
+    from sendmap.science.phases import _unique_rows
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 300, 3000):
+        hkl = rng.integers(-9, 10, size=(n, 3))
+        ref_rows, ref_counts = np.unique(hkl, axis=0, return_counts=True)
+        rows, counts = _unique_rows(hkl)
+        assert rows.dtype == hkl.dtype and np.array_equal(rows, ref_rows) and np.array_equal(counts, ref_counts)

@@ -551,7 +551,7 @@ def _canonical(space_group: str, hkl: np.ndarray) -> np.ndarray:
     lexicographically largest (h, k, l).  Gives 311 (cubic), 211/101 (tetragonal), 210 (hexagonal),
     hkl ≥ 0 (orthorhombic) and -111, -202 (monoclinic, b unique), as in the reference CSV."""
     rots = _laue_rotations(space_group)
-    members = np.einsum("ni,kij->knj", hkl, rots)  # (k, N, 3)
+    members = np.matmul(hkl[None], rots)  # (k, N, 3): h @ R for every rotation
     big = int(np.abs(hkl).max()) + 1 if len(hkl) else 1
     span = 2 * big + 1
     neg = members < 0
@@ -560,6 +560,17 @@ def _canonical(space_group: str, hkl: np.ndarray) -> np.ndarray:
     key = tier * span**3 + lex
     best = np.argmin(key, axis=0)
     return members[best, np.arange(hkl.shape[0])]
+
+
+def _unique_rows(hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(hkl, axis=0, return_counts=True)`` for integer (N, 3) rows, through one integer key per row
+    (the same rows in the same lexicographic order; unique on a 1-D key sorts several times faster)."""
+    big = int(np.abs(hkl).max()) + 1 if len(hkl) else 1
+    span = 2 * big + 1
+    key = ((hkl[:, 0] + big) * span + (hkl[:, 1] + big)) * span + (hkl[:, 2] + big)
+    keys, counts = np.unique(key, return_counts=True)
+    rows = np.stack([keys // (span * span) - big, keys // span % span - big, keys % span - big], axis=1)
+    return rows.astype(hkl.dtype), counts
 
 
 @functools.lru_cache(maxsize=128)
@@ -572,28 +583,31 @@ def _rings(phase: Phase, q_max: float, b_iso: float) -> tuple[Reflection, ...]:
     hkl = hkl[~np.asarray(ops.systematic_absences(hkl), dtype=bool)]
     if len(hkl) == 0:
         return ()
-    reps, mult = np.unique(_canonical(phase.space_group, hkl), axis=0, return_counts=True)
+    reps, mult = _unique_rows(_canonical(phase.space_group, hkl))
     f2 = _f2(phase, reps, b_iso)
     gstar = _geometry(phase.lattice)[2]
     d = 1.0 / np.sqrt(np.einsum("ni,ij,nj->n", reps.astype(float), gstar, reps.astype(float)))
     order = np.argsort(-d, kind="stable")
     # merge forms with (nearly) equal d: successive differences below the tolerance
+    # (Python numbers from here: a few thousand forms, each touched a few times)
+    d_l, hkl_l, mult_l = d.tolist(), [tuple(h) for h in reps.tolist()], mult.tolist()
+    mf2_l = (mult * f2).tolist()
+    hkl_sq = (reps * reps).sum(axis=1).tolist()
     groups: list[list[int]] = []
-    for i in order:
-        if groups and d[groups[-1][-1]] - d[i] < D_MERGE_TOLERANCE_ANGSTROM:
+    for i in order.tolist():
+        if groups and d_l[groups[-1][-1]] - d_l[i] < D_MERGE_TOLERANCE_ANGSTROM:
             groups[-1].append(i)
         else:
             groups.append([i])
     rows = []
     for grp in groups:
-        m = int(mult[grp].sum())
-        mf2 = float((mult[grp] * f2[grp]).sum())
+        m = sum(mult_l[i] for i in grp)
+        mf2 = float(np.sum([mf2_l[i] for i in grp]))  # (numpy's summation order, as for an array of the group)
         # representative: simplest index (smallest h²+k²+l²), then the strongest form; the ring's d is
         # that of its first (largest-d) form, as in the reference CSV
-        rep = min(grp, key=lambda i: (int((reps[i] ** 2).sum()), -mult[i] * f2[i]))
-        d_rep = float(d[grp[0]])
-        others = tuple(tuple(int(v) for v in reps[i]) for i in grp if i != rep)
-        rows.append((tuple(int(v) for v in reps[rep]), d_rep, m, mf2 / m, mf2, others))
+        rep = min(grp, key=lambda i: (hkl_sq[i], -mf2_l[i]))
+        others = tuple(hkl_l[i] for i in grp if i != rep)
+        rows.append((hkl_l[rep], d_l[grp[0]], m, mf2 / m, mf2, others))
     i_max = max(r[4] for r in rows)
     out = []
     for hkl_r, d_r, m, mean_f2, mf2, others in rows:
