@@ -1114,10 +1114,9 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
     cfg, out_dir, group, log = ctx.cfg, ctx.out_dir, ctx.group, ctx.log
     summary_path = out_dir / "summary.json"
     reused, timing = [], {}
-    invalid = force
+    first, invalid = _first_stage_to_run(keys, done, force), False
     for st in STAGES:
-        prev = done.get(st.name)
-        if not invalid and prev and prev.get("key") == keys[st.name]["key"]:
+        if not invalid and st.name != first:
             reused.append(st.name)
             timing[st.name] = 0.0
             if st.name == until:
