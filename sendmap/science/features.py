@@ -92,7 +92,11 @@ def spot_maxima(spot_z: np.ndarray, z_min: float) -> np.ndarray:
     >>> spot_maxima(np.array([0.0, 7.0, 3.0, 9.0, 9.0, 2.0]), 5.0).tolist()
     [False, True, False, False, True, False]
     """
-    z = zero_nan(spot_z)
+    return _local_maxima(zero_nan(spot_z), z_min)
+
+
+def _local_maxima(z: np.ndarray, z_min: float) -> np.ndarray:
+    """:func:`spot_maxima` of a significance without NaN."""
     m = z >= z_min
     m[..., 1:] &= z[..., 1:] >= z[..., :-1]  # ≥ the bin before (a plateau's last bin is its maximum)
     m[..., :-1] &= z[..., :-1] > z[..., 1:]  # > the bin after
@@ -100,11 +104,17 @@ def spot_maxima(spot_z: np.ndarray, z_min: float) -> np.ndarray:
     return m
 
 
-def _spot_list(q: np.ndarray, spot_z: np.ndarray, z_min: float):
-    """Every spot of :func:`spot_maxima` as lists: (position index into the flattened leading axes, bin, Q (1/Å)
-    refined by a parabola through the significance at the maximum and its two neighbours, significance σ)."""
+def spot_list(q: np.ndarray, spot_z: np.ndarray, z_min: float):
+    """Every spot of :func:`spot_maxima` as lists: (position index into the flattened leading axes, Q bin,
+    Q (1/Å) refined by a parabola through the significance at the maximum and its two neighbours, significance
+    σ), in position order.
+
+    >>> pos, b, qs, z = spot_list(np.arange(5) * 0.1, np.array([[0.0, 6.0, 8.0, 6.0, 0.0]]), 5.0)
+    >>> pos.tolist(), b.tolist(), qs.round(6).tolist(), z.tolist()
+    ([0], [2], [0.2], [8.0])
+    """
     z = zero_nan(spot_z).reshape(-1, spot_z.shape[-1])
-    pos, b = np.nonzero(spot_maxima(z, z_min))
+    pos, b = np.nonzero(_local_maxima(z, z_min))
     zc = z[pos, b]
     zl = z[pos, np.maximum(b - 1, 0)]  # the edge bins are their own neighbour
     zr = z[pos, np.minimum(b + 1, z.shape[-1] - 1)]
@@ -114,25 +124,12 @@ def _spot_list(q: np.ndarray, spot_z: np.ndarray, z_min: float):
     return pos, b, q[b] + np.clip(delta, -0.5, 0.5) * float(q[1] - q[0]), zc
 
 
-def spot_q(q: np.ndarray, spot_z: np.ndarray, z_min: float) -> np.ndarray:
-    """(..., nq): the Q (1/Å) of each spot found by :func:`spot_maxima`, refined between bins by a parabola
-    through the significance at the maximum and its two neighbours; NaN at every other bin.
-
-    >>> spot_q(np.arange(5) * 0.1, np.array([0.0, 6.0, 8.0, 6.0, 0.0]), 5.0)[2].round(6)
-    np.float64(0.2)
-    """
-    pos, b, qs, _ = _spot_list(q, spot_z, z_min)
-    out = np.full(spot_z.shape, np.nan)
-    out.reshape(-1, spot_z.shape[-1])[pos, b] = qs
-    return out
-
-
 def name_phases(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray], z_min: float, tolerance: float,
                 q_range: tuple[float, float], min_score: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which phase's reflections the significant spots of each pattern fall on.
 
     Spots: local maxima of ``spot_z`` along Q above ``z_min`` σ inside ``q_range``, at their refined Q
-    (:func:`spot_q`). For each phase, the explained share = Σ z of spots within ``tolerance`` (1/Å) of one
+    (:func:`spot_list`). For each phase, the explained share = Σ z of spots within ``tolerance`` (1/Å) of one
     of its rings / Σ z of all spots, minus the share of ``q_range`` its rings cover (what spots at random Q
     would hit by chance: a phase with dense rings is not favoured). Returns (best phase index into
     ``lines`` or −1 where there is no spot or the best excess < ``min_score``, its excess score, the
@@ -142,7 +139,7 @@ def name_phases(q: np.ndarray, spot_z: np.ndarray, lines: dict[str, np.ndarray],
     a 0.0125 1/Å bin at 0.5 1/Å) cannot be told apart this way; a runner-up score close to the best says so.
     """
     # the spots only (a few per pattern), not every bin × every ring: memory and time scale with the spots
-    pos, b, q_spot, z_spot = _spot_list(q, spot_z, z_min)
+    pos, b, q_spot, z_spot = spot_list(q, spot_z, z_min)
     inside = (q_spot >= q_range[0]) & (q_spot <= q_range[1])
     pos, b, q_spot, z_spot = pos[inside], b[inside], q_spot[inside], z_spot[inside]
     z = np.zeros(spot_z.shape, dtype=z_spot.dtype)  # (summed as an array: the same sums, bit for bit, as before)
