@@ -4,10 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def _gauss(x, amp, mu, sigma):
-    return amp * np.exp(-0.5 * ((x - mu) / sigma) ** 2)
-
-
 def fit_gaussian(x: np.ndarray, y: np.ndarray, y_err: np.ndarray, p0, max_iter: int = 200,
                  rtol: float = 1.49012e-8) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least-squares fit of ``amp · exp(−(x − mu)² / 2 sigma²)`` to ``y`` ± ``y_err``.
