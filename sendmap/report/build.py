@@ -353,14 +353,12 @@ class FigureHelpers:
         procs, self._sent = self._sent, []
         for i, proc in enumerate(procs):
             res, err = proc.communicate()
-            if proc.returncode != 0:
+            results = pickle.loads(res) if proc.returncode == 0 else [("error", err.decode(errors="replace"))]
+            failed = [payload for status, payload in results if status != "ok"]
+            if failed:
                 self.procs = procs[i + 1:]  # close() ends the others
-                raise RuntimeError(err.decode(errors="replace")[-2000:])
-            for status, payload in pickle.loads(res):
-                if status != "ok":
-                    self.procs = procs[i + 1:]
-                    raise RuntimeError(str(payload)[-2000:])
-                out.append(payload)
+                raise RuntimeError(str(failed[0])[-2000:])
+            out += [payload for _, payload in results]
         return out
 
     def close(self) -> None:
