@@ -12,7 +12,9 @@ Sections (``--only NAME[,NAME]`` runs some; all three by default):
   ``sendmap run --force``, of a re-run after a classification change (``--set classify.definitions.lif_spot_z``;
   target < 10 % of the first), of that re-run without figures, and of a first run on a local dask cluster of 2
   workers limited to ``--worker-memory`` each (default 500MB: the dataset is several times their memory); the
-  largest RSS of each worker and whether its results equal the threads run's.
+  largest RSS of each worker and whether its results equal the threads run's. Last, the floor of that re-run
+  on this machine (benchmarks/rerun_floor.py): the CPU time of its work alone, measured warm in one process,
+  and the least wall time that work can take on this machine's cores, however it is scheduled.
 * ``ingest``: a 2.15 GB Merlin file (128 × 128 positions of 256² uint16, ``--data``) ingested by sendmap
   (``timing_s.ingest``, and ``sendmap run --until ingest`` as a process) and by rosettasciio's lazy reader
   written to zarr with dask (benchmarks/ref_rsciio_ingest.py); then the whole ``sendmap run`` on it; peak
@@ -435,7 +437,20 @@ def bench_rerun(folder: Path, worker_memory: str, workers: int = 2) -> dict:
     limit = parse_bytes(worker_memory)
     print(f"  dask: the dataset is {size / limit:.1f}x one worker's memory limit and {size / (workers * limit):.1f}x "
           f"all {workers} workers'; results vs the threads run: {_same_results(out, out_dist)}")
+    floor = _rerun_floor(cfg, out)
+    if floor:
+        figs = ", ".join(f"{k} {v:.2f}" for k, v in floor["cpu_figures_s"].items())
+        print(f"  floor of that re-run on {floor['cores']} cores (rerun_floor.py: its work alone, warm, no start-up): "
+              f"{floor['cpu_total_s']:.2f} CPU-s (pipeline {floor['cpu_pipeline_s']:.2f}, figures {figs}) -> "
+              f">= {floor['floor_s']:.2f} s = {floor['floor_s'] / t_first * 100:.1f} % of the first run")
     return runs
+
+
+def _rerun_floor(cfg: Path, out: Path) -> dict | None:
+    """The JSON of :mod:`rerun_floor` on the store ``out`` (None, with its output printed, if it failed)."""
+    r = run_measured([sys.executable, str(Path(__file__).with_name("rerun_floor.py")), str(cfg), str(out),
+                      RERUN_CHANGE])
+    return _last_json(r["stdout"]) if not r["returncode"] else None
 
 
 def _class_map(out: Path):

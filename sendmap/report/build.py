@@ -124,16 +124,10 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
-                  reuse: bool = True, helpers: "FigureHelpers | None" = None, meanwhile=None) -> list[Path]:
-    """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes`` and
-    ``meanwhile``, which is called once in any case).
-
-    With ``reuse``, a figure whose inputs (every array and number it is drawn from), formats, and drawing code
-    (:mod:`sendmap.report.figures`, sendmap and matplotlib versions) are those of the files already there is not
-    drawn again (:func:`figures_to_draw`): after a classification change the virtual images stay as they are.
-    """
-    fdir = Path(out_dir) / "figures"
+def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict]]:
+    """Every figure of the report as ``(name, plotting function of .figures, args, kwargs)``, the most expensive
+    first, with its inputs read from the result store ``group`` (``n``: the Q exponent of I·Q^n; ``window``: the
+    (low, high) Q range in 1/Å where the SRO peak is sought, marked on the profiles). Nothing is drawn here."""
     dose = dose_text(group.attrs.get("dose"))
     step = float(group.attrs["calibration"]["scan_step_nm"])
     cls = np.asarray(group["maps/class"])
@@ -155,7 +149,6 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
         ticks = None
     bf = np.asarray(group["features/virtual_bf"])
     adf = np.asarray(group["features/virtual_adf"])
-    # (name, plotting function of .figures, args, kwargs), the most expensive first
     specs = [
         ("overview", "plot_overview", (peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose),
          dict(bf=bf, reference_ticks=ticks, sem=sems, window=window)),
@@ -166,6 +159,20 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
          dict(reference_ticks=ticks, sem=sems, window=window)),
         ("virtual_images", "plot_virtual_images", (bf, adf, step, dose), {}),
     ]
+    return specs
+
+
+def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
+                  reuse: bool = True, helpers: "FigureHelpers | None" = None, meanwhile=None) -> list[Path]:
+    """Every figure of the report into ``<out_dir>/figures`` (see :func:`render_figures` for ``processes`` and
+    ``meanwhile``, which is called once in any case).
+
+    With ``reuse``, a figure whose inputs (every array and number it is drawn from), formats, and drawing code
+    (:mod:`sendmap.report.figures`, sendmap and matplotlib versions) are those of the files already there is not
+    drawn again (:func:`figures_to_draw`): after a classification change the virtual images stay as they are.
+    """
+    fdir = Path(out_dir) / "figures"
+    specs = figure_specs(group, n, window)
     todo, digests = figures_to_draw(specs, fdir, tuple(formats), reuse)
     redo = {spec[0] for spec in todo}
     # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
