@@ -628,10 +628,12 @@ def stage_peaks(ctx: Context) -> None:
     both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
     """
 
+    from .execute import local_map
     from .science.peaks import bin_similar_neighbours, fit_peaks, fit_second_peak, lowrank_denoise
 
     cfg, g = ctx.cfg, ctx.group
     pk = cfg.peaks
+    fit_map = local_map(cfg.compute)
     q = np.asarray(g["profiles/q"])
     iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
     sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
@@ -655,14 +657,15 @@ def stage_peaks(ctx: Context) -> None:
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
     if k == 1 and operator is None:
-        res = plain = fit_peaks(q, *plain_in, *fit_args)
+        res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map)
     else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
-        res = fit_peaks(q, y, s, *fit_args, operator=operator)
+        res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map)
         sample = np.flatnonzero(amorphous)
         if sample.size > PLAIN_FIT_SAMPLE:
             sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
         plain = {kk: np.full(ry * rx, np.nan) for kk in ("q_peak", "q_err")}
-        part = fit_peaks(q, plain_in[0][sample], plain_in[1][sample], *fit_args, width_error=False)
+        part = fit_peaks(q, plain_in[0][sample], plain_in[1][sample], *fit_args, width_error=False,
+                         map_blocks=fit_map)
         for kk in plain:
             plain[kk][sample] = part[kk]
     # the second peak on the robust mean (sectors holding Bragg spots clipped): LiF (220) spots at 0.70 1/Å
@@ -678,7 +681,7 @@ def stage_peaks(ctx: Context) -> None:
                                              pk.denoise_components, pk.denoise_guard)
             op2 = None if info2["method"] == "none" else op2
     second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
-                             operator=op2)
+                             operator=op2, map_blocks=fit_map)
     for key, val in res.items():
         write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
     for key, val in second.items():

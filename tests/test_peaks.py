@@ -60,6 +60,34 @@ def test_noisy_peaks_unbiased_with_calibrated_errors():
     assert 0.6 <= inside <= 0.85, inside
 
 
+def test_blocks_on_threads_give_the_fit_of_all_at_once(monkeypatch):
+    """More than FIT_BLOCK profiles are fitted block by block through ``map_blocks``: on threads
+    (execute.thread_map, as the pipeline does), serially, or all at once, every number is the same."""
+    from types import SimpleNamespace
+
+    from sendmap.execute import local_map, thread_map
+    from sendmap.science import peaks
+
+    rng = np.random.default_rng(7)
+    clean = np.stack([_profile(v) for v in rng.uniform(0.28, 0.345, 500)])
+    sem = 0.12 * np.sqrt(clean)
+    noisy = clean + rng.normal(size=clean.shape) * sem
+    whole = fit_peaks(Q, noisy, sem, (0.22, 0.42))
+    monkeypatch.setattr(peaks, "FIT_BLOCK", 64)  # 8 blocks, the last one short
+    calls = []
+
+    def counting_map(func, items):
+        calls.append(list(items))
+        return thread_map(func, calls[-1], n_threads=2)
+
+    for map_blocks in (None, counting_map, local_map(SimpleNamespace(scheduler="synchronous", n_workers=None))):
+        r = fit_peaks(Q, noisy, sem, (0.22, 0.42), map_blocks=map_blocks)
+        for key, value in whole.items():
+            np.testing.assert_array_equal(r[key], value, err_msg=key)
+    assert calls == [list(range(0, 500, 64))]
+    assert local_map(SimpleNamespace(scheduler="synchronous", n_workers=None)) is map
+
+
 def test_no_data_gives_nan():
     r = fit_peaks(Q, np.full((2, 64), np.nan), np.full((2, 64), np.nan), (0.22, 0.42))
     assert np.isnan(r["q_peak"]).all() and (r["status"] == 2).all()
