@@ -258,7 +258,8 @@ class ComputeConfig(_Section):
     chunk_mb: float = Field(16.0, gt=0, description="target size of one stored chunk of data (whole scan rows where "
                                                        "a row is at most twice this), MB")
     block_mb: float = Field(32.0, gt=0, description="data read and processed per task (whole chunks), MB; memory "
-                                                       "per worker is a few times this")
+                                                       "per worker is a few times this (sparse data: later stages "
+                                                       "read the blocks ingest wrote, which hold less)")
     progress: bool = True
 
     @field_validator("memory_limit", mode="before")
