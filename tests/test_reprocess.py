@@ -329,3 +329,23 @@ def test_run_killed_from_outside_mid_profiles_while_a_second_run_is_refused(smal
     assert not (out / "summary.json").exists()
     assert main(cmd[3:]) == 0
     _assert_same_store(small / "ref" / "sendmap.zarr", out / "sendmap.zarr")
+
+
+def test_prefetched_imports_cover_the_later_stages():
+    """While ingest runs, prefetch_imports imports pipeline.LATER_STAGE_MODULES, a hand-kept list: every sendmap
+    module that a function of pipeline.py imports when it runs must then be loaded already (a module added to a
+    stage and not to the list fails here), and every name in the list must exist."""
+    import ast
+
+    from sendmap import pipeline
+
+    tree = ast.parse(Path(pipeline.__file__).read_text())
+    lazy = {f"sendmap.{node.module}" for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+            for node in ast.walk(fn) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+    assert "sendmap.science.peaks" in lazy and "sendmap.report.build" in lazy  # (the walk finds them)
+    code = ("import sys, importlib, sendmap.ingest, sendmap.pipeline as p\n"
+            "[importlib.import_module(m) for m in p.LATER_STAGE_MODULES]\n"
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert not lazy - loaded, f"add to LATER_STAGE_MODULES: {sorted(lazy - loaded)}"
