@@ -69,7 +69,8 @@ def test_ellipse_ratio_and_angle_from_ring():
     frames = np.random.default_rng(2).poisson(np.broadcast_to(img, (40, N, N))).astype(np.uint16)
     g = PolarGeometry(0.0125, 0.0125, 40, 72, supersample=3)
     ps = polar_sums(frames, np.full((40, 2), [63.6, 64.3]), np.ones((N, N), bool), g)
-    pm = ps.s.sum(axis=0) / ps.w.sum(axis=0)
+    s, w = ps.s.sum(axis=0), ps.w.sum(axis=0)
+    pm = np.divide(s, w, out=np.full_like(s, np.nan), where=w > 0)  # NaN in bins no pixel reaches
     r = fit_ellipse_from_scales(sector_scale_factors(pm, g.q_centres, (0.2, 0.42)), phi_centres(72))
     assert abs(r["ratio"] - ratio_true) < 0.002, r
     assert abs(((r["angle_deg"] - angle_true + 90) % 180) - 90) < 3, r
