@@ -55,10 +55,16 @@ class Context:
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of :data:`STAGES`: ``run(ctx)`` reads its inputs from the store and writes its outputs there;
+    ``sections``: the config sections in its cache key; ``revision``: raise it when a change of the code alters
+    what the stage stores (arrays, their layout or meaning), so that stores written before the change are
+    recomputed from this stage on, not reused (within one sendmap version, whose number is in the key too)."""
+
     name: str
     sections: tuple[str, ...]
     run: Callable[[Context], None]
     doc: str
+    revision: int = 1
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -909,7 +915,8 @@ CRYSTAL_THRESHOLD_KEYS = ("crystal_spot_z", "crystal_spot_z_electrons", "crystal
 
 
 def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
-    """Cache key of every stage: version + its config sections + the previous stage's key."""
+    """Cache key of every stage: sendmap version + the stage's revision + its config sections + the previous
+    stage's key."""
     keys = {}
     prev = json.dumps(input_fp, sort_keys=True)
     for st in STAGES:
@@ -931,8 +938,8 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
             sections["dose"] = cfg.section("dose")
         if st.name == "report":
             sections["output"].pop("dir", None)
-        blob = json.dumps({"stage": st.name, "version": __version__, "sections": sections, "previous": prev},
-                          sort_keys=True)
+        blob = json.dumps({"stage": st.name, "version": __version__, "revision": st.revision, "sections": sections,
+                           "previous": prev}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         keys[st.name] = {"key": key, "sections": sections}
         prev = key

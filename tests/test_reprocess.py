@@ -349,3 +349,23 @@ def test_prefetched_imports_cover_the_later_stages():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.split())
     assert not lazy - loaded, f"add to LATER_STAGE_MODULES: {sorted(lazy - loaded)}"
+
+
+def test_raised_stage_revision_recomputes_that_stage_and_later(small, monkeypatch, capsys):
+    """A store written before a stage's ``revision`` was raised (a change in what it stores) is recomputed from
+    that stage on, without --force; the stages before it are reused, and then the new keys are reused."""
+    import dataclasses
+
+    from sendmap import pipeline
+
+    run = ["run", str(small / "config.yaml"), "--no-progress", "--set", "output.dir=revision", *SMALL_BLOCKS]
+
+    def reused():
+        return json.loads((small / "revision" / "summary.json").read_text())["reused_stages"]
+
+    assert main(run) == 0 and reused() == []
+    revised = tuple(dataclasses.replace(st, revision=st.revision + 1) if st.name == "peaks" else st
+                    for st in pipeline.STAGES)
+    monkeypatch.setattr(pipeline, "STAGES", revised)
+    assert main(run) == 0 and reused() == ["ingest", "calibrate", "profiles"]
+    assert main(run) == 0 and len(reused()) == len(revised)
