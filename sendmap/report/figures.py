@@ -1330,11 +1330,11 @@ def _place_stacked(sheet, panels, shape, top, avail, max_map_in, letters) -> flo
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_savefig(fig: Figure, final: Path, fmt: str, *args) -> Path:
+def _atomic_savefig(fig: Figure, final: Path, fmt: str, creator: str) -> Path:
     tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "xb") as fh:  # 'x': never clobber; permissions follow the umask
-            {"png": _write_png, "pdf": _write_pdf}[fmt](fig, fh, *args)
+            write_figure(fig, fh, fmt, creator)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -1417,6 +1417,11 @@ def _write_pdf(fig: Figure, fh, creator: str) -> None:
     """Vector PDF, text as TrueType (Type 42) text; no CreationDate, so the same figure gives the same bytes."""
     with style_context(), _lean_embedded_fonts():
         fig.savefig(fh, format="pdf", metadata={"Creator": creator, "CreationDate": None})
+
+
+def write_figure(fig: Figure, fh, fmt: str, creator: str) -> None:
+    """Write ``fig`` to the binary file ``fh`` as ``fmt``: "png" (:func:`_write_png`) or "pdf" (:func:`_write_pdf`)."""
+    {"png": _write_png, "pdf": _write_pdf}[fmt](fig, fh, creator)
 
 
 def save_figure(fig: Figure, out_base) -> list[Path]:
