@@ -11,7 +11,7 @@ The work measured:
   ``output.figures=false``. This covers the config, the store's keys, the classify and statistics stages and
   the tables. It runs twice as a warm-up, then once measured.
 * **specs**: reading the figures' inputs from the store and digesting them (:func:`figure_specs`,
-  :func:`figures_to_draw`).
+  :func:`figure_digests`).
 * **figures**: building and saving (PNG, PDF, into memory) each figure whose inputs the change altered.
 
 The floor on ``cores`` cores is the classify and statistics wall time, which the figures must wait for, plus
@@ -54,13 +54,13 @@ def main(argv=None) -> int:
 
     run_pipeline(before, log=quiet)
     specs_before, formats = specs_of(before)
-    _, old = build.figures_to_draw(specs_before, Path(out_dir) / "none", formats, reuse=False)
+    old = build.figure_digests(specs_before, formats)
     run_pipeline(after, log=quiet)  # warm-up: every module imported, every numba cache loaded
     run_pipeline(before, log=quiet)
     summary, cpu_pipeline = _cpu(run_pipeline, after, log=quiet)
     serial = summary["timing_s"]["classify"] + summary["timing_s"]["statistics"]
     (specs, _), cpu_specs = _cpu(specs_of, after)
-    (_, new), cpu_digest = _cpu(build.figures_to_draw, specs, Path(out_dir) / "none", formats, reuse=False)
+    new, cpu_digest = _cpu(build.figure_digests, specs, formats)
     build._warm_up()
     figures = {}
     for name, func, args, kwargs in specs:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         t0 = time.process_time()
         fig = getattr(F, func)(*args, **kwargs)
         for fmt in formats:
-            {"png": F._write_png, "pdf": F._write_pdf}[fmt](fig, io.BytesIO(), "floor")
+            F.write_figure(fig, io.BytesIO(), fmt, "floor")
         figures[name] = time.process_time() - t0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     total = cpu_pipeline + cpu_specs + cpu_digest + sum(figures.values())

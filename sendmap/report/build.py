@@ -149,7 +149,7 @@ def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict
         ticks = None
     bf = np.asarray(group["features/virtual_bf"])
     adf = np.asarray(group["features/virtual_adf"])
-    specs = [
+    return [
         ("overview", "plot_overview", (peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose),
          dict(bf=bf, reference_ticks=ticks, sem=sems, window=window)),
         ("peak_map", "plot_peak_map", (peak, step, dose), {}),
@@ -159,7 +159,6 @@ def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict
          dict(reference_ticks=ticks, sem=sems, window=window)),
         ("virtual_images", "plot_virtual_images", (bf, adf, step, dose), {}),
     ]
-    return specs
 
 
 def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
@@ -204,12 +203,17 @@ def _figure_digest(spec, formats: tuple) -> str:
     return h.hexdigest()
 
 
+def figure_digests(specs, formats: tuple) -> dict[str, str]:
+    """{name: digest} of every figure of ``specs`` (see :func:`_figure_digest`)."""
+    return {spec[0]: _figure_digest(spec, formats) for spec in specs}
+
+
 def figures_to_draw(specs, fdir: Path, formats: tuple, reuse: bool = True) -> tuple[list, dict]:
     """(specs of the figures that must be drawn, {name: digest} of all): a figure is kept where ``reuse``, its
     digest equals the manifest's and every one of its files exists."""
     import json
 
-    digests = {spec[0]: _figure_digest(spec, formats) for spec in specs}
+    digests = figure_digests(specs, formats)
     try:
         old = json.loads((Path(fdir) / FIGURE_MANIFEST).read_text()) if reuse else {}
     except (OSError, ValueError):
