@@ -916,8 +916,10 @@ CRYSTAL_THRESHOLD_KEYS = ("crystal_spot_z", "crystal_spot_z_electrons", "crystal
 
 
 def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
-    """Cache key of every stage: sendmap version + the stage's revision + its config sections + the previous
-    stage's key."""
+    """Cache key of every stage: sendmap version + the stage's revision + its config sections + the digest of the
+    code it can run (:func:`sendmap.codehash.stage_code_digest`) + the previous stage's key."""
+    from .codehash import stage_code_digest
+
     keys = {}
     prev = json.dumps(input_fp, sort_keys=True)
     for st in STAGES:
@@ -940,7 +942,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "revision": st.revision, "sections": sections,
-                           "previous": prev}, sort_keys=True)
+                           "code": stage_code_digest(st.run.__name__), "previous": prev}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         keys[st.name] = {"key": key, "sections": sections}
         prev = key
@@ -965,6 +967,8 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     info = {"path": str(path), "format": ds.format, "reader": READERS.get(ds.format, ""), "bytes": fp["bytes"],
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
             "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype), "reader_metadata": ds.metadata}
+    info["fingerprint_of"] = fp["sampled"]
+    info["mtime_ns"] = fp["mtime_ns"]
     return ds, info
 
 
