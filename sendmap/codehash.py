@@ -181,8 +181,48 @@ def stage_modules(function_name: str, module: str = "sendmap.pipeline") -> froze
 
 
 def stage_code_digest(function_name: str, module: str = "sendmap.pipeline") -> str:
-    """SHA-256 (hex) of the sources of :func:`stage_modules` of a stage function."""
-    return _digest(stage_modules(function_name, module))
+    """SHA-256 (hex) of the sources of :func:`stage_modules` of a stage function.
+
+    Following the names costs ~0.5 s of AST walking, so the digests are kept per package digest in
+    ``stage_code.json`` beside the numba cache of this source (:func:`numba_cache_dir`): computed once after
+    any edit, read (a few ms) by every later run."""
+    key = f"{module}:{function_name}"
+    memo = _stage_digest_memo()
+    if key not in memo:
+        memo[key] = _digest(stage_modules(function_name, module))
+        _save_stage_digests(memo)
+    return memo[key]
+
+
+@functools.lru_cache(maxsize=1)
+def _stage_digest_memo() -> dict:
+    import json
+
+    try:
+        data = json.loads((_digest_file()).read_text(encoding="utf-8"))
+        return dict(data) if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _digest_file() -> Path:
+    import os
+
+    root = os.environ.get("SENDMAP_NUMBA_CACHE_ROOT") or None
+    return numba_cache_dir(Path(root) if root else None, keep=0) / "stage_code.json"
+
+
+def _save_stage_digests(memo: dict) -> None:
+    import json
+    import os
+
+    try:
+        f = _digest_file()
+        tmp = f.with_name(f".{f.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(memo, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, f)
+    except OSError:  # a read-only cache: computed again next time
+        pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -197,7 +237,7 @@ def package_digest() -> str:
 def numba_cache_dir(root: Path | None = None, keep: int = 4) -> Path:
     """The folder for numba's on-disk cache of this exact source: ``<root>/<package digest[:16]>`` (root:
     ``$XDG_CACHE_HOME/sendmap/numba``, by default ``~/.cache/sendmap/numba``). Older folders beyond the
-    ``keep`` most recently used are removed."""
+    ``keep`` most recently used are removed (``keep`` 0: none)."""
     import os
     import shutil
 
@@ -205,9 +245,13 @@ def numba_cache_dir(root: Path | None = None, keep: int = 4) -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = Path(base) / "sendmap" / "numba"
     d = Path(root) / package_digest()[:16]
+    if keep <= 0 and d.is_dir():  # a look-up, not a use: no clean-up
+        return d
     try:
         d.mkdir(parents=True, exist_ok=True)
         os.utime(d)
+        if keep <= 0:
+            return d
         old = sorted((p for p in Path(root).iterdir() if p.is_dir() and p != d),
                      key=lambda p: p.stat().st_mtime, reverse=True)[keep - 1:]
         for p in old:
