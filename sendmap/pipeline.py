@@ -8,11 +8,13 @@ a stage); ``pipelines/README.md`` describes it for users.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +49,27 @@ class Context:
     """What the stage being run reports for its ``stages`` entry (block stages: ``blocks``, ``blocks_resumed``)."""
     figure_helpers: object = None
     """:class:`sendmap.report.build.FigureHelpers` started when classification starts, for the report."""
+    stage: str | None = None
+    """Name of the stage being run (recorded with its warnings)."""
+    warnings: list = field(default_factory=list)
+    """Run warnings so far, each {"stage", "code", "message"}: those of reused stages (from the store) and new ones."""
+    _warn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def warn(self, message: str, code: str) -> None:
+        """Record a run warning: something the user must know about the results that is not an error (a peak
+        at the window's edge, a dose too low for classes, a mask hiding most of the detector, ...).
+
+        Logged at once as ``[sendmap] warning: MESSAGE``, kept in the store's root attrs ``warnings`` (so a
+        reused stage's warnings stay with its results, and are dropped when the stage is recomputed) and copied
+        into ``summary.json`` ``warnings``: a list of ``{"stage": ..., "code": ..., "message": ...}``.
+        ``code``: a short stable snake_case name scripts and tests can match (e.g. ``"peak_at_window_edge"``);
+        ``message``: one sentence naming what was found, what it means and the config key to change."""
+        rec = {"stage": self.stage or "run", "code": str(code), "message": str(message)}
+        with self._warn_lock:
+            self.warnings.append(rec)
+            if self.group is not None:
+                set_attrs(self.group, warnings=self.warnings)
+        self.log(f"[sendmap] warning: {message}")
 
     @property
     def store_path(self) -> str:
@@ -967,6 +990,10 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     return ds, info
 
 
+class OutputBusyError(SendmapInputError):
+    """Another sendmap run is writing to the output folder (its lock is held)."""
+
+
 class OutputLock:
     """An exclusive lock file in the output folder: two runs on one output at once are refused.
 
@@ -993,19 +1020,32 @@ class OutputLock:
                 except (OSError, ValueError):
                     pid, host = 0, ""
                 if host and host != me:
-                    raise SendmapInputError(
+                    raise OutputBusyError(
                         f"another sendmap run (pid {pid} on host {host}) is writing to {self.path.parent}; wait for "
                         f"it to finish or use another output.dir (if no run is active there, delete {self.path})"
                     ) from None
                 if pid and _pid_alive(pid):
-                    raise SendmapInputError(
+                    raise OutputBusyError(
                         f"another sendmap run (pid {pid}) is writing to {self.path.parent}; wait for it to finish "
                         f"or use another output.dir") from None
                 self.path.unlink(missing_ok=True)  # stale lock of a killed run
-        raise SendmapInputError(f"cannot lock the output folder {self.path.parent}")
+        raise OutputBusyError(f"cannot lock the output folder {self.path.parent}")
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
+
+    def held_by_other(self) -> bool:
+        """Another live run (or a run on another host) holds this folder's lock."""
+        import socket
+
+        try:
+            pid_text, _, host = self.path.read_text().strip().partition(" ")
+            pid = int(pid_text or 0)
+        except (OSError, ValueError):
+            return False
+        if host and host != socket.gethostname():
+            return True
+        return bool(pid) and pid != os.getpid() and _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -1028,9 +1068,9 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
     (:func:`~sendmap.report.build.start_figure_helpers_for_rerun`); used if the first stage to run is one of
     :data:`~sendmap.report.build.FIGURE_HELPER_STAGES`, else ended at once; ended in any case when the run ends.
     """
+    out_dir = cfg.output_dir()
     try:
         dataset, input_info = preflight(cfg)
-        out_dir = cfg.output_dir()
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             probe = out_dir / f".write-test-{os.getpid()}"
@@ -1044,9 +1084,80 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
             if _is_output_error(exc, out_dir):
                 raise output_error(exc, out_dir, getattr(exc, "sendmap_stage", None)) from None
             raise
+    except OutputBusyError:
+        raise  # another run's folder: not ours to mark
+    except BaseException as exc:
+        mark_failed(out_dir, exc)
+        raise
     finally:
         if figure_helpers is not None:
             figure_helpers.close()  # (nothing left to end where they drew the figures)
+
+
+@contextlib.contextmanager
+def python_warnings_recorded(ctx: Context):
+    """Python warnings raised while a stage runs (in any of its threads) are kept off the terminal.
+
+    A numpy ``RuntimeWarning`` ("Mean of empty slice", "All-NaN slice", ...) or a matplotlib ``UserWarning`` means
+    a case sendmap's code does not guard yet; the user can do nothing with it. They are counted per stage, by
+    category, message and the line that raised them, in the store's attrs ``internal_warnings`` and in
+    summary.json (``{stage: {"RuntimeWarning: Mean of empty slice (sendmap/science/stats.py:134)": 12}}``).
+    A ``UserWarning`` raised by sendmap's own code (e.g. "figure helper process failed; drawing here") is a
+    message for the user: it becomes a run warning (:meth:`Context.warn`, code ``"python_warning"``).
+    """
+    import warnings
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            counts: dict = {}
+            for w in caught:
+                fname = os.path.abspath(str(w.filename))
+                if fname.startswith(pkg) and issubclass(w.category, UserWarning) and \
+                        not issubclass(w.category, RuntimeWarning):
+                    ctx.warn(str(w.message), "python_warning")
+                    continue
+                where = os.path.relpath(fname, os.path.dirname(pkg)) if fname.startswith(pkg) else \
+                    "/".join(fname.split(os.sep)[-2:])
+                key = f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]} ({where}:{w.lineno})"
+                counts[key] = counts.get(key, 0) + 1
+            if counts and ctx.stage:
+                internal = dict(ctx.group.attrs.get("internal_warnings", {}))
+                internal[ctx.stage] = counts
+                try:
+                    set_attrs(ctx.group, internal_warnings=internal)
+                except OSError:
+                    pass
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a failed run records as its ``error`` (store attrs; the CLI prints the same)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exc, SystemExit):
+        return f"stopped (exit code {exc.code})"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, SendmapInputError) else text
+
+
+def mark_failed(out_dir: Path, exc: BaseException) -> None:
+    """After a failure at any point (before the run starts, in a stage, an interrupt): nothing in ``out_dir``
+    may look complete. Removes ``summary.json`` and marks the result store (if there is one) ``status: failed``
+    with ``error``; the finished stages' results stay and are reused by the next run. Leaves a folder that
+    another live run holds (its lock) alone, and never creates anything. Best effort: never raises."""
+    try:
+        out_dir = Path(out_dir)
+        if not out_dir.is_dir() or OutputLock(out_dir).held_by_other():
+            return
+        (out_dir / "summary.json").unlink(missing_ok=True)
+        if (out_dir / STORE_NAME / "zarr.json").is_file():
+            group = open_store(out_dir, mode="r+")
+            set_attrs(group, status="failed", error=failure_text(exc), failed_at=now_iso())
+    except Exception:  # noqa: BLE001 - a read-only or broken folder: the error being reported matters more
+        pass
 
 
 OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -1110,6 +1221,8 @@ def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bo
         set_attrs(group, sendmap_version=__version__, config=cfg.resolved(), input=input_info, status="running",
                   created=group.attrs.get("created", now_iso()))
         ctx = Context(cfg, out_dir, group, dataset, input_info, log)
+        # warnings of the stages that may be reused stay with their results; those of a run's preamble do not
+        ctx.warnings = [w for w in group.attrs.get("warnings", []) if isinstance(w, dict) and w.get("stage") in done]
         if figure_helpers is not None and _first_stage_to_run(keys, done, force) in FIGURE_HELPER_STAGES:
             ctx.figure_helpers = figure_helpers
         elif figure_helpers is not None:  # a heavier stage runs first: they would compete with its blocks
@@ -1133,24 +1246,32 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
             if st.name == until:
                 break
             continue
+        if not invalid:  # this stage and every later one are recomputed: their old warnings go
+            later = {s.name for s in STAGES[[s.name for s in STAGES].index(st.name):]}
+            ctx.warnings = [w for w in ctx.warnings if w.get("stage") not in later]
+            internal = {k: v for k, v in dict(group.attrs.get("internal_warnings", {})).items() if k not in later}
+            set_attrs(group, warnings=ctx.warnings, internal_warnings=internal)
         invalid = True  # every later stage reruns too
         done.pop(st.name, None)
         set_attrs(group, stages=done)
         log(f"[sendmap] {st.name}: {st.doc}")
         if st.name in FIGURE_HELPER_STAGES and ctx.figure_helpers is None:
             ctx.figure_helpers = start_figure_helpers(cfg)
-        ctx.stage_key, ctx.resume, ctx.stage_info = keys[st.name]["key"], not force, {}
+        ctx.stage_key, ctx.resume, ctx.stage_info, ctx.stage = keys[st.name]["key"], not force, {}, st.name
         t0 = time.perf_counter()
         try:
-            st.run(ctx)
+            with python_warnings_recorded(ctx):
+                st.run(ctx)
         except BaseException as exc:
             if isinstance(exc, OSError):
                 exc.sendmap_stage = st.name
             try:
-                set_attrs(group, status="failed")
+                set_attrs(group, status="failed", error=failure_text(exc), failed_stage=st.name)
             except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
                 pass
             raise
+        finally:
+            ctx.stage = None
         timing[st.name] = round(time.perf_counter() - t0, 3)
         done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
                          "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}
@@ -1162,15 +1283,21 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
     if until and until != STAGES[-1].name:
         set_attrs(group, status="partial")
         return summary
+    summary["status"] = "complete"
     write_json_atomic(summary_path, summary)
-    set_attrs(group, status="complete", completed=now_iso())
+    set_attrs(group, status="complete", completed=now_iso(), error=None, failed_stage=None)
     return summary
 
 
 def build_summary(group, timing: dict, reused: list) -> dict:
+    """summary.json: classes, calibration, dose, layers, peaks, timing, the run's ``warnings`` (list of
+    {"stage", "code", "message"}, see :meth:`Context.warn`) and ``internal_warnings`` (Python warnings raised
+    inside sendmap's stages, counted: see :func:`python_warnings_recorded`)."""
     stats = group.attrs.get("statistics", {})
     calib = dict(group.attrs.get("calibration", {}))
-    return {"classes": stats.get("classes", {}),
+    return {"warnings": list(group.attrs.get("warnings", [])),
+            "internal_warnings": dict(group.attrs.get("internal_warnings", {})),
+            "classes": stats.get("classes", {}),
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
             "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),

@@ -836,8 +836,27 @@ def synth_main(args: argparse.Namespace) -> int:
     if len(det) not in (1, 2):
         raise SendmapInputError(f"sendmap synth: --detector takes N or QY QX, got {det}")
     det = (det[0], det[0]) if len(det) == 1 else tuple(det)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise SendmapInputError(f"sendmap synth: OUT_DIR {out} exists and is not a folder; give a new or existing "
+                                f"folder to write the dataset, its truth and config into")
     t0 = time.perf_counter()
-    paths = make_dataset(
+    try:
+        paths = _make_dataset_from_args(args, det)
+    except OSError as exc:
+        from ..errors import SendmapOutputError
+
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise SendmapOutputError(f"sendmap synth: cannot write the dataset into {out}: "
+                                 f"{exc.strerror or exc}{where}; give a writable OUT_DIR") from None
+    if not args.quiet:
+        print(f"sendmap synth: wrote {paths['data']} and truth/config in {paths['data'].parent} "
+              f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _make_dataset_from_args(args: argparse.Namespace, det: tuple) -> dict:
+    return make_dataset(
         args.out_dir, scan_shape=tuple(args.scan_shape), detector_shape=det, q_pixel_size=args.q_pixel_size,
         beam_energy_kv=args.beam_energy, convergence_mrad=args.convergence, electrons_per_pattern=args.dose,
         central_fraction=args.central_fraction, ellipse_ratio=args.ellipse[0], ellipse_angle_deg=args.ellipse[1],
@@ -848,10 +867,6 @@ def synth_main(args: argparse.Namespace) -> int:
         beam_stop_angle_deg=getattr(args, "beam_stop_angle", 90.0),
         beam_stop_tip_radius_px=getattr(args, "beam_stop_tip_radius", None),
         aperture_radius_px=getattr(args, "aperture_radius_px", None), progress=not args.quiet)
-    if not args.quiet:
-        print(f"sendmap synth: wrote {paths['data']} and truth/config in {paths['data'].parent} "
-              f"({time.perf_counter() - t0:.1f} s)")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
