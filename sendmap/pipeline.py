@@ -1135,6 +1135,10 @@ def python_warnings_recorded(ctx: Context):
 
 def failure_text(exc: BaseException) -> str:
     """What a failed run records as its ``error`` (store attrs; the CLI prints the same)."""
+    from .errors import Terminated
+
+    if isinstance(exc, Terminated):
+        return "stopped by SIGTERM"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     if isinstance(exc, SystemExit):
