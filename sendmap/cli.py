@@ -122,7 +122,12 @@ def _output_dir_of_unloadable_config(config: str, overrides: list[str]) -> Path 
 
     try:
         path = Path(config)
-        data = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, overrides)
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for text in overrides:  # each that parses (the one at fault may be any of them)
+            try:
+                data = apply_overrides(data, [text])
+            except SendmapInputError:
+                pass
         out = (data.get("output") or {}).get("dir", "results")
         return _resolve(path.parent.resolve(), str(out)) if isinstance(out, (str, os.PathLike)) else None
     except Exception:  # noqa: BLE001 - unreadable, not YAML, not a mapping: nothing to mark
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         with _quiet_python_warnings(), _sigterm_ends_the_run():
             return int(args.func(args) or 0)
     except SendmapInputError as exc:
-        print(f"sendmap: error: {exc}", file=sys.stderr)
+        print(f"sendmap: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one paragraph
         return EXIT_BAD_INPUT
     except Terminated:
         print("sendmap: stopped by SIGTERM; the output is marked failed (finished stages are reused next time)",

@@ -439,7 +439,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
+        raise ConfigError(f"--set {key}: cannot parse value '{raw}' as YAML: {_yaml_problem(exc)}") from None
     return parts, value
 
 
@@ -458,6 +458,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what, and where (line, column), without PyYAML's multi-line pointer."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate.
 
@@ -471,6 +482,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(exc)}") from None
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data, base_dir=path.parent, source=str(path))

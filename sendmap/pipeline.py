@@ -983,6 +983,12 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     ds = open_dataset(path, inp.format, inp.scan_shape, dataset=inp.dataset,
                       raw=inp.raw.model_dump() if inp.raw else None)
     q_pixel_size(cfg)
+    cal = cfg.calibration
+    if cal.calibrant:
+        calibrant_record(cfg)  # named, so it must be readable even where q_pixel_size is given
+    if cal.mask_file and not cfg.resolve(cal.mask_file).is_file():
+        raise SendmapInputError(f"calibration.mask_file: {cfg.resolve(cal.mask_file)} not found (a .npy/.tif/.png of "
+                                f"the detector's shape, nonzero = excluded pixel; or set mask_file: null)")
     fp = fingerprint(path, files=ds.files)
     info = {"path": str(path), "format": ds.format, "reader": READERS.get(ds.format, ""), "bytes": fp["bytes"],
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
@@ -1071,6 +1077,11 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
     out_dir = cfg.output_dir()
     try:
         dataset, input_info = preflight(cfg)
+        if out_dir.exists() and not out_dir.is_dir():
+            from .errors import SendmapOutputError
+
+            raise SendmapOutputError(f"output.dir {out_dir} is a file, not a folder: set output.dir to a folder "
+                                     f"(new or existing) for the results")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             probe = out_dir / f".write-test-{os.getpid()}"
