@@ -1170,7 +1170,8 @@ def mark_failed(out_dir: Path, exc: BaseException) -> None:
         (out_dir / "summary.json").unlink(missing_ok=True)
         if (out_dir / STORE_NAME / "zarr.json").is_file():
             group = open_store(out_dir, mode="r+")
-            set_attrs(group, status="failed", error=failure_text(exc), failed_at=now_iso())
+            set_attrs(group, status="failed", error=failure_text(exc), failed_at=now_iso(),
+                      failed_stage=getattr(exc, "sendmap_stage", None))
     except Exception:  # noqa: BLE001 - a read-only or broken folder: the error being reported matters more
         pass
 
@@ -1234,7 +1235,7 @@ def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bo
         keys = stage_keys(cfg, {"fingerprint": input_info["fingerprint"], "bytes": input_info["bytes"]})
         done = dict(group.attrs.get("stages", {}))
         set_attrs(group, sendmap_version=__version__, config=cfg.resolved(), input=input_info, status="running",
-                  created=group.attrs.get("created", now_iso()))
+                  created=group.attrs.get("created", now_iso()), error=None, failed_stage=None, failed_at=None)
         ctx = Context(cfg, out_dir, group, dataset, input_info, log)
         # warnings of the stages that may be reused stay with their results; those of a run's preamble do not
         ctx.warnings = [w for w in group.attrs.get("warnings", []) if isinstance(w, dict) and w.get("stage") in done]
@@ -1278,8 +1279,8 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
             with python_warnings_recorded(ctx):
                 st.run(ctx)
         except BaseException as exc:
-            if isinstance(exc, OSError):
-                exc.sendmap_stage = st.name
+            with contextlib.suppress(AttributeError):
+                exc.sendmap_stage = st.name  # (OSError: the output error's message; any: failed_stage)
             try:
                 set_attrs(group, status="failed", error=failure_text(exc), failed_stage=st.name)
             except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
@@ -1300,7 +1301,7 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
         return summary
     summary["status"] = "complete"
     write_json_atomic(summary_path, summary)
-    set_attrs(group, status="complete", completed=now_iso(), error=None, failed_stage=None)
+    set_attrs(group, status="complete", completed=now_iso(), error=None, failed_stage=None, failed_at=None)
     return summary
 
 
