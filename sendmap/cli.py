@@ -76,9 +76,10 @@ def make_streams_safe(*streams) -> None:
 
 @contextlib.contextmanager
 def _quiet_python_warnings():
-    """No numpy/matplotlib warning reaches the terminal (inside the stages they are counted in summary.json
-    ``internal_warnings``): ignored in this process, and through PYTHONWARNINGS in worker processes it starts.
-    An explicit ``python -W`` or PYTHONWARNINGS of the user's is respected."""
+    """No numpy/matplotlib warning reaches the terminal: their display is dropped in this process (inside the
+    stages they are counted in summary.json ``internal_warnings`` instead) and PYTHONWARNINGS=ignore is set for
+    the worker processes it starts. The warning filters are not changed, and a ``python -W ...`` or
+    PYTHONWARNINGS of the user's turns all this off (warnings shown as Python shows them)."""
     import warnings
 
     if sys.warnoptions or "PYTHONWARNINGS" in os.environ:
@@ -87,7 +88,7 @@ def _quiet_python_warnings():
     os.environ["PYTHONWARNINGS"] = "ignore"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.showwarning = lambda *a, **k: None
             yield
     finally:
         os.environ.pop("PYTHONWARNINGS", None)

@@ -1107,41 +1107,44 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
 
 @contextlib.contextmanager
 def python_warnings_recorded(ctx: Context):
-    """Python warnings raised while a stage runs (in any of its threads) are kept off the terminal.
+    """Python warnings shown while a stage runs (in any of its threads) are kept off the terminal.
 
     A numpy ``RuntimeWarning`` ("Mean of empty slice", "All-NaN slice", ...) or a matplotlib ``UserWarning`` means
     a case sendmap's code does not guard yet; the user can do nothing with it. They are counted per stage, by
     category, message and the line that raised them, in the store's attrs ``internal_warnings`` and in
-    summary.json (``{stage: {"RuntimeWarning: Mean of empty slice (sendmap/science/stats.py:134)": 12}}``).
-    A ``UserWarning`` raised by sendmap's own code (e.g. "figure helper process failed; drawing here") is a
-    message for the user: it becomes a run warning (:meth:`Context.warn`, code ``"python_warning"``).
+    summary.json (``{stage: {"RuntimeWarning: Mean of empty slice (sendmap/science/stats.py:134)": 1}}``; with
+    Python's default filters a warning is shown, so counted, once per line). A ``UserWarning`` of sendmap's own
+    code (e.g. "figure helper process failed; drawing here") is a message for the user: it becomes a run warning
+    (:meth:`Context.warn`, code ``"python_warning"``). Only the display is replaced: the warning filters stay, so
+    ``python -W error`` (or pytest's ``-W error::RuntimeWarning``) still turns them into errors.
     """
     import warnings
 
     pkg = os.path.dirname(os.path.abspath(__file__))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    counts: dict = {}
+    lock = threading.Lock()
+
+    def count(message, category, filename, lineno, file=None, line=None):
+        fname = os.path.abspath(str(filename))
+        if fname.startswith(pkg) and issubclass(category, UserWarning):
+            ctx.warn(str(message), "python_warning")
+            return
+        where = (os.path.relpath(fname, os.path.dirname(pkg)) if fname.startswith(pkg)
+                 else "/".join(fname.split(os.sep)[-2:]))
+        key = f"{category.__name__}: {(str(message).splitlines() or [''])[0][:200]} ({where}:{lineno})"
+        with lock:
+            counts[key] = counts.get(key, 0) + 1
+
+    with warnings.catch_warnings():  # restores the display (and the filters) afterwards
+        warnings.showwarning = count
         try:
             yield
         finally:
-            counts: dict = {}
-            for w in caught:
-                fname = os.path.abspath(str(w.filename))
-                if fname.startswith(pkg) and issubclass(w.category, UserWarning) and \
-                        not issubclass(w.category, RuntimeWarning):
-                    ctx.warn(str(w.message), "python_warning")
-                    continue
-                where = os.path.relpath(fname, os.path.dirname(pkg)) if fname.startswith(pkg) else \
-                    "/".join(fname.split(os.sep)[-2:])
-                key = f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]} ({where}:{w.lineno})"
-                counts[key] = counts.get(key, 0) + 1
             if counts and ctx.stage:
                 internal = dict(ctx.group.attrs.get("internal_warnings", {}))
                 internal[ctx.stage] = counts
-                try:
+                with contextlib.suppress(OSError):
                     set_attrs(ctx.group, internal_warnings=internal)
-                except OSError:
-                    pass
 
 
 def failure_text(exc: BaseException) -> str:
