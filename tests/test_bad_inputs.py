@@ -267,6 +267,10 @@ CASES = [
          setup=lambda d, s: {"args": [d / "D", "--scan-shape", "0", "5"]}),
     Case("synth_tiny_detector", 2, "detector_shape", command="synth",
          setup=lambda d, s: {"args": [d / "D", "--detector", "8"]}),
+    Case("synth_q_pixel_size_inf", 2, "q_pixel_size must be a finite number", command="synth",
+         setup=lambda d, s: {"args": [d / "D", "--q-pixel-size", "inf"]}),
+    Case("synth_step_in_metres", 2, "step_nm must lie in", command="synth",
+         setup=lambda d, s: {"args": [d / "D", "--step-nm", "4e-9"]}),
     # --- terminals (issue case 9): a full run whose output is read on an ASCII terminal
     Case("ascii_terminal", 0, "+/-", env={"PYTHONIOENCODING": "ascii"}),
     # --- cases fixed on other branches (issue cases 1, 2, 3, 5, 6, 10 and the exit-0-with-wrong-results list)

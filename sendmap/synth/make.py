@@ -156,6 +156,21 @@ class SynthParams:
         def bad(key, msg):
             raise SendmapInputError(f"sendmap synth: {key} {msg}")
 
+        for key, value in asdict(self).items():  # no inf/nan anywhere (each check below reads as if finite)
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(key, f"must be a finite number, got {value}")
+        # the config written beside the data must load: the same bounds as calibration.* in sendmap.config
+        from ..config import CalibrationConfig
+
+        for key, cfg_key, value in (("step_nm", "scan_step_nm", self.step_nm),
+                                    ("beam_energy_kv", "beam_energy_kv", self.beam_energy_kv),
+                                    ("convergence_mrad", "convergence_mrad", self.convergence_mrad)):
+            meta = CalibrationConfig.model_fields[cfg_key].metadata
+            lo = max([getattr(m, "ge", None) or getattr(m, "gt", None) or 0.0 for m in meta] + [0.0])
+            hi = min([getattr(m, "le", None) or math.inf for m in meta] + [math.inf])
+            if not (lo <= value <= hi and value > 0):
+                bad(key, f"must lie in [{lo:g}, {hi:g}] (calibration.{cfg_key} of the config it writes), got {value}")
         if len(self.scan_shape) != 2 or min(self.scan_shape) < 1:
             bad("scan_shape", f"must be two positive integers, got {self.scan_shape}")
         if len(self.detector_shape) != 2 or min(self.detector_shape) < 16:
