@@ -1,25 +1,159 @@
 """The ``sendmap`` command line: run, batch, synth, calibrate, info, --version.
 
-Bad input or config ends with a one-paragraph message on stderr and exit code 2.
+Bad input or config ends with a one-paragraph message on stderr and exit code 2; a run that fails at any point
+(bad config, bad input, a stage's error, Ctrl-C, SIGTERM) leaves its output folder with no summary.json and the
+store marked ``status: failed``. Text goes out through the terminal's encoding: where it cannot show ±, Å, ⁻¹, ×,
+→ ..., ASCII stand-ins are printed (:func:`ascii_text`). Python warnings (numpy, matplotlib) are not shown.
 """
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import SendmapInputError
+from .errors import SendmapInputError, Terminated
 
 EXIT_BAD_INPUT = 2
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+ASCII_STAND_INS = {
+    "±": "+/-", "Å": "A", "×": "x", "→": "->", "←": "<-", "−": "-", "–": "-", "—": "-", "µ": "u", "μ": "u",
+    "σ": "sigma", "χ": "chi", "φ": "phi", "θ": "theta", "λ": "lambda", "Δ": "d", "·": "*", "≈": "~", "≤": "<=",
+    "≥": ">=", "≠": "!=", "°": " deg", "²": "^2", "³": "^3", "⁻": "^-", "¹": "1", "⁰": "0", "⁴": "4", "⁵": "5",
+    "⁶": "6", "⁷": "7", "⁸": "8", "⁹": "9", "…": "...", "‘": "'", "’": "'", "“": '"', "”": '"', "√": "sqrt",
+    "∞": "inf", "█": "#", "▏": "|", "▎": "|", "▍": "|", "▌": "|", "▋": "|", "▊": "|", "▉": "|",
+}
+"""ASCII for the characters sendmap's messages use (tqdm's bar blocks too), where the terminal cannot show them."""
+
+
+def ascii_text(text: str) -> str:
+    """``text`` with :data:`ASCII_STAND_INS` replaced and anything else non-ASCII as ``?``
+    (``"0.3294 ± 0.0051 1/Å, e⁻/Å²"`` → ``"0.3294 +/- 0.0051 1/A, e^-/A^2"``)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ord(ch) < 128:
+            out.append(ch)
+            continue
+        rep = ASCII_STAND_INS.get(ch, "?")
+        if ch in "¹⁰⁴⁵⁶⁷⁸⁹" and (i == 0 or text[i - 1] not in "⁻¹²³⁰⁴⁵⁶⁷⁸⁹"):
+            rep = "^" + rep  # a superscript number on its own: Q⁴ → Q^4 (after ⁻ it follows "^-")
+        out.append(rep)
+    return "".join(out)
+
+
+def _ascii_errors(exc: UnicodeEncodeError):
+    """codecs error handler "sendmap_ascii": the characters a stream's encoding cannot encode, as ASCII."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    start = exc.start  # the run may start after a superscript the encoding could take (latin-1 has ¹²³)
+    return ascii_text(exc.object[max(0, start - 1):exc.end])[len(ascii_text(exc.object[max(0, start - 1):start])):], \
+        exc.end
+
+
+codecs.register_error("sendmap_ascii", _ascii_errors)
+
+
+def make_streams_safe(*streams) -> None:
+    """Where a text stream's encoding (``PYTHONIOENCODING=ascii``, a C locale, a latin-1 terminal) cannot encode
+    sendmap's characters (±, Å, ⁻¹, ×, →), switch its error handling to the ASCII stand-ins: every print, log
+    line, error message and progress bar then comes out readable instead of ending in a UnicodeEncodeError."""
+    for stream in streams or (sys.stdout, sys.stderr):
+        enc = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "±Å⁻¹×→".encode(enc)
+            continue
+        except (UnicodeEncodeError, LookupError):
+            pass
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="sendmap_ascii")
+
+
+@contextlib.contextmanager
+def _quiet_python_warnings():
+    """No numpy/matplotlib warning reaches the terminal: their display is dropped in this process (inside the
+    stages they are counted in summary.json ``internal_warnings`` instead) and PYTHONWARNINGS=ignore is set for
+    the worker processes it starts. The warning filters are not changed, and a ``python -W ...`` or
+    PYTHONWARNINGS of the user's turns all this off (warnings shown as Python shows them)."""
+    import warnings
+
+    if sys.warnoptions or "PYTHONWARNINGS" in os.environ:
+        yield
+        return
+    os.environ["PYTHONWARNINGS"] = "ignore"
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda *a, **k: None
+            yield
+    finally:
+        os.environ.pop("PYTHONWARNINGS", None)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated("SIGTERM")
+
+
+@contextlib.contextmanager
+def _sigterm_ends_the_run():
+    """SIGTERM (``kill``, a batch system's time limit) ends the run through the same path as Ctrl-C, so its
+    output is marked failed, instead of the process vanishing mid-write with ``status: running``."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _output_dir_of_unloadable_config(config: str, overrides: list[str]) -> Path | None:
+    """Where a config that does not validate would have written (its YAML's output.dir after the overrides,
+    relative to its folder), to mark that output failed; None where that cannot be told."""
+    import yaml
+
+    from .config import _resolve, apply_overrides
+
+    try:
+        path = Path(config)
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for text in overrides:  # each that parses (the one at fault may be any of them)
+            try:
+                data = apply_overrides(data, [text])
+            except SendmapInputError:
+                pass
+        out = (data.get("output") or {}).get("dir", "results")
+        return _resolve(path.parent.resolve(), str(out)) if isinstance(out, (str, os.PathLike)) else None
+    except Exception:  # noqa: BLE001 - unreadable, not YAML, not a mapping: nothing to mark
+        return None
 
 
 def _cmd_run(args) -> int:
     from .config import load_config
+
+    cfg = None
+    try:
+        cfg = load_config(args.config, args.set)
+        return _run_loaded(cfg, args)
+    except BaseException as exc:
+        out = cfg.output_dir() if cfg is not None else _output_dir_of_unloadable_config(args.config, args.set)
+        if out is not None and out.is_dir() and not exc.__class__.__name__ == "OutputBusyError":
+            from .pipeline import mark_failed
+
+            mark_failed(out, exc)
+        raise
+
+
+def _run_loaded(cfg, args) -> int:
     from .report.build import start_figure_helpers_for_rerun
 
-    cfg = load_config(args.config, args.set)
     if args.no_progress:
         cfg.compute.progress = False
     # on a likely re-run from classification on, the figure helpers warm up while the pipeline's modules import
@@ -44,6 +178,11 @@ def _cmd_run(args) -> int:
         print(f"  {name:12s} {c['count']:6d} positions{extra}")
     if summary["reused_stages"]:
         print(f"[sendmap] reused: {', '.join(summary['reused_stages'])}")
+    warns = summary.get("warnings") or []
+    if warns:
+        print(f"[sendmap] {len(warns)} warning{'s' if len(warns) > 1 else ''} (summary.json 'warnings'):")
+        for w in warns:
+            print(f"  [{w.get('stage')}] {w.get('message')}")
     return 0
 
 
@@ -167,12 +306,18 @@ def build_parser(synth_arguments: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(synth_arguments="synth" in args_in)
+    make_streams_safe()
     args = parser.parse_args(args_in)
     try:
-        return int(args.func(args) or 0)
+        with _quiet_python_warnings(), _sigterm_ends_the_run():
+            return int(args.func(args) or 0)
     except SendmapInputError as exc:
-        print(f"sendmap: error: {exc}", file=sys.stderr)
+        print(f"sendmap: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one paragraph
         return EXIT_BAD_INPUT
+    except Terminated:
+        print("sendmap: stopped by SIGTERM; the output is marked failed (finished stages are reused next time)",
+              file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("sendmap: interrupted", file=sys.stderr)
         return 130

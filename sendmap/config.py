@@ -23,7 +23,21 @@ FORMATS = ("auto", "mib", "dm4", "dm3", "empad", "arina", "py4dstem", "npy", "za
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a YAML .inf or .nan is refused for every number (no key means "infinite")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _ordered_range(v, what: str = "a range", low: float = 0.0):
+    """A (low, high) range of 1/Å (a window, a band): ``low`` ≤ lo < hi, else a ValueError saying so."""
+    if v is None:
+        return v
+    lo, hi = v
+    if not lo < hi:
+        raise ValueError(f"{what} is [low, high] with low < high, got {list(v)}"
+                         + (" (reversed?)" if lo > hi else ""))
+    if lo < low:
+        raise ValueError(f"{what} must lie at Q >= {low:g} 1/Å, got {list(v)}")
+    return v
 
 
 class RawLayout(_Section):
@@ -88,9 +102,15 @@ class InputConfig(_Section):
 
 class CalibrationConfig(_Section):
     q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per (unbinned) detector pixel, Q = 1/d")
-    scan_step_nm: float = Field(4.0, gt=0, description="probe step of the recording (before input.bin_r), nm")
-    beam_energy_kv: float = Field(200.0, gt=0, description="accelerating voltage, kV")
-    convergence_mrad: float = Field(2.0, gt=0, description="probe convergence semi-angle, mrad")
+    # Bounds that catch unit mistakes (a step in metres, a voltage in V), not physics limits: the finest 4D-STEM
+    # steps (atomic-resolution ptychography) are ≈ 0.02 nm, 20× above 1e-3 nm; a STEM scan field is at most tens
+    # of µm (scan-coil deflection), so one step above 1e5 nm (100 µm) cannot come from one scan.
+    scan_step_nm: float = Field(4.0, ge=1e-3, le=1e5, description="probe step of the recording (before input.bin_r), "
+                                "nm (1e-3 to 1e5)")
+    # 1 kV (the lowest STEM-in-SEM voltages) to 3000 kV (the largest high-voltage TEMs, 3 MV)
+    beam_energy_kv: float = Field(200.0, ge=1, le=3000, description="accelerating voltage, kV (1 to 3000)")
+    # the largest probe-forming apertures of aberration-corrected STEM give ≈ 30-50 mrad; SEND uses ≈ 0.5-2
+    convergence_mrad: float = Field(2.0, gt=0, le=100, description="probe convergence semi-angle, mrad (at most 100)")
     camera_length_mm: Optional[float] = Field(None, gt=0, description="used with detector_pixel_um when q_pixel_size is null")
     detector_pixel_um: Optional[float] = Field(None, gt=0, description="physical detector pixel size, µm")
     centre_radius_px: Optional[float] = Field(
@@ -117,6 +137,18 @@ class CalibrationConfig(_Section):
     mask_file: Optional[str] = Field(
         None, description=".npy/.tif/.png of the stored frame shape, nonzero = excluded pixel (pyFAI's convention); "
         "added to the automatic mask")
+    @field_validator("ellipse_window")
+    @classmethod
+    def _ellipse_window(cls, v):
+        return _ordered_range(v, "calibration.ellipse_window")
+
+    @field_validator("ellipse")
+    @classmethod
+    def _ellipse_value(cls, v):
+        if isinstance(v, tuple) and not v[0] > 0:
+            raise ValueError(f"ellipse: [ratio, angle_deg] needs a ratio > 0 (≈ 1: major/minor axis), got {list(v)}")
+        return v
+
     centre_method: Literal["auto", "disk", "symmetry"] = Field(
         "auto", description="disk: centre of mass of the central disk; symmetry: 180° point symmetry of the rings; "
         "auto: symmetry where a beam stop or the mask hides more than half of the central disk")
@@ -178,11 +210,10 @@ class PeaksConfig(_Section):
         (0.45, 0.75), description="1/Å, where the second SRO peak (≈ 1.75–1.8 × the first) is sought")
     second_half_width: float = Field(0.16, gt=0, description="1/Å each side of the second peak's first estimate")
 
-    @model_validator(mode="after")
-    def _window_order(self):
-        if not self.window[0] < self.window[1]:
-            raise ValueError(f"peaks.window must be [low, high] with low < high, got {list(self.window)}")
-        return self
+    @field_validator("window", "second_window", "denoise_q_range")
+    @classmethod
+    def _ranges(cls, v, info):
+        return _ordered_range(v, f"peaks.{info.field_name}")
 
 
 class ClassDefinitions(_Section):
@@ -220,6 +251,19 @@ class ClassDefinitions(_Section):
     sei_type1_range: tuple[float, float] = Field((0.307, 0.37), description="1/Å; isotropic SRO peak range of SEI Type 1")
     sei_type2_range: tuple[float, float] = Field((0.27, 0.33), description="1/Å; SRO peak range of SEI Type 2")
     electrolyte_range: tuple[float, float] = Field((0.26, 0.307), description="1/Å; SRO peak range of the electrolyte")
+
+
+    @field_validator("sei_type1_range", "sei_type2_range", "electrolyte_range")
+    @classmethod
+    def _class_range(cls, v, info):
+        return _ordered_range(v, f"classify.definitions.{info.field_name}")
+
+    @field_validator("crystal_bands", "lif_bands")
+    @classmethod
+    def _bands(cls, v, info):
+        for i, band in enumerate(v):
+            _ordered_range(band, f"classify.definitions.{info.field_name}[{i}]")
+        return v
 
 
 class ClassifyConfig(_Section):
@@ -293,6 +337,15 @@ class Config(_Section):
     # Folder the config came from: relative paths resolve against it (not part of the YAML).
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
+    @model_validator(mode="after")
+    def _q_max_reaches_the_peak(self):
+        q_max, win = self.profiles.q_max, self.peaks.window
+        if q_max is not None and q_max <= win[0]:
+            raise ValueError(f"profiles.q_max ({q_max:g} 1/Å) lies below peaks.window {list(win)}: the profiles would "
+                             f"end before the SRO peak; raise profiles.q_max above {win[1]:g} or set it to null (the "
+                             f"detector's edge)")
+        return self
+
     def input_path(self) -> Path:
         return _resolve(self.base_dir, self.input.path)
 
@@ -346,8 +399,14 @@ def _format_errors(err: ValidationError, source: str) -> str:
             lines.append(f"unknown key '{key}'{hint}{valid}")
         elif e["type"] == "missing":
             lines.append(f"missing required key '{key}'")
+        elif e["type"] == "value_error":  # our validators: the message names the key and the value
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            lines.append(msg if not key or msg.startswith(key) else f"key '{key}': {msg}")
         else:
-            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+            owner = _model_at(Config, loc)
+            field = owner.model_fields.get(str(loc[-1])) if owner else None
+            about = f" [{key}: {field.description}]" if field is not None and field.description else ""
+            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r}){about}")
     return f"invalid config {source}: " + "; ".join(lines)
 
 
@@ -380,7 +439,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value '{raw}': {exc}") from None
+        raise ConfigError(f"--set {key}: cannot parse value '{raw}' as YAML: {_yaml_problem(exc)}") from None
     return parts, value
 
 
@@ -399,6 +458,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what, and where (line, column), without PyYAML's multi-line pointer."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate.
 
@@ -412,6 +482,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(exc)}") from None
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data, base_dir=path.parent, source=str(path))

@@ -18,3 +18,8 @@ class SendmapOutputError(SendmapInputError):
 
     Exit code 2 like bad input: the message names the folder (and file) and what to do.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: ``kill``, a batch system's time limit): ends the run like Ctrl-C,
+    leaving its output marked failed, exit code 143 (128 + 15)."""

@@ -31,7 +31,9 @@ def describe(path: Path) -> dict:
 
         walk(g)
         attrs = dict(g.attrs)
-        return {"kind": "sendmap result store", "path": str(store), "status": attrs.get("status"),
+        failure = {k: attrs[k] for k in ("error", "failed_stage", "failed_at") if attrs.get(k)}
+        return {"kind": "sendmap result store", "path": str(store), "status": attrs.get("status"), **failure,
+                "warnings": attrs.get("warnings", []),
                 "sendmap_version": attrs.get("sendmap_version"), "created": attrs.get("created"),
                 "input": attrs.get("input"), "ingest": attrs.get("ingest"), "calibration": attrs.get("calibration"),
                 "dose": attrs.get("dose"),

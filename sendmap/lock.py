@@ -23,6 +23,10 @@ from .errors import SendmapInputError
 
 LOCK_NAME = ".sendmap.lock"
 
+class OutputBusyError(SendmapInputError):
+    """Another sendmap run is writing to the output folder (its lock is held)."""
+
+
 _HELD: set[str] = set()
 """Folders this process holds a lock on (POSIX locks do not conflict within one process)."""
 
@@ -48,7 +52,7 @@ class OutputLock:
     def __enter__(self):
         key = str(self.path.resolve())
         if key in _HELD:
-            raise SendmapInputError(f"another sendmap run (pid {os.getpid()}, this process) is writing to "
+            raise OutputBusyError(f"another sendmap run (pid {os.getpid()}, this process) is writing to "
                                     f"{self.path.parent}; wait for it to finish or use another output.dir")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -59,7 +63,7 @@ class OutputLock:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise SendmapInputError(f"cannot lock the output folder {self.path.parent} ({exc.strerror}); "
                                         f"use another output.dir") from None
-            raise SendmapInputError(f"another sendmap run ({holder}) is writing to {self.path.parent}; wait for it "
+            raise OutputBusyError(f"another sendmap run ({holder}) is writing to {self.path.parent}; wait for it "
                                     f"to finish or use another output.dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}".encode(), 0)
@@ -67,6 +71,24 @@ class OutputLock:
         _HELD.add(key)
         self._key = key
         return self
+
+    def held_by_other(self) -> bool:
+        """Another process (a live run) holds this folder's lock. Never releases a lock this process holds
+        (closing any descriptor of the file would: POSIX record locks), so that case is answered from
+        :data:`_HELD`."""
+        if not self.path.is_file() or str(self.path.resolve()) in _HELD:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # (releases the probe's lock, if it got one)
+        return False
 
     def __exit__(self, *exc):
         if self._fd is not None:

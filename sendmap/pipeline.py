@@ -8,11 +8,13 @@ a stage); ``pipelines/README.md`` describes it for users.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from . import CLASS_NAMES, __version__
 from .config import Config
 from .errors import SendmapInputError
 from .io import Dataset, fingerprint, open_dataset
-from .lock import OutputLock
+from .lock import OutputBusyError, OutputLock
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
 from .report.build import FIGURE_HELPER_STAGES, start_figure_helpers
@@ -48,6 +50,27 @@ class Context:
     """What the stage being run reports for its ``stages`` entry (block stages: ``blocks``, ``blocks_resumed``)."""
     figure_helpers: object = None
     """:class:`sendmap.report.build.FigureHelpers` started when classification starts, for the report."""
+    stage: str | None = None
+    """Name of the stage being run (recorded with its warnings)."""
+    warnings: list = field(default_factory=list)
+    """Run warnings so far, each {"stage", "code", "message"}: those of reused stages (from the store) and new ones."""
+    _warn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def warn(self, message: str, code: str) -> None:
+        """Record a run warning: something the user must know about the results that is not an error (a peak
+        at the window's edge, a dose too low for classes, a mask hiding most of the detector, ...).
+
+        Logged at once as ``[sendmap] warning: MESSAGE``, kept in the store's root attrs ``warnings`` (so a
+        reused stage's warnings stay with its results, and are dropped when the stage is recomputed) and copied
+        into ``summary.json`` ``warnings``: a list of ``{"stage": ..., "code": ..., "message": ...}``.
+        ``code``: a short stable snake_case name scripts and tests can match (e.g. ``"peak_at_window_edge"``);
+        ``message``: one sentence naming what was found, what it means and the config key to change."""
+        rec = {"stage": self.stage or "run", "code": str(code), "message": str(message)}
+        with self._warn_lock:
+            self.warnings.append(rec)
+            if self.group is not None:
+                set_attrs(self.group, warnings=self.warnings)
+        self.log(f"[sendmap] warning: {message}")
 
     @property
     def store_path(self) -> str:
@@ -963,6 +986,12 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     ds = open_dataset(path, inp.format, inp.scan_shape, dataset=inp.dataset,
                       raw=inp.raw.model_dump() if inp.raw else None)
     q_pixel_size(cfg)
+    cal = cfg.calibration
+    if cal.calibrant:
+        calibrant_record(cfg)  # named, so it must be readable even where q_pixel_size is given
+    if cal.mask_file and not cfg.resolve(cal.mask_file).is_file():
+        raise SendmapInputError(f"calibration.mask_file: {cfg.resolve(cal.mask_file)} not found (a .npy/.tif/.png of "
+                                f"the detector's shape, nonzero = excluded pixel; or set mask_file: null)")
     fp = fingerprint(path, files=ds.files)
     info = {"path": str(path), "format": ds.format, "reader": READERS.get(ds.format, ""), "bytes": fp["bytes"],
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
@@ -982,9 +1011,14 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
     (:func:`~sendmap.report.build.start_figure_helpers_for_rerun`); used if the first stage to run is one of
     :data:`~sendmap.report.build.FIGURE_HELPER_STAGES`, else ended at once; ended in any case when the run ends.
     """
+    out_dir = cfg.output_dir()
     try:
         dataset, input_info = preflight(cfg)
-        out_dir = cfg.output_dir()
+        if out_dir.exists() and not out_dir.is_dir():
+            from .errors import SendmapOutputError
+
+            raise SendmapOutputError(f"output.dir {out_dir} is a file, not a folder: set output.dir to a folder "
+                                     f"(new or existing) for the results")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             probe = out_dir / f".write-test-{os.getpid()}"
@@ -998,9 +1032,88 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
             if _is_output_error(exc, out_dir):
                 raise output_error(exc, out_dir, getattr(exc, "sendmap_stage", None)) from None
             raise
+    except OutputBusyError:
+        raise  # another run's folder: not ours to mark
+    except BaseException as exc:
+        mark_failed(out_dir, exc)
+        raise
     finally:
         if figure_helpers is not None:
             figure_helpers.close()  # (nothing left to end where they drew the figures)
+
+
+@contextlib.contextmanager
+def python_warnings_recorded(ctx: Context):
+    """Python warnings shown while a stage runs (in any of its threads) are kept off the terminal.
+
+    A numpy ``RuntimeWarning`` ("Mean of empty slice", "All-NaN slice", ...) or a matplotlib ``UserWarning`` means
+    a case sendmap's code does not guard yet; the user can do nothing with it. They are counted per stage, by
+    category, message and the line that raised them, in the store's attrs ``internal_warnings`` and in
+    summary.json (``{stage: {"RuntimeWarning: Mean of empty slice (sendmap/science/stats.py:134)": 1}}``; with
+    Python's default filters a warning is shown, so counted, once per line). A ``UserWarning`` of sendmap's own
+    code (e.g. "figure helper process failed; drawing here") is a message for the user: it becomes a run warning
+    (:meth:`Context.warn`, code ``"python_warning"``). Only the display is replaced: the warning filters stay, so
+    ``python -W error`` (or pytest's ``-W error::RuntimeWarning``) still turns them into errors.
+    """
+    import warnings
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    counts: dict = {}
+    lock = threading.Lock()
+
+    def count(message, category, filename, lineno, file=None, line=None):
+        fname = os.path.abspath(str(filename))
+        if fname.startswith(pkg) and issubclass(category, UserWarning):
+            ctx.warn(str(message), "python_warning")
+            return
+        where = (os.path.relpath(fname, os.path.dirname(pkg)) if fname.startswith(pkg)
+                 else "/".join(fname.split(os.sep)[-2:]))
+        key = f"{category.__name__}: {(str(message).splitlines() or [''])[0][:200]} ({where}:{lineno})"
+        with lock:
+            counts[key] = counts.get(key, 0) + 1
+
+    with warnings.catch_warnings():  # restores the display (and the filters) afterwards
+        warnings.showwarning = count
+        try:
+            yield
+        finally:
+            if counts and ctx.stage:
+                internal = dict(ctx.group.attrs.get("internal_warnings", {}))
+                internal[ctx.stage] = counts
+                with contextlib.suppress(OSError):
+                    set_attrs(ctx.group, internal_warnings=internal)
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a failed run records as its ``error`` (store attrs; the CLI prints the same)."""
+    from .errors import Terminated
+
+    if isinstance(exc, Terminated):
+        return "stopped by SIGTERM"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exc, SystemExit):
+        return f"stopped (exit code {exc.code})"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, SendmapInputError) else text
+
+
+def mark_failed(out_dir: Path, exc: BaseException) -> None:
+    """After a failure at any point (before the run starts, in a stage, an interrupt): nothing in ``out_dir``
+    may look complete. Removes ``summary.json`` and marks the result store (if there is one) ``status: failed``
+    with ``error``; the finished stages' results stay and are reused by the next run. Leaves a folder that
+    another live run holds (its lock) alone, and never creates anything. Best effort: never raises."""
+    try:
+        out_dir = Path(out_dir)
+        if not out_dir.is_dir() or OutputLock(out_dir).held_by_other():
+            return
+        (out_dir / "summary.json").unlink(missing_ok=True)
+        if (out_dir / STORE_NAME / "zarr.json").is_file():
+            group = open_store(out_dir, mode="r+")
+            set_attrs(group, status="failed", error=failure_text(exc), failed_at=now_iso(),
+                      failed_stage=getattr(exc, "sendmap_stage", None))
+    except Exception:  # noqa: BLE001 - a read-only or broken folder: the error being reported matters more
+        pass
 
 
 OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -1062,8 +1175,10 @@ def _run_locked(cfg: Config, out_dir: Path, dataset, input_info: dict, force: bo
         keys = stage_keys(cfg, {"fingerprint": input_info["fingerprint"], "bytes": input_info["bytes"]})
         done = dict(group.attrs.get("stages", {}))
         set_attrs(group, sendmap_version=__version__, config=cfg.resolved(), input=input_info, status="running",
-                  created=group.attrs.get("created", now_iso()))
+                  created=group.attrs.get("created", now_iso()), error=None, failed_stage=None, failed_at=None)
         ctx = Context(cfg, out_dir, group, dataset, input_info, log)
+        # warnings of the stages that may be reused stay with their results; those of a run's preamble do not
+        ctx.warnings = [w for w in group.attrs.get("warnings", []) if isinstance(w, dict) and w.get("stage") in done]
         if figure_helpers is not None and _first_stage_to_run(keys, done, force) in FIGURE_HELPER_STAGES:
             ctx.figure_helpers = figure_helpers
         elif figure_helpers is not None:  # a heavier stage runs first: they would compete with its blocks
@@ -1087,24 +1202,32 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
             if st.name == until:
                 break
             continue
+        if not invalid:  # this stage and every later one are recomputed: their old warnings go
+            later = {s.name for s in STAGES[[s.name for s in STAGES].index(st.name):]}
+            ctx.warnings = [w for w in ctx.warnings if w.get("stage") not in later]
+            internal = {k: v for k, v in dict(group.attrs.get("internal_warnings", {})).items() if k not in later}
+            set_attrs(group, warnings=ctx.warnings, internal_warnings=internal)
         invalid = True  # every later stage reruns too
         done.pop(st.name, None)
         set_attrs(group, stages=done)
         log(f"[sendmap] {st.name}: {st.doc}")
         if st.name in FIGURE_HELPER_STAGES and ctx.figure_helpers is None:
             ctx.figure_helpers = start_figure_helpers(cfg)
-        ctx.stage_key, ctx.resume, ctx.stage_info = keys[st.name]["key"], not force, {}
+        ctx.stage_key, ctx.resume, ctx.stage_info, ctx.stage = keys[st.name]["key"], not force, {}, st.name
         t0 = time.perf_counter()
         try:
-            st.run(ctx)
+            with python_warnings_recorded(ctx):
+                st.run(ctx)
         except BaseException as exc:
-            if isinstance(exc, OSError):
-                exc.sendmap_stage = st.name
+            with contextlib.suppress(AttributeError):
+                exc.sendmap_stage = st.name  # (OSError: the output error's message; any: failed_stage)
             try:
-                set_attrs(group, status="failed")
+                set_attrs(group, status="failed", error=failure_text(exc), failed_stage=st.name)
             except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
                 pass
             raise
+        finally:
+            ctx.stage = None
         annotate_arrays(Path(ctx.store_path))  # dimension names, units, long names (sendmap/schema.py)
         write_coordinates(group, Path(ctx.store_path), scan_step_nm(cfg))
         timing[st.name] = round(time.perf_counter() - t0, 3)
@@ -1118,15 +1241,21 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
     if until and until != STAGES[-1].name:
         set_attrs(group, status="partial")
         return summary
+    summary["status"] = "complete"
     write_json_atomic(summary_path, summary)
-    set_attrs(group, status="complete", completed=now_iso())
+    set_attrs(group, status="complete", completed=now_iso(), error=None, failed_stage=None, failed_at=None)
     return summary
 
 
 def build_summary(group, timing: dict, reused: list) -> dict:
+    """summary.json: classes, calibration, dose, layers, peaks, timing, the run's ``warnings`` (list of
+    {"stage", "code", "message"}, see :meth:`Context.warn`) and ``internal_warnings`` (Python warnings raised
+    inside sendmap's stages, counted: see :func:`python_warnings_recorded`)."""
     stats = group.attrs.get("statistics", {})
     calib = dict(group.attrs.get("calibration", {}))
-    return {"classes": stats.get("classes", {}),
+    return {"warnings": list(group.attrs.get("warnings", [])),
+            "internal_warnings": dict(group.attrs.get("internal_warnings", {})),
+            "classes": stats.get("classes", {}),
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
             "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),

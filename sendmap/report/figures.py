@@ -463,7 +463,8 @@ def scale_bar_length(width_nm: float, fraction: float = 0.225) -> float:
     if not (np.isfinite(width_nm) and width_nm > 0):
         raise ValueError(f"scale bar: field width must be a positive number of nm, got {width_nm!r}")
     target = fraction * width_nm
-    candidates = [m * 10.0**e for e in range(-2, 7) for m in (1, 2, 5)]
+    e0 = math.floor(math.log10(target))  # the 1-2-5 lengths of the decades around the target (any field width)
+    candidates = [m * 10.0**e for e in range(e0 - 1, e0 + 2) for m in (1, 2, 5)]
     candidates = [c for c in candidates if c <= 0.5 * width_nm] or [min(candidates)]
     return min(candidates, key=lambda c: abs(math.log(c / target)))
 

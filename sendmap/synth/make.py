@@ -156,6 +156,21 @@ class SynthParams:
         def bad(key, msg):
             raise SendmapInputError(f"sendmap synth: {key} {msg}")
 
+        for key, value in asdict(self).items():  # no inf/nan anywhere (each check below reads as if finite)
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(key, f"must be a finite number, got {value}")
+        # the config written beside the data must load: the same bounds as calibration.* in sendmap.config
+        from ..config import CalibrationConfig
+
+        for key, cfg_key, value in (("step_nm", "scan_step_nm", self.step_nm),
+                                    ("beam_energy_kv", "beam_energy_kv", self.beam_energy_kv),
+                                    ("convergence_mrad", "convergence_mrad", self.convergence_mrad)):
+            meta = CalibrationConfig.model_fields[cfg_key].metadata
+            lo = max([getattr(m, "ge", None) or getattr(m, "gt", None) or 0.0 for m in meta] + [0.0])
+            hi = min([getattr(m, "le", None) or math.inf for m in meta] + [math.inf])
+            if not (lo <= value <= hi and value > 0):
+                bad(key, f"must lie in [{lo:g}, {hi:g}] (calibration.{cfg_key} of the config it writes), got {value}")
         if len(self.scan_shape) != 2 or min(self.scan_shape) < 1:
             bad("scan_shape", f"must be two positive integers, got {self.scan_shape}")
         if len(self.detector_shape) != 2 or min(self.detector_shape) < 16:
@@ -836,8 +851,27 @@ def synth_main(args: argparse.Namespace) -> int:
     if len(det) not in (1, 2):
         raise SendmapInputError(f"sendmap synth: --detector takes N or QY QX, got {det}")
     det = (det[0], det[0]) if len(det) == 1 else tuple(det)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise SendmapInputError(f"sendmap synth: OUT_DIR {out} exists and is not a folder; give a new or existing "
+                                f"folder to write the dataset, its truth and config into")
     t0 = time.perf_counter()
-    paths = make_dataset(
+    try:
+        paths = _make_dataset_from_args(args, det)
+    except OSError as exc:
+        from ..errors import SendmapOutputError
+
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise SendmapOutputError(f"sendmap synth: cannot write the dataset into {out}: "
+                                 f"{exc.strerror or exc}{where}; give a writable OUT_DIR") from None
+    if not args.quiet:
+        print(f"sendmap synth: wrote {paths['data']} and truth/config in {paths['data'].parent} "
+              f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _make_dataset_from_args(args: argparse.Namespace, det: tuple) -> dict:
+    return make_dataset(
         args.out_dir, scan_shape=tuple(args.scan_shape), detector_shape=det, q_pixel_size=args.q_pixel_size,
         beam_energy_kv=args.beam_energy, convergence_mrad=args.convergence, electrons_per_pattern=args.dose,
         central_fraction=args.central_fraction, ellipse_ratio=args.ellipse[0], ellipse_angle_deg=args.ellipse[1],
@@ -848,10 +882,6 @@ def synth_main(args: argparse.Namespace) -> int:
         beam_stop_angle_deg=getattr(args, "beam_stop_angle", 90.0),
         beam_stop_tip_radius_px=getattr(args, "beam_stop_tip_radius", None),
         aperture_radius_px=getattr(args, "aperture_radius_px", None), progress=not args.quiet)
-    if not args.quiet:
-        print(f"sendmap synth: wrote {paths['data']} and truth/config in {paths['data'].parent} "
-              f"({time.perf_counter() - t0:.1f} s)")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
