@@ -274,3 +274,81 @@ def test_class_mean_profiles_empty_and_nan_classes():
         warnings.simplefilter("error")
         mean, sem, counts = class_mean_profiles(prof, cls, 3)
     assert counts.tolist() == [6, 0, 0] and np.isnan(mean).all()
+
+
+# ------------------------------------------------------------------------------ pipeline level (issue 21)
+
+def _halo_scan(path, n=6, size=64, seed=0, empty=()):
+    """A tiny n × n scan of size² frames: a direct beam and an SRO-like halo at r = 26 px (Q ≈ 0.33 1/Å at
+    0.0125 1/Å per pixel), Poisson counts; the frames listed in ``empty`` ((y, x) positions) have no counts."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    lam = 2000 * np.exp(-0.5 * (r / 2) ** 2) / (8 * np.pi) + 3 * np.exp(-0.5 * ((r - 26) / 4) ** 2) + 0.3
+    data = np.random.default_rng(seed).poisson(lam, (n, n, size, size)).astype(np.uint16)
+    for y, x in empty:
+        data[y, x] = 0
+    np.save(path, data)
+
+
+def _run(tmp_path, data, extra=()):
+    from sendmap.cli import main
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"input:\n  path: {data.name}\n  scan_shape: [6, 6]\ncalibration:\n  q_pixel_size: 0.0125\n"
+                   f"dose:\n  electrons_per_pattern: 2000\noutput:\n  dir: out\n", encoding="utf-8")
+    args = ["run", str(cfg), "--no-progress"]
+    for e in extra:
+        args += ["--set", e]
+    return main(args)
+
+
+def test_frames_without_counts_get_no_peak(tmp_path, capsys):
+    import zarr
+
+    empty = [(0, 0), (2, 3), (5, 5)]
+    _halo_scan(tmp_path / "scan.npy", empty=empty)
+    assert _run(tmp_path, tmp_path / "scan.npy") == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    g = zarr.open_group(str(tmp_path / "out" / "sendmap.zarr"), mode="r")
+    status = np.asarray(g["maps/peak_status"])
+    names = g["maps/peak_status"].attrs["flag_meanings"].split()
+    peak = np.asarray(g["maps/peak_q"])
+    for y, x in empty:
+        assert names[status[y, x]] == "too_few_counts" and np.isnan(peak[y, x])
+        assert np.isnan(np.asarray(g["peaks/q_peak"])[y, x])
+    assert np.isnan(peak[status != 0]).all() and np.isfinite(peak[status == 0]).all()
+    assert (status == 0).sum() >= 30  # the others have a halo: a peak near 0.33
+    assert abs(np.nanmedian(peak) - 0.33) < 0.02
+    assert dict(g.attrs)["peaks"]["status_counts"]["too_few_counts"] == len(empty)
+
+
+def test_window_partly_outside_the_detector_warns(tmp_path, capsys):
+    """A 64² detector reaches 0.36 1/Å (its nearest corner, 45 px from the centre) at 0.008 1/Å per pixel, so the
+    window [0.22, 0.42] lies partly outside the data: a warning in the log and the summary, no traceback."""
+    import json
+
+    _halo_scan(tmp_path / "scan.npy")
+    assert _run(tmp_path, tmp_path / "scan.npy", ["calibration.q_pixel_size=0.008"]) == 0
+    cap = capsys.readouterr()
+    log = cap.out + cap.err
+    assert "lies partly outside" in log and "calibration.q_pixel_size" in log
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert any("partly outside" in w for w in summary["peaks"]["warnings"])
+
+
+@pytest.mark.parametrize("case", ["ones_32", "q_pixel_tenth"])
+def test_window_outside_the_data_is_an_input_error(tmp_path, capsys, case):
+    """A 32² detector at 0.0125 1/Å per pixel reaches 0.14 1/Å, and q_pixel_size ÷ 10 shrinks any detector's Q
+    range tenfold: the SRO window lies outside; exit 2 naming peaks.window and calibration.q_pixel_size."""
+    if case == "ones_32":
+        np.save(tmp_path / "scan.npy", np.ones((6, 6, 32, 32), np.uint16))
+        extra = []
+    else:
+        _halo_scan(tmp_path / "scan.npy")
+        extra = ["calibration.q_pixel_size=0.00125"]
+    assert _run(tmp_path, tmp_path / "scan.npy", extra) == 2
+    cap = capsys.readouterr()
+    err = cap.out + cap.err
+    assert "Traceback" not in err
+    assert "peaks.window" in err and "calibration.q_pixel_size" in err
