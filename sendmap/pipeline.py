@@ -674,6 +674,13 @@ def stage_peaks(ctx: Context) -> None:
     the SEM of the average; denoising: through the projection, :func:`sendmap.science.peaks.fit_peaks`).
     The plain fit of the unbinned, undenoised profiles is always made too; the median reported σ of
     both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
+
+    ``peaks/status`` (codes and names in its ``flag_values``/``flag_meanings``, :data:`sendmap.science.peaks.
+    PEAK_STATUS`) says per position whether there is a peak and, if not, why; positions without counts are
+    ``too_few_counts``. The window is checked against the profiles' Q range first (an input error where it lies
+    outside, a warning where partly). The ``peaks`` attribute records the fit range used (``fit_range``; with
+    ``fit_half_width: auto`` measured on the mean non-crystalline profile), ``status_counts`` and ``warnings``
+    (also logged: more than :data:`PEAK_STATUS_WARN_SHARE` of the non-crystalline positions without a peak).
     """
 
     from .execute import local_map
@@ -795,6 +802,9 @@ def stage_peaks(ctx: Context) -> None:
                    "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
                    "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0}
     status_counts = {name: int(np.sum(status == c)) for c, name in enumerate(PEAK_STATUS) if np.any(status == c)}
+    if status_counts.get("fit_failed"):
+        ctx.log(f"[sendmap] peaks: {status_counts['fit_failed']} positions: the polynomial has no interior maximum; "
+                "peaks/q_peak holds the smoothed maximum (± one bin) there, status fit_failed, no peak in maps/peak_q")
     n_am = int(amorphous.sum())
     not_ok = amorphous & (status != status_code("ok"))
     if n_am and not_ok.sum() > PEAK_STATUS_WARN_SHARE * n_am:
