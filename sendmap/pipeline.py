@@ -869,6 +869,7 @@ def stage_classify(ctx: Context) -> None:
     from .science.classify import CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count, spot_vote
     from .science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
+    from .science.peaks import status_attrs, status_code
     from .science.phases import get_phase
 
     cfg, g = ctx.cfg, ctx.group
@@ -886,8 +887,6 @@ def stage_classify(ctx: Context) -> None:
         bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
                                np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
         write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": [2 * r_q, q_hi]})
-    from .science.peaks import status_attrs, status_code
-
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
     # the peak status (ok, or why there is no peak); stores without it: ok where a peak was found
