@@ -626,7 +626,7 @@ fixed default (≈ 1.1 × the FWHM of probe-convolved synthetic SRO peaks)."""
 
 PEAK_STATUS_WARN_SHARE = 0.10
 """Share of non-crystalline positions without an SRO peak (``peaks/status`` not ok) above which the peaks stage
-warns: on the synthetic Li/SEI/Cu scenarios at ≥ 5 × 10³ e⁻ it is < 1 %, so a tenth means the window, the
+warns: on the synthetic Li/SEI/Cu scenarios (seed 0) at 5 × 10³ and 2 × 10⁴ e⁻ it is 0 of 2685, so a tenth means the window, the
 calibration or the dose does not suit the data."""
 
 
