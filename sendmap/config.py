@@ -156,8 +156,10 @@ class PeaksConfig(_Section):
         "probe-convolved synthetic SRO peaks); auto: 1.4 × the peak's own half width at half prominence on each side, "
         "measured on the scan's mean non-crystalline profile (asymmetric real peaks get an asymmetric range, which "
         "removes the fixed range's bias towards the heavier flank; 0.14 where that profile has no maximum in the "
-        "window). Not the default yet: on the synthetic 5 × 10³ e⁻ scenario its narrower range brings the ±1σ "
-        "coverage to 0.49 (0.62 with 0.14)")
+        "window); calibrated on resampled real halos (±1σ coverage 0.61–0.69 at 5 × 10³ and 2 × 10⁴ e⁻), but not the "
+        "default: on the synthetic Li/SEI/Cu scenarios its narrower range (≈ 0.07 1/Å) under-covers (0.55 at 5 × 10³, "
+        "0.57 at 2 × 10⁴; 0.64 and 0.63 with 0.14): at that signal-to-noise the polynomial's maximum over 11 bins has "
+        "heavier tails than its delta-method error says")
     degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
     smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
     spatial_binning: int = Field(
