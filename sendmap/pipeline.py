@@ -631,22 +631,25 @@ calibration or the dose does not suit the data."""
 
 
 def peak_window_check(q: np.ndarray, window: tuple[float, float], log: Callable, total_counts=None,
-                      centre_yx=None) -> list[str]:
+                      centre_yx=None, frame_shape=None) -> list[str]:
     """Compare ``peaks.window`` (1/Å) with the profiles' Q range (bin edges): a SendmapInputError where it lies
     entirely outside (or holds fewer than 3 bins), a logged warning (returned in a list) where it lies partly
     outside. ``total_counts`` (per frame) and ``centre_yx`` (the beam centre found, px) only make the error's
     message name the likelier cause: frames without counts, or a centre at the detector's edge."""
     bw = float(q[1] - q[0]) if q.size > 1 else 0.0
-    lo, hi = (max(float(q[0]) - bw / 2, 0.0), float(q[-1]) + bw / 2) if q.size else (0.0, 0.0)
+    lo, hi = (max(round(float(q[0]) - bw / 2, 12), 0.0), float(q[-1]) + bw / 2) if q.size else (0.0, 0.0)
     n_in = int(np.sum((q >= window[0]) & (q <= window[1])))
     if n_in < 3:
         cause = ""
         if total_counts is not None and not np.any(np.asarray(total_counts) > 0):
             cause = (" Every frame of the input sums to zero or less (no counts): there is nothing to measure; check "
                      "input.path / input.dataset and the detector's file.")
-        elif centre_yx is not None:
-            cause = (f" The beam centre was found at (y, x) = ({centre_yx[0]:.1f}, {centre_yx[1]:.1f}) px; the "
-                     "profiles reach only to the nearest detector corner from it.")
+        elif centre_yx is not None and frame_shape is not None and min(
+                centre_yx[0], centre_yx[1], frame_shape[0] - 1 - centre_yx[0], frame_shape[1] - 1 - centre_yx[1]) < 2:
+            cause = (f" The beam centre was found at (y, x) = ({centre_yx[0]:.1f}, {centre_yx[1]:.1f}) px, at the edge "
+                     f"of the {frame_shape[0]} × {frame_shape[1]} px detector, and the profiles reach only to the "
+                     "nearest detector corner from it: no direct beam was found (frames with too few counts, or a "
+                     "mask, calibration.mask_file, hiding it).")
         raise SendmapInputError(
             f"peaks.window {list(window)} 1/Å lies outside the profiles' Q range [{lo:.4g}, {hi:.4g}] 1/Å "
             f"({n_in} bins inside, need ≥ 3): no SRO peak can be sought. The Q range is set by the detector size and "
@@ -696,7 +699,8 @@ def stage_peaks(ctx: Context) -> None:
     ry, rx, nq = iqn.shape
     counts = np.asarray(g["ingest/total_counts"], dtype=np.float64).ravel()
     centre = dict(g.attrs.get("calibration", {})).get("centre_guess_yx")
-    warnings_ = peak_window_check(q, pk.window, ctx.log, counts, centre)
+    frame_shape = dict(g.attrs.get("ingest", {})).get("frame_shape")
+    warnings_ = peak_window_check(q, pk.window, ctx.log, counts, centre, frame_shape)
     amorphous = ~crystal_rows(ctx).ravel()
     # the fit range: the configured number, or matched to the peak's half widths on the mean profile of the
     # non-crystalline positions that have counts
