@@ -188,6 +188,12 @@ def test_sum1_halo_position(sum1):
     assert hw is not None
     r = fit_peaks(q, prof, sem, WINDOW, auto_fit_range(q, prof[0], WINDOW))
     assert r["status"][0] == 0 and 0.29 <= r["q_peak"][0] <= 0.33, r["q_peak"]
+    # within a bin of the highest bin of the high-count profile; the fixed ± 0.14 1/Å range, ≈ 3 × this narrow
+    # halo's half width, lands 0.014 1/Å off (the size of the issue-17 bias)
+    inside = (q >= WINDOW[0]) & (q <= WINDOW[1])
+    assert abs(r["q_peak"][0] - q[inside][np.argmax(prof[0][inside])]) <= BW
+    fixed = fit_peaks(q, prof, sem, WINDOW, 0.14)
+    assert abs(fixed["q_peak"][0] - r["q_peak"][0]) >= 0.008, (fixed["q_peak"][0], r["q_peak"][0])
 
 
 @pytest.mark.parametrize("electrons", [5e3, 2e4])
