@@ -152,14 +152,12 @@ class ProfilesConfig(_Section):
 class PeaksConfig(_Section):
     window: tuple[float, float] = Field((0.22, 0.42), description="1/Å, where the first SRO peak is sought")
     fit_half_width: "float | Literal['auto']" = Field(
-        0.14, description="1/Å each side of the first estimate used in the polynomial fit (0.14 ≈ 1.1 × the FWHM of "
-        "probe-convolved synthetic SRO peaks); auto: 1.4 × the peak's own half width at half prominence on each side, "
-        "measured on the scan's mean non-crystalline profile (asymmetric real peaks get an asymmetric range, which "
-        "removes the fixed range's bias towards the heavier flank; 0.14 where that profile has no maximum in the "
-        "window); calibrated on resampled real halos (±1σ coverage 0.61–0.69 at 5 × 10³ and 2 × 10⁴ e⁻), but not the "
-        "default: on the synthetic Li/SEI/Cu scenarios its narrower range (≈ 0.07 1/Å) under-covers (0.55 at 5 × 10³, "
-        "0.57 at 2 × 10⁴; 0.64 and 0.63 with 0.14): at that signal-to-noise the polynomial's maximum over 11 bins has "
-        "heavier tails than its delta-method error says")
+        "auto", description="1/Å each side of the first estimate used in the polynomial fit, or auto: ± 0.14 (≈ 1.1 × "
+        "the FWHM of probe-convolved synthetic SRO peaks) unless, on the scan's mean non-crystalline profile, that "
+        "range moves the maximum by more than 0.003 1/Å from a range matched to the peak (1.4 × each side's half width "
+        "at half prominence): then the matched, possibly asymmetric, range (real asymmetric halos: the fixed range is "
+        "0.008–0.014 1/Å off). The choice and its reason are in the peaks attributes (fit_range). A number: that "
+        "range both sides, as in earlier versions")
     degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
     smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
     spatial_binning: int = Field(

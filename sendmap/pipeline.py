@@ -621,8 +621,9 @@ def crystal_rows(ctx: Context) -> np.ndarray:
 
 
 AUTO_FIT_HALF_WIDTH_FALLBACK = 0.14
-"""1/Å, the fit half range where ``peaks.fit_half_width: auto`` finds no maximum on the mean profile: the earlier
-fixed default (≈ 1.1 × the FWHM of probe-convolved synthetic SRO peaks)."""
+"""1/Å, the fixed fit half range that ``peaks.fit_half_width: auto`` keeps unless the mean profile shows it biased
+(:func:`sendmap.science.peaks.choose_fit_range`): the earlier default, ≈ 1.1 × the FWHM of probe-convolved synthetic
+SRO peaks."""
 
 PEAK_STATUS_WARN_SHARE = 0.10
 """Share of non-crystalline positions without an SRO peak (``peaks/status`` not ok) above which the peaks stage
@@ -687,7 +688,7 @@ def stage_peaks(ctx: Context) -> None:
     """
 
     from .execute import local_map
-    from .science.peaks import (PEAK_STATUS, auto_fit_range, bin_similar_neighbours, fit_peaks, fit_second_peak,
+    from .science.peaks import (PEAK_STATUS, bin_similar_neighbours, choose_fit_range, fit_peaks, fit_second_peak,
                                 lowrank_denoise, status_attrs, status_code)
 
     cfg, g = ctx.cfg, ctx.group
@@ -708,21 +709,21 @@ def stage_peaks(ctx: Context) -> None:
     half_width = pk.fit_half_width
     if fit_range is None:
         sel = amorphous & (counts > 0)
+        flat, flat_s = iqn.reshape(-1, nq)[sel], sem.reshape(-1, nq)[sel]
         with np.errstate(invalid="ignore", divide="ignore"):
-            fin = np.isfinite(iqn.reshape(-1, nq)[sel])
-            mean_prof = (np.where(fin, iqn.reshape(-1, nq)[sel], 0.0).sum(axis=0)
-                         / np.where(fin.sum(axis=0) > 0, fin.sum(axis=0), np.nan))
-        rng = auto_fit_range(q, mean_prof, pk.window) if sel.any() else None
-        if rng is None:
-            half_width = AUTO_FIT_HALF_WIDTH_FALLBACK
-            fit_range = {"mode": "auto (fallback)", "half_width": [half_width] * 2,
-                         "reason": "the mean non-crystalline profile has no maximum inside peaks.window"}
-            ctx.log(f"[sendmap] peaks: fit_half_width auto: the mean profile has no maximum inside peaks.window "
-                    f"{list(pk.window)}; using ± {half_width} 1/Å")
+            fin = np.isfinite(flat) & np.isfinite(flat_s)
+            n_fin = fin.sum(axis=0)
+            mean_prof = np.where(fin, flat, 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
+            mean_sem = np.sqrt(np.where(fin, flat_s ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
+        if sel.any():
+            half_width, fit_range = choose_fit_range(q, mean_prof, mean_sem, pk.window, AUTO_FIT_HALF_WIDTH_FALLBACK,
+                                                     pk.smooth_sigma_bins, pk.degree)
         else:
-            half_width = rng
-            fit_range = {"mode": "auto", "half_width": [float(v) for v in rng],
-                         "method": "1.4 × each side's half width at half prominence of the mean non-crystalline profile"}
+            half_width = AUTO_FIT_HALF_WIDTH_FALLBACK
+            fit_range = {"mode": "auto: fixed", "half_width": [half_width] * 2,
+                         "reason": "no non-crystalline position with counts"}
+        ctx.log(f"[sendmap] peaks: fit range ({fit_range['mode']}) -{fit_range['half_width'][0]:.3f} "
+                f"+{fit_range['half_width'][1]:.3f} 1/Å: {fit_range['reason']}")
     hw_l, hw_r = fit_range["half_width"]
     fit_args = (pk.window, half_width, pk.smooth_sigma_bins, pk.degree)
     plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
