@@ -183,9 +183,13 @@ class ProfilesConfig(_Section):
 
 class PeaksConfig(_Section):
     window: tuple[float, float] = Field((0.22, 0.42), description="1/Å, where the first SRO peak is sought")
-    fit_half_width: float = Field(
-        0.14, gt=0, description="1/Å each side of the first estimate used in the polynomial fit; ≈ 1.1 × the FWHM of the "
-                         "SRO peak (probe-convolved SRO peaks at 2 mrad are ≈ 0.13 1/Å wide)")
+    fit_half_width: "float | Literal['auto']" = Field(
+        "auto", description="1/Å each side of the first estimate used in the polynomial fit, or auto: ± 0.14 (≈ 1.1 × "
+        "the FWHM of probe-convolved synthetic SRO peaks) unless, on the scan's mean non-crystalline profile, that "
+        "range moves the maximum by more than 0.003 1/Å from a range matched to the peak (1.4 × each side's half width "
+        "at half prominence): then the matched, possibly asymmetric, range (real asymmetric halos: the fixed range is "
+        "0.008–0.014 1/Å off). The choice and its reason are in the peaks attributes (fit_range). A number: that "
+        "range both sides, as in earlier versions")
     degree: int = Field(5, ge=2, le=8, description="degree of the polynomial fitted around the peak")
     smooth_sigma_bins: float = Field(3.0, ge=0, description="Gaussian smoothing (bins) for the first estimate")
     spatial_binning: int = Field(
@@ -205,7 +209,8 @@ class PeaksConfig(_Section):
         3, ge=0, le=10, description="components kept beyond the noise edge when denoise_components is null: a little more "
         "variance (propagated into the error) for less truncation bias (not in the error)")
     denoise_q_range: Optional[tuple[float, float]] = Field(
-        None, description="1/Å range denoised; null: from window[0] − fit_half_width to the detector's edge")
+        None, description="1/Å range denoised; null: from window[0] − the fit range's left half width to the detector's "
+        "edge")
     second_window: tuple[float, float] = Field(
         (0.45, 0.75), description="1/Å, where the second SRO peak (≈ 1.75–1.8 × the first) is sought")
     second_half_width: float = Field(0.16, gt=0, description="1/Å each side of the second peak's first estimate")
@@ -214,6 +219,13 @@ class PeaksConfig(_Section):
     @classmethod
     def _ranges(cls, v, info):
         return _ordered_range(v, f"peaks.{info.field_name}")
+
+    @field_validator("fit_half_width")
+    @classmethod
+    def _positive_width(cls, v):
+        if v != "auto" and not v > 0:
+            raise ValueError(f"must be auto or a number > 0 (1/Å), got {v}")
+        return v
 
 
 class ClassDefinitions(_Section):

@@ -644,6 +644,51 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
 
 
+AUTO_FIT_HALF_WIDTH_FALLBACK = 0.14
+"""1/Å, the fixed fit half range that ``peaks.fit_half_width: auto`` keeps unless the mean profile shows it biased
+(:func:`sendmap.science.peaks.choose_fit_range`): the earlier default, ≈ 1.1 × the FWHM of probe-convolved synthetic
+SRO peaks."""
+
+PEAK_STATUS_WARN_SHARE = 0.10
+"""Share of non-crystalline positions without an SRO peak (``peaks/status`` not ok) above which the peaks stage
+warns: on the synthetic Li/SEI/Cu scenarios (seed 0) at 5 × 10³ and 2 × 10⁴ e⁻ it is 0 of 2685, so a tenth means the window, the
+calibration or the dose does not suit the data."""
+
+
+def peak_window_check(q: np.ndarray, window: tuple[float, float], log: Callable, total_counts=None,
+                      centre_yx=None, frame_shape=None) -> list[str]:
+    """Compare ``peaks.window`` (1/Å) with the profiles' Q range (bin edges): a SendmapInputError where it lies
+    entirely outside (or holds fewer than 3 bins), a logged warning (returned in a list) where it lies partly
+    outside. ``total_counts`` (per frame) and ``centre_yx`` (the beam centre found, px) only make the error's
+    message name the likelier cause: frames without counts, or a centre at the detector's edge."""
+    bw = float(q[1] - q[0]) if q.size > 1 else 0.0
+    lo, hi = (max(round(float(q[0]) - bw / 2, 12), 0.0), float(q[-1]) + bw / 2) if q.size else (0.0, 0.0)
+    n_in = int(np.sum((q >= window[0]) & (q <= window[1])))
+    if n_in < 3:
+        cause = ""
+        if total_counts is not None and not np.any(np.asarray(total_counts) > 0):
+            cause = (" Every frame of the input sums to zero or less (no counts): there is nothing to measure; check "
+                     "input.path / input.dataset and the detector's file.")
+        elif centre_yx is not None and frame_shape is not None and min(
+                centre_yx[0], centre_yx[1], frame_shape[0] - 1 - centre_yx[0], frame_shape[1] - 1 - centre_yx[1]) < 2:
+            cause = (f" The beam centre was found at (y, x) = ({centre_yx[0]:.1f}, {centre_yx[1]:.1f}) px, at the edge "
+                     f"of the {frame_shape[0]} × {frame_shape[1]} px detector, and the profiles reach only to the "
+                     "nearest detector corner from it: no direct beam was found (frames with too few counts, or a "
+                     "mask, calibration.mask_file, hiding it).")
+        raise SendmapInputError(
+            f"peaks.window {list(window)} 1/Å lies outside the profiles' Q range [{lo:.4g}, {hi:.4g}] 1/Å "
+            f"({n_in} bins inside, need ≥ 3): no SRO peak can be sought. The Q range is set by the detector size and "
+            "calibration.q_pixel_size (and limited by profiles.q_max and calibration.crop_q): check that "
+            "calibration.q_pixel_size is right for this camera length, or move peaks.window." + cause)
+    if window[0] < lo or window[1] > hi:
+        msg = (f"peaks.window {list(window)} 1/Å lies partly outside the profiles' Q range [{lo:.4g}, {hi:.4g}] 1/Å: "
+               "maxima at the profile's edge are not peaks (status no_maximum_in_window); check "
+               "calibration.q_pixel_size and peaks.window")
+        log(f"[sendmap] peaks: warning: {msg}")
+        return [msg]
+    return []
+
+
 PLAIN_FIT_SAMPLE = 4096
 """With binning or denoising, the plain fit (for the diagnostics: the options' effect on the reported error) runs
 on at most this many non-crystalline positions, drawn at random (seed 0): medians to ~2 %."""
@@ -657,10 +702,18 @@ def stage_peaks(ctx: Context) -> None:
     the SEM of the average; denoising: through the projection, :func:`sendmap.science.peaks.fit_peaks`).
     The plain fit of the unbinned, undenoised profiles is always made too; the median reported σ of
     both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
+
+    ``peaks/status`` (codes and names in its ``flag_values``/``flag_meanings``, :data:`sendmap.science.peaks.
+    PEAK_STATUS`) says per position whether there is a peak and, if not, why; positions without counts are
+    ``too_few_counts``. The window is checked against the profiles' Q range first (an input error where it lies
+    outside, a warning where partly). The ``peaks`` attribute records the fit range used (``fit_range``; with
+    ``fit_half_width: auto`` measured on the mean non-crystalline profile), ``status_counts`` and ``warnings``
+    (also logged: more than :data:`PEAK_STATUS_WARN_SHARE` of the non-crystalline positions without a peak).
     """
 
     from .execute import local_map
-    from .science.peaks import bin_similar_neighbours, fit_peaks, fit_second_peak, lowrank_denoise
+    from .science.peaks import (PEAK_STATUS, bin_similar_neighbours, choose_fit_range, fit_peaks, fit_second_peak,
+                                lowrank_denoise, status_attrs, status_code)
 
     cfg, g = ctx.cfg, ctx.group
     pk = cfg.peaks
@@ -669,11 +722,39 @@ def stage_peaks(ctx: Context) -> None:
     iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
     sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
     ry, rx, nq = iqn.shape
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64).ravel()
+    centre = dict(g.attrs.get("calibration", {})).get("centre_guess_yx")
+    frame_shape = dict(g.attrs.get("ingest", {})).get("frame_shape")
+    warnings_ = peak_window_check(q, pk.window, lambda _: None, counts, centre, frame_shape)
+    for msg in warnings_:
+        ctx.warn(msg, "peak_window_partly_outside_data")
     amorphous = ~crystal_rows(ctx).ravel()
-    fit_args = (pk.window, pk.fit_half_width, pk.smooth_sigma_bins, pk.degree)
+    # the fit range: the configured number, or matched to the peak's half widths on the mean profile of the
+    # non-crystalline positions that have counts
+    fit_range = {"mode": "fixed", "half_width": [float(pk.fit_half_width)] * 2} if pk.fit_half_width != "auto" else None
+    half_width = pk.fit_half_width
+    if fit_range is None:
+        sel = amorphous & (counts > 0)
+        flat, flat_s = iqn.reshape(-1, nq)[sel], sem.reshape(-1, nq)[sel]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fin = np.isfinite(flat) & np.isfinite(flat_s)
+            n_fin = fin.sum(axis=0)
+            mean_prof = np.where(fin, flat, 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
+            mean_sem = np.sqrt(np.where(fin, flat_s ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
+        if sel.any():
+            half_width, fit_range = choose_fit_range(q, mean_prof, mean_sem, pk.window, AUTO_FIT_HALF_WIDTH_FALLBACK,
+                                                     pk.smooth_sigma_bins, pk.degree)
+        else:
+            half_width = AUTO_FIT_HALF_WIDTH_FALLBACK
+            fit_range = {"mode": "auto: fixed", "half_width": [half_width] * 2,
+                         "reason": "no non-crystalline position with counts"}
+        ctx.log(f"[sendmap] peaks: fit range ({fit_range['mode']}) -{fit_range['half_width'][0]:.3f} "
+                f"+{fit_range['half_width'][1]:.3f} 1/Å: {fit_range['reason']}")
+    hw_l, hw_r = fit_range["half_width"]
+    fit_args = (pk.window, half_width, pk.smooth_sigma_bins, pk.degree)
     plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
     k = pk.spatial_binning
-    compare = (q >= pk.window[0] - pk.fit_half_width) & (q <= pk.window[1] + pk.fit_half_width)
+    compare = (q >= pk.window[0] - hw_l) & (q <= pk.window[1] + hw_r)
     n_binned = np.ones((ry, rx), int)
     if k > 1:
         sem_raw = sem
@@ -681,7 +762,7 @@ def stage_peaks(ctx: Context) -> None:
     y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
     operator, info = None, {"method": "none"}
     if pk.denoise != "none":
-        lo, hi = pk.denoise_q_range or (pk.window[0] - pk.fit_half_width, float(q[-1]) + 1.0)
+        lo, hi = pk.denoise_q_range or (pk.window[0] - hw_l, (float(q[-1]) if q.size else 0.0) + 1.0)
         y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
                                             pk.denoise_components, pk.denoise_guard)
         if info["method"] == "none":
@@ -713,7 +794,22 @@ def stage_peaks(ctx: Context) -> None:
             op2 = None if info2["method"] == "none" else op2
     second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
                              operator=op2, map_blocks=fit_map)
+    # positions without counts have no peak, whatever their (zero) profile looks like
+    empty = ~(counts > 0)
+    status = np.asarray(res["status"]).copy()
+    status[empty] = status_code("too_few_counts")
+    for key in res:
+        if key != "status":
+            res[key] = np.where(empty, np.nan, res[key])
+    res["status"] = status
+    second["present"] = second["present"] & ~empty
+    for key in second:
+        if key != "present":
+            second[key] = np.where(empty, np.nan, second[key])
     for key, val in res.items():
+        if key == "status":
+            write_array(g, "peaks/status", val.reshape(ry, rx).astype(np.int8), status_attrs())
+            continue
         write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
     for key, val in second.items():
         name = "second_present" if key == "present" else f"second_{key}"
@@ -736,7 +832,23 @@ def stage_peaks(ctx: Context) -> None:
                    "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
                    "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
                    "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0}
-    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "degree": pk.degree, "profile": pk.profile,
+    status_counts = {name: int(np.sum(status == c)) for c, name in enumerate(PEAK_STATUS) if np.any(status == c)}
+    if status_counts.get("fit_failed"):
+        ctx.log(f"[sendmap] peaks: {status_counts['fit_failed']} positions: the polynomial has no interior maximum; "
+                "peaks/q_peak holds the smoothed maximum (± one bin) there, status fit_failed, no peak in maps/peak_q")
+    n_am = int(amorphous.sum())
+    not_ok = amorphous & (status != status_code("ok"))
+    if n_am and not_ok.sum() > PEAK_STATUS_WARN_SHARE * n_am:
+        parts = ", ".join(f"{PEAK_STATUS[c]} {int(np.sum(not_ok & (status == c)))}" for c in range(1, len(PEAK_STATUS))
+                          if np.any(not_ok & (status == c)))
+        msg = (f"{100 * not_ok.sum() / n_am:.0f} % of the {n_am} non-crystalline positions have no SRO peak ({parts}); "
+               "see peaks/status")
+        if np.sum(not_ok & (status == status_code("no_maximum_in_window"))) > 0.5 * not_ok.sum():
+            msg += ": mostly no maximum inside peaks.window (check it and calibration.q_pixel_size)"
+        warnings_.append(msg)
+        ctx.warn(msg, "positions_without_peak")
+    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "fit_range": fit_range, "degree": pk.degree,
+                        "profile": pk.profile, "status_counts": status_counts, "warnings": warnings_,
                         "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
                         "method": "weighted polynomial fit, maximum by Newton, delta-method error"
                                   + (" propagated through the denoising projection" if operator is not None else "")})
@@ -788,6 +900,7 @@ def stage_classify(ctx: Context) -> None:
     from .science.classify import CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count, spot_vote
     from .science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
+    from .science.peaks import status_attrs, status_code
     from .science.phases import get_phase
 
     cfg, g = ctx.cfg, ctx.group
@@ -807,6 +920,9 @@ def stage_classify(ctx: Context) -> None:
         write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": [2 * r_q, q_hi]})
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
+    # the peak status (ok, or why there is no peak); stores without it: ok where a peak was found
+    peak_status = (np.asarray(g["peaks/status"]).astype(np.int8) if "peaks/status" in g
+                   else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
     crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
@@ -861,8 +977,13 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
     write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,
                                        "crystal_spot_z_threshold": crystal_thr})
-    write_array(g, "maps/peak_q", np.where(no_peak, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum"})
-    write_array(g, "maps/peak_q_err", np.where(no_peak, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})
+    # the final maps: a peak only where the fit found an interior maximum inside the window (status ok) and the
+    # position is not crystalline; maps/peak_status says why not elsewhere
+    final_status = np.where(no_peak, status_code("crystal"), peak_status).astype(np.int8)
+    no_peak_map = final_status != status_code("ok")
+    write_array(g, "maps/peak_status", final_status, status_attrs())
+    write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum; NaN where maps/peak_status is not ok"})
+    write_array(g, "maps/peak_q_err", np.where(no_peak_map, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -879,6 +1000,9 @@ def stage_statistics(ctx: Context) -> None:
     peak2 = np.asarray(g["maps/peak2_q"]) if "maps/peak2_q" in g else np.full(cls.shape, np.nan)
     phase = np.asarray(g["maps/phase"]) if "maps/phase" in g else None
     phase_names = list(g["maps/phase"].attrs.get("phase_names", [])) if phase is not None else []
+    peak_status = np.asarray(g["maps/peak_status"]) if "maps/peak_status" in g else None
+    status_names = (str(g["maps/peak_status"].attrs.get("flag_meanings", "")).split()
+                    if peak_status is not None else [])
     dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]))
     classes = {}
     for k, name in enumerate(CLASS_NAMES):
@@ -887,11 +1011,16 @@ def stage_statistics(ctx: Context) -> None:
             continue
         fit = gaussian_histogram_fit(peak[sel], cfg.statistics.bin_width, err[sel])
         entry = {"count": int(sel.sum()), "count_with_peak": fit["count"]}
+        if peak_status is not None:  # why the others have none (by maps/peak_status name)
+            codes, cnt = np.unique(peak_status[sel], return_counts=True)
+            entry["peak_status"] = {status_names[c] if 0 <= c < len(status_names) else str(c): int(n)
+                                    for c, n in zip(codes, cnt)}
         if fit["count"] >= 1:
             entry.update(peak_q_mean=fit["mean"], peak_q_std=fit.get("std"), peak_q_err_median=float(np.nanmedian(err[sel])))
         if fit["count"] >= cfg.statistics.min_count:
             entry.update(fit_mu=fit["mu"], fit_sigma=fit["sigma"], fit_mu_err=fit["mu_err"], fit_sigma_err=fit["sigma_err"],
                          fit_amplitude=fit["amplitude"], fit_converged=fit["fit_converged"],
+                         fit_method=fit.get("fit_method"),
                          intrinsic_sigma=fit.get("intrinsic_sigma"), measurement_sigma=fit.get("measurement_sigma"),
                          histogram={"bin_edges": fit["bin_edges"], "counts": fit["bin_counts"]})
         for key, arr in (("fwhm", fwhm), ("peak2_q", peak2)):
@@ -927,7 +1056,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
     Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
-    Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak"),
+    Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak",
+          revision=2),
     Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), stage_report, "figures and tables"),

@@ -9,13 +9,113 @@ Method, for a block of profiles at once (no Python loop over positions):
 3. the uncertainty propagates the fit covariance to the root of p'(q): σ_q² = gᵀ C g with
    g_j = −j·x^{j−1} / p''(x) (delta method), scaled by sqrt(χ²_red) where the model fits significantly
    worse than the noise predicts.
+
+The fit range may be asymmetric, (left, right) 1/Å, matched to the peak's own half widths at half prominence
+(:func:`peak_half_widths`, :func:`auto_fit_range`): real SRO peaks are asymmetric with shoulders, and a fixed
+symmetric ± 0.14 1/Å range pulls the polynomial's maximum towards the heavier flank (+0.008 1/Å on the real
+Ta2O5 halo, see tests/test_peaks_real.py). Every position gets a :data:`PEAK_STATUS` code; no input (empty Q
+range, all-NaN or all-zero profiles, zero errors) raises.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
+
+PEAK_STATUS = ("ok", "no_maximum_in_window", "too_few_counts", "window_outside_data", "fit_failed", "crystal")
+"""Meaning of each ``peaks/status`` code (the index): ``ok`` an interior maximum of the fitted polynomial inside
+the window; ``no_maximum_in_window`` the smoothed profile's highest point in the window is at the window's edge
+(a monotonic profile, or the peak lies outside the window) or the fitted maximum lies outside the window;
+``too_few_counts`` fewer valid bins (finite, standard error > 0) in the fit range than the polynomial has
+coefficients + 1, or no counts at all; ``window_outside_data`` the window holds fewer than 3 of the profile's
+bins; ``fit_failed`` the polynomial has no interior maximum near a clear smoothed maximum (q_peak then holds the
+smoothed maximum with a one-bin error: the documented fallback, not a fit); ``crystal`` set by the classify stage
+(``maps/peak_status``) for crystalline positions. Refer to them by name (:func:`status_code`)."""
+
+
+def status_code(name: str) -> int:
+    """The ``peaks/status`` code of a :data:`PEAK_STATUS` name."""
+    return PEAK_STATUS.index(name)
+
+
+def status_attrs() -> dict:
+    """CF-style attributes describing a status array (``flag_values``, ``flag_meanings``)."""
+    return {"flag_values": list(range(len(PEAK_STATUS))), "flag_meanings": " ".join(PEAK_STATUS),
+            "meaning": "first SRO peak status per position; q_peak is NaN in maps/ wherever it is not ok"}
+
+
+AUTO_RANGE_FACTOR = 1.4
+"""Fit range each side of the maximum, in units of that side's half width at half prominence
+(:func:`auto_fit_range`, measured with 1 bin of smoothing). Chosen on the noise-free real halos of
+tests/test_peaks_real.py (Ta2O5 I(q), a Ceta SAED azimuthal average, in bins of 0.0125 1/Å) and the synthetic
+Gaussian-on-background peaks of tests/test_peaks.py (σ 0.045 and 0.055 1/Å, maxima 0.285–0.345): with 1.4 the
+degree-5 polynomial's maximum is within 0.0013 1/Å of the true maximum of every one of them (1.2: 0.0023,
+1.6: 0.0027, 2.0: 0.0068), where the fixed ± 0.14 1/Å range is off by 0.008 on the asymmetric Ta2O5 halo."""
+
+MIN_AUTO_HALF_WIDTH = 0.04
+"""1/Å, the narrowest automatic fit half range: ≈ 3 bins of 0.0125 1/Å each side, so that a degree-5
+polynomial over the range is determined (at least 7 bins)."""
+
+
+def peak_half_widths(q: np.ndarray, profile: np.ndarray, window: tuple[float, float],
+                     sigma_bins: float = 3.0) -> tuple[float, float] | None:
+    """Half widths (left, right) 1/Å of the highest maximum inside ``window`` of a (smoothed) 1-D profile, at
+    half its prominence; None where there is no such maximum (too few bins, all NaN, the maximum at the
+    window's edge, or a flank that does not fall to the level).
+
+    The prominence is the height above the higher of the two valleys that flank the maximum (the lowest
+    points reached walking downhill each way until the profile rises again or ends): the peak's own
+    topographic prominence, independent of the window.
+
+    >>> q = (np.arange(80) + 0.5) * 0.0125
+    >>> hl, hr = peak_half_widths(q, np.exp(-0.5 * ((q - 0.33) / 0.05) ** 2), (0.22, 0.42), sigma_bins=0)
+    >>> round(hl + hr, 3)  # a Gaussian's FWHM, 2.3548 σ (each side is measured from the highest bin)
+    0.118
+    """
+    q = np.asarray(q, float)
+    y = np.asarray(profile, float)
+    fin = np.isfinite(y)
+    if q.size < 3 or fin.sum() < 3:
+        return None
+    s = ndimage.gaussian_filter1d(np.where(fin, y, np.interp(q, q[fin], y[fin])), max(sigma_bins, 1e-6),
+                                  mode="nearest")
+    inside = np.flatnonzero((q >= window[0]) & (q <= window[1]))
+    if inside.size < 3:
+        return None
+    i = int(inside[np.argmax(s[inside])])
+    if i in (inside[0], inside[-1]):
+        return None
+    left = i
+    while left > 0 and s[left - 1] <= s[left]:
+        left -= 1
+    right = i
+    while right < q.size - 1 and s[right + 1] <= s[right]:
+        right += 1
+    top = s[i]
+    level = top - 0.5 * (top - max(s[left], s[right]))
+    if not top > level:
+        return None
+    jl = i - int(np.argmax(s[i::-1] <= level))  # first bin at/below the level, walking left
+    jr = i + int(np.argmax(s[i:] <= level))
+    if s[jl] > level or s[jr] > level:
+        return None
+    ql = q[jl] + (level - s[jl]) / (s[jl + 1] - s[jl]) * (q[jl + 1] - q[jl])
+    qr = q[jr - 1] + (level - s[jr - 1]) / (s[jr] - s[jr - 1]) * (q[jr] - q[jr - 1])
+    return float(q[i] - ql), float(qr - q[i])
+
+
+def auto_fit_range(q: np.ndarray, profile: np.ndarray, window: tuple[float, float], sigma_bins: float = 1.0,
+                   factor: float = AUTO_RANGE_FACTOR) -> tuple[float, float] | None:
+    """The fit range (left, right) 1/Å matched to a peak: ``factor`` × each side's half width at half prominence
+    (:func:`peak_half_widths`), at least :data:`MIN_AUTO_HALF_WIDTH`; None where the profile has no maximum
+    inside the window. Meant for a scan's mean (non-crystalline) profile, one range for every position: a mean
+    over many positions needs little smoothing (``sigma_bins`` 1 bin), which would otherwise widen the peak."""
+    hw = peak_half_widths(q, profile, window, sigma_bins)
+    if hw is None:
+        return None
+    return tuple(max(factor * h, MIN_AUTO_HALF_WIDTH) for h in hw)
 
 
 class LowRankOperator:
@@ -42,15 +142,59 @@ class LowRankOperator:
         return d if dtype is None else d.astype(dtype)
 
 
+AUTO_SHIFT_TOLERANCE = 0.003
+"""1/Å: where the scan's mean profile puts the maximum this much apart with the fixed and with the matched fit range,
+the fixed range is biased by the peak's shape and :func:`choose_fit_range` takes the matched one (issue 17's bound
+on the estimator's bias on real peak shapes)."""
+
+
+def choose_fit_range(q: np.ndarray, mean_profile: np.ndarray, mean_sem: np.ndarray, window: tuple[float, float],
+                     fixed: float = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
+                     tolerance: float = AUTO_SHIFT_TOLERANCE) -> tuple[float | tuple[float, float], dict]:
+    """The fit range for ``peaks.fit_half_width: auto``, from a scan's mean (non-crystalline) profile (1/Å).
+
+    The fixed symmetric range ± ``fixed`` has the smaller variance and, on near-symmetric peaks, errors that
+    cover; on asymmetric peaks with shoulders it pulls the polynomial's maximum towards the heavier flank (0.008
+    1/Å on the real Ta2O5 halo, 0.014 on a real metallic-glass pattern: tests/test_peaks_real.py). So: fit the
+    mean profile with both, the fixed and the matched range (:func:`auto_fit_range`); where their maxima differ
+    by more than ``tolerance`` the fixed range is biased for this data and the matched one is returned, else the
+    fixed one. Returns (half_width for :func:`fit_peaks`, a record of the choice: ``mode``, ``half_width`` [left,
+    right], ``shift`` (fixed − matched, 1/Å), ``reason``).
+    """
+    matched = auto_fit_range(q, mean_profile, window)
+    rec = {"half_width": [float(fixed)] * 2, "tolerance": tolerance}
+    if matched is None:
+        return fixed, rec | {"mode": "auto: fixed", "shift": None,
+                             "reason": "the mean profile has no maximum inside the window"}
+    prof = np.asarray(mean_profile, float)[None]
+    sem = np.asarray(mean_sem, float)[None]
+    a = fit_peaks(q, prof, sem, window, matched, smooth_sigma_bins, degree, width_error=False)
+    b = fit_peaks(q, prof, sem, window, fixed, smooth_sigma_bins, degree, width_error=False)
+    rec["matched_half_width"] = [float(v) for v in matched]
+    if a["status"][0] != 0 or b["status"][0] != 0:
+        return fixed, rec | {"mode": "auto: fixed", "shift": None,
+                             "reason": "a fit of the mean profile found no maximum inside the window"}
+    shift = float(b["q_peak"][0] - a["q_peak"][0])
+    rec["shift"] = shift
+    if abs(shift) > tolerance:
+        return matched, rec | {"mode": "auto: matched", "half_width": [float(v) for v in matched],
+                               "reason": f"the fixed range moves the mean profile's maximum by {shift:+.4f} 1/Å "
+                                         f"(> {tolerance}): an asymmetric peak"}
+    return fixed, rec | {"mode": "auto: fixed", "reason": f"the fixed range moves the mean profile's maximum by "
+                                                           f"{shift:+.4f} 1/Å (≤ {tolerance})"}
+
+
 def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, float], sigma_bins: float) -> np.ndarray:
     """Index of the maximum of each Gaussian-smoothed profile inside ``window`` (1/Å); -1 where all NaN.
 
     profiles: (N, nq). Smoothing runs along Q only; NaN bins are treated as 0 after smoothing.
     """
     p = np.nan_to_num(profiles, nan=0.0)
-    if sigma_bins > 0:
+    if sigma_bins > 0 and p.shape[1] > 0:
         p = ndimage.gaussian_filter1d(p, sigma_bins, axis=1, mode="nearest")
     inside = (q >= window[0]) & (q <= window[1])
+    if not inside.any():
+        return np.full(len(p), -1)
     p = np.where(inside[None, :], p, -np.inf)
     idx = np.argmax(p, axis=1)
     idx[~np.isfinite(profiles).any(axis=1)] = -1
@@ -62,7 +206,7 @@ FIT_BLOCK = 2048
 
 
 def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
-              half_width: float = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
+              half_width: float | tuple[float, float] = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
               operator: np.ndarray | None = None, width_error: bool = True,
               first_estimate: np.ndarray | None = None, map_blocks: Callable | None = None) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
@@ -77,10 +221,14 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     the smoothed profile inside the window), ``fwhm`` and ``fwhm_err`` (1/Å: full width of the fitted
     peak at half its prominence, NaN where a side does not reach that level inside the fit range; with
     ``width_error`` its 1-σ error by the delta method from the fit covariance, the level moving with the
-    height and with the base where the base lies inside the fit range) and ``status``
-    (0 ok, 1 fit maximum at the edge of its range or not a maximum: smoothed argmax reported with a
-    bin-width error, 2 no data). ``first_estimate``: (N,) bin indices to start from instead of the
-    smoothed maximum (−1: no peak).
+    height and with the base where the base lies inside the fit range) and ``status`` (codes of
+    :data:`PEAK_STATUS`: 0 ok; 1 no maximum in the window: the smoothed maximum at the window's edge or the
+    fitted one outside the window, NaN; 2 too few counts (valid bins) for the fit, NaN; 3 the window holds
+    fewer than 3 bins of ``q``, NaN; 4 fit failed: the polynomial has no interior maximum, the smoothed
+    maximum is reported with a bin-width error). ``first_estimate``: (N,) bin indices to start from instead
+    of the smoothed maximum (−1: no peak); with it, the window-edge test is left to the caller.
+    ``half_width``: 1/Å each side of the first estimate, or (left, right) for an asymmetric range
+    (:func:`auto_fit_range`); a number gives the symmetric fit of earlier versions, bit for bit.
 
     More than :data:`FIT_BLOCK` profiles are fitted in blocks of that many, through ``map_blocks(func, starts)``
     (the built-in ``map`` by default; e.g. :func:`sendmap.execute.thread_map`), which must return the
@@ -102,24 +250,46 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
 
         parts = list((map_blocks or map)(block, range(0, n, FIT_BLOCK)))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
+    sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
+    q = np.asarray(q, dtype=float)
     n, nq = profiles.shape
-    bw = float(q[1] - q[0])
-    h = max(degree // 2 + 1, int(round(half_width / bw)))
-    idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
     out = {k: np.full(n, np.nan) for k in ("q_peak", "q_err", "height", "height_err", "prominence", "fwhm", "fwhm_err")}
-    status = np.full(n, 2, dtype=np.int8)
+    inside = (q >= window[0]) & (q <= window[1])
+    if nq < degree + 2 or inside.sum() < 3:  # the window (nearly) off the profile: no fit anywhere
+        out["status"] = np.full(n, status_code("window_outside_data"), dtype=np.int8)
+        return out
+    bw = float(q[1] - q[0])
+    if np.ndim(half_width) == 0:
+        hl = hr = max(degree // 2 + 1, int(round(half_width / bw)))
+    else:
+        hl, hr = (max(2, int(round(float(v) / bw))) for v in half_width)
+        if hl + hr < degree + 2:
+            hl = hr = degree // 2 + 1
+    if hl + hr > nq - 1:  # a range wider than the profile: shrink it (symmetrically in bins) to fit
+        hl, hr = (nq - 1) // 2, (nq - 1) - (nq - 1) // 2
+    sym = hl == hr
+    h = hl
+    half = (hl + hr) / 2
+    scale = h * bw if sym else half * bw
+    idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
+    status = np.full(n, status_code("too_few_counts"), dtype=np.int8)
     have = idx0 >= 0
     if not have.any():
         out["status"] = status
         return out
     # gather the fit range around each first estimate (clipped to the profile)
-    centre = np.clip(idx0, h, nq - 1 - h)
-    cols = centre[:, None] + np.arange(-h, h + 1)[None, :]  # (N, 2h+1)
+    start = np.clip(idx0 - hl, 0, nq - 1 - (hl + hr))
+    centre = start + hl  # the first estimate's bin where not clipped
+    cols = start[:, None] + np.arange(hl + hr + 1)[None, :]  # (N, hl+hr+1)
+    q_mid = q[centre] if sym else 0.5 * (q[start] + q[start + hl + hr])  # the middle of the fit range
     rows = np.arange(n)[:, None]
     y = profiles[rows, cols]
     s = sem[rows, cols]
-    x = (q[cols] - q[centre][:, None]) / (h * bw)  # local coordinate in [-1, 1]
-    wgt = np.where(np.isfinite(y) & np.isfinite(s) & (s > 0), 1.0 / np.where(s > 0, s, 1.0) ** 2, 0.0)
+    x = (q[cols] - q_mid[:, None]) / scale  # local coordinate in [-1, 1]
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        wgt = np.where(np.isfinite(y) & np.isfinite(s) & (s > 0), 1.0 / np.where(s > 0, s, 1.0) ** 2, 0.0)
+    wgt = np.where(np.isfinite(wgt), wgt, 0.0)
     y = np.nan_to_num(y)
     powers = np.arange(degree + 1)
     xp = x[..., None] ** powers  # (N, m, d+1)
@@ -169,20 +339,32 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     significant = chi2_red > 1.0 + 2.0 * np.sqrt(2.0 / dof)
     if operator is None:
         var_x *= np.where(significant, chi2_red, 1.0)
-    q_fit = q[centre] + xs * h * bw
+    q_fit = q_mid + xs * scale
     height = np.sum(coef * xs[:, None] ** powers, axis=1)
     xv = xs[:, None] ** powers
     height_var = _quad(xv, cov) * np.where(significant & (operator is None), chi2_red, 1.0)
-    out["q_peak"] = np.where(interior, q_fit, np.where(have, q[np.maximum(idx0, 0)], np.nan))
-    out["q_err"] = np.where(interior, np.sqrt(np.maximum(var_x, 0)) * h * bw, np.where(have, bw, np.nan))
-    out["height"] = np.where(interior, height, np.where(have, profiles[np.arange(n), np.maximum(idx0, 0)], np.nan))
-    out["height_err"] = np.where(interior, np.sqrt(np.maximum(height_var, 0)), np.nan)
-    status[have] = np.where(interior[have], 0, 1)
+    interior &= np.isfinite(q_fit) & np.isfinite(var_x) & np.isfinite(height)
+    # statuses: too few valid bins; a window-edge first estimate or a fitted maximum outside the window is no
+    # peak in the window; otherwise a polynomial without an interior maximum is a failed fit (fallback below)
+    code = np.where(interior, status_code("ok"), status_code("fit_failed"))
+    if first_estimate is None:
+        in_win = np.flatnonzero(inside)
+        at_edge = (idx0 == in_win[0]) | (idx0 == in_win[-1])
+        outside = interior & ((q_fit < window[0]) | (q_fit > window[1]))
+        code = np.where(at_edge | outside, status_code("no_maximum_in_window"), code)
+    code = np.where(ok, code, status_code("too_few_counts"))
+    status[have] = code[have]
+    good = status == status_code("ok")
+    fallback = status == status_code("fit_failed")
+    interior &= good
+    out["q_peak"] = np.where(good, q_fit, np.where(fallback, q[np.maximum(idx0, 0)], np.nan))
+    out["q_err"] = np.where(good, np.sqrt(np.maximum(var_x, 0)) * scale, np.where(fallback, bw, np.nan))
+    out["height"] = np.where(good, height, np.where(fallback, profiles[np.arange(n), np.maximum(idx0, 0)], np.nan))
+    out["height_err"] = np.where(good, np.sqrt(np.maximum(height_var, 0)), np.nan)
     out["status"] = status
     out["prominence"], base_q = _prominence(q, profiles, window, smooth_sigma_bins, idx0, out["height"], True)
     # width at half prominence of the fitted polynomial, and its spread over draws of the coefficients
     level = out["height"] - 0.5 * out["prominence"]
-    scale = h * bw
     wid_x, xl, xr = _half_level_width(coef, xs, level, interior, crossings=True)
     wid = wid_x * scale
     out["fwhm"] = wid
@@ -192,7 +374,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         # where it lies inside the fit range (outside, it comes from the smoothed profile, not the polynomial)
         sel = np.flatnonzero(interior & np.isfinite(wid))
         c_sel = np.nan_to_num(cov[sel]) * np.where(significant[sel] & (operator is None), chi2_red[sel], 1.0)[:, None, None]
-        xb = (base_q[sel] - q[centre[sel]]) / scale
+        xb = (base_q[sel] - q_mid[sel]) / scale
         dlev = 0.5 * (xs[sel, None] ** powers + np.where(np.abs(xb) <= 1.0, 1.0, 0.0)[:, None]
                       * np.clip(xb, -1, 1)[:, None] ** powers)
 
@@ -323,6 +505,12 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
     ``height``, ``prominence``, ``fwhm``, ``fwhm_err`` (NaN where absent) and ``present`` (bool).
     ``map_blocks``: as in :func:`fit_peaks`.
     """
+    profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
+    if profiles.shape[1] < degree + 2:  # no profile to speak of (an empty Q range): nothing present
+        out = {k: np.full(len(profiles), np.nan) for k in ("q_peak", "q_err", "height", "height_err", "prominence",
+                                                            "fwhm", "fwhm_err")}
+        out["present"] = np.zeros(len(profiles), bool)
+        return out
     # first estimate: the highest local maximum of the smoothed profile strictly inside the window (the
     # plain maximum would often be the window's low edge, on the first peak's falling flank)
     p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
@@ -367,14 +555,31 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     n_components, singular values (whitened, per √N) and the noise edge.
     """
     n, nq = profiles.shape
-    y = np.nan_to_num(np.asarray(profiles, float))
-    ref = np.nanmedian(np.where(fit_rows[:, None], sem, np.nan), axis=0)
+    y = np.nan_to_num(np.asarray(profiles, float), nan=0.0, posinf=0.0, neginf=0.0)
+    fit_rows = np.asarray(fit_rows, bool)
+    q_sel = np.asarray(q_sel, bool)
+
+    def skipped(why):
+        return y, np.eye(nq), {"method": "none", "skipped": why, "fit_rows": int(fit_rows.sum())}
+
+    if not fit_rows.any() or not q_sel.any():
+        return skipped("no non-crystalline positions" if not fit_rows.any() else "no Q bins in the denoised range")
+    with warnings.catch_warnings():  # all-NaN bins (no counts there) are dropped below, not warned about
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanmedian(np.where(fit_rows[:, None], sem, np.nan), axis=0)
     cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
+    if cols.size < 3:
+        return skipped(f"{cols.size} Q bins with a non-zero standard error in the denoised range (< 3)")
+    if fit_rows.sum() < MIN_DENOISE_ROWS:
+        return skipped(f"{int(fit_rows.sum())} non-crystalline positions (< {MIN_DENOISE_ROWS})")
     r = ref[cols]
     x = y[:, cols] / r
     xf = x[fit_rows]
     mean = xf.mean(axis=0)
-    _, sv, vt = np.linalg.svd(xf - mean, full_matrices=False)  # the principal axes: PCA without scikit-learn
+    try:
+        _, sv, vt = np.linalg.svd(xf - mean, full_matrices=False)  # the principal axes: PCA without scikit-learn
+    except np.linalg.LinAlgError as exc:
+        return skipped(f"singular value decomposition failed ({exc})")
     sv = sv / np.sqrt(max(len(xf), 1))
     edge = float(np.median(sv) * (1.0 + np.sqrt(len(cols) / max(len(xf), 1))) * 1.2)
     k_auto = max(2, int(np.sum(sv > edge)))
@@ -433,6 +638,9 @@ def bin_similar_neighbours(profiles: np.ndarray, sem: np.ndarray, k: int, q_sel:
     ry, rx, nq = profiles.shape
     y = np.nan_to_num(np.asarray(profiles, float))
     s2 = np.nan_to_num(np.asarray(sem, float) ** 2, nan=np.inf)
+    q_sel = np.asarray(q_sel, bool)
+    if k <= 1 or not q_sel.any():  # nothing to compare the neighbours on: each position on its own
+        return y, np.sqrt(s2), np.ones((ry, rx), int)
     m = max(int(q_sel.sum()), 1)
     limit = 1.0 + z_max * np.sqrt(2.0 / m)
     total = np.zeros_like(y)

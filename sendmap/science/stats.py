@@ -1,6 +1,8 @@
 """Statistics per class: histogram Gaussian fits, intrinsic spread, class-mean profiles, layer thickness."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -72,7 +74,9 @@ def gaussian_histogram_fit(values: np.ndarray, bin_width: float, errors: np.ndar
     Returns count, mean, std (sample), fit ``mu``, ``sigma`` and ``amplitude`` (counts per bin), their
     1-σ fit errors, the bin edges and counts, and — if per-value 1-σ ``errors`` are given — the
     ``intrinsic_sigma`` = sqrt(σ² − mean(err²)): the spread once the measurement noise is removed
-    (0 where the noise explains all of it). Falls back to the moments where the fit fails.
+    (0 where the noise explains all of it). Falls back to the moments (mean, sample standard deviation, no
+    errors) where the fit fails or cannot be made (fewer than 5 values, fewer than 3 bins, no finite values);
+    ``fit_method`` says which, and why.
 
     >>> import numpy as np
     >>> v = np.random.default_rng(0).normal(0.331, 0.006, 4000)
@@ -80,14 +84,21 @@ def gaussian_histogram_fit(values: np.ndarray, bin_width: float, errors: np.ndar
     >>> round(r["mu"], 3), round(r["sigma"], 3)
     (0.331, 0.006)
     """
-    v = np.asarray(values, dtype=float)
+    v = np.asarray(values, dtype=float).ravel()
     fin = np.isfinite(v)
     v = v[fin]
     res = {"count": int(v.size)}
     if v.size == 0:
+        res["fit_method"] = "none: no finite values"
         return res
     mean, std = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
     res.update(mean=mean, std=std)
+    if not (np.isfinite(bin_width) and bin_width > 0) or (v.max() - v.min()) / bin_width > 1e5:
+        # no sensible histogram (a bad bin width, or values spread over > 10⁵ bins): the moments only
+        res.update(mu=mean, sigma=std, amplitude=float("nan"), mu_err=float("nan"), sigma_err=float("nan"),
+                   fit_converged=False, fit_method="moments (mean, standard deviation): no usable histogram",
+                   bin_edges=[], bin_counts=[])
+        return res
     lo = np.floor(v.min() / bin_width) * bin_width
     hi = np.ceil(v.max() / bin_width) * bin_width + bin_width
     edges = np.arange(lo, hi + 0.5 * bin_width, bin_width)
@@ -96,21 +107,27 @@ def gaussian_histogram_fit(values: np.ndarray, bin_width: float, errors: np.ndar
     mu, sigma, amp = mean, max(std, bin_width / 2), float(counts.max())
     mu_err = sigma_err = float("nan")
     fit_ok = False
+    why = f"{v.size} values (< 5)" if v.size < 5 else f"{len(centres)} histogram bins (< 3)"
     if v.size >= 5 and len(centres) >= 3:
+        why = "the least-squares fit did not converge, or its centre fell outside the histogram"
         try:
-            popt, pcov = fit_gaussian(centres, counts, np.sqrt(np.maximum(counts, 1.0)), [amp, mu, sigma])
+            with np.errstate(all="ignore"):
+                popt, pcov = fit_gaussian(centres, counts, np.sqrt(np.maximum(counts, 1.0)), [amp, mu, sigma])
             # (a Gaussian centred outside the histogram fits a slope of the background, not the class's peak)
-            if popt[2] != 0 and np.all(np.isfinite(pcov)) and edges[0] <= popt[1] <= edges[-1]:
+            if (np.all(np.isfinite(popt)) and popt[2] != 0 and np.all(np.isfinite(pcov))
+                    and edges[0] <= popt[1] <= edges[-1]):
                 amp, mu, sigma = float(popt[0]), float(popt[1]), abs(float(popt[2]))
-                mu_err, sigma_err = float(np.sqrt(pcov[1, 1])), float(np.sqrt(pcov[2, 2]))
+                mu_err, sigma_err = float(np.sqrt(max(pcov[1, 1], 0.0))), float(np.sqrt(max(pcov[2, 2], 0.0)))
                 fit_ok = True
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError):
             pass
     res.update(mu=mu, sigma=sigma, amplitude=amp, mu_err=mu_err, sigma_err=sigma_err, fit_converged=fit_ok,
+               fit_method="least-squares Gaussian" if fit_ok else f"moments (mean, standard deviation): {why}",
                bin_edges=edges.tolist(), bin_counts=counts.tolist())
     if errors is not None:
-        e = np.asarray(errors, dtype=float)[fin]
-        noise2 = float(np.nanmean(e ** 2)) if e.size else float("nan")
+        e = np.asarray(errors, dtype=float).ravel()[fin]
+        e = e[np.isfinite(e)]
+        noise2 = float(np.mean(e ** 2)) if e.size else float("nan")
         res["measurement_sigma"] = float(np.sqrt(noise2))
         res["intrinsic_sigma"] = float(np.sqrt(max(sigma ** 2 - noise2, 0.0)))
     return res
@@ -130,10 +147,12 @@ def class_mean_profiles(profiles: np.ndarray, class_map: np.ndarray, n_classes: 
     counts = np.bincount(cls, minlength=n_classes)[:n_classes]
     for k in range(n_classes):
         sel = flat[cls == k]
-        if len(sel):
-            mean[k] = np.nanmean(sel, axis=0)
-        if len(sel) > 1:
-            sem[k] = np.nanstd(sel, axis=0, ddof=1) / np.sqrt(len(sel))
+        with warnings.catch_warnings():  # bins that are NaN at every position of a class stay NaN, unwarned
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if len(sel):
+                mean[k] = np.nanmean(sel, axis=0)
+            if len(sel) > 1:
+                sem[k] = np.nanstd(sel, axis=0, ddof=1) / np.sqrt(len(sel))
     return mean, sem, counts
 
 
