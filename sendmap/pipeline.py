@@ -845,6 +845,9 @@ def stage_peaks(ctx: Context) -> None:
                "see peaks/status")
         if np.sum(not_ok & (status == status_code("no_maximum_in_window"))) > 0.5 * not_ok.sum():
             msg += ": mostly no maximum inside peaks.window (check it and calibration.q_pixel_size)"
+        elif np.sum(not_ok & (status == status_code("too_few_counts"))) > 0.5 * not_ok.sum():
+            msg += (": mostly too few counts or valid profile bins around the window (check the dose, the mask, and "
+                    "peaks.window against the detector's Q range set by calibration.q_pixel_size)")
         warnings_.append(msg)
         ctx.warn(msg, "positions_without_peak")
     set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "fit_range": fit_range, "degree": pk.degree,
