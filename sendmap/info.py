@@ -40,13 +40,24 @@ def describe(path: Path) -> dict:
                            for k, v in attrs.get("stages", {}).items()},
                 "unfinished": _unfinished(store.parent),
                 "arrays": arrays}
-    ds = open_dataset(path, "auto")
-    if ds.format == "zarr":
+    note = None
+    try:
+        ds = open_dataset(path, "auto")
+    except SendmapInputError as exc:
+        if "input.scan_shape" not in str(exc):
+            raise
+        ds = open_dataset(path, "auto", scan_shape_required=False)
+        note = (f"the file does not record its scan shape: shown as a 1 x {ds.scan_shape[1]} line; a run needs "
+                "input.scan_shape")
+    if ds.format in ("zarr", "zspy"):
         path = path.resolve()
-    return {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
-            "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype),
-            "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
-            "fingerprint": fingerprint(path), "metadata": ds.metadata}
+    out = {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
+           "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype),
+           "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
+           "fingerprint": fingerprint(path, files=ds.files), "metadata": ds.metadata}
+    if note:
+        out["scan_shape_note"] = note
+    return out
 
 
 def _unfinished(out_dir: Path) -> dict:

@@ -7,15 +7,16 @@ import dask.array as da
 import numpy as np
 
 from sendmap.errors import SendmapInputError
-from sendmap.io._common import check_scan_shape, frame_range, scan_chunks
+from sendmap.io._common import frame_range, scan_chunks, stack_scan_shape
 
 
 def read_npy_dask(path, scan_shape: tuple[int, int] | None = None,
-                  frames_per_chunk: int | None = None) -> da.Array:
+                  frames_per_chunk: int | None = None, *, required: bool = True) -> da.Array:
     """Lazy (Ry, Rx, Qy, Qx) array of a ``.npy`` file of integers or floats, in native byte order.
 
     A 4D file gives its own scan shape (``scan_shape``, if given, must equal its first two axes); a 3D
-    (N, Qy, Qx) file is reshaped to ``scan_shape`` (default (1, N)). Chunked like
+    (N, Qy, Qx) file is reshaped to ``scan_shape``, which is required unless N = 1 (see
+    :func:`sendmap.io._common.stack_scan_shape`; ``required=False``: a 1 × N line). Chunked like
     :func:`sendmap.io.mib.read_mib_dask`: whole scan rows of at most ``frames_per_chunk`` frames (default:
     64 MiB), each chunk memory-mapping the file read-only by itself. SendmapInputError (naming the file)
     for a file that is not a valid ``.npy``, of the wrong number of dimensions, or not matching
@@ -33,8 +34,7 @@ def read_npy_dask(path, scan_shape: tuple[int, int] | None = None,
                 f"{path}: scan_shape {tuple(scan_shape)} does not match the file's scan axes {array.shape[:2]}")
         scan_shape = array.shape[:2]
     else:
-        scan_shape = check_scan_shape((1, array.shape[0]) if scan_shape is None else scan_shape,
-                                       array.shape[0], path)
+        scan_shape = stack_scan_shape(scan_shape, array.shape[0], path, required)
     frame_shape = array.shape[-2:]
     native = array.dtype.newbyteorder("=")
     chunks = scan_chunks(scan_shape, frame_shape, native.itemsize, frames_per_chunk)

@@ -15,7 +15,7 @@ from dask.array.core import normalize_chunks
 import numpy as np
 
 from sendmap.errors import SendmapInputError
-from sendmap.io._common import CHUNK_BYTES, check_scan_shape, chunk_groups, frame_range, scan_chunks
+from sendmap.io._common import CHUNK_BYTES, chunk_groups, frame_range, scan_chunks, stack_scan_shape
 
 
 def open_zarr_array(path, dataset: str | None = None):
@@ -42,7 +42,7 @@ def open_zarr_array(path, dataset: str | None = None):
 
 
 def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str | None = None,
-                   frames_per_chunk: int | None = None) -> tuple[da.Array, dict]:
+                   frames_per_chunk: int | None = None, *, required: bool = True) -> tuple[da.Array, dict]:
     """Lazy (Ry, Rx, Qy, Qx) array of a zarr input, with metadata (array path, chunks, codecs, attrs).
 
     The dask chunks of a 4D array are groups of whole stored chunks of about ``frames_per_chunk`` frames
@@ -66,7 +66,7 @@ def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str
         data = da.map_blocks(_load_zarr4d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                              path=str(path), array_path=name)
         return data, meta
-    scan_shape = check_scan_shape((1, arr.shape[0]) if scan_shape is None else scan_shape, arr.shape[0], path)
+    scan_shape = stack_scan_shape(scan_shape, arr.shape[0], path, required)
     chunks = scan_chunks(scan_shape, arr.shape[1:], native.itemsize, frames_per_chunk)
     data = da.map_blocks(_load_zarr3d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                          path=str(path), array_path=name, row_length=scan_shape[1])
