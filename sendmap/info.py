@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SendmapInputError
-from .io import detect_format, fingerprint, open_dataset
+from .io import check_readable, detect_format, fingerprint, open_dataset
 from .store import STORE_NAME
 
 
@@ -13,6 +13,7 @@ def describe(path: Path) -> dict:
     dataset file its format, shape, dtype, size, fingerprint and reader metadata."""
     path = Path(path)
     if not path.exists():
+        check_readable(path)  # names a symbolic link loop as such
         raise SendmapInputError(f"no such file or folder: {path}")
     store = path / STORE_NAME if (path / STORE_NAME).is_dir() else path
     if _is_result_store(store):

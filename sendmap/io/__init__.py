@@ -173,7 +173,7 @@ def _hdf5_generic_flavour(path: Path) -> str | None:
 
 
 def _is_hyperspy_zarr(path: Path) -> bool:
-    """A zarr group folder written by HyperSpy/rosettasciio (``.zspy``): root attribute file_format = HyperSpy."""
+    """A zarr group folder written by HyperSpy/rosettasciio (``.zspy``): root attribute file_format = ZSpy."""
     import json
 
     for name, pick in ((".zattrs", lambda d: d), ("zarr.json", lambda d: d.get("attributes", {}))):
@@ -181,7 +181,7 @@ def _is_hyperspy_zarr(path: Path) -> bool:
             attrs = pick(json.loads((path / name).read_text()))
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(attrs, dict) and attrs.get("file_format") == "HyperSpy":
+        if isinstance(attrs, dict) and attrs.get("file_format") in ("HyperSpy", "ZSpy"):
             return True
     return False
 

@@ -137,8 +137,9 @@ def _signal(path: str, fmt: str, mtime_ns: int) -> tuple[dict, int]:
     """The chosen signal dict of ``path`` (lazy), and its index among the file's signals; opened once per
     process and file version."""
     module = _plugin(fmt)
+    kwargs = {"mode": "r"} if fmt in ("zspy", "hspy") else {}  # zspy opens lazily read-write by default
     try:
-        signals = module.file_reader(path, lazy=True)
+        signals = module.file_reader(path, lazy=True, **kwargs)
     except Exception as exc:  # each plugin raises its own types for a file it cannot parse
         raise SendmapInputError(
             f"{path}: rosettasciio's {PLUGINS[fmt]} reader cannot read it ({type(exc).__name__}: {exc}); check "

@@ -109,7 +109,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     out = {k: np.full(n, np.nan) for k in ("q_peak", "q_err", "height", "height_err", "prominence", "fwhm", "fwhm_err")}
     status = np.full(n, 2, dtype=np.int8)
     have = idx0 >= 0
-    if not have.any():
+    if not have.any() or nq < 2 * h + 1:  # (or a profile shorter than one fit range: nothing to fit)
         out["status"] = status
         return out
     # gather the fit range around each first estimate (clipped to the profile)
