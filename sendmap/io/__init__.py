@@ -259,7 +259,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     elif fmt == "dm4":
         from .dm import read_dm_dask
 
-        data, meta = read_dm_dask(path, **kw)
+        data, meta = read_dm_dask(path, **kw, required=scan_shape_required)
     elif fmt == "empad":
         from .empad import read_empad_dask
 
