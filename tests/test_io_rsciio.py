@@ -182,10 +182,11 @@ def test_plugin_failure_is_a_clear_error(tmp_path):
 
 # --- the CLI: info and run end to end, calibrations from the file; bad input → exit 2 -------------------------
 
-def _config(tmp_path: Path, data: Path, extra_input: str = "", calibration: str = "q_pixel_size: 0.02") -> Path:
+def _config(tmp_path: Path, data: Path, extra_input: str = "", calibration: str = "q_pixel_size: 0.02",
+            ellipse: str = "none") -> Path:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"input:\n  path: {data}\n{extra_input}"
-                   f"calibration:\n  {calibration}\n  ellipse: none\n"
+                   f"calibration:\n  {calibration}\n  ellipse: {ellipse}\n"
                    "output:\n  dir: out\n  figures: false\ncompute:\n  scheduler: synchronous\n  progress: false\n")
     return cfg
 
@@ -210,8 +211,9 @@ def test_info(real_data_dir, capsys, rel, fmt, scan):
 
 def test_run_blockfile_takes_step_and_voltage_from_the_file(real_data_dir, tmp_path, capsys):
     """End to end on the real blockfile: the config gives Q per pixel only; scan step and voltage come from the file,
-    are logged, and are in the store's provenance (config and input)."""
-    cfg = _config(tmp_path, real_data_dir / "blockfile" / "test1.blo")
+    are logged, and are in the store's provenance (config and input). Every pattern is crystalline, so the ellipse
+    fit (default) has no amorphous ring to use: no correction, not a crash."""
+    cfg = _config(tmp_path, real_data_dir / "blockfile" / "test1.blo", calibration="q_pixel_size: 0.01", ellipse="fit")
     assert main(["run", str(cfg)]) == 0
     log = capsys.readouterr().out
     assert "calibration.scan_step_nm = 12.8 taken from the file" in log
@@ -223,6 +225,8 @@ def test_run_blockfile_takes_step_and_voltage_from_the_file(real_data_dir, tmp_p
     assert attrs["input"]["reader_metadata"]["calibration"]["scan_step_nm"] == 12.8
     assert attrs["config"]["calibration"]["scan_step_nm"] == 12.8
     assert attrs["calibration"]["q_pixel_size_source"] == "config calibration.q_pixel_size"
+    ellipse = attrs["calibration"]["ellipse"]
+    assert (ellipse["ratio"], ellipse["n_used"]) == (1.0, 0), ellipse
 
 
 def test_run_config_values_win_over_the_file(real_data_dir, tmp_path, capsys):
