@@ -173,6 +173,29 @@ def test_mrc_stack(tmp_path):
     assert file_calibration(ds.metadata)["q_pixel_size"] is None
 
 
+def test_tvips_stream(tmp_path):
+    """A TVIPS stream (written by rosettasciio's TVIPS writer, diffraction mode, 2 1/nm per pixel, 200 kV): a stack of
+    frames in recording order that needs its scan shape; the calibration comes through (TVIPS stores integer
+    scales)."""
+    frames = np.random.default_rng(4).integers(0, 4000, (6, 32, 32)).astype(np.uint16)
+    # (rosettasciio 0.15's TVIPS writer stores the first axis's scale as the pixel size: give it the same)
+    axes = [dict(name="t", size=6, scale=2, offset=0, units="1/nm", navigate=True)] + [
+        dict(name=n, size=32, scale=2, offset=0, units="1/nm", navigate=False) for n in ("ky", "kx")]
+    sig = dict(data=frames, axes=axes, attributes={"_lazy": False}, original_metadata={},
+               metadata={"General": {"title": "t", "date": "2024-01-01", "time": "00:00:00"},
+                         "Signal": {"signal_type": "diffraction"},
+                         "Acquisition_instrument": {"TEM": {"beam_energy": 200.0}}})
+    _plugin("tvips").file_writer(str(tmp_path / "s_000.tvips"), sig, mode=2)
+    path = tmp_path / "s_000.tvips"
+    assert detect_format(path) == "tvips"
+    with pytest.raises(SendmapInputError, match=r"stack of 6 frames.*input.scan_shape"):
+        open_dataset(path)
+    ds = open_dataset(path, scan_shape=(2, 3))
+    np.testing.assert_array_equal(ds.data.compute(), frames.reshape(2, 3, 32, 32))
+    assert file_calibration(ds.metadata) == pytest.approx({"q_pixel_size": 0.2, "scan_step_nm": None,
+                                                           "beam_energy_kv": 200.0})
+
+
 def test_plugin_failure_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.blo"
     path.write_bytes(b"IMGBLO" + b"\0" * 100)
