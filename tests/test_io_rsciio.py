@@ -232,6 +232,35 @@ def test_info(real_data_dir, capsys, rel, fmt, scan):
     assert ("scan_shape_note" in out) == rel.endswith(("multi_6bit_9frames.mib", ".hspy"))
 
 
+def test_info_every_merlin_variant(real_data_dir, capsys):
+    """Every file of merlin_variants (all layouts, depths, raw mode, files without .hdr) opens with `sendmap info`;
+    the deliberately corrupted header ends with exit 2 and a message naming the file."""
+    files = sorted((real_data_dir / "merlin_variants").glob("*.mib"))
+    assert len(files) == 24
+    for path in files:
+        code = main(["info", str(path)])
+        captured = capsys.readouterr()
+        if "corrupted" in path.name:
+            assert code == 2 and path.name in captured.err and "corrupt Merlin frame header" in captured.err
+            continue
+        assert code == 0, captured.err
+        out = json.loads(captured.out)
+        assert out["format"] == "mib" and out["frame_shape"] == ([512, 512] if "Quad" in path.name else [256, 256])
+        assert out["n_frames"] == (9 if "_9_" in path.name or "9frames" in path.name else 1)
+
+
+def test_velox_emd_is_detected_and_a_bad_one_is_a_clear_error(tmp_path):
+    """Velox .emd (no Velox file can be written here): detected from its Data group and Version; a file rosettasciio
+    cannot read as Velox is a SendmapInputError naming the reader."""
+    path = tmp_path / "v.emd"
+    with h5py.File(path, "w") as f:
+        f.create_group("Data")
+        f.create_dataset("Version", data=np.bytes_('{"format": "Velox", "version": "2"}'))
+    assert detect_format(path) == "velox"
+    with pytest.raises(SendmapInputError, match=r"rsciio.emd reader cannot read it|no 2D, 3D or 4D numeric signal"):
+        open_dataset(path)
+
+
 def test_run_blockfile_takes_step_and_voltage_from_the_file(real_data_dir, tmp_path, capsys):
     """End to end on the real blockfile: the config gives Q per pixel only; scan step and voltage come from the file,
     are logged, and are in the store's provenance (config and input). Every pattern is crystalline, so the ellipse
