@@ -365,3 +365,26 @@ def test_corrupt_zarr_chunk_names_the_chunk(tmp_path, capsys, in_place):
     (tmp_path / "d.zarr" / "c" / "2" / "0" / "0" / "0").write_bytes(b"garbage")
     cfg = _config(tmp_path, tmp_path / "d.zarr", f"  in_place: {str(in_place).lower()}\n")
     _exit_2(tmp_path, capsys, cfg, "d.zarr", "chunk [2, 0, 0, 0]", "corrupt")
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"q_scale_inv_angstrom": 0.0125, "scan_step_nm": 4.0, "voltage_kV": 300.0}, (0.0125, 4.0, 300.0)),  # DM
+    ({"q_pixel_size": 0.02, "q_pixel_units": "A^-1", "r_pixel_size": 2.0, "r_pixel_units": "nm"}, (0.02, 2.0, None)),
+    ({"q_pixel_size": 0.2, "q_pixel_units": "nm^-1", "r_pixel_size": 20.0, "r_pixel_units": "Å"}, (0.02, 2.0, None)),
+    ({"q_pixel_size": 1.0, "q_pixel_units": "pixels", "r_pixel_size": 1.0, "r_pixel_units": "pixels"},
+     (None, None, None)),  # uncalibrated py4DSTEM/EMD dims
+    ({"scan_step_nm": 3.0, "beam_energy_kv": 120.0}, (None, 3.0, 120.0)),  # EMPAD XML
+    ({"scan_pixel_size_nm": 5.0}, (None, 5.0, None)),  # Arina STEM metadata
+    ({"calibration": {"q_pixel_size": None, "scan_step_nm": 12.8, "beam_energy_kv": 200.0}}, (None, 12.8, 200.0)),
+    ({"counter_depth": 12}, (None, None, None)),  # Merlin: nothing
+])
+def test_file_calibration_of_every_reader(meta, expected):
+    got = file_calibration(meta)
+    assert tuple(got[k] for k in ("q_pixel_size", "scan_step_nm", "beam_energy_kv")) == pytest.approx(expected)
+
+
+def test_de_seq_says_what_to_do(tmp_path):
+    path = tmp_path / "movie.seq"
+    path.write_bytes(b"\xfe\xff\x00\x00" + b"\0" * 1020)
+    with pytest.raises(SendmapInputError, match=r"\.seq sequence: not read.*input.format: mrc"):
+        open_dataset(path)

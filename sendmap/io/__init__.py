@@ -52,6 +52,12 @@ _EXTENSIONS = {".mib": "mib", ".npy": "npy", ".dm4": "dm4", ".dm3": "dm4", ".raw
                ".blo": "blockfile", ".tvips": "tvips", ".mrc": "mrc"}
 
 
+_NOT_READ = {".seq": "a Direct Electron / StreamPix .seq sequence: not read (rosettasciio 0.15, which sendmap uses "
+                    "for such formats, has no reader for it); save the frames from the DE software as an MRC "
+                    "(.mrc, read with input.format: mrc) or HDF5 file"}
+"""Extensions of formats sendmap knows it cannot read, with what to do instead."""
+
+
 @dataclass
 class Dataset:
     """A lazily opened 4D-STEM dataset: shape, dtype and metadata at once, the dask array when first asked for.
@@ -223,9 +229,11 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
                 f"{path}: a raw binary file whose layout is unknown; set input.format: raw and input.raw "
                 "{dtype, frame_shape, header_bytes, frame_header_bytes, frame_footer_bytes} (or, for EMPAD, put "
                 "its .xml beside it)")
+        if fmt == "unknown" and path.suffix.lower() in _NOT_READ:
+            raise SendmapInputError(f"{path}: {_NOT_READ[path.suffix.lower()]}")
         if fmt in ("unknown", "hdf5"):
-            what = "an HDF5 file that is neither a DECTRIS Arina/EIGER nor a py4DSTEM/EMD file" if fmt == "hdf5" \
-                else "its first bytes and extension match no known format"
+            what = ("an HDF5 file that is neither a DECTRIS Arina/EIGER, a py4DSTEM/EMD, a HyperSpy nor a Velox "
+                    "file") if fmt == "hdf5" else "its first bytes and extension match no known format"
             raise SendmapInputError(
                 f"cannot tell the format of {path}: {what}; set input.format to one of {', '.join(SUPPORTED)}")
     elif not _compatible(detected, fmt):

@@ -90,12 +90,14 @@ def read_generic(path, fmt: str, scan_shape: tuple[int, int] | None = None,
 def file_calibration(meta: dict) -> dict:
     """{q_pixel_size (1/Å), scan_step_nm, beam_energy_kv}: what any reader's metadata says, None where it does
     not (the generic reader's ``calibration``, the DM reader's ``q_scale_inv_angstrom`` / ``scan_step_nm`` /
-    ``voltage_kV``, the py4DSTEM/EMD reader's ``q_pixel_size`` / ``r_pixel_size`` with their units)."""
+    ``voltage_kV``, the py4DSTEM/EMD reader's ``q_pixel_size`` / ``r_pixel_size`` with their units, EMPAD's
+    ``scan_step_nm`` / ``beam_energy_kv``, Arina's ``scan_pixel_size_nm``). Merlin files record none of them."""
     if isinstance(meta.get("calibration"), dict) and "q_pixel_size" in meta["calibration"]:
         cal = meta["calibration"]
         return {k: cal.get(k) for k in ("q_pixel_size", "scan_step_nm", "beam_energy_kv")}
-    out = {"q_pixel_size": meta.get("q_scale_inv_angstrom"), "scan_step_nm": meta.get("scan_step_nm"),
-           "beam_energy_kv": meta.get("voltage_kV")}
+    out = {"q_pixel_size": meta.get("q_scale_inv_angstrom"),
+           "scan_step_nm": meta.get("scan_step_nm") or meta.get("scan_pixel_size_nm"),
+           "beam_energy_kv": meta.get("voltage_kV") or meta.get("beam_energy_kv")}
     if out["q_pixel_size"] is None and meta.get("q_pixel_size") is not None:
         factor = _INV_LENGTH_TO_INV_ANGSTROM.get(_unit(meta.get("q_pixel_units")))
         out["q_pixel_size"] = None if factor is None else float(meta["q_pixel_size"]) * factor
