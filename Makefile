@@ -58,9 +58,10 @@ bench: $(STAMP)
 clean:
 	rm -rf results
 
-# numba caches compiled kernels beside the sources (__pycache__/*.nbi, *.nbc) and checks only the timestamp of
-# the file a kernel is defined in: after editing a helper it inlines from another file, clear them.
+# numba's compiled kernels live in ~/.cache/sendmap/numba/<digest of sendmap's sources> (sendmap/codehash.py):
+# an edit never loads a stale kernel; this removes them all (and the ones older builds left beside the sources).
 clean-numba:
+	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/sendmap/numba"
 	find sendmap -name '*.nbi' -delete -o -name '*.nbc' -delete
 
 # The synthetic published scenarios (configs/scenarios/*.yaml), with ground truth, then their accuracy.

@@ -16,3 +16,25 @@ CLASS_NAMES = ("crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned")
 
 STORE_NAME = "sendmap.zarr"
 """The result store's folder name in ``output.dir`` (:mod:`sendmap.store`)."""
+
+
+def _numba_cache_for_this_source() -> None:
+    """Point numba's on-disk cache at a folder of this exact source (:func:`sendmap.codehash.numba_cache_dir`):
+    numba checks only the time stamp of a kernel's own file, not of helpers inlined from other files. The root
+    is ``$NUMBA_CACHE_DIR`` where the user set one, else ``~/.cache/sendmap/numba``; child processes inherit it."""
+    import os
+    import sys
+
+    root = os.environ.get("SENDMAP_NUMBA_CACHE_ROOT")
+    if root is None:
+        root = os.environ.get("NUMBA_CACHE_DIR") or ""
+        os.environ["SENDMAP_NUMBA_CACHE_ROOT"] = root
+    from .codehash import numba_cache_dir
+
+    d = str(numba_cache_dir(root or None))
+    os.environ["NUMBA_CACHE_DIR"] = d
+    if "numba" in sys.modules:  # imported before sendmap (a notebook): its config was read already
+        sys.modules["numba"].config.CACHE_DIR = d
+
+
+_numba_cache_for_this_source()

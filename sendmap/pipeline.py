@@ -24,6 +24,7 @@ from . import CLASS_NAMES, __version__
 from .config import Config
 from .errors import SendmapInputError
 from .io import Dataset, fingerprint, open_dataset
+from .lock import OutputLock
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
 from .report.build import FIGURE_HELPER_STAGES, start_figure_helpers
@@ -917,8 +918,10 @@ CRYSTAL_THRESHOLD_KEYS = ("crystal_spot_z", "crystal_spot_z_electrons", "crystal
 
 
 def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
-    """Cache key of every stage: sendmap version + the stage's revision + its config sections + the previous
-    stage's key."""
+    """Cache key of every stage: sendmap version + the stage's revision + its config sections + the digest of the
+    code it can run (:func:`sendmap.codehash.stage_code_digest`) + the previous stage's key."""
+    from .codehash import stage_code_digest
+
     keys = {}
     prev = json.dumps(input_fp, sort_keys=True)
     for st in STAGES:
@@ -941,7 +944,7 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
         if st.name == "report":
             sections["output"].pop("dir", None)
         blob = json.dumps({"stage": st.name, "version": __version__, "revision": st.revision, "sections": sections,
-                           "previous": prev}, sort_keys=True)
+                           "code": stage_code_digest(st.run.__name__), "previous": prev}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         keys[st.name] = {"key": key, "sections": sections}
         prev = key
@@ -971,6 +974,8 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
             "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype), "reader_metadata": ds.metadata,
             "calibration_from_file": taken}
+    info["fingerprint_of"] = fp["sampled"]
+    info["mtime_ns"] = fp["mtime_ns"]
     return ds, info
 
 
@@ -996,57 +1001,6 @@ def apply_file_calibration(cfg: Config, metadata: dict) -> dict:
         setattr(cal, key, value)
     cal._from_file.update(taken)
     return taken
-
-
-class OutputLock:
-    """An exclusive lock file in the output folder: two runs on one output at once are refused.
-
-    The file holds the pid and host of the run. A lock whose pid is dead on this host is stale (a killed run)
-    and is taken over; a lock of another host (a shared file system) cannot be checked and is respected."""
-
-    def __init__(self, out_dir: Path):
-        self.path = Path(out_dir) / ".sendmap.lock"
-
-    def __enter__(self):
-        import socket
-
-        me = socket.gethostname()
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, f"{os.getpid()} {me}".encode())
-                os.close(fd)
-                return self
-            except FileExistsError:
-                try:
-                    pid_text, _, host = self.path.read_text().strip().partition(" ")
-                    pid = int(pid_text or 0)
-                except (OSError, ValueError):
-                    pid, host = 0, ""
-                if host and host != me:
-                    raise SendmapInputError(
-                        f"another sendmap run (pid {pid} on host {host}) is writing to {self.path.parent}; wait for "
-                        f"it to finish or use another output.dir (if no run is active there, delete {self.path})"
-                    ) from None
-                if pid and _pid_alive(pid):
-                    raise SendmapInputError(
-                        f"another sendmap run (pid {pid}) is writing to {self.path.parent}; wait for it to finish "
-                        f"or use another output.dir") from None
-                self.path.unlink(missing_ok=True)  # stale lock of a killed run
-        raise SendmapInputError(f"cannot lock the output folder {self.path.parent}")
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print, until: str | None = None,

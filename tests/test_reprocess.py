@@ -155,21 +155,73 @@ def test_read_only_output_folder(small, monkeypatch, capsys):
     assert not (ro / "out").exists()
 
 
+HOLD_LOCK = ("import sys, time; from sendmap.lock import OutputLock\n"
+             "with OutputLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+
+
 def test_second_run_on_the_same_output_is_refused(small, capsys):
+    """A run holding the output folder's lock (another process) refuses a second run, naming its pid; a lock file
+    left by a process that no longer holds the lock (any ended run) refuses nothing."""
     out = small / "locked"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=_env(), stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"output.dir={out}"]) == 2
+        err = capsys.readouterr().err
+        assert f"another sendmap run (pid {holder.pid}) is writing to {out}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "sendmap.zarr").exists()  # refused before touching anything
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # the file names a live pid, but that process holds no lock: not a lock
         import socket
 
         (out / ".sendmap.lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
-        assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"output.dir={out}"]) == 2
-        err = capsys.readouterr().err
-        assert f"another sendmap run (pid {sleeper.pid}) is writing to {out}" in err
+        assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"output.dir={out}",
+                     *SMALL_BLOCKS]) == 0
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not (out / "sendmap.zarr").exists()  # refused before touching anything
+
+
+ZOMBIE_PARENT = """
+import os, signal, subprocess, sys, time
+# starts the run and never reaps it (a container's PID 1 without --init): once SIGKILLed it stays a zombie
+child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+lock = os.path.join(sys.argv[1], ".sendmap.lock")
+for _ in range(6000):
+    if os.path.exists(lock) and open(lock).read().startswith(str(child.pid)):
+        break
+    time.sleep(0.01)
+os.kill(child.pid, signal.SIGKILL)
+time.sleep(0.5)
+state = open(f"/proc/{child.pid}/stat").read().split(")")[1].split()[0]
+print(child.pid, state, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the zombie")
+def test_sigkilled_run_left_a_zombie_does_not_block_the_next(small, capsys):
+    """issue: a SIGKILLed run whose parent does not reap it stays a zombie (its pid looks alive); the next run on
+    that output must not be refused: the kernel released the killed run's lock."""
+    out = small / "zombie"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "sendmap.cli", "run", str(small / "config.yaml"), "--no-progress",
+           "--set", f"output.dir={out}", *SMALL_BLOCKS]
+    parent = subprocess.Popen([sys.executable, "-c", ZOMBIE_PARENT, str(out), *cmd], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid, state = parent.stdout.readline().split()
+        assert state == "Z"  # a zombie: os.kill(pid, 0) succeeds on it
+        os.kill(int(pid), 0)
+        assert main(cmd[3:]) == 0
+    finally:
+        parent.kill()
+        parent.wait()
+    assert json.loads((out / "summary.json").read_text())
 
 
 def test_batch_continues_past_failures_and_reports(small, tmp_path, capsys):

@@ -318,9 +318,9 @@ def _compatible(detected: str, fmt: str) -> bool:
 def fingerprint(path, sample_bytes: int = 1 << 20, files: list | None = None) -> dict:
     """A cheap, content-based identity of an input (its files, or every file of a folder).
 
-    SHA-256 over each file's name, size and three samples of ``sample_bytes`` (start, middle, end): a
-    changed byte count, header, or first/last frames changes it, while a multi-GB file is not read in
-    full. In a folder (a zarr store) every file's name and size count, metadata files (``*.json``,
+    SHA-256 over each file's name, size, modification time (ns) and three samples of ``sample_bytes``
+    (start, middle, end): a changed byte count, header, first/last frames or a rewrite (a new modification
+    time) changes it, while a multi-GB file is not read in full. In a folder (a zarr store) every file's name and size count, metadata files (``*.json``,
     ``.z*``) are read in full and chunk files are sampled at most 64 of them, evenly spread. ``files``:
     the files of a multi-file dataset (default ``[path]``). Returns ``{"sha256_sampled": hex,
     "bytes": total size, "files": n}``.
@@ -337,14 +337,24 @@ def fingerprint(path, sample_bytes: int = 1 << 20, files: list | None = None) ->
         sampled = set(members)
     h = hashlib.sha256()
     total = 0
+    newest = 0
     for f in members:
-        size = f.stat().st_size
+        st = f.stat()
+        size = st.st_size
         total += size
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
+        newest = max(newest, st.st_mtime_ns)
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}:{st.st_mtime_ns}".encode())
         if f not in sampled:
             continue
         with open(f, "rb") as fh:
             for offset in sorted({0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)}):
                 fh.seek(offset)
                 h.update(fh.read(sample_bytes))
-    return {"sha256_sampled": h.hexdigest(), "bytes": total, "files": len(members)}
+    n_sampled = len(sampled)
+    whole = all(f.stat().st_size <= 3 * sample_bytes for f in sampled)
+    how = ("every byte" if whole and n_sampled == len(members) else
+           f"name, size and modification time of {len(members)} file(s); the first, middle and last "
+           f"{sample_bytes // (1 << 20) or sample_bytes} {'MiB' if sample_bytes >= 1 << 20 else 'bytes'} of "
+           f"{n_sampled} of them")
+    return {"sha256_sampled": h.hexdigest(), "bytes": total, "files": len(members), "mtime_ns": newest,
+            "sampled": how}
