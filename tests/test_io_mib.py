@@ -254,12 +254,12 @@ def test_npy_3d_and_4d(tmp_path):
 
 
 def test_npy_errors(tmp_path):
-    np.save(tmp_path / "two.npy", np.zeros((4, 4)))
+    np.save(tmp_path / "two.npy", np.zeros((4, 4, 4, 4, 4)))
     np.save(tmp_path / "three.npy", np.zeros((12, 4, 4)))
     np.save(tmp_path / "four.npy", np.zeros((3, 4, 4, 4)))
     (tmp_path / "text.npy").write_text("not numpy")
     np.savez(tmp_path / "archive.npy", a=np.zeros(3))  # numpy appends .npz
-    cases = [("two.npy", {}, r"shape \(4, 4\)"),
+    cases = [("two.npy", {}, r"shape \(4, 4, 4, 4, 4\)"),
              ("three.npy", {"scan_shape": (5, 2)}, "10 probe positions .* 12 frames"),
              ("four.npy", {"scan_shape": (4, 3)}, r"\(4, 3\) does not match .* \(3, 4\)"),
              ("text.npy", {}, "not a readable .npy"),
@@ -426,3 +426,13 @@ def test_corrupted_header_is_a_clear_error(real_data_dir):
     """mib2hspy's deliberately broken header (the frame height field is empty)."""
     with pytest.raises(SendmapInputError, match=r"corrupt Merlin frame header at byte offset 0: field 5 \(frame height\)"):
         open_dataset(real_data_dir / "merlin_variants" / "mib2hspy_test_CL30cm_corrupted_header.mib")
+
+
+def test_npy_single_pattern_is_a_1x1_scan(tmp_path):
+    pattern = np.arange(12 * 10, dtype=np.int64).reshape(12, 10) - 50  # e.g. background-subtracted: negatives
+    np.save(tmp_path / "one.npy", pattern)
+    arr = read_npy_dask(tmp_path / "one.npy")
+    assert arr.shape == (1, 1, 12, 10)
+    np.testing.assert_array_equal(arr.compute()[0, 0], pattern)
+    with pytest.raises(SendmapInputError, match="1 x 2 = 2 probe positions does not match the 1 frames"):
+        read_npy_dask(tmp_path / "one.npy", scan_shape=(1, 2))
