@@ -335,8 +335,9 @@ def test_real_variants_equal_rosettasciio(real_data_dir, name):
 def test_raw_counter_mode_real_files(real_data_dir, kind, n):
     """R64 raw 1-bit frames decode to the detector's own layout. rosettasciio 0.15 refuses R64 files, so the check
     is against rosettasciio's reading of the U08 1-bit recording of the same detector with the same settings:
-    the content is detector noise from a fixed set of noisy pixels, so >= 99.9 % of the pixels agree, while any
-    wrong chip order, flip or bit order agrees only at chance (~93 %, with 4 % pixels set)."""
+    the content is detector noise from a fixed set of noisy pixels, so >= 99.9 % of the pixels agree and >= 99 % of
+    the set pixels are set in both (measured: 99.95 %, 99.3-99.7 %), while a flipped layout agrees on 93-96 % of
+    the pixels (chance, with 4 % set) and on ~49 % of the set ones."""
     folder = real_data_dir / "merlin_variants"
     raw_path = folder / f"{kind}_{n}_Frame_CounterDepth_1_Rows_256RAW.mib"
     info = read_mib_info(raw_path)
@@ -346,10 +347,10 @@ def test_raw_counter_mode_real_files(real_data_dir, kind, n):
     raw = read_mib_dask(raw_path)[0].compute().reshape(n, size, size)
     ref = _rsciio_data(folder / f"{kind}_{n}_Frame_CounterDepth_1_Rows_256.mib").reshape(n, size, size)
     assert set(np.unique(raw)) <= {0, 1} and 0.03 < raw.mean() < 0.05
-    agree = (raw == ref).mean()
-    assert agree > 0.999
+    assert (raw == ref).mean() > 0.999
+    assert ((raw > 0) & (ref > 0)).sum() / (raw > 0).sum() > 0.99
     for wrong in (raw[:, ::-1], raw[:, :, ::-1], raw[:, ::-1, ::-1]):
-        assert (wrong == ref).mean() < 0.97
+        assert (wrong == ref).mean() < 0.97 and ((wrong > 0) & (ref > 0)).sum() / (wrong > 0).sum() < 0.6
     # the direct reader gives the same frames as the dask array
     np.testing.assert_array_equal(read_mib_region(info, n, (0, 1, 0, n)).reshape(raw.shape), raw)
 
