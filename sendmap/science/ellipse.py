@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -14,18 +13,12 @@ def sector_scale_factors(polar_mean: np.ndarray, q_centres: np.ndarray, window: 
     polar_mean: (nq, n_phi) mean counts per pixel of a centred (not ellipse-corrected) pattern;
     q_centres: (nq,) in 1/Å; window: the Q range (1/Å) holding the ring. For each sector k the model
     p_k(q) = A_k · P(q / s_k) is fitted on a grid of s (± ``max_scale``) with A_k free, then refined by a
-    parabola through the best three grid points. Returns s (n_phi,) (NaN where a sector has no data; all NaN
-    where there is no mean profile to compare with, which :func:`fit_ellipse_from_scales` turns into no
-    correction with ``n_used`` 0).
+    parabola through the best three grid points. Returns s (n_phi,) (NaN where a sector has no data).
     """
     sel = (q_centres >= window[0]) & (q_centres <= window[1])
     q = q_centres[sel]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (Q beyond the detector): NaN, no warning
-        prof = np.nanmean(polar_mean, axis=1)
+    prof = np.nanmean(polar_mean, axis=1)
     ok = np.isfinite(prof)
-    if ok.sum() < 2 or q.size == 0:  # no mean profile (e.g. every frame crystalline) or no Q in the window
-        return np.full(polar_mean.shape[1], np.nan)
     scales = np.linspace(1 - max_scale, 1 + max_scale, n_grid)
     # P(q / s) for every trial scale: (n_grid, n_q_window)
     model = np.interp(q[None, :] / scales[:, None], q_centres[ok], prof[ok])
