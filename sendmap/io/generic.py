@@ -37,8 +37,6 @@ from sendmap.io._common import check_scan_shape, scan_chunks, stack_scan_shape
 PLUGINS = {"blockfile": "rsciio.blockfile", "tvips": "rsciio.tvips", "mrc": "rsciio.mrc", "velox": "rsciio.emd",
            "hspy": "rsciio.hspy", "zspy": "rsciio.zspy"}
 """sendmap format name → rosettasciio plugin module."""
-EXTENSIONS = {".blo": "blockfile", ".tvips": "tvips", ".mrc": "mrc", ".hspy": "hspy", ".zspy": "zspy"}
-"""File extensions that name a plugin by themselves (``.emd`` and ``.hdf5`` are told apart by content)."""
 
 _INV_LENGTH_TO_INV_ANGSTROM = {"1/nm": 0.1, "nm^-1": 0.1, "nm-1": 0.1, "1/Å": 1.0, "1/A": 1.0, "Å^-1": 1.0,
                                "A^-1": 1.0, "1/angstrom": 1.0, "1/pm": 100.0, "1/µm": 1e-4, "1/um": 1e-4,
