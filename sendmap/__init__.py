@@ -17,6 +17,25 @@ CLASS_NAMES = ("crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned")
 STORE_NAME = "sendmap.zarr"
 """The result store's folder name in ``output.dir`` (:mod:`sendmap.store`)."""
 
+__all__ = ["CLASS_NAMES", "STORE_NAME", "Result", "classify", "export", "find_centres", "fit_peaks", "open_result",
+           "radial_profiles", "run"]
+
+_API = {"Result", "class_names", "classify", "find_centres", "fit_peaks", "open_result", "radial_profiles", "run"}
+
+
+def __getattr__(name):
+    """The Python API (:mod:`sendmap.api`, :func:`sendmap.exports.export`), imported on first use: ``import
+    sendmap`` stays light for the command line."""
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    if name == "export":
+        from .exports import export
+
+        return export
+    raise AttributeError(f"module 'sendmap' has no attribute {name!r}")
+
 
 def _numba_cache_for_this_source() -> None:
     """Point numba's on-disk cache at a folder of this exact source (:func:`sendmap.codehash.numba_cache_dir`):

@@ -28,8 +28,8 @@ from .lock import OutputLock
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
 from .report.build import FIGURE_HELPER_STAGES, start_figure_helpers
-from .store import (STORE_NAME, now_iso, open_store, set_attrs, write_array, write_json_atomic,
-                    write_region_direct)
+from .store import (STORE_NAME, annotate_arrays, now_iso, open_store, set_attrs, write_array, write_coordinates,
+                    write_json_atomic, write_region_direct)
 
 
 @dataclass
@@ -1138,6 +1138,8 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
             except OSError:  # e.g. the disk is full: the status stays "running", which is not complete either
                 pass
             raise
+        annotate_arrays(Path(ctx.store_path))  # dimension names, units, long names (sendmap/schema.py)
+        write_coordinates(group, Path(ctx.store_path), scan_step_nm(cfg))
         timing[st.name] = round(time.perf_counter() - t0, 3)
         done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
                          "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}

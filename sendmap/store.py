@@ -256,3 +256,92 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def annotate_arrays(store_dir: Path, scan_shape=None) -> int:
+    """Give every array of the store that has none its zarr v3 ``dimension_names`` and ``units`` /
+    ``long_name`` attributes (:func:`sendmap.schema.describe`), by rewriting its ``zarr.json`` atomically.
+
+    Runs after each stage, so whatever a stage wrote (through :func:`write_array`, ``create_array`` or direct
+    chunk writes) is labelled before the stage counts as done; arrays labelled before are not touched.
+    ``scan_shape``: (Ry, Rx) of the stored scan (default: the shape of ``ingest/total_counts``). Returns the
+    number of arrays labelled."""
+    from .schema import describe
+
+    store_dir = Path(store_dir)
+    if scan_shape is None:
+        try:
+            meta = json.loads((store_dir / "ingest" / "total_counts" / "zarr.json").read_text(encoding="utf-8"))
+            scan_shape = tuple(meta["shape"])
+        except (OSError, ValueError, KeyError):
+            scan_shape = None
+    n = 0
+    for f in store_dir.rglob("zarr.json"):
+        if f.parent == store_dir:
+            continue
+        try:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if meta.get("node_type") != "array" or meta.get("dimension_names"):
+            continue
+        path = f.parent.relative_to(store_dir).as_posix()
+        dims, attrs = describe(path, meta["shape"], meta.get("attributes") or {}, scan_shape)
+        meta["dimension_names"] = list(dims)
+        meta["attributes"] = _jsonable(attrs)
+        tmp = f.with_name(f".zarr.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        os.replace(tmp, f)
+        n += 1
+    return n
+
+
+COORDINATES = {"ry": ("nm", "scan position along y (stored step × row)"),
+               "rx": ("nm", "scan position along x (stored step × column)"),
+               "q": ("1/Å", "scattering vector Q = 1/d, bin centre"),
+               "qy": ("pixel", "detector row"), "qx": ("pixel", "detector column")}
+"""Coordinate arrays :func:`write_coordinates` puts beside the arrays that use these dimensions."""
+
+
+def write_coordinates(group: zarr.Group, store_dir: Path, step_nm: float | None) -> None:
+    """Write the coordinate arrays (:data:`COORDINATES`) into every group of the store whose arrays use those
+    dimensions and lack them, so that ``xarray.open_zarr(store, group=...)`` gives labelled arrays: ``ry``/``rx``
+    in nm (NaN-free index × ``step_nm``; index units where the step is unknown), ``q`` copied from
+    ``profiles/q`` (where the lengths agree), ``qy``/``qx`` pixel indices."""
+    store_dir = Path(store_dir)
+    need: dict[str, dict[str, int]] = {}
+    for f in store_dir.rglob("zarr.json"):
+        try:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if meta.get("node_type") != "array":
+            continue
+        grp = f.parent.parent.relative_to(store_dir).as_posix()
+        for d, n in zip(meta.get("dimension_names") or [], meta["shape"]):
+            if d in COORDINATES and f.parent.name != d:
+                need.setdefault("" if grp == "." else grp, {}).setdefault(d, n)
+    q = None
+    for grp, dims in need.items():
+        for d, n in dims.items():
+            if (store_dir / grp / d / "zarr.json").exists():
+                continue
+            if d in ("ry", "rx"):
+                value = np.arange(n, dtype=np.float64) * (step_nm if step_nm else 1.0)
+                units = COORDINATES[d][0] if step_nm else "index"
+            elif d == "q":
+                if q is None:
+                    try:
+                        q = np.asarray(group["profiles/q"])
+                    except KeyError:
+                        continue
+                if len(q) != n:
+                    continue
+                value, units = q, COORDINATES[d][0]
+            else:
+                value, units = np.arange(n, dtype=np.int64), COORDINATES[d][0]
+            arr = group.create_array(f"{grp}/{d}" if grp else d, shape=value.shape, dtype=value.dtype,
+                                     chunks=value.shape, compressors=None, overwrite=True, fill_value=0,
+                                     dimension_names=[d],
+                                     attributes={"units": units, "long_name": COORDINATES[d][1]})
+            arr[...] = value
