@@ -67,7 +67,7 @@ def read_pattern(path, scan_shape: tuple[int, int] | None = None) -> tuple[np.nd
     else:
         from .io import open_dataset
 
-        ds = open_dataset(path, "auto", scan_shape=scan_shape)
+        ds = open_dataset(path, "auto", scan_shape=scan_shape, scan_shape_required=False)  # (the mean only)
         if len(ds.shape) != 4:
             raise SendmapInputError(f"{path}: expected a 2-D pattern or a 4-D dataset, got shape {ds.shape}")
         n = int(ds.shape[0] * ds.shape[1])

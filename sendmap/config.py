@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
-FORMATS = ("auto", "mib", "dm4", "dm3", "empad", "arina", "py4dstem", "npy", "zarr", "raw")
+FORMATS = ("auto", "mib", "dm4", "dm3", "empad", "arina", "py4dstem", "npy", "zarr", "raw",
+           "blockfile", "tvips", "mrc", "velox", "hspy", "zspy")
 
 
 class _Section(BaseModel):
@@ -101,14 +103,19 @@ class InputConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per (unbinned) detector pixel, Q = 1/d")
+    _from_file: dict = PrivateAttr(default_factory=dict)
+    """Values the run took from the input file's own calibration (keys the config left out): see
+    :func:`sendmap.pipeline.apply_file_calibration`. Not part of the YAML."""
+    q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per (unbinned) detector pixel, Q = 1/d; null: "
+                                          "from calibrant or camera length, else the input file's own calibration")
     # Bounds that catch unit mistakes (a step in metres, a voltage in V), not physics limits: the finest 4D-STEM
     # steps (atomic-resolution ptychography) are ≈ 0.02 nm, 20× above 1e-3 nm; a STEM scan field is at most tens
     # of µm (scan-coil deflection), so one step above 1e5 nm (100 µm) cannot come from one scan.
     scan_step_nm: float = Field(4.0, ge=1e-3, le=1e5, description="probe step of the recording (before input.bin_r), "
-                                "nm (1e-3 to 1e5)")
+                                "nm (1e-3 to 1e5); left out: the input file's scan step where it records one, else 4")
     # 1 kV (the lowest STEM-in-SEM voltages) to 3000 kV (the largest high-voltage TEMs, 3 MV)
-    beam_energy_kv: float = Field(200.0, ge=1, le=3000, description="accelerating voltage, kV (1 to 3000)")
+    beam_energy_kv: float = Field(200.0, ge=1, le=3000, description="accelerating voltage, kV (1 to 3000); left out: "
+                                  "the input file's where it records one, else 200")
     # the largest probe-forming apertures of aberration-corrected STEM give ≈ 30-50 mrad; SEND uses ≈ 0.5-2
     convergence_mrad: float = Field(2.0, gt=0, le=100, description="probe convergence semi-angle, mrad (at most 100)")
     camera_length_mm: Optional[float] = Field(None, gt=0, description="used with detector_pixel_um when q_pixel_size is null")
@@ -382,7 +389,12 @@ class Config(_Section):
 
 def _resolve(base: Path, p: str) -> Path:
     path = Path(p).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    if path.is_absolute():
+        return path
+    try:
+        return (base / path).resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop: left for the reader to report, naming the file
+        return Path(os.path.abspath(base / path))
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:

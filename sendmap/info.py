@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SendmapInputError
-from .io import detect_format, fingerprint, open_dataset
+from .io import check_readable, detect_format, fingerprint, open_dataset
 from .store import STORE_NAME
 
 
@@ -13,6 +13,7 @@ def describe(path: Path) -> dict:
     dataset file its format, shape, dtype, size, fingerprint and reader metadata."""
     path = Path(path)
     if not path.exists():
+        check_readable(path)  # names a symbolic link loop as such
         raise SendmapInputError(f"no such file or folder: {path}")
     store = path / STORE_NAME if (path / STORE_NAME).is_dir() else path
     if _is_result_store(store):
@@ -42,13 +43,24 @@ def describe(path: Path) -> dict:
                            for k, v in attrs.get("stages", {}).items()},
                 "unfinished": _unfinished(store.parent),
                 "arrays": arrays}
-    ds = open_dataset(path, "auto")
-    if ds.format == "zarr":
+    note = None
+    try:
+        ds = open_dataset(path, "auto")
+    except SendmapInputError as exc:
+        if "input.scan_shape" not in str(exc):
+            raise
+        ds = open_dataset(path, "auto", scan_shape_required=False)
+        note = (f"the file does not record its scan shape: shown as a 1 x {ds.scan_shape[1]} line; a run needs "
+                "input.scan_shape")
+    if ds.format in ("zarr", "zspy"):
         path = path.resolve()
-    return {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
-            "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype),
-            "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
-            "fingerprint": fingerprint(path), "metadata": ds.metadata}
+    out = {"kind": "dataset", "path": str(path), "format": ds.format, "detected": detect_format(path),
+           "scan_shape": list(ds.scan_shape), "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype),
+           "n_frames": int(ds.scan_shape[0] * ds.scan_shape[1]), "chunks": [list(c[:3]) for c in ds.data.chunks[:2]],
+           "fingerprint": fingerprint(path, files=ds.files), "metadata": ds.metadata}
+    if note:
+        out["scan_shape_note"] = note
+    return out
 
 
 def _unfinished(out_dir: Path) -> dict:

@@ -119,7 +119,9 @@ def q_pixel_size_and_source(cfg: Config) -> tuple[float, str]:
     detector pixel size) for one detector pixel, times ``input.bin_q``."""
     cal = cfg.calibration
     if cal.q_pixel_size:
-        return float(cal.q_pixel_size) * cfg.input.bin_q, "config calibration.q_pixel_size"
+        source = ("taken from the input file (calibration.q_pixel_size not set)" if "q_pixel_size" in cal._from_file
+                  else "config calibration.q_pixel_size")
+        return float(cal.q_pixel_size) * cfg.input.bin_q, source
     if cal.calibrant:
         return (float(calibrant_record(cfg)["q_pixel_size"]) * cfg.input.bin_q,
                 f"measured on a standard: {cal.calibrant}")
@@ -1109,7 +1111,10 @@ def stage_keys(cfg: Config, input_fp: dict) -> dict[str, dict]:
 
 READERS = {"mib": "sendmap.io.mib", "dm4": "sendmap.io.dm (tags: rosettasciio)", "empad": "sendmap.io.empad",
            "arina": "sendmap.io.hdf5 (h5py + hdf5plugin)", "py4dstem": "sendmap.io.hdf5 (h5py)",
-           "npy": "sendmap.io.npy", "zarr": "sendmap.io.zarrarray (zarr)", "raw": "sendmap.io.raw"}
+           "npy": "sendmap.io.npy", "zarr": "sendmap.io.zarrarray (zarr)", "raw": "sendmap.io.raw",
+           **{f: f"sendmap.io.generic (rosettasciio {m})" for f, m in
+              (("blockfile", "blockfile"), ("tvips", "tvips"), ("mrc", "mrc"), ("velox", "emd"), ("hspy", "hspy"),
+               ("zspy", "zspy"))}}
 
 
 def preflight(cfg: Config) -> tuple[Dataset, dict]:
@@ -1118,6 +1123,7 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     inp = cfg.input
     ds = open_dataset(path, inp.format, inp.scan_shape, dataset=inp.dataset,
                       raw=inp.raw.model_dump() if inp.raw else None)
+    taken = apply_file_calibration(cfg, ds.metadata)
     q_pixel_size(cfg)
     cal = cfg.calibration
     if cal.calibrant:
@@ -1128,10 +1134,35 @@ def preflight(cfg: Config) -> tuple[Dataset, dict]:
     fp = fingerprint(path, files=ds.files)
     info = {"path": str(path), "format": ds.format, "reader": READERS.get(ds.format, ""), "bytes": fp["bytes"],
             "fingerprint": fp["sha256_sampled"], "files": [str(f) for f in ds.files], "scan_shape": list(ds.scan_shape),
-            "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype), "reader_metadata": ds.metadata}
+            "frame_shape": list(ds.frame_shape), "dtype": str(ds.dtype), "reader_metadata": ds.metadata,
+            "calibration_from_file": taken}
     info["fingerprint_of"] = fp["sampled"]
     info["mtime_ns"] = fp["mtime_ns"]
     return ds, info
+
+
+def apply_file_calibration(cfg: Config, metadata: dict) -> dict:
+    """Fill the calibration the config leaves out from the input file's own (its reader's metadata, see
+    :func:`sendmap.io.generic.file_calibration`): ``q_pixel_size`` where it is null and neither a calibrant nor
+    camera length + detector pixel size is given; ``scan_step_nm`` and ``beam_energy_kv`` where the config does
+    not set them (their defaults, 4 nm and 200 kV, stand only where the file says nothing). Changes ``cfg`` in
+    place (so the stages' cache keys see the values) and returns {key: value} taken from the file."""
+    from .io.generic import file_calibration
+
+    found = file_calibration(metadata or {})
+    cal = cfg.calibration
+    given = set(cal.model_fields_set)
+    taken = {}
+    if found["q_pixel_size"] and not cal.q_pixel_size and not cal.calibrant and not (
+            cal.camera_length_mm and cal.detector_pixel_um):
+        taken["q_pixel_size"] = found["q_pixel_size"]
+    for key in ("scan_step_nm", "beam_energy_kv"):
+        if found[key] and key not in given:
+            taken[key] = found[key]
+    for key, value in taken.items():
+        setattr(cal, key, value)
+    cal._from_file.update(taken)
+    return taken
 
 
 def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = print, until: str | None = None,
@@ -1152,6 +1183,8 @@ def run_pipeline(cfg: Config, force: bool = False, log: Callable[[str], None] = 
 
             raise SendmapOutputError(f"output.dir {out_dir} is a file, not a folder: set output.dir to a folder "
                                      f"(new or existing) for the results")
+        for key, value in input_info["calibration_from_file"].items():
+            log(f"calibration.{key} = {value:.6g} taken from the file (the config leaves it out)")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             probe = out_dir / f".write-test-{os.getpid()}"

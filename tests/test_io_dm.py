@@ -65,7 +65,7 @@ def test_round_trip_bit_for_bit_and_equal_to_rosettasciio(tmp_path, fmt, shape, 
     data = _values(shape, dtype)
     path = WRITERS[fmt](tmp_path / f"d.{fmt}", data)
     theirs = np.asarray(_rsciio(path)["data"])
-    arr, meta = read_dm_dask(path)
+    arr, meta = read_dm_dask(path, required=False)  # (3D: a 1 x N line)
     ours = arr.compute()
 
     assert theirs.dtype == ours.dtype == arr.dtype == np.dtype(dtype)
@@ -188,7 +188,9 @@ def test_3d_stack_takes_scan_shape_and_chunks_by_rows(tmp_path):
     arr, _ = read_dm_dask(path, scan_shape=(3, 4), frames_per_chunk=4)
     assert arr.shape == (3, 4, 3, 4) and arr.chunks == ((1, 1, 1), (4,), (3,), (4,))
     np.testing.assert_array_equal(arr.compute(), frames.reshape(3, 4, 3, 4))
-    assert read_dm_dask(path)[0].shape == (1, 12, 3, 4)
+    with pytest.raises(SendmapInputError, match=r"stack of 12 frames.*input.scan_shape"):
+        read_dm_dask(path)  # a stack does not say its scan: no silent 1 x 12 line
+    assert read_dm_dask(path, required=False)[0].shape == (1, 12, 3, 4)
 
 
 def test_graph_pickles_and_runs_in_processes(scan_4d):
@@ -261,7 +263,7 @@ def test_wrong_scan_shape(scan_4d, tmp_path):
     with pytest.raises(SendmapInputError, match=r"4 x 2 = 8 probe positions does not match the 6 frames"):
         read_dm_dask(stack, scan_shape=(4, 2))
     with pytest.raises(SendmapInputError, match="frames_per_chunk"):
-        read_dm_dask(stack, frames_per_chunk=0)
+        read_dm_dask(stack, scan_shape=(2, 3), frames_per_chunk=0)
 
 
 @pytest.mark.parametrize("code, kind", [(3, "complex64"), (13, "complex128"), (23, "RGBA"), (8, "RGB"),
@@ -288,11 +290,24 @@ def test_dimensions_disagreeing_with_the_data_array(scan_4d):
         read_dm_dask(path)
 
 
-def test_image_that_is_not_3d_or_4d(tmp_path):
-    path = dm._write_dm(tmp_path / "image.dm4", np.ones((16, 16), np.float32), 4)
-    np.testing.assert_array_equal(_rsciio(path)["data"], np.ones((16, 16)))  # a valid DM file
-    with pytest.raises(SendmapInputError, match=rf"{path}: image 1 .* is 2D, shape \(16, 16\)"):
-        read_dm_dask(path)
+def test_single_2d_pattern_is_a_1x1_scan(tmp_path):
+    frame = _values((16, 12), "float32", seed=3)
+    path = dm._write_dm(tmp_path / "image.dm4", frame, 4)
+    np.testing.assert_array_equal(_rsciio(path)["data"], frame)  # a valid DM file
+    arr, meta = read_dm_dask(path)
+    assert arr.shape == (1, 1, 16, 12) and [a["name"] for a in meta["axes"]] == ["Qy", "Qx"]
+    np.testing.assert_array_equal(arr.compute()[0, 0], frame)
+
+
+def test_real_dm3_single_pattern(real_data_dir):
+    """dm3_spots (rosettasciio's test file): one real (87, 87) int32 pattern, 0.1744 1/nm per pixel: a 1 x 1 scan,
+    value for value as rosettasciio reads it, Q per pixel 0.01744 1/Å."""
+    path = real_data_dir / "dm3_spots" / "test_diffraction_pattern.dm3"
+    arr, meta = read_dm_dask(path)
+    assert arr.shape == (1, 1, 87, 87)
+    np.testing.assert_array_equal(arr.compute()[0, 0], _rsciio(path)["data"])
+    assert meta["q_scale_inv_angstrom"] == pytest.approx(0.01744, rel=1e-3)
+
 
 
 def test_input_file_is_never_modified(scan_4d):

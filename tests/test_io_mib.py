@@ -12,7 +12,9 @@ import pytest
 from rsciio.quantumdetector import file_reader
 
 from sendmap.errors import SendmapInputError
-from sendmap.io.mib import mib_memmap, read_mib_dask, read_mib_info, write_mib
+from sendmap.io import open_dataset
+from sendmap.io.mib import (decode_raw_frames, encode_raw_frames, mib_memmap, read_mib_dask, read_mib_info,
+                            read_mib_region, write_mib)
 from sendmap.io.npy import read_npy_dask
 
 REAL_FILES = {"001_4x2_6bit": (256, 256), "002_4x2_6bit_roi128": (128, 256)}
@@ -140,7 +142,7 @@ def test_header_size_is_read_from_the_header(tmp_path):
     info = read_mib_info(path)
     assert (info.header_bytes, info.frame_shape, info.n_frames, info.counter_depth) == (768, (6, 5), 3, 16)
     assert info.metadata["n_chips"] == 4 and info.metadata["exposure_ms"] == pytest.approx(1.0)
-    np.testing.assert_array_equal(read_mib_dask(path)[0].compute()[0], data)
+    np.testing.assert_array_equal(read_mib_dask(path, scan_shape=(1, 3))[0].compute()[0], data)
 
 
 # --- lazy reading ------------------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def test_bad_last_header_names_byte_offset(small_mib, offset, was, now):
         read_mib_dask(path)
 
 
-@pytest.mark.parametrize("depth", [b"R64", b"U01"])
+@pytest.mark.parametrize("depth", [b"U64", b"U01"])
 def test_unsupported_pixel_depth(small_mib, depth):
     path, _ = small_mib
     with open(path, "r+b") as f:
@@ -243,19 +245,21 @@ def test_npy_3d_and_4d(tmp_path):
     np.testing.assert_array_equal(four.compute(), data)
     three = read_npy_dask(tmp_path / "three.npy", scan_shape=(3, 4), frames_per_chunk=8)
     np.testing.assert_array_equal(three.compute(scheduler="threads"), data)
-    assert read_npy_dask(tmp_path / "three.npy").shape == (1, 12, 6, 5)
+    with pytest.raises(SendmapInputError, match=r"input.scan_shape: \[Ry, Rx\].*\[1, 12\]"):
+        read_npy_dask(tmp_path / "three.npy")  # a stack says nothing of its scan: no silent 1 x 12 line
+    assert read_npy_dask(tmp_path / "three.npy", required=False).shape == (1, 12, 6, 5)
     fortran = read_npy_dask(tmp_path / "fortran_be.npy", frames_per_chunk=2)
     assert fortran.dtype == np.float32
     np.testing.assert_array_equal(fortran.compute(), data.astype(np.float32))
 
 
 def test_npy_errors(tmp_path):
-    np.save(tmp_path / "two.npy", np.zeros((4, 4)))
+    np.save(tmp_path / "two.npy", np.zeros((4, 4, 4, 4, 4)))
     np.save(tmp_path / "three.npy", np.zeros((12, 4, 4)))
     np.save(tmp_path / "four.npy", np.zeros((3, 4, 4, 4)))
     (tmp_path / "text.npy").write_text("not numpy")
     np.savez(tmp_path / "archive.npy", a=np.zeros(3))  # numpy appends .npz
-    cases = [("two.npy", {}, r"shape \(4, 4\)"),
+    cases = [("two.npy", {}, r"shape \(4, 4, 4, 4, 4\)"),
              ("three.npy", {"scan_shape": (5, 2)}, "10 probe positions .* 12 frames"),
              ("four.npy", {"scan_shape": (4, 3)}, r"\(4, 3\) does not match .* \(3, 4\)"),
              ("text.npy", {}, "not a readable .npy"),
@@ -279,7 +283,7 @@ def test_quad_frames_with_768_byte_headers(tmp_path, frame):
     np.testing.assert_array_equal(file_reader(str(path), navigation_shape=(3, 2))[0]["data"], data)
 
 
-@pytest.mark.parametrize("depth", ["R64", "U12"])
+@pytest.mark.parametrize("depth", ["U64", "U12"])
 def test_unreadable_pixel_depths_name_the_file_and_offset(tmp_path, depth):
     path = write_mib(tmp_path / "d.mib", np.ones((1, 2, 8, 8), np.uint16))
     raw = bytearray(path.read_bytes())
@@ -302,3 +306,134 @@ def test_region_reader_equals_the_dask_array(tmp_path):
         y0, y1, x0, x1 = region
         np.testing.assert_array_equal(ds.read_region(region), np.asarray(ds.data[y0:y1, x0:x1]))
         np.testing.assert_array_equal(ds.read_region(region), data[y0:y1, x0:x1])
+
+
+# --- every Merlin layout and depth (merlin_variants), raw counter mode (R64) ---------------------------------
+
+VARIANTS = sorted(f"{kind}_{n}_Frame_CounterDepth_{d}_Rows_256{raw}"
+                  for kind in ("Single", "Quad") for n in (1, 9) for d in (1, 6, 12, 24) for raw in ("",)) + sorted(
+    f"{kind}_{n}_Frame_CounterDepth_1_Rows_256RAW" for kind in ("Single", "Quad") for n in (1, 9))
+
+
+@pytest.mark.parametrize("name", [v for v in VARIANTS if not v.endswith("RAW")] + ["mib2hspy_test_CL30cm_24bit"])
+def test_real_variants_equal_rosettasciio(real_data_dir, name):
+    """Every U08/U16/U32 Merlin layout (single chip 256², quad 512²; 1, 6, 12, 24 bit; 1 and 9 frames) reads value
+    for value as rosettasciio reads it (files: rosettasciio's Merlin_Single_Quad.zip, mib2hspy's test file)."""
+    path = real_data_dir / "merlin_variants" / f"{name}.mib"
+    data, info = read_mib_dask(path)
+    ref = _rsciio_data(path)
+    assert data.shape == (1, info.n_frames, *info.frame_shape)
+    assert info.frame_shape == ((512, 512) if name.startswith("Quad") else (256, 256))
+    depth = 24 if "24bit" in name else int(name.split("CounterDepth_")[1].split("_")[0])
+    assert info.counter_depth == depth
+    np.testing.assert_array_equal(data.compute().reshape(ref.shape), ref)
+    assert int(data.max().compute()) <= 2**depth - 1
+
+
+@pytest.mark.parametrize("kind", ["Single", "Quad"])
+@pytest.mark.parametrize("n", [1, 9])
+def test_raw_counter_mode_real_files(real_data_dir, kind, n):
+    """R64 raw 1-bit frames decode to the detector's own layout. rosettasciio 0.15 refuses R64 files, so the check
+    is against rosettasciio's reading of the U08 1-bit recording of the same detector with the same settings:
+    the content is detector noise from a fixed set of noisy pixels, so >= 99.9 % of the pixels agree and >= 99 % of
+    the set pixels are set in both (measured: 99.95 %, 99.3-99.7 %), while a flipped layout agrees on 93-96 % of
+    the pixels (chance, with 4 % set) and on ~49 % of the set ones."""
+    folder = real_data_dir / "merlin_variants"
+    raw_path = folder / f"{kind}_{n}_Frame_CounterDepth_1_Rows_256RAW.mib"
+    info = read_mib_info(raw_path)
+    size = 512 if kind == "Quad" else 256
+    assert info.raw is not None and info.counter_depth == 1 and info.frame_shape == (size, size)
+    assert info.n_frames == n and info.dtype == np.dtype(">u1")
+    raw = read_mib_dask(raw_path)[0].compute().reshape(n, size, size)
+    ref = _rsciio_data(folder / f"{kind}_{n}_Frame_CounterDepth_1_Rows_256.mib").reshape(n, size, size)
+    assert set(np.unique(raw)) <= {0, 1} and 0.03 < raw.mean() < 0.05
+    assert (raw == ref).mean() > 0.999
+    assert ((raw > 0) & (ref > 0)).sum() / (raw > 0).sum() > 0.99
+    for wrong in (raw[:, ::-1], raw[:, :, ::-1], raw[:, ::-1, ::-1]):
+        assert (wrong == ref).mean() < 0.97 and ((wrong > 0) & (ref > 0)).sum() / (wrong > 0).sum() < 0.6
+    # the direct reader gives the same frames as the dask array
+    np.testing.assert_array_equal(read_mib_region(info, n, (0, 1, 0, n)).reshape(raw.shape), raw)
+
+
+@pytest.mark.parametrize("depth", [1, 6, 12, 24])
+@pytest.mark.parametrize("quad", [False, True])
+def test_raw_counter_mode_round_trip(tmp_path, depth, quad):
+    """Synthetic R64 files of every counter depth (single and quad; a 24-bit quad is refused: no recording to check
+    its layout): frames encoded as the Medipix3 readout stores them (encode_raw_frames, written from the layout
+    description in sendmap.io.mib) read back value for value through the file reader."""
+    size = 512 if quad else 256
+    frames = _frames((4, size, size), 2**depth - 1, seed=depth)
+    words = encode_raw_frames(frames[:, ::-1], depth, quad=quad)  # the reader flips Qy as for U08..U32 files
+    raw_w, raw_h = (4 * size // 2, size // 2) if quad else ((2 * size if depth == 24 else size), size)
+    header_bytes = 768 if quad else 384
+    path = tmp_path / "raw.mib"
+    with open(path, "wb") as f:
+        for i, w in enumerate(words):
+            fields = ["MQ1", f"{i + 1:06d}", f"{header_bytes:05d}", "04" if quad else "01", f"{raw_w:04d}",
+                      f"{raw_h:04d}", "R64", "   2x2" if quad else "   1x1", "0F" if quad else "01",
+                      "2021-04-15 14:43:00.835428", "0.001000", "0", "0", "0", *(["0.000000E+0"] * 8), "3RX",
+                      "MQ1A", "2021-04-15T13:43:00.835428351Z", "1000000ns", str(depth), ""]
+            f.write(",".join(fields).encode().ljust(header_bytes, b"\0"))
+            f.write(w.tobytes())
+    if quad and depth == 24:
+        with pytest.raises(SendmapInputError, match="24-bit raw counter mode"):
+            read_mib_info(path)
+        return
+    data = read_mib_dask(path, scan_shape=(2, 2))[0].compute()
+    assert data.dtype == {1: np.uint8, 6: np.uint8, 12: np.uint16, 24: np.uint32}[depth]
+    np.testing.assert_array_equal(data.reshape(frames.shape), frames)
+
+
+def test_raw_counter_mode_needs_a_known_depth(tmp_path):
+    """An R64 header whose counter depth is not one of the chip's (1, 6, 12, 24 bit) cannot be decoded: clear error."""
+    path = write_mib(tmp_path / "d.mib", np.ones((1, 2, 8, 8), np.uint16))
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"U16"):raw.index(b"U16") + 3] = b"R64"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SendmapInputError, match=r"raw counter mode \(R64\) file whose counter depth is 16"):
+        read_mib_info(path)
+
+
+def test_raw_decoder_matches_bit_layout():
+    """One 64-pixel 1-bit word by hand: its 8 bytes stored in reverse order, pixels least significant bit first."""
+    pixels = np.zeros((1, 1, 64), np.uint8)
+    pixels[0, 0, [0, 9, 63]] = 1  # byte 0 bit 0, byte 1 bit 1, byte 7 bit 7 of the word
+    stored = np.array([[0x80, 0, 0, 0, 0, 0, 0x02, 0x01]], np.uint8)  # the same word, bytes reversed on disk
+    np.testing.assert_array_equal(decode_raw_frames(stored, (1, 64, 1), 1), pixels)
+    np.testing.assert_array_equal(encode_raw_frames(pixels, 1), stored)
+    # 12 bit: four pixels 1, 2, 3, 0xABC in one word → little-endian words in reversed byte order
+    twelve = np.array([[[1, 2, 3, 0xABC]]], np.uint16)
+    stored12 = np.array([[0x0A, 0xBC, 0x00, 0x03, 0x00, 0x02, 0x00, 0x01]], np.uint8)
+    np.testing.assert_array_equal(decode_raw_frames(stored12, (1, 4, 1), 12), twelve)
+
+
+def test_mib_without_hdr(real_data_dir, tmp_path):
+    """No .hdr: one frame is a 1 x 1 scan (ueds_beamblock_12bit: one real 12-bit pattern); several frames need
+    input.scan_shape (multi_6bit_9frames: the frame headers do not record the scan), and then read as rosettasciio
+    reads them."""
+    folder = real_data_dir / "merlin_variants"
+    single = open_dataset(folder / "ueds_beamblock_12bit.mib")
+    assert single.shape == (1, 1, 256, 256) and single.dtype == np.uint16
+    np.testing.assert_array_equal(single.data.compute()[0, 0], _rsciio_data(folder / "ueds_beamblock_12bit.mib"))
+    with pytest.raises(SendmapInputError, match=r"no .hdr file.*input.scan_shape.*\[1, 9\]"):
+        open_dataset(folder / "multi_6bit_9frames.mib")
+    multi = open_dataset(folder / "multi_6bit_9frames.mib", scan_shape=(3, 3))
+    np.testing.assert_array_equal(multi.data.compute().reshape(9, 256, 256),
+                                  _rsciio_data(folder / "multi_6bit_9frames.mib"))
+    assert open_dataset(folder / "multi_6bit_9frames.mib", scan_shape_required=False).shape[:2] == (1, 9)
+
+
+def test_corrupted_header_is_a_clear_error(real_data_dir):
+    """mib2hspy's deliberately broken header (the frame height field is empty)."""
+    with pytest.raises(SendmapInputError, match=r"corrupt Merlin frame header at byte offset 0: field 5 \(frame height\)"):
+        open_dataset(real_data_dir / "merlin_variants" / "mib2hspy_test_CL30cm_corrupted_header.mib")
+
+
+def test_npy_single_pattern_is_a_1x1_scan(tmp_path):
+    pattern = np.arange(12 * 10, dtype=np.int64).reshape(12, 10) - 50  # e.g. background-subtracted: negatives
+    np.save(tmp_path / "one.npy", pattern)
+    arr = read_npy_dask(tmp_path / "one.npy")
+    assert arr.shape == (1, 1, 12, 10)
+    np.testing.assert_array_equal(arr.compute()[0, 0], pattern)
+    with pytest.raises(SendmapInputError, match="1 x 2 = 2 probe positions does not match the 1 frames"):
+        read_npy_dask(tmp_path / "one.npy", scan_shape=(1, 2))

@@ -18,11 +18,19 @@ py4dstem   py4DSTEM / emdfile / EMD 1.0 ``.h5`` ``.emd``               :mod:`sen
 npy        NumPy ``.npy`` (4D, or 3D frames)                           :mod:`sendmap.io.npy`
 zarr       an existing zarr array or group (v2 or v3)                  :mod:`sendmap.io.zarrarray`
 raw        headerless or fixed-header binary, layout from the config   :mod:`sendmap.io.raw`
+blockfile  NanoMegas/ASTAR ``.blo``; also ``tvips``, ``mrc``, ``velox``    :mod:`sendmap.io.generic`
+           (``.emd``), ``hspy``, ``zspy``                                (rosettasciio's lazy readers)
 =========  ==========================================================  ==============================
+
+Only regular files (and zarr folders) are read: a FIFO, socket or device, or a symbolic link loop, is
+refused with a SendmapInputError (a pipe could never be seeked in or fingerprinted; reading one would hang).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,14 +39,23 @@ import numpy as np
 
 from ..errors import SendmapInputError
 
-SUPPORTED = ("mib", "dm4", "empad", "arina", "py4dstem", "npy", "zarr", "raw")
+GENERIC = ("blockfile", "tvips", "mrc", "velox", "hspy", "zspy")
+"""Formats read through rosettasciio (:mod:`sendmap.io.generic`)."""
+SUPPORTED = ("mib", "dm4", "empad", "arina", "py4dstem", "npy", "zarr", "raw", *GENERIC)
 """Names accepted by ``input.format`` (besides ``auto``); ``dm3`` is read as ``dm4``."""
 
 _MAGIC = {b"MQ1,": "mib", b"\x93NUMPY": "npy", b"\x89HDF\r\n\x1a\n": "hdf5",
           b"\x00\x00\x00\x03": "dm4", b"\x00\x00\x00\x04": "dm4"}
 """Leading bytes of each format (DM files start with their version, 3 or 4, as a big-endian int32)."""
 _EXTENSIONS = {".mib": "mib", ".npy": "npy", ".dm4": "dm4", ".dm3": "dm4", ".raw": "raw", ".h5": "hdf5",
-               ".hdf5": "hdf5", ".emd": "hdf5", ".zarr": "zarr", ".zspy": "zarr", ".bin": "raw"}
+               ".hdf5": "hdf5", ".emd": "hdf5", ".hspy": "hdf5", ".zarr": "zarr", ".zspy": "zarr", ".bin": "raw",
+               ".blo": "blockfile", ".tvips": "tvips", ".mrc": "mrc"}
+
+
+_NOT_READ = {".seq": "a Direct Electron / StreamPix .seq sequence: not read (rosettasciio 0.15, which sendmap uses "
+                    "for such formats, has no reader for it); save the frames from the DE software as an MRC "
+                    "(.mrc, read with input.format: mrc) or HDF5 file"}
+"""Extensions of formats sendmap knows it cannot read, with what to do instead."""
 
 
 @dataclass
@@ -96,9 +113,12 @@ def detect_format(path: Path) -> str:
     an ``_x<Rx>_y<Ry>`` name is ``empad``, any other ``.raw`` needs its layout in ``input.raw``.
     """
     path = Path(path)
+    check_readable(path)
     if path.is_dir():
         markers = ("zarr.json", ".zarray", ".zgroup")
-        return "zarr" if any((path / m).exists() for m in markers) else "unknown"
+        if not any((path / m).exists() for m in markers):
+            return "unknown"
+        return "zspy" if _is_hyperspy_zarr(path) else "zarr"
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -111,10 +131,65 @@ def detect_format(path: Path) -> str:
     if fmt == "hdf5":
         from .hdf5 import hdf5_flavour
 
-        return hdf5_flavour(path) or "hdf5"
+        return hdf5_flavour(path) or _hdf5_generic_flavour(path) or "hdf5"
+    if fmt == "unknown" and head.startswith(b"IMGBLO"):
+        return "blockfile"
     if fmt == "raw" and _looks_empad(path):
         return "empad"
     return fmt
+
+
+def check_readable(path: Path) -> None:
+    """SendmapInputError unless ``path`` is a regular file or a folder: a missing file, a symbolic link loop,
+    or a FIFO, socket or device (reading a pipe would wait forever for a writer) is refused, naming it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SendmapInputError(f"input {path}: a loop of symbolic links (it points back to itself); set "
+                                    "input.path to the data file itself") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SendmapInputError(f"input file not found: {path}") from None
+        raise SendmapInputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise SendmapInputError(f"input {path} is {kind}: sendmap reads regular files only (it seeks in them and "
+                            "fingerprints them); save the data to a file and set input.path to it")
+
+
+def _hdf5_generic_flavour(path: Path) -> str | None:
+    """``"hspy"`` (a HyperSpy file: root attribute file_format = HyperSpy) or ``"velox"`` (Thermo Fisher Velox
+    EMD: root ``Data`` group and ``Version``) for an HDF5 file no own reader claims, else None."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("file_format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode("latin-1")
+            if str(fmt) == "HyperSpy":
+                return "hspy"
+            if "Data" in f and "Version" in f:
+                return "velox"
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _is_hyperspy_zarr(path: Path) -> bool:
+    """A zarr group folder written by HyperSpy/rosettasciio (``.zspy``): root attribute file_format = ZSpy."""
+    import json
+
+    for name, pick in ((".zattrs", lambda d: d), ("zarr.json", lambda d: d.get("attributes", {}))):
+        try:
+            attrs = pick(json.loads((path / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(attrs, dict) and attrs.get("file_format") in ("HyperSpy", "ZSpy"):
+            return True
+    return False
 
 
 def _looks_empad(path: Path) -> bool:
@@ -128,12 +203,15 @@ def _looks_empad(path: Path) -> bool:
 
 def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = None, *,
                  dataset: str | None = None, raw: dict | None = None,
-                 frames_per_chunk: int | None = None) -> Dataset:
+                 frames_per_chunk: int | None = None, scan_shape_required: bool = True) -> Dataset:
     """Open a detector file lazily; SendmapInputError (exit 2) for a missing file or unknown format.
 
     ``dataset``: the HDF5/zarr path of the array inside the file (default: found). ``raw``: the byte
     layout for ``fmt="raw"`` (keys of ``config.RawLayout``). ``frames_per_chunk``: dask chunk size
     (default: about 64 MiB of whole scan rows; zarr arrays keep their own chunk grid).
+    ``scan_shape_required``: a stack of several frames that records no scan shape (a 3D ``.npy``/zarr/
+    rosettasciio signal, a ``.mib`` without ``.hdr``) needs ``scan_shape`` (SendmapInputError naming
+    ``input.scan_shape``); False reads it as a 1 × N line (``sendmap info``, which then says so).
 
     >>> import numpy as np, tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "d.npy"); np.save(p, np.zeros((2, 3, 8, 8), np.uint16))
@@ -141,8 +219,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     (2, 3, 8, 8)
     """
     path = Path(path)
-    if not path.exists():
-        raise SendmapInputError(f"input file not found: {path}")
+    check_readable(path)
     detected = detect_format(path)
     fmt = "dm4" if fmt == "dm3" else fmt
     if fmt == "auto":
@@ -152,9 +229,11 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
                 f"{path}: a raw binary file whose layout is unknown; set input.format: raw and input.raw "
                 "{dtype, frame_shape, header_bytes, frame_header_bytes, frame_footer_bytes} (or, for EMPAD, put "
                 "its .xml beside it)")
+        if fmt == "unknown" and path.suffix.lower() in _NOT_READ:
+            raise SendmapInputError(f"{path}: {_NOT_READ[path.suffix.lower()]}")
         if fmt in ("unknown", "hdf5"):
-            what = "an HDF5 file that is neither a DECTRIS Arina/EIGER nor a py4DSTEM/EMD file" if fmt == "hdf5" \
-                else "its first bytes and extension match no known format"
+            what = ("an HDF5 file that is neither a DECTRIS Arina/EIGER, a py4DSTEM/EMD, a HyperSpy nor a Velox "
+                    "file") if fmt == "hdf5" else "its first bytes and extension match no known format"
             raise SendmapInputError(
                 f"cannot tell the format of {path}: {what}; set input.format to one of {', '.join(SUPPORTED)}")
     elif not _compatible(detected, fmt):
@@ -167,21 +246,28 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
         from .mib import mib_dask_array, mib_scan_shape, read_mib_info, read_mib_region
 
         info = read_mib_info(path)
-        scan = mib_scan_shape(info, scan_shape)
+        scan = mib_scan_shape(info, scan_shape, required=scan_shape_required)
         meta = {k: v for k, v in info.metadata.items() if k != "hdr"}
-        meta.update(header_bytes=info.header_bytes, counter_depth=info.counter_depth, dtype_on_disk=info.dtype.str)
+        meta.update(header_bytes=info.header_bytes, counter_depth=info.counter_depth,
+                    dtype_on_disk="R64" if info.raw is not None else info.dtype.str)
         files += [p for p in (path.with_suffix(".hdr"),) if p.exists()]
         return Dataset((*scan, *info.frame_shape), info.dtype.newbyteorder("="), path, fmt, meta, files,
                        read_region=functools.partial(read_mib_region, info, scan[1]),
                        make_data=lambda: mib_dask_array(info, scan, frames_per_chunk))
+    if fmt in GENERIC:
+        from .generic import read_generic
+
+        shape, dtype, meta, read_region, make_data = read_generic(path, fmt, scan_shape, frames_per_chunk,
+                                                                  required=scan_shape_required)
+        return Dataset(shape, dtype, path, fmt, meta, files, read_region=read_region, make_data=make_data)
     if fmt == "npy":
         from .npy import read_npy_dask
 
-        data, meta = read_npy_dask(path, **kw), {}
+        data, meta = read_npy_dask(path, **kw, required=scan_shape_required), {}
     elif fmt == "dm4":
         from .dm import read_dm_dask
 
-        data, meta = read_dm_dask(path, **kw)
+        data, meta = read_dm_dask(path, **kw, required=scan_shape_required)
     elif fmt == "empad":
         from .empad import read_empad_dask
 
@@ -201,7 +287,7 @@ def open_dataset(path, fmt: str = "auto", scan_shape: tuple[int, int] | None = N
     elif fmt == "zarr":
         from .zarrarray import read_zarr_dask
 
-        data, meta = read_zarr_dask(path, dataset=dataset, **kw)
+        data, meta = read_zarr_dask(path, dataset=dataset, **kw, required=scan_shape_required)
     elif fmt == "raw":
         from .raw import read_raw_dask
 
@@ -219,7 +305,10 @@ def _compatible(detected: str, fmt: str) -> bool:
     """Whether a user-set ``input.format`` may override what the content says."""
     if detected in ("unknown", fmt):
         return True
-    if detected == "hdf5" and fmt in ("arina", "py4dstem"):
+    hdf5_family = ("hdf5", "arina", "py4dstem", "hspy", "velox")
+    if detected in hdf5_family and fmt in hdf5_family and fmt != "hdf5":
+        return detected == "hdf5" or {detected, fmt} <= {"py4dstem", "velox", "hspy"}
+    if {detected, fmt} == {"zarr", "zspy"}:  # a .zspy is a zarr group: either reader may take it
         return True
     if fmt == "raw":  # any file can be described byte by byte
         return True

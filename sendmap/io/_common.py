@@ -36,6 +36,20 @@ def check_scan_shape(scan_shape, n_frames: int, path: Path) -> tuple[int, int]:
     return ry, rx
 
 
+def stack_scan_shape(scan_shape, n_frames: int, path: Path, required: bool = True) -> tuple[int, int]:
+    """The scan shape of a stack of ``n_frames`` frames that does not record one: ``scan_shape`` checked, else
+    1 × 1 for a single frame; more frames without ``scan_shape`` are refused (``required``: a stack could be any
+    scan, and a silent 1 × N line would mislabel every position) or read as a 1 × N line (``required=False``,
+    for ``sendmap info``)."""
+    if scan_shape is None:
+        if n_frames > 1 and required:
+            raise SendmapInputError(
+                f"{path}: a stack of {n_frames} frames that does not record its scan shape; set input.scan_shape: "
+                f"[Ry, Rx] with Ry x Rx = {n_frames} (e.g. [1, {n_frames}] for a line or a series of patterns)")
+        scan_shape = (1, n_frames)
+    return check_scan_shape(scan_shape, n_frames, path)
+
+
 def scan_chunks(scan_shape: tuple[int, int], frame_shape: tuple[int, int], itemsize: int,
                  frames_per_chunk: int | None) -> tuple[tuple[int, ...], ...]:
     """Dask chunks of a (Ry, Rx, Qy, Qx) array, each a run of consecutive frames (whole rows or part of one)."""

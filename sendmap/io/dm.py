@@ -45,7 +45,7 @@ from rsciio.exceptions import (ByteOrderError, DM3DataTypeError, DM3FileVersionE
                                DM3TagIDError, DM3TagTypeError)
 
 from sendmap.errors import SendmapInputError
-from sendmap.io._common import check_scan_shape, frame_range, scan_chunks
+from sendmap.io._common import check_scan_shape, frame_range, scan_chunks, stack_scan_shape
 
 # --- format constants -------------------------------------------------------------------------------
 
@@ -126,12 +126,13 @@ class _Image:
 # --- reader ------------------------------------------------------------------------------------------
 
 def read_dm_dask(path, scan_shape: tuple[int, int] | None = None,
-                 frames_per_chunk: int | None = None) -> tuple[da.Array, dict]:
+                 frames_per_chunk: int | None = None, *, required: bool = True) -> tuple[da.Array, dict]:
     """Lazy (Ry, Rx, Qy, Qx) array of a DM3/DM4 4D-STEM file in native byte order, and its metadata.
 
     The image read is the largest 3D/4D image of the file's ``ImageList`` that is not listed as a
-    thumbnail. A 4D image gives its own scan shape (``scan_shape``, if given, must equal it); a 3D
-    (N, Qy, Qx) stack is reshaped to ``scan_shape`` (default (1, N)). Chunks are whole scan rows of at
+    thumbnail (else its largest 2D image: one pattern, a 1 × 1 scan). A 4D image gives its own scan shape
+    (``scan_shape``, if given, must equal it); a 3D (N, Qy, Qx) stack is reshaped to ``scan_shape``, which
+    it needs unless N = 1 (:func:`sendmap.io._common.stack_scan_shape`; ``required=False``: a 1 × N line). Chunks are whole scan rows of at
     most ``frames_per_chunk`` frames (default: 64 MiB), each memory-mapping the file read-only by itself.
     The metadata dict is JSON-able; see :func:`read_dm_metadata`.
 
@@ -146,9 +147,10 @@ def read_dm_dask(path, scan_shape: tuple[int, int] | None = None,
             raise SendmapInputError(
                 f"{path}: scan_shape {tuple(scan_shape)} does not match the file's scan axes {image.shape[:2]}")
         scan_shape = image.shape[:2]
-    else:
-        n = image.shape[0]
-        scan_shape = check_scan_shape((1, n) if scan_shape is None else scan_shape, n, path)
+    elif len(image.shape) == 3:
+        scan_shape = stack_scan_shape(scan_shape, image.shape[0], path, required)
+    else:  # one pattern
+        scan_shape = check_scan_shape(scan_shape or (1, 1), 1, path)
     frame_shape = image.shape[-2:]
     native = image.dtype.newbyteorder("=")
     chunks = scan_chunks(scan_shape, frame_shape, native.itemsize, frames_per_chunk)
@@ -316,10 +318,10 @@ def _check_image(path: Path, image: _Image) -> None:
             "integer or float 4D-STEM data only")
     if image.dtype is None:
         raise SendmapInputError(f"{path}: {where} has DM DataType {image.data_type}, which sendmap cannot read")
-    if len(image.shape) not in (3, 4):
+    if len(image.shape) not in (2, 3, 4):
         raise SendmapInputError(
             f"{path}: {where} is {len(image.shape)}D, shape {image.shape}; a 4D-STEM file holds a 4D "
-            "(Ry, Rx, Qy, Qx) or 3D (N, Qy, Qx) image")
+            "(Ry, Rx, Qy, Qx) or 3D (N, Qy, Qx) image, or one 2D pattern")
     expected = math.prod(image.shape) * image.dtype.itemsize
     if expected != image.data_bytes:
         raise SendmapInputError(
@@ -331,7 +333,7 @@ def _check_image(path: Path, image: _Image) -> None:
 
 def _metadata(image: _Image, version: int, file_bytes: int) -> dict:
     ndim = len(image.shape)
-    names = ("Ry", "Rx", "Qy", "Qx") if ndim == 4 else ("N", "Qy", "Qx")
+    names = ("Ry", "Rx", "Qy", "Qx")[4 - ndim:] if ndim != 3 else ("N", "Qy", "Qx")
     axes = [{"name": name, "size": size, "scale": scale, "offset": offset, "units": units}
             for name, size, scale, offset, units in zip(names, image.shape, image.scales, image.offsets, image.units)]
     meta = {

@@ -20,6 +20,18 @@ eight thresholds (keV), DAC format and DAC values; the ``MQ1A`` extension adds t
 the exposure (ns) and the counter depth (bits). The ``.hdr`` file beside the ``.mib`` describes the whole
 acquisition: CRLF lines ``key:<TAB>value`` between ``HDR,`` and ``End``, space-padded to 2048 bytes.
 
+Raw counter mode (pixel depth ``R64``): the chips' counter words as read out, in 64-bit words whose 8 bytes
+are stored in reverse order. After reversing each 8-byte group the pixels follow in order: 1-bit counters as
+single bits, least significant bit first; 6-bit counters one byte each; 12-bit counters little-endian 16-bit
+words; a 24-bit frame is two such 12-bit frames, the first holding the high 12 bits. The header's width and
+height give the raw grid: a single chip is 256 × 256 (24 bit: 512 wide, the two halves), a quad (``2x2``)
+is 1024 × 256, each raw row holding one row of each chip in the order bottom-right, bottom-left, top-right,
+top-left, the bottom two rotated by 180°. :func:`decode_raw_frames` turns raw frames into the same
+(Qy, Qx) layout as the ``U08/U16/U32`` files (rows as stored; a quad becomes 512 × 512 without a gap).
+A 24-bit quad raw frame is refused: no recording of one was available to check its layout. The layout
+is that of the Medipix3 readout as documented by Quantum Detectors and decoded the same way by LiberTEM
+(``libertem.io.dataset.mib``); rosettasciio 0.15 refuses R64 files.
+
 Orientation: as in rosettasciio/HyperSpy and pyxem (pyxem issue #385), the first row on disk is the bottom
 row of the diffraction pattern, so :func:`read_mib_dask` flips Qy and :func:`write_mib` flips it back;
 :func:`mib_memmap` gives the rows as stored.
@@ -77,10 +89,22 @@ class MibInfo:
     ``frames_per_trigger`` (scan row length, from the ``.hdr``; may be absent) and ``hdr`` (the ``.hdr``
     as a dict of strings, empty where there is none)."""
 
+    raw: tuple[int, int, int] | None = None
+    """Raw counter mode (``R64``): (raw height, raw width, chips across: 1 or 2) of the header's grid; None
+    for ``U08/U16/U32`` pixels. ``dtype`` and ``frame_shape`` are then those of the decoded frames."""
+
+    @property
+    def pixel_bytes(self) -> int:
+        """Bytes of one frame's pixels on disk."""
+        if self.raw is not None:
+            h, w, _ = self.raw
+            return h * w * _RAW_BITS_ON_DISK[self.counter_depth] // 8
+        return self.frame_shape[0] * self.frame_shape[1] * self.dtype.itemsize
+
     @property
     def frame_stride_bytes(self) -> int:
         """Bytes from one frame header to the next: header plus pixels."""
-        return self.header_bytes + self.frame_shape[0] * self.frame_shape[1] * self.dtype.itemsize
+        return self.header_bytes + self.pixel_bytes
 
 
 def read_mib_info(path) -> MibInfo:
@@ -105,12 +129,17 @@ def read_mib_info(path) -> MibInfo:
             qx = _int_field(fields, 4, "frame width", path, 0)
             qy = _int_field(fields, 5, "frame height", path, 0)
             depth = fields[6].strip()
-            if depth not in _DTYPES:
+            raw = None
+            if depth == "R64":
+                raw, (qy, qx), dtype, counter_depth = _raw_geometry(fields, path, qy, qx)
+                stride = header_bytes + raw[0] * raw[1] * _RAW_BITS_ON_DISK[counter_depth] // 8
+            elif depth not in _DTYPES:
                 raise SendmapInputError(
                     f"{path}: pixel depth {depth!r} (frame header at byte offset 0) is not supported; readable "
-                    f"depths are {', '.join(_DTYPES)} (raw R64 counter data comes later)")
-            dtype = _DTYPES[depth]
-            stride = header_bytes + qy * qx * dtype.itemsize
+                    f"depths are {', '.join(_DTYPES)} and R64 (raw counter mode)")
+            else:
+                dtype = _DTYPES[depth]
+                stride = header_bytes + qy * qx * dtype.itemsize
             n_frames, rest = divmod(size, stride)
             if rest or n_frames == 0:
                 raise SendmapInputError(
@@ -132,10 +161,103 @@ def read_mib_info(path) -> MibInfo:
     fpt = hdr.get("Frames per Trigger (Number)", "")
     if fpt.isdigit():
         metadata["frames_per_trigger"] = int(fpt)
-    counter_depth = (metadata.pop("counter_depth") or _int_or_none(hdr.get("Counter Depth (number)", ""))
-                     or 8 * dtype.itemsize)
+    header_depth = metadata.pop("counter_depth")
+    if raw is None:
+        counter_depth = header_depth or _int_or_none(hdr.get("Counter Depth (number)", "")) or 8 * dtype.itemsize
+    else:
+        metadata["raw_counter_mode"] = True
     return MibInfo(path=path, header_bytes=header_bytes, frame_shape=(qy, qx), dtype=dtype, n_frames=n_frames,
-                   counter_depth=counter_depth, metadata=metadata)
+                   counter_depth=counter_depth, metadata=metadata, raw=raw)
+
+
+_RAW_BITS_ON_DISK = {1: 1, 6: 8, 12: 16, 24: 16}
+"""Bits each pixel of the raw grid (the header's width x height) takes, by counter depth (24 bit: the grid is twice
+as wide as the frame, two 12-bit frames of 16-bit words)."""
+_RAW_DTYPES = {1: np.dtype(">u1"), 6: np.dtype(">u1"), 12: np.dtype(">u2"), 24: np.dtype(">u4")}
+"""Decoded pixel type by counter depth (big-endian like the U08/U16/U32 pixels, for one code path)."""
+
+
+def _raw_geometry(fields: list[str], path: Path, qy: int, qx: int):
+    """(raw (h, w, chips across), decoded (Qy, Qx), decoded dtype, counter depth) of an R64 frame header."""
+    ext = fields[fields.index("MQ1A") + 1:] if "MQ1A" in fields else []
+    depth = _int_or_none(ext[2]) if len(ext) > 2 else None
+    if depth is None:
+        hdr = _read_hdr(path.with_suffix(".hdr"))
+        depth = _int_or_none(hdr.get("Counter Depth (number)", ""))
+    if depth not in _RAW_BITS_ON_DISK:
+        raise SendmapInputError(
+            f"{path}: raw counter mode (R64) file whose counter depth is {'unknown' if depth is None else depth}: "
+            "neither the frame header's MQ1A extension nor the .hdr gives 1, 6, 12 or 24 bits, so its pixels "
+            "cannot be decoded")
+    layout = fields[7].strip()
+    n_chips = _int_or_none(fields[3]) or 1
+    if layout.startswith("2x2") and n_chips == 4:
+        if depth == 24:
+            raise SendmapInputError(
+                f"{path}: a 24-bit raw counter mode (R64) quad file: this layout is not supported (no recording "
+                "of one was available to check it); record in 12-bit or 24-bit non-raw mode (U16/U32)")
+        if qx % 4 or qx // 4 != qy:
+            raise SendmapInputError(f"{path}: a quad raw (R64) frame of {qx} x {qy} raw pixels: expected four "
+                                    "square chips side by side (e.g. 1024 x 256)")
+        return (qy, qx, 2), (2 * qy, qx // 2), _RAW_DTYPES[depth], depth
+    if n_chips != 1:
+        raise SendmapInputError(f"{path}: raw counter mode (R64) with sensor layout {layout!r} and {n_chips} chips is "
+                                "not supported (single chip 1x1 and quad 2x2 are)")
+    if depth == 24:
+        if qx % 2:
+            raise SendmapInputError(f"{path}: a 24-bit raw (R64) frame of odd raw width {qx}")
+        return (qy, qx, 1), (qy, qx // 2), _RAW_DTYPES[depth], depth
+    return (qy, qx, 1), (qy, qx), _RAW_DTYPES[depth], depth
+
+
+def decode_raw_frames(raw_bytes: np.ndarray, raw: tuple[int, int, int], counter_depth: int) -> np.ndarray:
+    """Decode raw counter mode (R64) frames: ``raw_bytes`` (k, nbytes) uint8 → (k, Qy, Qx) native unsigned ints,
+    rows as stored (see the module doc for the layout). ``raw`` is :attr:`MibInfo.raw`."""
+    h, w, across = raw
+    k = raw_bytes.shape[0]
+    # every 64-bit word is stored with its bytes reversed: undo that, then the pixels follow in order
+    words = np.ascontiguousarray(raw_bytes.reshape(k, -1, 8)[:, :, ::-1]).reshape(k, -1)
+    if counter_depth == 1:
+        grid = np.unpackbits(words, axis=1, bitorder="little").reshape(k, h, w)
+    elif counter_depth == 6:
+        grid = words.reshape(k, h, w)
+    elif counter_depth == 12:
+        grid = words.view("<u2").reshape(k, h, w).astype(np.uint16)
+    else:  # 24: two 12-bit frames (high, low) of h x w/2
+        halves = words.view("<u2").reshape(k, 2, h, w // 2).astype(np.uint32)
+        grid = (halves[:, 0] << 12) | halves[:, 1]
+    if across == 1:
+        return grid
+    cw = w // 4  # chip width; the raw row holds [bottom-right | bottom-left | top-right | top-left]
+    top = np.concatenate([grid[:, :, 3 * cw:], grid[:, :, 2 * cw:3 * cw]], axis=2)
+    bottom = grid[:, ::-1, 2 * cw - 1::-1]  # the first two chips, rotated by 180 degrees
+    return np.concatenate([top, bottom], axis=1)
+
+
+def encode_raw_frames(frames: np.ndarray, counter_depth: int, quad: bool = False) -> np.ndarray:
+    """The inverse of :func:`decode_raw_frames`: (k, Qy, Qx) counts → (k, nbytes) uint8 raw counter words (for
+    tests and synthetic files)."""
+    frames = np.asarray(frames)
+    k, qy, qx = frames.shape
+    if quad:
+        cw = qx // 2
+        top, bottom = frames[:, :qy // 2], frames[:, qy // 2:]
+        rot = bottom[:, ::-1, ::-1]
+        grid = np.concatenate([rot, top[:, :, cw:], top[:, :, :cw]], axis=2)
+    else:
+        grid = frames
+    h, w = grid.shape[1:]
+    if counter_depth == 1:
+        words = np.packbits(grid.reshape(k, -1).astype(np.uint8) & 1, axis=1, bitorder="little")
+    elif counter_depth == 6:
+        words = grid.reshape(k, -1).astype(np.uint8)
+    elif counter_depth == 12:
+        words = grid.reshape(k, -1).astype("<u2").view(np.uint8)
+    else:
+        g = grid.astype(np.uint32)
+        words = np.concatenate([(g >> 12).astype("<u2"), (g & 0xFFF).astype("<u2")], axis=1).reshape(k, -1)
+        words = words.view(np.uint8)
+    return np.ascontiguousarray(words.reshape(k, -1, 8)[:, :, ::-1]).reshape(k, -1)
 
 
 def mib_memmap(info: MibInfo) -> np.ndarray:
@@ -144,8 +266,18 @@ def mib_memmap(info: MibInfo) -> np.ndarray:
     ``memmap["px"]`` is (n_frames, Qy, Qx) in the big-endian pixel type, rows as stored on disk (not
     flipped), without copying; ``memmap["hdr"]`` holds the raw frame headers.
     """
-    frame = np.dtype([("hdr", f"V{info.header_bytes}"), ("px", info.dtype, info.frame_shape)])
+    if info.raw is not None:  # raw counter words: one uint8 run per frame (decode_raw_frames decodes them)
+        frame = np.dtype([("hdr", f"V{info.header_bytes}"), ("px", np.uint8, (info.pixel_bytes,))])
+    else:
+        frame = np.dtype([("hdr", f"V{info.header_bytes}"), ("px", info.dtype, info.frame_shape)])
     return np.memmap(info.path, dtype=frame, mode="r", shape=(info.n_frames,))
+
+
+def _decoded(info: MibInfo, px) -> np.ndarray:
+    """(k, Qy, Qx) frames in native byte order, Qy flipped, from ``px`` = rows of :func:`mib_memmap`'s ``px``."""
+    if info.raw is not None:
+        return decode_raw_frames(np.asarray(px), info.raw, info.counter_depth)[:, ::-1]
+    return np.asarray(px[:, ::-1], dtype=info.dtype.newbyteorder("="))
 
 
 def read_mib_dask(path, scan_shape: tuple[int, int] | None = None,
@@ -243,20 +375,34 @@ def read_mib_region(info: MibInfo, row_length: int, region: tuple[int, int, int,
     out = np.empty((y1 - y0, x1 - x0, *info.frame_shape), info.dtype.newbyteorder("="))
     for y in range(y0, y1):
         s = y * row_length
-        np.copyto(out[y - y0], px[s + x0:s + x1, ::-1])
+        if info.raw is not None:
+            out[y - y0] = _decoded(info, px[s + x0:s + x1])
+        else:
+            np.copyto(out[y - y0], px[s + x0:s + x1, ::-1])
     return out
 
 
 def _load_mib_block(info: MibInfo, row_length: int, block_info=None) -> np.ndarray:
     frames, shape = frame_range(block_info, row_length)
+    if info.raw is not None:
+        return _decoded(info, mib_memmap(info)["px"][frames]).reshape(*shape, *info.frame_shape)
     px = mib_memmap(info)["px"][frames, ::-1]
     return np.array(px, dtype=info.dtype.newbyteorder("=")).reshape(*shape, *info.frame_shape)
 
 
-def mib_scan_shape(info: MibInfo, scan_shape: tuple[int, int] | None = None) -> tuple[int, int]:
+def mib_scan_shape(info: MibInfo, scan_shape: tuple[int, int] | None = None, *,
+                   required: bool = True) -> tuple[int, int]:
     """The scan shape (Ry, Rx) of a file: ``scan_shape`` checked against the frame count, or the default of
-    :func:`read_mib_dask`; SendmapInputError if it does not fit."""
+    :func:`read_mib_dask`; SendmapInputError if it does not fit.
+
+    Without ``scan_shape`` and without a ``.hdr`` (the frame headers do not record the scan), one frame is a
+    1 × 1 scan and more frames are refused (``required``; else read as a 1 × N line, for ``sendmap info``)."""
     if scan_shape is None:
+        if not info.metadata.get("hdr") and info.n_frames > 1 and required:
+            raise SendmapInputError(
+                f"{info.path}: {info.n_frames} frames and no .hdr file beside it, so the scan shape is unknown (the "
+                f"frame headers do not record it); set input.scan_shape: [Ry, Rx] with Ry x Rx = {info.n_frames} "
+                f"(e.g. [1, {info.n_frames}] for a line or a stack of patterns)")
         scan_shape = _default_scan_shape(info)
     return check_scan_shape(scan_shape, info.n_frames, info.path)
 
@@ -289,8 +435,9 @@ def _int_field(fields: list[str], index: int, name: str, path: Path, offset: int
     value = _int_or_none(fields[index])
     if value is None:
         raise SendmapInputError(
-            f"{path}: frame header at byte offset {offset}: field {index} ({name}) is {fields[index]!r}, "
-            "not an integer")
+            f"{path}: corrupt Merlin frame header at byte offset {offset}: field {index} ({name}) is "
+            f"{fields[index]!r}, not an integer, so the frames cannot be located; the file is damaged (or not "
+            "written by the Merlin software)")
     return value
 
 

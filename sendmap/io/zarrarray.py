@@ -15,7 +15,7 @@ from dask.array.core import normalize_chunks
 import numpy as np
 
 from sendmap.errors import SendmapInputError
-from sendmap.io._common import CHUNK_BYTES, check_scan_shape, chunk_groups, frame_range, scan_chunks
+from sendmap.io._common import CHUNK_BYTES, chunk_groups, frame_range, scan_chunks, stack_scan_shape
 
 
 def open_zarr_array(path, dataset: str | None = None):
@@ -42,7 +42,7 @@ def open_zarr_array(path, dataset: str | None = None):
 
 
 def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str | None = None,
-                   frames_per_chunk: int | None = None) -> tuple[da.Array, dict]:
+                   frames_per_chunk: int | None = None, *, required: bool = True) -> tuple[da.Array, dict]:
     """Lazy (Ry, Rx, Qy, Qx) array of a zarr input, with metadata (array path, chunks, codecs, attrs).
 
     The dask chunks of a 4D array are groups of whole stored chunks of about ``frames_per_chunk`` frames
@@ -66,7 +66,7 @@ def read_zarr_dask(path, scan_shape: tuple[int, int] | None = None, dataset: str
         data = da.map_blocks(_load_zarr4d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                              path=str(path), array_path=name)
         return data, meta
-    scan_shape = check_scan_shape((1, arr.shape[0]) if scan_shape is None else scan_shape, arr.shape[0], path)
+    scan_shape = stack_scan_shape(scan_shape, arr.shape[0], path, required)
     chunks = scan_chunks(scan_shape, arr.shape[1:], native.itemsize, frames_per_chunk)
     data = da.map_blocks(_load_zarr3d, chunks=chunks, dtype=native, meta=np.empty((0, 0, 0, 0), native),
                          path=str(path), array_path=name, row_length=scan_shape[1])
@@ -95,14 +95,42 @@ def _open(path: str, array_path: str):
     return zarr.open_array(path, mode="r", path=array_path) if array_path else zarr.open_array(path, mode="r")
 
 
+def read_checked(arr, selection: tuple, path: str, array_path: str) -> np.ndarray:
+    """``arr[selection]`` as numpy; a chunk that cannot be read or decoded (corrupt, truncated, missing codec)
+    becomes a SendmapInputError naming the file, the array and the chunk(s), not the codec's own error."""
+    try:
+        return np.asarray(arr[selection])
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # zarr and numcodecs raise RuntimeError, ValueError, OSError... for a bad chunk
+        first_error = exc
+    import itertools
+
+    spans = [(s.start or 0, s.stop if s.stop is not None else n) for s, n in zip(selection, arr.shape)]
+    grid = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(spans, arr.chunks)]
+    bad, error = None, first_error
+    for index in itertools.product(*grid):  # only after a failure: find the chunk that cannot be read
+        try:
+            arr[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, arr.chunks))]
+        except Exception as exc:  # noqa: BLE001 (as above)
+            bad, error = index + (0,) * (arr.ndim - len(index)), exc
+            break
+    where = f"array {array_path!r} of " if array_path else ""
+    chunk = (f"chunk {list(bad)} (grid index; scan positions from {[i * c for i, c in zip(bad, arr.chunks)][:2]})"
+             if bad is not None else "one of its chunks")
+    raise SendmapInputError(
+        f"{path}: cannot read {where}the zarr input: {chunk} is corrupt or truncated "
+        f"({type(error).__name__}: {error}); rewrite that chunk or the array") from None
+
+
 def _load_zarr4d(path: str, array_path: str, block_info=None) -> np.ndarray:
     (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
-    out = np.asarray(_open(path, array_path)[r0:r1, c0:c1])
+    out = read_checked(_open(path, array_path), (slice(r0, r1), slice(c0, c1)), path, array_path)
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 
 
 def _load_zarr3d(path: str, array_path: str, row_length: int, block_info=None) -> np.ndarray:
     frames, shape = frame_range(block_info, row_length)
     arr = _open(path, array_path)
-    out = np.asarray(arr[frames])
+    out = read_checked(arr, (frames,), path, array_path)
     return out.astype(out.dtype.newbyteorder("="), copy=False).reshape(*shape, *arr.shape[1:])
