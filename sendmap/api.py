@@ -257,15 +257,28 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
 
     profiles: (..., nq) I·Q^n (numpy or dask); q: (nq,) bin centres, 1/Å; sem: its standard error (default:
     √profile, Poisson counts); window: 1/Å where the peak is sought (config default). ``options``: the
-    science function's keywords (``half_width``, ``degree``, ...). Returns a dict of (...) arrays: ``q_peak``,
+    science function's keywords (``half_width``: a number, (left, right), or ``"auto"``, the config default: chosen
+    on the mean of the given profiles as the peaks stage chooses it on the non-crystalline ones; ``degree``, ...).
+    Returns a dict of (...) arrays: ``q_peak``,
     ``q_err`` (1/Å), ``height``, ``prominence``, ``fwhm``, ``status`` and the rest of the science function's
     outputs.
     """
     from .science.peaks import fit_peaks as _fit
+    from .science.peaks import resolve_auto_fit_range
 
-    window = tuple(window or _defaults("peaks")["window"])
+    d = _defaults("peaks")
+    window = tuple(window or d["window"])
     q = np.asarray(q, dtype=np.float64)
     lead = tuple(profiles.shape[:-1])
+    if options.get("half_width", d["fit_half_width"]) == "auto":  # as the stage: from the mean profile
+        from .pipeline import AUTO_FIT_HALF_WIDTH_FALLBACK
+
+        p = np.asarray(profiles, dtype=np.float64).reshape(-1, len(q))
+        s = (np.sqrt(np.clip(p, 0, None)) if sem is None else np.asarray(sem, dtype=np.float64).reshape(p.shape))
+        rows = np.isfinite(p).any(axis=1) & (np.nansum(np.abs(p), axis=1) > 0)
+        options["half_width"], _ = resolve_auto_fit_range(
+            q, p, s, rows, window, AUTO_FIT_HALF_WIDTH_FALLBACK, options.get("smooth_sigma_bins", 3.0),
+            options.get("degree", 5))
 
     def fit(p, s):
         p = np.asarray(p, dtype=np.float64).reshape(-1, len(q))

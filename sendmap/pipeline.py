@@ -714,7 +714,7 @@ def stage_peaks(ctx: Context) -> None:
     """
 
     from .execute import local_map
-    from .science.peaks import (PEAK_STATUS, bin_similar_neighbours, choose_fit_range, fit_peaks, fit_second_peak,
+    from .science.peaks import (PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak, resolve_auto_fit_range,
                                 lowrank_denoise, status_attrs, status_code)
 
     cfg, g = ctx.cfg, ctx.group
@@ -736,20 +736,9 @@ def stage_peaks(ctx: Context) -> None:
     fit_range = {"mode": "fixed", "half_width": [float(pk.fit_half_width)] * 2} if pk.fit_half_width != "auto" else None
     half_width = pk.fit_half_width
     if fit_range is None:
-        sel = amorphous & (counts > 0)
-        flat, flat_s = iqn.reshape(-1, nq)[sel], sem.reshape(-1, nq)[sel]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fin = np.isfinite(flat) & np.isfinite(flat_s)
-            n_fin = fin.sum(axis=0)
-            mean_prof = np.where(fin, flat, 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
-            mean_sem = np.sqrt(np.where(fin, flat_s ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
-        if sel.any():
-            half_width, fit_range = choose_fit_range(q, mean_prof, mean_sem, pk.window, AUTO_FIT_HALF_WIDTH_FALLBACK,
-                                                     pk.smooth_sigma_bins, pk.degree)
-        else:
-            half_width = AUTO_FIT_HALF_WIDTH_FALLBACK
-            fit_range = {"mode": "auto: fixed", "half_width": [half_width] * 2,
-                         "reason": "no non-crystalline position with counts"}
+        half_width, fit_range = resolve_auto_fit_range(q, iqn.reshape(-1, nq), sem.reshape(-1, nq),
+                                                       amorphous & (counts > 0), pk.window,
+                                                       AUTO_FIT_HALF_WIDTH_FALLBACK, pk.smooth_sigma_bins, pk.degree)
         ctx.log(f"[sendmap] peaks: fit range ({fit_range['mode']}) -{fit_range['half_width'][0]:.3f} "
                 f"+{fit_range['half_width'][1]:.3f} 1/Å: {fit_range['reason']}")
     hw_l, hw_r = fit_range["half_width"]

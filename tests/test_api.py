@@ -112,7 +112,9 @@ def test_fit_peaks_and_classify_equal_the_pipeline_and_dask_stays_dask(small):
     g = zarr.open_group(str(small.store), mode="r")
     q, iqn, sem = (np.asarray(g[f"profiles/{k}"], dtype=np.float64) for k in ("q", "iqn", "iqn_sem"))
     cfg = g.attrs["config"]["peaks"]
-    opts = dict(window=tuple(cfg["window"]), half_width=cfg["fit_half_width"], degree=cfg["degree"],
+    fr = g.attrs["peaks"]["fit_range"]  # the range the stage chose (fit_half_width: auto)
+    half = fr["half_width"][0] if "fixed" in fr["mode"] else tuple(fr["half_width"])
+    opts = dict(window=tuple(cfg["window"]), half_width=half, degree=cfg["degree"],
                 smooth_sigma_bins=cfg["smooth_sigma_bins"])
     r = sendmap.fit_peaks(iqn, q, sem, **opts)
     assert r["q_peak"].shape == iqn.shape[:2]
@@ -121,6 +123,7 @@ def test_fit_peaks_and_classify_equal_the_pipeline_and_dask_stays_dask(small):
     lazy = sendmap.fit_peaks(da.from_array(iqn, chunks=(3, 4, -1)), q, da.from_array(sem, chunks=(3, 4, -1)), **opts)
     assert isinstance(lazy["q_peak"], da.Array)
     assert np.array_equal(lazy["q_peak"].compute(), r["q_peak"], equal_nan=True)
+    assert np.isfinite(sendmap.fit_peaks(iqn, q, sem, window=opts["window"])["q_peak"]).mean() > 0.5  # auto
     c = sendmap.classify([0.33, 0.285, 0.30, np.nan], crystal_z=[1, 1, 1, 1], lif_z=[1, 1, 12, 1])
     assert [sendmap.CLASS_NAMES[i] for i in c] == ["sei_type1", "electrolyte", "sei_type2", "unassigned"]
 

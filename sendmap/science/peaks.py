@@ -148,6 +148,25 @@ the fixed range is biased by the peak's shape and :func:`choose_fit_range` takes
 on the estimator's bias on real peak shapes)."""
 
 
+def resolve_auto_fit_range(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, rows: np.ndarray,
+                           window: tuple[float, float], fixed: float = 0.14, smooth_sigma_bins: float = 3.0,
+                           degree: int = 5) -> tuple[float | tuple[float, float], dict]:
+    """``peaks.fit_half_width: auto`` for a set of profiles: :func:`choose_fit_range` on the mean of the
+    ``rows`` (N,) bool (e.g. the non-crystalline positions with counts) of ``profiles`` / ``sem`` (N, nq); its
+    error is the mean's (√Σσ² / n per bin, NaN bins left out). With no such row: the fixed range."""
+    sel = np.asarray(rows, bool)
+    if not sel.any():
+        return fixed, {"mode": "auto: fixed", "half_width": [float(fixed)] * 2,
+                       "reason": "no non-crystalline position with counts"}
+    flat, flat_s = profiles[sel], sem[sel]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fin = np.isfinite(flat) & np.isfinite(flat_s)
+        n_fin = fin.sum(axis=0)
+        mean_prof = np.where(fin, flat, 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
+        mean_sem = np.sqrt(np.where(fin, flat_s ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
+    return choose_fit_range(q, mean_prof, mean_sem, window, fixed, smooth_sigma_bins, degree)
+
+
 def choose_fit_range(q: np.ndarray, mean_profile: np.ndarray, mean_sem: np.ndarray, window: tuple[float, float],
                      fixed: float = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
                      tolerance: float = AUTO_SHIFT_TOLERANCE) -> tuple[float | tuple[float, float], dict]:
