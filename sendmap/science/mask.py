@@ -154,21 +154,55 @@ def _dark_pixels(img, used, centre_yx, dark_fraction, n_sigma, k_noise, ref_offs
     nb = int(rb.max()) + 1
     lab = np.where(used, rb + 1, 0)
     med = np.asarray(ndimage.median(img, labels=lab, index=np.arange(1, nb + 1)), dtype=np.float64)
-    med = np.where(np.bincount(lab.ravel(), minlength=nb + 1)[1:] > 0, med, -np.inf)
+    # levels only from (nearly) full circles: a bin beyond the largest circle inside the detector holds a few
+    # corner pieces, whose median is not the pattern's level at that radius (64² synthetic scan: two of four
+    # corners hold Cu Bragg spots, median 1.3 against 0.3 counts, and the dim corners were called a beam stop)
+    full = circle_coverage(img.shape, centre_yx, np.arange(nb)) >= MIN_CIRCLE_COVERAGE
+    has = np.bincount(lab.ravel(), minlength=nb + 1)[1:] > 0
     off = int(math.ceil(ref_offset_px))
-    ref = _window_max(med, off, off + int(ref_window_px))[rb]
-    sig = np.sqrt(k_noise * ref)
+    ref = _window_max(np.where(full & has, med, -np.inf), off, off + int(ref_window_px))[rb]
+    # evidence (strong dark pixels) only where the level was measured on full circles; the weak superset (for
+    # growing an arm that the evidence found out to the edge) also in the corners, there against the corner
+    # pieces' own levels
+    evidence = full[rb]
+    ref_grow = np.where(evidence, ref, _window_max(np.where(has, med, -np.inf), off, off + int(ref_window_px))[rb])
     num = ndimage.uniform_filter(np.where(used, img, 0.0), 3, mode="constant")
     den = ndimage.uniform_filter(used.astype(np.float64), 3, mode="constant")
     sm = num / np.maximum(den, 1e-12)
     n_sm = np.maximum(9.0 * den, 1.0)
-    below = used & (img < dark_fraction * ref)
-    strong = below & ((ref - img > n_sigma * sig)
-                      | ((sm < dark_fraction * ref) & (ref - sm > n_sigma * sig / np.sqrt(n_sm))))
+
+    def dark(ref, nsig):
+        sig = np.sqrt(k_noise * ref)
+        return used & (img < dark_fraction * ref) & (
+            (ref - img > nsig * sig) | ((sm < dark_fraction * ref) & (ref - sm > nsig * sig / np.sqrt(n_sm))))
+
+    strong = dark(ref, n_sigma) & evidence
     if not weak:
         return strong
-    weak_d = used & (sm < dark_fraction * ref) & (ref - sm > 2.0 * sig / np.sqrt(n_sm))
-    return strong, weak_d | strong
+    sig = np.sqrt(k_noise * ref_grow)
+    weak_d = used & (sm < dark_fraction * ref_grow) & (ref_grow - sm > 2.0 * sig / np.sqrt(n_sm))
+    return strong, weak_d | strong | dark(ref_grow, n_sigma)
+
+
+MIN_CIRCLE_COVERAGE = 0.9
+"""A radius bin gives the pattern's level (the azimuthal median) only where at least this share of its circle lies on
+the detector: a median over ≥ 90 % of the azimuth is moved by features covering < 40 % of it (a beam-stop arm, Bragg
+spots), one over a few corner pieces is not a level at all."""
+
+
+def circle_coverage(shape, centre_yx, radii, n_angles: int = 720) -> np.ndarray:
+    """Share (0–1) of each circle of radius ``radii`` (px) about ``centre_yx`` that lies on a detector of ``shape``
+    (pixel centres at integers, edges at −0.5 and n − 0.5), from ``n_angles`` points on the circle (0.5° steps).
+
+    >>> [round(float(v), 2) for v in circle_coverage((64, 64), (31.5, 31.5), [10, 32, 45])]
+    [1.0, 1.0, 0.0]
+    """
+    ang = (np.arange(n_angles) + 0.5) * (2 * math.pi / n_angles)
+    rr = np.asarray(radii, dtype=np.float64)[:, None]
+    y = centre_yx[0] + rr * np.sin(ang)[None]
+    x = centre_yx[1] + rr * np.cos(ang)[None]
+    inside = (y >= -0.5) & (y <= shape[0] - 0.5) & (x >= -0.5) & (x <= shape[1] - 0.5)
+    return inside.mean(axis=1)
 
 
 def _fit_circle(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
