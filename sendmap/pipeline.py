@@ -27,8 +27,8 @@ from .io import Dataset, fingerprint, open_dataset
 from .physics import electron_wavelength_angstrom, probe_radius_inv_angstrom, q_pixel_size_from_camera
 from .resume import clear_resume_record
 from .report.build import FIGURE_HELPER_STAGES, start_figure_helpers
-from .store import (STORE_NAME, now_iso, open_store, set_attrs, write_array, write_json_atomic,
-                    write_region_direct)
+from .store import (STORE_NAME, add_warning, clear_warnings, now_iso, open_store, set_attrs, stored_warnings,
+                    write_array, write_json_atomic, write_region_direct)
 
 
 @dataclass
@@ -1136,6 +1136,7 @@ def _run_stages(ctx: Context, keys: dict, done: dict, force: bool, until) -> dic
         invalid = True  # every later stage reruns too
         done.pop(st.name, None)
         set_attrs(group, stages=done)
+        clear_warnings(group, st.name)
         log(f"[sendmap] {st.name}: {st.doc}")
         if st.name in FIGURE_HELPER_STAGES and ctx.figure_helpers is None:
             ctx.figure_helpers = start_figure_helpers(cfg)
@@ -1174,5 +1175,6 @@ def build_summary(group, timing: dict, reused: list) -> dict:
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
             "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),
+            "warnings": stored_warnings(group),
             "timing_s": timing, "reused_stages": reused, "input": group.attrs.get("input"),
             "sendmap_version": __version__, "store": str(Path(group.store.root) if hasattr(group.store, "root") else "")}

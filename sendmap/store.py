@@ -243,6 +243,41 @@ def set_attrs(group: zarr.Group, **attrs) -> None:
     group.attrs.update(_jsonable(attrs))
 
 
+WARNINGS_ATTR = "warnings"
+"""Root attr: {stage name: [message, ...]}: what a stage could not do as asked, or doubts about the data (a fallback,
+a dose that does not add up). ``summary.json`` lists them flat under ``warnings``."""
+
+
+def add_warning(group: zarr.Group, stage: str, message: str, log=None) -> None:
+    """Record one warning of ``stage`` in the store (root attr :data:`WARNINGS_ATTR`, once per message) and print it
+    through ``log`` (as ``[sendmap] WARNING: …``). The runner clears a stage's warnings when the stage reruns
+    (:func:`clear_warnings`)."""
+    cur = dict(group.attrs.get(WARNINGS_ATTR, {}) or {})
+    msgs = list(cur.get(stage, []))
+    if message not in msgs:
+        msgs.append(message)
+        if log is not None:
+            log(f"[sendmap] WARNING ({stage}): {message}")
+    cur[stage] = msgs
+    group.attrs.update(_jsonable({WARNINGS_ATTR: cur}))
+
+
+def clear_warnings(group: zarr.Group, stage: str) -> None:
+    """Forget ``stage``'s warnings (it is about to rerun)."""
+    cur = dict(group.attrs.get(WARNINGS_ATTR, {}) or {})
+    if stage in cur:
+        cur.pop(stage)
+        group.attrs.update(_jsonable({WARNINGS_ATTR: cur}))
+
+
+def stored_warnings(group: zarr.Group) -> list[str]:
+    """Every recorded warning as ``"stage: message"`` strings, in stage order of recording."""
+    cur = group.attrs.get(WARNINGS_ATTR, {}) or {}
+    if isinstance(cur, list):
+        return [str(m) for m in cur]
+    return [f"{st}: {m}" for st, msgs in cur.items() for m in msgs]
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to a temporary name in the same folder, then rename: never a half-written file."""
     path = Path(path)
