@@ -150,31 +150,99 @@ def _read_store_block(item):
     return item, frames, (None if centres is None else np.asarray(centres, dtype=np.float64).reshape(-1, 2))
 
 
-def dose_record(cfg: Config, counts: np.ndarray) -> dict:
+def measured_counts(group) -> dict | None:
+    """The calibrate stage's count of detector counts per pattern (masked pixels left out and filled in,
+    :func:`sendmap.science.dose.counts_per_pattern`, and ``integrating``: why the data are not electron counts,
+    or None); None in stores written before it was recorded."""
+    rec = dict(group.attrs.get("calibration", {}) or {}).get("dose_counts")
+    return dict(rec) if rec else None
+
+
+def dose_record(cfg: Config, counts: np.ndarray, measured: dict | None = None) -> dict:
     """Electrons per pattern and e⁻/Å² per position (and accumulated), with where the number came from.
 
-    Priority: ``dose.electrons_per_pattern``; else beam current × dwell time / e; else the mean detector
-    counts per position ÷ ``dose.detector_counts_per_electron`` (a lower bound where electrons miss the
-    detector). All of these are per recorded probe position; a stored (``input.bin_r``-binned)
-    pattern sums bin_r² of them (``electrons_per_stored_pattern``). Area per recorded position =
-    (recorded scan step)²; with a probe no larger than the step, each area is exposed once, so the
-    accumulated dose equals the per-position dose.
+    Priority: ``dose.electrons_per_pattern``; else beam current × dwell time / e; else the detector counts per
+    position ÷ ``dose.detector_counts_per_electron``. The counts are ``measured`` (:func:`measured_counts`: hot,
+    dead, saturated and shadowed pixels left out and filled in with their ring's level; ``lower_bound`` where a
+    beam stop hides the whole central disk), else the mean of ``counts`` (every pixel). Data that look like an
+    integrating camera's (``measured["integrating"]``) with no ``dose.detector_counts_per_electron``: the dose is
+    unknown, ``electrons_per_pattern`` etc. are None, ``unit`` is "counts" and ``counts_per_pattern`` holds the
+    counts. All of these are per recorded probe position; a stored (``input.bin_r``-binned) pattern sums bin_r²
+    of them (``electrons_per_stored_pattern``). Area per recorded position = (recorded scan step)²; with a probe
+    no larger than the step, each area is exposed once, so the accumulated dose equals the per-position dose.
+    ``counted_electrons_per_pattern``: the electrons the detector counted (None where unknown), for the sanity
+    check against a stated dose.
     """
     d = cfg.dose
     per_stored = cfg.input.bin_r ** 2
+    step_a = cfg.calibration.scan_step_nm * 10.0
+    if measured:
+        mean_counts, integrating = float(measured["counts_per_pattern"]), measured.get("integrating")
+        lower = bool(measured.get("lower_bound"))
+    else:
+        mean_counts, integrating, lower = float(np.mean(counts)) if np.size(counts) else 0.0, None, False
+    cpe = d.detector_counts_per_electron
+    counts_pp = mean_counts / per_stored
+    counted = None if (integrating and cpe is None) else counts_pp / (cpe or 1.0)
+    base = {"scan_step_nm": cfg.calibration.scan_step_nm, "stored_step_nm": scan_step_nm(cfg),
+            "counts_per_pattern": counts_pp, "counted_electrons_per_pattern": counted}
     if d.electrons_per_pattern:
         epp, source = float(d.electrons_per_pattern), "config dose.electrons_per_pattern"
     elif d.beam_current_pa and d.dwell_time_ms:
         epp = d.beam_current_pa * 1e-12 * d.dwell_time_ms * 1e-3 / 1.602176634e-19
         source = "beam current × dwell time"
+    elif counted is None:
+        return base | {"electrons_per_pattern": None, "electrons_per_A2": None, "accumulated_electrons_per_A2": None,
+                       "electrons_per_stored_pattern": None, "unit": "counts",
+                       "source": f"unknown (counts): the data do not look like electron counts ({integrating}); set "
+                                 f"dose.detector_counts_per_electron, dose.electrons_per_pattern or "
+                                 f"dose.beam_current_pa with dose.dwell_time_ms"}
     else:
-        epp = float(np.mean(counts)) / d.detector_counts_per_electron / per_stored
-        source = "measured: mean detector counts per position / detector_counts_per_electron"
-    step_a = cfg.calibration.scan_step_nm * 10.0
+        epp = counted
+        source = ("measured: detector counts per position (masked pixels filled in from their ring) / "
+                  + (f"detector_counts_per_electron {cpe:g}" if cpe else "1 count per electron (counting detector)"))
+        if lower:
+            source += "; a lower bound: the mask hides the central disk's counts"
+        base["lower_bound"] = lower
     per_area = epp / step_a ** 2
-    return {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
-            "electrons_per_stored_pattern": epp * per_stored, "source": source,
-            "scan_step_nm": cfg.calibration.scan_step_nm, "stored_step_nm": scan_step_nm(cfg)}
+    return base | {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
+                   "electrons_per_stored_pattern": epp * per_stored, "unit": "electrons", "source": source}
+
+
+STATED_VS_COUNTED_FACTOR = 3.0
+"""A stated dose (config) and the electrons counted that differ by more than this factor are warned about: a
+counting detector's detective quantum efficiency and the electrons scattered beyond the detector cost tens of per
+cent, not a factor 3 (Medipix3 DQE(0) ≈ 0.9 at 200 kV; ~5–25 % of the electrons scatter past the detector's edge)."""
+
+MASK_WARN_FRACTION = 0.5
+"""A detector mask that hides more than this share of the pixels is warned about (issue 21)."""
+
+
+def dose_warnings(cfg: Config, dose: dict) -> list[str]:
+    """Sanity checks of a :func:`dose_record`: a stated dose and the counted electrons more than
+    :data:`STATED_VS_COUNTED_FACTOR` apart; a dose too low for the classes (the dose-scaled crystal threshold under
+    :data:`sendmap.science.dose.MIN_CRYSTAL_Z`); a dose unknown (counts, not electrons)."""
+    from .science.dose import MIN_CRYSTAL_Z, min_electrons_for_classes
+
+    out = []
+    epp, counted = dose.get("electrons_per_pattern"), dose.get("counted_electrons_per_pattern")
+    if epp is None:
+        out.append(f"dose unknown: {dose.get('source')}; figures and tables give counts, not electrons")
+    elif counted is not None and not dose["source"].startswith("measured") and counted >= 0:
+        ratio = epp / counted if counted > 0 else float("inf")
+        if not 1 / STATED_VS_COUNTED_FACTOR <= ratio <= STATED_VS_COUNTED_FACTOR:
+            out.append(f"the stated dose ({dose['source']}: {epp:.3g} e⁻/pattern) and the electrons the detector "
+                       f"counted ({counted:.3g} per pattern) differ by a factor {max(ratio, 1 / max(ratio, 1e-300)):.3g}"
+                       f" (> {STATED_VS_COUNTED_FACTOR:g}); check dose.* and dose.detector_counts_per_electron")
+    d = cfg.classify.definitions
+    n_min = min_electrons_for_classes(d.crystal_spot_z, d.crystal_spot_z_electrons)
+    per_stored = dose.get("electrons_per_stored_pattern")
+    if n_min is not None and per_stored is not None and per_stored < n_min:
+        out.append(f"{per_stored:.3g} electrons per pattern is too few for the classes: the dose-scaled crystal "
+                   f"threshold falls below {MIN_CRYSTAL_Z:g} σ under {n_min:.3g} e⁻ per pattern "
+                   f"(classify.definitions.crystal_spot_z at crystal_spot_z_electrons), so noise is called crystal; "
+                   f"bin positions (input.bin_r) or treat the class map as unsupported")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -285,6 +353,64 @@ def ellipse_sample(blocks, max_frames: int) -> frozenset:
     return frozenset(tuple(blocks[i]) for i in picks)
 
 
+PROBE_MISMATCH = 0.10
+"""A measured central-disk radius more than 10 % from convergence_mrad / λ / q_pixel_size is warned about (issue
+17): one of the three numbers is wrong, and the disk radius sets the centre window and the Q range cut."""
+
+
+def measure_probe(ctx: Context, origins: np.ndarray, dm: dict, r_disk: float, qpx: float) -> dict:
+    """The central disk's radius measured on the scan's mean pattern about the median fitted centre
+    (:func:`sendmap.science.centre.central_disk_radius`), against the radius expected from
+    ``calibration.convergence_mrad``, the wavelength and the Q per pixel; ``warning`` where they differ by more than
+    :data:`PROBE_MISMATCH`. Not measured (``note``) where the mask hides the disk's middle (a beam stop)."""
+    from .science.centre import central_disk_radius
+
+    cal = ctx.cfg.calibration
+    out = {"expected_radius_px": float(r_disk), "convergence_mrad": float(cal.convergence_mrad)}
+    c = np.nanmedian(origins.reshape(-1, 2), axis=0) if np.isfinite(origins).any() else np.full(2, np.nan)
+    if not np.all(np.isfinite(c)):
+        return out | {"measured_radius_px": None, "note": "not measured: no centre"}
+    mean = np.asarray(ctx.group["ingest/mean_pattern"], dtype=np.float64)
+    res = central_disk_radius(mean, c, dm["centre_mask"], r_max_px=min(max(3.0 * r_disk, 8.0), 0.45 * min(mean.shape)))
+    rad = res.get("radius_px")
+    if rad is None or not np.isfinite(rad):
+        return out | {"measured_radius_px": None, "note": f"not measured: {res.get('reason', 'no disk edge')}"}
+    lam = electron_wavelength_angstrom(cal.beam_energy_kv)
+    out.update(measured_radius_px=float(rad), measured_convergence_mrad=float(rad * qpx * lam * 1e3),
+               ratio=float(rad / r_disk), contrast=res.get("contrast"),
+               method="half-way level of the central disk's edge in the scan's mean pattern")
+    if abs(rad / r_disk - 1.0) > PROBE_MISMATCH:
+        out["warning"] = (f"the central disk in the data has a radius of {rad:.3g} px ({rad * qpx * lam * 1e3:.3g} mrad), "
+                          f"but calibration.convergence_mrad = {cal.convergence_mrad:g} mrad at {qpx:.4g} 1/Å per px "
+                          f"gives {r_disk:.3g} px ({100 * (rad / r_disk - 1):+.0f} %): check "
+                          f"calibration.convergence_mrad and calibration.q_pixel_size")
+    return out
+
+
+def counted_dose(ctx: Context, mask: np.ndarray, origins: np.ndarray) -> dict:
+    """Detector counts per pattern with the masked pixels left out and filled in from their ring
+    (:func:`sendmap.science.dose.counts_per_pattern`, about the median fitted centre), and ``integrating``: why the
+    data are not electron counts (:func:`sendmap.science.dose.integrating_camera_reason`), or None."""
+    from .science.dose import counts_per_pattern, integrating_camera_reason
+    from .science.mask import saturation_level
+
+    g, cfg = ctx.group, ctx.cfg
+    sum_p = np.asarray(g["ingest/sum_pattern"], dtype=np.float64)
+    n = int(np.prod(g["ingest/total_counts"].shape))
+    c = np.nanmedian(origins.reshape(-1, 2), axis=0) if np.isfinite(origins).any() else np.full(2, np.nan)
+    rec = counts_per_pattern(sum_p, mask, c, n)
+    depth = (ctx.input_info.get("reader_metadata") or {}).get("counter_depth")
+    sat = None
+    if depth is not None and cfg.input.bin_q == 1 and cfg.input.bin_r == 1:  # binned: sums of pixels/frames
+        try:
+            sat = saturation_level(np.dtype(ctx.input_info.get("dtype", "uint16")), depth)
+        except ValueError:
+            sat = None
+    rec["integrating"] = integrating_camera_reason(np.dtype(ctx.input_info.get("dtype", "uint16")), sum_p,
+                                                   np.asarray(g["ingest/max_pattern"]), sat)
+    return rec
+
+
 def stage_calibrate(ctx: Context) -> None:
     """Detector mask, per-position centres with a descan plane fit, and the elliptical distortion.
 
@@ -293,7 +419,7 @@ def stage_calibrate(ctx: Context) -> None:
     """
     from .execute import run_blocks
     from .science.centre import brightest_disk_guess, fit_descan_plane
-    from .science.ellipse import fit_ellipse_from_scales, phi_centres, sector_scale_factors
+    from .science.ellipse import ellipse_from_polar_mean
     from .science.polar import PolarGeometry
     from .science.polar_tables import PolarTables
 
@@ -305,6 +431,16 @@ def stage_calibrate(ctx: Context) -> None:
     ry, rx = data.shape[:2]
     dm = detector_mask(ctx, r_disk)
     mask, centre_mask = dm["mask"], dm["centre_mask"]
+
+    def warn(msg):
+        add_warning(g, "calibrate", msg, ctx.log)
+
+    masked_frac = float((~mask).mean())
+    if masked_frac > MASK_WARN_FRACTION:
+        warn(f"the detector mask hides {100 * masked_frac:.0f} % of the pixels (hot {int(dm['hot_pixels'].sum())}, "
+             f"dead {int(dm['dead_pixels'].sum())}, saturated {int(dm['saturated_pixels'].sum())}, beam stop "
+             f"{int(dm['beam_stop'].sum())}, aperture {int(dm['aperture'].sum())}, mask file "
+             f"{int(dm['user_mask'].sum())}); check calibration.mask_* and calibration.mask_file")
     guess = np.asarray(dm["centre_guess_yx"], dtype=float)
     if not np.all(np.isfinite(guess)):
         guess = brightest_disk_guess(np.where(mask, np.asarray(g["ingest/sum_pattern"]), 0.0), r_disk)
@@ -317,6 +453,11 @@ def stage_calibrate(ctx: Context) -> None:
         dm["info"]["central_disk_hidden_fraction"] = hidden
     radius = cal.centre_radius_px or 1.5 * r_disk
     annulus = (1.5 * r_disk, 0.45 * min(mask.shape))
+    if method == "symmetry" and not annulus[0] < annulus[1]:
+        warn(f"centres: the rings for the symmetry centre would start at 1.5 disk radii = {annulus[0]:.3g} px, beyond "
+             f"0.45 of the detector ({annulus[1]:.3g} px): centre of mass of the disk instead (check "
+             f"calibration.q_pixel_size and calibration.convergence_mrad)")
+        method = "disk"
     ell = cal.ellipse
     tables = None
     if ell == "fit":
@@ -341,8 +482,20 @@ def stage_calibrate(ctx: Context) -> None:
     _DATA_ARRAYS.pop(ctx.store_path, None)  # the data may have been re-ingested since
     run_blocks(_read_store_block, process, [(ctx.store_path, b, None) for b in blocks], cfg.compute, "calibrate",
                on_result=put, thread_safe=True)
+    # a frame with no counts in the window (centre of mass) or no usable symmetry keeps the first guess exactly:
+    # not a measurement; the plane fitted to the others stands in for it
+    at_guess = np.all(measured == guess[None, None, :], axis=-1)
+    n_at_guess = int(at_guess.sum())
+    if n_at_guess:
+        warn(f"centres: {n_at_guess} of {at_guess.size} positions have no measurable centre (no counts in the "
+             f"{'disk window' if method == 'disk' else 'rings'}); they take "
+             + ("the descan plane's value" if cfg.calibration.descan_fit == "plane" else "the first guess"))
     if cfg.calibration.descan_fit == "plane":
-        fitted, descan = fit_descan_plane(measured)
+        fitted, descan = fit_descan_plane(np.where(at_guess[..., None], np.nan, measured))
+        if descan.get("fallback"):
+            fitted = np.where(np.isfinite(fitted), fitted, guess[None, None, :])
+            warn(f"descan plane {descan['fallback']}: the measured centres are used as they are "
+                 f"(calibration.descan_fit)")
     else:
         fitted, descan = measured, {"model": "none"}
     write_array(g, "calibration/origin_measured", measured, {"units": "pixel (y, x)"})
@@ -353,11 +506,11 @@ def stage_calibrate(ctx: Context) -> None:
 
     if ell == "fit":
         with np.errstate(invalid="ignore", divide="ignore"):
-            polar_mean = acc["s"] / acc["w"]
-        scales = sector_scale_factors(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window)
-        ellipse = fit_ellipse_from_scales(scales, phi_centres(ELLIPSE_SECTORS))
-        ellipse["source"] = "fitted to the amorphous ring of the centred mean pattern"
-        ellipse["frames_used"] = acc["n"]
+            polar_mean = np.asarray(acc["s"], dtype=np.float64) / np.asarray(acc["w"], dtype=np.float64)
+        ellipse = ellipse_from_polar_mean(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window, acc["n"])
+        if not ellipse["fitted"]:
+            warn(f"ellipse {ellipse['source']}; no correction (ratio 1) is applied: set calibration.ellipse to "
+                 f"[ratio, angle_deg] or 'calibrant' if the detector is known to be distorted")
     elif ell == "none":
         ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
     elif ell == "calibrant":
@@ -369,7 +522,12 @@ def stage_calibrate(ctx: Context) -> None:
                    "source": f"measured on a standard: {rec['file']}"}
     else:
         ellipse = {"ratio": float(ell[0]), "angle_deg": float(ell[1]), "source": "config"}
+    probe = measure_probe(ctx, fitted, dm, r_disk, qpx)
+    if probe.get("warning"):
+        warn(probe["warning"])
+    dose_counts = counted_dose(ctx, mask, fitted)
     calib = {"q_pixel_size": qpx, "q_pixel_size_source": q_pixel_size_and_source(cfg)[1], "disk_radius_px": r_disk,
+             "probe": probe, "dose_counts": dose_counts, "masked_fraction": masked_frac, "n_centres_at_guess": n_at_guess,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
              "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(), "centre_method": method,
              "n_hot": int(dm["hot_pixels"].sum()), "n_dead": int(dm["dead_pixels"].sum()),
@@ -617,7 +775,8 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
-    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]),
+                                                                      measured_counts(g))
 
 
 PLAIN_FIT_SAMPLE = 4096
@@ -742,7 +901,7 @@ def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
     return np.fmax.reduce(spot_z[..., sel], axis=-1, initial=-np.inf)  # -inf where the bands are all NaN
 
 
-def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
+def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray, measured: dict | None = None) -> float:
     """The crystal threshold (σ) for this dataset's dose: ``crystal_spot_z`` × sqrt(electrons per stored pattern /
     ``crystal_spot_z_electrons``). A Bragg disk's significance grows as the square root of the counts, so a
     fixed threshold set at 2 × 10⁴ e⁻ misses crystals at 5 × 10³ (synthetic Li/Cu scans: crystals score ≥ 88 σ
@@ -750,7 +909,9 @@ def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
     d = cfg.classify.definitions
     if not d.crystal_spot_z_electrons:
         return float(d.crystal_spot_z)
-    epp = dose_record(cfg, total_counts)["electrons_per_stored_pattern"]
+    epp = dose_record(cfg, total_counts, measured)["electrons_per_stored_pattern"]
+    if epp is None:  # dose unknown (an integrating camera's counts): the threshold as set
+        return float(d.crystal_spot_z)
     return float(d.crystal_spot_z * math.sqrt(max(epp, 1.0) / d.crystal_spot_z_electrons))
 
 
@@ -783,7 +944,7 @@ def stage_classify(ctx: Context) -> None:
         write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": [2 * r_q, q_hi]})
     peak_q = np.asarray(g["peaks/q_peak"])
     peak_err = np.asarray(g["peaks/q_err"])
-    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
     crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
     if d.crystal_bragg_fraction > 0:
@@ -855,7 +1016,9 @@ def stage_statistics(ctx: Context) -> None:
     peak2 = np.asarray(g["maps/peak2_q"]) if "maps/peak2_q" in g else np.full(cls.shape, np.nan)
     phase = np.asarray(g["maps/phase"]) if "maps/phase" in g else None
     phase_names = list(g["maps/phase"].attrs.get("phase_names", [])) if phase is not None else []
-    dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]))
+    dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
+    for msg in dose_warnings(cfg, dose):
+        add_warning(g, "statistics", msg, ctx.log)
     classes = {}
     for k, name in enumerate(CLASS_NAMES):
         sel = cls == k
@@ -901,7 +1064,8 @@ def stage_report(ctx: Context) -> None:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
-    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
+    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse",
+          revision=2),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
     Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak"),
     Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),

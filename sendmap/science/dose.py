@@ -100,7 +100,7 @@ def min_electrons_for_classes(crystal_spot_z: float, crystal_spot_z_electrons: f
     threshold is not dose-scaled. Defaults (25 σ at 2 × 10⁴ e⁻): 800 e⁻, the low end of the realistic range
     (10³–10⁵ e⁻ per pattern, SCIENCE.md).
 
-    >>> min_electrons_for_classes(25.0, 2e4)
+    >>> round(min_electrons_for_classes(25.0, 2e4), 6)
     800.0
     """
     if not crystal_spot_z_electrons:
