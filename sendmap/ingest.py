@@ -219,6 +219,11 @@ class _Process:
         return block, out
 
 
+VIRTUAL_SAMPLE_FRAMES = 64
+"""The ingest virtual detectors are centred on the brightest disk of the mean of the scan's first this many
+positions (whole rows): enough counts for the disk of a 10³ e⁻ pattern, the same whatever compute.block_mb."""
+
+
 def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> tuple[np.ndarray, np.ndarray, list]:
     """Bright-field disk (radius = the probe-disk radius) and annular dark field (2× that radius to the
     largest circle inside the detector) around the brightest disk of ``mean_pattern``: fixed detector
@@ -291,7 +296,17 @@ def stage_ingest(ctx) -> None:
         ctx.log(f"[sendmap] ingest: resuming, {len(progress.done)}/{len(items)} blocks done")
     else:
         first = load(items[0])
-        mean_first = np.nanmean(first[1], axis=(0, 1))[None, None]  # crop_q applied, not yet binned
+        # the virtual detectors' centre from a fixed sample of the scan (its first VIRTUAL_SAMPLE_FRAMES positions,
+        # whole rows), not from the first block, whose size depends on compute.block_mb
+        sy, sx = plan.scan_shape
+        cols = min(sx, VIRTUAL_SAMPLE_FRAMES)
+        sample = (0, min(sy, max(1, -(-VIRTUAL_SAMPLE_FRAMES // cols))), 0, cols)
+        frames = first[1] if tuple(plan.blocks[0]) == sample else load((plan, sample, -1))[1]
+        with np.errstate(invalid="ignore"):
+            fin = np.isfinite(frames)
+            mean_first = (np.where(fin, frames, 0).sum(axis=(0, 1), dtype=np.float64)
+                          / np.maximum(fin.sum(axis=(0, 1)), 1))[None, None]  # crop_q applied, not yet binned
+        del frames
         mean_first = bin_block(mean_first, 1, plan.bin_q, np.float64)[0, 0]
         bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
     if target is not None:
