@@ -162,10 +162,10 @@ def _dark_pixels(img, used, centre_yx, dark_fraction, n_sigma, k_noise, ref_offs
     off = int(math.ceil(ref_offset_px))
     ref = _window_max(np.where(full & has, med, -np.inf), off, off + int(ref_window_px))[rb]
     # evidence (strong dark pixels) only where the level was measured on full circles; the weak superset (for
-    # growing an arm that the evidence found out to the edge) also in the corners, there against the corner
-    # pieces' own levels
+    # growing an arm that the evidence found out to the edge) also in the corners, there against the outermost
+    # full circle's level (not the corner pieces': the dim corners of the 64² scan would join a real arm)
     evidence = full[rb]
-    ref_grow = np.where(evidence, ref, _window_max(np.where(has, med, -np.inf), off, off + int(ref_window_px))[rb])
+    ref_grow = ref
     num = ndimage.uniform_filter(np.where(used, img, 0.0), 3, mode="constant")
     den = ndimage.uniform_filter(used.astype(np.float64), 3, mode="constant")
     sm = num / np.maximum(den, 1e-12)
