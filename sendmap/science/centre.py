@@ -410,7 +410,7 @@ def _ring_means(img, used, r, width):
 
 
 def central_disk_radius(pattern: np.ndarray, centre_yx, mask: np.ndarray | None = None,
-                        r_max_px: float | None = None) -> dict:
+                        r_max_px: float | None = None, min_plateau: float = 0.0, min_contrast: float = 3.0) -> dict:
     """Radius (px) of the central disk of a pattern: where its azimuthal mean falls to half-way between the
     disk's plateau and the level just outside the disk (the half-maximum of the edge, sub-pixel).
 
@@ -422,7 +422,10 @@ def central_disk_radius(pattern: np.ndarray, centre_yx, mask: np.ndarray | None 
     from R. A sharp disk blurred by a symmetric point spread has its half-way level at its true edge.
 
     Returns ``{"radius_px", "plateau", "outside", "contrast"}`` (contrast = P/B), or ``radius_px`` NaN with
-    ``"reason"`` when there is no disk: the centre is masked or empty, or no edge falls below the threshold.
+    ``"reason"`` when there is no disk: the centre is masked or holds no more than ``min_plateau`` (pass the
+    sum over the scan and e.g. 10 counts: a plateau of fewer counts has > 30 % Poisson noise per pixel), the disk
+    is less than ``min_contrast`` × brighter than its surroundings (an unscattered disk of a thin specimen is
+    ≥ 10×; 3 leaves room for thick ones), or no edge falls below the threshold.
 
     >>> yy, xx = np.mgrid[:64, :64]
     >>> r = np.hypot(yy - 31.3, xx - 32.6)
@@ -439,8 +442,8 @@ def central_disk_radius(pattern: np.ndarray, centre_yx, mask: np.ndarray | None 
     if inner.sum() < 3:
         return {"radius_px": float("nan"), "reason": "the disk's middle is masked (beam stop?)"}
     plateau = float(img[inner].mean())
-    if not plateau > 0:
-        return {"radius_px": float("nan"), "reason": "no counts at the centre"}
+    if not plateau > max(min_plateau, 0.0):
+        return {"radius_px": float("nan"), "reason": f"too few counts at the centre ({plateau:.3g} per pixel)"}
     within = used & (r <= r_max)
     rad = math.sqrt(float(np.sum(within & (img > 0.5 * plateau))) / math.pi)
     rc, prof = _ring_means(img, within, r, 0.5)
@@ -462,5 +465,8 @@ def central_disk_radius(pattern: np.ndarray, centre_yx, mask: np.ndarray | None 
             rad = float(rc[j])
         else:
             rad = float(rc[prev] + (prof[prev] - thr) / max(prof[prev] - prof[j], 1e-300) * (rc[j] - rc[prev]))
-    return {"radius_px": rad, "plateau": plateau, "outside": outside,
-            "contrast": plateau / outside if outside > 0 else float("inf")}
+    contrast = plateau / outside if outside > 0 else float("inf")
+    if contrast < min_contrast:
+        return out | {"radius_px": float("nan"), "reason": f"no disk: the centre is only {contrast:.3g}× brighter "
+                                                           f"than its surroundings"}
+    return {"radius_px": rad, "plateau": plateau, "outside": outside, "contrast": min(contrast, 1e300)}
