@@ -227,7 +227,7 @@ def dose_warnings(cfg: Config, dose: dict) -> list[str]:
     out = []
     epp, counted = dose.get("electrons_per_pattern"), dose.get("counted_electrons_per_pattern")
     if epp is None:
-        out.append(f"dose unknown: {dose.get('source')}; figures and tables give counts, not electrons")
+        out.append(f"dose {dose.get('source')}; figures and tables give counts, not electrons")
     elif counted is not None and not dose["source"].startswith("measured") and counted >= 0:
         ratio = epp / counted if counted > 0 else float("inf")
         too_many = ratio > STATED_VS_COUNTED_FACTOR and not dose.get("counted_lower_bound")  # counts a lower bound:
@@ -437,6 +437,12 @@ def stage_calibrate(ctx: Context) -> None:
     r_disk = disk_radius_px(cfg)
     data, blocks = data_blocks(ctx)
     ry, rx = data.shape[:2]
+    sum_p = np.asarray(g["ingest/sum_pattern"], dtype=np.float64)
+    if not np.any(sum_p[np.isfinite(sum_p)] > 0):
+        raise SendmapInputError(
+            f"the data hold no counts: every pixel of every frame of {ctx.input_info.get('path', cfg.input.path)} is "
+            f"zero (or negative), so no centre, mask, ellipse or dose can be determined; check input.path, "
+            f"input.dataset and input.crop_r/crop_q")
     dm = detector_mask(ctx, r_disk)
     mask, centre_mask = dm["mask"], dm["centre_mask"]
 
