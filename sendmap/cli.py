@@ -44,6 +44,9 @@ def _cmd_run(args) -> int:
         print(f"  {name:12s} {c['count']:6d} positions{extra}")
     if summary["reused_stages"]:
         print(f"[sendmap] reused: {', '.join(summary['reused_stages'])}")
+    if summary.get("warnings"):
+        n = len(summary["warnings"])
+        print(f"[sendmap] {n} warning{'s' if n > 1 else ''}, listed under 'warnings' in {out / 'summary.json'}")
     return 0
 
 

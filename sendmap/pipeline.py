@@ -284,12 +284,17 @@ def detector_mask(ctx: Context, r_disk_px: float) -> dict:
     beam_stop = aperture = none
     guess = [float("nan"), float("nan")]
     if cal.mask_shadows:
-        sh = shadow_masks(np.asarray(g["ingest/mean_pattern"]), None, mask=prior & ~sat, disk_radius_px=r_disk_px,
-                          n_frames=int(np.prod(g["ingest/total_counts"].shape))
-                          if np.issubdtype(np.dtype(ctx.input_info.get("dtype", "uint16")), np.integer) else None)
-        beam_stop, aperture = sh["beam_stop"], sh["aperture"]
-        info["shadows"] = sh["info"]
-        guess = list(sh["info"].get("centre_yx", guess))
+        try:
+            sh = shadow_masks(np.asarray(g["ingest/mean_pattern"]), None, mask=prior & ~sat, disk_radius_px=r_disk_px,
+                              n_frames=int(np.prod(g["ingest/total_counts"].shape))
+                              if np.issubdtype(np.dtype(ctx.input_info.get("dtype", "uint16")), np.integer) else None)
+        except (ValueError, IndexError, np.linalg.LinAlgError) as exc:  # a pattern the search cannot handle
+            info["shadows"] = {"failed": f"no shadow mask: the beam-stop/aperture search failed ({exc}); set "
+                                         f"calibration.mask_file to mask them, or calibration.mask_shadows: false"}
+        else:
+            beam_stop, aperture = sh["beam_stop"], sh["aperture"]
+            info["shadows"] = sh["info"]
+            guess = list(sh["info"].get("centre_yx", guess))
     centre_mask = prior & ~beam_stop & ~aperture
     return {"hot_pixels": hd["hot"], "dead_pixels": hd["dead"], "saturated_pixels": sat, "user_mask": user,
             "beam_stop": beam_stop, "aperture": aperture, "mask": centre_mask & ~sat, "centre_mask": centre_mask,
@@ -449,6 +454,8 @@ def stage_calibrate(ctx: Context) -> None:
     def warn(msg):
         add_warning(g, "calibrate", msg, ctx.log)
 
+    if dm["info"].get("shadows", {}).get("failed"):
+        warn(dm["info"]["shadows"]["failed"])
     masked_frac = float((~mask).mean())
     if masked_frac > MASK_WARN_FRACTION:
         warn(f"the detector mask hides {100 * masked_frac:.0f} % of the pixels (hot {int(dm['hot_pixels'].sum())}, "

@@ -207,3 +207,8 @@ def test_ingest_arrays_do_not_depend_on_block_mb(tmp_path):
     for k in got[0]:
         np.testing.assert_array_equal(got[0][k][0], got[1][k][0], err_msg=k)
         assert got[0][k][1] == got[1][k][1], k
+
+
+def test_reversed_ellipse_window_is_a_config_error(tmp_path):
+    cfg = _synth(tmp_path / "d", "--detector", "64", "--scan-shape", "2", "2")
+    assert sendmap_main(["run", str(cfg), "--no-progress", "--set", "calibration.ellipse_window=[0.45,0.15]"]) == 2
