@@ -473,6 +473,16 @@ def stage_calibrate(ctx: Context) -> None:
         hidden = 1.0 - float(centre_mask[disk].mean()) if disk.any() else 1.0
         method = "symmetry" if hidden > 0.5 else "disk"
         dm["info"]["central_disk_hidden_fraction"] = hidden
+        if method == "disk" and dm["beam_stop"].any():
+            # a beam stop was found but does not cover the disk as found: is there a disk at the centre? (a real
+            # stop's tip over the centre reads as a dim middle, not as a shadow, where the whole ring is under it)
+            from .science.centre import central_disk_radius
+
+            seen = central_disk_radius(np.asarray(g["ingest/sum_pattern"], dtype=np.float64), guess, centre_mask,
+                                       r_max_px=min(max(3.0 * r_disk, 8.0), 0.45 * min(mask.shape)))
+            if not np.isfinite(seen.get("radius_px", np.nan)):
+                method = "symmetry"
+                dm["info"]["central_disk_not_seen"] = seen.get("reason", "no disk")
     radius = cal.centre_radius_px or 1.5 * r_disk
     annulus = (1.5 * r_disk, 0.45 * min(mask.shape))
     if method == "symmetry" and not annulus[0] < annulus[1]:
@@ -548,6 +558,8 @@ def stage_calibrate(ctx: Context) -> None:
     if probe.get("warning"):
         warn(probe["warning"])
     dose_counts = counted_dose(ctx, mask, fitted)
+    if dm["info"].get("central_disk_not_seen") or (dm["beam_stop"].any() and method == "symmetry"):
+        dose_counts["lower_bound"] = True  # the unscattered disk is under the beam stop: its counts are missing
     calib = {"q_pixel_size": qpx, "q_pixel_size_source": q_pixel_size_and_source(cfg)[1], "disk_radius_px": r_disk,
              "probe": probe, "dose_counts": dose_counts, "masked_fraction": masked_frac, "n_centres_at_guess": n_at_guess,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
