@@ -212,3 +212,18 @@ def test_ingest_arrays_do_not_depend_on_block_mb(tmp_path):
 def test_reversed_ellipse_window_is_a_config_error(tmp_path):
     cfg = _synth(tmp_path / "d", "--detector", "64", "--scan-shape", "2", "2")
     assert sendmap_main(["run", str(cfg), "--no-progress", "--set", "calibration.ellipse_window=[0.45,0.15]"]) == 2
+
+
+def test_beam_stop_found_at_low_counts_per_pixel_by_binning(tmp_path):
+    """512² px and 12 patterns of 2 × 10⁴ e⁻: ~0.3 counts per pixel outside the disk, too few for a shadowed pixel
+    to be significant; the search bins the pattern (8 × 8 here) and finds the stop there."""
+    d = tmp_path / "d"
+    _synth(d, "--detector", "512", "--scan-shape", "3", "4", "--q-pixel-size", "0.003125", "--beam-stop")
+    mean, used, nf = _mean_and_mask(d)
+    sh = shadow_masks(mean, None, mask=used, disk_radius_px=25.5, n_frames=nf)
+    true = np.load(d / "truth.npz")["beam_stop_mask"]
+    bs = sh["info"]["beam_stop"]
+    assert sh["info"]["binned"] > 1 and bs["found"]
+    assert abs(bs["angle_deg"] - 90.0) < 5.0
+    assert (true & ~sh["beam_stop"]).sum() <= 0.2 * true.sum()
+    assert (sh["beam_stop"] & ~true).sum() <= 0.3 * true.sum()
