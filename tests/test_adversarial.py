@@ -56,15 +56,33 @@ def _run(cfg: Path, *sets, strict=True):
     return json.loads((cfg.parent / "results" / "summary.json").read_text()), p
 
 
+def _scan_512(folder):
+    # ring at 0.3 1/Å = 96 px; the aperture's shadow begins at 100 px, through the ring's outer side (and the peak
+    # window [0.22, 0.42] 1/Å = 70–134 px is half beyond it); the arm covers the centre from the bottom edge
+    return _synth(folder, "--detector", "512", "--q-pixel-size", "0.003125", "--beam-stop",
+                  "--aperture-radius-px", "100", "--scan-shape", "3", "4")
+
+
+@pytest.mark.xfail(reason="needs peaks branch (peaks.lowrank_denoise: All-NaN slice RuntimeWarning)", strict=False)
+def test_512_detector_beam_stop_to_the_edge_and_aperture_through_the_ring_no_runtime_warning(tmp_path):
+    s, _ = _run(_scan_512(tmp_path / "d"))
+    assert s is not None
+
+
 def test_512_detector_beam_stop_to_the_edge_and_aperture_through_the_ring(tmp_path):
-    # ring at 0.3 1/Å = 96 px; the aperture's shadow begins at 90 px; the arm covers the centre from the bottom edge
-    cfg = _synth(tmp_path / "d", "--detector", "512", "--q-pixel-size", "0.003125", "--beam-stop",
-                 "--aperture-radius-px", "90", "--scan-shape", "3", "4")
-    s, _ = _run(cfg)
-    if s is not None:
-        assert s["calibration"]["ellipse"]["ratio"] >= 1.0
-        # the dose with the disk under the beam stop: never more electrons than were sent
-        assert s["dose"]["counted_electrons_per_pattern"] <= 2e4 * 1.05
+    cfg = _scan_512(tmp_path / "d")
+    s, _ = _run(cfg, strict=False)
+    assert s is not None
+    import zarr
+
+    cal = zarr.open_group(str(cfg.parent / "results" / "sendmap.zarr"), mode="r").attrs["calibration"]
+    sh = cal["mask_info"]["shadows"]
+    assert sh["beam_stop"]["found"] and sh["aperture"]["found"]  # 12 patterns: found on the binned pattern
+    assert abs(sh["aperture"]["radius_px"] - 100.0) < 4.0
+    # the mask hides > 50 % of the detector (the aperture's shadow): said
+    assert any("the detector mask hides" in w for w in s["warnings"])
+    # the dose with the disk under the beam stop: a lower bound, never more electrons than were sent
+    assert s["dose"]["counted_electrons_per_pattern"] <= 2e4 * 1.05
 
 
 def test_peak_window_half_off_the_detector(tmp_path):
