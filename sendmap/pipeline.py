@@ -642,7 +642,7 @@ class _PolarProcess:
 
 LATER_STAGE_MODULES = ("sendmap.execute", "sendmap.science.mask", "sendmap.science.centre", "sendmap.science.ellipse",
                        "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.features",
-                       "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats",
+                       "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats", "sendmap.science.dose",
                        "sendmap.report.build", "threadpoolctl")
 """The modules the stages after ingest import (0.24 s in all, scipy.ndimage alone ~0.2 s): see :func:`prefetch_imports`.
 Kept by hand; ``tests/test_reprocess.py`` fails if a function here imports a sendmap module it does not load."""
@@ -1102,7 +1102,8 @@ def stage_report(ctx: Context) -> None:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
+    Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose",
+          revision=2),
     Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse",
           revision=2),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
@@ -1376,6 +1377,7 @@ def build_summary(group, timing: dict, reused: list) -> dict:
     calib = dict(group.attrs.get("calibration", {}))
     return {"classes": stats.get("classes", {}),
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
+                            "probe": calib.get("probe"), "masked_fraction": calib.get("masked_fraction"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
             "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),
             "warnings": stored_warnings(group),
