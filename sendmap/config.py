@@ -160,13 +160,22 @@ class CalibrationConfig(_Section):
         "auto", description="disk: centre of mass of the central disk; symmetry: 180° point symmetry of the rings; "
         "auto: symmetry where a beam stop or the mask hides more than half of the central disk")
 
+    @field_validator("ellipse_window")
+    @classmethod
+    def _window_order(cls, v):
+        if not 0 <= v[0] < v[1]:
+            raise ValueError(f"ellipse_window is [low, high] in 1/Å with 0 <= low < high, got {list(v)}")
+        return v
+
 
 class DoseConfig(_Section):
     electrons_per_pattern: Optional[float] = Field(None, gt=0, description="incident electrons per probe position")
     beam_current_pa: Optional[float] = Field(None, gt=0, description="probe current, pA (with dwell_time_ms)")
     dwell_time_ms: Optional[float] = Field(None, gt=0, description="dwell time per position, ms")
-    detector_counts_per_electron: float = Field(
-        1.0, gt=0, description="mean counts per incident electron; used to measure dose from counts when nothing else is given")
+    detector_counts_per_electron: Optional[float] = Field(
+        None, gt=0, description="mean counts per incident electron, to measure the dose from the counts when nothing "
+        "else is given; null: 1 for a counting detector (integer counts), unknown for an integrating camera (float or "
+        "negative values, counts above the counter's depth): the dose is then reported in counts, not electrons")
 
 
 class ProfilesConfig(_Section):

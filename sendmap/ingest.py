@@ -219,6 +219,28 @@ class _Process:
         return block, out
 
 
+VIRTUAL_SAMPLE_FRAMES = 64
+"""The ingest virtual detectors are centred on the brightest disk of the mean of the scan's first this many
+positions (whole rows): enough counts for the disk of a 10³ e⁻ pattern, the same whatever compute.block_mb."""
+VIRTUAL_SAMPLE_BYTES = 256e6
+"""... and at most this many bytes of frames (64 frames of 1k² float32 = 256 MB), so a large detector's sample fits
+in memory."""
+
+
+def virtual_sample(scan_shape, frame_bytes: int) -> tuple[int, int, int, int]:
+    """The stored region (y0, y1, x0, x1) whose mean pattern centres the ingest virtual detectors: the scan's first
+    :data:`VIRTUAL_SAMPLE_FRAMES` positions (at most :data:`VIRTUAL_SAMPLE_BYTES`), whole rows where a row is shorter.
+    Depends on the scan and frame size only, never on the block size.
+
+    >>> virtual_sample((12, 16), 128 * 128 * 2), virtual_sample((1, 200), 8)
+    ((0, 4, 0, 16), (0, 1, 0, 64))
+    """
+    sy, sx = int(scan_shape[0]), int(scan_shape[1])
+    n = max(1, min(VIRTUAL_SAMPLE_FRAMES, int(VIRTUAL_SAMPLE_BYTES // max(int(frame_bytes), 1))))
+    cols = min(sx, n)
+    return 0, min(sy, max(1, -(-n // cols))), 0, cols
+
+
 def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> tuple[np.ndarray, np.ndarray, list]:
     """Bright-field disk (radius = the probe-disk radius) and annular dark field (2× that radius to the
     largest circle inside the detector) around the brightest disk of ``mean_pattern``: fixed detector
@@ -281,29 +303,47 @@ def stage_ingest(ctx) -> None:
     inp = cfg.input
     load = _Load(str(ds.path), ds.format, tuple(inp.scan_shape) if inp.scan_shape else None, inp.dataset,
                  inp.raw.model_dump() if inp.raw else None, int(fpc))
-    # the virtual-detector regions come from the first block, which is then processed like every other
+    # the virtual-detector regions come from a fixed sample of the scan (its first positions, whole rows: see
+    # virtual_sample), not from the first block, whose size depends on compute.block_mb; the blocks that hold the
+    # sample are read first, kept, and processed like every other once the regions are known (each frame read once)
     r_disk = disk_radius_px(cfg)
     items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
     saved = progress.arrays
-    first = None
+    pre: list = []
     if progress.resumed:  # the virtual detectors and reductions of the finished blocks, as the killed run left them
         bf_mask, adf_mask, vcentre = saved["bf_mask"], saved["adf_mask"], saved["vcentre"].tolist()
         ctx.log(f"[sendmap] ingest: resuming, {len(progress.done)}/{len(items)} blocks done")
     else:
-        first = load(items[0])
-        mean_first = np.nanmean(first[1], axis=(0, 1))[None, None]  # crop_q applied, not yet binned
+        sample = virtual_sample(plan.scan_shape, int(np.prod(ds.frame_shape)) * ds.dtype.itemsize)
+        sy0, sy1, sx0, sx1 = plan.input_region(sample)
+        acc_s = np.zeros((plan.crop_q[1] - plan.crop_q[0], plan.crop_q[3] - plan.crop_q[2]))
+        acc_n = np.zeros(acc_s.shape)
+        for i, it in enumerate(items):
+            b = it[1]
+            if i > 0 and not (b[0] < sample[1] and b[1] > sample[0] and b[2] < sample[3] and b[3] > sample[2]):
+                continue
+            loaded = load(it)
+            pre.append(loaded)
+            iy0, iy1, ix0, ix1 = plan.input_region(b)
+            part = loaded[1][max(sy0, iy0) - iy0:max(0, min(sy1, iy1) - iy0),
+                             max(sx0, ix0) - ix0:max(0, min(sx1, ix1) - ix0)]
+            if part.size:
+                fin = np.isfinite(part)
+                acc_s = acc_s + np.where(fin, part, 0).sum(axis=(0, 1), dtype=np.float64)
+                acc_n = acc_n + fin.sum(axis=(0, 1))
+        mean_first = (acc_s / np.maximum(acc_n, 1))[None, None]  # crop_q applied, not yet binned
         mean_first = bin_block(mean_first, 1, plan.bin_q, np.float64)[0, 0]
         bf_mask, adf_mask, vcentre = virtual_detector_masks(np.nan_to_num(mean_first), r_disk)
     if target is not None:
         if progress.resumed:
             sparse = bool(saved["sparse"])
         else:
-            sparse = choose_sparse(inp.store_layout, plan.dtype, bin_block(first[1], plan.bin_r, plan.bin_q, plan.dtype))
+            sparse = choose_sparse(inp.store_layout, plan.dtype,
+                                   bin_block(pre[0][1], plan.bin_r, plan.bin_q, plan.dtype))
             _create_data_arrays(g, plan, sparse)
         plan = dataclasses.replace(plan, sparse=sparse)
         items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
-        if first is not None:
-            first = (items[0], first[1])
+        pre = [(items[it[2]], frames) for it, frames in pre]
     process = _Process(bf_mask, adf_mask, inp.nonfinite, target)
 
     total_sum = saved["sum"] if progress.resumed else np.zeros(plan.frame_shape)
@@ -326,9 +366,8 @@ def stage_ingest(ctx) -> None:
 
     frame_bytes = int(np.prod(ds.frame_shape)) * ds.dtype.itemsize
     sizes = [(b[1] - b[0]) * (b[3] - b[2]) * plan.bin_r ** 2 * frame_bytes for b in plan.blocks]
-    if first is not None:
-        collect(0, process(first))
-        del first
+    while pre:
+        collect(0, process(pre.pop(0)))
     todo = [i for i in range(len(items)) if not progress.is_done(items[i][1])]
     ctx.stage_info.update(blocks=len(items), blocks_resumed=len(items) - len(todo) if progress.resumed else 0)
     if len(todo) > 2:  # the later stages' imports, while the blocks run (see prefetch_imports)

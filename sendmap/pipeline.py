@@ -176,31 +176,101 @@ def _read_store_block(item):
     return item, frames, (None if centres is None else np.asarray(centres, dtype=np.float64).reshape(-1, 2))
 
 
-def dose_record(cfg: Config, counts: np.ndarray) -> dict:
+def measured_counts(group) -> dict | None:
+    """The calibrate stage's count of detector counts per pattern (masked pixels left out and filled in,
+    :func:`sendmap.science.dose.counts_per_pattern`, and ``integrating``: why the data are not electron counts,
+    or None); None in stores written before it was recorded."""
+    rec = dict(group.attrs.get("calibration", {}) or {}).get("dose_counts")
+    return dict(rec) if rec else None
+
+
+def dose_record(cfg: Config, counts: np.ndarray, measured: dict | None = None) -> dict:
     """Electrons per pattern and e⁻/Å² per position (and accumulated), with where the number came from.
 
-    Priority: ``dose.electrons_per_pattern``; else beam current × dwell time / e; else the mean detector
-    counts per position ÷ ``dose.detector_counts_per_electron`` (a lower bound where electrons miss the
-    detector). All of these are per recorded probe position; a stored (``input.bin_r``-binned)
-    pattern sums bin_r² of them (``electrons_per_stored_pattern``). Area per recorded position =
-    (recorded scan step)²; with a probe no larger than the step, each area is exposed once, so the
-    accumulated dose equals the per-position dose.
+    Priority: ``dose.electrons_per_pattern``; else beam current × dwell time / e; else the detector counts per
+    position ÷ ``dose.detector_counts_per_electron``. The counts are ``measured`` (:func:`measured_counts`: hot,
+    dead, saturated and shadowed pixels left out and filled in with their ring's level; ``lower_bound`` where a
+    beam stop hides the whole central disk), else the mean of ``counts`` (every pixel). Data that look like an
+    integrating camera's (``measured["integrating"]``) with no ``dose.detector_counts_per_electron``: the dose is
+    unknown, ``electrons_per_pattern`` etc. are None, ``unit`` is "counts" and ``counts_per_pattern`` holds the
+    counts. All of these are per recorded probe position; a stored (``input.bin_r``-binned) pattern sums bin_r²
+    of them (``electrons_per_stored_pattern``). Area per recorded position = (recorded scan step)²; with a probe
+    no larger than the step, each area is exposed once, so the accumulated dose equals the per-position dose.
+    ``counted_electrons_per_pattern``: the electrons the detector counted (None where unknown), for the sanity
+    check against a stated dose.
     """
     d = cfg.dose
     per_stored = cfg.input.bin_r ** 2
+    step_a = cfg.calibration.scan_step_nm * 10.0
+    if measured:
+        mean_counts, integrating = float(measured["counts_per_pattern"]), measured.get("integrating")
+        lower = bool(measured.get("lower_bound"))
+    else:
+        mean_counts, integrating, lower = float(np.mean(counts)) if np.size(counts) else 0.0, None, False
+    cpe = d.detector_counts_per_electron
+    counts_pp = mean_counts / per_stored
+    counted = None if (integrating and cpe is None) else counts_pp / (cpe or 1.0)
+    base = {"scan_step_nm": cfg.calibration.scan_step_nm, "stored_step_nm": scan_step_nm(cfg),
+            "counts_per_pattern": counts_pp, "counted_electrons_per_pattern": counted, "counted_lower_bound": lower}
     if d.electrons_per_pattern:
         epp, source = float(d.electrons_per_pattern), "config dose.electrons_per_pattern"
     elif d.beam_current_pa and d.dwell_time_ms:
         epp = d.beam_current_pa * 1e-12 * d.dwell_time_ms * 1e-3 / 1.602176634e-19
         source = "beam current × dwell time"
+    elif counted is None:
+        return base | {"electrons_per_pattern": None, "electrons_per_A2": None, "accumulated_electrons_per_A2": None,
+                       "electrons_per_stored_pattern": None, "unit": "counts",
+                       "source": f"unknown (counts): the data do not look like electron counts ({integrating}); set "
+                                 f"dose.detector_counts_per_electron, dose.electrons_per_pattern or "
+                                 f"dose.beam_current_pa with dose.dwell_time_ms"}
     else:
-        epp = float(np.mean(counts)) / d.detector_counts_per_electron / per_stored
-        source = "measured: mean detector counts per position / detector_counts_per_electron"
-    step_a = cfg.calibration.scan_step_nm * 10.0
+        epp = counted
+        source = ("measured: detector counts per position (masked pixels filled in from their ring) / "
+                  + (f"detector_counts_per_electron {cpe:g}" if cpe else "1 count per electron (counting detector)"))
+        if lower:
+            source += "; a lower bound: the mask hides the central disk's counts"
+        base["lower_bound"] = lower
     per_area = epp / step_a ** 2
-    return {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
-            "electrons_per_stored_pattern": epp * per_stored, "source": source,
-            "scan_step_nm": cfg.calibration.scan_step_nm, "stored_step_nm": scan_step_nm(cfg)}
+    return base | {"electrons_per_pattern": epp, "electrons_per_A2": per_area, "accumulated_electrons_per_A2": per_area,
+                   "electrons_per_stored_pattern": epp * per_stored, "unit": "electrons", "source": source}
+
+
+STATED_VS_COUNTED_FACTOR = 3.0
+"""A stated dose (config) and the electrons counted that differ by more than this factor are warned about: a
+counting detector's detective quantum efficiency and the electrons scattered beyond the detector cost tens of per
+cent, not a factor 3 (Medipix3 DQE(0) ≈ 0.9 at 200 kV; ~5–25 % of the electrons scatter past the detector's edge)."""
+
+MASK_WARN_FRACTION = 0.5
+"""A detector mask that hides more than this share of the pixels is warned about (issue 21)."""
+
+
+def dose_warnings(cfg: Config, dose: dict) -> list[str]:
+    """Sanity checks of a :func:`dose_record`: a stated dose and the counted electrons more than
+    :data:`STATED_VS_COUNTED_FACTOR` apart; a dose too low for the classes (the dose-scaled crystal threshold under
+    :data:`sendmap.science.dose.MIN_CRYSTAL_Z`); a dose unknown (counts, not electrons)."""
+    from .science.dose import MIN_CRYSTAL_Z, min_electrons_for_classes
+
+    out = []
+    epp, counted = dose.get("electrons_per_pattern"), dose.get("counted_electrons_per_pattern")
+    if epp is None:
+        out.append(f"dose {dose.get('source')}; figures and tables give counts, not electrons")
+    elif counted is not None and not dose["source"].startswith("measured") and counted >= 0:
+        ratio = epp / counted if counted > 0 else float("inf")
+        too_many = ratio > STATED_VS_COUNTED_FACTOR and not dose.get("counted_lower_bound")  # counts a lower bound:
+        if too_many or ratio < 1 / STATED_VS_COUNTED_FACTOR:  # only more counts than electrons says something
+            out.append(f"the stated dose ({dose['source']}: {epp:.3g} e⁻/pattern) and the electrons the detector "
+                       f"counted ({counted:.3g} per pattern) differ by a factor {max(ratio, 1 / max(ratio, 1e-300)):.3g}"
+                       f" (> {STATED_VS_COUNTED_FACTOR:g}); check dose.* and dose.detector_counts_per_electron")
+    d = cfg.classify.definitions
+    n_min = min_electrons_for_classes(d.crystal_spot_z, d.crystal_spot_z_electrons)
+    per_stored = dose.get("electrons_per_stored_pattern")
+    if n_min is not None and per_stored is not None and per_stored < n_min:
+        out.append(f"{per_stored:.3g} electrons per pattern is too few for the classes: under {n_min:.3g} e⁻ per "
+                   f"pattern the dose-scaled crystal threshold (classify.definitions.crystal_spot_z at "
+                   f"crystal_spot_z_electrons) would fall below {MIN_CRYSTAL_Z:g} σ, where noise passes for Bragg "
+                   f"disks; it is held at {MIN_CRYSTAL_Z:g} σ, so crystals go undetected; bin positions "
+                   f"(input.bin_r) or treat the class map as unsupported")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -241,12 +311,17 @@ def detector_mask(ctx: Context, r_disk_px: float) -> dict:
     beam_stop = aperture = none
     guess = [float("nan"), float("nan")]
     if cal.mask_shadows:
-        sh = shadow_masks(np.asarray(g["ingest/mean_pattern"]), None, mask=prior & ~sat, disk_radius_px=r_disk_px,
-                          n_frames=int(np.prod(g["ingest/total_counts"].shape))
-                          if np.issubdtype(np.dtype(ctx.input_info.get("dtype", "uint16")), np.integer) else None)
-        beam_stop, aperture = sh["beam_stop"], sh["aperture"]
-        info["shadows"] = sh["info"]
-        guess = list(sh["info"].get("centre_yx", guess))
+        try:
+            sh = shadow_masks(np.asarray(g["ingest/mean_pattern"]), None, mask=prior & ~sat, disk_radius_px=r_disk_px,
+                              n_frames=int(np.prod(g["ingest/total_counts"].shape))
+                              if np.issubdtype(np.dtype(ctx.input_info.get("dtype", "uint16")), np.integer) else None)
+        except (ValueError, IndexError, np.linalg.LinAlgError) as exc:  # a pattern the search cannot handle
+            info["shadows"] = {"failed": f"no shadow mask: the beam-stop/aperture search failed ({exc}); set "
+                                         f"calibration.mask_file to mask them, or calibration.mask_shadows: false"}
+        else:
+            beam_stop, aperture = sh["beam_stop"], sh["aperture"]
+            info["shadows"] = sh["info"]
+            guess = list(sh["info"].get("centre_yx", guess))
     centre_mask = prior & ~beam_stop & ~aperture
     return {"hot_pixels": hd["hot"], "dead_pixels": hd["dead"], "saturated_pixels": sat, "user_mask": user,
             "beam_stop": beam_stop, "aperture": aperture, "mask": centre_mask & ~sat, "centre_mask": centre_mask,
@@ -311,6 +386,71 @@ def ellipse_sample(blocks, max_frames: int) -> frozenset:
     return frozenset(tuple(blocks[i]) for i in picks)
 
 
+PROBE_MISMATCH = 0.10
+"""A measured central-disk radius more than 10 % from convergence_mrad / λ / q_pixel_size is warned about (issue
+17): one of the three numbers is wrong, and the disk radius sets the centre window and the Q range cut."""
+
+
+PROBE_MIN_COUNTS = 10.0
+"""The central disk's middle must hold at least this many counts per pixel summed over the scan for its radius to
+be measured (Poisson noise ≤ 32 % per pixel; the edge is then located on rings of 2πR such pixels)."""
+
+
+def measure_probe(ctx: Context, origins: np.ndarray, dm: dict, r_disk: float, qpx: float) -> dict:
+    """The central disk's radius measured on the scan's summed pattern about the median fitted centre
+    (:func:`sendmap.science.centre.central_disk_radius`), against the radius expected from
+    ``calibration.convergence_mrad``, the wavelength and the Q per pixel; ``warning`` where they differ by more than
+    :data:`PROBE_MISMATCH`. Not measured (``note``) where the mask hides the disk's middle (a beam stop)."""
+    from .science.centre import central_disk_radius
+
+    cal = ctx.cfg.calibration
+    out = {"expected_radius_px": float(r_disk), "convergence_mrad": float(cal.convergence_mrad)}
+    c = np.nanmedian(origins.reshape(-1, 2), axis=0) if np.isfinite(origins).any() else np.full(2, np.nan)
+    if not np.all(np.isfinite(c)):
+        return out | {"measured_radius_px": None, "note": "not measured: no centre"}
+    total = np.asarray(ctx.group["ingest/sum_pattern"], dtype=np.float64)
+    # on the scan's sum: its middle must hold ≥ PROBE_MIN_COUNTS per pixel
+    res = central_disk_radius(total, c, dm["centre_mask"], r_max_px=min(max(3.0 * r_disk, 8.0), 0.45 * min(total.shape)),
+                              min_plateau=PROBE_MIN_COUNTS)
+    rad = res.get("radius_px")
+    if rad is None or not np.isfinite(rad):
+        return out | {"measured_radius_px": None, "note": f"not measured: {res.get('reason', 'no disk edge')}"}
+    lam = electron_wavelength_angstrom(cal.beam_energy_kv)
+    out.update(measured_radius_px=float(rad), measured_convergence_mrad=float(rad * qpx * lam * 1e3),
+               ratio=float(rad / r_disk), contrast=res.get("contrast"),
+               method="half-way level of the central disk's edge in the scan's summed pattern")
+    if abs(rad / r_disk - 1.0) > PROBE_MISMATCH:
+        out["warning"] = (f"the central disk in the data has a radius of {rad:.3g} px ({rad * qpx * lam * 1e3:.3g} mrad), "
+                          f"but calibration.convergence_mrad = {cal.convergence_mrad:g} mrad at {qpx:.4g} 1/Å per px "
+                          f"gives {r_disk:.3g} px ({100 * (rad / r_disk - 1):+.0f} %): check "
+                          f"calibration.convergence_mrad and calibration.q_pixel_size")
+    return out
+
+
+def counted_dose(ctx: Context, mask: np.ndarray, origins: np.ndarray) -> dict:
+    """Detector counts per pattern with the masked pixels left out and filled in from their ring
+    (:func:`sendmap.science.dose.counts_per_pattern`, about the median fitted centre), and ``integrating``: why the
+    data are not electron counts (:func:`sendmap.science.dose.integrating_camera_reason`), or None."""
+    from .science.dose import counts_per_pattern, integrating_camera_reason
+    from .science.mask import saturation_level
+
+    g, cfg = ctx.group, ctx.cfg
+    sum_p = np.asarray(g["ingest/sum_pattern"], dtype=np.float64)
+    n = int(np.prod(g["ingest/total_counts"].shape))
+    c = np.nanmedian(origins.reshape(-1, 2), axis=0) if np.isfinite(origins).any() else np.full(2, np.nan)
+    rec = counts_per_pattern(sum_p, mask, c, n)
+    depth = (ctx.input_info.get("reader_metadata") or {}).get("counter_depth")
+    sat = None
+    if depth is not None and cfg.input.bin_q == 1 and cfg.input.bin_r == 1:  # binned: sums of pixels/frames
+        try:
+            sat = saturation_level(np.dtype(ctx.input_info.get("dtype", "uint16")), depth)
+        except ValueError:
+            sat = None
+    rec["integrating"] = integrating_camera_reason(np.dtype(ctx.input_info.get("dtype", "uint16")), sum_p,
+                                                   np.asarray(g["ingest/max_pattern"]), sat)
+    return rec
+
+
 def stage_calibrate(ctx: Context) -> None:
     """Detector mask, per-position centres with a descan plane fit, and the elliptical distortion.
 
@@ -319,7 +459,7 @@ def stage_calibrate(ctx: Context) -> None:
     """
     from .execute import run_blocks
     from .science.centre import brightest_disk_guess, fit_descan_plane
-    from .science.ellipse import fit_ellipse_from_scales, phi_centres, sector_scale_factors
+    from .science.ellipse import ellipse_from_polar_mean
     from .science.polar import PolarGeometry
     from .science.polar_tables import PolarTables
 
@@ -329,8 +469,27 @@ def stage_calibrate(ctx: Context) -> None:
     r_disk = disk_radius_px(cfg)
     data, blocks = data_blocks(ctx)
     ry, rx = data.shape[:2]
+    sum_p = np.asarray(g["ingest/sum_pattern"], dtype=np.float64)
+    if not np.any(sum_p[np.isfinite(sum_p)] > 0):
+        raise SendmapInputError(
+            f"the data hold no counts: every pixel of every frame of {ctx.input_info.get('path', cfg.input.path)} is "
+            f"zero (or negative), so no centre, mask, ellipse or dose can be determined; check input.path, "
+            f"input.dataset and input.crop_r/crop_q")
     dm = detector_mask(ctx, r_disk)
     mask, centre_mask = dm["mask"], dm["centre_mask"]
+
+    def warn(msg, code="calibration_fallback"):
+        ctx.warn(msg, code)
+
+    if dm["info"].get("shadows", {}).get("failed"):
+        warn(dm["info"]["shadows"]["failed"], "shadow_search_failed")
+    masked_frac = float((~mask).mean())
+    if masked_frac > MASK_WARN_FRACTION:
+        warn(f"the detector mask hides {100 * masked_frac:.0f} % of the pixels (hot {int(dm['hot_pixels'].sum())}, "
+             f"dead {int(dm['dead_pixels'].sum())}, saturated {int(dm['saturated_pixels'].sum())}, beam stop "
+             f"{int(dm['beam_stop'].sum())}, aperture {int(dm['aperture'].sum())}, mask file "
+             f"{int(dm['user_mask'].sum())}); check calibration.mask_* and calibration.mask_file",
+             "mask_hides_most_of_detector")
     guess = np.asarray(dm["centre_guess_yx"], dtype=float)
     if not np.all(np.isfinite(guess)):
         guess = brightest_disk_guess(np.where(mask, np.asarray(g["ingest/sum_pattern"]), 0.0), r_disk)
@@ -341,8 +500,23 @@ def stage_calibrate(ctx: Context) -> None:
         hidden = 1.0 - float(centre_mask[disk].mean()) if disk.any() else 1.0
         method = "symmetry" if hidden > 0.5 else "disk"
         dm["info"]["central_disk_hidden_fraction"] = hidden
+        if method == "disk" and dm["beam_stop"].any():
+            # a beam stop was found but does not cover the disk as found: is there a disk at the centre? (a real
+            # stop's tip over the centre reads as a dim middle, not as a shadow, where the whole ring is under it)
+            from .science.centre import central_disk_radius
+
+            seen = central_disk_radius(np.asarray(g["ingest/sum_pattern"], dtype=np.float64), guess, centre_mask,
+                                       r_max_px=min(max(3.0 * r_disk, 8.0), 0.45 * min(mask.shape)))
+            if not np.isfinite(seen.get("radius_px", np.nan)):
+                method = "symmetry"
+                dm["info"]["central_disk_not_seen"] = seen.get("reason", "no disk")
     radius = cal.centre_radius_px or 1.5 * r_disk
     annulus = (1.5 * r_disk, 0.45 * min(mask.shape))
+    if method == "symmetry" and not annulus[0] < annulus[1]:
+        warn(f"centres: the rings for the symmetry centre would start at 1.5 disk radii = {annulus[0]:.3g} px, beyond "
+             f"0.45 of the detector ({annulus[1]:.3g} px): centre of mass of the disk instead (check "
+             f"calibration.q_pixel_size and calibration.convergence_mrad)")
+        method = "disk"
     ell = cal.ellipse
     tables = None
     if ell == "fit":
@@ -367,8 +541,20 @@ def stage_calibrate(ctx: Context) -> None:
     _DATA_ARRAYS.pop(ctx.store_path, None)  # the data may have been re-ingested since
     run_blocks(_read_store_block, process, [(ctx.store_path, b, None) for b in blocks], cfg.compute, "calibrate",
                on_result=put, thread_safe=True)
+    # a frame with no counts in the window (centre of mass) or no usable symmetry keeps the first guess exactly:
+    # not a measurement; the plane fitted to the others stands in for it
+    at_guess = np.all(measured == guess[None, None, :], axis=-1)
+    n_at_guess = int(at_guess.sum())
+    if n_at_guess:
+        warn(f"centres: {n_at_guess} of {at_guess.size} positions have no measurable centre (no counts in the "
+             f"{'disk window' if method == 'disk' else 'rings'}); they take "
+             + ("the descan plane's value" if cfg.calibration.descan_fit == "plane" else "the first guess"))
     if cfg.calibration.descan_fit == "plane":
-        fitted, descan = fit_descan_plane(measured)
+        fitted, descan = fit_descan_plane(np.where(at_guess[..., None], np.nan, measured))
+        if descan.get("fallback"):
+            fitted = np.where(np.isfinite(fitted), fitted, guess[None, None, :])
+            warn(f"descan plane {descan['fallback']}: the measured centres are used as they are "
+                 f"(calibration.descan_fit)")
     else:
         fitted, descan = measured, {"model": "none"}
     write_array(g, "calibration/origin_measured", measured, {"units": "pixel (y, x)"})
@@ -379,11 +565,11 @@ def stage_calibrate(ctx: Context) -> None:
 
     if ell == "fit":
         with np.errstate(invalid="ignore", divide="ignore"):
-            polar_mean = acc["s"] / acc["w"]
-        scales = sector_scale_factors(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window)
-        ellipse = fit_ellipse_from_scales(scales, phi_centres(ELLIPSE_SECTORS))
-        ellipse["source"] = "fitted to the amorphous ring of the centred mean pattern"
-        ellipse["frames_used"] = acc["n"]
+            polar_mean = np.asarray(acc["s"], dtype=np.float64) / np.asarray(acc["w"], dtype=np.float64)
+        ellipse = ellipse_from_polar_mean(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window, acc["n"])
+        if not ellipse["fitted"]:
+            warn(f"ellipse {ellipse['source']}; no correction (ratio 1) is applied: set calibration.ellipse to "
+                 f"[ratio, angle_deg] or 'calibrant' if the detector is known to be distorted", "ellipse_not_fitted")
     elif ell == "none":
         ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
     elif ell == "calibrant":
@@ -395,7 +581,14 @@ def stage_calibrate(ctx: Context) -> None:
                    "source": f"measured on a standard: {rec['file']}"}
     else:
         ellipse = {"ratio": float(ell[0]), "angle_deg": float(ell[1]), "source": "config"}
+    probe = measure_probe(ctx, fitted, dm, r_disk, qpx)
+    if probe.get("warning"):
+        warn(probe["warning"], "probe_radius_mismatch")
+    dose_counts = counted_dose(ctx, mask, fitted)
+    if dm["info"].get("central_disk_not_seen") or (dm["beam_stop"].any() and method == "symmetry"):
+        dose_counts["lower_bound"] = True  # the unscattered disk is under the beam stop: its counts are missing
     calib = {"q_pixel_size": qpx, "q_pixel_size_source": q_pixel_size_and_source(cfg)[1], "disk_radius_px": r_disk,
+             "probe": probe, "dose_counts": dose_counts, "masked_fraction": masked_frac, "n_centres_at_guess": n_at_guess,
              "wavelength_angstrom": electron_wavelength_angstrom(cfg.calibration.beam_energy_kv),
              "ellipse": ellipse, "descan": descan, "centre_guess_yx": guess.tolist(), "centre_method": method,
              "n_hot": int(dm["hot_pixels"].sum()), "n_dead": int(dm["dead_pixels"].sum()),
@@ -476,7 +669,7 @@ class _PolarProcess:
 
 LATER_STAGE_MODULES = ("sendmap.execute", "sendmap.science.mask", "sendmap.science.centre", "sendmap.science.ellipse",
                        "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.features",
-                       "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats",
+                       "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats", "sendmap.science.dose",
                        "sendmap.report.build", "threadpoolctl")
 """The modules the stages after ingest import (0.24 s in all, scipy.ndimage alone ~0.2 s): see :func:`prefetch_imports`.
 Kept by hand; ``tests/test_reprocess.py`` fails if a function here imports a sendmap module it does not load."""
@@ -643,7 +836,8 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
-    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]),
+                                                                      measured_counts(g))
 
 
 AUTO_FIT_HALF_WIDTH_FALLBACK = 0.14
@@ -872,7 +1066,7 @@ def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
     return np.fmax.reduce(spot_z[..., sel], axis=-1, initial=-np.inf)  # -inf where the bands are all NaN
 
 
-def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
+def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray, measured: dict | None = None) -> float:
     """The crystal threshold (σ) for this dataset's dose: ``crystal_spot_z`` × sqrt(electrons per stored pattern /
     ``crystal_spot_z_electrons``). A Bragg disk's significance grows as the square root of the counts, so a
     fixed threshold set at 2 × 10⁴ e⁻ misses crystals at 5 × 10³ (synthetic Li/Cu scans: crystals score ≥ 88 σ
@@ -880,8 +1074,15 @@ def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray) -> float:
     d = cfg.classify.definitions
     if not d.crystal_spot_z_electrons:
         return float(d.crystal_spot_z)
-    epp = dose_record(cfg, total_counts)["electrons_per_stored_pattern"]
-    return float(d.crystal_spot_z * math.sqrt(max(epp, 1.0) / d.crystal_spot_z_electrons))
+    from .science.dose import MIN_CRYSTAL_Z
+
+    epp = dose_record(cfg, total_counts, measured)["electrons_per_stored_pattern"]
+    if epp is None:  # dose unknown (an integrating camera's counts): the threshold as set
+        return float(d.crystal_spot_z)
+    # never below MIN_CRYSTAL_Z (5 σ: below it noise is called crystal; at 10 e⁻ per pattern the scaled threshold,
+    # 0.56 σ, called 110 of 192 synthetic positions crystal); a crystal_spot_z set lower than that stands
+    floor = min(MIN_CRYSTAL_Z, float(d.crystal_spot_z))
+    return float(max(d.crystal_spot_z * math.sqrt(max(epp, 1.0) / d.crystal_spot_z_electrons), floor))
 
 
 def stage_classify(ctx: Context) -> None:
@@ -917,7 +1118,7 @@ def stage_classify(ctx: Context) -> None:
     # the peak status (ok, or why there is no peak); stores without it: ok where a peak was found
     peak_status = (np.asarray(g["peaks/status"]).astype(np.int8) if "peaks/status" in g
                    else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
-    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
+    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
     crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
     if d.crystal_bragg_fraction > 0:
@@ -997,7 +1198,11 @@ def stage_statistics(ctx: Context) -> None:
     peak_status = np.asarray(g["maps/peak_status"]) if "maps/peak_status" in g else None
     status_names = (str(g["maps/peak_status"].attrs.get("flag_meanings", "")).split()
                     if peak_status is not None else [])
-    dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]))
+    dose = dose_record(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
+    for msg in dose_warnings(cfg, dose):
+        ctx.warn(msg, "dose_too_low_for_classes" if "too few for the classes" in msg else
+                 "dose_stated_vs_counted" if "stated dose" in msg else "dose_in_counts" if "not electrons" in msg
+                 else "dose")
     classes = {}
     for k, name in enumerate(CLASS_NAMES):
         sel = cls == k
@@ -1047,8 +1252,10 @@ def stage_report(ctx: Context) -> None:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
-    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
+    Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose",
+          revision=2),
+    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse",
+          revision=2),
     Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
     Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak",
           revision=2),
@@ -1412,6 +1619,7 @@ def build_summary(group, timing: dict, reused: list) -> dict:
             "internal_warnings": dict(group.attrs.get("internal_warnings", {})),
             "classes": stats.get("classes", {}),
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
+                            "probe": calib.get("probe"), "masked_fraction": calib.get("masked_fraction"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
             "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),
             "timing_s": timing, "reused_stages": reused, "input": group.attrs.get("input"),

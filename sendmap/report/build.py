@@ -15,10 +15,17 @@ def dose_text(dose: dict | None) -> str:
     """Caption text of the dose, e.g. '2.0×10⁴ e⁻/pattern, 125 e⁻/Å²'."""
     if not dose:
         return "dose unknown"
-    epp = dose["electrons_per_pattern"]
-    exp = int(np.floor(np.log10(epp))) if epp > 0 else 0
-    sup = str(exp).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
-    return f"{epp / 10 ** exp:.1f}×10{sup} e⁻/pattern, {dose['electrons_per_A2']:.3g} e⁻/Å²"
+
+    def sci(v):
+        exp = int(np.floor(np.log10(v))) if v > 0 else 0
+        return f"{v / 10 ** exp:.1f}×10" + str(exp).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+    epp = dose.get("electrons_per_pattern")
+    if epp is None:  # an integrating camera's counts with no counts-per-electron: counts, not electrons
+        cpp = dose.get("counts_per_pattern")
+        return "dose unknown" + (f" ({sci(cpp)} counts/pattern)" if cpp else "")
+    low = "≥ " if dose.get("lower_bound") else ""
+    return f"{low}{sci(epp)} e⁻/pattern, {low}{dose['electrons_per_A2']:.3g} e⁻/Å²"
 
 
 def _csv(rows: list[dict]) -> str:

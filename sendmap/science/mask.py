@@ -154,21 +154,55 @@ def _dark_pixels(img, used, centre_yx, dark_fraction, n_sigma, k_noise, ref_offs
     nb = int(rb.max()) + 1
     lab = np.where(used, rb + 1, 0)
     med = np.asarray(ndimage.median(img, labels=lab, index=np.arange(1, nb + 1)), dtype=np.float64)
-    med = np.where(np.bincount(lab.ravel(), minlength=nb + 1)[1:] > 0, med, -np.inf)
+    # levels only from (nearly) full circles: a bin beyond the largest circle inside the detector holds a few
+    # corner pieces, whose median is not the pattern's level at that radius (64² synthetic scan: two of four
+    # corners hold Cu Bragg spots, median 1.3 against 0.3 counts, and the dim corners were called a beam stop)
+    full = circle_coverage(img.shape, centre_yx, np.arange(nb)) >= MIN_CIRCLE_COVERAGE
+    has = np.bincount(lab.ravel(), minlength=nb + 1)[1:] > 0
     off = int(math.ceil(ref_offset_px))
-    ref = _window_max(med, off, off + int(ref_window_px))[rb]
-    sig = np.sqrt(k_noise * ref)
+    ref = _window_max(np.where(full & has, med, -np.inf), off, off + int(ref_window_px))[rb]
+    # evidence (strong dark pixels) only where the level was measured on full circles; the weak superset (for
+    # growing an arm that the evidence found out to the edge) also in the corners, there against the outermost
+    # full circle's level (not the corner pieces': the dim corners of the 64² scan would join a real arm)
+    evidence = full[rb]
+    ref_grow = ref
     num = ndimage.uniform_filter(np.where(used, img, 0.0), 3, mode="constant")
     den = ndimage.uniform_filter(used.astype(np.float64), 3, mode="constant")
     sm = num / np.maximum(den, 1e-12)
     n_sm = np.maximum(9.0 * den, 1.0)
-    below = used & (img < dark_fraction * ref)
-    strong = below & ((ref - img > n_sigma * sig)
-                      | ((sm < dark_fraction * ref) & (ref - sm > n_sigma * sig / np.sqrt(n_sm))))
+
+    def dark(ref, nsig):
+        sig = np.sqrt(k_noise * ref)
+        return used & (img < dark_fraction * ref) & (
+            (ref - img > nsig * sig) | ((sm < dark_fraction * ref) & (ref - sm > nsig * sig / np.sqrt(n_sm))))
+
+    strong = dark(ref, n_sigma) & evidence
     if not weak:
         return strong
-    weak_d = used & (sm < dark_fraction * ref) & (ref - sm > 2.0 * sig / np.sqrt(n_sm))
-    return strong, weak_d | strong
+    sig = np.sqrt(k_noise * ref_grow)
+    weak_d = used & (sm < dark_fraction * ref_grow) & (ref_grow - sm > 2.0 * sig / np.sqrt(n_sm))
+    return strong, weak_d | strong | dark(ref_grow, n_sigma)
+
+
+MIN_CIRCLE_COVERAGE = 0.9
+"""A radius bin gives the pattern's level (the azimuthal median) only where at least this share of its circle lies on
+the detector: a median over ≥ 90 % of the azimuth is moved by features covering < 40 % of it (a beam-stop arm, Bragg
+spots), one over a few corner pieces is not a level at all."""
+
+
+def circle_coverage(shape, centre_yx, radii, n_angles: int = 720) -> np.ndarray:
+    """Share (0–1) of each circle of radius ``radii`` (px) about ``centre_yx`` that lies on a detector of ``shape``
+    (pixel centres at integers, edges at −0.5 and n − 0.5), from ``n_angles`` points on the circle (0.5° steps).
+
+    >>> [round(float(v), 2) for v in circle_coverage((64, 64), (31.5, 31.5), [10, 32, 45])]
+    [1.0, 1.0, 0.0]
+    """
+    ang = (np.arange(n_angles) + 0.5) * (2 * math.pi / n_angles)
+    rr = np.asarray(radii, dtype=np.float64)[:, None]
+    y = centre_yx[0] + rr * np.sin(ang)[None]
+    x = centre_yx[1] + rr * np.cos(ang)[None]
+    inside = (y >= -0.5) & (y <= shape[0] - 0.5) & (x >= -0.5) & (x <= shape[1] - 0.5)
+    return inside.mean(axis=1)
 
 
 def _fit_circle(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
@@ -318,6 +352,10 @@ def shadow_masks(mean_pattern: np.ndarray, centre_guess_yx=None, mask: np.ndarra
         raise ValueError(f"mask shape {used.shape} does not match the pattern's {shape}")
     n_min = min(shape)
     r_disk = float(disk_radius_px) if disk_radius_px else 0.05 * n_min
+    f = _low_count_binning(img, used, r_disk, n_frames)
+    if f > 1:
+        return _shadow_masks_binned(img, used, f, centre_guess_yx, r_disk, margin_px, dark_fraction,
+                                    aperture_dark_fraction, n_sigma, min_area_px, n_frames)
     k_noise = (1.0 / n_frames) if n_frames else _noise_scale(img, used)
     ref_off = 3.0
 
@@ -426,6 +464,78 @@ def shadow_masks(mean_pattern: np.ndarray, centre_guess_yx=None, mask: np.ndarra
     return {"beam_stop": beam_stop, "aperture": aperture, "mask": ~(beam_stop | aperture),
             "info": {"centre_yx": [float(c[0]), float(c[1])], "beam_stop": bs_info, "aperture": ap_info,
                      "margin_px": float(margin_px)}}
+
+
+SHADOW_MIN_COUNTS = 3.0
+"""Counts per pixel (summed over the scan, outside the central disk) the shadow search needs: a shadowed 3×3 block
+is then ≥ 5 σ below a lit one (9 × 3 = 27 counts against 0: √27 = 5.2 σ). With fewer (a 512² detector and a few
+frames), the pattern is binned f × f until it has them."""
+
+
+def _low_count_binning(img, used, r_disk, n_frames) -> int:
+    """Binning factor (1, 2, … 8) that brings the mean counts per pixel outside the disk to
+    :data:`SHADOW_MIN_COUNTS` (known counts only: ``n_frames`` given), keeping ≥ 48 binned pixels a side."""
+    if not n_frames:
+        return 1
+    yy, xx = np.indices(img.shape, dtype=np.float64)
+    r = np.hypot(yy - (img.shape[0] - 1) / 2.0, xx - (img.shape[1] - 1) / 2.0)
+    sel = used & (r >= 2.0 * r_disk) & (r <= 0.45 * min(img.shape))
+    if sel.sum() < 100:
+        return 1
+    level = float(img[sel].mean()) * float(n_frames)
+    if level >= SHADOW_MIN_COUNTS or level <= 0:
+        return 1
+    f = int(math.ceil(math.sqrt(SHADOW_MIN_COUNTS / level)))
+    return max(1, min(f, 8, min(img.shape) // 48))
+
+
+def _shadow_masks_binned(img, used, f, centre_guess_yx, r_disk, margin_px, dark_fraction, aperture_dark_fraction,
+                         n_sigma, min_area_px, n_frames) -> dict:
+    """:func:`shadow_masks` on the pattern binned f × f (means of the used pixels; a binned pixel is used where at
+    least half of its pixels are), the shadows found there brought back to full size and grown by ``margin_px``."""
+    ny, nx = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    u4 = used[:ny, :nx].reshape(ny // f, f, nx // f, f)
+    s = np.where(used, img, 0.0)[:ny, :nx].reshape(ny // f, f, nx // f, f).sum(axis=(1, 3))
+    cnt = u4.sum(axis=(1, 3))
+    small = s / np.maximum(cnt, 1)
+    small_used = cnt >= 0.5 * f * f
+    guess = None if centre_guess_yx is None else (np.asarray(centre_guess_yx, dtype=np.float64) + 0.5) / f - 0.5
+    res = shadow_masks(small, guess, small_used, r_disk / f, 0.0, dark_fraction, aperture_dark_fraction, n_sigma,
+                       max(6, int(math.ceil(min_area_px / (f * f)))), int(n_frames) * f * f)
+
+    def up(a):
+        full = np.zeros(img.shape, bool)
+        full[:ny, :nx] = np.repeat(np.repeat(a, f, axis=0), f, axis=1)
+        if ny < img.shape[0]:
+            full[ny:, :nx] = full[ny - 1:ny, :nx]
+        if nx < img.shape[1]:
+            full[:, nx:] = full[:, nx - 1:nx]
+        return full
+
+    info = res["info"]
+    to_full = lambda c: [(float(v) + 0.5) * f - 0.5 for v in c]  # noqa: E731
+    info["centre_yx"] = to_full(info["centre_yx"])
+    core = up(res["beam_stop"])
+    if margin_px > 0 and core.any():
+        beam_stop = ndimage.distance_transform_cdt(~core, metric="chessboard") <= margin_px
+    else:
+        beam_stop = core
+    bs = info["beam_stop"]
+    bs["n_pixels"] = int(core.sum())
+    for k in ("width_px", "closest_px"):
+        if k in bs:
+            bs[k] = float(bs[k]) * f
+    ap = info["aperture"]
+    aperture = np.zeros(img.shape, bool)
+    if ap.get("centre_yx") is not None:
+        ap["centre_yx"] = to_full(ap["centre_yx"])
+    if ap.get("radius_px") is not None:
+        ap["radius_px"] = float(ap["radius_px"]) * f
+    if ap.get("found"):
+        yy, xx = np.indices(img.shape, dtype=np.float64)
+        aperture = np.hypot(yy - ap["centre_yx"][0], xx - ap["centre_yx"][1]) > ap["radius_px"] - margin_px
+    info.update(margin_px=float(margin_px), binned=f)
+    return {"beam_stop": beam_stop, "aperture": aperture, "mask": ~(beam_stop | aperture), "info": info}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -147,12 +147,15 @@ def class_mean_profiles(profiles: np.ndarray, class_map: np.ndarray, n_classes: 
     counts = np.bincount(cls, minlength=n_classes)[:n_classes]
     for k in range(n_classes):
         sel = flat[cls == k]
-        with warnings.catch_warnings():  # bins that are NaN at every position of a class stay NaN, unwarned
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if len(sel):
-                mean[k] = np.nanmean(sel, axis=0)
-            if len(sel) > 1:
-                sem[k] = np.nanstd(sel, axis=0, ddof=1) / np.sqrt(len(sel))
+        fin = np.isfinite(sel)
+        n_fin = fin.sum(axis=0)
+        x = np.where(fin, sel, 0.0)
+        if len(sel):  # NaN where a Q bin has no finite value (no numpy warning for an all-NaN column)
+            m = x.sum(axis=0) / np.maximum(n_fin, 1)
+            mean[k] = np.where(n_fin > 0, m, np.nan)
+        if len(sel) > 1:
+            var = (np.where(fin, sel - mean[k], 0.0) ** 2).sum(axis=0) / np.maximum(n_fin - 1, 1)
+            sem[k] = np.where(n_fin > 1, np.sqrt(var) / np.sqrt(len(sel)), np.nan)
     return mean, sem, counts
 
 
