@@ -568,8 +568,10 @@ def stage_calibrate(ctx: Context) -> None:
             polar_mean = np.asarray(acc["s"], dtype=np.float64) / np.asarray(acc["w"], dtype=np.float64)
         ellipse = ellipse_from_polar_mean(polar_mean, tables.geom.q_centres, cfg.calibration.ellipse_window, acc["n"])
         if not ellipse["fitted"]:
-            warn(f"ellipse {ellipse['source']}; no correction (ratio 1) is applied: set calibration.ellipse to "
-                 f"[ratio, angle_deg] or 'calibrant' if the detector is known to be distorted", "ellipse_not_fitted")
+            binned = (f" (input.bin_q = {cfg.input.bin_q} leaves {mask.shape[0]} × {mask.shape[1]} pixels of "
+                      f"{qpx:.3g} 1/Å: Bragg-disk-sized spots span few pixels)" if cfg.input.bin_q > 1 else "")
+            warn(f"ellipse {ellipse['source']}{binned}; no correction (ratio 1) is applied: set calibration.ellipse "
+                 f"to [ratio, angle_deg] or 'calibrant' if the detector is known to be distorted", "ellipse_not_fitted")
     elif ell == "none":
         ellipse = {"ratio": 1.0, "angle_deg": 0.0, "source": "none"}
     elif ell == "calibrant":

@@ -79,7 +79,7 @@ def test_512_detector_beam_stop_to_the_edge_and_aperture_through_the_ring(tmp_pa
     assert sh["beam_stop"]["found"] and sh["aperture"]["found"]  # 12 patterns: found on the binned pattern
     assert abs(sh["aperture"]["radius_px"] - 100.0) < 4.0
     # the mask hides > 50 % of the detector (the aperture's shadow): said
-    assert any("the detector mask hides" in w for w in s["warnings"])
+    assert any("the detector mask hides" in w["message"] for w in s["warnings"])
     # the dose with the disk under the beam stop: a lower bound, never more electrons than were sent
     assert s["dose"]["counted_electrons_per_pattern"] <= 2e4 * 1.05
 
@@ -107,12 +107,12 @@ def test_ten_electrons_per_pattern(tmp_path):
     cfg = _synth(tmp_path / "d", "--detector", "64", "--scan-shape", "6", "8", "--dose", "10")
     s, _ = _run(cfg, "dose.electrons_per_pattern=10")
     assert s is not None
-    assert any("too few for the classes" in w for w in s["warnings"]), s["warnings"]
+    assert any("too few for the classes" in w["message"] for w in s["warnings"]), s["warnings"]
     # the crystal threshold is held at 5 σ: noise is not called crystal (was 110 of 192 positions, issue 21)
     assert s["classes"].get("crystal", {}).get("count", 0) <= 0.1 * 48
     # a stated dose 10⁴× below the counts is named
     s, _ = _run(cfg, "dose.electrons_per_pattern=0.001")
-    assert any("differ by a factor" in w for w in s["warnings"]), s["warnings"]
+    assert any("differ by a factor" in w["message"] for w in s["warnings"]), s["warnings"]
 
 
 def _real_amorphous_scan(folder, real_data_dir):
@@ -147,7 +147,7 @@ def test_real_amorphous_pattern_with_beam_stop_as_an_integrating_camera(tmp_path
     assert np.allclose(cal["descan"]["per_step_ry_yx"], [1.0, 0.0], atol=0.05)
     assert np.allclose(cal["descan"]["per_step_rx_yx"], [0.0, 1.0], atol=0.05)
     assert s["dose"]["electrons_per_pattern"] is None and s["dose"]["unit"] == "counts"
-    assert any("dose unknown" in w for w in s["warnings"])
+    assert any("dose unknown" in w["message"] for w in s["warnings"])
     assert s["calibration"]["ellipse"]["ratio"] >= 1.0
 
 

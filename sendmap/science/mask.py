@@ -60,14 +60,15 @@ def saturation_level(dtype, counter_depth_bits: int | None = None) -> float | No
     DECTRIS ``saturation_value``); otherwise the integer ``dtype``'s maximum. Float data (EMPAD,
     gain-corrected frames) have no fixed saturation count: returns None.
 
-    >>> saturation_level("u1", 6), saturation_level(">u2"), saturation_level("float32")
-    (63, 65535, None)
+    >>> saturation_level("u1", 6), saturation_level(">u2"), saturation_level("float32"), saturation_level("u1", 1)
+    (63, 65535, None, None)
     """
     if counter_depth_bits is not None:
         bits = int(counter_depth_bits)
         if not 1 <= bits <= 64:
             raise ValueError(f"counter depth must be 1..64 bits, got {counter_depth_bits}")
-        return 2 ** bits - 1
+        # a 1-bit (binary) counter: every count is its maximum; "saturated" would mask every pixel that counted
+        return None if bits == 1 else 2 ** bits - 1
     dt = np.dtype(dtype)
     if dt.kind in "ui":
         return int(np.iinfo(dt).max)
