@@ -136,6 +136,10 @@ class ProfilesConfig(_Section):
     q_max: Optional[float] = Field(None, gt=0, description="1/Å; null: the largest full circle inside the detector")
     supersample: int = Field(3, ge=1, le=8, description="sub-pixels per pixel side for the radial binning")
     n_azimuth: int = Field(72, ge=8, le=360, description="azimuthal sectors for anisotropy and spot features")
+    error_model: Literal["azimuthal", "poisson"] = Field(
+        "azimuthal", description="profiles/sem: azimuthal = Poisson + speckle (the pattern's own azimuthal variance "
+        "V(Q) × the share of it a ring's mean keeps for grains the size of the probe disk): honest for nanobeam "
+        "patterns of amorphous films, whose speckle scatters more than Poisson; poisson = counting noise only")
     centre_step_px: float = Field(
         0.125, gt=0, le=1, description="per-position centres are rounded to this grid (px, 1/n) for the precomputed "
         "pixel tables: at most half a step off; ≤ 1/step² tables of ≈ 8 bytes per pixel")

@@ -426,6 +426,7 @@ class _PolarProcess:
     bf_q: float
     qn: np.ndarray  # Q^n per bin
     bragg_q_range: tuple = (0.0, 0.0)  # Q range (1/Å) of the Bragg fraction (features/bragg_fraction)
+    speckle_factor: object = None  # (nq,) G(Q) of the "azimuthal" error model (polar.speckle_mean_factor), or None
 
     def __call__(self, loaded):
         from .science.features import bragg_fraction
@@ -434,7 +435,7 @@ class _PolarProcess:
         _one_numba_thread_off_main()
         item, frames, centres = loaded
         out = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
-                            bf_max_q=self.bf_q)
+                            bf_max_q=self.bf_q, speckle_factor=self.speckle_factor)
         # the stored outputs (float32) made here in the worker, not in the main thread that writes (it shares
         # the cores)
         out["robust_mean"] = out.pop("robust")
@@ -495,15 +496,33 @@ scan's outputs were one chunk each, all written after the last block (0.4-0.6 s 
 
 PROFILE_OUTPUTS = {
     "mean": ("profiles", {"units": "counts per pixel", "meaning": "azimuthal mean I(Q)"}),
-    "sem": ("profiles", {"units": "counts per pixel", "meaning": "Poisson standard error of the mean"}),
+    "sem": ("profiles", {"units": "counts per pixel", "meaning": "standard error of the mean (error_model: see attrs)"}),
     "dispersion": ("profiles", {"meaning": "pixel variance / mean: ≈ 1 for an isotropic Poisson ring"}),
     "robust_mean": ("profiles", {"units": "counts per pixel",
                                  "meaning": "azimuthal mean with sectors holding Bragg spots clipped (one-sided, 4σ)"}),
     "iqn": ("profiles", None),
     "iqn_sem": ("profiles", None),
     "iqn_robust": ("profiles", None),
-    "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q"}),
+    "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q, "
+                                       "against the azimuthal scatter at that Q (Poisson and speckle)"}),
+    "fem_variance": ("features", {"meaning": "normalised azimuthal variance V(Q) of the pattern minus its Poisson part "
+                                             "(fluctuation electron microscopy; ≈ 0 for a smooth ring, ≈ 1/M for "
+                                             "speckle of M independent volumes)",
+                                  "estimator": "per position: [Σ_k w_k (I_k − I)² − (n − 1)·I·ΣW_p²/W] / (W·I²) over "
+                                               "the azimuthal sectors k of each Q bin (the ring variance of one "
+                                               "pattern; its mean over positions is the ring-ensemble V(k))",
+                                  "units": "dimensionless"}),
 }
+
+
+ERROR_MODELS = {
+    "poisson": "Poisson counting noise only: sqrt(I·ΣW_p²)/ΣW_p",
+    "azimuthal": "Poisson + speckle: Poisson variance + I²·V̄·G/(1 − G), V̄ the normalised azimuthal variance "
+                 "(features/fem_variance) averaged over ± one probe-disk radius in Q, G the share of one sector's "
+                 "speckle variance left in a ring's mean for grains the size of the probe disk, centrosymmetric "
+                 "(sendmap.science.polar.speckle_mean_factor)",
+}
+"""profiles.error_model → what profiles/sem holds (its attrs name the model)."""
 
 
 BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
@@ -515,6 +534,7 @@ def stage_profiles(ctx: Context) -> None:
     One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`).
     """
     from .execute import run_blocks
+    from .science.polar import speckle_mean_factor
     from .science.polar_tables import PolarTables
 
     cfg, g = ctx.cfg, ctx.group
@@ -559,6 +579,10 @@ def stage_profiles(ctx: Context) -> None:
             arrays[nm].attrs.update(attrs)
     for nm in ("iqn", "iqn_sem", "iqn_robust"):
         arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
+    error_model = cfg.profiles.error_model
+    speckle_g = (speckle_mean_factor(q, geom.n_phi, r_q, geom.bin_width) if error_model == "azimuthal" else None)
+    for nm in ("sem", "iqn_sem"):
+        arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
     bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
@@ -594,8 +618,8 @@ def stage_profiles(ctx: Context) -> None:
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
     ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
     bragg_q = (2 * r_q, float(q[-1]))
-    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn, bragg_q), items, cfg.compute, "profiles",
-               on_result=put, thread_safe=True)
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g), items,
+               cfg.compute, "profiles", on_result=put, thread_safe=True)
     flush()
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
     write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
@@ -901,8 +925,11 @@ def stage_report(ctx: Context) -> None:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose"),
-    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse"),
-    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
+    # revision 2 (speckle): spot_z is measured against the azimuthal scatter (calibrate uses it to leave crystals out
+    # of the ellipse fit), profiles/sem has an error model, features/fem_variance is new
+    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse", 2),
+    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, BF/ADF, "
+          "Bragg fraction", 2),
     Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak"),
     Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
