@@ -454,7 +454,7 @@ def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_dis
 
 
 def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float, bin_width: float,
-                        friedel: bool = True, sub: int = 4) -> np.ndarray:
+                        friedel: bool = True, sub: int = 4, return_sector_share: bool = False):
     """G(Q) (nq,): the variance of a full ring's azimuthal mean over the variance of one sector's mean, for
     speckle whose intensity autocorrelation is :func:`sendmap.physics.speckle_grain_correlation` with grains
     of the probe disk ``grain_radius_q`` (1/Å), 0 < G ≤ 1.
@@ -462,16 +462,21 @@ def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float
     G = (1/n) Σ_j ρ̄(j)/ρ̄(0), ρ̄(j) the grain correlation averaged over ``sub`` × 2 points of sector 0 and of
     sector j (their angular and radial extent); ``friedel``: each point is also correlated with the point
     opposite (centrosymmetric speckle of thin weak-phase films, I(q) = I(−q)), which doubles the variance of the
-    mean of a ring many grains round. 0 where no grain radius is given (Poisson error model)."""
+    mean of a ring many grains round. 0 where no grain radius is given (Poisson error model).
+
+    With ``return_sector_share`` also returns ρ̄(0) (nq,): one sector's speckle variance over the pixel-scale
+    (point) variance; the kernel's sector-scale V then estimates (point variance)·ρ̄(0)·(1 − G), so
+    V / (ρ̄(0)·(1 − G)) is the pixel-scale normalised variance, ≈ 1/M (:func:`fem_variance_scale`)."""
     from ..physics import speckle_grain_correlation
 
     q = np.asarray(q_centres, dtype=float)
     if not grain_radius_q > 0:
-        return np.zeros(q.shape)
+        return (np.zeros(q.shape), np.ones(q.shape)) if return_sector_share else np.zeros(q.shape)
     dphi = 2 * np.pi / n_phi
     phis = (np.arange(sub) + 0.5) / sub * dphi  # within a sector
     dr = (np.array([-0.25, 0.25]) * bin_width)
     out = np.empty(q.shape)
+    share = np.empty(q.shape)
     lags = np.arange(n_phi) * dphi
     for i, qi in enumerate(q):
         r = np.maximum(qi + dr, 1e-9)
@@ -489,7 +494,17 @@ def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float
                                                   grain_radius_q)
             rho[j] = c.mean()
         out[i] = rho.sum() / rho[0] / n_phi
-    return np.clip(out, 0.0, 1.0)
+        share[i] = rho[0]
+    out = np.clip(out, 0.0, 1.0)
+    return (out, np.clip(share, 1e-6, None)) if return_sector_share else out
+
+
+def fem_variance_scale(q_centres: np.ndarray, n_phi: int, grain_radius_q: float, bin_width: float) -> np.ndarray:
+    """(nq,) factor 1/(ρ̄(0)·(1 − G)) turning the kernel's sector-scale, mean-subtracted V into the pixel-scale
+    normalised variance of the speckle (≈ 1/M for M independent volumes; :func:`speckle_mean_factor`). Ones
+    where no grain radius is given."""
+    g, share = speckle_mean_factor(q_centres, n_phi, grain_radius_q, bin_width, return_sector_share=True)
+    return 1.0 / (share * (1.0 - np.minimum(g, 0.999)))
 
 
 def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,
@@ -547,3 +562,71 @@ def radial_statistics(ps: PolarSums) -> dict[str, np.ndarray]:
 def spot_significance_profile(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float) -> np.ndarray:
     """``spot_z`` of :func:`frame_statistics`: Bragg-spot significance (σ) per frame and Q bin, (B, nq)."""
     return frame_statistics(ps, q_centres, disk_radius_q)["spot_z"]
+
+
+
+def speckle_radial_correlation(grain_radius_q: float, bin_width: float) -> np.ndarray:
+    """K(l)/K(0) for radial-bin lags l = 0, 1, …, ⌈2·radius/bin_width⌉: the correlation of the speckle errors of
+    two azimuthal means l bins apart. K(Δ) = ∫ |γ|²(sqrt(Δ² + s²)) ds is the covariance of the means of two rings Δ
+    apart, each many grains round, for grains of the probe disk (:func:`sendmap.physics.speckle_grain_correlation`).
+    """
+    from ..physics import speckle_grain_correlation
+
+    s = np.linspace(-2 * grain_radius_q, 2 * grain_radius_q, 801)
+    lags = np.arange(int(np.ceil(2 * grain_radius_q / bin_width)) + 1) * bin_width
+    k = np.array([np.trapezoid(speckle_grain_correlation(np.hypot(d, s), grain_radius_q), s) for d in lags])
+    return k / k[0]
+
+
+def peak_slope_variance_factor(bin_width: float, half_width: float, degree: int, correlation: np.ndarray) -> float:
+    """Var(slope at the centre of a degree-``degree`` least-squares polynomial over ± ``half_width``) for errors with
+    the radial ``correlation`` (:func:`speckle_radial_correlation`) over the same for independent errors of the same
+    size: aᵀKa / aᵀa, a the fit's linear map to the slope. A peak's position moves by −(error slope)/curvature, so
+    this is the factor by which a fit that treats the bins as independent understates a speckle-limited peak
+    position's variance."""
+    n = int(round(half_width / bin_width))
+    x = np.arange(-n, n + 1) * bin_width / max(half_width, 1e-12)
+    xm = np.vander(x, degree + 1, increasing=True)
+    a = np.linalg.pinv(xm)[1]  # coefficient of x¹: the slope at the centre
+    lag = np.abs(np.arange(x.size)[:, None] - np.arange(x.size)[None, :])
+    kmat = np.where(lag < correlation.size, correlation[np.minimum(lag, correlation.size - 1)], 0.0)
+    return float(a @ kmat @ a / (a @ a))
+
+
+def speckle_fit_sem(sem: np.ndarray, mean: np.ndarray, fem_variance: np.ndarray, speckle_factor: np.ndarray,
+                    sector_share: np.ndarray, half_bins: int, factor: float) -> np.ndarray:
+    """Errors for a fit that treats a profile's bins as independent: the speckle part of the variance,
+    mean²·V̄·ρ̄(0)·G (V̄ the pixel-scale ``fem_variance`` averaged over ± ``half_bins`` as in
+    :func:`frame_statistics`; G, ρ̄(0) from :func:`speckle_mean_factor`), scaled by ``factor``
+    (:func:`peak_slope_variance_factor`), the rest (Poisson) unchanged. sem, mean, fem_variance: (..., nq), mean and
+    sem in the same units (both × Q^n alike). Returns (..., nq)."""
+    ok = np.isfinite(fem_variance) & (fem_variance != 0)
+    v = np.where(ok, fem_variance, 0.0)
+    h = int(half_bins)
+    cs = np.cumsum(np.pad(v, [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
+    cn = np.cumsum(np.pad(ok.astype(float), [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
+    k = 2 * h + 1
+    vs = cs[..., k:] - cs[..., :-k]
+    ns = cn[..., k:] - cn[..., :-k]
+    vbar = np.where(ns > 0, vs / np.where(ns > 0, ns, 1.0), 0.0)
+    spk2 = np.nan_to_num(mean) ** 2 * np.clip(vbar, 0.0, None) * np.asarray(sector_share) * np.asarray(speckle_factor)
+    return np.sqrt(np.asarray(sem, float) ** 2 + max(float(factor) - 1.0, 0.0) * spk2)
+
+
+def correlated_noise_top_singular_value(white: np.ndarray, speckle: np.ndarray, correlation: np.ndarray,
+                                        n_rows: int, seed: int = 0) -> float:
+    """Largest singular value (per sqrt(n_rows)) of an n_rows × m matrix of centred noise whose rows have the
+    covariance diag(white²) + diag(speckle)·K·diag(speckle), K the radial speckle ``correlation`` of consecutive
+    bins (:func:`speckle_radial_correlation`): the noise edge a low-rank denoising must clear when speckle errors,
+    correlated over ± one disk diameter in Q, dominate (the Marchenko–Pastur edge assumes independent bins and
+    lets their correlated modes pass as signal). white, speckle: (m,) per-bin standard deviations in the
+    whitened units of the denoising. One draw (seed): its top value scatters by ~1 %."""
+    m = int(np.size(white))
+    lag = np.abs(np.arange(m)[:, None] - np.arange(m)[None, :])
+    k = np.where(lag < correlation.size, correlation[np.minimum(lag, correlation.size - 1)], 0.0)
+    c = np.diag(np.asarray(white, float) ** 2) + np.asarray(speckle, float)[:, None] * k * np.asarray(speckle, float)[None, :]
+    w, v = np.linalg.eigh(c)
+    root = v * np.sqrt(np.clip(w, 0.0, None))[None, :]
+    z = np.random.default_rng(seed).standard_normal((max(int(n_rows), 2), m)) @ root.T
+    z -= z.mean(axis=0)
+    return float(np.linalg.svd(z, compute_uv=False)[0] / np.sqrt(max(int(n_rows), 1)))
