@@ -670,13 +670,13 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
     factor = peak_slope_variance_factor(bw, cfg.peaks.fit_half_width, cfg.peaks.degree, speckle_radial_correlation(r_q, bw))
     fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
-    half = max(0, int(round(r_q / bw)))
+    half = 0  # features/fem_variance is already pooled over ± one disk radius in Q
     spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
     corr = speckle_radial_correlation(r_q, bw)
     return speckle_fit_sem(sem, iqn, fem, gfac, share, half, factor), {"spk": spk, "sem": sem, "correlation": corr}
 
 
-SPECKLE_EDGE_SHARE = 0.1
+SPECKLE_EDGE_SHARE = 0.03
 """Share of the profile's variance (median over the denoised bins of the non-crystalline positions) above which the
 denoising's number of components comes from the correlated-noise edge (:func:`speckle_components`): below it the
 errors are mostly Poisson, independent between bins, and the Marchenko–Pastur edge of ``lowrank_denoise`` holds."""

@@ -223,7 +223,7 @@ ROBUST_MAX_ITER = 4
 @numba.njit(cache=True, inline="always")
 def stats_scratch(nq, nphi):
     """Work arrays of :func:`_frame_stats` (scratch, work, z), allocated once per thread rather than per frame."""
-    return np.empty((4, 2 * nphi)), np.empty(3 * nq + 1), np.empty(nphi, np.float32)
+    return np.empty((4, 2 * nphi)), np.empty(4 * nq + 1), np.empty(nphi, np.float32)
 
 
 SPOT_QUANTILE_STEPS = 8
@@ -310,7 +310,8 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
     nan = np.nan
     z2 = z_clip * z_clip
     wtot = work[:nq]
-    vband = work[2 * nq + 1:]  # V per bin, 0 where undefined, for the band average of the SEM
+    vnum = work[2 * nq + 1:3 * nq + 1]  # V's numerator and denominator per bin (0 where undefined), pooled over
+    vden = work[3 * nq + 1:]  # ± one disk radius in Q below
     for i in range(nq):
         S = 0.0
         W = 0.0
@@ -323,7 +324,8 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
             ss2 += s[i, k] * s[i, k] / max(w[i, k], tiny) * np.float64(has)
             n_sec += np.float64(has)
         wtot[i] = W
-        vband[i] = 0.0
+        vnum[i] = 0.0
+        vden[i] = 0.0
         if W <= tiny:
             o_mean[i] = nan
             o_sem[i] = nan
@@ -336,37 +338,40 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
         o_sem[i] = m * w2[i] / (W * W)  # Poisson variance of the mean; the speckle part is added below
         o_disp[i] = (c2[i] / W - m * m) / m if m > 0 else nan
         o_rob[i] = _clipped_rate(s[i], w[i], m, z2, ROBUST_MAX_ITER)
+        o_var[i] = nan
         if m > 0 and n_sec > 1:
-            # Σ_k w_k (I_k − m)² minus its Poisson expectation (n − 1)·m·ΣW_p²/W, over W·m²
-            v = ((ss2 - S * m) - (n_sec - 1.0) * m * w2[i] / W) / (W * m * m)
-            o_var[i] = v
-            vband[i] = v
-        else:
-            o_var[i] = nan
+            # Σ_k w_k (I_k − m)² minus its Poisson expectation (n − 1)·m·ΣW_p²/W, over W·m² minus its Poisson part
+            # m·ΣW_p²/W (E[S²/W] = λ²W + λΣW_p²/W): both unbiased for Poisson counts; their ratio is taken on sums
+            # over ± one disk radius in Q (the speckle's own correlation length), so a low-dose bin's few counts do
+            # not bias it
+            vnum[i] = (ss2 - S * m) - (n_sec - 1.0) * m * w2[i] / W
+            vden[i] = S * m - m * w2[i] / W
     half = 0
     if nq > 1:
         half = max(0, int(round(max(disk_r_q, 0.0) / (q_c[1] - q_c[0]))))
-    # honest SEM: Poisson + speckle. Var(mean)_speckle = m²·V·G/(1 − G) (V estimates σ²(1 − G) around the mean);
-    # V averaged over ± one disk radius in Q (the speckle's own correlation length), so its noise stays small
+    # V pooled over ± one disk radius in Q, and the honest SEM: Poisson + speckle, Var(mean)_speckle = m²·V·G/(1 − G)
+    # (V estimates σ²(1 − G) around the mean)
     acc = 0.0
-    cnt = 0.0
+    den = 0.0
     j_lo = 0
     j_hi = 0
     for i in range(nq):
         lo = max(0, i - half)
         hi = min(nq, i + half + 1)
         while j_hi < hi:
-            acc += vband[j_hi]
-            cnt += np.float64(vband[j_hi] != 0.0)
+            acc += vnum[j_hi]
+            den += vden[j_hi]
             j_hi += 1
         while j_lo < lo:
-            acc -= vband[j_lo]
-            cnt -= np.float64(vband[j_lo] != 0.0)
+            acc -= vnum[j_lo]
+            den -= vden[j_lo]
             j_lo += 1
         var = o_sem[i]
         if var == var:  # not NaN
+            vb = acc / den if den > tiny else 0.0
+            if o_mean[i] > 0 and vden[i] != 0.0:
+                o_var[i] = vb
             g = g_c[i]
-            vb = acc / cnt if cnt > 0 else 0.0
             extra = o_mean[i] * o_mean[i] * vb * g / (1.0 - g) if g > 0.0 and g < 1.0 else 0.0
             o_sem[i] = math.sqrt(var + max(extra, 0.0))
     if disk_r_q <= 0.0:  # no spot statistic asked for
@@ -517,15 +522,16 @@ def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,
       the ring variance of one pattern, Daulton, Bond & Voyles, Ultramicroscopy 110 (2010) 1279, whose average
       over positions is their "ring ensemble" V; not the "annular mean of the variance image", which needs all
       positions at once), at the scale of one azimuthal sector and one bin, minus its Poisson part:
-      V = [Σ_k w_k (I_k − I)² − (n − 1)·I·ΣW_p²/W] / (W·I²) over the n sectors k with pixels (sector means
-      I_k, areas w_k, W = Σ w_k). Unbiased for Poisson noise: ≈ 0 ± noise for a smooth ring; ≈ 1/M for
+      V = Σ_band [Σ_k w_k (I_k − I)² − (n − 1)·I·ΣW_p²/W] / Σ_band [W·I² − I·ΣW_p²/W] over the n sectors k with
+      pixels (sector means I_k, areas w_k, W = Σ w_k) and the bins within ± one disk radius (the speckle's own
+      correlation length in Q: sums, not a mean of ratios, so a low-dose bin's few counts do not bias it).
+      Unbiased for Poisson noise: ≈ 0 ± noise for a smooth ring; ≈ 1/M (after :func:`fem_variance_scale`) for
       partially developed speckle of M volumes with grains larger than a sector (the probe disk: 0.08 1/Å at
       2 mrad, 200 kV; a 5° sector at 0.5 1/Å is 0.044 wide);
     * ``sem``: standard error of the mean. Poisson, sqrt(I·ΣW_p²)/ΣW_p (the mean is the Poisson rate
       estimate, so empty bins of a low-dose pattern do not get a zero error), plus, where ``speckle_factor``
       G(Q) is given (:func:`speckle_mean_factor`; the "azimuthal" error model), the speckle part
-      I²·V̄·G/(1 − G), V̄ the mean of V over ± one disk radius in Q (the grains' own correlation length)
-      and floored at 0, so the SEM is never below the Poisson one;
+      I²·V·G/(1 − G), floored at 0, so the SEM is never below the Poisson one;
     * ``dispersion``: pixel variance / mean, ≈ 1 for an isotropic Poisson ring, ≫ 1 where Bragg spots sit;
     * ``robust``: sigma-clipped mean over the azimuthal sectors: sectors whose counts exceed the
       current mean's expectation by more than ``z_clip``·sqrt(expected) + 1 (one-sided: Bragg spots
