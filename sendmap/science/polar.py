@@ -240,6 +240,11 @@ disks one disk wide each covers ~60 % of its sliding windows)."""
 SPOT_QUANTILE_Z = (-1.6449, -0.6745)
 """Standard normal quantiles of SPOT_QUANTILES."""
 
+SPOT_NULL_EVERY = 4
+"""The null's centre and scale are estimated at every 4th Q bin and kept for the next three: the band (13 bins at
+2 mrad, 0.0125 1/Å bins) moves by one bin per step, so they change little, and the quantiles were half the cost of
+the profile statistics (64 × 64 scan of 256² frames: 0.13 of 0.34 s)."""
+
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
 def _quantile_pair(z, n, f_lo, f_hi, steps):
@@ -256,11 +261,11 @@ def _quantile_pair(z, n, f_lo, f_hi, steps):
     for _ in range(steps):
         m_lo = np.float32(0.5) * (a_lo + b_lo)
         m_hi = np.float32(0.5) * (a_hi + b_hi)
-        c_lo = 0.0
-        c_hi = 0.0
+        c_lo = np.float32(0.0)  # float32 counts (exact below 2²⁴): 8 lanes per vector
+        c_hi = np.float32(0.0)
         for k in range(n):
-            c_lo += np.float64(z[k] <= m_lo)
-            c_hi += np.float64(z[k] <= m_hi)
+            c_lo += np.float32(z[k] <= m_lo)
+            c_hi += np.float32(z[k] <= m_hi)
         if c_lo >= t_lo:
             b_lo = m_lo
         else:
@@ -393,6 +398,9 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
     b_lo = 0  # the band holds bins [b_lo, b_hi): both ends only move up, each bin is added and removed once
     b_hi = 0
     sector = 2.0 * math.pi / nphi
+    n_done = 0  # bins scored so far: the null is re-estimated at every SPOT_NULL_EVERY-th
+    centre = 0.0
+    sig = 1.0
     for i in range(nq):
         o_spot[i] = nan
         if q_c[i] < 1.5 * disk_r_q:
@@ -444,9 +452,11 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
             continue
         # against the local scatter of the scores at this Q (speckle and Poisson): centre and scale of a normal
         # null from two low quantiles (SPOT_QUANTILES: the side spots do not reach), the scale at least 1 (Poisson)
-        qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
-        sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
-        centre = qb - SPOT_QUANTILE_Z[1] * sig
+        if n_done % SPOT_NULL_EVERY == 0:
+            qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
+            sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
+            centre = qb - SPOT_QUANTILE_Z[1] * sig
+        n_done += 1
         o_spot[i] = (best - centre) / max(sig, 1.0)
 
 
