@@ -550,11 +550,12 @@ def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,
       azimuthal scatter at that Q (speckle-aware). Counts are summed over a radial band one disk diameter
       (2 × ``disk_radius_q``) wide and a sliding azimuthal window one disk diameter wide at that radius; each
       window gets a Poisson score (observed − expected)/sqrt(expected) against the band's mean rate; the
-      statistic is (largest score − median score) / max(1, median − 15.9 % point of the scores). For Poisson
-      noise the scale is ≈ 1 and this is the familiar (observed − expected)/sqrt(expected); where speckle
-      (or anything isotropic in distribution) widens the scatter of the windows, a grain is measured against
-      that scatter, not against Poisson. Only the low side sets the scale, which spots (they add counts) do
-      not reach. NaN within 1.5 disk radii of the centre.
+      statistic is (largest score − centre) / max(1, scale), centre and scale those of a normal through the
+      5 % and 25 % points of the scores (:data:`SPOT_QUANTILES`, re-estimated every :data:`SPOT_NULL_EVERY`
+      bins). For Poisson noise the scale is ≈ 1 and this is the familiar (observed − expected)/sqrt(expected);
+      where speckle widens the scatter of the windows, a grain is measured against that scatter, not against
+      Poisson. Only the low side sets the null, which spots (they add counts) do not reach: up to 75 % of a
+      band's windows may hold spots. NaN within 1.5 disk radii of the centre.
 
     Bins without any pixel are NaN.
     """
