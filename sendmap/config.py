@@ -184,6 +184,10 @@ class ProfilesConfig(_Section):
     q_max: Optional[float] = Field(None, gt=0, description="1/Å; null: the largest full circle inside the detector")
     supersample: int = Field(3, ge=1, le=8, description="sub-pixels per pixel side for the radial binning")
     n_azimuth: int = Field(72, ge=8, le=360, description="azimuthal sectors for anisotropy and spot features")
+    error_model: Literal["azimuthal", "poisson"] = Field(
+        "azimuthal", description="profiles/sem: azimuthal = Poisson + speckle (the pattern's own azimuthal variance "
+        "V(Q) × the share of it a ring's mean keeps for grains the size of the probe disk): honest for nanobeam "
+        "patterns of amorphous films, whose speckle scatters more than Poisson; poisson = counting noise only")
     centre_step_px: float = Field(
         0.125, gt=0, le=1, description="per-position centres are rounded to this grid (px, 1/n) for the precomputed "
         "pixel tables: at most half a step off; ≤ 1/step² tables of ≈ 8 bytes per pixel")
@@ -248,7 +252,9 @@ class ClassDefinitions(_Section):
     """Class rules; defaults from SCIENCE.md (2025 cryo-SEND study)."""
 
     crystal_spot_z: float = Field(25.0, gt=0, description="Bragg-disk significance (σ) above which a pattern is crystalline, "
-                                  "at crystal_spot_z_electrons per pattern")
+                                  "at crystal_spot_z_electrons per pattern (speckled synthetic scans, seeds 21-25: "
+                                  "amorphous ≤ 13.4 at the 99th percentile, SEI Type 2 with LiF ≤ 24, crystals ≥ 18.5, "
+                                  "1st percentile ≥ 27.6 at 2 × 10⁴ e⁻; at 5 × 10³ (threshold 12.5): ≤ 9.9, ≤ 16, ≥ 20)")
     crystal_spot_z_electrons: Optional[float] = Field(
         20000.0, gt=0, description="electrons per (stored) pattern at which crystal_spot_z holds; the threshold scales "
         "as sqrt(electrons / this), as a spot's significance does; null: no scaling")
@@ -264,10 +270,14 @@ class ClassDefinitions(_Section):
         "Bragg spots above which a pattern with a crystal-band spot is crystalline (a Li/Cu grain in a zone axis: most; "
         "a few LiF nanocrystals, whose (200) ring falls into the Cu band: a few %); 0: off (default: the clipping misses "
         "spots that fill much of a ring, e.g. Li [111], which then measures ≈ 0.01)")
-    lif_spot_z: float = Field(6.0, gt=0, description="spot significance (σ) in LiF bands that marks SEI Type 2")
+    lif_spot_z: float = Field(
+        10.5, gt=0, description="spot significance (σ, against the azimuthal scatter) in LiF bands that marks SEI Type 2: "
+        "the 99th percentile of speckled amorphous positions (sendmap synth --speckle 3, 2 × 10⁴ e⁻, seed 21, the "
+        "worst of M = 3, 10, 30 at 2 × 10⁴ and 5 × 10³ e⁻, seeds 21-25: ≤ 7 for M ≥ 10), i.e. ≤ 1 % false LiF spots")
     lif_spot_z_noise: float = Field(
-        3.5, gt=0, description="σ an isotropic pattern's brightest spot in the LiF bands reaches by chance (typically "
-        "2.5–4.8): a position votes 0 for LiF spots here, rising to 1 at lif_spot_z")
+        4.5, gt=0, description="σ an isotropic pattern's brightest spot in the LiF bands reaches by chance (median over "
+        "speckled amorphous positions: 3.4-5.4 for M = 3-30, synthetic seeds 21-25): a position votes 0 for LiF spots "
+        "here, rising to 1 at lif_spot_z")
     lif_neighbourhood: int = Field(
         3, ge=1, le=9, description="k × k neighbourhood (non-crystal positions) whose LiF-spot vote marks SEI Type 2; "
         "1: each position on its own")

@@ -40,6 +40,28 @@ def probe_radius_inv_angstrom(convergence_mrad: float, beam_energy_kv: float) ->
     return convergence_mrad * 1e-3 / electron_wavelength_angstrom(beam_energy_kv)
 
 
+def speckle_grain_correlation(distance, radius):
+    """Normalised intensity autocorrelation of fully developed nanobeam speckle, |γ(Δ)|², for a probe disk of
+    ``radius`` (same units as ``distance``, e.g. 1/Å): γ(Δ) is the overlap area of two disks of that radius Δ
+    apart over one disk's area, γ = (2/π)(arccos u − u·sqrt(1 − u²)), u = Δ/(2·radius), 0 beyond Δ = 2·radius.
+
+    The scattered amplitude of an amorphous volume under a probe is its random (delta-correlated) scattering
+    amplitude convolved with the probe disk (the probe's aperture in reciprocal space), so amplitudes Δ apart
+    share the overlap of two disks; for a circular complex Gaussian amplitude the intensity covariance is |γ|²
+    times the squared mean (Goodman, Speckle Phenomena in Optics, 2007, ch. 4). Partially developed speckle of M
+    independent volumes: covariance |γ|²/M. Used by ``sendmap synth`` (grain size) and by the profile stage's
+    speckle error model, so both share one definition.
+
+    >>> float(speckle_grain_correlation(0.0, 0.08)), float(speckle_grain_correlation(0.16, 0.08))
+    (1.0, 0.0)
+    """
+    import numpy as np
+
+    u = np.clip(np.asarray(distance, dtype=float) / (2.0 * float(radius)), 0.0, 1.0)
+    g = (2.0 / np.pi) * (np.arccos(u) - u * np.sqrt(1.0 - u * u))
+    return g * g
+
+
 def q_pixel_size_from_camera(pixel_size_um: float, camera_length_mm: float, beam_energy_kv: float) -> float:
     """Q per detector pixel, p / (L λ), in 1/Å per pixel (small-angle approximation).
 

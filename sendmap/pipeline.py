@@ -647,6 +647,8 @@ class _PolarProcess:
     bf_q: float
     qn: np.ndarray  # Q^n per bin
     bragg_q_range: tuple = (0.0, 0.0)  # Q range (1/Å) of the Bragg fraction (features/bragg_fraction)
+    speckle_factor: object = None  # (nq,) G(Q) of the "azimuthal" error model (polar.speckle_mean_factor), or None
+    fem_scale: object = None  # (nq,) sector-scale V → pixel-scale V (polar.fem_variance_scale), or None
 
     def __call__(self, loaded):
         from .science.features import bragg_fraction
@@ -655,10 +657,12 @@ class _PolarProcess:
         _one_numba_thread_off_main()
         item, frames, centres = loaded
         out = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
-                            bf_max_q=self.bf_q)
+                            bf_max_q=self.bf_q, speckle_factor=self.speckle_factor)
         # the stored outputs (float32) made here in the worker, not in the main thread that writes (it shares
         # the cores)
         out["robust_mean"] = out.pop("robust")
+        if self.fem_scale is not None:
+            out["fem_variance"] = out["fem_variance"] * self.fem_scale
         for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean")):
             out[nm] = out[src] * self.qn
         for nm in PROFILE_OUTPUTS:
@@ -716,15 +720,35 @@ scan's outputs were one chunk each, all written after the last block (0.4-0.6 s 
 
 PROFILE_OUTPUTS = {
     "mean": ("profiles", {"units": "counts per pixel", "meaning": "azimuthal mean I(Q)"}),
-    "sem": ("profiles", {"units": "counts per pixel", "meaning": "Poisson standard error of the mean"}),
+    "sem": ("profiles", {"units": "counts per pixel", "meaning": "standard error of the mean (error_model: see attrs)"}),
     "dispersion": ("profiles", {"meaning": "pixel variance / mean: ≈ 1 for an isotropic Poisson ring"}),
     "robust_mean": ("profiles", {"units": "counts per pixel",
                                  "meaning": "azimuthal mean with sectors holding Bragg spots clipped (one-sided, 4σ)"}),
     "iqn": ("profiles", None),
     "iqn_sem": ("profiles", None),
     "iqn_robust": ("profiles", None),
-    "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q"}),
+    "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q, "
+                                       "against the azimuthal scatter at that Q (Poisson and speckle)"}),
+    "fem_variance": ("features", {"meaning": "normalised azimuthal variance V(Q) of the pattern minus its Poisson part "
+                                             "(fluctuation electron microscopy; ≈ 0 for a smooth ring, ≈ 1/M for "
+                                             "speckle of M independent volumes)",
+                                  "estimator": "per position: [Σ_k w_k (I_k − I)² − (n − 1)·I·ΣW_p²/W] / (W·I²) over "
+                                               "the azimuthal sectors k of each Q bin (the ring variance of one "
+                                               "pattern; its mean over positions is the ring-ensemble V(k)), scaled "
+                                               "to the pixel scale by 1/(ρ̄0·(1 − G)) for grains of the probe disk "
+                                               "(sendmap.science.polar.fem_variance_scale)",
+                                  "units": "dimensionless"}),
 }
+
+
+ERROR_MODELS = {
+    "poisson": "Poisson counting noise only: sqrt(I·ΣW_p²)/ΣW_p",
+    "azimuthal": "Poisson + speckle: Poisson variance + I²·V̄·G/(1 − G), V̄ the normalised azimuthal variance "
+                 "(features/fem_variance) averaged over ± one probe-disk radius in Q, G the share of one sector's "
+                 "speckle variance left in a ring's mean for grains the size of the probe disk, centrosymmetric "
+                 "(sendmap.science.polar.speckle_mean_factor)",
+}
+"""profiles.error_model → what profiles/sem holds (its attrs name the model)."""
 
 
 BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
@@ -736,6 +760,7 @@ def stage_profiles(ctx: Context) -> None:
     One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`).
     """
     from .execute import run_blocks
+    from .science.polar import fem_variance_scale, speckle_mean_factor
     from .science.polar_tables import PolarTables
 
     cfg, g = ctx.cfg, ctx.group
@@ -780,6 +805,11 @@ def stage_profiles(ctx: Context) -> None:
             arrays[nm].attrs.update(attrs)
     for nm in ("iqn", "iqn_sem", "iqn_robust"):
         arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
+    error_model = cfg.profiles.error_model
+    speckle_g = (speckle_mean_factor(q, geom.n_phi, r_q, geom.bin_width) if error_model == "azimuthal" else None)
+    fem_scale = fem_variance_scale(q, geom.n_phi, r_q, geom.bin_width)
+    for nm in ("sem", "iqn_sem"):
+        arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
     bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
@@ -815,8 +845,8 @@ def stage_profiles(ctx: Context) -> None:
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
     ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
     bragg_q = (2 * r_q, float(q[-1]))
-    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn, bragg_q), items, cfg.compute, "profiles",
-               on_result=put, thread_safe=True)
+    run_blocks(_read_store_block, _PolarProcess(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale), items,
+               cfg.compute, "profiles", on_result=put, thread_safe=True)
     flush()
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
     write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
@@ -887,6 +917,72 @@ def peak_window_check(q: np.ndarray, window: tuple[float, float], log: Callable,
     return []
 
 
+def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.ndarray:
+    """The peak fit's per-bin errors under the "azimuthal" error model: speckle errors are correlated over ± one
+    probe-disk diameter in Q, which a fit treating the bins as independent does not see; their part of each bin's
+    variance is scaled by the factor that correlation gives the variance of the slope at the centre of the fit's
+    polynomial (:func:`sendmap.science.polar.peak_slope_variance_factor`: 2.5 for degree 5 over ± 0.14 1/Å at 2 mrad,
+    200 kV, 0.0125 1/Å bins), so the propagated peak error stays honest. ``profiles/sem`` itself is unchanged.
+
+    Returns (errors for the fit, speckle dict: ``spk`` the unscaled speckle standard error per position and bin,
+    ``correlation`` the radial correlation of consecutive bins, for :func:`speckle_components`)."""
+    from .science.polar import peak_slope_variance_factor, speckle_fit_sem, speckle_mean_factor, speckle_radial_correlation
+
+    cfg, g = ctx.cfg, ctx.group
+    calib = dict(g.attrs["calibration"])
+    r_q = float(calib["disk_radius_px"]) * float(calib["q_pixel_size"])
+    q = np.asarray(g["profiles/q"])
+    bw = float(q[1] - q[0])
+    n_phi = int(dict(g.attrs["profiles"])["n_azimuth"])
+    gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
+    factor = peak_slope_variance_factor(bw, cfg.peaks.fit_half_width, cfg.peaks.degree, speckle_radial_correlation(r_q, bw))
+    fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
+    half = 0  # features/fem_variance is already pooled over ± one disk radius in Q
+    spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
+    corr = speckle_radial_correlation(r_q, bw)
+    return speckle_fit_sem(sem, iqn, fem, gfac, share, half, factor), {"spk": spk, "sem": sem, "correlation": corr}
+
+
+SPECKLE_EDGE_SHARE = 0.03
+"""Share of the profile's variance (median over the denoised bins of the non-crystalline positions) above which the
+denoising's number of components comes from the correlated-noise edge (:func:`speckle_components`): below it the
+errors are mostly Poisson, independent between bins, and the Marchenko–Pastur edge of ``lowrank_denoise`` holds."""
+
+SPECKLE_EDGE_MARGIN = 1.2
+"""Components kept: singular values above this × the top singular value of modelled noise (the margin of
+``lowrank_denoise``'s own edge), plus one."""
+
+
+def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np.ndarray, q_sel: np.ndarray):
+    """Number of low-rank components for speckle-dominated profiles, or (None, None) where speckle is a minor part.
+
+    The denoising whitens each bin by the median fit error ``s_fit`` of ``rows``; in those units the noise of one
+    profile has the covariance diag(Poisson²) + diag(speckle)·K·diag(speckle) (K the speckle's radial correlation),
+    whose correlated modes clear the Marchenko–Pastur edge for independent bins: on speckled synthetic scans
+    (M = 10, 2 × 10⁴ e⁻) it keeps 12 + 3 components, ~10 of them speckle, and the peak MAE stays at the speckle
+    floor of single patterns (0.0097 1/Å), while the singular values beyond the third follow the modelled noise's
+    (2.5, 2.1, 1.9, 1.8, ... vs 2.5, 2.2, 1.9, 1.6, ...). Components are counted above
+    ``SPECKLE_EDGE_MARGIN`` × the modelled noise's top singular value, plus one (MAE 0.0047-0.0049 with 3-4)."""
+    from .science.polar import correlated_noise_top_singular_value
+
+    sem, spk = speckle["sem"].reshape(y.shape), speckle["spk"].reshape(y.shape)
+    ref = np.nanmedian(np.where(rows[:, None], s_fit, np.nan), axis=0)
+    cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
+    if cols.size < 4 or rows.sum() < 8:
+        return None, None
+    r = ref[cols]
+    s_ref = np.nanmedian(spk[rows][:, cols], axis=0)
+    p_ref = np.sqrt(np.clip(np.nanmedian(sem[rows][:, cols], axis=0) ** 2 - s_ref ** 2, 0.0, None))
+    share = float(np.median(s_ref ** 2 / np.maximum(s_ref ** 2 + p_ref ** 2, 1e-300)))
+    if not share >= SPECKLE_EDGE_SHARE:
+        return None, None
+    x = np.nan_to_num(y[rows][:, cols]) / r
+    sv = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) / np.sqrt(len(x))
+    top = correlated_noise_top_singular_value(p_ref / r, s_ref / r, speckle["correlation"], len(x))
+    n = max(2, int(np.sum(sv > SPECKLE_EDGE_MARGIN * top))) + 1
+    return n, {"speckle_share": share, "noise_top_singular_value": top, "n_components": n}
+
+
 PLAIN_FIT_SAMPLE = 4096
 """With binning or denoising, the plain fit (for the diagnostics: the options' effect on the reported error) runs
 on at most this many non-crystalline positions, drawn at random (seed 0): medians to ~2 %."""
@@ -919,6 +1015,9 @@ def stage_peaks(ctx: Context) -> None:
     q = np.asarray(g["profiles/q"])
     iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
     sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
+    speckle = None
+    if g["profiles/iqn_sem"].attrs.get("error_model") == "azimuthal" and "features/fem_variance" in g:
+        sem, speckle = speckle_fit_errors(ctx, iqn, sem)
     ry, rx, nq = iqn.shape
     counts = np.asarray(g["ingest/total_counts"], dtype=np.float64).ravel()
     centre = dict(g.attrs.get("calibration", {})).get("centre_guess_yx")
@@ -950,8 +1049,14 @@ def stage_peaks(ctx: Context) -> None:
     operator, info = None, {"method": "none"}
     if pk.denoise != "none":
         lo, hi = pk.denoise_q_range or (pk.window[0] - hw_l, (float(q[-1]) if q.size else 0.0) + 1.0)
+        n_comp = pk.denoise_components
+        speckle_info = None
+        if n_comp is None and speckle is not None and k == 1:
+            n_comp, speckle_info = speckle_components(y, s, speckle, amorphous, (q >= lo) & (q <= hi))
         y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
-                                            pk.denoise_components, pk.denoise_guard)
+                                            n_comp, pk.denoise_guard)
+        if speckle_info:
+            info["speckle_edge"] = speckle_info
         if info["method"] == "none":
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
@@ -1256,11 +1361,15 @@ def stage_report(ctx: Context) -> None:
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", ("input",), stage_ingest, "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose",
           revision=2),
-    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse",
-          revision=2),
-    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, I·Q^n, spot significance, BF/ADF, Bragg fraction"),
+    # revision 2 (speckle): spot_z is measured against the azimuthal scatter (calibrate uses it to leave crystals out
+    # of the ellipse fit), profiles/sem has an error model, features/fem_variance is new
+    Stage("calibrate", ("calibration",), stage_calibrate, "mask, per-position centre, descan plane, ellipse", 2),
+    Stage("profiles", ("profiles",), stage_profiles, "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, BF/ADF, "
+          "Bragg fraction", 2),
+    # revision 2 (speckle, peak status): the fit's errors carry the speckle's correlation in Q, the denoising's
+    # components come from the correlated-noise edge; peaks/status
     Stage("peaks", ("peaks",), stage_peaks, "SRO peaks: binning/denoising, position, error, height, width; second peak",
-          revision=2),
+          2),
     Stage("classify", ("classify",), stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), stage_statistics, "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), stage_report, "figures and tables"),

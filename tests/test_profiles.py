@@ -84,7 +84,11 @@ def test_spot_significance_finds_bragg_disk():
     z = spot_significance_profile(ps, g.q_centres, 0.08)
     at = np.argmin(np.abs(g.q_centres - 0.5))
     assert np.nanmax(z[:20, at]) < 5.0  # isotropic Poisson: no spot
-    assert np.nanmin(z[20:, at]) > 8.0  # a weak disk is found in every frame
+    # a weak disk stands out in every frame; measured against the windows' own scatter (speckle-aware, issue 17),
+    # whose scale is estimated from 72 windows (±~20 %, floored at Poisson), it scores a little less than the ≈ 13 σ
+    # of a pure Poisson test: median ≈ 12, the lowest of 20 ≈ 7
+    assert np.nanmin(z[20:, at]) > 6.0
+    assert np.nanmedian(z[20:, at]) > 10.0
 
 
 def test_profile_matches_pyfai_integrate1d():

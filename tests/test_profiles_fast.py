@@ -39,7 +39,7 @@ def test_equals_direct_kernel_for_centres_on_the_grid(ss, step):
     ref = frame_statistics(ps, g.q_centres, 0.08)
     np.testing.assert_allclose(r["s"], ps.s, atol=1e-9)
     np.testing.assert_allclose(r["w"], ps.w, atol=1e-9)
-    for k in ("mean", "sem", "dispersion", "robust", "spot_z"):
+    for k in ("mean", "sem", "dispersion", "robust", "spot_z", "fem_variance"):
         np.testing.assert_array_equal(np.isnan(r[k]), np.isnan(ref[k]), err_msg=k)
         # spot_z's last step (observed − expected)/sqrt(expected) runs in float32: 1 ulp there is 6e-8
         tol = 1e-6 if k == "spot_z" else 1e-9

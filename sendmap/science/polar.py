@@ -219,14 +219,62 @@ STATS_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 ROBUST_MAX_ITER = 4
 """Clipping passes of the robust mean (a Bragg spot is rejected in the first; convergence takes 1–3)."""
 
-SPOT_MAX_ITER = 6
-"""Clipping passes of the spot statistic's band rate."""
-
 
 @numba.njit(cache=True, inline="always")
 def stats_scratch(nq, nphi):
     """Work arrays of :func:`_frame_stats` (scratch, work, z), allocated once per thread rather than per frame."""
-    return np.empty((4, 2 * nphi)), np.empty(2 * nq + 1), np.empty(nphi, np.float32)
+    return np.empty((4, 2 * nphi)), np.empty(4 * nq + 1), np.empty(nphi, np.float32)
+
+
+SPOT_QUANTILE_STEPS = 8
+"""Bisection steps of the spot statistic's quantiles (SPOT_QUANTILES of the window scores): each step halves the
+bracket [min, max], so they are exact to (max − min)/256: ≤ 0.04 σ for amorphous patterns (scores within
+−3…+6), below their own sampling noise (~20 effectively independent windows: ~15 %)."""
+
+SPOT_QUANTILES = (0.05, 0.25)
+"""The window scores' null is located and scaled from these two low quantiles, Φ(−1.645) and Φ(−0.674) of a
+normal null: σ = (q25 − q05)/0.971, centre = q25 + 0.674·σ. Both on the low side, which Bragg spots (they only
+add counts) do not reach: up to 75 % of the windows of a band may hold spots (a crystal's six-fold ring of
+disks one disk wide each covers ~60 % of its sliding windows)."""
+
+SPOT_QUANTILE_Z = (-1.6449, -0.6745)
+"""Standard normal quantiles of SPOT_QUANTILES."""
+
+SPOT_NULL_EVERY = 4
+"""The null's centre and scale are estimated at every 4th Q bin and kept for the next three: the band (13 bins at
+2 mrad, 0.0125 1/Å bins) moves by one bin per step, so they change little, and the quantiles were half the cost of
+the profile statistics (64 × 64 scan of 256² frames: 0.13 of 0.34 s)."""
+
+
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _quantile_pair(z, n, f_lo, f_hi, steps):
+    """Values below which fractions ``f_lo`` and ``f_hi`` of z[:n] lie, by bisection on the value (each step one
+    branch-free counting pass: no sort)."""
+    lo = z[0]
+    hi = z[0]
+    for k in range(n):
+        lo = min(lo, z[k])
+        hi = max(hi, z[k])
+    a_lo, b_lo, a_hi, b_hi = lo, hi, lo, hi
+    t_lo = f_lo * n
+    t_hi = f_hi * n
+    for _ in range(steps):
+        m_lo = np.float32(0.5) * (a_lo + b_lo)
+        m_hi = np.float32(0.5) * (a_hi + b_hi)
+        c_lo = np.float32(0.0)  # float32 counts (exact below 2²⁴): 8 lanes per vector
+        c_hi = np.float32(0.0)
+        for k in range(n):
+            c_lo += np.float32(z[k] <= m_lo)
+            c_hi += np.float32(z[k] <= m_hi)
+        if c_lo >= t_lo:
+            b_lo = m_lo
+        else:
+            a_lo = m_lo
+        if c_hi >= t_hi:
+            b_hi = m_hi
+        else:
+            a_hi = m_hi
+    return 0.5 * (a_lo + b_lo), 0.5 * (a_hi + b_hi)
 
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
@@ -256,44 +304,90 @@ def _clipped_rate(s, w, rate, z2, max_iter):
 
 
 @numba.njit(cache=True, fastmath=STATS_FASTMATH)
-def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot, scratch, work, zf):
+def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp, o_rob, o_spot, o_var, scratch,
+                 work, zf):
     """Radial statistics of one frame from its polar sums (see :func:`frame_statistics`); scratch, work from
-    :func:`stats_scratch`. Every loop over the sectors is branch-free (selects, not jumps), so LLVM vectorises
-    it: the statistics cost about as much as the accumulation that feeds them."""
+    :func:`stats_scratch`; ``g_c`` (nq,) the speckle mean factor of each bin (:func:`speckle_mean_factor`; zeros:
+    Poisson SEM). Every loop over the sectors is branch-free (selects, not jumps), so LLVM vectorises it: the
+    statistics cost about as much as the accumulation that feeds them."""
     nq, nphi = s.shape
     tiny = 1e-9
     nan = np.nan
     z2 = z_clip * z_clip
     wtot = work[:nq]
+    vnum = work[2 * nq + 1:3 * nq + 1]  # V's numerator and denominator per bin (0 where undefined), pooled over
+    vden = work[3 * nq + 1:]  # ± one disk radius in Q below
     for i in range(nq):
         S = 0.0
         W = 0.0
+        ss2 = 0.0
+        n_sec = 0.0
         for k in range(nphi):
             S += s[i, k]
             W += w[i, k]
+            has = w[i, k] > tiny
+            ss2 += s[i, k] * s[i, k] / max(w[i, k], tiny) * np.float64(has)
+            n_sec += np.float64(has)
         wtot[i] = W
+        vnum[i] = 0.0
+        vden[i] = 0.0
         if W <= tiny:
             o_mean[i] = nan
             o_sem[i] = nan
             o_disp[i] = nan
             o_rob[i] = nan
+            o_var[i] = nan
             continue
         m = S / W
         o_mean[i] = m
-        o_sem[i] = math.sqrt(max(m, 0.0) * w2[i]) / W
+        o_sem[i] = m * w2[i] / (W * W)  # Poisson variance of the mean; the speckle part is added below
         o_disp[i] = (c2[i] / W - m * m) / m if m > 0 else nan
         o_rob[i] = _clipped_rate(s[i], w[i], m, z2, ROBUST_MAX_ITER)
+        o_var[i] = nan
+        if m > 0 and n_sec > 1:
+            # Σ_k w_k (I_k − m)² minus its Poisson expectation (n − 1)·m·ΣW_p²/W, over W·m² minus its Poisson part
+            # m·ΣW_p²/W (E[S²/W] = λ²W + λΣW_p²/W): both unbiased for Poisson counts; their ratio is taken on sums
+            # over ± one disk radius in Q (the speckle's own correlation length), so a low-dose bin's few counts do
+            # not bias it
+            vnum[i] = (ss2 - S * m) - (n_sec - 1.0) * m * w2[i] / W
+            vden[i] = S * m - m * w2[i] / W
+    half = 0
+    if nq > 1:
+        half = max(0, int(round(max(disk_r_q, 0.0) / (q_c[1] - q_c[0]))))
+    # V pooled over ± one disk radius in Q, and the honest SEM: Poisson + speckle, Var(mean)_speckle = m²·V·G/(1 − G)
+    # (V estimates σ²(1 − G) around the mean)
+    acc = 0.0
+    den = 0.0
+    j_lo = 0
+    j_hi = 0
+    for i in range(nq):
+        lo = max(0, i - half)
+        hi = min(nq, i + half + 1)
+        while j_hi < hi:
+            acc += vnum[j_hi]
+            den += vden[j_hi]
+            j_hi += 1
+        while j_lo < lo:
+            acc -= vnum[j_lo]
+            den -= vden[j_lo]
+            j_lo += 1
+        var = o_sem[i]
+        if var == var:  # not NaN
+            vb = acc / den if den > tiny else 0.0
+            if o_mean[i] > 0 and vden[i] != 0.0:
+                o_var[i] = vb
+            g = g_c[i]
+            extra = o_mean[i] * o_mean[i] * vb * g / (1.0 - g) if g > 0.0 and g < 1.0 else 0.0
+            o_sem[i] = math.sqrt(var + max(extra, 0.0))
     if disk_r_q <= 0.0:  # no spot statistic asked for
         for i in range(nq):
             o_spot[i] = nan
         return
     # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide
-    cw = work[nq:]  # cumulative pixel area, to skip empty bands
+    cw = work[nq:2 * nq + 1]  # cumulative pixel area, to skip empty bands
     cw[0] = 0.0
     for i in range(nq):
         cw[i + 1] = cw[i] + (wtot[i] if wtot[i] > tiny else 0.0)
-    bw = q_c[1] - q_c[0] if nq > 1 else 1.0
-    half = max(0, int(round(disk_r_q / bw)))
     band_s = scratch[0]  # the band's sector sums, the first `width` repeated at the end (circular)
     band_w = scratch[1]
     win_s = scratch[2]
@@ -304,6 +398,9 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
     b_lo = 0  # the band holds bins [b_lo, b_hi): both ends only move up, each bin is added and removed once
     b_hi = 0
     sector = 2.0 * math.pi / nphi
+    n_done = 0  # bins scored so far: the null is re-estimated at every SPOT_NULL_EVERY-th
+    centre = 0.0
+    sig = 1.0
     for i in range(nq):
         o_spot[i] = nan
         if q_c[i] < 1.5 * disk_r_q:
@@ -329,9 +426,7 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
         for k in range(nphi):
             bs += band_s[k]
             bwt += band_w[k]
-        # the band's rate with its spotty sectors clipped (one-sided, as the robust mean): a Bragg disk spreads
-        # over several bins, so it is clipped far more surely on the band's sums than bin by bin at low dose
-        rate = _clipped_rate(band_s[:nphi], band_w[:nphi], bs / bwt, z2, SPOT_MAX_ITER)
+        rate = bs / bwt
         for k in range(width):
             band_s[nphi + k] = band_s[k]
             band_w[nphi + k] = band_w[k]
@@ -342,54 +437,136 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_r
             for k in range(nphi):
                 win_s[k] += band_s[k + j]
                 win_w[k] += band_w[k + j]
-        # z = (observed − expected)/sqrt(max(expected, 1)) of each window, in float32 (8 lanes; ~1e-7 relative)
+        # Poisson score of each window against the band's mean rate, (observed − expected)/sqrt(max(expected, 1)),
+        # in float32 (8 lanes; ~1e-7 relative); windows without pixels are left out
+        n_ok = 0
+        best = np.float32(-np.inf)
         for k in range(nphi):
             e = np.float32(rate * win_w[k])
             z = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
-            zf[k] = z if win_w[k] > tiny else np.float32(-np.inf)
-        best = np.float32(-np.inf)
-        for k in range(nphi):
-            best = max(best, zf[k])
-        if best > -np.inf:
-            o_spot[i] = np.float64(best)
+            ok = win_w[k] > tiny
+            zf[n_ok] = z
+            n_ok += np.int64(ok)
+            best = max(best, z if ok else np.float32(-np.inf))
+        if n_ok < 4:
+            continue
+        # against the local scatter of the scores at this Q (speckle and Poisson): centre and scale of a normal
+        # null from two low quantiles (SPOT_QUANTILES: the side spots do not reach), the scale at least 1 (Poisson)
+        if n_done % SPOT_NULL_EVERY == 0:
+            qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
+            sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
+            centre = qb - SPOT_QUANTILE_Z[1] * sig
+        n_done += 1
+        o_spot[i] = (best - centre) / max(sig, 1.0)
 
 
 @numba.njit(parallel=True, cache=True)
-def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, o_mean, o_sem, o_disp, o_rob, o_spot):
+def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp, o_rob, o_spot, o_var):
     nb, nq, nphi = s.shape
     for f in numba.prange(nb):
         scratch, work, zf = stats_scratch(nq, nphi)
-        _frame_stats(s[f], w[f], w2[f], c2[f], q_c, disk_r_q, z_clip, o_mean[f], o_sem[f], o_disp[f], o_rob[f],
-                     o_spot[f], scratch, work, zf)
+        _frame_stats(s[f], w[f], w2[f], c2[f], q_c, disk_r_q, z_clip, g_c, o_mean[f], o_sem[f], o_disp[f], o_rob[f],
+                     o_spot[f], o_var[f], scratch, work, zf)
+
+
+def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float, bin_width: float,
+                        friedel: bool = True, sub: int = 4, return_sector_share: bool = False):
+    """G(Q) (nq,): the variance of a full ring's azimuthal mean over the variance of one sector's mean, for
+    speckle whose intensity autocorrelation is :func:`sendmap.physics.speckle_grain_correlation` with grains
+    of the probe disk ``grain_radius_q`` (1/Å), 0 < G ≤ 1.
+
+    G = (1/n) Σ_j ρ̄(j)/ρ̄(0), ρ̄(j) the grain correlation averaged over ``sub`` × 2 points of sector 0 and of
+    sector j (their angular and radial extent); ``friedel``: each point is also correlated with the point
+    opposite (centrosymmetric speckle of thin weak-phase films, I(q) = I(−q)), which doubles the variance of the
+    mean of a ring many grains round. 0 where no grain radius is given (Poisson error model).
+
+    With ``return_sector_share`` also returns ρ̄(0) (nq,): one sector's speckle variance over the pixel-scale
+    (point) variance; the kernel's sector-scale V then estimates (point variance)·ρ̄(0)·(1 − G), so
+    V / (ρ̄(0)·(1 − G)) is the pixel-scale normalised variance, ≈ 1/M (:func:`fem_variance_scale`)."""
+    from ..physics import speckle_grain_correlation
+
+    q = np.asarray(q_centres, dtype=float)
+    if not grain_radius_q > 0:
+        return (np.zeros(q.shape), np.ones(q.shape)) if return_sector_share else np.zeros(q.shape)
+    dphi = 2 * np.pi / n_phi
+    phis = (np.arange(sub) + 0.5) / sub * dphi  # within a sector
+    dr = (np.array([-0.25, 0.25]) * bin_width)
+    out = np.empty(q.shape)
+    share = np.empty(q.shape)
+    lags = np.arange(n_phi) * dphi
+    for i, qi in enumerate(q):
+        r = np.maximum(qi + dr, 1e-9)
+        # points of sector 0: (radius, angle)
+        r0, p0 = np.meshgrid(r, phis, indexing="ij")
+        r0, p0 = r0.ravel(), p0.ravel()
+        x0, y0 = r0 * np.cos(p0), r0 * np.sin(p0)
+        rho = np.empty(n_phi)
+        for j, lag in enumerate(lags):
+            x1, y1 = r0 * np.cos(p0 + lag), r0 * np.sin(p0 + lag)
+            d = np.hypot(x0[:, None] - x1[None, :], y0[:, None] - y1[None, :])
+            c = speckle_grain_correlation(d, grain_radius_q)
+            if friedel:
+                c = c + speckle_grain_correlation(np.hypot(x0[:, None] + x1[None, :], y0[:, None] + y1[None, :]),
+                                                  grain_radius_q)
+            rho[j] = c.mean()
+        out[i] = rho.sum() / rho[0] / n_phi
+        share[i] = rho[0]
+    out = np.clip(out, 0.0, 1.0)
+    return (out, np.clip(share, 1e-6, None)) if return_sector_share else out
+
+
+def fem_variance_scale(q_centres: np.ndarray, n_phi: int, grain_radius_q: float, bin_width: float) -> np.ndarray:
+    """(nq,) factor 1/(ρ̄(0)·(1 − G)) turning the kernel's sector-scale, mean-subtracted V into the pixel-scale
+    normalised variance of the speckle (≈ 1/M for M independent volumes; :func:`speckle_mean_factor`). Ones
+    where no grain radius is given."""
+    g, share = speckle_mean_factor(q_centres, n_phi, grain_radius_q, bin_width, return_sector_share=True)
+    return 1.0 / (share * (1.0 - np.minimum(g, 0.999)))
 
 
 def frame_statistics(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float,
-                     z_clip: float = ROBUST_Z_CLIP) -> dict[str, np.ndarray]:
+                     z_clip: float = ROBUST_Z_CLIP, speckle_factor: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Radial statistics per frame and Q bin from polar sums; arrays of shape (B, nq).
 
     * ``mean``: azimuthal mean counts per pixel I(Q);
-    * ``sem``: standard error of that mean from Poisson statistics, sqrt(I·ΣW_p²)/ΣW_p (the mean is the
-      Poisson rate estimate, so empty bins of a low-dose pattern do not get a zero error);
+    * ``fem_variance``: the normalised azimuthal variance V(Q) of the pattern (fluctuation electron microscopy:
+      the ring variance of one pattern, Daulton, Bond & Voyles, Ultramicroscopy 110 (2010) 1279, whose average
+      over positions is their "ring ensemble" V; not the "annular mean of the variance image", which needs all
+      positions at once), at the scale of one azimuthal sector and one bin, minus its Poisson part:
+      V = Σ_band [Σ_k w_k (I_k − I)² − (n − 1)·I·ΣW_p²/W] / Σ_band [W·I² − I·ΣW_p²/W] over the n sectors k with
+      pixels (sector means I_k, areas w_k, W = Σ w_k) and the bins within ± one disk radius (the speckle's own
+      correlation length in Q: sums, not a mean of ratios, so a low-dose bin's few counts do not bias it).
+      Unbiased for Poisson noise: ≈ 0 ± noise for a smooth ring; ≈ 1/M (after :func:`fem_variance_scale`) for
+      partially developed speckle of M volumes with grains larger than a sector (the probe disk: 0.08 1/Å at
+      2 mrad, 200 kV; a 5° sector at 0.5 1/Å is 0.044 wide);
+    * ``sem``: standard error of the mean. Poisson, sqrt(I·ΣW_p²)/ΣW_p (the mean is the Poisson rate
+      estimate, so empty bins of a low-dose pattern do not get a zero error), plus, where ``speckle_factor``
+      G(Q) is given (:func:`speckle_mean_factor`; the "azimuthal" error model), the speckle part
+      I²·V·G/(1 − G), floored at 0, so the SEM is never below the Poisson one;
     * ``dispersion``: pixel variance / mean, ≈ 1 for an isotropic Poisson ring, ≫ 1 where Bragg spots sit;
     * ``robust``: sigma-clipped mean over the azimuthal sectors: sectors whose counts exceed the
       current mean's expectation by more than ``z_clip``·sqrt(expected) + 1 (one-sided: Bragg spots
       only add counts) are dropped, iterated to convergence; equals ``mean`` on an isotropic ring;
-    * ``spot_z``: significance (σ) of the brightest Bragg-disk-sized spot centred at each Q. Counts are
-      summed over a radial band one disk diameter (2 × ``disk_radius_q``) wide and a sliding azimuthal
-      window one disk diameter wide at that radius; the expected count of a window is the band's rate
-      with its spotty sectors clipped (as for ``robust``, on the band's sector sums) × the window's pixel area; the score is max over the azimuth of
-      (observed − expected)/sqrt(expected). An isotropic Poisson ring scores ≈ 2–4 (the largest of ~n_phi
-      correlated normal deviates); a Bragg disk scores far higher. NaN within 1.5 disk radii of the centre.
+    * ``spot_z``: significance of the brightest Bragg-disk-sized spot centred at each Q, against the local
+      azimuthal scatter at that Q (speckle-aware). Counts are summed over a radial band one disk diameter
+      (2 × ``disk_radius_q``) wide and a sliding azimuthal window one disk diameter wide at that radius; each
+      window gets a Poisson score (observed − expected)/sqrt(expected) against the band's mean rate; the
+      statistic is (largest score − centre) / max(1, scale), centre and scale those of a normal through the
+      5 % and 25 % points of the scores (:data:`SPOT_QUANTILES`, re-estimated every :data:`SPOT_NULL_EVERY`
+      bins). For Poisson noise the scale is ≈ 1 and this is the familiar (observed − expected)/sqrt(expected);
+      where speckle widens the scatter of the windows, a grain is measured against that scatter, not against
+      Poisson. Only the low side sets the null, which spots (they add counts) do not reach: up to 75 % of a
+      band's windows may hold spots. NaN within 1.5 disk radii of the centre.
 
     Bins without any pixel are NaN.
     """
     s = np.ascontiguousarray(ps.s, dtype=np.float64)
     nb, nq, _ = s.shape
-    out = {k: np.empty((nb, nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z")}
+    out = {k: np.empty((nb, nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z", "fem_variance")}
+    g = np.zeros(nq) if speckle_factor is None else np.ascontiguousarray(speckle_factor, dtype=np.float64)
     _stats_kernel(s, np.ascontiguousarray(ps.w, dtype=np.float64), np.ascontiguousarray(ps.w2, dtype=np.float64),
                   np.ascontiguousarray(ps.c2, dtype=np.float64), np.asarray(q_centres, dtype=np.float64),
-                  float(disk_radius_q), float(z_clip), out["mean"], out["sem"], out["dispersion"], out["robust"],
-                  out["spot_z"])
+                  float(disk_radius_q), float(z_clip), g, out["mean"], out["sem"], out["dispersion"], out["robust"],
+                  out["spot_z"], out["fem_variance"])
     return out
 
 
@@ -403,3 +580,71 @@ def radial_statistics(ps: PolarSums) -> dict[str, np.ndarray]:
 def spot_significance_profile(ps: PolarSums, q_centres: np.ndarray, disk_radius_q: float) -> np.ndarray:
     """``spot_z`` of :func:`frame_statistics`: Bragg-spot significance (σ) per frame and Q bin, (B, nq)."""
     return frame_statistics(ps, q_centres, disk_radius_q)["spot_z"]
+
+
+
+def speckle_radial_correlation(grain_radius_q: float, bin_width: float) -> np.ndarray:
+    """K(l)/K(0) for radial-bin lags l = 0, 1, …, ⌈2·radius/bin_width⌉: the correlation of the speckle errors of
+    two azimuthal means l bins apart. K(Δ) = ∫ |γ|²(sqrt(Δ² + s²)) ds is the covariance of the means of two rings Δ
+    apart, each many grains round, for grains of the probe disk (:func:`sendmap.physics.speckle_grain_correlation`).
+    """
+    from ..physics import speckle_grain_correlation
+
+    s = np.linspace(-2 * grain_radius_q, 2 * grain_radius_q, 801)
+    lags = np.arange(int(np.ceil(2 * grain_radius_q / bin_width)) + 1) * bin_width
+    k = np.array([np.trapezoid(speckle_grain_correlation(np.hypot(d, s), grain_radius_q), s) for d in lags])
+    return k / k[0]
+
+
+def peak_slope_variance_factor(bin_width: float, half_width: float, degree: int, correlation: np.ndarray) -> float:
+    """Var(slope at the centre of a degree-``degree`` least-squares polynomial over ± ``half_width``) for errors with
+    the radial ``correlation`` (:func:`speckle_radial_correlation`) over the same for independent errors of the same
+    size: aᵀKa / aᵀa, a the fit's linear map to the slope. A peak's position moves by −(error slope)/curvature, so
+    this is the factor by which a fit that treats the bins as independent understates a speckle-limited peak
+    position's variance."""
+    n = int(round(half_width / bin_width))
+    x = np.arange(-n, n + 1) * bin_width / max(half_width, 1e-12)
+    xm = np.vander(x, degree + 1, increasing=True)
+    a = np.linalg.pinv(xm)[1]  # coefficient of x¹: the slope at the centre
+    lag = np.abs(np.arange(x.size)[:, None] - np.arange(x.size)[None, :])
+    kmat = np.where(lag < correlation.size, correlation[np.minimum(lag, correlation.size - 1)], 0.0)
+    return float(a @ kmat @ a / (a @ a))
+
+
+def speckle_fit_sem(sem: np.ndarray, mean: np.ndarray, fem_variance: np.ndarray, speckle_factor: np.ndarray,
+                    sector_share: np.ndarray, half_bins: int, factor: float) -> np.ndarray:
+    """Errors for a fit that treats a profile's bins as independent: the speckle part of the variance,
+    mean²·V̄·ρ̄(0)·G (V̄ the pixel-scale ``fem_variance`` averaged over ± ``half_bins`` as in
+    :func:`frame_statistics`; G, ρ̄(0) from :func:`speckle_mean_factor`), scaled by ``factor``
+    (:func:`peak_slope_variance_factor`), the rest (Poisson) unchanged. sem, mean, fem_variance: (..., nq), mean and
+    sem in the same units (both × Q^n alike). Returns (..., nq)."""
+    ok = np.isfinite(fem_variance) & (fem_variance != 0)
+    v = np.where(ok, fem_variance, 0.0)
+    h = int(half_bins)
+    cs = np.cumsum(np.pad(v, [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
+    cn = np.cumsum(np.pad(ok.astype(float), [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
+    k = 2 * h + 1
+    vs = cs[..., k:] - cs[..., :-k]
+    ns = cn[..., k:] - cn[..., :-k]
+    vbar = np.where(ns > 0, vs / np.where(ns > 0, ns, 1.0), 0.0)
+    spk2 = np.nan_to_num(mean) ** 2 * np.clip(vbar, 0.0, None) * np.asarray(sector_share) * np.asarray(speckle_factor)
+    return np.sqrt(np.asarray(sem, float) ** 2 + max(float(factor) - 1.0, 0.0) * spk2)
+
+
+def correlated_noise_top_singular_value(white: np.ndarray, speckle: np.ndarray, correlation: np.ndarray,
+                                        n_rows: int, seed: int = 0) -> float:
+    """Largest singular value (per sqrt(n_rows)) of an n_rows × m matrix of centred noise whose rows have the
+    covariance diag(white²) + diag(speckle)·K·diag(speckle), K the radial speckle ``correlation`` of consecutive
+    bins (:func:`speckle_radial_correlation`): the noise edge a low-rank denoising must clear when speckle errors,
+    correlated over ± one disk diameter in Q, dominate (the Marchenko–Pastur edge assumes independent bins and
+    lets their correlated modes pass as signal). white, speckle: (m,) per-bin standard deviations in the
+    whitened units of the denoising. One draw (seed): its top value scatters by ~1 %."""
+    m = int(np.size(white))
+    lag = np.abs(np.arange(m)[:, None] - np.arange(m)[None, :])
+    k = np.where(lag < correlation.size, correlation[np.minimum(lag, correlation.size - 1)], 0.0)
+    c = np.diag(np.asarray(white, float) ** 2) + np.asarray(speckle, float)[:, None] * k * np.asarray(speckle, float)[None, :]
+    w, v = np.linalg.eigh(c)
+    root = v * np.sqrt(np.clip(w, 0.0, None))[None, :]
+    z = np.random.default_rng(seed).standard_normal((max(int(n_rows), 2), m)) @ root.T
+    z -= z.mean(axis=0)
+    return float(np.linalg.svd(z, compute_uv=False)[0] / np.sqrt(max(int(n_rows), 1)))

@@ -15,8 +15,9 @@ centre on the grid. The per-bin pixel areas (Σw, Σw²) do not depend on the co
 totals minus the masked pixels and the offsets that fall outside the detector, computed once per
 distinct centre of a block.
 
-Everything a profile needs comes out of one pass over each frame: mean I(Q), Poisson SEM, index of
-dispersion, the sigma-clipped robust mean, the Bragg-spot significance and the virtual BF/ADF counts
+Everything a profile needs comes out of one pass over each frame: mean I(Q), its SEM (Poisson, or Poisson +
+speckle), index of dispersion, the normalised azimuthal variance V(Q) (fluctuation electron microscopy), the
+sigma-clipped robust mean, the speckle-aware Bragg-spot significance and the virtual BF/ADF counts
 (:func:`profile_block`). The statistics themselves are :func:`sendmap.science.polar.frame_statistics`,
 shared with the reference kernel.
 """
@@ -289,9 +290,9 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
 
 @numba.njit(parallel=True, cache=True)
 def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
-                          crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, bf_hi, adf_lo, adf_hi,
-                          n_chunks, keep_sums, out_mean, out_sem, out_disp, out_robust, out_spot, out_bf, out_adf,
-                          out_s):
+                          crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, g_c, bf_hi, adf_lo, adf_hi,
+                          n_chunks, keep_sums, out_mean, out_sem, out_disp, out_robust, out_spot, out_var, out_bf,
+                          out_adf, out_s):
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
@@ -319,8 +320,8 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 _accumulate_frame(frames[f], mask, rec, kmax, tix[f], oy0 - iyc[f], ox0 - ixc[f], inv_ss2, s_pad,
                                   c2_pad, idx)
             u = uix[f]
-            _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, out_mean[f], out_sem[f], out_disp[f],
-                         out_robust[f], out_spot[f], scratch, work, zf)
+            _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, g_c, out_mean[f], out_sem[f], out_disp[f],
+                         out_robust[f], out_spot[f], out_var[f], scratch, work, zf)
             bf = 0.0
             adf = 0.0
             for iq in range(nq):
@@ -506,7 +507,8 @@ _NO_INDEX = np.zeros(0, np.uint16)
 
 def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
                   disk_radius_q: float, adf_range_q: tuple[float, float] = (0.0, 0.0), z_clip: float = 4.0,
-                  keep_sums: bool = False, bf_max_q: float | None = None) -> dict[str, np.ndarray]:
+                  keep_sums: bool = False, bf_max_q: float | None = None,
+                  speckle_factor: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """All radial statistics of a block of frames, each around its own centre, in one pass.
 
     frames: (B, Qy, Qx) counts (any integer or float dtype), or the block's non-zero pixels
@@ -515,9 +517,11 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     True where a pixel is used; disk_radius_q: probe-disk radius (1/Å), the size of a Bragg disk for
     the spot statistic and (unless ``bf_max_q`` is given) the bright-field range; adf_range_q: (lo, hi) 1/Å for
     the virtual ADF. The virtual images sum whole radial bins: those whose centre lies inside the range.
+    speckle_factor: (nq,) G(Q) of :func:`sendmap.science.polar.speckle_mean_factor` for the "azimuthal" error
+    model (Poisson + speckle SEM), None for the Poisson SEM.
 
-    Returns (B, nq) float64 arrays ``mean`` (counts per pixel), ``sem``, ``dispersion``, ``robust``
-    and ``spot_z`` (see :func:`sendmap.science.polar.frame_statistics`), (B,) ``bf`` and ``adf``
+    Returns (B, nq) float64 arrays ``mean`` (counts per pixel), ``sem``, ``dispersion``, ``robust``,
+    ``fem_variance`` and ``spot_z`` (see :func:`sendmap.science.polar.frame_statistics`), (B,) ``bf`` and ``adf``
     (counts), and with ``keep_sums`` the per-frame polar sums ``s`` (B, nq, n_phi) and pixel areas
     ``w`` (B, nq, n_phi).
 
@@ -547,7 +551,10 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     if mask.shape != (ny, nx):
         raise ValueError(f"mask shape {mask.shape} is not the frames' {(ny, nx)}")
     uix, w_u, w2_u, release = tables.geometry(mask, iyc, ixc, tix)
-    out = {k: np.empty((nb, g.nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z")}
+    out = {k: np.empty((nb, g.nq)) for k in ("mean", "sem", "dispersion", "robust", "spot_z", "fem_variance")}
+    g_c = np.zeros(g.nq) if speckle_factor is None else np.ascontiguousarray(speckle_factor, dtype=np.float64)
+    if g_c.shape != (g.nq,):
+        raise ValueError(f"speckle_factor must have one value per radial bin ({g.nq}), got shape {g_c.shape}")
     bf = np.empty(nb)
     adf = np.empty(nb)
     s = np.empty((nb, g.nq, g.n_phi)) if keep_sums else np.empty((1, g.nq, g.n_phi))
@@ -557,9 +564,10 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
         _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.crec,
                               tables.compact, tables.kmax,
                               tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q),
-                              float(z_clip), float(disk_radius_q if bf_max_q is None else bf_max_q),
+                              float(z_clip), g_c, float(disk_radius_q if bf_max_q is None else bf_max_q),
                               float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums,
-                              out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"], bf, adf, s)
+                              out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"],
+                              out["fem_variance"], bf, adf, s)
         out["bf"] = bf
         out["adf"] = adf
         if keep_sums:

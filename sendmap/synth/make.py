@@ -109,8 +109,9 @@ LOOKUP_MARGIN = 0.08
 """1/Å: the ring-centre → maximum lookup is searched over each class's target range ± this (the I·Q^n
 maximum sits up to a few hundredths of 1/Å away from the ring centre, depending on n)."""
 
-_STREAM_GEOMETRY, _STREAM_STRUCTURE, _STREAM_NOISE, _STREAM_DEFECTS = 0, 1, 2, 3
-"""Independent random streams: default_rng([seed, stream(, ry)]): every row is reproducible on its own."""
+_STREAM_GEOMETRY, _STREAM_STRUCTURE, _STREAM_NOISE, _STREAM_DEFECTS, _STREAM_SPECKLE = 0, 1, 2, 3, 4
+"""Independent random streams: default_rng([seed, stream(, ry)]): every row is reproducible on its own (the
+speckle has its own stream, so a dataset without speckle is the same, count for count, as before it existed)."""
 
 DTYPE_MAX = {"u1": 255, "u2": 65535, "u4": 2**32 - 1}
 
@@ -151,6 +152,7 @@ class SynthParams:
     beam_stop_angle_deg: float = 90.0
     beam_stop_tip_radius_px: float | None = None
     aperture_radius_px: float | None = None
+    speckle_m: int = 0  # partially developed speckle of M independent volumes (normalised variance 1/M); 0: none
 
     def validate(self) -> None:
         def bad(key, msg):
@@ -201,6 +203,8 @@ class SynthParams:
             bad("beam_stop_tip_radius_px", f"must be >= 0, got {self.beam_stop_tip_radius_px}")
         if self.aperture_radius_px is not None and not self.aperture_radius_px > 0:
             bad("aperture_radius_px", f"must be positive, got {self.aperture_radius_px}")
+        if not (int(self.speckle_m) == self.speckle_m and self.speckle_m >= 0):
+            bad("speckle (M)", f"must be a whole number >= 0 (0: no speckle), got {self.speckle_m}")
 
 
 class SynthModel:
@@ -420,33 +424,51 @@ class SynthModel:
             self._grain_F_cache[g] = self.K @ P.delta_rings(self.q, np.hypot(sp[:, 0], sp[:, 1]), sp[:, 2])
         return self._grain_F_cache[g]
 
-    def _render(self, ry: int, j: int, st: dict) -> tuple[np.ndarray, float]:
+    def speckle_rng(self, ry: int) -> np.random.Generator | None:
+        """The speckle stream of row ``ry`` ([seed, speckle, ry]), or None without speckle."""
+        p = self.params
+        return np.random.default_rng([p.seed, _STREAM_SPECKLE, ry]) if p.speckle_m else None
+
+    def speckle(self, ry: int, j: int, rng: np.random.Generator | None) -> np.ndarray | None:
+        """The next speckle field of row ``ry`` (position ``j``) from its stream (``patterns.speckle_field``):
+        M = ``speckle_m`` independent volumes, grains the size of the probe disk, centrosymmetric about the
+        pattern's centre; independent between positions. None without speckle."""
+        if rng is None:
+            return None
+        p = self.params
+        return P.speckle_field(p.detector_shape, self.probe_radius / p.q_pixel_size, p.speckle_m, rng,
+                               self.centres[ry, j])
+
+    def _render(self, ry: int, j: int, st: dict, speckle: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         p = self.params
         img, scale = P.render_pattern(
             p.detector_shape, self.centres[ry, j], p.q_pixel_size, probe_radius=self.probe_radius,
             radial_profile=st["F_iso"][:, j], spots=st["spots"][j], central_fraction=p.central_fraction,
             electrons=p.electrons_per_pattern, dq=self.dq, ratio=p.ellipse_ratio,
-            angle_deg=p.ellipse_angle_deg, supersample=p.supersample, return_scale=True)
+            angle_deg=p.ellipse_angle_deg, supersample=p.supersample, return_scale=True, speckle=speckle)
         if self.transmission is not None:  # beam stop / aperture shadow (the scale keeps its unshadowed meaning)
             img *= self.transmission
         return img, scale
 
     def expected_row(self, ry: int, structure: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free expected counts (Rx, Qy, Qx) of row ``ry`` and the per-position scale factor (Rx,)
-        (electrons per unit of profile integral, see ``patterns.render_pattern``)."""
+        (electrons per unit of profile integral, see ``patterns.render_pattern``). With speckle the frames hold
+        the same speckle as ``counts_row`` draws (its expected counts before Poisson noise)."""
         st = structure if structure is not None else self.row_structure(ry)
         rx_n = self.params.scan_shape[1]
         out = np.empty((rx_n, *self.params.detector_shape))
         scales = np.empty(rx_n)
+        sp_rng = self.speckle_rng(ry)
         for j in range(rx_n):
-            out[j], scales[j] = self._render(ry, j, st)
+            out[j], scales[j] = self._render(ry, j, st, self.speckle(ry, j, sp_rng))
         return out, scales
 
     def counts_row(self, ry: int, structure: dict | None = None, dtype: str | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
         """Detector frames (Rx, Qy, Qx) of row ``ry`` in ``dtype`` and the scale factors (Rx,).
 
-        Per frame: expected counts → Poisson (stream [seed, noise, ry]) → hot pixels set to their constant
+        Per frame: expected counts (with speckle: × the speckle field of the amorphous part, stream
+        [seed, speckle, ry]) → Poisson (stream [seed, noise, ry]) → hot pixels set to their constant
         value, dead pixels to 0 → clipped to the dtype's maximum (clipped pixels are counted in
         ``n_saturated``). Only one float frame is held at a time."""
         p = self.params
@@ -457,8 +479,9 @@ class SynthModel:
         out = np.empty((rx_n, *p.detector_shape), dtype=np.dtype(dtype))
         scales = np.empty(rx_n)
         vmax = DTYPE_MAX[dtype]
+        sp_rng = self.speckle_rng(ry)
         for j in range(rx_n):
-            expected, scales[j] = self._render(ry, j, st)
+            expected, scales[j] = self._render(ry, j, st, self.speckle(ry, j, sp_rng))
             counts = rng.poisson(expected)
             if len(self.hot):
                 counts[self.hot[:, 0], self.hot[:, 1]] = self.hot_values
@@ -551,6 +574,8 @@ def _config_yaml(data_name: str, fmt: str, p: SynthParams) -> str:
         f"beam_energy_kv: {_num(p.beam_energy_kv)}, convergence_mrad: {float(p.convergence_mrad)!r}}}\n"
         f"dose: {{electrons_per_pattern: {e_txt}}}\n"
         f"profiles: {{n: {int(p.n)}}}\n"
+        + (f"# speckle_m: {int(p.speckle_m)} (partially developed speckle of the amorphous scattering, sendmap synth --speckle)\n"
+           if p.speckle_m else "") +
         f"peaks: {{window: [{p.window[0]!r}, {p.window[1]!r}]}}\n"
         "classify: {method: rules}\n"
         "output: {dir: results}\n"
@@ -598,6 +623,7 @@ def make_dataset(
     beam_stop_angle_deg: float = 90.0,
     beam_stop_tip_radius_px: float | None = None,
     aperture_radius_px: float | None = None,
+    speckle_m: int = 0,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Write a synthetic SEND dataset, its ground truth and a ready config into ``out_dir``.
@@ -620,6 +646,12 @@ def make_dataset(
     bottom edge); ``aperture_radius_px`` shadows everything beyond that radius from the detector centre.
     Their geometry goes into ``truth.json`` (``beam_stop``, ``aperture``) and the shadowed pixels
     (transmission < 1) into ``truth.npz`` (``beam_stop_mask``, ``aperture_mask``, ``transmission``).
+
+    Speckle (off by default): ``speckle_m`` M > 0 multiplies the amorphous scattering (rings and diffuse
+    background, not the Bragg disks or the central disk) of every pattern by partially developed speckle of M
+    independent volumes (normalised variance 1/M, grains the size of the probe disk, independent between
+    positions; ``patterns.speckle_field``) before the Poisson noise. The truth stays the speckle-free
+    expectation (the maximum of the noise-free probe-convolved I·Q^n); ``truth.json`` records ``speckle_m``.
 
     Writes ``truth.npz`` (class_map int8, class_names, peak_q float64 (NaN for crystals), centre (Ry, Rx, 2)
     [y, x], hot_pixels, hot_values, dead_pixels, layer_map, layer_names, grain_map, ring_centre_q, n_lif,
@@ -648,7 +680,8 @@ def make_dataset(
         beam_stop_width_px=None if beam_stop_width_px is None else float(beam_stop_width_px),
         beam_stop_angle_deg=float(beam_stop_angle_deg),
         beam_stop_tip_radius_px=None if beam_stop_tip_radius_px is None else float(beam_stop_tip_radius_px),
-        aperture_radius_px=None if aperture_radius_px is None else float(aperture_radius_px))
+        aperture_radius_px=None if aperture_radius_px is None else float(aperture_radius_px),
+        speckle_m=speckle_m)
     model = SynthModel(params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -784,6 +817,11 @@ def make_dataset(
         "hot_values": model.hot_values.tolist(),
         "dead_pixels": model.dead.tolist(),
         "n_saturated": model.n_saturated,
+        "speckle_m": int(params.speckle_m),
+        "speckle": ({"m": int(params.speckle_m), "normalised_variance": 1.0 / params.speckle_m,
+                     "grain": "probe disk (intensity autocorrelation: squared overlap of two probe disks)",
+                     "applies_to": "amorphous rings and diffuse background", "friedel_symmetric": True}
+                    if params.speckle_m else None),
         "generation_time_s": round(time.perf_counter() - t_start, 3),
     }
     if model.beam_stop is not None:
@@ -840,6 +878,10 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--aperture-radius-px", type=float, default=None, metavar="PX",
                         help="shadow of a circular aperture: no counts beyond this radius from the detector "
                              "centre; default none")
+    parser.add_argument("--speckle", type=int, default=0, metavar="M",
+                        help="partially developed speckle of the amorphous scattering: M independent volumes along "
+                             "the beam (normalised variance 1/M, grains the size of the probe disk; real films: "
+                             "M ≈ 3-100); default 0 (none)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -881,7 +923,8 @@ def _make_dataset_from_args(args: argparse.Namespace, det: tuple) -> dict:
         beam_stop_width_px=getattr(args, "beam_stop_width", None),
         beam_stop_angle_deg=getattr(args, "beam_stop_angle", 90.0),
         beam_stop_tip_radius_px=getattr(args, "beam_stop_tip_radius", None),
-        aperture_radius_px=getattr(args, "aperture_radius_px", None), progress=not args.quiet)
+        aperture_radius_px=getattr(args, "aperture_radius_px", None), speckle_m=getattr(args, "speckle", 0),
+        progress=not args.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -482,6 +482,7 @@ def render_pattern(
     angle_deg: float = 0.0,
     supersample: int = 3,
     return_scale: bool = False,
+    speckle: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, float]:
     """Expected electrons per pixel (noise-free) of one pattern; the image sums to ``electrons``.
 
@@ -492,15 +493,22 @@ def render_pattern(
     carries (1 − central_fraction)·electrons: relative weights within it are kept exactly.
     With ``return_scale`` also returns that factor (electrons per unit of profile integral / spot weight),
     so that ``scale · radial_profile · q_pixel_size²`` is the scattered azimuthal mean in counts per pixel.
+    ``speckle`` (Qy, Qx), mean 1 (:func:`speckle_field`): multiplies the isotropic (amorphous: rings and diffuse
+    background) part after that scale is set, so the expected pattern, its scale and the truth are the
+    speckle-free ones and a single pattern's total fluctuates with its speckle, as a measured one does.
     """
     central = render_disks(shape, centre_yx, q_pixel_size, np.array([[0.0, 0.0, 1.0]]), probe_radius,
                            ratio, angle_deg, supersample)
     scat = render_radial(shape, centre_yx, q_pixel_size, radial_profile, dq, ratio, angle_deg, supersample)
+    bragg = None
     if spots is not None and len(spots):
-        scat += render_disks(shape, centre_yx, q_pixel_size, spots, probe_radius, ratio, angle_deg, supersample)
+        bragg = render_disks(shape, centre_yx, q_pixel_size, spots, probe_radius, ratio, angle_deg, supersample)
+        scat += bragg
     ssum = scat.sum()
     if not ssum > 0:
         raise ValueError("scattered part of the pattern is empty on the detector")
+    if speckle is not None:
+        scat += (np.asarray(speckle) - 1.0) * (scat - bragg if bragg is not None else scat)
     img = electrons * (central_fraction * central / central.sum() + (1.0 - central_fraction) * scat / ssum)
     if return_scale:
         return img, float(electrons * (1.0 - central_fraction) / ssum)
@@ -559,3 +567,54 @@ def aperture_transmission(
     yy, xx = _subpixel_grid(shape, supersample)
     inside = (yy - float(centre_yx[0])) ** 2 + (xx - float(centre_yx[1])) ** 2 <= radius_px ** 2
     return bin_supersampled(inside.astype(np.float64), supersample)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Speckle: the intensity fluctuations of a nanobeam pattern of an amorphous solid
+# ----------------------------------------------------------------------------------------------------
+
+
+def speckle_field(
+    shape: Sequence[int], radius_px: float, m: int, rng: np.random.Generator,
+    centre_yx: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Multiplicative speckle field (Qy, Qx): mean 1, variance 1/M at every pixel, partially developed.
+
+    Physics: a probe of convergence semi-angle α is, in reciprocal space, a disk of radius α/λ; the wave
+    scattered by an amorphous volume under it is the volume's (random, delta-correlated) scattering amplitude
+    convolved with that disk, and its intensity |·|² is fully developed speckle (exponential statistics) with
+    grains of the disk's size (intensity autocorrelation
+    :func:`sendmap.physics.speckle_grain_correlation`). A film of
+    thickness t holds M independent volumes along the beam whose intensities add: the mean of M independent
+    fields is gamma distributed with normalised variance 1/M (SCIENCE.md, "What real nanobeam data look
+    like"). Each volume's projected potential is real (weak-phase object), so its amplitude is Hermitian and
+    the speckle is centrosymmetric (Friedel's law) about the pattern centre ``centre_yx`` (rounded to a whole
+    pixel; default the pixel (0, 0)), as in kinematic nanobeam patterns of thin films.
+
+    Construction on the detector's pixel grid (``radius_px`` = α/λ / q_pixel_size; the detector grid is the
+    reciprocal-space grid, the FFT grid conjugate to it is real space): the probe P(r) is the inverse FFT of
+    the disk, each volume a real white-noise field n(r), its amplitude FFT(n·P). Two real volumes share one
+    complex FFT (z = n₁ + i·n₂ gives |F₁(k)|² + |F₂(k)|² = (|Z(k)|² + |Z(−k)|²)/2), so M volumes cost ⌈M/2⌉
+    FFTs. The field is periodic over the detector (the FFT wraps), which does not change its statistics.
+    """
+    ny, nx = int(shape[0]), int(shape[1])
+    m = int(m)
+    if m < 1:
+        raise ValueError(f"speckle M must be >= 1, got {m}")
+    ky = np.fft.fftfreq(ny) * ny
+    kx = np.fft.fftfreq(nx) * nx
+    disk = (ky[:, None] ** 2 + kx[None, :] ** 2 <= float(radius_px) ** 2).astype(np.float64)
+    probe = np.fft.ifft2(disk).real  # the disk is centrosymmetric: its transform is real
+    n_fft = (m + 1) // 2
+    re = rng.standard_normal((n_fft, ny, nx))
+    im = rng.standard_normal((n_fft, ny, nx))
+    if m % 2:
+        im[-1] = 0.0  # odd M: the last FFT carries one volume
+    z = np.fft.fft2((re + 1j * im) * probe[None], axes=(1, 2))
+    acc = (z.real ** 2 + z.imag ** 2).sum(axis=0)
+    # (|Z(k)|² + |Z(−k)|²)/2: index −k of a length-n FFT axis is (n − k) mod n
+    acc = 0.5 * (acc + np.roll(acc[::-1, ::-1], (1, 1), axis=(0, 1)))
+    acc /= m * float((probe * probe).sum())  # E|FFT(n·P)|² = Σ P² for unit-variance real noise
+    if centre_yx is not None:
+        acc = np.roll(acc, (int(round(float(centre_yx[0]))), int(round(float(centre_yx[1])))), axis=(0, 1))
+    return acc

@@ -1,0 +1,217 @@
+"""Speckle (issue 17): the generator's partially developed speckle, V(Q) and the honest SEM of the profile kernel,
+and the speckle-aware spot significance (false spots on speckled amorphous patterns, LiF spots still found).
+
+Patterns are built directly with ``sendmap.synth.patterns`` on a 96² detector at 0.0125 1/Å per pixel (reaching
+0.6 1/Å: the LiF (200) band), 2 mrad at 200 kV (probe disk 0.0797 1/Å = 6.4 px), so every test takes seconds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sendmap.config import ClassDefinitions
+from sendmap.physics import probe_radius_inv_angstrom, speckle_grain_correlation
+from sendmap.science.polar import PolarGeometry, speckle_mean_factor
+from sendmap.science.polar_tables import PolarTables, profile_block
+from sendmap.synth import patterns as P
+
+N = 96
+QPX = 0.0125
+R_Q = probe_radius_inv_angstrom(2.0, 200.0)
+R_PX = R_Q / QPX
+CENTRE = (47.3, 48.6)
+GEOM = PolarGeometry(QPX, QPX, 46, 72, 1.0, 0.0, 3)
+
+
+def _amorphous_profile():
+    """Probe-convolved isotropic scattering (per Å⁻²) on the fine grid: Lorentzian background + an SRO ring at 0.3."""
+    q = P.fine_q_grid(1.2)
+    f = 0.76 * P.unit_area(q, P.lorentzian(q, 0.1)) + 0.24 * P.unit_area(q, P.gaussian_ring(q, 0.3, 0.08))
+    return q, P.disk_convolution_matrix(q, R_Q) @ f
+
+
+Q_FINE, PROFILE = _amorphous_profile()
+
+
+def _expected(electrons, spots=None, speckle=None):
+    return P.render_pattern((N, N), CENTRE, QPX, probe_radius=R_Q, radial_profile=PROFILE, spots=spots,
+                            electrons=electrons, supersample=2, speckle=speckle)
+
+
+def _profiles(frames, error_model="azimuthal"):
+    tables = PolarTables(GEOM)
+    g = speckle_mean_factor(GEOM.q_centres, GEOM.n_phi, R_Q, GEOM.bin_width) if error_model == "azimuthal" else None
+    return profile_block(np.asarray(frames), np.tile(CENTRE, (len(frames), 1)), np.ones((N, N), bool), tables, R_Q,
+                         speckle_factor=g)
+
+
+# ------------------------------------------------------------------------------------------- generator
+
+
+@pytest.mark.parametrize("m", [1, 3, 10, 30])
+def test_speckle_field_is_gamma_with_variance_one_over_m(m):
+    rng = np.random.default_rng(m)
+    f = np.stack([P.speckle_field((64, 64), R_PX, m, rng) for _ in range(40)])
+    assert f.mean() == pytest.approx(1.0, abs=0.03)
+    assert f.var() == pytest.approx(1.0 / m, rel=0.1)
+    # gamma(M, 1/M): third central moment 2/M²
+    assert ((f - 1) ** 3).mean() == pytest.approx(2.0 / m ** 2, rel=0.35)
+
+
+def test_speckle_grains_are_the_probe_disk_and_centrosymmetric():
+    rng = np.random.default_rng(7)
+    f = np.stack([P.speckle_field((128, 128), R_PX, 1, rng, (64, 64)) for _ in range(60)]) - 1.0
+    for lag in (2, 4, 6, 9):
+        c = 0.5 * ((f * np.roll(f, lag, axis=2)).mean() + (f * np.roll(f, lag, axis=1)).mean()) / (f * f).mean()
+        assert c == pytest.approx(float(speckle_grain_correlation(lag, R_PX)), abs=0.05), lag
+    # beyond a disk diameter the grains are independent
+    assert abs((f * np.roll(f, 16, axis=2)).mean() / (f * f).mean()) < 0.05
+    # Friedel: I(c + d) = I(c − d)
+    d = np.array([[5, 9], [-13, 4], [20, -17]])
+    np.testing.assert_allclose(f[:, 64 + d[:, 0], 64 + d[:, 1]], f[:, 64 - d[:, 0], 64 - d[:, 1]], rtol=1e-12)
+
+
+def test_synth_speckle_on_the_ring_and_off_by_default():
+    from sendmap.synth import make as M
+
+    small = dict(scan_shape=(2, 6), detector_shape=(64, 64), q_pixel_size=0.02)
+    plain = M.SynthModel(M.SynthParams(**small))
+    spk = M.SynthModel(M.SynthParams(**small, speckle_m=10))
+    st = plain.row_structure(0)
+    a, sa = plain.expected_row(0, st)
+    b, sb = spk.expected_row(0, st)
+    np.testing.assert_array_equal(sa, sb)  # the scale (and so the truth) is the speckle-free one
+    cls = plain.phantom.class_map[0]
+    amorph = cls != 0
+    ratio = b[amorph] / a[amorph]
+    q = P.detector_q((64, 64), plain.centres[0, 0], 0.02, 1.015, 30.0)
+    ring = (q > 0.25) & (q < 0.5)
+    v = ratio[:, ring].var(axis=1)
+    assert np.median(v) == pytest.approx(0.1, rel=0.25)  # V ≈ 1/M on the ring's azimuthal intensity
+    # no speckle: counts identical to a dataset made before speckle existed (its own random stream)
+    c1, _ = plain.counts_row(0, st)
+    c2, _ = M.SynthModel(M.SynthParams(**small, speckle_m=0)).counts_row(0, st)
+    np.testing.assert_array_equal(c1, c2)
+
+
+# ------------------------------------------------------------------------------------------- kernel: V(Q), SEM
+
+
+def test_fem_variance_zero_for_smooth_poisson_ring_and_one_over_m_for_speckle():
+    from sendmap.science.polar import fem_variance_scale
+
+    rng = np.random.default_rng(3)
+    scale = fem_variance_scale(GEOM.q_centres, GEOM.n_phi, R_Q, GEOM.bin_width)
+    band = (GEOM.q_centres > 0.2) & (GEOM.q_centres < 0.55)
+    smooth = rng.poisson(_expected(2e4), (40, N, N))
+    v0 = _profiles(smooth)["fem_variance"][:, band] * scale[band]
+    assert abs(np.mean(v0)) < 0.004  # Poisson part removed: unbiased to a few 1e-3 (1/M = 0.1 at M = 10)
+    for m in (3, 10, 30):
+        # noise-free: 10⁴× the counts, so the Poisson correction (which a noise-free pattern does not need) is negligible
+        fr = np.stack([_expected(2e8, speckle=P.speckle_field((N, N), R_PX, m, rng, CENTRE)) for _ in range(40)])
+        v = _profiles(fr)["fem_variance"][:, band] * scale[band]
+        assert np.mean(v) == pytest.approx(1.0 / m, rel=0.15), m
+
+
+@pytest.mark.parametrize("m", [None, 3, 10, 30])
+def test_sem_matches_the_scatter_of_the_mean_over_draws(m):
+    rng = np.random.default_rng(11 if m is None else m)
+    frames = []
+    for _ in range(150):
+        sp = None if m is None else P.speckle_field((N, N), R_PX, m, rng, CENTRE)
+        frames.append(rng.poisson(_expected(2e4, speckle=sp)))
+    r = _profiles(frames)
+    band = (GEOM.q_centres > 0.2) & (GEOM.q_centres < 0.55)
+    ratio = np.median(r["sem"][:, band], axis=0) / r["mean"][:, band].std(axis=0, ddof=1)
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.15), (m, ratio.round(2))
+    if m is not None and m <= 10:  # the Poisson model understates it (at M = 30 and 2e4 e⁻ Poisson is half of it)
+        rp = _profiles(frames, "poisson")
+        assert np.median(np.median(rp["sem"][:, band], axis=0) / r["mean"][:, band].std(axis=0, ddof=1)) < 0.8
+
+
+# ------------------------------------------------------------------------------------------- spots vs speckle
+
+DEF = ClassDefinitions()
+
+
+def _band_max(z, bands):
+    q = GEOM.q_centres
+    sel = np.zeros(q.shape, bool)
+    for lo, hi in bands:
+        sel |= (q >= lo) & (q < hi)
+    return np.nanmax(z[:, sel], axis=1)
+
+
+@pytest.mark.parametrize("m,electrons", [(3, 2e4), (30, 2e4), (3, 5e3)])
+def test_speckled_amorphous_has_at_most_one_percent_false_spots(m, electrons):
+    """Seeds here (1000 + m) are not those the thresholds were chosen on (README: calibration seeds 21-25)."""
+    rng = np.random.default_rng(1000 + m)
+    fr = [rng.poisson(_expected(electrons, speckle=P.speckle_field((N, N), R_PX, m, rng, CENTRE))) for _ in range(200)]
+    z = _profiles(fr)["spot_z"]
+    lif = _band_max(z, DEF.lif_bands[:1])  # (200); (220) at 0.70 is beyond this detector
+    assert np.mean(lif > DEF.lif_spot_z) <= 0.01, np.sort(lif)[-5:]
+    cz = _band_max(z, DEF.crystal_bands[:2])
+    assert np.mean(cz > DEF.crystal_spot_z * np.sqrt(electrons / DEF.crystal_spot_z_electrons)) <= 0.01
+
+
+@pytest.mark.parametrize("m", [3, 10, 30])
+def test_lif_spots_with_three_percent_of_the_scattered_intensity_are_found(m):
+    rng = np.random.default_rng(2000 + m)
+    found = []
+    for _ in range(40):
+        phi = rng.uniform(0, 2 * np.pi)
+        g = 0.497 * np.array([np.sin(phi), np.cos(phi)])
+        # a Friedel pair of LiF (200) disks, 3 % of the scattered intensity each
+        spots = np.array([[g[0], g[1], 0.03], [-g[0], -g[1], 0.03]])
+        fr = rng.poisson(_expected(2e4, spots=spots, speckle=P.speckle_field((N, N), R_PX, m, rng, CENTRE)))
+        found.append(_band_max(_profiles([fr])["spot_z"], DEF.lif_bands[:1])[0] > DEF.lif_spot_z)
+    assert np.mean(found) >= 0.95
+
+
+# ------------------------------------------------------------------------------------------- end to end, M = 10
+
+
+@pytest.fixture(scope="module")
+def speckled_scan(tmp_path_factory):
+    """A 24 × 36 Li/Cu scan (128², 2 × 10⁴ e⁻) with speckle M = 10, synthesised and run with the default config."""
+    from sendmap.cli import main
+    from sendmap.evaluate import evaluate
+
+    d = tmp_path_factory.mktemp("speckle_m10")
+    assert main(["synth", str(d), "--scan-shape", "24", "36", "--speckle", "10", "--dose", "20000", "--seed", "32",
+                 "--quiet"]) == 0
+    cfg = (d / "config.yaml").read_text().replace("output: {dir: results}", "output: {dir: results, figures: false}")
+    (d / "config.yaml").write_text(cfg)
+    assert main(["run", str(d / "config.yaml"), "--no-progress"]) == 0
+    return d, evaluate(d / "results", d)
+
+
+def test_speckled_scan_peak_accuracy(speckled_scan):
+    """Issue 17: MAE ≤ 0.006 1/Å and |bias| ≤ 0.002 at 2 × 10⁴ e⁻ with M = 10 (speckle-free: 0.003); the truth is
+    the speckle-free expectation."""
+    d, r = speckled_scan
+    assert r["peak_mae"] <= 0.006, r
+    assert abs(r["peak_bias"]) <= 0.002, r
+    assert r["class_accuracy"] >= 0.9, r
+
+
+def test_speckled_scan_coverage(speckled_scan):
+    """±1σ coverage 60-76 % at M = 10 (measured 0.60 on the 30 × 45 scan of seed 32, README table; at M = 3 and 30
+    it is 0.57-0.58 there: the issue's coverage target is met at M = 10 and without speckle only)."""
+    _, r = speckled_scan
+    assert 0.60 <= r["peak_coverage_1sigma"] <= 0.76, r
+
+
+def test_speckled_scan_stores_v_and_the_error_model(speckled_scan):
+    import zarr
+
+    d, _ = speckled_scan
+    g = zarr.open_group(str(d / "results" / "sendmap.zarr"), mode="r")
+    v = np.asarray(g["features/fem_variance"])
+    q = np.asarray(g["profiles/q"])
+    assert v.shape == (24, 36, q.size)
+    cls = np.load(d / "truth.npz")["class_map"]
+    ring = (q > 0.25) & (q < 0.45)
+    assert np.nanmedian(v[(cls == 1) | (cls == 3)][:, ring]) == pytest.approx(0.1, rel=0.2)  # 1/M
+    assert g["profiles/sem"].attrs["error_model"] == "azimuthal"
+    assert "speckle_edge" in g.attrs["peaks"]["denoise"]
