@@ -935,7 +935,10 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     bw = float(q[1] - q[0])
     n_phi = int(dict(g.attrs["profiles"])["n_azimuth"])
     gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
-    factor = peak_slope_variance_factor(bw, cfg.peaks.fit_half_width, cfg.peaks.degree, speckle_radial_correlation(r_q, bw))
+    # with fit_half_width: auto the range is chosen later, on these errors: the factor is taken at the fixed range it
+    # starts from (the matched range, where chosen, is narrower: its factor is smaller, the errors a little wide)
+    hw = cfg.peaks.fit_half_width if cfg.peaks.fit_half_width != "auto" else AUTO_FIT_HALF_WIDTH_FALLBACK
+    factor = peak_slope_variance_factor(bw, hw, cfg.peaks.degree, speckle_radial_correlation(r_q, bw))
     fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
     half = 0  # features/fem_variance is already pooled over ± one disk radius in Q
     spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
