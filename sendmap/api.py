@@ -145,7 +145,8 @@ def _defaults(section: str) -> dict:
 def radial_profiles(frames, centres=None, *, q_pixel_size: float, ellipse: tuple[float, float] = (1.0, 0.0),
                     mask=None, n: int | None = None, bin_width: float | None = None, q_max: float | None = None,
                     n_azimuth: int | None = None, disk_radius_q: float | None = None,
-                    convergence_mrad: float = 2.0, beam_energy_kv: float = 200.0) -> dict:
+                    convergence_mrad: float = 2.0, beam_energy_kv: float = 200.0,
+                    error_model: str | None = None) -> dict:
     """Azimuthal profiles of diffraction patterns, each around its own centre, as the profiles stage makes them.
 
     frames: (..., Qy, Qx) counts (numpy or dask; a dask array must hold whole frames per chunk); centres:
@@ -153,10 +154,11 @@ def radial_profiles(frames, centres=None, *, q_pixel_size: float, ellipse: tuple
     ellipse: (ratio ≥ 1, major-axis angle in degrees from +x towards +y); mask: (Qy, Qx) bool, True where a
     pixel is used; n: the power in I·Q^n (config default); bin_width, q_max: 1/Å (default one pixel, the largest
     full circle); disk_radius_q: the Bragg-disk radius for the spot statistic (default from
-    ``convergence_mrad`` and ``beam_energy_kv``).
+    ``convergence_mrad`` and ``beam_energy_kv``); error_model: ``azimuthal`` (Poisson + speckle, the config
+    default) or ``poisson`` for ``sem``.
 
     Returns a dict: ``q`` (nq,) bin centres (1/Å) and (..., nq) float32 arrays ``mean``, ``sem``, ``iqn``,
-    ``iqn_sem``, ``robust_mean``, ``iqn_robust``, ``dispersion``, ``spot_z`` and whatever else the profile
+    ``iqn_sem``, ``robust_mean``, ``iqn_robust``, ``dispersion``, ``spot_z``, ``fem_variance`` and whatever else the profile
     kernel measures per bin (the store's ``profiles/*`` and ``features/spot_z``), as numpy, or dask where
     ``frames`` is dask.
     """
@@ -181,10 +183,11 @@ def radial_profiles(frames, centres=None, *, q_pixel_size: float, ellipse: tuple
     tables = PolarTables(geom, d["centre_step_px"], (qy, qx))
     r_q = disk_radius_q if disk_radius_q is not None else probe_radius_inv_angstrom(convergence_mrad, beam_energy_kv)
     qn = geom.q_centres ** n
-    names = _profile_names(tables, mask, r_q, qn)
+    error_model = error_model or d["error_model"]
+    names = _profile_names(tables, mask, r_q, qn, error_model)
 
     def block(fr, ce):
-        out = _profile_arrays(fr.reshape(-1, qy, qx), ce.reshape(-1, 2), tables, mask, r_q, qn)
+        out = _profile_arrays(fr.reshape(-1, qy, qx), ce.reshape(-1, 2), tables, mask, r_q, qn, error_model)
         return np.stack([out[k] for k in names], axis=-2).reshape(fr.shape[:-2] + (len(names), geom.nq))
 
     if _is_dask(frames):
@@ -204,18 +207,20 @@ def radial_profiles(frames, centres=None, *, q_pixel_size: float, ellipse: tuple
     return out
 
 
-def _profile_arrays(frames, centres, tables, mask, r_q, qn) -> dict:
+def _profile_arrays(frames, centres, tables, mask, r_q, qn, error_model) -> dict:
     """The pipeline's per-block profile computation (``pipeline._PolarProcess``) on one block of frames."""
-    from .pipeline import _PolarProcess
+    from .pipeline import _PolarProcess, profile_error_terms
 
-    proc = _PolarProcess(tables, mask, r_q, (0.0, 0.0), r_q, qn)
+    geom = tables.geom
+    speckle_g, fem_scale = profile_error_terms(geom.q_centres, geom.n_phi, r_q, geom.bin_width, error_model)
+    proc = _PolarProcess(tables, mask, r_q, (0.0, 0.0), r_q, qn, (0.0, 0.0), speckle_g, fem_scale)
     _, out = proc(((None, None), frames, centres))
     return {k: v for k, v in out.items() if getattr(v, "ndim", 0) == 2}
 
 
-def _profile_names(tables, mask, r_q, qn) -> list[str]:
+def _profile_names(tables, mask, r_q, qn, error_model) -> list[str]:
     probe = _profile_arrays(np.zeros((1,) + mask.shape, np.uint16), np.array([[mask.shape[0] / 2, mask.shape[1] / 2]]),
-                            tables, mask, r_q, qn)
+                            tables, mask, r_q, qn, error_model)
     return sorted(probe)
 
 

@@ -274,6 +274,10 @@ class ClassDefinitions(_Section):
         10.5, gt=0, description="spot significance (σ, against the azimuthal scatter) in LiF bands that marks SEI Type 2: "
         "the 99th percentile of speckled amorphous positions (sendmap synth --speckle 3, 2 × 10⁴ e⁻, seed 21, the "
         "worst of M = 3, 10, 30 at 2 × 10⁴ and 5 × 10³ e⁻, seeds 21-25: ≤ 7 for M ≥ 10), i.e. ≤ 1 % false LiF spots")
+    lif_spot_z_electrons: Optional[float] = Field(
+        20000.0, gt=0, description="electrons per (stored) pattern at which lif_spot_z and lif_spot_z_noise hold; both "
+        "scale as (electrons / this)^0.26, as the chance maximum of speckled amorphous patterns does "
+        "(pipeline.LIF_DOSE_EXPONENT); null: no scaling")
     lif_spot_z_noise: float = Field(
         4.5, gt=0, description="σ an isotropic pattern's brightest spot in the LiF bands reaches by chance (median over "
         "speckled amorphous positions: 3.4-5.4 for M = 3-30, synthetic seeds 21-25): a position votes 0 for LiF spots "

@@ -636,6 +636,16 @@ def profile_geometry(cfg: Config, calib: dict, frame_shape: tuple[int, int], ori
                          cfg.profiles.supersample)
 
 
+def profile_error_terms(q: np.ndarray, n_phi: int, disk_radius_q: float, bin_width: float, error_model: str):
+    """(G(Q) of the "azimuthal" error model or None for "poisson", the sector→pixel scale of V(Q)): what
+    :class:`_PolarProcess` needs besides the geometry (:func:`sendmap.science.polar.speckle_mean_factor`,
+    :func:`~sendmap.science.polar.fem_variance_scale`)."""
+    from .science.polar import fem_variance_scale, speckle_mean_factor
+
+    g = speckle_mean_factor(q, n_phi, disk_radius_q, bin_width) if error_model == "azimuthal" else None
+    return g, fem_variance_scale(q, n_phi, disk_radius_q, bin_width)
+
+
 @dataclass(frozen=True)
 class _PolarProcess:
     """process(): one pass over a block → profiles, robust mean, spot significance and virtual images."""
@@ -676,7 +686,7 @@ class _PolarProcess:
 LATER_STAGE_MODULES = ("sendmap.execute", "sendmap.science.mask", "sendmap.science.centre", "sendmap.science.ellipse",
                        "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.features",
                        "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats", "sendmap.science.dose",
-                       "sendmap.report.build", "threadpoolctl")
+                       "sendmap.io.generic", "sendmap.report.build", "threadpoolctl")
 """The modules the stages after ingest import (0.24 s in all, scipy.ndimage alone ~0.2 s): see :func:`prefetch_imports`.
 Kept by hand; ``tests/test_reprocess.py`` fails if a function here imports a sendmap module it does not load."""
 
@@ -806,8 +816,7 @@ def stage_profiles(ctx: Context) -> None:
     for nm in ("iqn", "iqn_sem", "iqn_robust"):
         arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     error_model = cfg.profiles.error_model
-    speckle_g = (speckle_mean_factor(q, geom.n_phi, r_q, geom.bin_width) if error_model == "azimuthal" else None)
-    fem_scale = fem_variance_scale(q, geom.n_phi, r_q, geom.bin_width)
+    speckle_g, fem_scale = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, error_model)
     for nm in ("sem", "iqn_sem"):
         arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
@@ -969,9 +978,15 @@ def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np
     from .science.polar import correlated_noise_top_singular_value
 
     sem, spk = speckle["sem"].reshape(y.shape), speckle["spk"].reshape(y.shape)
-    ref = np.nanmedian(np.where(rows[:, None], s_fit, np.nan), axis=0)
+    if rows.sum() < 8:
+        return None, None
+    sub = s_fit[rows]
+    ok_cols = np.isfinite(sub).any(axis=0)  # (a column NaN at every row has no median: left out, unwarned)
+    ref = np.full(y.shape[1], np.nan)
+    ref[ok_cols] = np.nanmedian(sub[:, ok_cols], axis=0)
     cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
-    if cols.size < 4 or rows.sum() < 8:
+    cols = cols[np.isfinite(spk[rows][:, cols]).any(axis=0) & np.isfinite(sem[rows][:, cols]).any(axis=0)]
+    if cols.size < 4:
         return None, None
     r = ref[cols]
     s_ref = np.nanmedian(spk[rows][:, cols], axis=0)
@@ -1195,6 +1210,32 @@ def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray, measured: dict
     return float(max(d.crystal_spot_z * math.sqrt(max(epp, 1.0) / d.crystal_spot_z_electrons), floor))
 
 
+LIF_DOSE_EXPONENT = 0.26
+"""How the chance maximum of the LiF-band spot significance of a speckled amorphous pattern grows with the dose:
+as (electrons)^0.26. Its 99th percentile at M = 3 (the strongest speckle of the scenarios) is 6.8 σ at 5 × 10³ and
+9.8 σ at 2 × 10⁴ e⁻ (test_speckle's generator, seeds 21-25 × 100 patterns each); ln(9.8 / 6.8) / ln 4 = 0.26. Slower
+than a Bragg spot's √dose: speckle, not Poisson noise, sets the null at these doses."""
+
+
+def lif_spot_thresholds(cfg: Config, total_counts: np.ndarray, measured: dict | None = None) -> tuple[float, float]:
+    """(sure, noise) LiF-spot thresholds (σ) at this dataset's dose: ``lif_spot_z`` and ``lif_spot_z_noise`` (set at
+    ``lif_spot_z_electrons`` per pattern) × (electrons per stored pattern / ``lif_spot_z_electrons``) ^
+    :data:`LIF_DOSE_EXPONENT`; as set where the dose is unknown or the scaling off (``lif_spot_z_electrons`` null).
+    Never below :data:`sendmap.science.dose.MIN_CRYSTAL_Z` (a false-alarm rate below 10⁻³ per pattern) unless set
+    lower."""
+    d = cfg.classify.definitions
+    if not d.lif_spot_z_electrons:
+        return float(d.lif_spot_z), float(d.lif_spot_z_noise)
+    from .science.dose import MIN_CRYSTAL_Z
+
+    epp = dose_record(cfg, total_counts, measured)["electrons_per_stored_pattern"]
+    if epp is None:
+        return float(d.lif_spot_z), float(d.lif_spot_z_noise)
+    f = (max(epp, 1.0) / d.lif_spot_z_electrons) ** LIF_DOSE_EXPONENT
+    sure = max(d.lif_spot_z * f, min(MIN_CRYSTAL_Z, float(d.lif_spot_z)))
+    return float(sure), float(min(d.lif_spot_z_noise * f, 0.9 * sure))
+
+
 def stage_classify(ctx: Context) -> None:
     """Features per position, class per position, phase naming, and the final peak maps (no SRO peak for crystals).
 
@@ -1233,8 +1274,9 @@ def stage_classify(ctx: Context) -> None:
     crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
     if d.crystal_bragg_fraction > 0:
         crystal_like &= np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction
-    vote = spot_vote(lif_z, crystal_like, d.lif_spot_z_noise, d.lif_spot_z, d.lif_neighbourhood)
-    rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=d.lif_spot_z, electrolyte_max_q=d.electrolyte_max_q,
+    lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
+    vote = spot_vote(lif_z, crystal_like, lif_noise, lif_sure, d.lif_neighbourhood)
+    rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=lif_sure, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
                  electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
                  crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
@@ -1251,7 +1293,7 @@ def stage_classify(ctx: Context) -> None:
     feat_lines = phase_lines(FEATURE_PHASES, q_rng)
     aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
     all_lines = phase_lines(SEI_PHASES, q_rng)
-    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, d.lif_spot_z, 0.6 * bw, q_rng)
+    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, lif_sure, 0.6 * bw, q_rng)
     counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
     bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1270,14 +1312,14 @@ def stage_classify(ctx: Context) -> None:
     # a second maximum where Bragg spots sit (e.g. LiF (220) at 0.70 1/Å in SEI Type 2) is a reflection, not SRO
     q2 = np.asarray(g["peaks/second_q_peak"])
     j2 = np.clip(np.searchsorted(q, np.nan_to_num(q2, nan=q[0])), 0, q.size - 1)
-    spot_at_q2 = np.take_along_axis(np.nan_to_num(spot_z), j2[..., None], axis=-1)[..., 0] > d.lif_spot_z
+    spot_at_q2 = np.take_along_axis(np.nan_to_num(spot_z), j2[..., None], axis=-1)[..., 0] > lif_sure
     no_peak2 = no_peak | spot_at_q2
     for key, name in (("q_peak", "peak2_q"), ("q_err", "peak2_q_err"), ("height", "peak2_height")):
         src = np.asarray(g[f"peaks/second_{key}"])
         write_array(g, f"maps/{name}", np.where(no_peak2, np.nan, src),
                     {"units": "1/Å" if key.startswith("q") else "profile units", "meaning": "second SRO peak; NaN where absent"})
     write_array(g, "maps/phase", phase_idx, {"phase_names": phase_names, "meaning": "library phase whose rings the "
-                                             "significant spots fall on; -1 none", "min_spot_z": d.lif_spot_z})
+                                             "significant spots fall on; -1 none", "min_spot_z": lif_sure})
     write_array(g, "features/phase_score", phase_score, {"meaning": "explained spot share minus chance, best phase"})
     write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
     write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,

@@ -318,9 +318,11 @@ def write_coordinates(group: zarr.Group, store_dir: Path, step_nm: float | None)
         if meta.get("node_type") != "array":
             continue
         grp = f.parent.parent.relative_to(store_dir).as_posix()
+        if grp == ".":  # the root holds the data (dense layout) only: no coordinates there, whatever the layout
+            continue
         for d, n in zip(meta.get("dimension_names") or [], meta["shape"]):
             if d in COORDINATES and f.parent.name != d:
-                need.setdefault("" if grp == "." else grp, {}).setdefault(d, n)
+                need.setdefault(grp, {}).setdefault(d, n)
     q = None
     for grp, dims in need.items():
         for d, n in dims.items():

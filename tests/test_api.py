@@ -18,17 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A 6 × 8 scan of 64² frames run with ``peaks.denoise: none`` (the plain fit the API's fit_peaks makes)."""
+    """A 6 × 8 scan of 64² frames run with ``peaks.denoise: none`` and the Poisson error model (the plain fit on
+    the stored errors, as the API's fit_peaks makes it)."""
     d = tmp_path_factory.mktemp("api")
     assert main(["synth", str(d / "s"), "--scan-shape", "6", "8", "--detector", "64", "--seed", "3", "--quiet"]) == 0
-    res = sendmap.run(d / "s" / "config.yaml", "output.figures=false", peaks__denoise="none")
+    res = sendmap.run(d / "s" / "config.yaml", "output.figures=false", peaks__denoise="none",
+                      profiles__error_model="poisson")
     return res
 
 
 def test_run_returns_the_summary_and_reuses_stages(small):
     assert small.store.is_dir() and (small.path / "summary.json").is_file()
     assert json.loads((small.path / "summary.json").read_text())["classes"] == small.classes
-    again = sendmap.run(small.path.parent / "config.yaml", "output.figures=false", peaks__denoise="none")
+    again = sendmap.run(small.path.parent / "config.yaml", "output.figures=false", peaks__denoise="none",
+                        profiles__error_model="poisson")
     assert again.summary["reused_stages"] == ["ingest", "calibrate", "profiles", "peaks", "classify", "statistics",
                                               "report"]
 
@@ -71,7 +74,7 @@ def test_open_result_is_one_labelled_lazy_dataset(small):
     names = sendmap.api.class_names(ds)
     g = zarr.open_group(str(small.store), mode="r")
     assert np.array_equal(names, np.array(sendmap.CLASS_NAMES)[np.asarray(g["maps/class"])])
-    assert ds.attrs["config"]["peaks"]["denoise"] == "none"
+    assert ds.attrs["config"]["peaks"]["denoise"] == "none" and ds["sem"].attrs["error_model"] == "poisson"
     with pytest.raises(sendmap.errors.SendmapInputError, match="no sendmap result store"):
         sendmap.open_result(small.path / "nowhere")
 
@@ -95,12 +98,13 @@ def test_radial_profiles_equal_the_profile_stage(small):
     prof = g.attrs["profiles"]
     kw = dict(centres=np.asarray(g["calibration/origin"]), q_pixel_size=cal["q_pixel_size"],
               ellipse=(cal["ellipse"]["ratio"], cal["ellipse"]["angle_deg"]), mask=np.asarray(g["calibration/mask"]),
-              q_max=prof["q_max"], disk_radius_q=cal["disk_radius_px"] * cal["q_pixel_size"])
+              q_max=prof["q_max"], disk_radius_q=cal["disk_radius_px"] * cal["q_pixel_size"], error_model="poisson")
     p = sendmap.radial_profiles(frames, **kw)
     assert np.array_equal(p["q"], np.asarray(g["profiles/q"]))
     for name in ("mean", "sem", "iqn", "iqn_sem", "robust_mean"):
         assert np.array_equal(p[name], np.asarray(g[f"profiles/{name}"]), equal_nan=True), name
     assert np.array_equal(p["spot_z"], np.asarray(g["features/spot_z"]), equal_nan=True)
+    assert np.array_equal(p["fem_variance"], np.asarray(g["features/fem_variance"]), equal_nan=True)
     lazy = sendmap.radial_profiles(da.from_array(frames, chunks=(2, 4, -1, -1)), **kw)
     assert isinstance(lazy["mean"], da.Array)
     assert np.array_equal(lazy["mean"].compute(), p["mean"], equal_nan=True)
