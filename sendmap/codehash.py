@@ -45,46 +45,11 @@ def _resolve(current: str, is_package: bool, level: int, module: str | None) -> 
     return ".".join(base + ([module] if module else []))
 
 
-def _imports(node: ast.AST, current: str, is_package: bool) -> dict[str, str]:
-    """Sendmap modules imported anywhere under ``node``: bound name → module ('from .x import a' binds a to
-    sendmap.x, or to sendmap.x.a where that is a submodule)."""
-    out: dict[str, str] = {}
-    for n in ast.walk(node):
-        if isinstance(n, ast.Import):
-            for a in n.names:
-                if a.name.split(".")[0] == "sendmap":
-                    out[a.asname or a.name.split(".")[0]] = a.name
-        elif isinstance(n, ast.ImportFrom):
-            mod = _resolve(current, is_package, n.level, n.module)
-            if not mod.startswith("sendmap"):
-                continue
-            for a in n.names:
-                sub = f"{mod}.{a.name}"
-                out[a.asname or a.name] = sub if _module_file(sub) else mod
-    return out
-
-
 @functools.lru_cache(maxsize=None)
 def _parsed(name: str) -> tuple[ast.Module, bytes]:
     f = _module_file(name)
     src = f.read_bytes()
     return ast.parse(src), src
-
-
-def module_closure(names) -> frozenset[str]:
-    """Every sendmap module reachable from ``names`` by imports anywhere in their files (and the packages that
-    hold them, whose ``__init__`` runs first)."""
-    todo, seen = list(names), set()
-    while todo:
-        name = todo.pop()
-        if name in seen or _module_file(name) is None:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        tree, _ = _parsed(name)
-        todo.extend(_imports(tree, name, _module_file(name).name == "__init__.py").values())
-    return frozenset(seen)
 
 
 def _digest(modules) -> str:

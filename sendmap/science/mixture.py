@@ -18,6 +18,15 @@ def _log_norm(x: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     return -0.5 * (np.log(2 * np.pi * var) + (x - mu) ** 2 / var)
 
 
+def _e_step(x, s2, w, mu, var):
+    """(total variances (N, K), responsibilities (N, K), log-likelihood) at the given parameters."""
+    tot = var[None, :] + s2[:, None]
+    logp = np.log(w)[None, :] + _log_norm(x[:, None], mu[None, :], tot)
+    m = logp.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logp - m).sum(axis=1))
+    return tot, np.exp(logp - lse[:, None]), float(lse.sum())
+
+
 def fit_deconvolved_mixture(x: np.ndarray, sigma: np.ndarray, n_components: int, n_iter: int = 500,
                             tol: float = 1e-9, min_var: float = 1e-10, init_means: np.ndarray | None = None,
                             seed: int = 0) -> dict:
@@ -54,12 +63,7 @@ def fit_deconvolved_mixture(x: np.ndarray, sigma: np.ndarray, n_components: int,
     w = np.full(k, 1.0 / k)
     ll_old, converged = -np.inf, False
     for _ in range(n_iter):
-        tot = var[None, :] + s2[:, None]
-        logp = np.log(w)[None, :] + _log_norm(x[:, None], mu[None, :], tot)
-        m = logp.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logp - m).sum(axis=1))
-        r = np.exp(logp - lse[:, None])
-        ll = float(lse.sum())
+        tot, r, ll = _e_step(x, s2, w, mu, var)
         nk = r.sum(axis=0) + 1e-300
         b = mu[None, :] + var[None, :] / tot * (x[:, None] - mu[None, :])
         bb = var[None, :] - var[None, :] ** 2 / tot
@@ -70,12 +74,7 @@ def fit_deconvolved_mixture(x: np.ndarray, sigma: np.ndarray, n_components: int,
             converged = True
             break
         ll_old = ll
-    tot = var[None, :] + s2[:, None]
-    logp = np.log(w)[None, :] + _log_norm(x[:, None], mu[None, :], tot)
-    m = logp.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(logp - m).sum(axis=1))
-    r = np.exp(logp - lse[:, None])
-    ll = float(lse.sum())
+    _, r, ll = _e_step(x, s2, w, mu, var)
     mean_err, sig_err = _marginal_errors(x, s2, w, mu, var, min_var)
     order = np.argsort(mu)
     sig = np.where(var > min_var, np.sqrt(var), 0.0)
