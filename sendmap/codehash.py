@@ -5,7 +5,8 @@ Two caches use them:
 * the stage cache (:func:`sendmap.pipeline.stage_keys`): a stage's key includes :func:`stage_code_digest`, the
   SHA-256 of ``pipeline.py`` and of every sendmap module the stage's code can reach: the modules its function
   imports (at the top of ``pipeline.py`` or inside the function), those imported by the pipeline helpers it
-  calls, and, transitively, every sendmap module any of those imports anywhere in its file. An edit of a science
+  calls, and, transitively and name by name, the modules of every definition those use (:func:`stage_modules`;
+  a module imported whole counts whole). An edit of a science
   function therefore recomputes the stages that can call it (and, through the chained keys, the stages after
   them), nothing before them;
 * numba's on-disk cache (:func:`numba_cache_dir`): numba checks only the time stamp of the file a kernel is
