@@ -4,7 +4,7 @@ the sparse layout's index and count lists (``input.store_layout``).
     python benchmarks/codecs.py RESULTS/sendmap.zarr [--rows 2]
 
 Prints µs per frame to encode and to decode, and the compression ratio, for the settings sendmap could use
-(see ``sendmap.store.BLOSC_CNAME``)."""
+(see ``sendmap.engine.store.BLOSC_CNAME``)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ import time
 import numpy as np
 from numcodecs import Blosc, blosc
 
-from sendmap.ingest import open_stored, read_frames
+from sendmap.engine.data import open_stored, read_frames
 from sendmap.science.sparse import to_sparse
 
 SETTINGS = [("lz4", Blosc.SHUFFLE, 1 << 20), ("lz4", Blosc.BITSHUFFLE, 1 << 20), ("lz4", Blosc.NOSHUFFLE, 1 << 20),

@@ -67,7 +67,7 @@ def truth(folder: Path) -> dict:
 
 
 def profile_bins(centre_yx, frame_shape) -> int:
-    """sendmap's default number of 1-pixel radial bins (sendmap.pipeline.profile_geometry, q_max unset):
+    """sendmap's default number of 1-pixel radial bins (sendmap.stages.profiles.profile_geometry, q_max unset):
     the distance from the mean centre to the nearest detector corner, in whole pixels."""
     cy, cx = centre_yx
     qy, qx = frame_shape

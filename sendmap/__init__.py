@@ -15,7 +15,7 @@ CLASS_NAMES = ("crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned")
 """Class index -> name, as stored in ``maps/class`` (attr ``class_names``)."""
 
 STORE_NAME = "sendmap.zarr"
-"""The result store's folder name in ``output.dir`` (:mod:`sendmap.store`)."""
+"""The result store's folder name in ``output.dir`` (:mod:`sendmap.engine.store`)."""
 
 __all__ = ["CLASS_NAMES", "STORE_NAME", "Result", "classify", "export", "find_centres", "fit_peaks", "open_result",
            "radial_profiles", "run"]
@@ -38,7 +38,7 @@ def __getattr__(name):
 
 
 def _numba_cache_for_this_source() -> None:
-    """Point numba's on-disk cache at a folder of this exact source (:func:`sendmap.codehash.numba_cache_dir`):
+    """Point numba's on-disk cache at a folder of this exact source (:func:`sendmap.engine.codehash.numba_cache_dir`):
     numba checks only the time stamp of a kernel's own file, not of helpers inlined from other files. The root
     is ``$NUMBA_CACHE_DIR`` where the user set one, else ``~/.cache/sendmap/numba``; child processes inherit it."""
     import os
@@ -48,7 +48,7 @@ def _numba_cache_for_this_source() -> None:
     if root is None:
         root = os.environ.get("NUMBA_CACHE_DIR") or ""
         os.environ["SENDMAP_NUMBA_CACHE_ROOT"] = root
-    from .codehash import numba_cache_dir
+    from .engine.codehash import numba_cache_dir
 
     d = str(numba_cache_dir(root or None))
     os.environ["NUMBA_CACHE_DIR"] = d

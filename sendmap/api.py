@@ -208,12 +208,13 @@ def radial_profiles(frames, centres=None, *, q_pixel_size: float, ellipse: tuple
 
 
 def _profile_arrays(frames, centres, tables, mask, r_q, qn, error_model) -> dict:
-    """The pipeline's per-block profile computation (``pipeline._PolarProcess``) on one block of frames."""
-    from .pipeline import _PolarProcess, profile_error_terms
+    """The pipeline's per-block profile computation (:class:`sendmap.compute.profiles.ProfileBlock`) on one block of frames."""
+    from .compute.profiles import ProfileBlock
+    from .stages.profiles import profile_error_terms
 
     geom = tables.geom
     speckle_g, fem_scale = profile_error_terms(geom.q_centres, geom.n_phi, r_q, geom.bin_width, error_model)
-    proc = _PolarProcess(tables, mask, r_q, (0.0, 0.0), r_q, qn, (0.0, 0.0), speckle_g, fem_scale)
+    proc = ProfileBlock(tables, mask, r_q, (0.0, 0.0), r_q, qn, (0.0, 0.0), speckle_g, fem_scale)
     _, out = proc(((None, None), frames, centres))
     return {k: v for k, v in out.items() if getattr(v, "ndim", 0) == 2}
 
@@ -276,7 +277,7 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     q = np.asarray(q, dtype=np.float64)
     lead = tuple(profiles.shape[:-1])
     if options.get("half_width", d["fit_half_width"]) == "auto":  # as the stage: from the mean profile
-        from .pipeline import AUTO_FIT_HALF_WIDTH_FALLBACK
+        from .stages.peaks import AUTO_FIT_HALF_WIDTH_FALLBACK
 
         p = np.asarray(profiles, dtype=np.float64).reshape(-1, len(q))
         s = (np.sqrt(np.clip(p, 0, None)) if sem is None else np.asarray(sem, dtype=np.float64).reshape(p.shape))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .errors import SendmapInputError
-from .store import write_json_atomic, write_text_atomic
+from .engine.store import write_json_atomic, write_text_atomic
 
 COLUMNS = ("config", "status", "computed", "reused", "wall_s", "output", "reason")
 

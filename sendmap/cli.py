@@ -145,7 +145,7 @@ def _cmd_run(args) -> int:
     except BaseException as exc:
         out = cfg.output_dir() if cfg is not None else _output_dir_of_unloadable_config(args.config, args.set)
         if out is not None and out.is_dir() and not exc.__class__.__name__ == "OutputBusyError":
-            from .pipeline import mark_failed
+            from .engine.failures import mark_failed
 
             mark_failed(out, exc)
         raise

@@ -105,7 +105,7 @@ class InputConfig(_Section):
 class CalibrationConfig(_Section):
     _from_file: dict = PrivateAttr(default_factory=dict)
     """Values the run took from the input file's own calibration (keys the config left out): see
-    :func:`sendmap.pipeline.apply_file_calibration`. Not part of the YAML."""
+    :func:`sendmap.stages.input.apply_file_calibration`. Not part of the YAML."""
     q_pixel_size: Optional[float] = Field(None, gt=0, description="1/Å per (unbinned) detector pixel, Q = 1/d; null: "
                                           "from calibrant or camera length, else the input file's own calibration")
     # Bounds that catch unit mistakes (a step in metres, a voltage in V), not physics limits: the finest 4D-STEM
@@ -277,7 +277,7 @@ class ClassDefinitions(_Section):
     lif_spot_z_electrons: Optional[float] = Field(
         20000.0, gt=0, description="electrons per (stored) pattern at which lif_spot_z and lif_spot_z_noise hold; both "
         "scale as (electrons / this)^0.26, as the chance maximum of speckled amorphous patterns does "
-        "(pipeline.LIF_DOSE_EXPONENT); null: no scaling")
+        "(sendmap.stages.crystalline.LIF_DOSE_EXPONENT); null: no scaling")
     lif_spot_z_noise: float = Field(
         4.5, gt=0, description="σ an isotropic pattern's brightest spot in the LiF bands reaches by chance (median over "
         "speckled amorphous positions: 3.4-5.4 for M = 3-30, synthetic seeds 21-25): a position votes 0 for LiF spots "

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASS_NAMES
-from .store import STORE_NAME
+from .engine.store import STORE_NAME
 
 
 def evaluate(out_dir: Path, truth_dir: Path) -> dict:

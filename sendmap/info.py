@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .errors import SendmapInputError
 from .io import check_readable, detect_format, fingerprint, open_dataset
-from .store import STORE_NAME
+from .engine.store import STORE_NAME
 
 
 def describe(path: Path) -> dict:
@@ -65,7 +65,7 @@ def describe(path: Path) -> dict:
 
 def _unfinished(out_dir: Path) -> dict:
     """Block stages a killed run left part-done (the next run resumes them): blocks done per stage."""
-    from .resume import RESUME_DIR, read_record
+    from .engine.resume import RESUME_DIR, read_record
 
     out = {}
     for rec in sorted((out_dir / RESUME_DIR).glob("*.rec")):

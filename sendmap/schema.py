@@ -1,7 +1,7 @@
 """The result store's data model: dimension names, units and long names of every array, in one place.
 
 Every array the pipeline writes gets zarr v3 ``dimension_names`` and ``units`` / ``long_name`` attributes from
-:func:`describe` (called by :func:`sendmap.store.write_array` and wherever an array is created), so that
+:func:`describe` (called by :func:`sendmap.engine.store.write_array` and wherever an array is created), so that
 ``xarray.open_zarr(store, group=...)`` and :func:`sendmap.api.open_result` give labelled arrays:
 
 =========  ==========================================================================

@@ -80,7 +80,7 @@ def test_open_result_is_one_labelled_lazy_dataset(small):
 
 
 def _stored_frames_and_geometry(small):
-    from sendmap.ingest import open_stored
+    from sendmap.engine.data import open_stored
     from sendmap.science.sparse import as_dense
 
     g = zarr.open_group(str(small.store), mode="r")

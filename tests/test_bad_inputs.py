@@ -185,7 +185,7 @@ LOCK_HOLDERS: list = []
 
 def _output_locked(case_dir, scan):
     # a live run (another process, holding the folder's lock) writes there: its complete results stay untouched
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sendmap.lock import OutputLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sendmap.engine.lock import OutputLock\n"
                                "with OutputLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n",
                                str(case_dir / "out")], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -542,8 +542,9 @@ def test_context_warn_records_in_store_and_summary_and_drops_with_its_stage(tmp_
     """Context.warn: logged once, kept in the store attrs with its stage and code; a recomputed stage drops its
     old warnings, a reused one keeps them."""
     from sendmap.config import config_from_dict
-    from sendmap.pipeline import Context, build_summary
-    from sendmap.store import open_store
+    from sendmap.engine.context import Context
+    from sendmap.engine.runner import build_summary
+    from sendmap.engine.store import open_store
 
     g = open_store(tmp_path, mode="a")
     lines = []

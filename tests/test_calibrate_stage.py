@@ -111,7 +111,7 @@ def test_q_pixel_size_and_ellipse_from_a_calibrate_json(tmp_path):
 
 def test_crystal_threshold_scales_with_the_square_root_of_the_dose():
     from sendmap.config import config_from_dict
-    from sendmap.pipeline import crystal_spot_threshold
+    from sendmap.stages.crystalline import crystal_spot_threshold
 
     counts = np.zeros((2, 2))
     for epp, want in ((20000, 25.0), (5000, 12.5), (80000, 50.0)):
@@ -123,7 +123,7 @@ def test_crystal_threshold_scales_with_the_square_root_of_the_dose():
 
 
 def test_ellipse_sample_spreads_whole_blocks_over_the_scan():
-    from sendmap.pipeline import ellipse_sample
+    from sendmap.stages.calibrate import ellipse_sample
 
     blocks = [(y, y + 1, 0, 148) for y in range(148)]
     picked = sorted(ellipse_sample(blocks, 4096))
@@ -150,7 +150,7 @@ def test_ellipse_from_a_sample_of_frames_agrees_within_its_error(tmp_path):
 def test_crystal_threshold_never_below_five_sigma():
     """At 10 e⁻ per pattern the scaled threshold (0.56 σ) called 110 of 192 synthetic positions crystal (issue 21)."""
     from sendmap.config import config_from_dict
-    from sendmap.pipeline import crystal_spot_threshold
+    from sendmap.stages.crystalline import crystal_spot_threshold
 
     cfg = config_from_dict({"input": {"path": "x.npy"}, "dose": {"electrons_per_pattern": 10}})
     assert crystal_spot_threshold(cfg, np.zeros((2, 2))) == 5.0

@@ -1,5 +1,5 @@
 """The stage cache cannot outlive the code that made it: a stage's key holds the digest of the sendmap code it can
-run (:mod:`sendmap.codehash`), and numba's on-disk cache lives in a folder named by the package's digest."""
+run (:mod:`sendmap.engine.codehash`), and numba's on-disk cache lives in a folder named by the package's digest."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sendmap.cli import main
-from sendmap.codehash import package_digest, stage_modules
+from sendmap.engine.codehash import package_digest, stage_modules
 from sendmap.pipeline import STAGES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sendmap"
@@ -31,13 +31,14 @@ def _run_copy(root: Path, *args, cache_root: Path):
 
 
 def test_stage_modules_follow_what_each_stage_runs():
-    mods = {st.name: stage_modules(st.run.__name__) for st in STAGES}
+    mods = {st.name: stage_modules(st.run.__name__, st.run.__module__) for st in STAGES}
     assert "sendmap.science.peaks" in mods["peaks"] and "sendmap.science.peaks" not in mods["profiles"]
     assert "sendmap.science.stats" in mods["statistics"] and "sendmap.science.stats" not in mods["classify"]
     assert "sendmap.science.polar_tables" in mods["profiles"] and "sendmap.science.sparse" in mods["profiles"]
     assert "sendmap.report.figures" in mods["report"] and "sendmap.report.figures" not in mods["ingest"]
-    assert "sendmap.ingest" in mods["ingest"] and "sendmap.io.mib" in mods["ingest"]
-    assert all("sendmap.pipeline" in m for m in mods.values())
+    assert "sendmap.compute.ingest" in mods["ingest"] and "sendmap.io.mib" in mods["ingest"]
+    assert "sendmap.compute.profiles" in mods["profiles"] and "sendmap.compute.profiles" not in mods["peaks"]
+    assert all(f"sendmap.stages.{name}" in m for name, m in mods.items())
 
 
 def test_edited_science_function_reruns_exactly_the_stages_that_use_it(tmp_path):
@@ -67,7 +68,7 @@ def test_edited_science_function_reruns_exactly_the_stages_that_use_it(tmp_path)
 
 
 def test_package_digest_is_the_numba_cache_folder(monkeypatch, tmp_path):
-    from sendmap.codehash import numba_cache_dir
+    from sendmap.engine.codehash import numba_cache_dir
 
     d = numba_cache_dir(tmp_path)
     assert d.name == package_digest()[:16] and d.is_dir()

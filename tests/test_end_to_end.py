@@ -256,7 +256,7 @@ def test_virtual_images_sum_the_counts_around_each_centre(synth_run):
     assert np.all(bf + adf <= total * (1 + 1e-9))
     # the same sums done plainly, pixel centres within the stored Q ranges around the fitted centre (no sub-pixels,
     # no ellipse): agree to the ~1 % that edge pixels make
-    from sendmap.ingest import read_frames
+    from sendmap.engine.data import read_frames
     data = read_frames(synth_run / "results" / "sendmap.zarr").astype(np.float64)
     origin = np.asarray(g["calibration/origin"])
     mask = np.asarray(g["calibration/mask"])

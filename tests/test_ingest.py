@@ -13,7 +13,8 @@ import zarr
 from sendmap.cli import main
 from sendmap.config import config_from_dict
 from sendmap.io import detect_format, open_dataset
-from sendmap.pipeline import q_pixel_size, run_pipeline, scan_step_nm
+from sendmap.pipeline import run_pipeline
+from sendmap.stages.settings import q_pixel_size, scan_step_nm
 
 RNG = np.random.default_rng(7)
 SCAN, FRAME = (4, 6), (32, 32)
@@ -240,14 +241,14 @@ def test_ingest_is_idempotent_and_never_touches_the_input(tmp_path):
 
 
 def test_a_failed_ingest_is_never_taken_for_complete(tmp_path, monkeypatch):
-    from sendmap import ingest
+    from sendmap.compute.ingest import IngestBlock
 
     data = _counts()
     np.save(tmp_path / "d.npy", data)
     cfg = _cfg(tmp_path, tmp_path / "d.npy")
     cfg.compute.chunk_mb = cfg.compute.block_mb = 0.002  # one frame per chunk: 24 blocks
     calls = {"n": 0}
-    real = ingest._Process.__call__
+    real = IngestBlock.__call__
 
     def dying(self, loaded):
         calls["n"] += 1
@@ -255,12 +256,12 @@ def test_a_failed_ingest_is_never_taken_for_complete(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill in the middle of ingest")
         return real(self, loaded)
 
-    monkeypatch.setattr(ingest._Process, "__call__", dying)
+    monkeypatch.setattr(IngestBlock, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, until="ingest", log=lambda *_: None)
     g = zarr.open_group(str(tmp_path / "out" / "sendmap.zarr"), mode="r")
     assert g.attrs["status"] == "failed" and "ingest" not in g.attrs.get("stages", {})
-    monkeypatch.setattr(ingest._Process, "__call__", real)
+    monkeypatch.setattr(IngestBlock, "__call__", real)
     again = run_pipeline(cfg, until="ingest", log=lambda *_: None)
     assert "ingest" not in again["reused_stages"]
     g = zarr.open_group(str(tmp_path / "out" / "sendmap.zarr"), mode="r")
@@ -284,7 +285,7 @@ def test_processes_scheduler_ingests_the_same(tmp_path):
 def test_direct_chunk_writes_read_back_through_zarr(tmp_path):
     """write_region_direct encodes chunks as zarr would: zarr reads them back, edge chunks included,
     and a chunk written by zarr itself has the same bytes."""
-    from sendmap.store import compressor, write_region_direct
+    from sendmap.engine.store import compressor, write_region_direct
 
     data = RNG.integers(0, 3000, size=(5, 7, 4, 6)).astype(np.uint16)
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")

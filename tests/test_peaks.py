@@ -65,7 +65,7 @@ def test_blocks_on_threads_give_the_fit_of_all_at_once(monkeypatch):
     (execute.thread_map, as the pipeline does), serially, or all at once, every number is the same."""
     from types import SimpleNamespace
 
-    from sendmap.execute import local_map, thread_map
+    from sendmap.engine.execute import local_map, thread_map
     from sendmap.science import peaks
 
     rng = np.random.default_rng(7)

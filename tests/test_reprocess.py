@@ -62,7 +62,7 @@ def test_sigkill_mid_stage_is_resumed_without_redoing_finished_blocks(small, sta
     assert not (res / "summary.json").exists()
     attrs = json.loads((res / "sendmap.zarr" / "zarr.json").read_text())["attributes"]
     assert attrs["status"] == "running" and stage not in attrs["stages"]
-    from sendmap.resume import read_record
+    from sendmap.engine.resume import read_record
 
     assert len(read_record(res, stage)["done"]) == after
     from sendmap.info import describe
@@ -85,7 +85,7 @@ def test_sigkill_mid_stage_is_resumed_without_redoing_finished_blocks(small, sta
 
 def test_force_and_changed_key_discard_the_record(small, capsys):
     """A record of another key (or --force) is not used: the stage starts over."""
-    from sendmap.resume import BlockProgress
+    from sendmap.engine.resume import BlockProgress
 
     p = BlockProgress(small / "rec", "profiles", "k1", {"blocks": [[0, 1, 0, 2]]})
     p.interval = 0
@@ -102,7 +102,7 @@ def test_force_and_changed_key_discard_the_record(small, capsys):
 
 
 def test_full_disk_is_a_clear_error_and_the_next_run_completes(small, monkeypatch, capsys):
-    import sendmap.store as store
+    import sendmap.engine.store as store
 
     monkeypatch.setenv("SENDMAP_RESUME_INTERVAL_S", "0")
     real = store._write_chunk_atomic
@@ -155,7 +155,7 @@ def test_read_only_output_folder(small, monkeypatch, capsys):
     assert not (ro / "out").exists()
 
 
-HOLD_LOCK = ("import sys, time; from sendmap.lock import OutputLock\n"
+HOLD_LOCK = ("import sys, time; from sendmap.engine.lock import OutputLock\n"
              "with OutputLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
 
 
@@ -178,7 +178,7 @@ def test_second_run_on_the_same_output_is_refused(small, capsys):
     try:  # the file names a live pid, but that process holds no lock: not a lock
         import socket
 
-        (out / ".sendmap.lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
+        (out / ".sendmap.engine.lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
         assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"output.dir={out}",
                      *SMALL_BLOCKS]) == 0
     finally:
@@ -190,7 +190,7 @@ ZOMBIE_PARENT = """
 import os, signal, subprocess, sys, time
 # starts the run and never reaps it (a container's PID 1 without --init): once SIGKILLed it stays a zombie
 child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-lock = os.path.join(sys.argv[1], ".sendmap.lock")
+lock = os.path.join(sys.argv[1], ".sendmap.engine.lock")
 for _ in range(6000):
     if os.path.exists(lock) and open(lock).read().startswith(str(child.pid)):
         break
@@ -255,11 +255,12 @@ def test_batch_continues_past_failures_and_reports(small, tmp_path, capsys):
 def test_block_stages_read_one_block_at_a_time(small, monkeypatch):
     """Ingest and profiles never hold more than a block of frames per task: memory is set by compute.block_mb,
     not by the dataset (12 × 16 × 128² uint16 = 6.3 MB here, blocks of ≤ 0.3 MB)."""
-    import sendmap.ingest as ingest
-    import sendmap.pipeline as pipeline
+    from sendmap.compute.ingest import IngestLoad
+    from sendmap.engine.data import read_store_block
+    from sendmap.stages import calibrate, profiles
 
     seen = {"ingest": [], "store": [], "store_frames": []}
-    real_load, real_read = ingest._Load.__call__, pipeline._read_store_block
+    real_load, real_read = IngestLoad.__call__, read_store_block
 
     def load(self, item):
         r = real_load(self, item)
@@ -272,8 +273,9 @@ def test_block_stages_read_one_block_at_a_time(small, monkeypatch):
         seen["store_frames"].append(len(r[1]))
         return r
 
-    monkeypatch.setattr(ingest._Load, "__call__", load)
-    monkeypatch.setattr(pipeline, "_read_store_block", read)
+    monkeypatch.setattr(IngestLoad, "__call__", load)
+    for stage in (calibrate, profiles):  # (the stages that read the stored data)
+        monkeypatch.setattr(stage, "read_store_block", read)
     assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", "output.dir=blocks", "--force",
                  *SMALL_BLOCKS, "--until", "profiles"]) == 0
     total = 12 * 16 * 128 * 128 * 2
@@ -317,7 +319,7 @@ def test_slurm_cluster_options_reach_dask_jobqueue(monkeypatch):
 
     from distributed import LocalCluster
 
-    from sendmap import execute
+    from sendmap.engine import execute
     from sendmap.config import ComputeConfig
 
     made = {}
@@ -384,19 +386,31 @@ def test_run_killed_from_outside_mid_profiles_while_a_second_run_is_refused(smal
 
 
 def test_prefetched_imports_cover_the_later_stages():
-    """While ingest runs, prefetch_imports imports pipeline.LATER_STAGE_MODULES, a hand-kept list: every sendmap
-    module that a function of pipeline.py imports when it runs must then be loaded already (a module added to a
-    stage and not to the list fails here), and every name in the list must exist."""
+    """While ingest runs, prefetch_imports imports engine.execute.LATER_STAGE_MODULES, a hand-kept list: every sendmap
+    module that a function of a stage module after ingest (or of the per-block compute) imports when it runs must
+    then be loaded already (a module added to a stage and not to the list fails here), and every name in the list
+    must exist."""
     import ast
 
-    from sendmap import pipeline
+    import sendmap
 
-    tree = ast.parse(Path(pipeline.__file__).read_text())
-    lazy = {f"sendmap.{node.module}" for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
-            for node in ast.walk(fn) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+    pkg = Path(sendmap.__file__).parent
+    lazy = set()
+    for f in [*pkg.joinpath("stages").glob("*.py"), *pkg.joinpath("compute").glob("*.py")]:
+        if f.stem in ("ingest", "input"):
+            continue
+        tree = ast.parse(f.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                        lazy.add(f"sendmap.{node.module}")
+                    elif isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                        lazy.add(f"sendmap.{f.parent.name}.{node.module}")
     assert "sendmap.science.peaks" in lazy and "sendmap.report.build" in lazy  # (the walk finds them)
-    code = ("import sys, importlib, sendmap.ingest, sendmap.pipeline as p\n"
-            "[importlib.import_module(m) for m in p.LATER_STAGE_MODULES]\n"
+    code = ("import sys, importlib, sendmap.stages.ingest, sendmap.pipeline\n"
+            "from sendmap.engine.execute import LATER_STAGE_MODULES\n"
+            "[importlib.import_module(m) for m in LATER_STAGE_MODULES]\n"
             "print(' '.join(sorted(sys.modules)))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.split())

@@ -7,7 +7,8 @@ import zarr
 from _stores import store_arrays
 from sendmap.cli import main
 from sendmap.errors import SendmapInputError
-from sendmap.ingest import SPARSE_GROUP, choose_sparse, read_frames
+from sendmap.engine.data import SPARSE_GROUP, read_frames
+from sendmap.stages.ingest import choose_sparse
 from sendmap.science.centre import disk_centres
 from sendmap.science.polar import PolarGeometry
 from sendmap.science.polar_tables import PolarTables, profile_block

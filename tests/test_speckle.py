@@ -149,7 +149,7 @@ def test_speckled_amorphous_has_at_most_one_percent_false_spots(m, electrons):
     fr = [rng.poisson(_expected(electrons, speckle=P.speckle_field((N, N), R_PX, m, rng, CENTRE))) for _ in range(200)]
     z = _profiles(fr)["spot_z"]
     lif = _band_max(z, DEF.lif_bands[:1])  # (200); (220) at 0.70 is beyond this detector
-    from sendmap.pipeline import LIF_DOSE_EXPONENT
+    from sendmap.stages.crystalline import LIF_DOSE_EXPONENT
 
     thr = DEF.lif_spot_z * (electrons / DEF.lif_spot_z_electrons) ** LIF_DOSE_EXPONENT  # the threshold at this dose
     assert np.mean(lif > thr) <= 0.01, np.sort(lif)[-5:]

@@ -2,7 +2,7 @@
 import numpy as np
 import zarr
 
-from sendmap.store import compressor, read_region_direct
+from sendmap.engine.store import compressor, read_region_direct
 
 
 def _array(tmp_path, chunks, shape=(7, 9, 6, 5), fill=0):
@@ -41,7 +41,7 @@ def test_other_layouts_fall_back_to_zarr(tmp_path):
 
 
 def test_direct_write_with_dot_separator_reads_back_through_zarr(tmp_path):
-    from sendmap.store import write_region_direct
+    from sendmap.engine.store import write_region_direct
 
     arr = zarr.create_array(str(tmp_path / "e.zarr"), shape=(5, 4, 3), chunks=(2, 4, 3), dtype="float32",
                             compressors=compressor(), fill_value=float("nan"),
@@ -56,7 +56,7 @@ def test_write_region_direct_uncompressed_reads_back_with_zarr(tmp_path):
     """Chunks written raw (compress=False) into an array without compressors: zarr reads the same values."""
     import zarr
 
-    from sendmap.store import write_region_direct
+    from sendmap.engine.store import write_region_direct
 
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     data = np.random.default_rng(3).normal(size=(5, 7, 11)).astype(np.float32)

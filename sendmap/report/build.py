@@ -42,7 +42,7 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     peak and its error, height, prominence, width, second peak, features, centre), tables/phases.csv (named
     phase counts per class), tables/layers.csv (layer thickness), tables/class_profiles.csv (class-mean
     I·Q^n); every table carries the dose (electrons per pattern and e⁻/Å²) on every row."""
-    from ..store import write_text_atomic  # here, not at the top: the figure helper process needs no zarr
+    from ..engine.store import write_text_atomic  # here, not at the top: the figure helper process needs no zarr
     tdir = Path(out_dir) / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     stats = group.attrs.get("statistics", {})
@@ -233,7 +233,7 @@ def figures_to_draw(specs, fdir: Path, formats: tuple, reuse: bool = True) -> tu
 def write_figure_manifest(fdir: Path, digests: dict) -> None:
     import json
 
-    from ..store import write_text_atomic
+    from ..engine.store import write_text_atomic
 
     Path(fdir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(fdir) / FIGURE_MANIFEST, json.dumps(digests, indent=1, sort_keys=True) + "\n")

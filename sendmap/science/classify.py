@@ -171,3 +171,15 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
         named[members] = np.bincount(rules[rest][members], minlength=len(CLASS_NAMES)).argmax()
     out[rest] = named
     return out.reshape(shape)
+
+
+def band_max(spot_z: np.ndarray, q: np.ndarray, bands) -> np.ndarray:
+    """Largest spot significance over Q bands (list of (lo, hi) 1/Å) per position."""
+    sel = np.zeros(q.shape, bool)
+    for lo, hi in bands:
+        sel |= (q >= lo) & (q < hi)
+    if not sel.any():
+        return np.zeros(spot_z.shape[:-1])
+    if sel.all():
+        return np.nanmax(spot_z, axis=-1)
+    return np.fmax.reduce(spot_z[..., sel], axis=-1, initial=-np.inf)  # -inf where the bands are all NaN

@@ -95,7 +95,7 @@ crystals per pattern. Below it, a class map is noise."""
 
 def min_electrons_for_classes(crystal_spot_z: float, crystal_spot_z_electrons: float | None) -> float | None:
     """Electrons per (stored) pattern below which the dose-scaled crystal threshold, ``crystal_spot_z`` ×
-    √(N / ``crystal_spot_z_electrons``) (see ``pipeline.crystal_spot_threshold``), falls under
+    √(N / ``crystal_spot_z_electrons``) (see ``sendmap.stages.crystalline.crystal_spot_threshold``), falls under
     :data:`MIN_CRYSTAL_Z`: N_min = crystal_spot_z_electrons · (MIN_CRYSTAL_Z / crystal_spot_z)². None where the
     threshold is not dose-scaled. Defaults (25 σ at 2 × 10⁴ e⁻): 800 e⁻, the low end of the realistic range
     (10³–10⁵ e⁻ per pattern, SCIENCE.md).

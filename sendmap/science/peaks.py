@@ -250,7 +250,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     (:func:`auto_fit_range`); a number gives the symmetric fit of earlier versions, bit for bit.
 
     More than :data:`FIT_BLOCK` profiles are fitted in blocks of that many, through ``map_blocks(func, starts)``
-    (the built-in ``map`` by default; e.g. :func:`sendmap.execute.thread_map`), which must return the
+    (the built-in ``map`` by default; e.g. :func:`sendmap.engine.execute.thread_map`), which must return the
     results in order; they do not depend on it.
 
     >>> import numpy as np

@@ -143,7 +143,7 @@ def to_sparse(frames: np.ndarray) -> SparseFrames:
 
 def from_counts(nnz: np.ndarray, index: np.ndarray, value: np.ndarray, frame_shape) -> SparseFrames:
     """A :class:`SparseFrames` from the non-zero count of each frame (B,) and the concatenated index and value
-    lists (as stored: :mod:`sendmap.ingest`)."""
+    lists (as stored: :mod:`sendmap.stages.ingest`)."""
     offsets = np.zeros(len(nnz) + 1, np.int64)
     np.cumsum(np.asarray(nnz, np.int64), out=offsets[1:])
     if len(index) != offsets[-1] or len(value) != offsets[-1]:

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import STORE_NAME  # noqa: F401 - (re-exported: sendmap.store.STORE_NAME)
+from .. import STORE_NAME  # noqa: F401 - (re-exported: sendmap.engine.store.STORE_NAME)
 
 
 BLOSC_BLOCK_BYTES = 1 << 20
@@ -266,7 +266,7 @@ def annotate_arrays(store_dir: Path, scan_shape=None) -> int:
     chunk writes) is labelled before the stage counts as done; arrays labelled before are not touched.
     ``scan_shape``: (Ry, Rx) of the stored scan (default: the shape of ``ingest/total_counts``). Returns the
     number of arrays labelled."""
-    from .schema import describe
+    from ..schema import describe
 
     store_dir = Path(store_dir)
     if scan_shape is None:

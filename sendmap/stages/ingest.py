@@ -15,29 +15,18 @@ reductions.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import Config
-from .errors import SendmapInputError
-from .io import Dataset, open_dataset
-from .io._common import chunk_groups
-from .science.frames import bin_block, binned_dtype, frame_statistics
-from .science.sparse import SPARSE_MAX_FILL, from_counts, index_dtype, to_sparse
-from .store import read_row_direct, write_region_direct
-
-
-SPARSE_GROUP = "data_sparse"
-"""The store's group of sparse data: ``index`` and ``value`` (n_blocks, cap), one row per ingest block holding the
-flat pixel indices and counts of its frames' non-zero pixels in scan order, and ``nnz`` (Ry, Rx), the non-zero
-pixels of each frame (see :mod:`sendmap.science.sparse`)."""
-SPARSE_CHUNK_LEN = 1 << 20
-"""Elements per chunk of a sparse row (2 MB of uint16): a 32 MB block of 2 × 10⁴ e⁻ 256² frames fills about two,
-and a row stores only the chunks its non-zero pixels reach (the rest are the fill value, absent on disk)."""
+from ..compute.ingest import IngestBlock, IngestLoad
+from ..config import Config
+from ..engine.data import SPARSE_CHUNK_LEN, SPARSE_GROUP, array_blocks, grid_blocks
+from ..errors import SendmapInputError
+from ..science.frames import bin_block, binned_dtype
+from ..science.sparse import SPARSE_MAX_FILL, index_dtype
 
 
 @dataclass(frozen=True)
@@ -125,103 +114,11 @@ def chunk_grid(scan_shape, frame_bytes: int, chunk_mb: float) -> tuple[int, int]
     return 1, math.ceil(rx / pieces)
 
 
-def grid_blocks(scan_shape, chunk_yx, frame_bytes: int, block_mb: float) -> list[tuple[int, int, int, int]]:
-    """Regions (y0, y1, x0, x1) made of whole chunks of ``chunk_yx``, about ``block_mb`` MB each."""
-    ry, rx = scan_shape
-    rows, cols = chunk_groups(scan_shape, chunk_yx, frame_bytes, block_mb * 1e6)
-    return [(y, min(ry, y + rows), x, min(rx, x + cols)) for y in range(0, ry, rows) for x in range(0, rx, cols)]
-
-
-def array_blocks(arr, block_mb: float) -> list[tuple[int, int, int, int]]:
-    """Regions of a stored 4D zarr array aligned to its chunk grid, about ``block_mb`` MB each."""
-    frame_bytes = arr.shape[2] * arr.shape[3] * arr.dtype.itemsize
-    return grid_blocks(arr.shape[:2], arr.chunks[:2], frame_bytes, block_mb)
-
-
-# --------------------------------------------------------------------------------------------- per block
-
-@dataclass(frozen=True)
-class _Load:
-    """load(): the input frames of one stored block (a picklable callable for every scheduler)."""
-
-    path: str
-    fmt: str
-    scan_shape: tuple | None
-    dataset: str | None
-    raw: dict | None
-    frames_per_chunk: int | None
-
-    def __call__(self, item):
-        plan, block = item[0], item[1]
-        y0, y1, x0, x1 = plan.input_region(block)
-        qy0, qy1, qx0, qx1 = plan.crop_q
-        ds = _open_cached(self)
-        if ds.read_region is not None:  # straight from the file: no dask graph per block
-            part = ds.read_region((y0, y1, x0, x1))
-            if (qy0, qy1, qx0, qx1) != (0, part.shape[2], 0, part.shape[3]):
-                part = np.ascontiguousarray(part[:, :, qy0:qy1, qx0:qx1])
-            return item, part
-        part = ds.data[y0:y1, x0:x1, qy0:qy1, qx0:qx1]
-        return item, np.asarray(part.compute(scheduler="synchronous"))
-
-
-_OPEN: dict = {}
-
-
-def _open_cached(load: _Load) -> Dataset:
-    """The dataset, opened once per process (the header parse of a large file is not repeated per block)."""
-    ds = _OPEN.get(load)
-    if ds is None:
-        _OPEN.clear()
-        ds = _OPEN[load] = open_dataset(load.path, load.fmt, load.scan_shape, dataset=load.dataset, raw=load.raw,
-                                        frames_per_chunk=load.frames_per_chunk)
-    return ds
-
-
-@dataclass(frozen=True)
-class _Process:
-    """process(): bin, check, write and reduce one block."""
-
-    bf_mask: np.ndarray
-    adf_mask: np.ndarray
-    nonfinite: str
-    target: tuple | None
-    """(store path, array path) to write into, or None where the data are used in place."""
-
-    def __call__(self, loaded):
-        (plan, block, _), frames = loaded
-        y0, y1, x0, x1 = block
-        data = bin_block(frames, plan.bin_r, plan.bin_q, plan.dtype)
-        flat = data.reshape(-1, *data.shape[2:])
-        st = frame_statistics(flat, self.bf_mask, self.adf_mask)
-        n_bad = int(st["nonfinite"].sum())
-        if n_bad and self.nonfinite == "error":
-            iy, ix, qy, qx = np.argwhere(~np.isfinite(data))[0]
-            raise SendmapInputError(
-                f"the input holds NaN or infinite values: first at stored scan position ({y0 + iy}, {x0 + ix}), "
-                f"detector pixel ({qy}, {qx}); {n_bad} such values in that block. Set input.nonfinite: mask to "
-                "set them to 0 and mask their detector pixels")
-        shape = (y1 - y0, x1 - x0)
-        out = {"sum": st["sum"], "max": st["max"], "nonfinite": st["nonfinite"], "total": st["total"].reshape(shape),
-               "bf": st["bf"].reshape(shape), "adf": st["adf"].reshape(shape)}
-        if self.target is not None:  # (used in place: the reduction left them out, calibrate masks their pixels)
-            if n_bad:
-                data = np.where(np.isfinite(data), data, 0).astype(data.dtype)
-            store, name = self.target
-            if plan.sparse:  # this block's row (its index in the plan) of the index and value arrays
-                sp = to_sparse(data.reshape(-1, *data.shape[2:]))
-                row = loaded[0][2]
-                for part, values in (("index", sp.index), ("value", sp.value)):
-                    write_region_direct(Path(store, SPARSE_GROUP, part), (1, SPARSE_CHUNK_LEN), (row, 0), values[None])
-                out["nnz"] = np.diff(sp.offsets).reshape(shape)
-            else:
-                write_region_direct(Path(store, name), (*plan.chunks, *plan.frame_shape), (y0, x0, 0, 0), data)
-        return block, out
-
-
 VIRTUAL_SAMPLE_FRAMES = 64
 """The ingest virtual detectors are centred on the brightest disk of the mean of the scan's first this many
 positions (whole rows): enough counts for the disk of a 10³ e⁻ pattern, the same whatever compute.block_mb."""
+
+
 VIRTUAL_SAMPLE_BYTES = 256e6
 """... and at most this many bytes of frames (64 frames of 1k² float32 = 256 MB), so a large detector's sample fits
 in memory."""
@@ -245,7 +142,7 @@ def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> t
     """Bright-field disk (radius = the probe-disk radius) and annular dark field (2× that radius to the
     largest circle inside the detector) around the brightest disk of ``mean_pattern``: fixed detector
     regions for quick-look images of the raw data (the profiles stage adds descan-corrected ones)."""
-    from .science.centre import brightest_disk_guess
+    from ..science.centre import brightest_disk_guess
 
     cy, cx = brightest_disk_guess(mean_pattern, disk_radius_px)
     yy, xx = np.indices(mean_pattern.shape)
@@ -256,8 +153,6 @@ def virtual_detector_masks(mean_pattern: np.ndarray, disk_radius_px: float) -> t
         r_out = np.inf
     return r <= disk_radius_px, (r >= r_in) & (r < r_out), [float(cy), float(cx)]
 
-
-# --------------------------------------------------------------------------------------------- stage
 
 def _in_place_target(ctx, plan: IngestPlan):
     ds, inp = ctx.dataset, ctx.cfg.input
@@ -271,15 +166,16 @@ def _in_place_target(ctx, plan: IngestPlan):
 def stage_ingest(ctx) -> None:
     """Stream the raw dataset into the store, compressed (``data_sparse``: the non-zero pixels of counted frames, or
     ``data`` (Ry, Rx, Qy, Qx): whole frames; ``input.store_layout``), with its whole-dataset reductions."""
-    from .execute import run_blocks
-    from .pipeline import disk_radius_px, prefetch_imports
-    from .store import set_attrs, write_array
+    from ..engine.execute import run_blocks
+    from ..engine.execute import prefetch_imports
+    from .settings import disk_radius_px
+    from ..engine.store import set_attrs, write_array
 
     cfg, ds, g = ctx.cfg, ctx.dataset, ctx.group
     plan = plan_ingest(cfg, ds.scan_shape, ds.frame_shape, ds.dtype, ctx.log)
     ref = _in_place_target(ctx, plan)
     if ref is not None:
-        from .io.zarrarray import open_zarr_array
+        from ..io.zarrarray import open_zarr_array
 
         arr, _ = open_zarr_array(ref["store"], ref["path"] or None)
         blocks = array_blocks(arr, cfg.compute.block_mb)
@@ -301,7 +197,7 @@ def stage_ingest(ctx) -> None:
     else:  # pieces of one row
         fpc = x1 - x0
     inp = cfg.input
-    load = _Load(str(ds.path), ds.format, tuple(inp.scan_shape) if inp.scan_shape else None, inp.dataset,
+    load = IngestLoad(str(ds.path), ds.format, tuple(inp.scan_shape) if inp.scan_shape else None, inp.dataset,
                  inp.raw.model_dump() if inp.raw else None, int(fpc))
     # the virtual-detector regions come from a fixed sample of the scan (its first positions, whole rows: see
     # virtual_sample), not from the first block, whose size depends on compute.block_mb; the blocks that hold the
@@ -344,7 +240,7 @@ def stage_ingest(ctx) -> None:
         plan = dataclasses.replace(plan, sparse=sparse)
         items = [(plan, b, i) for i, b in enumerate(plan.blocks)]
         pre = [(items[it[2]], frames) for it, frames in pre]
-    process = _Process(bf_mask, adf_mask, inp.nonfinite, target)
+    process = IngestBlock(bf_mask, adf_mask, inp.nonfinite, target)
 
     total_sum = saved["sum"] if progress.resumed else np.zeros(plan.frame_shape)
     total_max = saved["max"] if progress.resumed else np.full(plan.frame_shape, -np.inf)
@@ -423,7 +319,7 @@ def _drop_stored_data(g) -> None:
 def _create_data_arrays(g, plan: IngestPlan, sparse: bool) -> None:
     """The empty stored-data arrays of ``plan``: ``data`` (dense) or ``data_sparse/index`` and ``value`` (one row
     of up to every pixel of the largest block per block; only the chunks a row fills are ever written)."""
-    from .store import compressor
+    from ..engine.store import compressor
 
     _drop_stored_data(g)
     if not sparse:
@@ -444,8 +340,8 @@ def _create_data_arrays(g, plan: IngestPlan, sparse: bool) -> None:
 def _ingest_progress(ctx, plan: IngestPlan, ref: dict):
     """The resume record of this ingest (see :mod:`sendmap.resume`): used when the key and the block plan match
     and, where the data are copied, the stored ``data`` array is the one that plan creates."""
-    from .resume import BlockProgress
-    from .store import remove_stray_temps
+    from ..engine.resume import BlockProgress
+    from ..engine.store import remove_stray_temps
 
     rplan = {"scan_shape": plan.scan_shape, "frame_shape": plan.frame_shape, "dtype": plan.dtype.str,
              "chunks": plan.chunks, "blocks": plan.blocks, "crop_r": plan.crop_r, "crop_q": plan.crop_q,
@@ -474,101 +370,7 @@ def _ingest_progress(ctx, plan: IngestPlan, ref: dict):
     return progress
 
 
-@dataclass(frozen=True)
-class StoredData:
-    """The frames of a result store as the later stages read them, a block at a time: dense (the store's ``data``
-    or the zarr input used in place) or sparse (``data_sparse``, see :data:`SPARSE_GROUP`)."""
-
-    store_path: str
-    shape: tuple[int, int, int, int]
-    """(Ry, Rx, Qy, Qx)."""
-    dtype: np.dtype
-    array: object = None
-    """The dense zarr array; None when sparse."""
-    blocks: tuple = ()
-    """Sparse: the ingest blocks (y0, y1, x0, x1), one per row of ``index`` and ``value``."""
-    nnz: np.ndarray | None = None
-    """Sparse: non-zero pixels per frame (Ry, Rx)."""
-    chunk_len: int = SPARSE_CHUNK_LEN
-
-    @property
-    def sparse(self) -> bool:
-        return self.array is None
-
-    @functools.cached_property
-    def _rows(self) -> dict:
-        """Sparse: the row of each block (a dict: a scan of 10⁴ blocks is not searched block by block)."""
-        return {tuple(b): i for i, b in enumerate(self.blocks)}
-
-    def block_regions(self, block_mb: float) -> list[tuple[int, int, int, int]]:
-        """Regions to process a block at a time: the ingest blocks (sparse), else whole chunks of about
-        ``block_mb`` MB."""
-        return list(self.blocks) if self.sparse else array_blocks(self.array, block_mb)
-
-    def read(self, region: tuple[int, int, int, int]):
-        """The frames of a region from :meth:`block_regions` as (B, Qy, Qx): an array, or
-        :class:`~sendmap.science.sparse.SparseFrames` when stored sparse."""
-        from .store import read_region_direct
-
-        if self.sparse:
-            row = self._rows[tuple(region)]
-            y0, y1, x0, x1 = region
-            nnz = self.nnz[y0:y1, x0:x1].ravel()
-            n = int(nnz.sum())
-            base = Path(self.store_path, SPARSE_GROUP)
-            index = read_row_direct(base / "index", row, n, index_dtype(self.shape[2:]), self.chunk_len)
-            value = read_row_direct(base / "value", row, n, self.dtype, self.chunk_len)
-            return from_counts(nnz, index, value, self.shape[2:])
-        frames = read_region_direct(self.array, region)
-        if frames is None:  # not a plain local blosc array (e.g. a zarr input used in place): through zarr
-            y0, y1, x0, x1 = region
-            frames = np.asarray(self.array[y0:y1, x0:x1])
-        return frames.reshape(-1, *frames.shape[2:])
-
-    def read_dense(self, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        """Any region (y0, y1, x0, x1) of probe positions (default: all) as a dense (y1-y0, x1-x0, Qy, Qx) array."""
-        ry, rx, qy, qx = self.shape
-        y0, y1, x0, x1 = region if region is not None else (0, ry, 0, rx)
-        if not self.sparse:
-            return np.asarray(self.array[y0:y1, x0:x1])
-        out = np.zeros((y1 - y0, x1 - x0, qy, qx), self.dtype)
-        for b in self.blocks:
-            ya, yb, xa, xb = max(y0, b[0]), min(y1, b[1]), max(x0, b[2]), min(x1, b[3])
-            if ya < yb and xa < xb:
-                frames = self.read(b).dense().reshape(b[1] - b[0], b[3] - b[2], qy, qx)
-                out[ya - y0:yb - y0, xa - x0:xb - x0] = frames[ya - b[0]:yb - b[0], xa - b[2]:xb - b[2]]
-        return out
-
-
-def open_stored(store_path: str) -> StoredData:
-    """The stored frames of a result store (its own ``data`` or ``data_sparse``, or the zarr input used in place)."""
-    import zarr
-
-    g = zarr.open_group(store_path, mode="r")
-    ref = g.attrs.get("data_ref") or {"store": store_path, "path": "data"}
-    # the store's own data (a copied or moved store too: data_ref names the folder it was written in), else the
-    # zarr input used in place (ingest then removes the store's own)
-    if "data" in g or SPARSE_GROUP in g:
-        if "data" not in g:
-            sg = g[SPARSE_GROUP]
-            ry, rx = sg.attrs["scan_shape"]
-            qy, qx = sg.attrs["frame_shape"]
-            return StoredData(store_path, (ry, rx, qy, qx), np.dtype(sg.attrs["dtype"]),
-                              blocks=tuple(tuple(b) for b in sg.attrs["blocks"]), nnz=np.asarray(sg["nnz"]),
-                              chunk_len=int(sg.attrs["chunk_len"]))
-        arr = g["data"]
-    elif ref["path"]:
-        arr = zarr.open_array(ref["store"], mode="r", path=ref["path"])
-    else:
-        arr = zarr.open_array(ref["store"], mode="r")
-    return StoredData(store_path, tuple(arr.shape), np.dtype(arr.dtype), array=arr)
-
-
-def read_frames(store_path: str, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """The stored frames of a result store, dense (Ry, Rx, Qy, Qx) (or a region of probe positions), however
-    they are stored: for users and tests.
-
-    >>> read_frames("results/demo/sendmap.zarr", (0, 2, 0, 3)).shape  # doctest: +SKIP
-    (2, 3, 256, 256)
-    """
-    return open_stored(str(store_path)).read_dense(region)
+def key_sections(cfg: Config, sections: dict) -> dict:
+    """The ingest key leaves out input.path: the input's fingerprint stands for it (a moved file is reused)."""
+    sections["input"] = {k: v for k, v in sections["input"].items() if k != "path"}
+    return sections

@@ -2,13 +2,13 @@
 
 Two caches use them:
 
-* the stage cache (:func:`sendmap.pipeline.stage_keys`): a stage's key includes :func:`stage_code_digest`, the
-  SHA-256 of ``pipeline.py`` and of every sendmap module the stage's code can reach: the modules its function
-  imports (at the top of ``pipeline.py`` or inside the function), those imported by the pipeline helpers it
-  calls, and, transitively and name by name, the modules of every definition those use (:func:`stage_modules`;
-  a module imported whole counts whole). An edit of a science
-  function therefore recomputes the stages that can call it (and, through the chained keys, the stages after
-  them), nothing before them;
+* the stage cache (:func:`sendmap.engine.runner.stage_keys`): a stage's key includes :func:`stage_code_digest`, the
+  SHA-256 of the stage's module (``sendmap/stages/NAME.py``) and of every sendmap module the stage's code can reach:
+  the modules its function imports (at the top of its module or inside the function), those imported by the
+  helpers it calls, and, transitively and name by name, the modules of every definition those use
+  (:func:`stage_modules`; a module imported whole counts whole). An edit of a science function therefore
+  recomputes the stages that can call it (and, through the chained keys, the stages after them), nothing before
+  them;
 * numba's on-disk cache (:func:`numba_cache_dir`): numba checks only the time stamp of the file a kernel is
   defined in, not of the helpers it inlines from other files. sendmap's kernels are cached in a folder named by
   the digest of the whole package, so an edit anywhere compiles afresh instead of loading a stale kernel.
@@ -22,7 +22,8 @@ import functools
 import hashlib
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+"""The sendmap package folder (this module lives in its engine/)."""
 
 
 def _module_file(name: str) -> Path | None:
@@ -101,7 +102,7 @@ def _bindings(node: ast.AST, current: str, is_package: bool) -> dict[str, tuple[
 
 
 @functools.lru_cache(maxsize=None)
-def stage_modules(function_name: str, module: str = "sendmap.pipeline") -> frozenset[str]:
+def stage_modules(function_name: str, module: str) -> frozenset[str]:
     """The sendmap modules whose code the top-level function ``function_name`` of ``module`` can run.
 
     Followed by name: the top-level functions, classes and constants a reached definition uses (in its own
@@ -146,7 +147,7 @@ def stage_modules(function_name: str, module: str = "sendmap.pipeline") -> froze
     return frozenset(mods)
 
 
-def stage_code_digest(function_name: str, module: str = "sendmap.pipeline") -> str:
+def stage_code_digest(function_name: str, module: str) -> str:
     """SHA-256 (hex) of the sources of :func:`stage_modules` of a stage function.
 
     Following the names costs ~0.5 s of AST walking, so the digests are kept per package digest in

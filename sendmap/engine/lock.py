@@ -19,7 +19,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import SendmapInputError
+from ..errors import SendmapInputError
 
 LOCK_NAME = ".sendmap.lock"
 

@@ -1,0 +1,110 @@
+"""The classify stage: features, class and phase per position, and the final peak maps (no SRO peak for crystals).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import CLASS_NAMES
+from ..engine.context import Context
+from ..engine.store import write_array
+from ..science.classify import band_max
+from .crystalline import crystal_spot_threshold, lif_spot_thresholds
+from .dose import measured_counts
+from .profiles import BRAGG_ATTRS
+
+
+def stage_classify(ctx: Context) -> None:
+    """Features per position, class per position, phase naming, and the final peak maps (no SRO peak for crystals).
+
+    Features (``features/*``): crystal- and LiF-band spot significance, anisotropy at the reflections of
+    LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
+    ``maps/phase``: the library phase whose reflections the significant spots fall on.
+    """
+    from ..science.classify import CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count, spot_vote
+    from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
+                                   phase_lines)
+    from ..science.peaks import status_attrs, status_code
+    from ..science.phases import get_phase
+
+    cfg, g = ctx.cfg, ctx.group
+    q = np.asarray(g["profiles/q"])
+    spot_z = np.asarray(g["features/spot_z"])
+    d = cfg.classify.definitions
+    calib = dict(g.attrs.get("calibration", {}))
+    r_q = float(calib.get("disk_radius_px", 0.0)) * float(calib.get("q_pixel_size", 0.0)) or float(q[1] - q[0]) * 6
+    crystal_z = band_max(spot_z, q, d.crystal_bands)
+    lif_z = band_max(spot_z, q, d.lif_bands)
+    q_hi = float(q[-1])
+    if "features/bragg_fraction" in g:  # the profile stage's (stores of sendmap ≤ 0.1 session 4: computed here)
+        bragg = np.asarray(g["features/bragg_fraction"])
+    else:
+        bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
+                               np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
+        write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": [2 * r_q, q_hi]})
+    peak_q = np.asarray(g["peaks/q_peak"])
+    peak_err = np.asarray(g["peaks/q_err"])
+    # the peak status (ok, or why there is no peak); stores without it: ok where a peak was found
+    peak_status = (np.asarray(g["peaks/status"]).astype(np.int8) if "peaks/status" in g
+                   else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
+    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
+    neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
+    crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
+    if d.crystal_bragg_fraction > 0:
+        crystal_like &= np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction
+    lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
+    vote = spot_vote(lif_z, crystal_like, lif_noise, lif_sure, d.lif_neighbourhood)
+    rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=lif_sure, electrolyte_max_q=d.electrolyte_max_q,
+                 sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
+                 electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
+                 crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
+                 crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours)
+    if cfg.classify.method == "rules":
+        cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
+    else:
+        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
+                           method=cfg.classify.method, **rules)
+    no_peak = cls == CRYSTAL
+    # anisotropy at each feature phase's reflections (± one bin), and phase naming over all SEI phases
+    q_rng = (2 * r_q, q_hi)
+    bw = float(q[1] - q[0])
+    feat_lines = phase_lines(FEATURE_PHASES, q_rng)
+    aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
+    all_lines = phase_lines(SEI_PHASES, q_rng)
+    phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, lif_sure, 0.6 * bw, q_rng)
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
+    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scattered = np.where(counts > 0, 1.0 - bf_img / counts, np.nan)
+    phase_names = [get_phase(p).name for p in SEI_PHASES]
+    write_array(g, "features/crystal_z", crystal_z, {"bands": d.crystal_bands, "units": "sigma"})
+    write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands, "units": "sigma"})
+    write_array(g, "features/lif_vote", vote, {"meaning": "neighbourhood vote for LiF spots (0-1), NaN for crystals",
+                                                "neighbourhood": d.lif_neighbourhood})
+    write_array(g, "features/anisotropy", aniso, {"phases": [get_phase(p).name for p in FEATURE_PHASES],
+                                                  "units": "sigma", "lines": {get_phase(k).name: v.tolist()
+                                                                              for k, v in feat_lines.items()},
+                                                  "meaning": "largest spot significance within one Q bin of the phase's rings"})
+    write_array(g, "features/scattered_fraction", scattered, {"meaning": "1 - virtual BF / total counts"})
+    write_array(g, "features/peak_fwhm", np.where(no_peak, np.nan, np.asarray(g["peaks/fwhm"])), {"units": "1/Å"})
+    # a second maximum where Bragg spots sit (e.g. LiF (220) at 0.70 1/Å in SEI Type 2) is a reflection, not SRO
+    q2 = np.asarray(g["peaks/second_q_peak"])
+    j2 = np.clip(np.searchsorted(q, np.nan_to_num(q2, nan=q[0])), 0, q.size - 1)
+    spot_at_q2 = np.take_along_axis(np.nan_to_num(spot_z), j2[..., None], axis=-1)[..., 0] > lif_sure
+    no_peak2 = no_peak | spot_at_q2
+    for key, name in (("q_peak", "peak2_q"), ("q_err", "peak2_q_err"), ("height", "peak2_height")):
+        src = np.asarray(g[f"peaks/second_{key}"])
+        write_array(g, f"maps/{name}", np.where(no_peak2, np.nan, src),
+                    {"units": "1/Å" if key.startswith("q") else "profile units", "meaning": "second SRO peak; NaN where absent"})
+    write_array(g, "maps/phase", phase_idx, {"phase_names": phase_names, "meaning": "library phase whose rings the "
+                                             "significant spots fall on; -1 none", "min_spot_z": lif_sure})
+    write_array(g, "features/phase_score", phase_score, {"meaning": "explained spot share minus chance, best phase"})
+    write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
+    write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,
+                                       "crystal_spot_z_threshold": crystal_thr})
+    # the final maps: a peak only where the fit found an interior maximum inside the window (status ok) and the
+    # position is not crystalline; maps/peak_status says why not elsewhere
+    final_status = np.where(no_peak, status_code("crystal"), peak_status).astype(np.int8)
+    no_peak_map = final_status != status_code("ok")
+    write_array(g, "maps/peak_status", final_status, status_attrs())
+    write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum; NaN where maps/peak_status is not ok"})
+    write_array(g, "maps/peak_q_err", np.where(no_peak_map, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})

@@ -1,0 +1,81 @@
+"""The one definition of "crystalline" the stages share: a position whose brightest Bragg-disk-sized spot in the
+crystal bands (Li, Cu) is more significant than the dose-scaled crystal threshold. Calibrate leaves such frames out
+of the ellipse fit, peaks out of the denoising components, and classify's first rule starts from it (adding the
+Bragg fraction and the neighbours). Also the dose-scaled LiF-spot thresholds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..config import Config
+from ..engine.context import Context
+from ..science.classify import band_max
+from .dose import dose_record, measured_counts
+
+
+CRYSTAL_THRESHOLD_KEYS = ("crystal_spot_z", "crystal_spot_z_electrons", "crystal_bands")
+"""classify.definitions keys that decide which frames are crystalline for calibrate (ellipse) and peaks (denoising)."""
+
+
+def crystal_spot_threshold(cfg: Config, total_counts: np.ndarray, measured: dict | None = None) -> float:
+    """The crystal threshold (σ) for this dataset's dose: ``crystal_spot_z`` × sqrt(electrons per stored pattern /
+    ``crystal_spot_z_electrons``). A Bragg disk's significance grows as the square root of the counts, so a
+    fixed threshold set at 2 × 10⁴ e⁻ misses crystals at 5 × 10³ (synthetic Li/Cu scans: crystals score ≥ 88 σ
+    at 2 × 10⁴ and ≥ 20 σ at 5 × 10³, SEI with LiF spots ≤ 26 and ≤ 17)."""
+    d = cfg.classify.definitions
+    if not d.crystal_spot_z_electrons:
+        return float(d.crystal_spot_z)
+    from ..science.dose import MIN_CRYSTAL_Z
+
+    epp = dose_record(cfg, total_counts, measured)["electrons_per_stored_pattern"]
+    if epp is None:  # dose unknown (an integrating camera's counts): the threshold as set
+        return float(d.crystal_spot_z)
+    # never below MIN_CRYSTAL_Z (5 σ: below it noise is called crystal; at 10 e⁻ per pattern the scaled threshold,
+    # 0.56 σ, called 110 of 192 synthetic positions crystal); a crystal_spot_z set lower than that stands
+    floor = min(MIN_CRYSTAL_Z, float(d.crystal_spot_z))
+    return float(max(d.crystal_spot_z * math.sqrt(max(epp, 1.0) / d.crystal_spot_z_electrons), floor))
+
+
+LIF_DOSE_EXPONENT = 0.26
+"""How the chance maximum of the LiF-band spot significance of a speckled amorphous pattern grows with the dose:
+as (electrons)^0.26. Its 99th percentile at M = 3 (the strongest speckle of the scenarios) is 6.8 σ at 5 × 10³ and
+9.8 σ at 2 × 10⁴ e⁻ (test_speckle's generator, seeds 21-25 × 100 patterns each); ln(9.8 / 6.8) / ln 4 = 0.26. Slower
+than a Bragg spot's √dose: speckle, not Poisson noise, sets the null at these doses."""
+
+
+def lif_spot_thresholds(cfg: Config, total_counts: np.ndarray, measured: dict | None = None) -> tuple[float, float]:
+    """(sure, noise) LiF-spot thresholds (σ) at this dataset's dose: ``lif_spot_z`` and ``lif_spot_z_noise`` (set at
+    ``lif_spot_z_electrons`` per pattern) × (electrons per stored pattern / ``lif_spot_z_electrons``) ^
+    :data:`LIF_DOSE_EXPONENT`; as set where the dose is unknown or the scaling off (``lif_spot_z_electrons`` null).
+    Never below :data:`sendmap.science.dose.MIN_CRYSTAL_Z` (a false-alarm rate below 10⁻³ per pattern) unless set
+    lower."""
+    d = cfg.classify.definitions
+    if not d.lif_spot_z_electrons:
+        return float(d.lif_spot_z), float(d.lif_spot_z_noise)
+    from ..science.dose import MIN_CRYSTAL_Z
+
+    epp = dose_record(cfg, total_counts, measured)["electrons_per_stored_pattern"]
+    if epp is None:
+        return float(d.lif_spot_z), float(d.lif_spot_z_noise)
+    f = (max(epp, 1.0) / d.lif_spot_z_electrons) ** LIF_DOSE_EXPONENT
+    sure = max(d.lif_spot_z * f, min(MIN_CRYSTAL_Z, float(d.lif_spot_z)))
+    return float(sure), float(min(d.lif_spot_z_noise * f, 0.9 * sure))
+
+
+def crystal_rows(ctx: Context) -> np.ndarray:
+    """(Ry, Rx) bool: positions whose Bragg-disk significance in the crystal bands is above the dose-scaled
+    crystal threshold (the classify stage's first rule, without the neighbour condition: every strongly
+    spotty pattern is kept out of the denoising components), from the profile stage's ``features/spot_z``."""
+    cfg, g = ctx.cfg, ctx.group
+    q = np.asarray(g["profiles/q"])
+    crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
+    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]),
+                                                                      measured_counts(g))
+
+
+def crystal_key_sections(cfg: Config) -> dict:
+    """The ``classify.definitions`` keys (:data:`CRYSTAL_THRESHOLD_KEYS`) of a stage key that depends on which
+    positions are crystalline."""
+    return {k: v for k, v in cfg.section("classify")["definitions"].items() if k in CRYSTAL_THRESHOLD_KEYS}

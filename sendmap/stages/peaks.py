@@ -1,0 +1,309 @@
+"""The peaks stage: the first SRO peak of every I·Q^n profile (position, 1-σ error, height, prominence, width,
+status) and the second peak; optional spatial binning and low-rank denoising; speckle-aware fit errors.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..engine.context import Context
+from ..engine.store import set_attrs, write_array
+from ..errors import SendmapInputError
+from .crystalline import crystal_key_sections, crystal_rows
+
+
+AUTO_FIT_HALF_WIDTH_FALLBACK = 0.14
+"""1/Å, the fixed fit half range that ``peaks.fit_half_width: auto`` keeps unless the mean profile shows it biased
+(:func:`sendmap.science.peaks.choose_fit_range`): the earlier default, ≈ 1.1 × the FWHM of probe-convolved synthetic
+SRO peaks."""
+
+
+PEAK_STATUS_WARN_SHARE = 0.10
+"""Share of non-crystalline positions without an SRO peak (``peaks/status`` not ok) above which the peaks stage
+warns: on the synthetic Li/SEI/Cu scenarios (seed 0) at 5 × 10³ and 2 × 10⁴ e⁻ it is 0 of 2685, so a tenth means the window, the
+calibration or the dose does not suit the data."""
+
+
+def peak_window_check(q: np.ndarray, window: tuple[float, float], log: Callable, total_counts=None,
+                      centre_yx=None, frame_shape=None) -> list[str]:
+    """Compare ``peaks.window`` (1/Å) with the profiles' Q range (bin edges): a SendmapInputError where it lies
+    entirely outside (or holds fewer than 3 bins), a logged warning (returned in a list) where it lies partly
+    outside. ``total_counts`` (per frame) and ``centre_yx`` (the beam centre found, px) only make the error's
+    message name the likelier cause: frames without counts, or a centre at the detector's edge."""
+    bw = float(q[1] - q[0]) if q.size > 1 else 0.0
+    lo, hi = (max(round(float(q[0]) - bw / 2, 12), 0.0), float(q[-1]) + bw / 2) if q.size else (0.0, 0.0)
+    n_in = int(np.sum((q >= window[0]) & (q <= window[1])))
+    if n_in < 3:
+        cause = ""
+        if total_counts is not None and not np.any(np.asarray(total_counts) > 0):
+            cause = (" Every frame of the input sums to zero or less (no counts): there is nothing to measure; check "
+                     "input.path / input.dataset and the detector's file.")
+        elif centre_yx is not None and frame_shape is not None and min(
+                centre_yx[0], centre_yx[1], frame_shape[0] - 1 - centre_yx[0], frame_shape[1] - 1 - centre_yx[1]) < 2:
+            cause = (f" The beam centre was found at (y, x) = ({centre_yx[0]:.1f}, {centre_yx[1]:.1f}) px, at the edge "
+                     f"of the {frame_shape[0]} × {frame_shape[1]} px detector, and the profiles reach only to the "
+                     "nearest detector corner from it: no direct beam was found (frames with too few counts, or a "
+                     "mask, calibration.mask_file, hiding it).")
+        raise SendmapInputError(
+            f"peaks.window {list(window)} 1/Å lies outside the profiles' Q range [{lo:.4g}, {hi:.4g}] 1/Å "
+            f"({n_in} bins inside, need ≥ 3): no SRO peak can be sought. The Q range is set by the detector size and "
+            "calibration.q_pixel_size (and limited by profiles.q_max and calibration.crop_q): check that "
+            "calibration.q_pixel_size is right for this camera length, or move peaks.window." + cause)
+    if window[0] < lo or window[1] > hi:
+        msg = (f"peaks.window {list(window)} 1/Å lies partly outside the profiles' Q range [{lo:.4g}, {hi:.4g}] 1/Å: "
+               "maxima at the profile's edge are not peaks (status no_maximum_in_window); check "
+               "calibration.q_pixel_size and peaks.window")
+        log(f"[sendmap] peaks: warning: {msg}")
+        return [msg]
+    return []
+
+
+def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.ndarray:
+    """The peak fit's per-bin errors under the "azimuthal" error model: speckle errors are correlated over ± one
+    probe-disk diameter in Q, which a fit treating the bins as independent does not see; their part of each bin's
+    variance is scaled by the factor that correlation gives the variance of the slope at the centre of the fit's
+    polynomial (:func:`sendmap.science.polar.peak_slope_variance_factor`: 2.5 for degree 5 over ± 0.14 1/Å at 2 mrad,
+    200 kV, 0.0125 1/Å bins), so the propagated peak error stays honest. ``profiles/sem`` itself is unchanged.
+
+    Returns (errors for the fit, speckle dict: ``spk`` the unscaled speckle standard error per position and bin,
+    ``correlation`` the radial correlation of consecutive bins, for :func:`speckle_components`)."""
+    from ..science.polar import peak_slope_variance_factor, speckle_fit_sem, speckle_mean_factor, speckle_radial_correlation
+
+    cfg, g = ctx.cfg, ctx.group
+    calib = dict(g.attrs["calibration"])
+    r_q = float(calib["disk_radius_px"]) * float(calib["q_pixel_size"])
+    q = np.asarray(g["profiles/q"])
+    bw = float(q[1] - q[0])
+    n_phi = int(dict(g.attrs["profiles"])["n_azimuth"])
+    gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
+    # with fit_half_width: auto the range is chosen later, on these errors: the factor is taken at the fixed range it
+    # starts from (the matched range, where chosen, is narrower: its factor is smaller, the errors a little wide)
+    hw = cfg.peaks.fit_half_width if cfg.peaks.fit_half_width != "auto" else AUTO_FIT_HALF_WIDTH_FALLBACK
+    factor = peak_slope_variance_factor(bw, hw, cfg.peaks.degree, speckle_radial_correlation(r_q, bw))
+    fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
+    half = 0  # features/fem_variance is already pooled over ± one disk radius in Q
+    spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
+    corr = speckle_radial_correlation(r_q, bw)
+    return speckle_fit_sem(sem, iqn, fem, gfac, share, half, factor), {"spk": spk, "sem": sem, "correlation": corr}
+
+
+SPECKLE_EDGE_SHARE = 0.03
+"""Share of the profile's variance (median over the denoised bins of the non-crystalline positions) above which the
+denoising's number of components comes from the correlated-noise edge (:func:`speckle_components`): below it the
+errors are mostly Poisson, independent between bins, and the Marchenko–Pastur edge of ``lowrank_denoise`` holds."""
+
+
+SPECKLE_EDGE_MARGIN = 1.2
+"""Components kept: singular values above this × the top singular value of modelled noise (the margin of
+``lowrank_denoise``'s own edge), plus one."""
+
+
+def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np.ndarray, q_sel: np.ndarray):
+    """Number of low-rank components for speckle-dominated profiles, or (None, None) where speckle is a minor part.
+
+    The denoising whitens each bin by the median fit error ``s_fit`` of ``rows``; in those units the noise of one
+    profile has the covariance diag(Poisson²) + diag(speckle)·K·diag(speckle) (K the speckle's radial correlation),
+    whose correlated modes clear the Marchenko–Pastur edge for independent bins: on speckled synthetic scans
+    (M = 10, 2 × 10⁴ e⁻) it keeps 12 + 3 components, ~10 of them speckle, and the peak MAE stays at the speckle
+    floor of single patterns (0.0097 1/Å), while the singular values beyond the third follow the modelled noise's
+    (2.5, 2.1, 1.9, 1.8, ... vs 2.5, 2.2, 1.9, 1.6, ...). Components are counted above
+    ``SPECKLE_EDGE_MARGIN`` × the modelled noise's top singular value, plus one (MAE 0.0047-0.0049 with 3-4)."""
+    from ..science.polar import correlated_noise_top_singular_value
+
+    sem, spk = speckle["sem"].reshape(y.shape), speckle["spk"].reshape(y.shape)
+    if rows.sum() < 8:
+        return None, None
+    sub = s_fit[rows]
+    ok_cols = np.isfinite(sub).any(axis=0)  # (a column NaN at every row has no median: left out, unwarned)
+    ref = np.full(y.shape[1], np.nan)
+    ref[ok_cols] = np.nanmedian(sub[:, ok_cols], axis=0)
+    cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
+    cols = cols[np.isfinite(spk[rows][:, cols]).any(axis=0) & np.isfinite(sem[rows][:, cols]).any(axis=0)]
+    if cols.size < 4:
+        return None, None
+    r = ref[cols]
+    s_ref = np.nanmedian(spk[rows][:, cols], axis=0)
+    p_ref = np.sqrt(np.clip(np.nanmedian(sem[rows][:, cols], axis=0) ** 2 - s_ref ** 2, 0.0, None))
+    share = float(np.median(s_ref ** 2 / np.maximum(s_ref ** 2 + p_ref ** 2, 1e-300)))
+    if not share >= SPECKLE_EDGE_SHARE:
+        return None, None
+    x = np.nan_to_num(y[rows][:, cols]) / r
+    sv = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) / np.sqrt(len(x))
+    top = correlated_noise_top_singular_value(p_ref / r, s_ref / r, speckle["correlation"], len(x))
+    n = max(2, int(np.sum(sv > SPECKLE_EDGE_MARGIN * top))) + 1
+    return n, {"speckle_share": share, "noise_top_singular_value": top, "n_components": n}
+
+
+PLAIN_FIT_SAMPLE = 4096
+"""With binning or denoising, the plain fit (for the diagnostics: the options' effect on the reported error) runs
+on at most this many non-crystalline positions, drawn at random (seed 0): medians to ~2 %."""
+
+
+def stage_peaks(ctx: Context) -> None:
+    """First SRO peak of every I·Q^n profile: position, 1-σ error, height, prominence, width; second peak.
+
+    Optional, each off by default: k × k spatial binning, then low-rank (PCA/NMF) denoising whose
+    components come from the non-crystalline positions. The error is propagated through both (binning:
+    the SEM of the average; denoising: through the projection, :func:`sendmap.science.peaks.fit_peaks`).
+    The plain fit of the unbinned, undenoised profiles is always made too; the median reported σ of
+    both (non-crystalline positions) is stored in the ``peaks`` attribute as the options' effect.
+
+    ``peaks/status`` (codes and names in its ``flag_values``/``flag_meanings``, :data:`sendmap.science.peaks.
+    PEAK_STATUS`) says per position whether there is a peak and, if not, why; positions without counts are
+    ``too_few_counts``. The window is checked against the profiles' Q range first (an input error where it lies
+    outside, a warning where partly). The ``peaks`` attribute records the fit range used (``fit_range``; with
+    ``fit_half_width: auto`` measured on the mean non-crystalline profile), ``status_counts`` and ``warnings``
+    (also logged: more than :data:`PEAK_STATUS_WARN_SHARE` of the non-crystalline positions without a peak).
+    """
+
+    from ..engine.execute import local_map
+    from ..science.peaks import (PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak, resolve_auto_fit_range,
+                                lowrank_denoise, status_attrs, status_code)
+
+    cfg, g = ctx.cfg, ctx.group
+    pk = cfg.peaks
+    fit_map = local_map(cfg.compute)
+    q = np.asarray(g["profiles/q"])
+    iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
+    sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
+    speckle = None
+    if g["profiles/iqn_sem"].attrs.get("error_model") == "azimuthal" and "features/fem_variance" in g:
+        sem, speckle = speckle_fit_errors(ctx, iqn, sem)
+    ry, rx, nq = iqn.shape
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64).ravel()
+    centre = dict(g.attrs.get("calibration", {})).get("centre_guess_yx")
+    frame_shape = dict(g.attrs.get("ingest", {})).get("frame_shape")
+    warnings_ = peak_window_check(q, pk.window, lambda _: None, counts, centre, frame_shape)
+    for msg in warnings_:
+        ctx.warn(msg, "peak_window_partly_outside_data")
+    amorphous = ~crystal_rows(ctx).ravel()
+    # the fit range: the configured number, or matched to the peak's half widths on the mean profile of the
+    # non-crystalline positions that have counts
+    fit_range = {"mode": "fixed", "half_width": [float(pk.fit_half_width)] * 2} if pk.fit_half_width != "auto" else None
+    half_width = pk.fit_half_width
+    if fit_range is None:
+        half_width, fit_range = resolve_auto_fit_range(q, iqn.reshape(-1, nq), sem.reshape(-1, nq),
+                                                       amorphous & (counts > 0), pk.window,
+                                                       AUTO_FIT_HALF_WIDTH_FALLBACK, pk.smooth_sigma_bins, pk.degree)
+        ctx.log(f"[sendmap] peaks: fit range ({fit_range['mode']}) -{fit_range['half_width'][0]:.3f} "
+                f"+{fit_range['half_width'][1]:.3f} 1/Å: {fit_range['reason']}")
+    hw_l, hw_r = fit_range["half_width"]
+    fit_args = (pk.window, half_width, pk.smooth_sigma_bins, pk.degree)
+    plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
+    k = pk.spatial_binning
+    compare = (q >= pk.window[0] - hw_l) & (q <= pk.window[1] + hw_r)
+    n_binned = np.ones((ry, rx), int)
+    if k > 1:
+        sem_raw = sem
+        iqn, sem, n_binned = bin_similar_neighbours(iqn, sem_raw, k, compare)
+    y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
+    operator, info = None, {"method": "none"}
+    if pk.denoise != "none":
+        lo, hi = pk.denoise_q_range or (pk.window[0] - hw_l, (float(q[-1]) if q.size else 0.0) + 1.0)
+        n_comp = pk.denoise_components
+        speckle_info = None
+        if n_comp is None and speckle is not None and k == 1:
+            n_comp, speckle_info = speckle_components(y, s, speckle, amorphous, (q >= lo) & (q <= hi))
+        y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
+                                            n_comp, pk.denoise_guard)
+        if speckle_info:
+            info["speckle_edge"] = speckle_info
+        if info["method"] == "none":
+            operator = None
+            ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
+    if k == 1 and operator is None:
+        res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map)
+    else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
+        res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map)
+        sample = np.flatnonzero(amorphous)
+        if sample.size > PLAIN_FIT_SAMPLE:
+            sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
+        plain = {kk: np.full(ry * rx, np.nan) for kk in ("q_peak", "q_err")}
+        part = fit_peaks(q, plain_in[0][sample], plain_in[1][sample], *fit_args, width_error=False,
+                         map_blocks=fit_map)
+        for kk in plain:
+            plain[kk][sample] = part[kk]
+    # the second peak on the robust mean (sectors holding Bragg spots clipped): LiF (220) spots at 0.70 1/Å
+    # would otherwise pose as a second SRO peak in SEI Type 2
+    y2, op2 = y, operator
+    if pk.profile == "mean":
+        rob = np.asarray(g["profiles/iqn_robust"], dtype=np.float64)
+        if k > 1:
+            rob = bin_similar_neighbours(rob, sem_raw, k, compare)[0]
+        y2, op2 = rob.reshape(-1, nq), None
+        if operator is not None:
+            y2, op2, info2 = lowrank_denoise(y2, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
+                                             pk.denoise_components, pk.denoise_guard)
+            op2 = None if info2["method"] == "none" else op2
+    second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
+                             operator=op2, map_blocks=fit_map)
+    # positions without counts have no peak, whatever their (zero) profile looks like
+    empty = ~(counts > 0)
+    status = np.asarray(res["status"]).copy()
+    status[empty] = status_code("too_few_counts")
+    for key in res:
+        if key != "status":
+            res[key] = np.where(empty, np.nan, res[key])
+    res["status"] = status
+    second["present"] = second["present"] & ~empty
+    for key in second:
+        if key != "present":
+            second[key] = np.where(empty, np.nan, second[key])
+    for key, val in res.items():
+        if key == "status":
+            write_array(g, "peaks/status", val.reshape(ry, rx).astype(np.int8), status_attrs())
+            continue
+        write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    for key, val in second.items():
+        name = "second_present" if key == "present" else f"second_{key}"
+        write_array(g, f"peaks/{name}", val.reshape(ry, rx),
+                    {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    if operator is not None:
+        write_array(g, "peaks/denoised_iqn", y.reshape(ry, rx, nq).astype(np.float32),
+                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)", "n_components": info["n_components"]})
+
+    in_plain = np.isfinite(plain["q_err"])  # the positions the plain fit covers (all, or the sample)
+
+    def med(a):
+        v = a[amorphous & in_plain & np.isfinite(a)]
+        return float(np.median(v)) if v.size else None
+
+    diagnostics = {"n_amorphous_positions": int(amorphous.sum()), "n_plain_fit": int((amorphous & in_plain).sum()),
+                   "median_q_err_plain": med(plain["q_err"]), "median_q_err": med(res["q_err"]),
+                   "median_q_err_ratio": (med(res["q_err"]) / med(plain["q_err"])
+                                          if med(plain["q_err"]) and med(res["q_err"]) else None),
+                   "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
+                   "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
+                   "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0}
+    status_counts = {name: int(np.sum(status == c)) for c, name in enumerate(PEAK_STATUS) if np.any(status == c)}
+    if status_counts.get("fit_failed"):
+        ctx.log(f"[sendmap] peaks: {status_counts['fit_failed']} positions: the polynomial has no interior maximum; "
+                "peaks/q_peak holds the smoothed maximum (± one bin) there, status fit_failed, no peak in maps/peak_q")
+    n_am = int(amorphous.sum())
+    not_ok = amorphous & (status != status_code("ok"))
+    if n_am and not_ok.sum() > PEAK_STATUS_WARN_SHARE * n_am:
+        parts = ", ".join(f"{PEAK_STATUS[c]} {int(np.sum(not_ok & (status == c)))}" for c in range(1, len(PEAK_STATUS))
+                          if np.any(not_ok & (status == c)))
+        msg = (f"{100 * not_ok.sum() / n_am:.0f} % of the {n_am} non-crystalline positions have no SRO peak ({parts}); "
+               "see peaks/status")
+        if np.sum(not_ok & (status == status_code("no_maximum_in_window"))) > 0.5 * not_ok.sum():
+            msg += ": mostly no maximum inside peaks.window (check it and calibration.q_pixel_size)"
+        elif np.sum(not_ok & (status == status_code("too_few_counts"))) > 0.5 * not_ok.sum():
+            msg += (": mostly too few counts or valid profile bins around the window (check the dose, the mask, and "
+                    "peaks.window against the detector's Q range set by calibration.q_pixel_size)")
+        warnings_.append(msg)
+        ctx.warn(msg, "positions_without_peak")
+    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "fit_range": fit_range, "degree": pk.degree,
+                        "profile": pk.profile, "status_counts": status_counts, "warnings": warnings_,
+                        "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
+                        "method": "weighted polynomial fit, maximum by Newton, delta-method error"
+                                  + (" propagated through the denoising projection" if operator is not None else "")})
+
+
+def key_sections(cfg, sections: dict) -> dict:
+    """The peaks key adds which positions are crystalline (the rows that define the denoising components; the
+    threshold scales with the dose)."""
+    sections["classify.definitions"] = crystal_key_sections(cfg)
+    sections["dose"] = cfg.section("dose")
+    return sections

@@ -1,0 +1,163 @@
+"""The profiles stage: azimuthal mean I(Q), its error, dispersion, robust mean, I·Q^n, spot significance, V(Q) and
+virtual images per position, in one pass over the data (per block: :class:`sendmap.compute.profiles.ProfileBlock`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..compute.profiles import PROFILE_OUTPUTS, ProfileBlock
+from ..config import Config
+from ..engine.context import Context, block_progress
+from ..engine.data import data_blocks, forget_store_data, read_store_block
+from ..engine.store import set_attrs, write_array, write_region_direct
+
+
+def profile_geometry(cfg: Config, calib: dict, frame_shape: tuple[int, int], origin: np.ndarray):
+    from ..science.polar import PolarGeometry
+
+    qpx = calib["q_pixel_size"]
+    bw = cfg.profiles.bin_width or qpx
+    if cfg.profiles.q_max:
+        q_max = cfg.profiles.q_max
+    else:
+        cy, cx = np.nanmean(origin.reshape(-1, 2), axis=0)
+        corners = [(0, 0), (0, frame_shape[1] - 1), (frame_shape[0] - 1, 0), (frame_shape[0] - 1, frame_shape[1] - 1)]
+        q_max = min(math.hypot(y - cy, x - cx) for y, x in corners) * qpx
+    ell = calib["ellipse"]
+    return PolarGeometry(qpx, bw, max(4, int(q_max / bw)), cfg.profiles.n_azimuth, ell["ratio"], ell["angle_deg"],
+                         cfg.profiles.supersample)
+
+
+def profile_error_terms(q: np.ndarray, n_phi: int, disk_radius_q: float, bin_width: float, error_model: str):
+    """(G(Q) of the "azimuthal" error model or None for "poisson", the sector→pixel scale of V(Q)): what
+    :class:`ProfileBlock` needs besides the geometry (:func:`sendmap.science.polar.speckle_mean_factor`,
+    :func:`~sendmap.science.polar.fem_variance_scale`)."""
+    from ..science.polar import fem_variance_scale, speckle_mean_factor
+
+    g = speckle_mean_factor(q, n_phi, disk_radius_q, bin_width) if error_model == "azimuthal" else None
+    return g, fem_variance_scale(q, n_phi, disk_radius_q, bin_width)
+
+
+PROFILE_CHUNK_BYTES = 2e6
+"""Target size of one chunk of each (Ry, Rx, nq) float32 profile array (at the default ``compute.chunk_mb`` of 16,
+scaled with it). Small enough that the chunks are written while the kernels run: at 16 MB the 148 × 148 benchmark
+scan's outputs were one chunk each, all written after the last block (0.4-0.6 s with both cores idle)."""
+
+
+ERROR_MODELS = {
+    "poisson": "Poisson counting noise only: sqrt(I·ΣW_p²)/ΣW_p",
+    "azimuthal": "Poisson + speckle: Poisson variance + I²·V̄·G/(1 − G), V̄ the normalised azimuthal variance "
+                 "(features/fem_variance) averaged over ± one probe-disk radius in Q, G the share of one sector's "
+                 "speckle variance left in a ring's mean for grains the size of the probe disk, centrosymmetric "
+                 "(sendmap.science.polar.speckle_mean_factor)",
+}
+"""profiles.error_model → what profiles/sem holds (its attrs name the model)."""
+
+
+BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
+
+
+def stage_profiles(ctx: Context) -> None:
+    """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position.
+
+    One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`).
+    """
+    from ..engine.execute import run_blocks
+    from ..science.polar_tables import PolarTables
+
+    cfg, g = ctx.cfg, ctx.group
+    calib = dict(g.attrs["calibration"])
+    origin = np.asarray(g["calibration/origin"])
+    mask = np.asarray(g["calibration/mask"])
+    data, blocks = data_blocks(ctx)
+    ry, rx, qy, qx = data.shape
+    geom = profile_geometry(cfg, calib, (qy, qx), origin)
+    finite = origin.reshape(-1, 2)[np.all(np.isfinite(origin.reshape(-1, 2)), axis=1)]
+    tables = PolarTables(geom, cfg.profiles.centre_step_px, (qy, qx),
+                         np.stack([finite.min(axis=0), finite.max(axis=0)], axis=1) if len(finite) else None)
+    if len(finite):  # every table the scan needs, built here with all cores (a worker thread has one)
+        tables.split_centres(finite)
+    r_q = calib["disk_radius_px"] * calib["q_pixel_size"]
+    q = geom.q_centres
+    qn = q ** cfg.profiles.n
+    # virtual images from whole radial bins: BF out to the bin edge nearest the disk radius, ADF from the edge
+    # nearest two disk radii to the last bin's edge
+    bw = geom.bin_width
+    bf_q = max(1, round(r_q / bw)) * bw
+    adf_q = (max(1, round(2 * r_q / bw)) * bw, geom.nq * bw)
+    # Results are encoded and written straight to their chunk files (store.write_region_direct), a chunk of
+    # whole-row blocks at a time (≈ PROFILE_CHUNK_BYTES per array: creating a file costs ~1 ms on some file
+    # systems, 8 arrays × every block adds up); blocks of part of a row are one chunk each.
+    by, bx = blocks[0][1] - blocks[0][0], blocks[0][3] - blocks[0][2]
+    whole_rows = all(b[2] == 0 and b[3] == rx for b in blocks)
+    chunk_bytes = PROFILE_CHUNK_BYTES * cfg.compute.chunk_mb / 16.0  # 2 MB at the default compute.chunk_mb
+    per_chunk = max(1, int(chunk_bytes // (by * bx * geom.nq * 4))) if whole_rows else 1
+    chunks = (by * per_chunk, bx, geom.nq)
+    progress = block_progress(ctx, "profiles", {"shape": (ry, rx, geom.nq), "chunks": chunks, "blocks": blocks},
+                              [f"{grp}/{nm}" for nm, (grp, _) in PROFILE_OUTPUTS.items()])
+    arrays = {}
+    for nm, (grp, attrs) in PROFILE_OUTPUTS.items():
+        if progress.resumed:  # the killed run's arrays, with its finished chunks
+            arrays[nm] = g[f"{grp}/{nm}"]
+            continue
+        arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks,
+                                    overwrite=True, fill_value=float("nan"), compressors=None,
+                                    chunk_key_encoding={"name": "default", "separator": "."})
+        if attrs:
+            arrays[nm].attrs.update(attrs)
+    for nm in ("iqn", "iqn_sem", "iqn_robust"):
+        arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
+    error_model = cfg.profiles.error_model
+    speckle_g, fem_scale = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, error_model)
+    for nm in ("sem", "iqn_sem"):
+        arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
+    bf = progress.arrays.get("bf", np.zeros((ry, rx)))
+    adf = progress.arrays.get("adf", np.zeros((ry, rx)))
+    bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
+
+    pending: list = []  # results not yet written, in scan order: ((y0, x0), {name: (rows, cols, nq) array})
+
+    def flush():
+        if pending:
+            (y0, x0), _ = pending[0]
+            for nm, (grp, _) in PROFILE_OUTPUTS.items():
+                block = np.concatenate([r[nm] for _, r in pending], axis=0)
+                # uncompressed: float noise compresses 1.2×, not worth encoding in the writing thread
+                write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".",
+                                    compress=False)
+            progress.record(list(pending_blocks), {"bf": bf, "adf": adf, "bragg": bragg})
+            pending.clear()
+            pending_blocks.clear()
+
+    pending_blocks: list = []  # the blocks of ``pending``, recorded as finished once their chunks are written
+
+    def put(_, res):
+        (y0, y1, x0, x1), out = res
+        pending_blocks.append((y0, y1, x0, x1))
+        bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
+        adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
+        bragg[y0:y1, x0:x1] = out["bragg"].reshape(y1 - y0, x1 - x0)
+        pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
+        # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
+        if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
+            flush()
+
+    forget_store_data(ctx.store_path)
+    items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
+    ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
+    bragg_q = (2 * r_q, float(q[-1]))
+    run_blocks(read_store_block, ProfileBlock(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale), items,
+               cfg.compute, "profiles", on_result=put, thread_safe=True)
+    flush()
+    write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
+    write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
+    write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
+    write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": list(bragg_q)})
+    set_attrs(g, profiles={"q_max": float(q[-1] + geom.bin_width / 2), "bin_width": geom.bin_width, "nq": geom.nq,
+                           "n_azimuth": geom.n_phi, "supersample": geom.supersample,
+                           "centre_step_px": tables.centre_step_px,
+                           "method": "supersampling (sub-pixels of 1/ss² counts), per-frame centre rounded to "
+                                     "centre_step_px, precomputed pixel tables, non-zero pixels only"})
