@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine.execute import one_numba_thread_off_main
-from ..science.classify import band_max
+from ..science.classify import band_max, bragg_disk_above
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class CalibrateBlock:
     tables: object  # PolarTables of the ellipse geometry, or None when the ellipse is not fitted
     disk_radius_q: float
     crystal_bands: tuple
-    crystal_spot_z: float
+    crystal_threshold_z: float  # the dose-scaled crystal threshold (sendmap.stages.crystalline.crystal_spot_threshold)
 
     ellipse_regions: frozenset  # the blocks whose ellipse sums are taken (all, or a sample spread over the scan)
 
@@ -45,6 +45,7 @@ class CalibrateBlock:
         if self.tables is not None and tuple(item[1]) in self.ellipse_regions:
             # around the measured centres (≈ 0.05 px noise at 2e4 e⁻: no visible blur of a mean ring)
             r = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, keep_sums=True)
-            keep = band_max(r["spot_z"], self.tables.geom.q_centres, self.crystal_bands) < self.crystal_spot_z
+            keep = ~bragg_disk_above(band_max(r["spot_z"], self.tables.geom.q_centres, self.crystal_bands),
+                                     self.crystal_threshold_z)
             sums = (r["s"][keep].sum(axis=0), r["w"][keep].sum(axis=0), int(keep.sum()))
         return item[1], centres, sums

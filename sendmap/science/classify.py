@@ -43,11 +43,8 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     """
     cls = np.full(peak_q.shape, UNASSIGNED, dtype=np.int8)
     fin = np.isfinite(peak_q)
-    crystal = np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_z
-    if bragg_fraction is not None and crystal_bragg_fraction > 0:
-        crystal &= np.nan_to_num(bragg_fraction, nan=1.0) > crystal_bragg_fraction
-    if crystal_neighbours is not None and crystal_min_neighbours > 0:
-        crystal &= np.asarray(crystal_neighbours) >= crystal_min_neighbours
+    crystal = crystal_positions(crystal_z, crystal_spot_z, bragg_fraction, crystal_bragg_fraction,
+                                crystal_neighbours, crystal_min_neighbours)
     spotty = np.nan_to_num(lif_z, nan=0.0) > lif_spot_z
     if lif_vote is not None:
         spotty |= np.nan_to_num(lif_vote, nan=0.0) >= lif_vote_min
@@ -64,6 +61,36 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     return cls
 
 
+def bragg_disk_above(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
+    """True where the brightest Bragg-disk-sized spot in the crystal bands is more significant than ``threshold`` σ
+    (NaN: no). The first condition of "crystalline" (:func:`crystal_positions`), and the whole of it where a stage
+    only needs to keep strongly spotty patterns out of a fit (the ellipse, the denoising components).
+
+    >>> bragg_disk_above(np.array([30.0, 10.0, np.nan]), 25).tolist()
+    [True, False, False]
+    """
+    return np.nan_to_num(crystal_z, nan=0.0) > threshold
+
+
+def crystal_positions(crystal_z: np.ndarray, threshold: float, bragg_fraction: np.ndarray | None = None,
+                      min_bragg_fraction: float = 0.0, neighbours: np.ndarray | None = None,
+                      min_neighbours: int = 0) -> np.ndarray:
+    """The one definition of a crystalline position (class ``crystal``): a Bragg disk above ``threshold`` σ in the
+    crystal bands (:func:`bragg_disk_above`) and, where given and set, more than ``min_bragg_fraction`` of the
+    scattered intensity in Bragg spots and at least ``min_neighbours`` of the 8 neighbours with such a disk too
+    (:func:`crystal_neighbour_count`): a grain, not a nanocrystal with one strong reflection.
+
+    >>> crystal_positions(np.array([30.0, 30.0]), 25, neighbours=np.array([5, 1]), min_neighbours=4).tolist()
+    [True, False]
+    """
+    crystal = bragg_disk_above(crystal_z, threshold)
+    if bragg_fraction is not None and min_bragg_fraction > 0:
+        crystal &= np.nan_to_num(bragg_fraction, nan=1.0) > min_bragg_fraction
+    if neighbours is not None and min_neighbours > 0:
+        crystal &= np.asarray(neighbours) >= min_neighbours
+    return crystal
+
+
 def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
     """Number of the 8 scan neighbours (edges: the nearest position repeated) whose crystal-band spot
     significance exceeds ``threshold`` σ, (Ry, Rx) int.
@@ -75,7 +102,7 @@ def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarr
     """
     k = np.ones((3, 3))
     k[1, 1] = 0
-    hit = (np.nan_to_num(crystal_z, nan=0.0) > threshold).astype(float)
+    hit = bragg_disk_above(crystal_z, threshold).astype(float)
     return np.rint(window_sum(hit, k)).astype(int)
 
 

@@ -13,7 +13,7 @@ from ..engine.data import data_blocks, read_store_block, forget_store_data
 from ..engine.store import set_attrs, write_array
 from ..errors import SendmapInputError
 from ..physics import electron_wavelength_angstrom
-from .crystalline import crystal_key_sections
+from .crystalline import crystal_key_sections, crystal_spot_threshold
 from .settings import calibrant_record, disk_radius_px, q_pixel_size, q_pixel_size_and_source, scan_step_nm
 
 
@@ -244,9 +244,12 @@ def stage_calibrate(ctx: Context) -> None:
             acc["n"] += sums[2]
 
     d = cfg.classify.definitions
+    # "crystalline" as everywhere (sendmap.stages.crystalline); the dose from the raw counts, since the measured one
+    # (hot pixels out) is this stage's own output
+    crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]))
     process = CalibrateBlock(tuple(guess), centre_mask, mask, radius, method, annulus, tables, r_disk * qpx,
-                                tuple(map(tuple, d.crystal_bands)), d.crystal_spot_z,
-                                ellipse_sample(blocks, cal.ellipse_max_frames))
+                             tuple(map(tuple, d.crystal_bands)), crystal_thr,
+                             ellipse_sample(blocks, cal.ellipse_max_frames))
     forget_store_data(ctx.store_path)  # the data may have been re-ingested since
     run_blocks(read_store_block, process, [(ctx.store_path, b, None) for b in blocks], cfg.compute, "calibrate",
                on_result=put, thread_safe=True)
@@ -314,6 +317,7 @@ def key_sections(cfg, sections: dict) -> dict:
     import hashlib
 
     sections["classify.definitions"] = crystal_key_sections(cfg)
+    sections["dose"] = cfg.section("dose")  # (the crystal threshold scales with the dose)
     sections["profiles"] = {k: v for k, v in cfg.section("profiles").items() if k == "supersample"}
     for key in ("mask_file", "calibrant"):
         name = getattr(cfg.calibration, key)

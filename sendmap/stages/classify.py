@@ -20,7 +20,8 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count, spot_vote
+    from ..science.classify import (CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count,
+                                    crystal_positions, spot_vote)
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
     from ..science.peaks import status_attrs, status_code
@@ -48,9 +49,8 @@ def stage_classify(ctx: Context) -> None:
                    else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
-    crystal_like = (np.nan_to_num(crystal_z) > crystal_thr) & (neighbours >= d.crystal_min_neighbours)
-    if d.crystal_bragg_fraction > 0:
-        crystal_like &= np.nan_to_num(bragg, nan=1.0) > d.crystal_bragg_fraction
+    crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
+                                     d.crystal_min_neighbours)
     lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     vote = spot_vote(lif_z, crystal_like, lif_noise, lif_sure, d.lif_neighbourhood)
     rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=lif_sure, electrolyte_max_q=d.electrolyte_max_q,

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import Config
 from ..engine.context import Context
-from ..science.classify import band_max
+from ..science.classify import band_max, bragg_disk_above
 from .dose import dose_record, measured_counts
 
 
@@ -71,8 +71,8 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
-    return np.nan_to_num(crystal_z, nan=0.0) > crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]),
-                                                                      measured_counts(g))
+    return bragg_disk_above(crystal_z, crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]),
+                                                              measured_counts(g)))
 
 
 def crystal_key_sections(cfg: Config) -> dict:
