@@ -19,9 +19,11 @@ same figures:
   colourbar shortened to leave room for the "No SRO peak" swatch, the x tick labels lowered only where the first
   x and y labels would meet. Constrained layout equalises the decorations' room instead, which moves the maps.
 
-Measured (matplotlib 3.10, the demo's histogram figure): the same axes and artists laid out by
-``layout="constrained"`` instead of :func:`_place_plot` move the axes by several points and change the PNG
-(see the report of issue 19), and every draw (PNG, PDF) runs the engine again.
+Measured (matplotlib 3.10, the synthetic figures of tests/test_figures.py): the single-axes histogram and profile
+figures, their axes put in a one-cell GridSpec and laid out by ``ConstrainedLayoutEngine(h_pad=w_pad=3 pt)`` (the
+pads of this module) instead of :func:`_place_plot`, move an axes edge by 22 and 18 pt and change 19 % and 9 % of
+the 300 dpi pixels: the engine does not know the dose line (a figure text) and lays the axes over it. So this
+module stays.
 """
 from __future__ import annotations
 
