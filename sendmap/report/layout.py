@@ -19,7 +19,7 @@ same figures:
   colourbar shortened to leave room for the "No SRO peak" swatch, the x tick labels lowered only where the first
   x and y labels would meet. Constrained layout equalises the decorations' room instead, which moves the maps.
 
-Measured (matplotlib 3.10, the synthetic figures of tests/test_figures.py): the single-axes histogram and profile
+Measured (matplotlib 3.11, the synthetic figures of tests/test_figures.py): the single-axes histogram and profile
 figures, their axes put in a one-cell GridSpec and laid out by ``ConstrainedLayoutEngine(h_pad=w_pad=3 pt)`` (the
 pads of this module) instead of :func:`_place_plot`, move an axes edge by 22 and 18 pt and change 19 % and 9 % of
 the 300 dpi pixels: the engine does not know the dose line (a figure text) and lays the axes over it. So this
