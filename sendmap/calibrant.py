@@ -145,7 +145,7 @@ def calibrate_pattern(pattern: np.ndarray, phase: str = "au", *, mask: np.ndarra
     never used).  Keys: ``q_pixel_size`` (1/Å per pixel, Q = 1/d) and ``q_pixel_size_err``, ``centre``
     [y, x] px (pixel (iy, ix) centred at (iy, ix); the centre at zero radius) and ``centre_err``,
     ``ellipse`` {``ratio``, ``angle_deg``, ``ratio_err``, ``angle_err_deg``} (sendmap's convention),
-    ``centre_drift`` (ring centres c + k·r², see :func:`sendmap.science.rings.fit_ring_geometry`; with
+    ``centre_drift`` (ring centres c + k·r², see :func:`sendmap.science.ring_geometry.fit_ring_geometry`; with
     ``fit_drift=False``, or a single ring in the geometry fit, every ring shares one centre), ``rings`` (one entry per ring found: ``hkl``, ``q``,
     ``radius_px``, ``radius_err_px``, ``residual`` = (q_pixel_size·radius − q)/q, ``used``, ``status``,
     ``blended_with``, ``n_sectors``, ``snr``, ``width_px``), ``max_abs_residual_used``,

@@ -11,7 +11,8 @@ from sendmap.cli import main as sendmap_main
 from sendmap.science.centre import central_disk_radius, disk_centres, brightest_disk_guess
 from sendmap.science.dose import counts_per_pattern, integrating_camera_reason
 from sendmap.science.ellipse import ellipse_from_polar_mean, phi_centres
-from sendmap.science.mask import hot_dead_mask, shadow_masks
+from sendmap.science.mask import hot_dead_mask
+from sendmap.science.shadows import shadow_masks
 from sendmap.physics import probe_radius_inv_angstrom
 
 

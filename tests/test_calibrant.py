@@ -7,19 +7,21 @@ import numpy as np
 import pytest
 
 import sendmap.calibrant as calibrant_mod
+import sendmap.science.ring_geometry as ring_geometry_mod
+import sendmap.science.ring_profile as ring_profile_mod
 import sendmap.science.rings as rings_mod
 from sendmap.calibrant import calibrate_file, calibrate_pattern, format_report
 from sendmap.cli import main
 from sendmap.errors import SendmapInputError
 from sendmap.science.phases import get_phase
-from sendmap.science.rings import (
+from sendmap.science.ring_geometry import (
     ellipse_from_params,
     ellipse_params,
     fit_ring_geometry,
-    index_rings,
     symmetry_centre,
     undistorted_radius,
 )
+from sendmap.science.ring_profile import index_rings
 
 AU = get_phase("au")
 REAL_GOLD = "au_rings/au_xgrating_20cm.tif"
@@ -59,7 +61,7 @@ SMALL = dict(shape=(160, 160), centre=(78.6, 81.3), q_pixel_size=0.0135, ratio=1
 # science pieces
 # ----------------------------------------------------------------------------------------------------
 def test_doctests():
-    for mod in (rings_mod, calibrant_mod):
+    for mod in (rings_mod, ring_geometry_mod, ring_profile_mod, calibrant_mod):
         result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, mod.__name__
 

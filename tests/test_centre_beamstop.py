@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from sendmap.science.centre import disk_centres, fit_descan_plane, symmetry_centres
-from sendmap.science.mask import hot_dead_mask, shadow_masks
+from sendmap.science.mask import hot_dead_mask
+from sendmap.science.shadows import shadow_masks
 from sendmap.synth.make import SynthModel, SynthParams
 
 SCAN = (12, 16)

@@ -1,4 +1,5 @@
-"""Tests of the publication figures (sendmap.report.figures): small synthetic maps, no real data."""
+"""Tests of the publication figures (sendmap.report: figures, maps, histograms, profiles, overview, savefig): small
+synthetic maps, no real data."""
 from __future__ import annotations
 
 import re
@@ -14,6 +15,8 @@ from matplotlib.axis import Tick
 from matplotlib.text import Text
 
 from sendmap.report import figures as F
+from sendmap.report import layout as L
+from sendmap.report import style as S
 from sendmap.report.figures import (
     CLASS_COLORS,
     CLASS_LABELS,
@@ -308,7 +311,7 @@ def test_class_map_unknown_and_invalid(data):
 
 
 def test_class_colours_okabe_ito_and_distinct():
-    okabe = {c.lower() for c in F.OKABE_ITO.values()}
+    okabe = {c.lower() for c in S.OKABE_ITO.values()}
     assert set(CLASS_COLORS) == set(CLASS_NAMES) == set(CLASS_LABELS)
     assert {c.lower() for c in CLASS_COLORS.values()} <= okabe
     assert len(set(CLASS_COLORS.values())) == len(CLASS_COLORS)
@@ -390,7 +393,7 @@ def test_minor_ticks_as_drawn(data, monkeypatch):
     figs = build()
     sides = [sorted(ln.get_gid() for ln in f.axes[0].lines if (ln.get_gid() or "").startswith("minor")) for f in figs]
     assert sides == [["minor_ticks_x"] * 2 + ["minor_ticks_y"] * 2, ["minor_ticks_x"] * 2]
-    monkeypatch.setattr(F, "_minor_tick_marks", lambda ax: None)  # matplotlib's Tick artists instead
+    monkeypatch.setattr(L, "_minor_tick_marks", lambda ax: None)  # matplotlib's Tick artists instead
     for new, old in zip(figs, build()):
         with F.style_context():  # as saved (Tick artists made at draw time take the rc style of the moment)
             assert np.array_equal(_render(new), _render(old))
@@ -457,11 +460,11 @@ def test_profiles_label_ticks_and_normalisation(data):
 
 
 def test_chemical_formulas_and_exponents():
-    assert F._chem("Li2CO3") == "Li₂CO₃"
-    assert F._chem("beta-Li3PO4") == "β-Li₃PO₄"
-    assert F._chem("Li (bcc)") == "Li (bcc)"
-    assert F._chem("Ca(OH)2") == "Ca(OH)₂"
-    assert F._superscript(1) == "¹" and F._superscript(-2) == "⁻²" and F._superscript(10) == "¹⁰"
+    assert S._chem("Li2CO3") == "Li₂CO₃"
+    assert S._chem("beta-Li3PO4") == "β-Li₃PO₄"
+    assert S._chem("Li (bcc)") == "Li (bcc)"
+    assert S._chem("Ca(OH)2") == "Ca(OH)₂"
+    assert S._superscript(1) == "¹" and S._superscript(-2) == "⁻²" and S._superscript(10) == "¹⁰"
 
 
 def test_overview_panels(data):

@@ -29,6 +29,10 @@ array of sendmap, and a 3D file of Dimensions (Qx, Qy, N) is (N, Qy, Qx) frames 
 
 The tags are parsed by rosettasciio's DigitalMicrograph reader (it skips over the pixel array and
 records its byte offset); the pixels are then memory-mapped a chunk of frames at a time.
+
+Size: one file format: its layout (this docstring), the tag-tree constants shared by the reader and the writer,
+the lazy reader, its metadata and a minimal writer (tests, examples). The writer (~175 lines, from ``write_dm4``)
+is the piece to move out if the module grows.
 """
 from __future__ import annotations
 

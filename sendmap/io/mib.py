@@ -35,6 +35,10 @@ is that of the Medipix3 readout as documented by Quantum Detectors and decoded t
 Orientation: as in rosettasciio/HyperSpy and pyxem (pyxem issue #385), the first row on disk is the bottom
 row of the diffraction pattern, so :func:`read_mib_dask` flips Qy and :func:`write_mib` flips it back;
 :func:`mib_memmap` gives the rows as stored.
+
+Size: one file format: header parsing, the raw (R64) counter-mode codec, the lazy reader and the writer share the
+header fields and the frame stride; the writer (``write_mib``, used by ``sendmap synth`` and the tests) is the
+piece to move out if the module grows.
 """
 from __future__ import annotations
 

@@ -174,8 +174,8 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     ``meanwhile``, which is called once in any case).
 
     With ``reuse``, a figure whose inputs (every array and number it is drawn from), formats, and drawing code
-    (:mod:`sendmap.report.figures`, sendmap and matplotlib versions) are those of the files already there is not
-    drawn again (:func:`figures_to_draw`): after a classification change the virtual images stay as they are.
+    (the figure modules, sendmap and matplotlib versions) are those of the files already there is not drawn again
+    (:func:`figures_to_draw`): after a classification change the virtual images stay as they are.
     """
     fdir = Path(out_dir) / "figures"
     specs = figure_specs(group, n, window)
@@ -196,7 +196,8 @@ FIGURE_MANIFEST = ".figures.json"
 
 def _figure_digest(spec, formats: tuple) -> str:
     """SHA-256 of everything a figure depends on: its plotting function and arguments (arrays by content), the
-    formats, the source of :mod:`sendmap.report.figures`, and the sendmap and matplotlib versions."""
+    formats, the source of the figure modules (every module of :mod:`sendmap.report` but this one), and the sendmap
+    and matplotlib versions."""
     import hashlib
     import pickle
     from importlib.metadata import version
@@ -206,7 +207,8 @@ def _figure_digest(spec, formats: tuple) -> str:
 
     h = hashlib.sha256()
     h.update(pickle.dumps((spec, formats, __version__, version("matplotlib")), protocol=5))
-    h.update((Path(_pkg).parent / "figures.py").read_bytes())
+    for path in sorted(p for p in Path(_pkg).parent.glob("*.py") if p.name != "build.py"):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
@@ -266,12 +268,12 @@ def _warm_up() -> None:
     of the fonts and of fontTools costs ~0.3 s, paid while the helper waits for its figures."""
     import io
 
-    from . import figures as F
+    from . import figures as F, savefig
 
     fig = F.plot_histograms(np.array([[0.3, 0.31]]), np.array([[1, 1]]), ["crystal", "sei_type1"], {}, "warm-up")
     with F.style_context():
-        F._write_png(fig, io.BytesIO(), "warm-up")
-        F._write_pdf(fig, io.BytesIO(), "warm-up")
+        savefig._write_png(fig, io.BytesIO(), "warm-up")
+        savefig._write_pdf(fig, io.BytesIO(), "warm-up")
 
 
 def _draw_group(group, fdir: str, formats: tuple) -> tuple[str, object]:

@@ -15,6 +15,11 @@ Conventions (shared with ``sendmap.synth``):
   undistorted radius ρ = sqrt((u/a)² + (v/b)²) with u = dx·cosθ + dy·sinθ, v = −dx·sinθ + dy·cosθ;
 * Q = ρ · q_pixel_size (1/Å, Q = 1/d); radial bin i covers [i·w, (i+1)·w);
 * azimuth φ = atan2(dy, dx) of the pixel centre, sector k covers [k, k+1)·2π/n_phi − π.
+
+Size: the reference polar kernel and the per-frame statistics that both profile paths (this kernel and
+:mod:`sendmap.science.polar_tables`) share, as numba functions that call each other. The speckle noise model
+(from ``speckle_mean_factor`` on, ~180 lines) is a natural module of its own; left here while this file is being
+tuned for speed in parallel (issue 19).
 """
 from __future__ import annotations
 

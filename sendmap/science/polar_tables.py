@@ -20,6 +20,10 @@ speckle), index of dispersion, the normalised azimuthal variance V(Q) (fluctuati
 sigma-clipped robust mean, the speckle-aware Bragg-spot significance and the virtual BF/ADF counts
 (:func:`profile_block`). The statistics themselves are :func:`sendmap.science.polar.frame_statistics`,
 shared with the reference kernel.
+
+Size: one fast path: the table builder, the dense and sparse accumulation kernels and :class:`PolarTables` share
+the layout of the table records (``rec``/``crec`` arrays, indexed by centre offset), which a split would spread
+over modules.
 """
 from __future__ import annotations
 

@@ -1,4 +1,14 @@
-"""Statistics per class: histogram Gaussian fits, intrinsic spread, class-mean profiles, layer thickness."""
+"""Statistics per class: histogram Gaussian fits, intrinsic spread, class-mean profiles, layer thickness.
+
+Least squares: the one fit here (:func:`fit_gaussian`, three parameters) is a short Levenberg-Marquardt of its own,
+not :func:`scipy.optimize.curve_fit`, for a measured reason (issue 19, kept where the ring fits of
+:mod:`sendmap.science.ring_profile` moved to scipy): nothing else a re-run after a classification or statistics
+change runs imports ``scipy.optimize``, and importing it costs 0.67-0.91 s (3 runs; after every module of
+``sendmap.pipeline.LATER_STAGE_MODULES`` is loaded, on the shared 2-core machine), while the whole re-run of the
+demo with a new ``statistics.bin_width`` takes 2.3 s wall (2.9 s with ``scipy.optimize`` imported first).
+It gives curve_fit's minimum and covariance (``tests/test_peaks.py::test_gaussian_fit_matches_scipy_curve_fit``
+checks 40 histograms against curve_fit).
+"""
 from __future__ import annotations
 
 import warnings
@@ -14,8 +24,8 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, y_err: np.ndarray, p0, max_iter: 
     covariance of the parameters with ``y_err`` taken as absolute 1-σ errors (``absolute_sigma=True``), ±inf where
     the Jacobian is singular. Raises RuntimeError where it does not converge in ``max_iter`` steps. The same
     minimum and covariance as ``scipy.optimize.curve_fit(..., absolute_sigma=True)`` (tested to 10⁻⁷): written out
-    because importing ``scipy.optimize`` costs ~0.4 s, a third of a re-run's budget after a classification change,
-    for these few three-parameter fits.
+    because importing ``scipy.optimize`` costs ~0.7 s, a quarter of a re-run after a classification change (see
+    the module's docstring), for these few three-parameter fits.
 
     >>> x = np.linspace(-3, 3, 13)
     >>> popt, pcov = fit_gaussian(x, 5 * np.exp(-0.5 * ((x - 0.2) / 0.8) ** 2), np.ones(13), [4.0, 0.0, 1.0])
