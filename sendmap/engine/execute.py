@@ -227,7 +227,7 @@ def close_client() -> None:
         pass
 
 
-LATER_STAGE_MODULES = ("sendmap.engine.execute", "sendmap.science.mask", "sendmap.science.centre", "sendmap.science.ellipse",
+LATER_STAGE_MODULES = ("sendmap.engine.execute", "sendmap.science.mask", "sendmap.science.shadows", "sendmap.science.centre", "sendmap.science.ellipse",
                        "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.features",
                        "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats", "sendmap.science.dose",
                        "sendmap.io.generic", "sendmap.report.build", "threadpoolctl")

@@ -1,6 +1,5 @@
 """Detector mask: hot, dead and saturated pixels (from the sum and maximum patterns of a dataset), the
-shadows of a beam stop and of an aperture (from the mean pattern: :mod:`sendmap.science.shadows`, whose
-:func:`~sendmap.science.shadows.shadow_masks` is re-exported here), and a user mask file.
+shadows of a beam stop and of an aperture (from the mean pattern: :mod:`sendmap.science.shadows`), and a user mask file.
 
 Every function is pure (arrays in, arrays out) except ``load_user_mask``. Convention: a *mask* is (Qy, Qx)
 bool, True where a pixel is used; the per-cause arrays (``hot``, ``dead``, ``saturated_mask``,
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .shadows import shadow_masks  # noqa: F401 - part of the detector mask (the calibrate stage imports it here)
 
 
 def hot_dead_mask(sum_pattern: np.ndarray, max_pattern: np.ndarray,

@@ -26,7 +26,8 @@ def detector_mask(ctx: Context, r_disk_px: float) -> dict:
     aperture shadow and the user's mask file. Returns bool arrays (True = excluded) per cause, ``mask`` and
     ``centre_mask`` (True = used; the latter keeps saturated pixels: a flat-topped disk still has a centre),
     ``centre_guess_yx`` and an ``info`` dict."""
-    from ..science.mask import hot_dead_mask, load_user_mask, saturated_mask, saturation_level, shadow_masks
+    from ..science.mask import hot_dead_mask, load_user_mask, saturated_mask, saturation_level
+    from ..science.shadows import shadow_masks
 
     cfg, g = ctx.cfg, ctx.group
     cal = cfg.calibration
