@@ -11,7 +11,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-CLASS_NAMES = ("crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned")
+CLASS_NAMES = ("crystal", "sei_type1", "sei_type2", "electrolyte", "unassigned", "uncertain")
 """Class index -> name, as stored in ``maps/class`` (attr ``class_names``)."""
 
 STORE_NAME = "sendmap.zarr"

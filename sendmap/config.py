@@ -313,7 +313,16 @@ class ClassDefinitions(_Section):
 
 
 class ClassifyConfig(_Section):
-    method: Literal["rules", "gmm", "kmeans"] = "rules"
+    method: Literal["rules", "gmm", "kmeans", "probabilistic"] = Field(
+        "rules", description="rules: the class rules (definitions); gmm/kmeans: clusters named by the rules; "
+        "probabilistic: the most probable class of maps/class_probability (evidence + spatial prior, "
+        "sendmap.science.probability)")
+    min_confidence: float = Field(
+        0.0, ge=0, lt=1, description="positions whose class has a probability (maps/class_confidence) below this are "
+        "'uncertain'; 0: off (the default until the probabilities are validated on the scenario matrix)")
+    lif_hit_rate: float = Field(
+        0.5, gt=0, lt=1, description="share of SEI Type 2 positions that show an excited LiF reflection, for the class "
+        "probabilities (SCIENCE.md: some Type 2 positions show LiF reflections, some none; 0.5: no preference)")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

@@ -42,6 +42,8 @@ DECLARED: dict[str, tuple[tuple[str, ...], str | None, str]] = {
     "maps/peak_q": (("ry", "rx"), "1/Å", "first SRO peak maximum of I(Q)·Q^n"),
     "maps/peak_q_err": (("ry", "rx"), "1/Å", "1-sigma uncertainty of the first SRO peak"),
     "maps/class": (("ry", "rx"), None, "class"),
+    "maps/class_probability": (("ry", "rx", "class_index"), "1", "probability of each class (evidence and spatial prior)"),
+    "maps/class_confidence": (("ry", "rx"), "1", "probability of the class in maps/class"),
     "maps/phase": (("ry", "rx"), None, "library phase whose rings the spots fall on"),
     "peaks/q_peak": (("ry", "rx"), "1/Å", "first SRO peak maximum (before the crystal rule)"),
     "peaks/q_err": (("ry", "rx"), "1/Å", "1-sigma uncertainty of peaks/q_peak"),

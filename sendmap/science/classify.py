@@ -10,8 +10,9 @@ import numpy as np
 
 from .. import CLASS_NAMES
 
-CRYSTAL, SEI_TYPE1, SEI_TYPE2, ELECTROLYTE, UNASSIGNED = range(5)
+CRYSTAL, SEI_TYPE1, SEI_TYPE2, ELECTROLYTE, UNASSIGNED, UNCERTAIN = range(6)
 assert CLASS_NAMES[CRYSTAL] == "crystal" and CLASS_NAMES[UNASSIGNED] == "unassigned"
+assert CLASS_NAMES[UNCERTAIN] == "uncertain"
 
 
 def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, *, crystal_spot_z: float,

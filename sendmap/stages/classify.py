@@ -20,8 +20,9 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import (CRYSTAL, classify_gmm, classify_rules, crystal_neighbour_count,
-                                    crystal_positions, spot_vote)
+    from ..science.classify import (CRYSTAL, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
+                                    crystal_neighbour_count, crystal_positions, spot_vote)
+    from ..science.probability import PROB_CLASSES, class_probabilities, lif_evidence
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
     from ..science.peaks import status_attrs, status_code
@@ -58,11 +59,25 @@ def stage_classify(ctx: Context) -> None:
                  electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
                  crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
                  crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours)
-    if cfg.classify.method == "rules":
+    if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
         cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
                            method=cfg.classify.method, **rules)
+    # class probabilities: the evidence of each position and the spatial prior (sendmap.science.probability)
+    ok_peak = np.where(peak_status == status_code("ok"), peak_q, np.nan)
+    prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
+                               labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate)
+    p = prob["probability"]
+    if cfg.classify.method == "probabilistic":
+        has = np.isfinite(p).all(axis=-1)
+        cls = np.where(has, np.nan_to_num(p).argmax(axis=-1), UNASSIGNED).astype(np.int8)
+    idx = np.clip(cls, 0, len(PROB_CLASSES) - 1)
+    confidence = np.where(cls < len(PROB_CLASSES), np.take_along_axis(p, idx[..., None].astype(np.intp), axis=-1)[..., 0],
+                          np.nan)
+    if cfg.classify.min_confidence > 0:
+        cls = np.where(np.isfinite(confidence) & (confidence < cfg.classify.min_confidence), UNCERTAIN, cls
+                       ).astype(np.int8)
     no_peak = cls == CRYSTAL
     # anisotropy at each feature phase's reflections (± one bin), and phase naming over all SEI phases
     q_rng = (2 * r_q, q_hi)
@@ -100,7 +115,16 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "features/phase_score", phase_score, {"meaning": "explained spot share minus chance, best phase"})
     write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
     write_array(g, "maps/class", cls, {"class_names": list(CLASS_NAMES), "method": cfg.classify.method,
-                                       "crystal_spot_z_threshold": crystal_thr})
+                                       "crystal_spot_z_threshold": crystal_thr,
+                                       "min_confidence": cfg.classify.min_confidence})
+    write_array(g, "maps/class_probability", p.astype(np.float32),
+                {"class_index_names": list(PROB_CLASSES), "beta": prob["beta"], "lif_hit_rate": prob["lif_hit_rate"],
+                 "class_models": prob["class_models"],
+                 "meaning": "posterior probability of each class: the position's evidence (crystal rule, SRO peak "
+                            "with its error, LiF evidence) and a Potts spatial prior (sendmap.science.probability); "
+                            "NaN where a position has neither a crystal nor an SRO peak"})
+    write_array(g, "maps/class_confidence", confidence.astype(np.float32),
+                {"meaning": "probability (maps/class_probability) of the class in maps/class; NaN for unassigned"})
     # the final maps: a peak only where the fit found an interior maximum inside the window (status ok) and the
     # position is not crystalline; maps/peak_status says why not elsewhere
     final_status = np.where(no_peak, status_code("crystal"), peak_status).astype(np.int8)

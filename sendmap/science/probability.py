@@ -1,0 +1,179 @@
+"""Class probabilities per position from its evidence, and a spatial prior that turns them into a class map.
+
+Evidence of a position (all from the earlier stages):
+
+* **crystalline** (the one rule, :func:`sendmap.science.classify.crystal_positions`): crystal with probability 1.
+  Its threshold lies far above what amorphous patterns reach (25 σ at 2 × 10⁴ e⁻ against ≤ 13.4 σ for 99 % of
+  speckled amorphous positions, see ``classify.definitions.crystal_spot_z``), so its false-alarm rate is
+  negligible next to the other classes' overlap.
+* **its SRO peak** q_i with its 1-σ error σ_i: under an amorphous class k (SEI Type 1, SEI Type 2, electrolyte)
+  q_i ~ N(μ_k, s_k² + σ_i²), with μ_k and s_k the class's intrinsic mean and spread. They are measured on the scan
+  itself (extreme deconvolution, as :mod:`sendmap.science.mixture`, of the positions the class rules give the
+  class) where a class holds enough positions, else taken from the published study (:data:`PUBLISHED_CLASS_Q`).
+  (A free EM over the probabilities was tried: with speckle at 5 × 10³ e⁻ Type 2 absorbed the electrolyte.)
+* **its LiF evidence** e_i ∈ [0, 1]: 0 at or below the LiF-band spot significance amorphous patterns reach by
+  chance (their median, ``lif_spot_z_noise``), 1 at or above the significance they exceed 1 % of the time
+  (``lif_spot_z``), linear between. Its log-likelihood ratio for SEI Type 2 against the other amorphous classes is
+  e_i ln(h/α) + (1 − e_i) ln((1 − h)/(1 − α)): α = 0.01, the false-alarm rate ``lif_spot_z`` is defined by; h, the
+  share of SEI Type 2 positions that show an excited LiF reflection (``classify.lif_hit_rate``).
+
+The spatial prior is a Potts Markov random field on the scan grid (:func:`sendmap.science.spatial.
+potts_mean_field`), its coupling β estimated from the evidence-only class map by maximum pseudo-likelihood
+(Besag 1975, The Statistician 24, 179): no coupling is tuned by hand, and a scan whose classes do not form
+regions gets β ≈ 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .spatial import _neighbour_sum, potts_mean_field
+
+PROB_CLASSES = ("crystal", "sei_type1", "sei_type2", "electrolyte")
+"""The classes of ``maps/class_probability``, in its last axis (the first four of :data:`sendmap.CLASS_NAMES`)."""
+
+PUBLISHED_CLASS_Q = {"sei_type1": (0.330, 0.019), "sei_type2": (0.295, 0.019), "electrolyte": (0.285, 0.019)}
+"""(mean, spread) of the SRO peak per amorphous class (1/Å) where the scan holds too few positions of a class to
+measure them: the study's class means (SCIENCE.md: Type 1 0.33, Type 2 0.295, electrolyte 0.285) and its Type 1
+histogram's standard deviation 0.019 (which includes measurement noise: an upper bound of the intrinsic spread)."""
+
+MIN_CLASS_WEIGHT = 20
+"""Fewest positions from which a class's intrinsic mean and spread are measured on the scan;
+fewer: :data:`PUBLISHED_CLASS_Q`. With 20 positions a mean is known to s/√20 ≈ 0.004 1/Å for s = 0.019."""
+
+LIF_FALSE_ALARM = 0.01
+"""Share of amorphous positions above ``lif_spot_z`` (its definition: the 99th percentile of speckled amorphous
+positions, see ``classify.definitions.lif_spot_z``)."""
+
+HIT_RATE_RANGE = (0.05, 0.95)
+"""Bounds of the share of SEI Type 2 positions with LiF evidence: SCIENCE.md has Type 2 positions both with and
+without an excited LiF reflection, so neither 0 nor 1; the bounds keep the log-likelihood ratio finite."""
+
+MAX_BETA = 2.0
+"""Upper end of the pseudo-likelihood search of the Potts coupling: at β = 2 eight agreeing neighbours (Σw = 6.8)
+outweigh a likelihood ratio of e^13.7 ≈ 10⁶, i.e. any evidence; larger values change nothing."""
+
+
+def lif_evidence(lif_z: np.ndarray, z_noise: float, z_sure: float) -> np.ndarray:
+    """LiF evidence e ∈ [0, 1] of each position from its LiF-band spot significance (σ): 0 at or below ``z_noise``,
+    1 at or above ``z_sure``, linear between; NaN → 0.
+
+    >>> lif_evidence(np.array([2.0, 7.5, 12.0, np.nan]), 4.5, 10.5).tolist()
+    [0.0, 0.5, 1.0, 0.0]
+    """
+    z = np.nan_to_num(np.asarray(lif_z, dtype=np.float64), nan=-np.inf)
+    return np.clip((z - z_noise) / max(z_sure - z_noise, 1e-12), 0.0, 1.0)
+
+
+def _weighted_deconvolved(x, s2, w, mu, var, n_iter: int = 50):
+    """One Gaussian fitted to values ``x`` with error variances ``s2`` and weights ``w`` (extreme deconvolution,
+    Bovy et al. 2011), from (mu, var): (mean, intrinsic variance)."""
+    for _ in range(n_iter):
+        tot = var + s2
+        b = mu + var / tot * (x - mu)
+        big_b = var - var ** 2 / tot
+        mu_new = float(np.sum(w * b) / np.sum(w))
+        var = float(np.sum(w * ((b - mu_new) ** 2 + big_b)) / np.sum(w))
+        var = max(var, 1e-10)
+        if abs(mu_new - mu) < 1e-9:
+            mu = mu_new
+            break
+        mu = mu_new
+    return mu, var
+
+
+def _amorphous_log_lik(q, s2, lif_llr, models, log_weights):
+    """(N, 3) log-likelihood of the amorphous classes (sei_type1, sei_type2, electrolyte) per position."""
+    out = np.empty((q.size, 3))
+    for j, name in enumerate(PROB_CLASSES[1:]):
+        mu, var = models[name]
+        tot = var + s2
+        out[:, j] = log_weights[j] - 0.5 * (np.log(2 * np.pi * tot) + (q - mu) ** 2 / tot)
+    out[:, 1] += lif_llr
+    return out
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    a = a - np.max(a, axis=-1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def potts_beta_pseudolikelihood(labels: np.ndarray, valid: np.ndarray, n_classes: int,
+                                betas: np.ndarray | None = None) -> float:
+    """Coupling β of a Potts field (8-neighbourhood, :data:`sendmap.science.spatial.NEIGHBOUR_WEIGHTS`) that
+    maximises the pseudo-likelihood Π_i p(c_i | neighbours) of a label map (Besag 1975), on a grid of β from 0 to
+    :data:`MAX_BETA`. ``valid``: positions that take part (as centres and as neighbours).
+
+    >>> lab = np.zeros((20, 20), int); lab[:, 10:] = 1
+    >>> potts_beta_pseudolikelihood(lab, np.ones((20, 20), bool), 2) > 1.0      # two clean regions: strong
+    True
+    >>> rng = np.random.default_rng(0)
+    >>> potts_beta_pseudolikelihood(rng.integers(0, 2, (20, 20)), np.ones((20, 20), bool), 2) < 0.2   # noise
+    True
+    """
+    labels = np.asarray(labels)
+    valid = np.asarray(valid, bool)
+    onehot = np.zeros((*labels.shape, n_classes))
+    idx = np.where(valid, labels, 0)
+    np.put_along_axis(onehot, idx[..., None], valid[..., None].astype(float), axis=-1)
+    counts = _neighbour_sum(onehot)[valid]  # (N, K) weighted neighbours of each class
+    own = np.take_along_axis(counts, labels[valid][:, None], axis=-1)[:, 0]
+    if betas is None:
+        betas = np.linspace(0.0, MAX_BETA, 81)
+    pl = [float(np.sum(b * own - np.log(np.exp(b * counts).sum(axis=1)))) for b in betas]
+    return float(betas[int(np.argmax(pl))])
+
+
+def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.ndarray, lif_e: np.ndarray,
+                        labels: np.ndarray | None = None, lif_hit_rate: float = 0.5,
+                        beta: float | str = "auto") -> dict:
+    """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
+
+    peak_q, peak_err: (Ry, Rx) SRO peak (1/Å) and its 1-σ error (NaN: no peak); crystal: (Ry, Rx) bool, the
+    crystalline positions; lif_e: (Ry, Rx) LiF evidence (:func:`lif_evidence`); labels: (Ry, Rx) class indices
+    (:data:`sendmap.CLASS_NAMES`, e.g. the rules') whose positions measure each amorphous class's mean and spread
+    (None: the published ones); lif_hit_rate: share of SEI Type 2 positions with an excited LiF reflection
+    (within :data:`HIT_RATE_RANGE`); beta: the Potts coupling, or "auto" (pseudo-likelihood).
+
+    Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
+    ``evidence_probability`` (the same without the spatial prior); ``beta``; ``class_models``: per amorphous class
+    the mean and intrinsic spread (1/Å) used, their ``source`` ("scan" or "published") and the class weights.
+    """
+    peak_q = np.asarray(peak_q, dtype=np.float64)
+    err = np.asarray(peak_err, dtype=np.float64)
+    crystal = np.asarray(crystal, bool)
+    amorph = ~crystal & np.isfinite(peak_q) & np.isfinite(err) & (err > 0)
+    valid = crystal | amorph
+    q, s2 = peak_q[amorph], err[amorph] ** 2
+    h = float(np.clip(lif_hit_rate, *HIT_RATE_RANGE))
+    e = np.asarray(lif_e, dtype=np.float64)[amorph]
+    lif_llr = e * np.log(h / LIF_FALSE_ALARM) + (1 - e) * np.log((1 - h) / (1 - LIF_FALSE_ALARM))
+    models = {k: (m, s ** 2) for k, (m, s) in PUBLISHED_CLASS_Q.items()}
+    source = {k: "published" for k in models}
+    counts = np.ones(3)
+    if labels is not None:  # each class measured on the positions the rules give it (deconvolved)
+        lab = np.asarray(labels)[amorph]
+        for j, name in enumerate(PROB_CLASSES[1:]):
+            sel = lab == PROB_CLASSES.index(name)
+            counts[j] += sel.sum()
+            if sel.sum() >= MIN_CLASS_WEIGHT:
+                models[name] = _weighted_deconvolved(q[sel], s2[sel], np.ones(int(sel.sum())), float(np.mean(q[sel])),
+                                                     max(float(np.var(q[sel]) - np.mean(s2[sel])), 1e-8))
+                source[name] = "scan"
+    log_w = np.log(counts / counts.sum())
+    ll = np.full((*peak_q.shape, 4), -np.inf)
+    ll[crystal] = [0.0, -np.inf, -np.inf, -np.inf]
+    sub = np.full((int(amorph.sum()), 4), -np.inf)
+    sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w) if q.size else sub[:, 1:]
+    ll[amorph] = sub
+    ll_finite = np.where(np.isfinite(ll), ll, -1e6)  # (exp → 0 without NaN in the mean field)
+    evidence = _softmax(ll_finite)
+    evidence[~valid] = np.nan
+    if beta == "auto":
+        labels = np.where(valid, np.nan_to_num(evidence).argmax(axis=-1), 0)
+        beta = potts_beta_pseudolikelihood(labels, valid, 4) if valid.sum() > 1 else 0.0
+    prob = potts_mean_field(ll_finite, float(beta), valid=valid) if valid.any() else evidence
+    return {"probability": prob, "evidence_probability": evidence, "beta": float(beta), "lif_hit_rate": h,
+            "class_models": {name: {"mean": float(models[name][0]), "intrinsic_sigma": float(np.sqrt(models[name][1])),
+                                    "source": source[name], "weight": float(np.exp(log_w[j]))}
+                             for j, name in enumerate(PROB_CLASSES[1:])}}
