@@ -68,3 +68,25 @@ def potts_mean_field(log_likelihood: np.ndarray, beta: float, n_iter: int = 30, 
             break
     p[~valid] = np.nan
     return p
+
+
+def amorphous_regions(class_map: np.ndarray, amorphous_classes, min_positions: int) -> np.ndarray:
+    """Regions of a class map to describe apart (e.g. the two interfaces of a Li grain): the 8-connected groups of
+    positions whose class is one of ``amorphous_classes`` (indices), numbered 0, 1, … by decreasing size; -1 for
+    every other position and for groups of fewer than ``min_positions``. Crystalline grains (and unassigned
+    positions) separate the regions.
+
+    >>> cls = np.array([[1, 1, 0, 2, 2, 2], [1, 3, 0, 2, 2, 2]])
+    >>> amorphous_regions(cls, (1, 2, 3), 2).tolist()
+    [[1, 1, -1, 0, 0, 0], [1, 1, -1, 0, 0, 0]]
+    """
+    from scipy.ndimage import label
+
+    mask = np.isin(np.asarray(class_map), list(amorphous_classes))
+    lab, n = label(mask, structure=np.ones((3, 3), int))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    order = [i + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_positions]
+    out = np.full(lab.shape, -1, dtype=np.int32)
+    for new, old in enumerate(order):
+        out[lab == old] = new
+    return out
