@@ -7,7 +7,7 @@ Usage (``make scenarios`` runs the full sweep)::
 A cell is (preset of ``sendmap/synth/scenario.py``, electrons per pattern, detector pixels, seed); each is one
 reproducible command, printed in the table::
 
-    sendmap synth DIR --scenario matrix:<cell> --dose D --detector N --scan-shape RY RX --seed S
+    sendmap synth DIR --scenario matrix:<cell> --dose D --detector N --q-pixel-size QP --scan-shape RY RX --seed S
     sendmap run DIR/config.yaml
     python -m sendmap.evaluate DIR/results DIR
 
@@ -38,6 +38,10 @@ from sendmap import CLASS_NAMES  # noqa: E402
 from sendmap.synth.scenario import MATRIX_CELLS  # noqa: E402
 
 DOSES = (2e4, 5e3)
+Q_PIXEL = {128: 0.0125, 256: 0.00625}
+"""1/Å per pixel: the 256² detector sees the same Q field (± 0.8 1/Å, past LiF (220) at 0.702 and Cu (220) at
+0.782) as the 128² one at twice the sampling, so a quarter of the counts per pixel: what changes is the pixel
+count, not the physics in view."""
 SEED0 = 1000
 
 TARGETS = {  # electrons per pattern: (accuracy, recall per class); issue 18 "Done when"
@@ -71,8 +75,8 @@ def reduced_matrix() -> list[dict]:
 def commands(c: dict, d: Path, scan_shape) -> list[list[str]]:
     """The CLI arguments (after ``sendmap``) that make and run cell ``c`` in folder ``d``."""
     return [["synth", str(d), "--scenario", f"matrix:{c['cell']}", "--dose", f"{c['dose']:g}",
-             "--detector", str(c["detector"]), "--scan-shape", str(scan_shape[0]), str(scan_shape[1]),
-             "--seed", str(c["seed"]), "--quiet"],
+             "--detector", str(c["detector"]), "--q-pixel-size", f"{Q_PIXEL[c['detector']]:g}",
+             "--scan-shape", str(scan_shape[0]), str(scan_shape[1]), "--seed", str(c["seed"]), "--quiet"],
             ["run", str(d / "config.yaml"), "--no-progress"]]
 
 
@@ -194,10 +198,12 @@ def main(argv=None) -> int:
         print(f"    {row.get('time_s', row.get('error'))}: "
               f"{'pass' if row['verdict']['pass'] else 'FAIL ' + ', '.join(row['verdict']['fails'])}",
               file=sys.stderr, flush=True)
+        (out / "scenario_matrix.partial.md").write_text(table(rows) + "\n")  # readable while the sweep runs
     elapsed = time.perf_counter() - t0
     md = (f"Scenario matrix (issue 18): {len(rows)} cells, {scan_shape[0]} × {scan_shape[1]} positions each, "
           f"{elapsed:.0f} s\n\n" + table(rows) + "\n\nReproduce a cell: `sendmap synth DIR --scenario matrix:<cell> "
-          f"--dose <e⁻> --detector <N> --scan-shape {scan_shape[0]} {scan_shape[1]} --seed <seed>`, then "
+          f"--dose <e⁻> --detector <N> --q-pixel-size <0.0125 for 128, 0.00625 for 256> --scan-shape {scan_shape[0]} "
+          f"{scan_shape[1]} --seed <seed>`, then "
           "`sendmap run DIR/config.yaml` and `python -m sendmap.evaluate DIR/results DIR`.\n")
     print(md)
     (out / "scenario_matrix.md").write_text(md)
