@@ -789,7 +789,9 @@ def _config_yaml(data_name: str, fmt: str, p: SynthParams) -> str:
         f"dose: {{electrons_per_pattern: {e_txt}}}\n"
         f"profiles: {{n: {int(p.n)}}}\n"
         + (f"# speckle_m: {int(p.speckle_m)} (partially developed speckle of the amorphous scattering, sendmap synth --speckle)\n"
-           if p.speckle_m else "") +
+           if p.speckle_m else "")
+        + (f"# scenario matrix (issue 18): {p.scenario or 'axes set by flags'}; every setting in truth.json 'scenario'\n"
+           if p.scenario_active else "") +
         f"peaks: {{window: [{p.window[0]!r}, {p.window[1]!r}]}}\n"
         "classify: {method: rules}\n"
         "output: {dir: results}\n"
@@ -874,6 +876,19 @@ def make_dataset(
     independent volumes (normalised variance 1/M, grains the size of the probe disk, independent between
     positions; ``patterns.speckle_field``) before the Poisson noise. The truth stays the speckle-free
     expectation (the maximum of the noise-free probe-convolved I·Q^n); ``truth.json`` records ``speckle_m``.
+
+    Scenario-matrix axes (issue 18; off by default, each independent, each from its own random stream;
+    presets in ``sendmap.synth.scenario``): ``class_spread`` "published" (or a σ in 1/Å) draws the SRO peak
+    targets around the published class means with the published σ ≈ 0.02 (``phantom.spread_targets``: a
+    ``spread_smooth_share`` of the variance smooth across the layer, the rest position scatter);
+    ``lif_share`` (lo, hi) gives each Type 2 position LiF crystallites in random zone axes carrying a share of
+    the scattered intensity (|Q| ≤ Q_REF) drawn log-uniformly in [lo, hi], none with probability
+    ``lif_none_prob`` (default 0.15); ``off_axis`` is the probability that a Li/Cu grain is off its zone axis
+    (one systematic row or a single Friedel pair); ``scattered_fraction`` (lo, hi) replaces
+    ``central_fraction`` by a smooth thickness field; ``mix_width_nm`` mixes the neighbouring layer into the
+    patterns near every layer boundary (``phantom.boundary_mixing``). With any of them on, the truth peak
+    is the maximum of the isotropic part alone and truth.json/npz gain the ``scenario`` records (see
+    ``_scenario_truth_arrays``/``_scenario_truth_json``); ``scenario`` is the preset's name, recorded.
 
     Writes ``truth.npz`` (class_map int8, class_names, peak_q float64 (NaN for crystals), centre (Ry, Rx, 2)
     [y, x], hot_pixels, hot_values, dead_pixels, layer_map, layer_names, grain_map, ring_centre_q, n_lif,
