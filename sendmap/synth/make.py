@@ -1092,7 +1092,7 @@ def make_dataset(
 
 def _scenario_truth_arrays(model: SynthModel, lif_share: np.ndarray) -> dict[str, np.ndarray]:
     """truth.npz arrays of the scenario-matrix axes (all (Ry, Rx)): ``lif_share`` (LiF share of the scattered
-    intensity, 0 elsewhere), ``scattered_fraction`` (1 − central fraction), ``mix_fraction`` (α, share of the
+    intensity of a Type 2 position's own content, before boundary mixing scales it by 1 − α; 0 elsewhere), ``scattered_fraction`` (1 − central fraction), ``mix_fraction`` (α, share of the
     minority layer along the beam), ``mix_layer`` (its LAYER_NAMES index, −1 none), ``mix_class`` (its
     CLASS_NAMES index, −1 none; the position's own class, the majority, is ``class_map``),
     ``peak_q_with_disks`` (added by the caller: the I·Q^n maximum of the full profile, Bragg/LiF disks
