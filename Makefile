@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 BATCH_DIR ?= configs/scenarios
 BATCH_ARGS ?=
 
-.PHONY: demo test run batch bench venv clean clean-numba scenarios
+.PHONY: demo test run batch bench venv clean clean-numba scenarios scenarios-reduced
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,3 +70,17 @@ scenarios: $(STAMP)
 	$(BIN)/sendmap synth data/synthetic/li_cu_5e3 --dose 5000 --seed 0 --quiet
 	@for d in 2e4 5e3; do $(BIN)/sendmap run configs/scenarios/li_cu_$$d.yaml --no-progress && \
 	  $(BIN)/python -m sendmap.evaluate results/li_cu_$$d data/synthetic/li_cu_$$d --brief; done
+	$(MAKE) scenarios-matrix
+
+# The scenario matrix of issue 18 (benchmarks/scenario_matrix.py): every cell synthesised (48 x 64 positions),
+# run and scored against its truth; markdown table with the seed of every cell in $(MATRIX_OUT)/scenario_matrix.md.
+# MATRIX_ARGS e.g. "--only all spread --doses 5000". Exit status 1 while any cell misses issue 18's targets.
+MATRIX_OUT ?= results/scenario_matrix
+MATRIX_ARGS ?=
+.PHONY: scenarios-matrix
+scenarios-matrix: $(STAMP)
+	$(BIN)/python benchmarks/scenario_matrix.py --out $(MATRIX_OUT) $(MATRIX_ARGS)
+
+# The reduced sweep (three cells on 32 x 48 scans, a few minutes): the CI subset.
+scenarios-reduced: $(STAMP)
+	$(BIN)/python benchmarks/scenario_matrix.py --reduced --out $(MATRIX_OUT)_reduced $(MATRIX_ARGS)

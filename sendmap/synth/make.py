@@ -33,13 +33,20 @@ from . import patterns as P
 from .phantom import (
     CLASS_INDEX,
     DEFAULT_LAYERS_NM,
+    LAYER_CLASS as LAYER_CLASS_NAMES,
     LAYER_NAMES,
     PEAK_RANGES,
+    SPREAD_CLIP_SIGMA,
+    PUBLISHED_CLASS_SPREAD,
+    boundary_mixing,
     class_counts,
     defect_pixels,
     make_descan,
     make_phantom,
     mean_layer_width_nm,
+    smooth_random_field,
+    spread_ranges,
+    spread_targets,
 )
 
 # ----------------------------------------------------------------------------------------------------
@@ -113,6 +120,26 @@ _STREAM_GEOMETRY, _STREAM_STRUCTURE, _STREAM_NOISE, _STREAM_DEFECTS, _STREAM_SPE
 """Independent random streams: default_rng([seed, stream(, ry)]): every row is reproducible on its own (the
 speckle has its own stream, so a dataset without speckle is the same, count for count, as before it existed)."""
 
+_STREAM_SCENARIO = 5
+"""The scenario-matrix axes (issue 18) draw from default_rng([seed, 5, axis(, ry)]), one sub-stream per axis
+(_AXIS_*): switching one axis on changes nothing that another axis or the default generator draws."""
+_AXIS_SPREAD, _AXIS_GRAINS, _AXIS_LIF, _AXIS_THICKNESS = 0, 1, 2, 3
+
+LIF_ZONES_RANDOM = ((0, 0, 1), (0, 1, 1), (1, 1, 1), (0, 1, 2), (1, 1, 2), (0, 1, 3), (1, 1, 3), (1, 2, 2),
+                    (1, 2, 3))
+"""Zone axes of LiF nanocrystals when ``lif_share`` is set ("random zone axes", issue 18): the low-index
+ones plus higher-index zones whose zero-order Laue zone holds only one to three reflection families below
+LIF_Q_MAX (e.g. [123]: only ±(11-1), the weak {111}) — a crystallite in a general orientation."""
+
+OFF_AXIS_EXCITATION = (0.2, 1.0)
+"""An off-axis grain's excited reflections keep a uniform factor in this range of their zone-axis
+intensity (excitation error: the Ewald sphere cuts the reciprocal-lattice rod off its centre), one factor per
+Friedel pair; so an off-axis grain shows a few weak to medium spots."""
+
+LIF_NONE_DEFAULT = 0.15
+"""Share of Type 2 positions with no excited LiF reflection when ``lif_share`` is set and ``lif_none_prob``
+is not given (SCIENCE.md: "some Type 2 positions show no excited LiF reflection at all")."""
+
 DTYPE_MAX = {"u1": 255, "u2": 65535, "u4": 2**32 - 1}
 
 
@@ -153,6 +180,31 @@ class SynthParams:
     beam_stop_tip_radius_px: float | None = None
     aperture_radius_px: float | None = None
     speckle_m: int = 0  # partially developed speckle of M independent volumes (normalised variance 1/M); 0: none
+    # scenario-matrix axes (issue 18), all off by default (the data are then the same as without them)
+    scenario: str | None = None  # name of the preset that set the axes (recorded in truth.json only)
+    class_spread: str | float | None = None  # None: legacy ranges; "published"; or σ (1/Å) for every class
+    spread_smooth_share: float = 0.5  # share of the class variance in the smooth part (rest: scatter)
+    lif_share: tuple[float, float] | None = None  # LiF share of the scattered intensity, log-uniform [lo, hi]
+    lif_none_prob: float | None = None  # share of Type 2 positions with no LiF reflection (None: LIF_NONE_DEFAULT)
+    off_axis: float = 0.0  # probability that a Li/Cu grain is off its zone axis (a systematic row or one pair)
+    scattered_fraction: tuple[float, float] | None = None  # 1 − central fraction, a smooth field in [lo, hi]
+    mix_width_nm: float = 0.0  # lateral width over which the beam crosses an inclined layer boundary
+
+    @property
+    def scenario_active(self) -> bool:
+        """True when any scenario-matrix axis is on (then truth.json/npz carry the ``scenario`` records)."""
+        return bool(self.class_spread is not None or self.lif_share is not None or self.off_axis > 0
+                    or self.scattered_fraction is not None or self.mix_width_nm > 0)
+
+    def class_spread_table(self) -> dict[str, tuple[float, float]] | None:
+        """(mean, σ) per amorphous class for ``class_spread`` (published means; σ published or given)."""
+        cs = self.class_spread
+        if cs is None:
+            return None
+        if isinstance(cs, str) and cs.strip().lower() == "published":
+            return dict(PUBLISHED_CLASS_SPREAD)
+        sigma = float(cs)
+        return {c: (m, sigma) for c, (m, _) in PUBLISHED_CLASS_SPREAD.items()}
 
     def validate(self) -> None:
         def bad(key, msg):
@@ -205,6 +257,33 @@ class SynthParams:
             bad("aperture_radius_px", f"must be positive, got {self.aperture_radius_px}")
         if not (int(self.speckle_m) == self.speckle_m and self.speckle_m >= 0):
             bad("speckle (M)", f"must be a whole number >= 0 (0: no speckle), got {self.speckle_m}")
+        self._validate_scenario(bad)
+
+    def _validate_scenario(self, bad) -> None:
+        cs = self.class_spread
+        if cs is not None:
+            if not (isinstance(cs, str) and cs.strip().lower() == "published"):
+                try:
+                    sigma = float(cs)
+                except (TypeError, ValueError):
+                    bad("class_spread (--class-spread)", f"must be 'published' or a σ in 1/Å, got {cs!r}")
+                if not 0.0 <= sigma <= 0.03:
+                    bad("class_spread (--class-spread)", f"σ must lie in [0, 0.03] 1/Å (published ≈ 0.02; wider "
+                        f"targets leave the peak window), got {cs}")
+        if not 0.0 <= self.spread_smooth_share <= 1.0:
+            bad("spread_smooth_share", f"must be in [0, 1], got {self.spread_smooth_share}")
+        for key, rng_, lo, hi in (("lif_share (--lif-share)", self.lif_share, 0.0, 0.9),
+                                  ("scattered_fraction (--scattered-fraction)", self.scattered_fraction, 0.01, 0.99)):
+            if rng_ is None:
+                continue
+            if len(rng_) != 2 or not (lo < rng_[0] <= rng_[1] <= hi):
+                bad(key, f"must be LO:HI with {lo} < LO <= HI <= {hi}, got {rng_}")
+        if self.lif_none_prob is not None and not 0.0 <= self.lif_none_prob <= 1.0:
+            bad("lif_none_prob (--lif-none)", f"must be in [0, 1], got {self.lif_none_prob}")
+        if not 0.0 <= self.off_axis <= 1.0:
+            bad("off_axis (--off-axis)", f"must be a probability in [0, 1], got {self.off_axis}")
+        if not self.mix_width_nm >= 0:
+            bad("mix_width_nm (--mix-width)", f"must be >= 0 nm, got {self.mix_width_nm}")
 
 
 class SynthModel:
@@ -225,6 +304,7 @@ class SynthModel:
                                     waviness_nm=p.waviness_nm, n_cu_grains=p.n_cu_grains)
         self.descan = make_descan(p.scan_shape, p.detector_shape, p.drift_px, p.drift_slow_px, rng)
         self.centres = self.descan.centres(p.scan_shape)
+        self._init_scenario()
         self.wavelength = electron_wavelength_angstrom(p.beam_energy_kv)
         self.probe_radius = probe_radius_inv_angstrom(p.convergence_mrad, p.beam_energy_kv)
         r_px = self.probe_radius / p.q_pixel_size
@@ -243,14 +323,23 @@ class SynthModel:
         self.background = P.unit_area(self.q, P.lorentzian(self.q, BACKGROUND_Q0))
         self.K_background = self.K @ self.background
         spot_qmax = self.reach + self.probe_radius
-        self.grain_spots = [self._grain_spots(g, spot_qmax) for g in self.phantom.grains]
+        self.grain_modes = self._grain_modes(spot_qmax)
+        self.grain_spots = [self._grain_spots(g, spot_qmax, m) for g, m in zip(self.phantom.grains, self.grain_modes)]
+        self.grain_background = [1.0 - CRYSTAL_BRAGG_FRACTION if m is None else 1.0 - m["bragg_share"]
+                                 for m in self.grain_modes]
         self._grain_F_cache: dict[int, np.ndarray] = {}
         self._lif_zones = []
         for z in P.ZONE_AXES:
             hkl, g2 = P.cubic_zone_g_vectors(*P.PHASES["lif"], z, LIF_Q_MAX)
             f2 = np.array([P.kinematic_f2("lif", h) for h in hkl])
             self._lif_zones.append((hkl, g2, f2 / f2.sum()))
-        self.lookups = {c: self._build_lookup(c) for c in PEAK_RANGES}
+        self._lif_zones_random = []
+        for z in LIF_ZONES_RANDOM:
+            hkl, g2 = P.cubic_zone_g_vectors(*P.PHASES["lif"], z, LIF_Q_MAX)
+            if len(hkl):
+                f2 = np.array([P.kinematic_f2("lif", h) for h in hkl])
+                self._lif_zones_random.append((hkl, g2, f2 / f2.sum()))
+        self.lookups = {c: self._build_lookup(c) for c in self.peak_ranges}
         hot_rng = np.random.default_rng([p.seed, _STREAM_DEFECTS])
         self.hot, self.hot_values, self.dead = defect_pixels(
             p.detector_shape, self.centres, r_px * math.sqrt(p.ellipse_ratio) + 3.0, p.n_hot, p.n_dead, hot_rng,
@@ -295,16 +384,80 @@ class SynthModel:
             t *= ap
         self.transmission = t
 
+    # -- scenario-matrix axes (issue 18) ---------------------------------------------------------------
+
+    def _scenario_rng(self, axis: int, *more: int) -> np.random.Generator:
+        return np.random.default_rng([self.params.seed, _STREAM_SCENARIO, axis, *more])
+
+    def _init_scenario(self) -> None:
+        """Opt-in axes that are fixed for the scan: published class spreads (new peak targets), boundary
+        mixing and the scattered-fraction (thickness) field. Sets ``peak_ranges`` (class → target range of
+        the ring-centre lookup), ``spread`` (class → (mean, σ) or None), ``target_smooth``/``target_scatter``,
+        ``mix_alpha``/``mix_layer``/``mix_source``, ``central_map`` ((Ry, Rx) or None)."""
+        p, ph = self.params, self.phantom
+        self.peak_ranges = dict(PEAK_RANGES)
+        self.spread = p.class_spread_table()
+        self.target_smooth = self.target_scatter = None
+        if self.spread is not None:
+            tgt, self.target_smooth, self.target_scatter = spread_targets(
+                ph.class_map, ph.depth, p.step_nm, self.spread, self._scenario_rng(_AXIS_SPREAD),
+                smooth_share=p.spread_smooth_share)
+            ph.target_peak_q = tgt
+            self.peak_ranges = spread_ranges(self.spread)
+        self.mix_alpha, self.mix_layer, self.mix_source = boundary_mixing(
+            ph.layer_map, ph.boundaries_nm, p.step_nm, p.mix_width_nm)
+        self.central_map = None
+        if p.scattered_fraction is not None:
+            lo, hi = p.scattered_fraction
+            fld = smooth_random_field(p.scan_shape, p.step_nm, self._scenario_rng(_AXIS_THICKNESS))
+            self.central_map = 1.0 - (lo + (hi - lo) * fld)
+
+    def _grain_modes(self, q_max: float) -> list[dict | None]:
+        """Per grain: None (at its zone axis, every ZOLZ reflection) or, with probability ``off_axis``, an
+        off-axis excitation: {"kind": "row" | "pair", "g0_hkl", "excitation": per-reflection factor} — "row":
+        the systematic row ±n·g0 of one low-order reflection g0 (the lowest two |g| shells); "pair": ±g0
+        only (two spots). Each excited Friedel pair keeps a factor in OFF_AXIS_EXCITATION of its zone-axis
+        intensity."""
+        p = self.params
+        modes: list[dict | None] = []
+        if not p.off_axis > 0:
+            return [None] * len(self.phantom.grains)
+        rng = self._scenario_rng(_AXIS_GRAINS)
+        for grain in self.phantom.grains:
+            off = rng.random() < p.off_axis
+            kind = "row" if rng.random() < 0.5 else "pair"
+            lattice, a = P.PHASES[grain.phase]
+            hkl, _ = P.cubic_zone_g_vectors(lattice, a, grain.zone, max(P.Q_REF, q_max))
+            gn = np.round(np.linalg.norm(hkl, axis=1), 6)
+            shells = np.unique(gn)[:2]
+            cand = np.nonzero(np.isin(gn, shells))[0]
+            g0 = hkl[cand[rng.integers(cand.size)]]
+            # multiples n·g0: hkl parallel to g0 (zero cross product); n = hkl·g0/|g0|²
+            par = np.all(np.cross(hkl, g0) == 0, axis=1)
+            nmul = np.rint(hkl @ g0 / float(g0 @ g0)).astype(int)
+            keep = par & ((np.abs(nmul) == 1) if kind == "pair" else True)
+            orders = np.unique(np.abs(nmul[keep]))
+            fac = dict(zip(orders.tolist(), rng.uniform(*OFF_AXIS_EXCITATION, orders.size).tolist()))
+            excitation = np.array([fac[abs(int(n))] if k else 0.0 for n, k in zip(nmul, keep)])
+            modes.append({"kind": kind, "g0_hkl": [int(v) for v in g0], "excitation": excitation} if off else None)
+        return modes
+
     # -- per-class physics --------------------------------------------------------------------------
 
-    def _grain_spots(self, grain, q_max: float) -> np.ndarray:
+    def _grain_spots(self, grain, q_max: float, mode: dict | None = None) -> np.ndarray:
         """Bragg disks of a grain: (k, 3) [q_y, q_x, weight]; weights ∝ kinematic |F|², summing to
         CRYSTAL_BRAGG_FRACTION over all ZOLZ reflections up to max(Q_REF, q_max) (those beyond the
-        detector's reach are then dropped)."""
+        detector's reach are then dropped). Off axis (``mode``, see ``_grain_modes``) only the excited
+        reflections remain, each times its excitation factor; ``mode["bragg_share"]`` records their sum."""
         lattice, a = P.PHASES[grain.phase]
         hkl, g2 = P.cubic_zone_g_vectors(lattice, a, grain.zone, max(P.Q_REF, q_max))
         f2 = np.array([P.kinematic_f2(grain.phase, h) for h in hkl])
         w = CRYSTAL_BRAGG_FRACTION * f2 / f2.sum()
+        if mode is not None:
+            w = w * mode["excitation"]
+            mode["bragg_share"] = float(w.sum())
+            mode["excited_hkl"] = hkl[w > 0].tolist()
+            hkl, g2, w = hkl[w > 0], g2[w > 0], w[w > 0]
         gyx = P.rotate_2d(g2, grain.rotation_deg)
         keep = np.hypot(gyx[:, 0], gyx[:, 1]) <= q_max
         return np.column_stack([gyx[keep], w[keep]])
@@ -322,7 +475,7 @@ class SynthModel:
 
     def _build_lookup(self, cname: str) -> tuple[np.ndarray, np.ndarray]:
         """Ring-1 centres and the resulting I·Q^n maxima (both increasing) covering the class's target range."""
-        lo, hi = PEAK_RANGES[cname]
+        lo, hi = self.peak_ranges[cname]
         cs = np.arange(max(lo - LOOKUP_MARGIN, 2 * self.probe_radius), hi + LOOKUP_MARGIN + 1e-9, 0.0005)
         F = self.K @ self._ring_columns(AMORPHOUS_MODELS[cname], cs)
         peaks = np.array([P.peak_position(self.q, F[:, j] * self.qn, self.params.window)[0]
@@ -348,11 +501,13 @@ class SynthModel:
         cs, peaks = self.lookups[cname]
         return np.interp(target_q, peaks, cs)
 
-    def _lif_spots(self, rng: np.random.Generator, n_cryst: int) -> np.ndarray:
-        """Disks of ``n_cryst`` LiF nanocrystals, random zone axis and in-plane azimuth each: (k, 3)."""
+    def _lif_spots(self, rng: np.random.Generator, n_cryst: int, zones: list | None = None) -> np.ndarray:
+        """Disks of ``n_cryst`` LiF nanocrystals, random zone axis (from ``zones``, default the low-index
+        ones) and in-plane azimuth each: (k, 3)."""
         out = []
+        zones = self._lif_zones if zones is None else zones
         for _ in range(n_cryst):
-            hkl, g2, w = self._lif_zones[rng.integers(len(self._lif_zones))]
+            hkl, g2, w = zones[rng.integers(len(zones))]
             gyx = P.rotate_2d(g2, rng.uniform(0.0, 360.0))
             # Friedel pairs: key each reflection by its canonical sign (first non-zero index positive)
             sign = np.sign(hkl[np.arange(len(hkl)), np.argmax(hkl != 0, axis=1)])
@@ -388,11 +543,17 @@ class SynthModel:
         n_lif = np.zeros(rx_n, dtype=np.int8)
         spots: list[np.ndarray] = [np.zeros((0, 3))] * rx_n
         lif_scale = np.ones(rx_n)
-        for j in np.nonzero(cls == CLASS_INDEX["sei_type2"])[0]:
-            n_lif[j] = rng.integers(1, MAX_LIF_CRYSTALS + 1)
-            spots[j] = self._lif_spots(rng, int(n_lif[j]))
-            # the nanocrystals' share comes out of the isotropic scattering
-            lif_scale[j] = max(0.0, 1.0 - spots[j][:, 2].sum())
+        lif_share = np.zeros(rx_n)
+        if p.lif_share is not None:
+            self._lif_share_row(ry, cls, n_lif, spots, lif_share)
+            lif_scale = 1.0 - lif_share
+        else:
+            for j in np.nonzero(cls == CLASS_INDEX["sei_type2"])[0]:
+                n_lif[j] = rng.integers(1, MAX_LIF_CRYSTALS + 1)
+                spots[j] = self._lif_spots(rng, int(n_lif[j]))
+                # the nanocrystals' share comes out of the isotropic scattering
+                lif_scale[j] = max(0.0, 1.0 - spots[j][:, 2].sum())
+                lif_share[j] = spots[j][:, 2].sum()
         for cname in PEAK_RANGES:
             cols = np.nonzero(cls == CLASS_INDEX[cname])[0]
             if cols.size:
@@ -406,16 +567,62 @@ class SynthModel:
             F_spot[:, t2] = self.K @ f_spot
         for j in np.nonzero(cls == CLASS_INDEX["crystal"])[0]:
             g = ph.grain_map[ry, j]
-            F_iso[:, j] = (1.0 - CRYSTAL_BRAGG_FRACTION) * self.K_background
+            F_iso[:, j] = self.grain_background[g] * self.K_background
             spots[j] = self.grain_spots[g]
             F_spot[:, j] = self._grain_F_spot(g)
+        if self.mix_alpha[ry].any():
+            self._mix_row(ry, F_iso, F_spot, spots)
         F_tot = F_iso + F_spot
+        # the truth: the I·Q^n maximum of the full noise-free profile (legacy), or, with the scenario axes, of its
+        # isotropic (amorphous) part alone, disks excluded: a dominant LiF crystallite (its {111} disk spans
+        # 0.35–0.51 1/Å) or a grain across a boundary would otherwise put the "SRO peak" on a Bragg disk
+        F_peak = F_iso if p.scenario_active else F_tot
         peak_q = np.full(rx_n, np.nan)
         peak_v = np.full(rx_n, np.nan)
+        peak_all = np.full(rx_n, np.nan)
         for j in np.nonzero(cls != CLASS_INDEX["crystal"])[0]:
-            peak_q[j], peak_v[j] = P.peak_position(self.q, F_tot[:, j] * self.qn, p.window)
+            peak_q[j], peak_v[j] = P.peak_position(self.q, F_peak[:, j] * self.qn, p.window)
+            if p.scenario_active:
+                peak_all[j] = P.peak_position(self.q, F_tot[:, j] * self.qn, p.window)[0]
         return {"F_iso": F_iso, "F_tot": F_tot, "spots": spots, "ring_centre": ring_centre,
-                "n_lif": n_lif, "peak_q": peak_q, "peak_iqn": peak_v}
+                "n_lif": n_lif, "peak_q": peak_q, "peak_iqn": peak_v, "lif_share": lif_share,
+                "peak_q_with_disks": peak_all}
+
+    def _lif_share_row(self, ry: int, cls: np.ndarray, n_lif: np.ndarray, spots: list, lif_share: np.ndarray) -> None:
+        """LiF crystallites with a set share of the scattered intensity (``lif_share`` = (lo, hi)): per Type 2
+        position, with probability ``lif_none_prob`` none is excited (share 0, n_lif 0); otherwise 1–3
+        crystallites in random zone axes (LIF_ZONES_RANDOM) whose disks together carry a share drawn
+        log-uniformly in [lo, hi] of the scattered electrons within |Q| ≤ Q_REF (the isotropic part keeps
+        1 − share). Fills ``n_lif``, ``spots`` and ``lif_share`` in place (stream [seed, 5, LiF axis, ry])."""
+        p = self.params
+        rng = self._scenario_rng(_AXIS_LIF, ry)
+        lo, hi = p.lif_share
+        none_p = LIF_NONE_DEFAULT if p.lif_none_prob is None else p.lif_none_prob
+        for j in np.nonzero(cls == CLASS_INDEX["sei_type2"])[0]:
+            none = rng.random() < none_p
+            n = int(rng.integers(1, MAX_LIF_CRYSTALS + 1))
+            share = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            sp = self._lif_spots(rng, n, self._lif_zones_random)
+            if none or not sp[:, 2].sum() > 0:
+                continue
+            sp[:, 2] *= share / sp[:, 2].sum()
+            n_lif[j], spots[j], lif_share[j] = n, sp, share
+
+    def _mix_row(self, ry: int, F_iso: np.ndarray, F_spot: np.ndarray, spots: list) -> None:
+        """Blend the minority layer into the mixed positions of row ``ry`` (``phantom.boundary_mixing``): the
+        pattern is (1 − α)·own + α·(the nearest position of the other layer in this row), isotropic part, disks
+        and their azimuthal average alike (both normalised to the same scattered total, so the blend keeps
+        it). Modifies ``F_iso``, ``F_spot`` and ``spots`` in place."""
+        a_row, src_row = self.mix_alpha[ry], self.mix_source[ry]
+        F_iso0, F_spot0, spots0 = F_iso.copy(), F_spot.copy(), list(spots)
+        for j in np.nonzero(a_row > 0)[0]:
+            a, s = float(a_row[j]), int(src_row[j])
+            F_iso[:, j] = (1.0 - a) * F_iso0[:, j] + a * F_iso0[:, s]
+            F_spot[:, j] = (1.0 - a) * F_spot0[:, j] + a * F_spot0[:, s]
+            own, other = spots0[j].copy(), spots0[s].copy()
+            own[:, 2] *= 1.0 - a
+            other[:, 2] *= a
+            spots[j] = np.vstack([own, other])
 
     def _grain_F_spot(self, g: int) -> np.ndarray:
         """Probe-convolved azimuthal average of grain g's Bragg disks (cached)."""
@@ -439,11 +646,16 @@ class SynthModel:
         return P.speckle_field(p.detector_shape, self.probe_radius / p.q_pixel_size, p.speckle_m, rng,
                                self.centres[ry, j])
 
+    def central_fraction_at(self, ry: int, j: int) -> float:
+        """Share of the electrons in the central disk at position (ry, j): ``central_fraction``, or 1 − the
+        scattered-fraction field when ``scattered_fraction`` is set."""
+        return self.params.central_fraction if self.central_map is None else float(self.central_map[ry, j])
+
     def _render(self, ry: int, j: int, st: dict, speckle: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         p = self.params
         img, scale = P.render_pattern(
             p.detector_shape, self.centres[ry, j], p.q_pixel_size, probe_radius=self.probe_radius,
-            radial_profile=st["F_iso"][:, j], spots=st["spots"][j], central_fraction=p.central_fraction,
+            radial_profile=st["F_iso"][:, j], spots=st["spots"][j], central_fraction=self.central_fraction_at(ry, j),
             electrons=p.electrons_per_pattern, dq=self.dq, ratio=p.ellipse_ratio,
             angle_deg=p.ellipse_angle_deg, supersample=p.supersample, return_scale=True, speckle=speckle)
         if self.transmission is not None:  # beam stop / aperture shadow (the scale keeps its unshadowed meaning)
@@ -494,10 +706,12 @@ class SynthModel:
             out[j] = counts
         return out, scales
 
-    def central_profile(self) -> np.ndarray:
-        """Azimuthal mean of the central disk alone (counts per pixel) on ``q``: uniform inside radius."""
+    def central_profile(self, central_fraction: float | None = None) -> np.ndarray:
+        """Azimuthal mean of the central disk alone (counts per pixel) on ``q``: uniform inside radius
+        (``central_fraction`` default the parameter's)."""
         p = self.params
-        dens = p.central_fraction * p.electrons_per_pattern * p.q_pixel_size ** 2 / (math.pi * self.probe_radius ** 2)
+        cf = p.central_fraction if central_fraction is None else central_fraction
+        dens = cf * p.electrons_per_pattern * p.q_pixel_size ** 2 / (math.pi * self.probe_radius ** 2)
         return np.where(self.q < self.probe_radius, dens, 0.0)
 
 
@@ -575,7 +789,9 @@ def _config_yaml(data_name: str, fmt: str, p: SynthParams) -> str:
         f"dose: {{electrons_per_pattern: {e_txt}}}\n"
         f"profiles: {{n: {int(p.n)}}}\n"
         + (f"# speckle_m: {int(p.speckle_m)} (partially developed speckle of the amorphous scattering, sendmap synth --speckle)\n"
-           if p.speckle_m else "") +
+           if p.speckle_m else "")
+        + (f"# scenario matrix (issue 18): {p.scenario or 'axes set by flags'}; every setting in truth.json 'scenario'\n"
+           if p.scenario_active else "") +
         f"peaks: {{window: [{p.window[0]!r}, {p.window[1]!r}]}}\n"
         "classify: {method: rules}\n"
         "output: {dir: results}\n"
@@ -624,6 +840,14 @@ def make_dataset(
     beam_stop_tip_radius_px: float | None = None,
     aperture_radius_px: float | None = None,
     speckle_m: int = 0,
+    scenario: str | None = None,
+    class_spread: str | float | None = None,
+    spread_smooth_share: float = 0.5,
+    lif_share: Sequence[float] | None = None,
+    lif_none_prob: float | None = None,
+    off_axis: float = 0.0,
+    scattered_fraction: Sequence[float] | None = None,
+    mix_width_nm: float = 0.0,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Write a synthetic SEND dataset, its ground truth and a ready config into ``out_dir``.
@@ -653,6 +877,19 @@ def make_dataset(
     positions; ``patterns.speckle_field``) before the Poisson noise. The truth stays the speckle-free
     expectation (the maximum of the noise-free probe-convolved I·Q^n); ``truth.json`` records ``speckle_m``.
 
+    Scenario-matrix axes (issue 18; off by default, each independent, each from its own random stream;
+    presets in ``sendmap.synth.scenario``): ``class_spread`` "published" (or a σ in 1/Å) draws the SRO peak
+    targets around the published class means with the published σ ≈ 0.02 (``phantom.spread_targets``: a
+    ``spread_smooth_share`` of the variance smooth across the layer, the rest position scatter);
+    ``lif_share`` (lo, hi) gives each Type 2 position LiF crystallites in random zone axes carrying a share of
+    the scattered intensity (|Q| ≤ Q_REF) drawn log-uniformly in [lo, hi], none with probability
+    ``lif_none_prob`` (default 0.15); ``off_axis`` is the probability that a Li/Cu grain is off its zone axis
+    (one systematic row or a single Friedel pair); ``scattered_fraction`` (lo, hi) replaces
+    ``central_fraction`` by a smooth thickness field; ``mix_width_nm`` mixes the neighbouring layer into the
+    patterns near every layer boundary (``phantom.boundary_mixing``). With any of them on, the truth peak
+    is the maximum of the isotropic part alone and truth.json/npz gain the ``scenario`` records (see
+    ``_scenario_truth_arrays``/``_scenario_truth_json``); ``scenario`` is the preset's name, recorded.
+
     Writes ``truth.npz`` (class_map int8, class_names, peak_q float64 (NaN for crystals), centre (Ry, Rx, 2)
     [y, x], hot_pixels, hot_values, dead_pixels, layer_map, layer_names, grain_map, ring_centre_q, n_lif,
     target_peak_q, profile_q, class_mean_profile / class_mean_iqn (noise-free azimuthal means, counts per
@@ -681,7 +918,12 @@ def make_dataset(
         beam_stop_angle_deg=float(beam_stop_angle_deg),
         beam_stop_tip_radius_px=None if beam_stop_tip_radius_px is None else float(beam_stop_tip_radius_px),
         aperture_radius_px=None if aperture_radius_px is None else float(aperture_radius_px),
-        speckle_m=speckle_m)
+        speckle_m=speckle_m, scenario=scenario, class_spread=class_spread,
+        spread_smooth_share=float(spread_smooth_share),
+        lif_share=None if lif_share is None else tuple(float(v) for v in lif_share),
+        lif_none_prob=None if lif_none_prob is None else float(lif_none_prob), off_axis=float(off_axis),
+        scattered_fraction=None if scattered_fraction is None else tuple(float(v) for v in scattered_fraction),
+        mix_width_nm=float(mix_width_nm))
     model = SynthModel(params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -691,6 +933,8 @@ def make_dataset(
     peak_q = np.full((ry_n, rx_n), np.nan)
     ring_centre = np.full((ry_n, rx_n), np.nan)
     n_lif = np.zeros((ry_n, rx_n), dtype=np.int8)
+    lif_share = np.zeros((ry_n, rx_n))
+    peak_with_disks = np.full((ry_n, rx_n), np.nan)
     n_cls = len(CLASS_NAMES)
     prof_sum = np.zeros((n_cls, model.q.size))
     prof_cnt = np.zeros(n_cls)
@@ -701,7 +945,13 @@ def make_dataset(
         peak_q[ry] = st["peak_q"]
         ring_centre[ry] = st["ring_centre"]
         n_lif[ry] = st["n_lif"]
-        prof = st["F_tot"] * (scales * qpix2)[None, :] + central[:, None]
+        lif_share[ry] = st["lif_share"]
+        peak_with_disks[ry] = st["peak_q_with_disks"]
+        if model.central_map is None:
+            cen = central[:, None]
+        else:  # the central disk's profile scales with the position's central fraction
+            cen = central[:, None] * (model.central_map[ry] / params.central_fraction)[None, :]
+        prof = st["F_tot"] * (scales * qpix2)[None, :] + cen
         for k in range(n_cls):
             m = ph.class_map[ry] == k
             if m.any():
@@ -755,6 +1005,9 @@ def make_dataset(
             truth_arrays["beam_stop_mask"] = model.beam_stop_mask
         if model.aperture_mask is not None:
             truth_arrays["aperture_mask"] = model.aperture_mask
+    if params.scenario_active:  # only with the scenario-matrix axes: default outputs are unchanged
+        truth_arrays.update(_scenario_truth_arrays(model, lif_share))
+        truth_arrays["peak_q_with_disks"] = peak_with_disks
     buf = io.BytesIO()
     np.savez_compressed(buf, **truth_arrays)
     paths["truth_npz"] = out / "truth.npz"
@@ -802,7 +1055,7 @@ def make_dataset(
         "grains": [g.as_dict() for g in ph.grains],
         "class_counts": counts,
         "peak_q_stats": stats,
-        "peak_ranges": {k: list(v) for k, v in PEAK_RANGES.items()},
+        "peak_ranges": {k: list(v) for k, v in model.peak_ranges.items()},
         "model": {
             "background": {"shape": "1/(1+(Q/q0)^2)", "q0": BACKGROUND_Q0},
             "amorphous": {k: asdict(v) for k, v in AMORPHOUS_MODELS.items()},
@@ -824,6 +1077,8 @@ def make_dataset(
                     if params.speckle_m else None),
         "generation_time_s": round(time.perf_counter() - t_start, 3),
     }
+    if params.scenario_active:
+        truth_json["scenario"] = _scenario_truth_json(model, truth_arrays)
     if model.beam_stop is not None:
         truth_json["beam_stop"] = model.beam_stop
     if model.aperture is not None:
@@ -833,6 +1088,78 @@ def make_dataset(
     paths["config"] = out / "config.yaml"
     _atomic_write_bytes(paths["config"], _config_yaml(data_path.name, fmt, params).encode())
     return paths
+
+
+def _scenario_truth_arrays(model: SynthModel, lif_share: np.ndarray) -> dict[str, np.ndarray]:
+    """truth.npz arrays of the scenario-matrix axes (all (Ry, Rx)): ``lif_share`` (LiF share of the scattered
+    intensity of a Type 2 position's own content, before boundary mixing scales it by 1 − α; 0 elsewhere), ``scattered_fraction`` (1 − central fraction), ``mix_fraction`` (α, share of the
+    minority layer along the beam), ``mix_layer`` (its LAYER_NAMES index, −1 none), ``mix_class`` (its
+    CLASS_NAMES index, −1 none; the position's own class, the majority, is ``class_map``),
+    ``peak_q_with_disks`` (added by the caller: the I·Q^n maximum of the full profile, Bragg/LiF disks
+    included; ``peak_q`` is then that of the isotropic part), ``target_smooth``/``target_scatter`` (1/Å, the two parts of a target about its class mean; NaN
+    without ``class_spread``) and ``grain_off_axis`` (per grain: 0 at the zone axis, 1 systematic row,
+    2 a single Friedel pair)."""
+    ph, p = model.phantom, model.params
+    shape = ph.class_map.shape
+    layer_cls = np.array([CLASS_INDEX[LAYER_CLASS_NAMES[n]] for n in LAYER_NAMES], dtype=np.int8)
+    mix_class = np.where(model.mix_layer >= 0, layer_cls[np.maximum(model.mix_layer, 0)], -1).astype(np.int8)
+    kind = {None: 0, "row": 1, "pair": 2}
+    nan = np.full(shape, np.nan)
+    return {
+        "lif_share": lif_share,
+        "scattered_fraction": (np.full(shape, 1.0 - p.central_fraction) if model.central_map is None
+                               else 1.0 - model.central_map),
+        "mix_fraction": model.mix_alpha,
+        "mix_layer": model.mix_layer,
+        "mix_class": mix_class,
+        "target_smooth": nan if model.target_smooth is None else model.target_smooth,
+        "target_scatter": nan if model.target_scatter is None else model.target_scatter,
+        "grain_off_axis": np.array([kind[None if m is None else m["kind"]] for m in model.grain_modes], dtype=np.int8),
+    }
+
+
+def _scenario_truth_json(model: SynthModel, arrays: dict) -> dict:
+    """truth.json ``scenario`` record: every parameter of the scenario-matrix axes and what they produced."""
+    p, ph = model.params, model.phantom
+    t2 = ph.class_map == CLASS_INDEX["sei_type2"]
+    ls = arrays["lif_share"][t2]
+    sf = arrays["scattered_fraction"]
+    mixed = arrays["mix_fraction"] > 0
+    pairs: dict[str, int] = {}
+    for own, other in zip(ph.class_map[mixed], arrays["mix_class"][mixed]):
+        key = f"{CLASS_NAMES[int(own)]}+{CLASS_NAMES[int(other)]}"
+        pairs[key] = pairs.get(key, 0) + 1
+    none_p = (LIF_NONE_DEFAULT if p.lif_none_prob is None else p.lif_none_prob) if p.lif_share is not None else None
+    return {
+        "name": p.scenario,
+        "peak_truth": "I·Q^n maximum of the noise-free probe-convolved isotropic (amorphous) part, disks excluded "
+                      "(peak_q); with the disks: peak_q_with_disks",
+        "class_spread": None if model.spread is None else {
+            "setting": p.class_spread, "smooth_share": p.spread_smooth_share,
+            "clip_sigma": SPREAD_CLIP_SIGMA,
+            "requested": {c: {"mean": m, "sigma": s} for c, (m, s) in model.spread.items()},
+            "truth": {c: {"mean": float(np.nanmean(arrays["peak_q"][ph.class_map == CLASS_INDEX[c]])),
+                          "sigma": float(np.nanstd(arrays["peak_q"][ph.class_map == CLASS_INDEX[c]]))}
+                      for c in model.spread if (ph.class_map == CLASS_INDEX[c]).any()}},
+        "lif": None if p.lif_share is None else {
+            "share_range": list(p.lif_share), "share_distribution": "log-uniform", "none_prob": none_p,
+            "zones": [list(z) for z in LIF_ZONES_RANDOM], "n_type2": int(t2.sum()),
+            "n_none": int(np.sum(ls == 0)), "share_mean": float(ls.mean()) if ls.size else None},
+        "grains": None if not p.off_axis > 0 else {
+            "off_axis_prob": p.off_axis, "excitation_range": list(OFF_AXIS_EXCITATION),
+            "per_grain": [{"index": i, "phase": g.phase, "zone": list(g.zone),
+                           **({"kind": "zone"} if m is None else
+                              {"kind": m["kind"], "g0_hkl": m["g0_hkl"], "excited_hkl": m["excited_hkl"],
+                               "bragg_share": m["bragg_share"]})}
+                          for i, (g, m) in enumerate(zip(ph.grains, model.grain_modes))]},
+        "scattered_fraction": None if p.scattered_fraction is None else {
+            "range": list(p.scattered_fraction), "field": "smooth random field (phantom.smooth_random_field)",
+            "min": float(sf.min()), "max": float(sf.max())},
+        "mixing": None if not p.mix_width_nm > 0 else {
+            "width_nm": p.mix_width_nm, "rule": "alpha = max(0, 1/2 - |d|/width), d distance to the layer boundary",
+            "n_mixed": int(mixed.sum()), "pairs_majority_plus_minority": pairs,
+            "truth": "class_map is the majority (own) layer's class; mix_class the minority's"},
+    }
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -882,6 +1209,31 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="partially developed speckle of the amorphous scattering: M independent volumes along "
                              "the beam (normalised variance 1/M, grains the size of the probe disk; real films: "
                              "M ≈ 3-100); default 0 (none)")
+    g = parser.add_argument_group(
+        "scenario matrix (issue 18; all off by default, every setting recorded in truth.json 'scenario')")
+    g.add_argument("--scenario", default=None, metavar="matrix:CELL",
+                   help="a preset cell of the scenario matrix (sendmap/synth/scenario.py: legacy, spread, lif-faint, "
+                        "lif-dominant, lif-range, offaxis, thin, thick, thickness, mixed, speckle3, speckle30, all); "
+                        "explicit flags below override it")
+    g.add_argument("--class-spread", default=None, metavar="published|SIGMA",
+                   help="SRO peak targets with class spreads as published (means 0.33/0.295/0.285 1/Å, σ ≈ 0.02; "
+                        "or give σ in 1/Å): a smooth variation across the layer plus position scatter")
+    g.add_argument("--spread-smooth-share", type=float, default=0.5, metavar="F",
+                   help="share of the class variance in the smooth part (rest: position scatter); default 0.5")
+    g.add_argument("--lif-share", default=None, metavar="LO:HI",
+                   help="LiF crystallites' share of the scattered intensity per Type 2 position, log-uniform in "
+                        "[LO, HI] (e.g. 0.01:0.4), random zone axes")
+    g.add_argument("--lif-none", type=float, default=None, metavar="P",
+                   help="with --lif-share: share of Type 2 positions with no excited LiF reflection; default 0.15")
+    g.add_argument("--off-axis", type=float, default=0.0, metavar="P",
+                   help="probability that a Li/Cu grain is off its zone axis (one systematic row or a single "
+                        "Friedel pair, weak); default 0")
+    g.add_argument("--scattered-fraction", default=None, metavar="LO:HI",
+                   help="share of electrons outside the central disk (thickness), a smooth field over the scan in "
+                        "[LO, HI] (e.g. 0.1:0.5); overrides --central-fraction")
+    g.add_argument("--mix-width", type=float, default=0.0, metavar="NM",
+                   help="mixed patterns along the beam at every layer boundary over this lateral width (nm); "
+                        "the truth is the majority layer, the minority is recorded; default 0")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -913,6 +1265,13 @@ def synth_main(args: argparse.Namespace) -> int:
 
 
 def _make_dataset_from_args(args: argparse.Namespace, det: tuple) -> dict:
+    from .scenario import apply_scenario, parse_range
+
+    apply_scenario(args)
+
+    def rng_arg(v, what):
+        return None if v is None else (parse_range(v, what) if isinstance(v, str) else tuple(v))
+
     return make_dataset(
         args.out_dir, scan_shape=tuple(args.scan_shape), detector_shape=det, q_pixel_size=args.q_pixel_size,
         beam_energy_kv=args.beam_energy, convergence_mrad=args.convergence, electrons_per_pattern=args.dose,
@@ -924,7 +1283,12 @@ def _make_dataset_from_args(args: argparse.Namespace, det: tuple) -> dict:
         beam_stop_angle_deg=getattr(args, "beam_stop_angle", 90.0),
         beam_stop_tip_radius_px=getattr(args, "beam_stop_tip_radius", None),
         aperture_radius_px=getattr(args, "aperture_radius_px", None), speckle_m=getattr(args, "speckle", 0),
-        progress=not args.quiet)
+        scenario=getattr(args, "scenario", None), class_spread=getattr(args, "class_spread", None),
+        spread_smooth_share=getattr(args, "spread_smooth_share", 0.5),
+        lif_share=rng_arg(getattr(args, "lif_share", None), "--lif-share"),
+        lif_none_prob=getattr(args, "lif_none", None), off_axis=getattr(args, "off_axis", 0.0),
+        scattered_fraction=rng_arg(getattr(args, "scattered_fraction", None), "--scattered-fraction"),
+        mix_width_nm=getattr(args, "mix_width", 0.0), progress=not args.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -297,3 +297,112 @@ def mean_layer_width_nm(boundaries_nm: np.ndarray, width_nm: float) -> dict[str,
     b = np.vstack([np.zeros((1, boundaries_nm.shape[1])), boundaries_nm,
                    np.full((1, boundaries_nm.shape[1]), width_nm)])
     return {n: float(np.mean(b[i + 1] - b[i])) for i, n in enumerate(LAYER_NAMES)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scenario-matrix axes (issue 18; opt-in, ``sendmap synth --class-spread / --mix-width``): published class
+# spreads and mixed patterns along the beam at the layer boundaries. They draw from their own random
+# streams, so the default phantom above is unchanged, count for count.
+# ----------------------------------------------------------------------------------------------------
+
+PUBLISHED_CLASS_SPREAD = {
+    # class: (mean, σ) of the first SRO peak maximum of I×Q, 1/Å (SCIENCE.md, the 2025 cryo-SEND study):
+    # Type 1 at the Li/Cu interface averages 0.33 with histogram σ 0.019; Type 2 averages 0.295; the
+    # electrolyte 0.285; "published per-class histograms are broad (σ ≈ 0.02)" (Type 2 and electrolyte σ).
+    "sei_type1": (0.330, 0.019),
+    "sei_type2": (0.295, 0.020),
+    "electrolyte": (0.285, 0.020),
+}
+
+SPREAD_CLIP_SIGMA = 2.5
+"""Targets of the published-spread mode are clipped to mean ± 2.5σ (98.8 % of a Gaussian; the clipped spread
+is 0.955σ): the I·Q maximum of a ring on the falling background stops following its centre far outside the
+classes' published range (a shoulder, not a maximum, at low Q), and 2.5σ keeps every target (0.235–0.3775
+1/Å) a true maximum inside the default window [0.22, 0.42]."""
+
+
+def spread_ranges(spread: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Clip range [mean − 2.5σ, mean + 2.5σ] (1/Å) of each class's peak targets (SPREAD_CLIP_SIGMA)."""
+    return {c: (m - SPREAD_CLIP_SIGMA * s, m + SPREAD_CLIP_SIGMA * s) for c, (m, s) in spread.items()}
+
+
+def spread_targets(
+    class_map: np.ndarray,
+    depth: np.ndarray,
+    step_nm: float,
+    spread: dict[str, tuple[float, float]],
+    rng: np.random.Generator,
+    smooth_share: float = 0.5,
+    gradient_weight: float = 0.6,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SRO peak targets (1/Å) with class spreads as published: per class, mean + a smooth part + scatter.
+
+    For the positions of class c with (mean, σ) = ``spread[c]``: smooth part s = w·(1 − depth) + (1 − w)·field
+    (as in ``make_phantom``: a gradient across the layer, high Q next to the Li grain, SCIENCE.md, plus a
+    smooth random field), standardised over the class's positions and scaled to σ·sqrt(``smooth_share``);
+    position-to-position scatter: independent normal, σ·sqrt(1 − ``smooth_share``). So the class's targets
+    have standard deviation σ (before clipping to mean ± 2.5σ, ``SPREAD_CLIP_SIGMA``, which trims ≈ 1 %).
+
+    Returns (target (Ry, Rx), NaN where not amorphous; smooth part (Ry, Rx) in 1/Å about the mean;
+    scatter part (Ry, Rx) in 1/Å).
+    """
+    if not 0.0 <= smooth_share <= 1.0:
+        raise ValueError(f"smooth_share must be in [0, 1], got {smooth_share}")
+    target = np.full(class_map.shape, np.nan)
+    smooth = np.full(class_map.shape, np.nan)
+    scatter = np.full(class_map.shape, np.nan)
+    for cname, (mean, sigma) in spread.items():
+        m = class_map == CLASS_INDEX[cname]
+        fld = smooth_random_field(class_map.shape, step_nm, rng)
+        noise = rng.standard_normal(class_map.shape)
+        if not m.any():
+            continue
+        s = gradient_weight * (1.0 - depth) + (1.0 - gradient_weight) * fld
+        sd = float(np.std(s[m]))
+        z = (s - np.mean(s[m])) / sd if sd > 1e-12 else np.zeros_like(s)
+        smooth[m] = (sigma * np.sqrt(smooth_share) * z)[m]
+        scatter[m] = (sigma * np.sqrt(1.0 - smooth_share) * noise)[m]
+        lo, hi = mean - SPREAD_CLIP_SIGMA * sigma, mean + SPREAD_CLIP_SIGMA * sigma
+        target[m] = np.clip(mean + smooth[m] + scatter[m], lo + TARGET_MARGIN, hi - TARGET_MARGIN)
+    return target, smooth, scatter
+
+
+def boundary_mixing(
+    layer_map: np.ndarray, boundaries_nm: np.ndarray, step_nm: float, width_nm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mixed patterns along the beam at the layer boundaries (an interface inclined through the lamella).
+
+    A boundary inclined to the beam is crossed over a lateral width w = ``width_nm``: a probe at signed
+    distance d (nm) from the boundary's mid-depth line passes through the other layer over a fraction
+    α = max(0, ½ − |d|/w) of the lamella thickness (linear in d, ½ at the boundary, 0 from w/2 on). The
+    position's own layer (where its centre is) is the majority (α ≤ ½): that is its class in the truth.
+    Every layer boundary counts (electrolyte|SEI 1, SEI 1|Li, Li|SEI 1, SEI 1|SEI 2, SEI 2|Cu); boundaries
+    between Cu grains do not (both sides are crystal).
+
+    Returns (alpha (Ry, Rx) float, share of the minority layer; mix_layer (Ry, Rx) int8, index of the
+    minority layer into LAYER_NAMES, −1 where α = 0; source_rx (Ry, Rx) int, the column of the same row
+    nearest to the position that lies in the minority layer (its content is what the beam also crosses),
+    −1 where none).
+    """
+    ry, rx = layer_map.shape
+    alpha = np.zeros((ry, rx))
+    mix_layer = np.full((ry, rx), -1, dtype=np.int8)
+    source = np.full((ry, rx), -1, dtype=np.int64)
+    if not width_nm > 0:
+        return alpha, mix_layer, source
+    x = (np.arange(rx) + 0.5) * step_nm
+    cols = np.arange(rx)
+    for i in range(ry):
+        d = x[:, None] - boundaries_nm[:, i][None, :]  # (rx, n_boundaries), > 0 right of the boundary
+        k = np.argmin(np.abs(d), axis=1)
+        dk = d[cols, k]
+        a = np.clip(0.5 - np.abs(dk) / width_nm, 0.0, 0.5)
+        other = np.where(dk > 0, k, k + 1)  # boundary k separates layer k (left) from layer k + 1 (right)
+        for j in np.nonzero(a > 0)[0]:
+            in_other = np.nonzero(layer_map[i] == other[j])[0]
+            if in_other.size == 0:
+                continue
+            alpha[i, j] = a[j]
+            mix_layer[i, j] = other[j]
+            source[i, j] = in_other[np.argmin(np.abs(in_other - j))]
+    return alpha, mix_layer, source
