@@ -72,12 +72,13 @@ def reduced_matrix() -> list[dict]:
     return [full[k] for k in REDUCED]
 
 
-def commands(c: dict, d: Path, scan_shape) -> list[list[str]]:
-    """The CLI arguments (after ``sendmap``) that make and run cell ``c`` in folder ``d``."""
+def commands(c: dict, d: Path, scan_shape, settings=()) -> list[list[str]]:
+    """The CLI arguments (after ``sendmap``) that make and run cell ``c`` in folder ``d`` (``settings``: extra
+    ``--set KEY=VALUE`` of the run, e.g. ``classify.method=probabilistic``)."""
     return [["synth", str(d), "--scenario", f"matrix:{c['cell']}", "--dose", f"{c['dose']:g}",
              "--detector", str(c["detector"]), "--q-pixel-size", f"{Q_PIXEL[c['detector']]:g}",
              "--scan-shape", str(scan_shape[0]), str(scan_shape[1]), "--seed", str(c["seed"]), "--quiet"],
-            ["run", str(d / "config.yaml"), "--no-progress"]]
+            ["run", str(d / "config.yaml"), "--no-progress", *[a for kv in settings for a in ("--set", kv)]]]
 
 
 def score(r: dict, dose: float) -> dict:
@@ -132,7 +133,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_cell(c: dict, out: Path, scan_shape, keep: bool) -> dict:
+def run_cell(c: dict, out: Path, scan_shape, keep: bool, settings=()) -> dict:
     from sendmap.cli import main as sendmap_main
     from sendmap.evaluate import evaluate
 
@@ -140,10 +141,10 @@ def run_cell(c: dict, out: Path, scan_shape, keep: bool) -> dict:
     if d.exists():
         shutil.rmtree(d)
     row = dict(c)
-    row["command"] = "sendmap " + " ".join(commands(c, d, scan_shape)[0][:-1])
+    row["command"] = "sendmap " + " ".join(commands(c, d, scan_shape, settings)[0][:-1])
     t0 = time.perf_counter()
     try:
-        synth_cmd, run_cmd = commands(c, d, scan_shape)
+        synth_cmd, run_cmd = commands(c, d, scan_shape, settings)
         if sendmap_main(synth_cmd) != 0:
             raise RuntimeError("sendmap synth failed")
         t1 = time.perf_counter()
@@ -174,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/sendmap_scenarios", help="working folder; default /tmp/sendmap_scenarios")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic detector files (default: deleted after "
                                                          "scoring; truth, config and results stay)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                    help="a config setting of every run, e.g. classify.method=probabilistic (repeatable)")
     a = ap.parse_args(argv)
     cells = reduced_matrix() if a.reduced else full_matrix()
     if a.only:
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
     for i, c in enumerate(cells):
         print(f"[{i + 1}/{len(cells)}] {c['cell']} {c['dose']:g} e- {c['detector']}² seed {c['seed']}", file=sys.stderr,
               flush=True)
-        row = run_cell(c, out, scan_shape, a.keep)
+        row = run_cell(c, out, scan_shape, a.keep, a.settings)
         rows.append(row)
         print(f"    {row.get('time_s', row.get('error'))}: "
               f"{'pass' if row['verdict']['pass'] else 'FAIL ' + ', '.join(row['verdict']['fails'])}",

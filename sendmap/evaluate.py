@@ -110,7 +110,8 @@ def evaluate(out_dir: Path, truth_dir: Path) -> dict:
     _scenario_scores(res, t, true_cls, cls)
     if "maps/class_probability" in g:
         prob = np.asarray(g["maps/class_probability"])
-        pnames = g["maps/class_probability"].attrs.get("class_names") or list(CLASS_NAMES)[: prob.shape[-1]]
+        attrs = g["maps/class_probability"].attrs
+        pnames = attrs.get("class_index_names") or attrs.get("class_names") or list(CLASS_NAMES)[: prob.shape[-1]]
         # reorder the probability columns into CLASS_NAMES order (classes it lacks: probability 0)
         full = np.zeros(prob.shape[:-1] + (len(CLASS_NAMES),))
         for i, n in enumerate(pnames):

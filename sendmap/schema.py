@@ -47,6 +47,7 @@ DECLARED: dict[str, tuple[tuple[str, ...], str | None, str]] = {
     "maps/phase": (("ry", "rx"), None, "library phase whose rings the spots fall on"),
     "peaks/q_peak": (("ry", "rx"), "1/Å", "first SRO peak maximum (before the crystal rule)"),
     "peaks/q_err": (("ry", "rx"), "1/Å", "1-sigma uncertainty of peaks/q_peak"),
+    "statistics/region": (("ry", "rx"), None, "region of amorphous positions (-1: none)"),
     "statistics/class_mean_iqn": (("class", "q"), "counts per pixel × (1/Å)^n", "class-mean I(Q)·Q^n"),
     "statistics/class_sem_iqn": (("class", "q"), "counts per pixel × (1/Å)^n", "standard error of the class mean"),
     "ingest/total_counts": (("ry", "rx"), "counts", "detector counts per position"),

@@ -188,6 +188,6 @@ def build_summary(group, timing: dict, reused: list) -> dict:
             "calibration": {"q_pixel_size": calib.get("q_pixel_size"), "ellipse": calib.get("ellipse"),
                             "probe": calib.get("probe"), "masked_fraction": calib.get("masked_fraction"),
                             "descan": calib.get("descan"), "n_hot": calib.get("n_hot"), "n_dead": calib.get("n_dead")},
-            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "peaks": group.attrs.get("peaks"),
+            "dose": group.attrs.get("dose"), "layers": stats.get("layers", {}), "regions": stats.get("regions", []), "peaks": group.attrs.get("peaks"),
             "timing_s": timing, "reused_stages": reused, "input": group.attrs.get("input"),
             "sendmap_version": __version__, "store": str(Path(group.store.root) if hasattr(group.store, "root") else "")}

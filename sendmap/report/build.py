@@ -40,7 +40,8 @@ def _csv(rows: list[dict]) -> str:
 def write_tables(group, out_dir: Path) -> list[Path]:
     """tables/classes.csv (per-class statistics), tables/positions.csv (one row per position: class, phase,
     peak and its error, height, prominence, width, second peak, features, centre), tables/phases.csv (named
-    phase counts per class), tables/layers.csv (layer thickness), tables/class_profiles.csv (class-mean
+    phase counts per class), tables/layers.csv (layer thickness), tables/regions.csv (per region of amorphous
+    positions, the deconvolved mixture of the peak positions: one row per component), tables/class_profiles.csv (class-mean
     I·Q^n); every table carries the dose (electrons per pattern and e⁻/Å²) on every row."""
     from ..engine.store import write_text_atomic  # here, not at the top: the figure helper process needs no zarr
     tdir = Path(out_dir) / "tables"
@@ -119,6 +120,23 @@ def write_tables(group, out_dir: Path) -> list[Path]:
               for k, v in stats.get("layers", {}).items()]
     p = tdir / "layers.csv"
     write_text_atomic(p, _csv(layers))
+    paths.append(p)
+    rrow = []
+    for reg in stats.get("regions", []):
+        mix = reg.get("mixture") or {}
+        base = {"region": reg["region"], "positions": reg["positions"], "positions_with_peak": reg["positions_with_peak"],
+                "centroid_y_nm": f"{reg['centroid_nm'][0]:.1f}", "centroid_x_nm": f"{reg['centroid_nm'][1]:.1f}",
+                "classes": " ".join(f"{k}:{v}" for k, v in reg["classes"].items()),
+                "n_components": mix.get("n_components", "")}
+        for i in range(mix.get("n_components", 0)) or [None]:
+            comp = {"component": "" if i is None else i}
+            for key in ("weight", "mean", "mean_err", "sigma", "sigma_err"):
+                comp[key] = "" if i is None else f"{mix[key][i]:.5g}"
+            rrow.append(base | comp | {"electrons_per_pattern": epp, "electrons_per_A2": epa})
+    p = tdir / "regions.csv"
+    write_text_atomic(p, _csv(rrow) or "region,positions,positions_with_peak,centroid_y_nm,centroid_x_nm,classes,"
+                                       "n_components,component,weight,mean,mean_err,sigma,sigma_err,"
+                                       "electrons_per_pattern,electrons_per_A2\n")
     paths.append(p)
     q = np.asarray(group["profiles/q"])
     mean = np.asarray(group["statistics/class_mean_iqn"])
