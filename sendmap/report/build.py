@@ -163,6 +163,9 @@ def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict
     classes = group.attrs.get("statistics", {}).get("classes", {})
     fits = {name: {"mu": c["fit_mu"], "sigma": c["fit_sigma"], "count": c["count_with_peak"],
                    "amplitude": c.get("fit_amplitude")} for name, c in classes.items() if "fit_mu" in c}
+    mixtures = [{"region": r["region"], "n": r["positions_with_peak"], **{k: r["mixture"][k] for k in ("weight", "mean", "sigma")},
+                 "err_median": r.get("peak_q_err_median")}
+                for r in group.attrs.get("statistics", {}).get("regions", []) if r.get("mixture")]
     present = [k for k in range(len(CLASS_NAMES)) if np.isfinite(mean[k]).any()]
     profiles = {CLASS_NAMES[k]: mean[k] for k in present}
     sems = {CLASS_NAMES[k]: sem[k] for k in present}
@@ -176,10 +179,10 @@ def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict
     adf = np.asarray(group["features/virtual_adf"])
     return [
         ("overview", "plot_overview", (peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose),
-         dict(bf=bf, reference_ticks=ticks, sem=sems, window=window)),
+         dict(bf=bf, reference_ticks=ticks, sem=sems, window=window, mixtures=mixtures or None)),
         ("peak_map", "plot_peak_map", (peak, step, dose), {}),
         ("class_map", "plot_class_map", (cls, CLASS_NAMES, step, dose), {}),
-        ("histograms", "plot_histograms", (peak, cls, CLASS_NAMES, fits, dose), {}),
+        ("histograms", "plot_histograms", (peak, cls, CLASS_NAMES, fits, dose), dict(mixtures=mixtures or None)),
         ("class_profiles", "plot_class_profiles", (q, profiles, n, dose),
          dict(reference_ticks=ticks, sem=sems, window=window)),
         ("virtual_images", "plot_virtual_images", (bf, adf, step, dose), {}),

@@ -21,7 +21,7 @@ def _histogram_classes(peak_q, class_map, class_names, fits) -> list[tuple[int, 
     for i, name in enumerate(class_names):
         if name == "crystal":
             continue
-        if name == "unassigned" and name not in fits:
+        if (name == "unassigned" and name not in fits) or name == "uncertain":  # (no class: no histogram)
             continue
         vals = peak_q[(class_map == i) & np.isfinite(peak_q)]
         if vals.size:
@@ -56,8 +56,20 @@ def _fit_label(name: str, fit: Mapping | None, n_default: int) -> tuple[str, flo
     return f"{label} (n = {count})", None, None, count
 
 
+def _mixture_curve(x: np.ndarray, mix: Mapping, bw: float) -> np.ndarray:
+    """A region's deconvolved mixture as expected counts per bin of width ``bw`` of its measured positions: each
+    component N(mean, sigma² + err_median²) (the intrinsic spread broadened by the typical measurement error)."""
+    out = np.zeros_like(x)
+    e2 = float(mix.get("err_median") or 0.0) ** 2
+    for w, m, s in zip(mix["weight"], mix["mean"], mix["sigma"]):
+        v = s ** 2 + e2
+        if v > 0:
+            out += mix["n"] * w * bw * np.exp(-0.5 * (x - m) ** 2 / v) / math.sqrt(2 * math.pi * v)
+    return out
+
+
 def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], peak_q, class_map, class_names,
-                     fits, bin_width):
+                     fits, bin_width, mixtures=None):
     peak_q = np.asarray(peak_q, dtype=float)
     class_map = np.asarray(class_map)
     if peak_q.shape != class_map.shape:
@@ -99,9 +111,16 @@ def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], pea
         handles.append(
             (Patch(facecolor=mcolors.to_rgba(col, 0.3), edgecolor=col, linewidth=0.7), line, label)
         )
+    for k, mix in enumerate(mixtures or []):  # each region's deconvolved mixture (summed components), dashed
+        curve = _mixture_curve(xfine, mix, bw)
+        ymax = max(ymax, curve.max())
+        (line,) = ax.plot(xfine, curve, color=str(0.1 + 0.3 * (k % 3)), linewidth=0.9, linestyle=(0, (3, 1.5)))
+        means = ", ".join(f"{m:.3f}" for m in mix["mean"])
+        handles.append((None, line, f"region {mix['region']}: mixture μ = {means}"))
     ax.set_xlim(bins[0], bins[-1])
     # one legend entry per class: filled patch (histogram) with the fit line on top
-    legend_handles = [(p, ln) if ln is not None else p for p, ln, _ in handles]
+    legend_handles = [(p, ln) if ln is not None and p is not None else (p if p is not None else ln)
+                      for p, ln, _ in handles]
     legend = ax.legend(
         legend_handles,
         [lbl for *_, lbl in handles],
@@ -131,17 +150,19 @@ def plot_histograms(
     fits: Mapping[str, Mapping],
     dose_text: str,
     bin_width: float = 0.0025,
+    mixtures: Sequence[Mapping] | None = None,
 ) -> Figure:
     """Histograms of the SRO peak position per amorphous class with their Gaussian fits; single column.
 
     ``fits[name]`` holds ``mu``, ``sigma`` (1/Å) and ``count``; the fit curve is drawn as
     ``count * bin_width * N(mu, sigma)`` (counts per bin), unless ``amplitude`` (peak height in
-    counts per bin) is given. 'crystal' is never plotted, 'unassigned' only when it has a fit, and
-    classes without finite peaks are skipped.
+    counts per bin) is given. 'crystal' and 'uncertain' are never plotted, 'unassigned' only when it has a fit, and
+    classes without finite peaks are skipped. ``mixtures``: per region of the scan, its deconvolved mixture
+    (``region``, ``n`` positions, ``weight``, ``mean``, ``sigma`` per component, ``err_median``), drawn dashed.
     """
     height = 2.5
     sheet = _Sheet(SINGLE_COLUMN_IN, height)
     top = _caption_band_in(_add_dose_caption(sheet, dose_text))
     _draw_histograms(sheet, (PAD_IN, top, sheet.width - 2 * PAD_IN, height - top - PAD_IN), peak_q, class_map,
-                     class_names, fits, bin_width)
+                     class_names, fits, bin_width, mixtures)
     return sheet.finish(height)

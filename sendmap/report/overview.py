@@ -40,8 +40,10 @@ def plot_overview(
     vmin: float | None = None,
     vmax: float | None = None,
     bin_width: float = 0.0025,
+    mixtures: Sequence[Mapping] | None = None,
 ) -> Figure:
-    """Double-column paper figure: (a) class map, (b) SRO peak map, (c) histograms with fits,
+    """Double-column paper figure: (a) class map, (b) SRO peak map, (c) histograms with fits (and each region's
+    deconvolved mixture, ``mixtures``: see :func:`sendmap.report.histograms.plot_histograms`),
     (d) class-mean profiles. With ``bf``, a virtual bright-field image leads the top row and the
     panels are lettered a-e. Maps in the top row are drawn at the same size."""
     peak_q = np.asarray(peak_q, dtype=float)
@@ -86,7 +88,7 @@ def plot_overview(
     half = 0.5 * (avail - COL_GAP_IN)
     band = _letter_band_in()
     for i, draw in enumerate((
-        lambda r: _draw_histograms(sheet, r, peak_q, class_map, class_names, fits, bin_width),
+        lambda r: _draw_histograms(sheet, r, peak_q, class_map, class_names, fits, bin_width, mixtures),
         lambda r: _draw_profiles(sheet, r, q, profiles, n, reference_ticks=reference_ticks, sem=sem, window=window),
     )):
         x0 = PAD_IN + i * (half + COL_GAP_IN)

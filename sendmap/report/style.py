@@ -138,6 +138,7 @@ CLASS_COLORS: dict[str, str] = {
     "sei_type2": OKABE_ITO["reddish_purple"],
     "electrolyte": OKABE_ITO["bluish_green"],
     "unassigned": OKABE_ITO["grey"],
+    "uncertain": OKABE_ITO["black"],
 }
 """Class name -> colour, fixed so a class has the same colour in every figure."""
 
@@ -147,6 +148,7 @@ CLASS_LABELS: dict[str, str] = {
     "sei_type2": "SEI Type 2",
     "electrolyte": "Electrolyte",
     "unassigned": "Unassigned",
+    "uncertain": "Uncertain",
 }
 """Class name -> human-readable label."""
 

@@ -106,7 +106,8 @@ def region_mixtures(g, cls: np.ndarray, peak: np.ndarray, err: np.ndarray, step_
         codes, counts = np.unique(cls[inside], return_counts=True)
         entry = {"region": r, "positions": int(inside.sum()), "positions_with_peak": int(sel.sum()),
                  "centroid_nm": [float(yy[inside].mean() * step_nm), float(xx[inside].mean() * step_nm)],
-                 "classes": {CLASS_NAMES[c]: int(n) for c, n in zip(codes, counts)}}
+                 "classes": {CLASS_NAMES[c]: int(n) for c, n in zip(codes, counts)},
+                 "peak_q_err_median": float(np.median(err[sel])) if sel.any() else None}
         if sel.sum() >= MIN_REGION_POSITIONS:
             x, e = peak[sel], err[sel]
             if x.size > MIXTURE_MAX_POSITIONS:  # a fixed random subset (seeded: the same numbers on every run)
