@@ -1,5 +1,10 @@
 """``sendmap synth``: write a synthetic SEND dataset with its ground truth and a ready config.
 
+Size: one forward model of a whole scan (``SynthModel``: phantom, per-class radial models, Bragg disks, the
+scenario-matrix axes, each on its own random stream) and the streaming writer of its frames and truth, which must
+agree exactly; the CLI (``add_synth_arguments`` … ``main``, ~140 lines) and the scenario truth records are the
+pieces to move out next.
+
 Data flow: ``SynthModel`` (phantom + descan + per-class radial models + probe-disk convolution matrix) →
 one scan row at a time: noise-free expected counts (``patterns.render_pattern``) → Poisson → detector
 defects → integer frames streamed into the writer (``sendmap.io.mib.write_mib`` or an ``.npy`` memmap), so

@@ -1,5 +1,8 @@
 """Noise-free SEND diffraction patterns: pure functions, arrays in, arrays out.
 
+Size: one forward model (detector geometry, radial models, Bragg disks, numba renderers, shadows) whose
+conventions must match the analysis exactly.
+
 Units and conventions (the analysis relies on them exactly):
 
 * Q = 1/d in 1/Å (py4DSTEM convention, SCIENCE.md); ``q_pixel_size`` in 1/Å per detector pixel.
