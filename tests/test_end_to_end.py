@@ -56,6 +56,23 @@ def test_store_and_summary_follow_contract(synth_run):
         assert (out / "figures" / f"{f}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{f}.pdf").read_bytes()[:4] == b"%PDF"
     assert (out / "tables" / "classes.csv").read_text().startswith("class,")
+    # class probabilities (issue 18): every position with a class has them, and they sum to 1
+    p = np.asarray(g["maps/class_probability"])
+    cls = np.asarray(g["maps/class"])
+    assert p.shape == (ry, rx, 4) and np.allclose(p[cls < 4].sum(-1), 1, atol=1e-4)
+    conf = np.asarray(g["maps/class_confidence"])
+    assert np.allclose(conf[cls < 4], np.take_along_axis(p, np.clip(cls, 0, 3)[..., None], -1)[..., 0][cls < 4])
+    # per region, the deconvolved mixture: each component's mean lies on a true class mean of that region
+    true_cls, true_q = truth["class_map"], truth["peak_q"]
+    names = [str(n) for n in truth["class_names"]]
+    region = np.asarray(g["statistics/region"])
+    assert s["regions"] and (out / "tables" / "regions.csv").read_text().startswith("region,")
+    for reg in s["regions"]:
+        inside = region == reg["region"]
+        means = [float(np.nanmean(true_q[inside & (true_cls == k)])) for k in np.unique(true_cls[inside])
+                 if names[k] != "crystal" and (inside & (true_cls == k)).sum() >= 20]
+        for m in reg["mixture"]["mean"]:
+            assert min(abs(m - t) for t in means) < 0.006, (reg, means)
 
 
 def test_rerun_reuses_and_classification_change_recomputes_only_later_stages(synth_run, capsys):
