@@ -68,8 +68,13 @@ SPOT_MIN_COVERAGE = 0.9
 """A spot whose refinement region is less than 90 % on the detector (edge, beam stop, chip gap, masked pixels) is
 not listed: its centroid is pulled inwards (a disk half off the edge moves by ~0.4 radius, 2-3 bins)."""
 
-SPOT_REFINE_ITER = 2
-"""Centroid passes (each re-centres the region on the previous centroid; the second moves it < 0.1 bin)."""
+SPOT_REFINE_ITER = 3
+"""Centroid passes: the first over SPOT_REFINE_RADII (it also gives the intensity), the next two over
+SPOT_CENTROID_RADII around the previous centroid."""
+
+SPOT_CENTROID_RADII = 1.2
+"""After the first pass the centroid is within ~0.2 disk radii of the disk centre, so a region of 1.2 radii still
+holds the whole disk and takes in (1.2/1.5)² of the isotropic background whose noise limits a weak spot's centroid."""
 
 Q_CALIBRATION_REL = 0.005
 """Default relative (1σ) uncertainty of the Q scale (Q per pixel) when the calibration gives none: 0.5 %. A
@@ -77,10 +82,15 @@ camera constant measured on a gold standard by ``sendmap calibrate`` is good to 
 (its q_pixel_size_err); the standard and the specimen are rarely at the same height and lens excitation, which
 moves the camera length by a few 0.1 %. Pass the calibrant's own error when it is larger."""
 
-SPOT_POSITION_SIGMA_BINS = 0.25
-"""1σ error of a spot centre, per Cartesian component, in radial bins (one bin = one pixel by default): the
-scatter of the centroids of 5-50 σ Cu and LiF disks on Poisson patterns at 5 × 10³-2 × 10⁴ e⁻ is below 0.2 bin
-(``tests/test_indexing.py::test_spot_positions_are_accurate``, measured 0.11-0.19); 0.25 bounds it."""
+SPOT_POSITION_C = 1.45
+SPOT_POSITION_FLOOR_BINS = 0.15
+"""1σ error of a spot centre per Cartesian component (radial and tangential alike), 1/Å:
+√((1.45·r/z)² + (0.15·bin)²) for a disk of radius r detected at z σ (:func:`spot_position_sigma`). Measured on
+Poisson patterns of Cu [001] grains (5-70 % of the scattered intensity in disks) and LiF [001] crystallites
+(5-40 %, on an amorphous ring) at 5 × 10³ and 2 × 10⁴ e⁻, 128² detector, 0.0125 1/Å bins, 2 mrad: rms error ×
+z / r = 1.2-1.5 in every z band from 5 to 50 σ (a centroid's error is the disk radius over its signal-to-noise),
+flattening to ~0.2 bin for the strongest spots (the 5° sectors of the polar grid); 1.45 and 0.15 bound them.
+(``/tmp``-free re-measurement: ``tests/test_indexing.py::test_spot_positions_are_accurate``.)"""
 
 N_SIGMA = 3.0
 """Every match (spot on a ring, Friedel pair, lattice point, interplanar angle) is accepted within 3σ of its
@@ -114,6 +124,13 @@ grain phase and LiF counts as a grain's, and above which as LiF's (linear in bet
 1-40 % of the scattered intensity of SEI Type 2 (issue 18's scenario range), so its isotropic share is ≥ 0.6; a
 Li/Cu grain at a zone axis puts ~70 % of it into Bragg disks (``sendmap.synth.make.CRYSTAL_BRAGG_FRACTION``, a
 model value, flagged as such), so ≤ 0.4 for a grain whose disks are detected."""
+
+GRAIN_Z_ISOTROPIC = 22.0
+"""σ: a Cu (111) spot (0.479 1/Å) excludes LiF (200) (0.497) at 3σ when 3·√((0.49·Q_CALIBRATION_REL)² + σ_pos²) <
+0.018, i.e. σ_pos < 0.0053 1/Å, i.e. z > 1.45·0.0797/0.0053 ≈ 22 (:func:`spot_position_sigma`, 2 mrad at 200 kV).
+Without a lattice and on a pattern whose scattering is mostly isotropic, only a grain-indexed spot this strong
+makes the position a grain (an off-axis grain's strong pair or row); weaker ones are ``ambiguous``: the chance
+spots of speckle (5-10 σ) and LiF spots that Q cannot place fall there."""
 
 CATEGORY_NAMES = ("no_spots", "grain", "lif", "ambiguous", "unindexed", "other_phase")
 """Categories of :func:`crystal_evidence`: no spot detected; Li/Cu grain; LiF crystallites; spots that index on a
@@ -268,35 +285,66 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
             area_per_q = max(area_per_q, ww / q_c[i])
     for i in range(nq):
         wmax[i] = area_per_q * q_c[i] / nphi
+    excl2 = (SPOT_EXCLUSION_RADII * disk_r_q) ** 2
+    bw = q_c[1] - q_c[0] if nq > 1 else 1.0
+    reach = int(SPOT_REFINE_RADII * disk_r_q / bw) + 2
+    # first pass: the local maxima (strongest first, none within the exclusion radius of a stronger one), up to
+    # twice K (some are dropped below)
+    n_pre = 0
+    pre = np.empty(2 * kmax, np.int64)
+    for c in order:
+        if n_pre >= 2 * kmax:
+            break
+        near = False
+        for a in range(n_pre):
+            if (cx[pre[a]] - cx[c]) ** 2 + (cy[pre[a]] - cy[c]) ** 2 < excl2:
+                near = True
+                break
+        if not near:
+            pre[n_pre] = c
+            n_pre += 1
+    # the isotropic level of each bin: the mean rate (counts per pixel area) of its sectors farther than the
+    # exclusion radius from every spot found (a clipped mean keeps the partly covered sectors at a disk's edge and
+    # sits too high beside strong disks); where fewer than a quarter of the sectors are left, the clipped mean
+    z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
     for i in range(nq):
         ss = 0.0
         ww = 0.0
+        fs = 0.0
+        fw = 0.0
+        n_free = 0
         for k in range(nphi):
             ss += s[i, k]
             ww += w[i, k]
-        rob[i] = _clipped_rate(s[i], w[i], ss / ww, z2, ROBUST_MAX_ITER) if ww > 1e-9 else 0.0
-    excl2 = (SPOT_EXCLUSION_RADII * disk_r_q) ** 2
-    reg2 = (SPOT_REFINE_RADII * disk_r_q) ** 2
-    bw = q_c[1] - q_c[0] if nq > 1 else 1.0
-    reach = int(SPOT_REFINE_RADII * disk_r_q / bw) + 2
+            phi = -math.pi + (k + 0.5) * sector
+            px = q_c[i] * math.cos(phi)
+            py = q_c[i] * math.sin(phi)
+            free = True
+            for a in range(n_pre):
+                if (cx[pre[a]] - px) ** 2 + (cy[pre[a]] - py) ** 2 < excl2:
+                    free = False
+                    break
+            if free and w[i, k] > 1e-9:
+                fs += s[i, k]
+                fw += w[i, k]
+                n_free += 1
+        if n_free * 4 >= nphi and fw > 1e-9:
+            rob[i] = fs / fw
+        else:
+            rob[i] = _clipped_rate(s[i], w[i], ss / ww, z2, ROBUST_MAX_ITER) if ww > 1e-9 else 0.0
     n_acc = 0
     acc_x = np.empty(kmax)
     acc_y = np.empty(kmax)
-    for c in order:
+    for a_pre in range(n_pre):
         if n_acc >= kmax:
             break
+        c = pre[a_pre]
         x0 = cx[c]
         y0 = cy[c]
-        near = False
-        for a in range(n_acc):
-            if (acc_x[a] - x0) ** 2 + (acc_y[a] - y0) ** 2 < excl2:
-                near = True
-                break
-        if near:
-            continue
         # centroid of the counts above the isotropic level within SPOT_REFINE_RADII disk radii, re-centred
         xs, ys, tot, cover, full = x0, y0, 0.0, 0.0, 0.0
-        for _ in range(SPOT_REFINE_ITER):
+        for it in range(SPOT_REFINE_ITER):
+            reg2 = (SPOT_REFINE_RADII if it == 0 else SPOT_CENTROID_RADII) ** 2 * disk_r_q * disk_r_q
             q0 = math.sqrt(xs * xs + ys * ys)
             i0 = int(q0 / bw)
             sx = 0.0
@@ -319,7 +367,8 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
                     sx += e * px
                     sy += e * py
                     st += e
-            tot = st
+            if it == 0:
+                tot = st
             if st > 0.0:
                 xs = sx / st
                 ys = sy / st
@@ -355,6 +404,28 @@ def _spot_kernel(s, w, q_c, disk_r_q, z_min, out, totals):
         zf = np.empty(nphi, np.float32)
         rob = np.empty(nq)
         totals[f] = _frame_spots(s[f], w[f], q_c, disk_r_q, z_min, out[f], zmap, widths, scratch, work, zf, rob)
+
+
+@numba.njit(parallel=True, cache=True)
+def _map_kernel(s, w, q_c, disk_r_q, zmap, widths):
+    nb, nq, nphi = s.shape
+    for f in numba.prange(nb):
+        scratch = np.empty((4, 2 * nphi))
+        work = np.empty(2 * nq + 1)
+        zf = np.empty(nphi, np.float32)
+        _frame_spot_map(s[f], w[f], q_c, disk_r_q, zmap[f], widths[f], scratch, work, zf)
+
+
+def spot_significance_map(s: np.ndarray, w: np.ndarray, q_centres: np.ndarray, disk_radius_q: float):
+    """The window significance (σ) behind the spot list: (B, nq, n_phi) for the window centred at Q bin i that
+    starts at sector k and spans ``widths`` (B, nq) sectors (NaN where not scored). Its maximum over the sectors is
+    ``features/spot_z`` (:func:`sendmap.science.polar.frame_statistics`)."""
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    zmap = np.empty(s.shape)
+    widths = np.zeros(s.shape[:2], np.int64)
+    _map_kernel(s, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(q_centres, dtype=np.float64),
+                float(disk_radius_q), zmap, widths)
+    return zmap, widths
 
 
 def spot_block(s: np.ndarray, w: np.ndarray, q_centres: np.ndarray, disk_radius_q: float,
@@ -460,37 +531,41 @@ def index_library(phase_ids: tuple[str, ...] = INDEX_PHASES, q_max: float = 1.3,
                         np.array(hkl, np.int64).reshape(-1, 3), np.array(inten, float), angles)
 
 
-def q_tolerance(bin_width: float, q_rel_err: float = Q_CALIBRATION_REL,
-                position_sigma_bins: float = SPOT_POSITION_SIGMA_BINS) -> tuple[float, float]:
-    """(relative Q-scale error, absolute spot-position error in 1/Å), both 1σ: what :func:`index_spots` combines
-    into the tolerance of a ring match, √((Q·rel)² + pos²) × :data:`N_SIGMA`. ``bin_width``: the radial bin (1/Å);
-    ``q_rel_err``: the calibration's relative error (q_pixel_size_err / q_pixel_size of a calibrant, or
-    :data:`Q_CALIBRATION_REL`)."""
-    return float(q_rel_err), float(position_sigma_bins * bin_width)
+def spot_position_sigma(z: np.ndarray, disk_radius_q: float, bin_width: float) -> np.ndarray:
+    """1σ position error (1/Å, per Cartesian component) of spots detected at significance ``z`` (σ):
+    √((:data:`SPOT_POSITION_C`·r/z)² + (:data:`SPOT_POSITION_FLOOR_BINS`·bin_width)²).
+
+    >>> round(float(spot_position_sigma(np.array(29.0), 0.08, 0.0125)), 4)
+    0.0045
+    """
+    zz = np.maximum(np.nan_to_num(np.asarray(z, dtype=np.float64), nan=1.0), 1.0)
+    return np.hypot(SPOT_POSITION_C * disk_radius_q / zz, SPOT_POSITION_FLOOR_BINS * bin_width)
 
 
 # ------------------------------------------------------------------------------------------------ indexing
 
 @numba.njit(cache=True)
-def _index_one(qs, gx, gy, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, match, lat_member, res):
-    """Indexing of one position's n valid spots (sorted by Q). match (n, n_phase) bool out; lat_member (n,) out;
+def _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, max_order, n_basis, match, lat_member,
+               res):
+    """Indexing of one position's n valid spots (sorted by Q; sg their 1σ position errors, 1/Å). match (n, n_phase)
+    out: |Q − Q_ring|/σ of the nearest ring of each phase within nsig σ, inf elsewhere; lat_member (n,) out;
     res: [n_friedel, n_lattice, n_lattice_2d, lattice_phase, n_lattice_indexed, q1, q2, angle_deg]."""
     n = qs.size
     nr = ring_q.size
-    # ring matches: |Q − Q_ring| ≤ nsig·√((Q_ring·rel)² + pos²)
+    inf = np.inf
+    # ring matches: |Q − Q_ring| ≤ nsig·√((Q_ring·rel)² + σ²)
     for k in range(n):
         for p in range(n_phase):
-            match[k, p] = False
+            match[k, p] = inf
         for r in range(nr):
-            tol = nsig * math.sqrt((ring_q[r] * rel) ** 2 + pos * pos)
-            if abs(qs[k] - ring_q[r]) <= tol:
-                match[k, ring_phase[r]] = True
-    # Friedel pairs: |g + g'| ≤ nsig·√2·pos
+            d = abs(qs[k] - ring_q[r]) / math.sqrt((ring_q[r] * rel) ** 2 + sg[k] * sg[k])
+            if d <= nsig and d < match[k, ring_phase[r]]:
+                match[k, ring_phase[r]] = d
+    # Friedel pairs: |g + g'| ≤ nsig·√(σ² + σ'²)
     n_fr = 0
-    tol_f = nsig * math.sqrt(2.0) * pos
     for k in range(n):
         for m in range(k + 1, n):
-            if math.hypot(gx[k] + gx[m], gy[k] + gy[m]) <= tol_f:
+            if math.hypot(gx[k] + gx[m], gy[k] + gy[m]) <= nsig * math.sqrt(sg[k] ** 2 + sg[m] ** 2):
                 n_fr += 1
     res[0] = n_fr
     for k in range(n):
@@ -502,15 +577,15 @@ def _index_one(qs, gx, gy, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, 
     res[5] = np.nan
     res[6] = np.nan
     res[7] = np.nan
-    nb = min(n, 6)
-    best = (-1, -1, -1, -1)
+    nb = min(n, n_basis)
+    best = (-1.0, -1.0, -1.0, -1.0, -np.inf)
     member = np.zeros(n, np.bool_)
     for i in range(nb):
         for j in range(i + 1, nb):
             ax, ay, bx, by = gx[i], gy[i], gx[j], gy[j]
             cross = ax * by - ay * bx
-            # non-collinear: b's distance from the line of a beyond the tolerance of a lattice point
-            if abs(cross) / qs[i] <= nsig * math.sqrt(3.0) * pos:
+            # non-collinear: b's distance from the line of a beyond its error
+            if abs(cross) / qs[i] <= nsig * math.sqrt(sg[i] ** 2 + sg[j] ** 2):
                 continue
             n_ex = 0
             n_2d = 0
@@ -520,43 +595,47 @@ def _index_one(qs, gx, gy, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, 
                 mi = round(mm)
                 ni = round(nn)
                 member[k] = False
-                if abs(mi) > 4 or abs(ni) > 4:
+                if abs(mi) > max_order or abs(ni) > max_order:
                     continue
                 rx = gx[k] - mi * ax - ni * bx
                 ry = gy[k] - mi * ay - ni * by
-                if math.hypot(rx, ry) <= nsig * pos * math.sqrt(1.0 + mi * mi + ni * ni):
+                tol = nsig * math.sqrt(sg[k] ** 2 + (mi * sg[i]) ** 2 + (ni * sg[j]) ** 2)
+                if k == i or k == j or math.hypot(rx, ry) <= tol:
                     member[k] = True
                     n_ex += 1
                     if mi != 0 and ni != 0:
                         n_2d += 1
             # zone consistency: a and b on rings r1, r2 of one phase, at one of its interplanar angles
             ang = math.degrees(math.acos(min(1.0, max(-1.0, (ax * bx + ay * by) / (qs[i] * qs[j])))))
-            dang = math.degrees(nsig * pos * math.sqrt(1.0 / qs[i] ** 2 + 1.0 / qs[j] ** 2))
+            dang = math.degrees(nsig * math.sqrt((sg[i] / qs[i]) ** 2 + (sg[j] / qs[j]) ** 2))
             zone_phase = -1
             n_idx = 0
+            chi2 = np.inf
             for r1 in range(nr):
-                t1 = nsig * math.sqrt((ring_q[r1] * rel) ** 2 + pos * pos)
-                if abs(qs[i] - ring_q[r1]) > t1:
+                if abs(qs[i] - ring_q[r1]) > nsig * math.sqrt((ring_q[r1] * rel) ** 2 + sg[i] ** 2):
                     continue
                 for r2 in range(nr):
                     if ring_phase[r2] != ring_phase[r1]:
                         continue
-                    t2 = nsig * math.sqrt((ring_q[r2] * rel) ** 2 + pos * pos)
-                    if abs(qs[j] - ring_q[r2]) > t2:
+                    if abs(qs[j] - ring_q[r2]) > nsig * math.sqrt((ring_q[r2] * rel) ** 2 + sg[j] ** 2):
                         continue
                     for a in range(angles.shape[2]):
                         v = angles[r1, r2, a]
                         if v == v and abs(v - ang) <= dang:
                             p = ring_phase[r1]
                             cnt = 0
+                            c2 = 0.0
                             for k in range(n):
-                                if member[k] and match[k, p]:
+                                if member[k] and match[k, p] <= nsig:
                                     cnt += 1
-                            if cnt > n_idx:
+                                    c2 += match[k, p] ** 2
+                            # the phase indexing most lattice spots, then the one closest to their rings
+                            if cnt > n_idx or (cnt == n_idx and c2 < chi2):
                                 n_idx = cnt
+                                chi2 = c2
                                 zone_phase = p
                             break
-            key = (1 if zone_phase >= 0 else 0, n_idx, n_ex, n_2d)
+            key = (1.0 if zone_phase >= 0 else 0.0, float(n_idx), float(n_ex), float(n_2d), -chi2)
             if key > best:
                 best = key
                 res[1] = n_ex
@@ -571,7 +650,8 @@ def _index_one(qs, gx, gy, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, 
 
 
 @numba.njit(parallel=True, cache=True)
-def _index_kernel(spots, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, match_out, lat_out, res_out):
+def _index_kernel(spots, sigma, ring_q, ring_phase, angles, n_phase, rel, nsig, max_order, n_basis, match_out,
+                  lat_out, res_out):
     npos, kmax, _ = spots.shape
     for t in numba.prange(npos):
         idx = np.empty(kmax, np.int64)
@@ -582,50 +662,55 @@ def _index_kernel(spots, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, ma
                 n += 1
         for k in range(kmax):
             for p in range(n_phase):
-                match_out[t, k, p] = False
+                match_out[t, k, p] = np.inf
             lat_out[t, k] = False
         res = np.empty(8)
-        if n == 0:
-            res_out[t, 0] = 0
-            res_out[t, 1] = 0
-            res_out[t, 2] = 0
-            res_out[t, 3] = -1
-            res_out[t, 4] = 0
-            for c in range(5, 8):
-                res_out[t, c] = np.nan
-            continue
-        qv = np.empty(n)
-        for a in range(n):
-            qv[a] = spots[t, idx[a], 0]
-        o = np.argsort(qv)
-        qs = np.empty(n)
-        gx = np.empty(n)
-        gy = np.empty(n)
-        for a in range(n):
-            k = idx[o[a]]
-            qs[a] = spots[t, k, 0]
-            gx[a] = qs[a] * math.cos(spots[t, k, 1])
-            gy[a] = qs[a] * math.sin(spots[t, k, 1])
-        match = np.zeros((n, n_phase), np.bool_)
-        member = np.zeros(n, np.bool_)
-        _index_one(qs, gx, gy, ring_q, ring_phase, angles, n_phase, rel, pos, nsig, match, member, res)
-        for a in range(n):
-            k = idx[o[a]]
-            lat_out[t, k] = member[a]
-            for p in range(n_phase):
-                match_out[t, k, p] = match[a, p]
+        res[0] = 0
+        res[1] = 0
+        res[2] = 0
+        res[3] = -1
+        res[4] = 0
+        for c in range(5, 8):
+            res[c] = np.nan
+        if n > 0:
+            qv = np.empty(n)
+            for a in range(n):
+                qv[a] = spots[t, idx[a], 0]
+            o = np.argsort(qv)
+            qs = np.empty(n)
+            gx = np.empty(n)
+            gy = np.empty(n)
+            sg = np.empty(n)
+            for a in range(n):
+                k = idx[o[a]]
+                qs[a] = spots[t, k, 0]
+                gx[a] = qs[a] * math.cos(spots[t, k, 1])
+                gy[a] = qs[a] * math.sin(spots[t, k, 1])
+                sg[a] = sigma[t, k]
+            match = np.empty((n, n_phase))
+            member = np.zeros(n, np.bool_)
+            _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, max_order, n_basis, match,
+                       member, res)
+            for a in range(n):
+                k = idx[o[a]]
+                lat_out[t, k] = member[a]
+                for p in range(n_phase):
+                    match_out[t, k, p] = match[a, p]
         for c in range(8):
             res_out[t, c] = res[c]
 
 
-def index_spots(spots: np.ndarray, q_rel_err: float, position_sigma: float,
+def index_spots(spots: np.ndarray, disk_radius_q: float, bin_width: float, q_rel_err: float = Q_CALIBRATION_REL,
                 library: IndexLibrary | None = None, n_sigma: float = N_SIGMA) -> dict[str, np.ndarray]:
     """Indexing evidence per position from spot arrays (..., K, 4) (:func:`spot_block`; NaN rows are empty).
 
-    q_rel_err, position_sigma: the 1σ relative Q-scale error and absolute spot-position error (1/Å) of
-    :func:`q_tolerance`. Returns, over the leading axes (...):
+    Errors: each spot's position error (:func:`spot_position_sigma` of its z, for the probe-disk radius
+    ``disk_radius_q`` and the radial ``bin_width``, 1/Å) and the relative Q-scale error ``q_rel_err`` of the
+    calibration (its q_pixel_size_err / q_pixel_size where measured, else :data:`Q_CALIBRATION_REL`); every match
+    is within ``n_sigma`` of their combination. Returns, over the leading axes (...):
 
-    * ``match`` (..., K, P) bool: spot k lies within ``n_sigma`` σ of a ring of phase p (``library.phase_ids``);
+    * ``match_sigma`` (..., K, P): |Q − Q_ring|/σ of the nearest ring of phase p (``library.phase_ids``) where
+      ≤ ``n_sigma``, inf elsewhere; ``match`` (..., K, P) bool: finite;
     * ``n_spots``, ``n_indexed`` (on some ring), ``n_unindexed``, ``n_friedel`` (pairs with g + g' ≈ 0);
     * the best lattice: ``lattice_member`` (..., K) bool, ``n_lattice`` (spots that are integer combinations
       m·a + n·b, |m|, |n| ≤ :data:`MAX_ORDER`, of a basis a, b of two of the :data:`N_BASIS` shortest spots),
@@ -633,26 +718,30 @@ def index_spots(spots: np.ndarray, q_rel_err: float, position_sigma: float,
       rings hold both basis spots at one of its interplanar angles, -1 none: the zone check),
       ``n_lattice_indexed`` (lattice spots on that phase's rings), ``lattice_q1``, ``lattice_q2`` (1/Å) and
       ``lattice_angle`` (degrees) of the basis;
-    * ``has_lattice`` bool: a zone-consistent net, ≥ 3 lattice spots of which ≥ 1 off the basis rows.
+    * ``has_lattice`` bool: a zone-consistent net, ≥ 3 lattice spots on the zone's phase, ≥ 1 off the basis rows.
 
     Bases are ranked by (zone-consistent, lattice spots indexed on the zone's phase, lattice spots, net spots).
     """
     lib = library if library is not None else index_library()
     sp = np.asarray(spots, dtype=np.float64)
+    if sp.ndim < 2 or sp.shape[-1] != len(SPOT_FIELDS):
+        raise ValueError(f"spots must be (..., K, {len(SPOT_FIELDS)}) with columns {SPOT_FIELDS}, got {sp.shape}")
     lead = sp.shape[:-2]
     k = sp.shape[-2]
     flat = np.ascontiguousarray(sp.reshape(-1, k, sp.shape[-1]))
+    sigma = np.ascontiguousarray(spot_position_sigma(flat[..., 3], disk_radius_q, bin_width))
     npos = flat.shape[0]
     n_phase = len(lib.phase_ids)
-    match = np.zeros((npos, k, n_phase), np.bool_)
+    match = np.zeros((npos, k, n_phase))
     lat = np.zeros((npos, k), np.bool_)
     res = np.zeros((npos, 8))
-    _index_kernel(flat, lib.ring_q, lib.ring_phase, np.ascontiguousarray(lib.angles), n_phase, float(q_rel_err),
-                  float(position_sigma), float(n_sigma), match, lat, res)
+    _index_kernel(flat, sigma, lib.ring_q, lib.ring_phase, np.ascontiguousarray(lib.angles), n_phase, float(q_rel_err),
+                  float(n_sigma), MAX_ORDER, N_BASIS, match, lat, res)
     valid = np.isfinite(flat[..., 0])
-    indexed = match.any(axis=-1) & valid
+    indexed = np.isfinite(match).any(axis=-1) & valid
     out = {
-        "match": match.reshape(*lead, k, n_phase),
+        "match_sigma": match.reshape(*lead, k, n_phase),
+        "match": np.isfinite(match).reshape(*lead, k, n_phase),
         "lattice_member": lat.reshape(*lead, k),
         "n_spots": valid.sum(axis=-1).reshape(lead),
         "n_indexed": indexed.sum(axis=-1).reshape(lead),
@@ -672,104 +761,111 @@ def index_spots(spots: np.ndarray, q_rel_err: float, position_sigma: float,
 
 # ------------------------------------------------------------------------------------------------ decision
 
-def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: float, q_rel_err: float,
-                     position_sigma: float, library: IndexLibrary | None = None, n_sigma: float = N_SIGMA,
-                     grain_phases: tuple[str, ...] = GRAIN_PHASES, lif_phase: str = "lif",
+def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: float, bin_width: float,
+                     q_rel_err: float = Q_CALIBRATION_REL, library: IndexLibrary | None = None,
+                     n_sigma: float = N_SIGMA, grain_phases: tuple[str, ...] = GRAIN_PHASES, lif_phase: str = "lif",
                      amorphous_grain_max: float = AMORPHOUS_GRAIN_MAX,
                      amorphous_lif_min: float = AMORPHOUS_LIF_MIN) -> dict[str, np.ndarray]:
-    """Crystal (Li/Cu grain) versus LiF crystallites per position, from spots and indexing; everything of
-    :func:`index_spots` plus:
+    """Crystal (Li/Cu grain) versus LiF crystallites per position, from spots (..., K, 4) (:func:`spot_block`) and
+    the counts at Q ≥ 2 disk radii ``scattered`` (...,); everything of :func:`index_spots` plus:
 
-    * ``amorphous_share``: 1 − (intensity of the spots at Q ≥ 2 disk radii) / ``scattered`` (the counts there,
-      :func:`spot_block`): the isotropic share of the scattered intensity (≈ 0.3 for a grain at a zone axis,
-      ≥ 0.6 for SEI Type 2, 1 for an isotropic pattern);
-    * ``phase_share`` (..., P): the share of the spots' intensity each phase explains. A spot on one phase's
-      rings goes to it; a member of a zone-consistent lattice goes to the lattice's phase; a spot on the rings of
-      a grain phase and of LiF (LiF (220) 0.702 / Li (211) 0.698; LiF (200) 0.497 / Cu (111) 0.479 when the Q
-      tolerance exceeds their 0.018 1/Å) is split by the amorphous share: to the grain below
-      ``amorphous_grain_max``, to LiF above ``amorphous_lif_min``, linearly between; otherwise equally;
-    * ``crystal_score`` = the grain phases' share (1 with a zone-consistent grain lattice), ``lif_score`` = LiF's
-      share (1 with a LiF lattice), ``unindexed_share``;
-    * ``lif_z``, ``crystal_z``: the largest significance of a spot given (mostly) to LiF, to a grain phase
-      (0 where none): the strength of the evidence, for a classifier's noise model;
+    * ``amorphous_share``: 1 − (intensity of the spots at Q ≥ 2 disk radii) / ``scattered``: the isotropic share
+      of the scattered intensity (≈ 0.3 for a grain at a zone axis, ≥ 0.6 for SEI Type 2, 1 for an isotropic
+      pattern);
+    * ``phase_share`` (..., P): the share of the spots' intensity each phase explains. A spot's weight goes to the
+      phases whose rings it lies on in proportion to the Gaussian likelihood exp(−d²/2) of its distance d (in σ)
+      from their nearest ring; a member of a zone-consistent lattice goes wholly to the lattice's phase; the part
+      of a spot that could be a grain phase's or LiF's (LiF (220) 0.702 / Li (211) 0.698; LiF (200) 0.497 /
+      Cu (111) 0.479 when the spot's Q error exceeds ~1/3 of their 0.018 1/Å, i.e. below ~25 σ) is split by Bayes'
+      rule: the two likelihoods times a prior from the amorphous share, LiF's prior 0 below
+      ``amorphous_grain_max``, 1 above ``amorphous_lif_min``, linear between (:data:`AMORPHOUS_GRAIN_MAX`). So a
+      weak spot that Q cannot place goes to the grain on a pattern dominated by Bragg disks and to LiF on one
+      dominated by isotropic scattering — including a weak off-axis grain's lone pair on a bare diffuse background
+      (a limit of this position's evidence: the neighbours must decide there);
+    * ``crystal_score`` = the grain phases' share (1 with a zone-consistent grain lattice, 0 with a LiF one),
+      ``lif_score`` = LiF's share (1 with a LiF lattice, 0 with a grain one), ``other_score``,
+      ``unindexed_share``;
+    * ``crystal_z``, ``lif_z``: the largest significance of a spot given mostly to a grain phase, to LiF (0 where
+      none): how sure the detection is, for a classifier's noise model;
     * ``category`` (int8, :data:`CATEGORY_NAMES`): no_spots; a zone lattice names its phase (grain / lif /
-      other_phase); else the phase group holding more than half of the intensity (grain, lif, unindexed,
-      other_phase); else ambiguous.
+      other_phase); else the group holding more than half of the spots' intensity (lif, unindexed, other_phase;
+      grain only where the amorphous share is below ``amorphous_lif_min`` or a grain spot reaches
+      :data:`GRAIN_Z_ISOTROPIC`); else ambiguous.
 
-    None of these scales with the dose (shares and geometry only): a weak grain and a strong one, a faint LiF
-    crystallite and a dominant one, get the same category once their spots are detected.
+    No input of the decision scales with the dose (shares, Q and geometry): a weak grain and a strong one, a faint
+    LiF crystallite and a dominant one, get the same category once their spots are detected; only the Q
+    tolerance of a spot narrows as its significance grows.
     """
     lib = library if library is not None else index_library()
     sp = np.asarray(spots, dtype=np.float64)
-    ev = index_spots(sp, q_rel_err, position_sigma, lib, n_sigma)
-    q, inten, z = sp[..., 0], np.nan_to_num(sp[..., 2], nan=0.0), np.nan_to_num(sp[..., 3], nan=0.0)
+    ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
+    q, z = sp[..., 0], np.nan_to_num(sp[..., 3], nan=0.0)
     valid = np.isfinite(q)
-    inten = np.where(valid, np.clip(inten, 0.0, None), 0.0)
+    inten = np.where(valid, np.clip(np.nan_to_num(sp[..., 2], nan=0.0), 0.0, None), 0.0)
     far = valid & (q >= 2.0 * disk_radius_q)
     scat = np.asarray(scattered, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        amorph = np.where(scat > 0, np.clip(1.0 - (inten * far).sum(axis=-1) / np.where(scat > 0, scat, 1.0), 0.0, 1.0),
-                          np.nan)
+        amorph = np.where(scat > 0, np.clip(1.0 - (inten * far).sum(axis=-1) / np.where(scat > 0, scat, 1.0), 0.0,
+                                            1.0), np.nan)
     ids = lib.phase_ids
     grain_idx = [ids.index(p) for p in grain_phases if p in ids]
     lif_idx = ids.index(lif_phase) if lif_phase in ids else -1
-    match = ev["match"].astype(np.float64)
-    is_grain = np.zeros(len(ids), bool)
-    is_grain[grain_idx] = True
-    # a lattice member goes to the lattice's phase
+    other_idx = [i for i in range(len(ids)) if i not in grain_idx and i != lif_idx]
+    weights = np.exp(-0.5 * np.minimum(ev["match_sigma"], 1e3) ** 2) * ev["match"]
+    # a lattice member goes wholly to the lattice's phase
     lp = ev["lattice_phase"]
-    has_zone = lp >= 0
-    onehot = np.zeros(match.shape)
-    np.put_along_axis(onehot, np.clip(lp, 0, None)[..., None, None].repeat(match.shape[-2], axis=-2), 1.0, axis=-1)
-    member = ev["lattice_member"] & has_zone[..., None] & (np.take_along_axis(
-        ev["match"], np.clip(lp, 0, None)[..., None, None].repeat(match.shape[-2], axis=-2), axis=-1)[..., 0])
-    weights = np.where(member[..., None], onehot, match)
-    # grain-or-LiF spots: split by the isotropic share
+    lp_k = np.broadcast_to(np.clip(lp, 0, None)[..., None, None], weights.shape[:-1] + (1,))
+    member = ev["lattice_member"] & (lp >= 0)[..., None] & np.take_along_axis(ev["match"], lp_k, axis=-1)[..., 0]
+    onehot = np.zeros(weights.shape)
+    np.put_along_axis(onehot, lp_k, 1.0, axis=-1)
+    weights = np.where(member[..., None], onehot, weights)
+    # the grain-or-LiF part of a spot: split by the isotropic share
     if lif_idx >= 0 and grain_idx:
-        g_any = (weights[..., grain_idx] > 0).any(axis=-1)
-        l_any = weights[..., lif_idx] > 0
-        both = g_any & l_any & ~member
+        wg = weights[..., grain_idx]
+        g_sum = wg.sum(axis=-1)
+        both = (g_sum > 0) & (weights[..., lif_idx] > 0) & ~member
         span = max(amorphous_lif_min - amorphous_grain_max, 1e-9)
         to_lif = np.clip((np.nan_to_num(amorph, nan=1.0) - amorphous_grain_max) / span, 0.0, 1.0)[..., None]
-        n_g = np.maximum((weights[..., grain_idx] > 0).sum(axis=-1), 1)[..., None]  # (..., K, 1)
-        split = np.zeros(weights.shape)
-        split[..., lif_idx] = to_lif
-        for gi in grain_idx:
-            split[..., gi] = (weights[..., gi] > 0) * (1.0 - to_lif) / n_g[..., 0]
-        weights = np.where(both[..., None], split, weights)
+        # Bayes: the likelihoods of the rings times the prior (LiF: to_lif, grain: 1 − to_lif)
+        post_l = weights[..., lif_idx] * to_lif
+        post_g = wg * (1.0 - to_lif)[..., None]
+        norm = post_l + post_g.sum(axis=-1)
+        pool = g_sum + weights[..., lif_idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(norm > 0, pool / np.where(norm > 0, norm, 1.0), 0.0)
+        weights[..., lif_idx] = np.where(both, post_l * f, weights[..., lif_idx])
+        weights[..., grain_idx] = np.where(both[..., None], post_g * f[..., None], wg)
     rows = weights.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = np.where(rows > 0, weights / np.where(rows > 0, rows, 1.0), 0.0)
     total = inten.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total[..., None] > 0, (weights * inten[..., None]).sum(axis=-2)
-                         / np.where(total > 0, total, 1.0)[..., None], 0.0)
-        unindexed = np.where(total > 0, (inten * (valid & (rows[..., 0] == 0))).sum(axis=-1)
-                             / np.where(total > 0, total, 1.0), 0.0)
+    safe = np.where(total > 0, total, 1.0)
+    share = np.where(total[..., None] > 0, (weights * inten[..., None]).sum(axis=-2) / safe[..., None], 0.0)
+    unindexed = np.where(total > 0, (inten * (valid & (rows[..., 0] == 0))).sum(axis=-1) / safe, 0.0)
     crystal_score = share[..., grain_idx].sum(axis=-1) if grain_idx else np.zeros(total.shape)
     lif_score = share[..., lif_idx] if lif_idx >= 0 else np.zeros(total.shape)
-    other_idx = [i for i in range(len(ids)) if not is_grain[i] and i != lif_idx]
     other_score = share[..., other_idx].sum(axis=-1) if other_idx else np.zeros(total.shape)
     lattice = ev["has_lattice"]
     lat_grain = lattice & np.isin(lp, grain_idx)
     lat_lif = lattice & (lp == lif_idx)
-    crystal_score = np.where(lat_grain, 1.0, np.where(lat_lif, 0.0, crystal_score))
-    lif_score = np.where(lat_lif, 1.0, np.where(lat_grain, 0.0, lif_score))
-    # the strongest spot given mostly to each group
+    lat_other = lattice & ~lat_grain & ~lat_lif
+    crystal_score = np.where(lat_grain, 1.0, np.where(lattice, 0.0, crystal_score))
+    lif_score = np.where(lat_lif, 1.0, np.where(lattice, 0.0, lif_score))
+    other_score = np.where(lat_other, 1.0, np.where(lattice, 0.0, other_score))
     gw = weights[..., grain_idx].sum(axis=-1) if grain_idx else np.zeros(z.shape)
     lw = weights[..., lif_idx] if lif_idx >= 0 else np.zeros(z.shape)
     crystal_z = np.where(valid & (gw > 0.5), z, 0.0).max(axis=-1)
     lif_z = np.where(valid & (lw > 0.5), z, 0.0).max(axis=-1)
     n = ev["n_spots"]
     cat = np.full(n.shape, AMBIGUOUS, np.int8)
-    cat[crystal_score > 0.5] = GRAIN
+    # without a lattice, a grain on a pattern dominated by isotropic scattering needs a spot strong enough that its
+    # Q alone excludes LiF (GRAIN_Z_ISOTROPIC): weak spots there are as likely speckle or LiF
+    cat[(crystal_score > 0.5) & (lat_grain | (np.nan_to_num(amorph, nan=1.0) < amorphous_lif_min)
+                                 | (crystal_z >= GRAIN_Z_ISOTROPIC))] = GRAIN
     cat[lif_score > 0.5] = LIF
-    cat[unindexed > 0.5] = UNINDEXED
     cat[other_score > 0.5] = OTHER_PHASE
-    cat[lattice & has_zone & ~lat_grain & ~lat_lif] = OTHER_PHASE
-    cat[lat_grain] = GRAIN
-    cat[lat_lif] = LIF
+    cat[unindexed > 0.5] = UNINDEXED
     cat[n == 0] = NO_SPOTS
     ev.update(amorphous_share=amorph, phase_share=share, crystal_score=crystal_score, lif_score=lif_score,
-              unindexed_share=unindexed, crystal_z=crystal_z, lif_z=lif_z, category=cat)
+              other_score=other_score, unindexed_share=unindexed, crystal_z=crystal_z, lif_z=lif_z, category=cat)
     return ev
