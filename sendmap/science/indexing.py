@@ -307,21 +307,35 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
     # exclusion radius from every spot found (a clipped mean keeps the partly covered sectors at a disk's edge and
     # sits too high beside strong disks); where fewer than a quarter of the sectors are left, the clipped mean
     z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
+    cosk = np.empty(nphi)
+    sink = np.empty(nphi)
+    for k in range(nphi):
+        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
+        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
+    q_pre = np.empty(n_pre)
+    for a in range(n_pre):
+        q_pre[a] = math.sqrt(cx[pre[a]] ** 2 + cy[pre[a]] ** 2)
+    near_pre = np.empty(n_pre, np.int64)
+    excl = math.sqrt(excl2)
     for i in range(nq):
         ss = 0.0
         ww = 0.0
         fs = 0.0
         fw = 0.0
         n_free = 0
+        n_near = 0  # the spots whose exclusion disk reaches this bin
+        for a in range(n_pre):
+            if abs(q_pre[a] - q_c[i]) < excl:
+                near_pre[n_near] = pre[a]
+                n_near += 1
         for k in range(nphi):
             ss += s[i, k]
             ww += w[i, k]
-            phi = -math.pi + (k + 0.5) * sector
-            px = q_c[i] * math.cos(phi)
-            py = q_c[i] * math.sin(phi)
+            px = q_c[i] * cosk[k]
+            py = q_c[i] * sink[k]
             free = True
-            for a in range(n_pre):
-                if (cx[pre[a]] - px) ** 2 + (cy[pre[a]] - py) ** 2 < excl2:
+            for a in range(n_near):
+                if (cx[near_pre[a]] - px) ** 2 + (cy[near_pre[a]] - py) ** 2 < excl2:
                     free = False
                     break
             if free and w[i, k] > 1e-9:
@@ -352,11 +366,24 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
             st = 0.0
             cover = 0.0
             full = 0.0
+            phi0 = math.atan2(ys, xs)
+            rad = math.sqrt(reg2)
             for i in range(max(0, i0 - reach), min(nq, i0 + reach + 1)):
-                for k in range(nphi):
-                    phi = -math.pi + (k + 0.5) * sector
-                    px = q_c[i] * math.cos(phi)
-                    py = q_c[i] * math.sin(phi)
+                # the sectors within the region's angular half-width at this Q (all of them near the centre)
+                if q_c[i] > rad:
+                    hw = math.asin(min(1.0, rad / q_c[i])) + sector
+                    k_lo = int(math.floor((phi0 - hw + math.pi) / sector))
+                    k_hi = int(math.floor((phi0 + hw + math.pi) / sector))
+                else:
+                    k_lo = 0
+                    k_hi = nphi - 1
+                if k_hi - k_lo >= nphi:
+                    k_lo = 0
+                    k_hi = nphi - 1
+                for kk in range(k_lo, k_hi + 1):
+                    k = kk % nphi
+                    px = q_c[i] * cosk[k]
+                    py = q_c[i] * sink[k]
                     if (px - xs) ** 2 + (py - ys) ** 2 > reg2:
                         continue
                     full += wmax[i]
@@ -858,10 +885,11 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
     lif_z = np.where(valid & (lw > 0.5), z, 0.0).max(axis=-1)
     n = ev["n_spots"]
     cat = np.full(n.shape, AMBIGUOUS, np.int8)
-    # without a lattice, a grain on a pattern dominated by isotropic scattering needs a spot strong enough that its
-    # Q alone excludes LiF (GRAIN_Z_ISOTROPIC): weak spots there are as likely speckle or LiF
-    cat[(crystal_score > 0.5) & (lat_grain | (np.nan_to_num(amorph, nan=1.0) < amorphous_lif_min)
-                                 | (crystal_z >= GRAIN_Z_ISOTROPIC))] = GRAIN
+    # a grain (lattice or not) on a pattern dominated by isotropic scattering needs a spot strong enough that its
+    # Q alone excludes LiF (GRAIN_Z_ISOTROPIC): weak spots there, even in a net, are as likely speckle (Friedel-
+    # symmetric, so it forms pairs and chance nets) or LiF
+    bragg_dominated = np.nan_to_num(amorph, nan=1.0) < amorphous_lif_min
+    cat[(crystal_score > 0.5) & (bragg_dominated | (crystal_z >= GRAIN_Z_ISOTROPIC))] = GRAIN
     cat[lif_score > 0.5] = LIF
     cat[other_score > 0.5] = OTHER_PHASE
     cat[unindexed > 0.5] = UNINDEXED
