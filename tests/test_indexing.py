@@ -90,6 +90,29 @@ def evidence(images):
 # ------------------------------------------------------------------------------------------- spot list
 
 
+def test_doctests():
+    import doctest
+
+    from sendmap.science import phases
+
+    assert doctest.testmod(I).failed == 0
+    assert doctest.testmod(phases).failed == 0
+
+
+def test_profile_block_spots_uses_the_profile_stage_sums():
+    """The profile stage's own block result (keep_sums) gives the same spots as spots_from_frames."""
+    from sendmap.science.polar_tables import PolarTables, profile_block
+
+    rng = np.random.default_rng(2)
+    imgs = np.asarray([rng.poisson(render(BACKGROUND, zone_spots("cu", (0, 1, 1), 40.0, 0.7)))], float)
+    out = profile_block(imgs, np.array([CENTRE]), MASK, PolarTables(GEOM), R_Q, keep_sums=True)
+    out = I.profile_block_spots(out, GEOM.q_centres, R_Q)
+    assert "s" not in out and "w" not in out and out["spots"].shape == (1, I.MAX_SPOTS, 4)
+    ref, scat = spots_of(imgs)
+    np.testing.assert_array_equal(out["spots"], ref)
+    np.testing.assert_allclose(out["spot_scattered"], scat)
+
+
 def test_spot_map_maximum_is_spot_z():
     """The spot list uses features/spot_z's own significance: its window map's maximum over azimuth is spot_z."""
     rng = np.random.default_rng(3)

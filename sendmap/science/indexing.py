@@ -487,6 +487,25 @@ def spot_block(s: np.ndarray, w: np.ndarray, q_centres: np.ndarray, disk_radius_
     return out.astype(np.float32), totals
 
 
+SPOTS_ATTRS = {"fields": list(SPOT_FIELDS),
+               "units": ["1/Å (Q = 1/d)", "rad, atan2(dy, dx) of the detector offset", "counts", "sigma"],
+               "meaning": "Bragg-disk-sized spots per position, strongest first, NaN-padded "
+                          "(sendmap.science.indexing.spot_block)",
+               "z_min": SPOT_Z_MIN, "max_spots": MAX_SPOTS}
+"""Attributes of a stored spot array (Ry, Rx, K, 4)."""
+
+
+def profile_block_spots(out: dict, q_centres: np.ndarray, disk_radius_q: float, z_min: float = SPOT_Z_MIN,
+                        max_spots: int = MAX_SPOTS) -> dict:
+    """For the profile stage: :func:`spot_block` on the polar sums a ``profile_block(..., keep_sums=True)`` result
+    ``out`` holds; pops them (``s``, ``w``: not stored) and adds ``spots`` (B, K, 4) float32 and
+    ``spot_scattered`` (B,) to ``out``, which it returns."""
+    sp, scat = spot_block(out.pop("s"), out.pop("w"), q_centres, disk_radius_q, z_min, max_spots)
+    out["spots"] = sp
+    out["spot_scattered"] = scat
+    return out
+
+
 def spots_from_frames(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, geom, disk_radius_q: float,
                       z_min: float = SPOT_Z_MIN, max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
     """:func:`spot_block` of frames (B, Qy, Qx) through the profile stage's own polar accumulation
@@ -563,7 +582,7 @@ def spot_position_sigma(z: np.ndarray, disk_radius_q: float, bin_width: float) -
     √((:data:`SPOT_POSITION_C`·r/z)² + (:data:`SPOT_POSITION_FLOOR_BINS`·bin_width)²).
 
     >>> round(float(spot_position_sigma(np.array(29.0), 0.08, 0.0125)), 4)
-    0.0045
+    0.0044
     """
     zz = np.maximum(np.nan_to_num(np.asarray(z, dtype=np.float64), nan=1.0), 1.0)
     return np.hypot(SPOT_POSITION_C * disk_radius_q / zz, SPOT_POSITION_FLOOR_BINS * bin_width)
@@ -801,7 +820,7 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
       pattern);
     * ``phase_share`` (..., P): the share of the spots' intensity each phase explains. A spot's weight goes to the
       phases whose rings it lies on in proportion to the Gaussian likelihood exp(−d²/2) of its distance d (in σ)
-      from their nearest ring; a member of a zone-consistent lattice goes wholly to the lattice's phase; the part
+      from their nearest ring; a member of a zone net (``has_lattice``) goes wholly to the lattice's phase; the part
       of a spot that could be a grain phase's or LiF's (LiF (220) 0.702 / Li (211) 0.698; LiF (200) 0.497 /
       Cu (111) 0.479 when the spot's Q error exceeds ~1/3 of their 0.018 1/Å, i.e. below ~25 σ) is split by Bayes'
       rule: the two likelihoods times a prior from the amorphous share, LiF's prior 0 below
@@ -842,7 +861,8 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
     # a lattice member goes wholly to the lattice's phase
     lp = ev["lattice_phase"]
     lp_k = np.broadcast_to(np.clip(lp, 0, None)[..., None, None], weights.shape[:-1] + (1,))
-    member = ev["lattice_member"] & (lp >= 0)[..., None] & np.take_along_axis(ev["match"], lp_k, axis=-1)[..., 0]
+    member = (ev["lattice_member"] & ev["has_lattice"][..., None]
+              & np.take_along_axis(ev["match"], lp_k, axis=-1)[..., 0])
     onehot = np.zeros(weights.shape)
     np.put_along_axis(onehot, lp_k, 1.0, axis=-1)
     weights = np.where(member[..., None], onehot, weights)
