@@ -764,7 +764,9 @@ def index_spots(spots: np.ndarray, disk_radius_q: float, bin_width: float, q_rel
       rings hold both basis spots at one of its interplanar angles, -1 none: the zone check),
       ``n_lattice_indexed`` (lattice spots on that phase's rings), ``lattice_q1``, ``lattice_q2`` (1/Å) and
       ``lattice_angle`` (degrees) of the basis;
-    * ``has_lattice`` bool: a zone-consistent net, ≥ 3 lattice spots on the zone's phase, ≥ 1 off the basis rows.
+    * ``lattice_two_rings``: the lattice spots lie on at least two rings (|g| differing by more than their error);
+    * ``has_lattice`` bool: a zone-consistent net, ≥ 3 lattice spots on the zone's phase, ≥ 1 off the basis rows,
+      on ≥ 2 rings (a net on one ring can be the chance arrangement of several crystallites' spots).
 
     Bases are ranked by (zone-consistent, lattice spots indexed on the zone's phase, lattice spots, net spots).
     """
@@ -801,7 +803,19 @@ def index_spots(spots: np.ndarray, disk_radius_q: float, bin_width: float, q_rel
         "lattice_q2": res[:, 6].reshape(lead),
         "lattice_angle": res[:, 7].reshape(lead),
     }
-    out["has_lattice"] = (out["lattice_phase"] >= 0) & (out["n_lattice_indexed"] >= 3) & (out["n_lattice_2d"] >= 1)
+    # a net on one ring is no zone: the spots of several crystallites on one ring (LiF (220) of SEI Type 2) can
+    # close a chance net; a zone shows reflections of two orders or families (|g| apart by more than their error)
+    mem = lat & valid
+    qm = np.where(mem, flat[..., 0], np.nan)
+    with np.errstate(invalid="ignore"):
+        i_hi = np.argmax(np.where(mem, qm, -np.inf), axis=-1)
+        i_lo = np.argmin(np.where(mem, qm, np.inf), axis=-1)
+    ar = np.arange(npos)
+    spread = flat[ar, i_hi, 0] - flat[ar, i_lo, 0]
+    two_rings = mem.any(axis=-1) & (spread > n_sigma * np.hypot(sigma[ar, i_hi], sigma[ar, i_lo]))
+    out["lattice_two_rings"] = two_rings.reshape(lead)
+    out["has_lattice"] = ((out["lattice_phase"] >= 0) & (out["n_lattice_indexed"] >= 3) & (out["n_lattice_2d"] >= 1)
+                          & out["lattice_two_rings"])
     return out
 
 
