@@ -279,6 +279,35 @@ class Phase:
         order = np.lexsort((np.round(ang, 9), np.round(glen, 9)))
         return out[order]
 
+    def family(self, hkl: Iterable[int]) -> np.ndarray:
+        """Every (hkl) equivalent to ``hkl`` under the Laue class (Friedel mates included), (n, 3) int.
+
+        >>> len(get_phase("cu").family((1, 1, 1))), len(get_phase("li").family((1, 1, 0)))
+        (8, 12)
+        """
+        h = np.asarray(list(hkl), dtype=np.int64).reshape(1, 3)
+        members = np.matmul(h[None], _laue_rotations(self.space_group))[:, 0, :]
+        return _unique_rows(members)[0]
+
+    def interplanar_angles(self, hkl1: Iterable[int], hkl2: Iterable[int], decimals: int = 2) -> np.ndarray:
+        """Distinct angles (degrees, 0-180) between the reciprocal vectors of any member of the form {hkl1} and
+        any member of {hkl2} (:meth:`family`): the angles two indexed spots of one crystal can make, sorted and
+        rounded to ``decimals``. Two spots of one zone of one crystal make one of these angles.
+
+        >>> get_phase("cu").interplanar_angles((1, 1, 1), (2, 0, 0)).tolist()
+        [54.74, 125.26]
+        >>> get_phase("cu").interplanar_angles((1, 1, 1), (1, 1, 1)).tolist()
+        [0.0, 70.53, 109.47, 180.0]
+        """
+        gstar = _geometry(self.lattice)[2]
+        f1 = self.family(hkl1).astype(float)
+        f2 = self.family(hkl2).astype(float)
+        dots = f1 @ gstar @ f2.T
+        n1 = np.sqrt(np.einsum("ni,ij,nj->n", f1, gstar, f1))
+        n2 = np.sqrt(np.einsum("ni,ij,nj->n", f2, gstar, f2))
+        cos = np.clip(dots / np.outer(n1, n2), -1.0, 1.0)
+        return np.unique(np.round(np.degrees(np.arccos(cos)), decimals)) + 0.0
+
 
 # ----------------------------------------------------------------------------------------------------
 # The library.  Coordinates are the asymmetric unit in the stated setting; Wyckoff letters in comments.

@@ -1,0 +1,933 @@
+"""Crystal versus LiF by indexing: per-position Bragg-spot lists, their indexing against the phase library, and
+the evidence a classifier can use (issue 18).
+
+Three layers, each pure (arrays in, arrays out):
+
+1. **Spot list** (:func:`spot_block`, numba per block of frames): from the polar sums the profile stage already
+   accumulates (:func:`sendmap.science.polar_tables.profile_block` with ``keep_sums``; no extra pass over the
+   data), the Bragg-disk-sized spots of each pattern with (Q in 1/Å, azimuth in rad, integrated intensity in
+   counts, significance z in σ), at most :data:`MAX_SPOTS` per position, NaN-padded: a fixed-size
+   (B, K, 4) array. The significance is *the same* as ``features/spot_z``
+   (:func:`sendmap.science.polar.frame_statistics`): counts in a sliding azimuthal window one disk diameter wide
+   over a radial band one disk diameter wide, a Poisson score against the band's mean rate, measured against a
+   normal null located and scaled from the 5 % and 25 % points of the band's window scores (speckle-aware);
+   ``spot_z`` is its maximum over azimuth, the spot list keeps its local maxima over Q and azimuth.
+2. **Indexing evidence** (:func:`index_spots`): each spot against the rings of the library phases
+   (:mod:`sendmap.science.phases`) within the calibrated Q uncertainty (:func:`q_tolerance`); Friedel pairs
+   (g + g' ≈ 0); the best 2-D lattice (two short non-collinear spots generating the others with integer
+   indices) and whether it is consistent with one phase's zone (both basis spots on that phase's rings and the
+   angle between them one of its interplanar angles, :meth:`sendmap.science.phases.Phase.interplanar_angles`);
+   unindexed spots are counted.
+3. **Decision** (:func:`crystal_evidence`): per position a crystal (Li/Cu grain) score, a LiF score, the share of
+   the scattered intensity that is isotropic (amorphous) and a category (:data:`CATEGORY_NAMES`). No input to the
+   decision scales with the dose: spot strength only decides whether a spot is detected.
+
+Conventions: Q = 1/d in 1/Å; azimuth φ = atan2(dy, dx) of the detector offset from the pattern centre (the polar
+kernel's convention, :mod:`sendmap.science.polar`), in (−π, π]; g = (Q cos φ, Q sin φ).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .polar import SPOT_NULL_EVERY, SPOT_QUANTILE_STEPS, SPOT_QUANTILE_Z, SPOT_QUANTILES, ROBUST_MAX_ITER, \
+    ROBUST_Z_CLIP, STATS_FASTMATH, _clipped_rate, _quantile_pair
+
+# ------------------------------------------------------------------------------------------------ constants
+
+SPOT_FIELDS = ("q", "azimuth", "intensity", "z")
+"""The last axis of a spot array: Q (1/Å), azimuth (rad), integrated intensity (counts above the local isotropic
+level), significance (σ, the definition of ``features/spot_z``)."""
+
+MAX_SPOTS = 32
+"""K, spots kept per position (the strongest by z). The zero-order Laue zone of Li, Cu or LiF in the low-index
+zones [001], [011], [111] holds at most 28 reflections with Q ≤ 1.13 1/Å (the corner of a 128² detector at 0.0125
+1/Å per pixel; ``tests/test_indexing.py::test_max_spots_holds_a_zone``), and indexing needs only the shortest few:
+32 keeps every one of them, and stores as 512 bytes (float32) per position."""
+
+SPOT_Z_MIN = 5.0
+"""Spots below 5 σ are not listed: :data:`sendmap.science.dose.MIN_CRYSTAL_Z`, a one-sided Gaussian false-alarm
+rate of 2.9 × 10⁻⁷ per cell, < 10⁻³ false spots per pattern for ~10³ independent (Q, azimuth) cells. Under
+partially developed speckle the null has a heavier tail; the false rate measured on speckled amorphous patterns
+is in ``tests/test_indexing.py`` (and the report)."""
+
+SPOT_EXCLUSION_RADII = 2.0
+"""Two local maxima closer than 2 probe-disk radii (one disk diameter) are one spot: two disks that close overlap
+and are not resolved, and the window score of one disk is non-zero out to that distance."""
+
+SPOT_REFINE_RADII = 1.5
+"""A spot's centroid and intensity are taken over the polar cells within 1.5 disk radii of it: the whole disk
+(radius 1) when the starting cell is within half a radius of its centre, which a local maximum of the window
+score on a grid of one bin × one sector always is at 2 mrad (disk radius 6 bins, ≥ 1.7 sectors at Q ≤ 1)."""
+
+SPOT_MIN_COVERAGE = 0.9
+"""A spot whose refinement region is less than 90 % on the detector (edge, beam stop, chip gap, masked pixels) is
+not listed: its centroid is pulled inwards (a disk half off the edge moves by ~0.4 radius, 2-3 bins)."""
+
+SPOT_REFINE_ITER = 3
+"""Centroid passes: the first over SPOT_REFINE_RADII (it also gives the intensity), the next two over
+SPOT_CENTROID_RADII around the previous centroid."""
+
+SPOT_CENTROID_RADII = 1.2
+"""After the first pass the centroid is within ~0.2 disk radii of the disk centre, so a region of 1.2 radii still
+holds the whole disk and takes in (1.2/1.5)² of the isotropic background whose noise limits a weak spot's centroid."""
+
+Q_CALIBRATION_REL = 0.005
+"""Default relative (1σ) uncertainty of the Q scale (Q per pixel) when the calibration gives none: 0.5 %. A
+camera constant measured on a gold standard by ``sendmap calibrate`` is good to ~0.1 % on the standard itself
+(its q_pixel_size_err); the standard and the specimen are rarely at the same height and lens excitation, which
+moves the camera length by a few 0.1 %. Pass the calibrant's own error when it is larger."""
+
+SPOT_POSITION_C = 1.45
+SPOT_POSITION_FLOOR_BINS = 0.15
+"""1σ error of a spot centre per Cartesian component (radial and tangential alike), 1/Å:
+√((1.45·r/z)² + (0.15·bin)²) for a disk of radius r detected at z σ (:func:`spot_position_sigma`). Measured on
+Poisson patterns of Cu [001] grains (5-70 % of the scattered intensity in disks) and LiF [001] crystallites
+(5-40 %, on an amorphous ring) at 5 × 10³ and 2 × 10⁴ e⁻, 128² detector, 0.0125 1/Å bins, 2 mrad: rms error ×
+z / r = 1.2-1.5 in every z band from 5 to 50 σ (a centroid's error is the disk radius over its signal-to-noise),
+flattening to ~0.2 bin for the strongest spots (the 5° sectors of the polar grid); 1.45 and 0.15 bound them.
+(``/tmp``-free re-measurement: ``tests/test_indexing.py::test_spot_positions_are_accurate``.)"""
+
+N_SIGMA = 3.0
+"""Every match (spot on a ring, Friedel pair, lattice point, interplanar angle) is accepted within 3σ of its
+combined error: a true match is missed with probability 0.3 % (1-D) to 1.1 % (2-D, Rayleigh)."""
+
+MAX_ORDER = 4
+"""Lattice points are indexed with |m|, |n| ≤ 4 on the basis: the ZOLZ of the library phases within the detector
+(Q ≤ 1.2 1/Å) needs at most 3 on a basis of two of its shortest spots."""
+
+N_BASIS = 6
+"""Lattice bases are tried from pairs of the 6 shortest spots (15 pairs): a basis from the shortest two
+non-collinear spots is a reduced basis of a 2-D lattice; trying the next ones survives a false (speckle) spot
+among the shortest."""
+
+INDEX_PHASES = ("li", "cu", "lif", "li2o")
+"""Phases spots are indexed against: Li and Cu (the grains), LiF (SEI Type 2 nanocrystals), Li2O (the beam-damage
+product of the SEI, SCIENCE.md). Phases with dense rings (Li2CO3, the Li3PO4 forms: tens of rings below 1 1/Å)
+would match any spot by chance within the Q tolerance and are left out by default."""
+
+GRAIN_PHASES = ("li", "cu")
+"""Phases whose lattice is a Li/Cu grain (the ``crystal`` class)."""
+
+RING_MIN_INTENSITY = 1.0
+"""Rings weaker than 1 % of the phase's strongest are not indexed on (Li2O (200) at 0.02 %: kinematically
+absent in practice)."""
+
+AMORPHOUS_GRAIN_MAX = 0.4
+AMORPHOUS_LIF_MIN = 0.6
+"""Isotropic share of the scattered intensity (beyond two disk radii) below which a spot that indexes on both a
+grain phase and LiF counts as a grain's, and above which as LiF's (linear in between). LiF nanocrystals carry
+1-40 % of the scattered intensity of SEI Type 2 (issue 18's scenario range), so its isotropic share is ≥ 0.6; a
+Li/Cu grain at a zone axis puts ~70 % of it into Bragg disks (``sendmap.synth.make.CRYSTAL_BRAGG_FRACTION``, a
+model value, flagged as such), so ≤ 0.4 for a grain whose disks are detected."""
+
+GRAIN_Z_ISOTROPIC = 22.0
+"""σ: a Cu (111) spot (0.479 1/Å) excludes LiF (200) (0.497) at 3σ when 3·√((0.49·Q_CALIBRATION_REL)² + σ_pos²) <
+0.018, i.e. σ_pos < 0.0053 1/Å, i.e. z > 1.45·0.0797/0.0053 ≈ 22 (:func:`spot_position_sigma`, 2 mrad at 200 kV).
+Without a lattice and on a pattern whose scattering is mostly isotropic, only a grain-indexed spot this strong
+makes the position a grain (an off-axis grain's strong pair or row); weaker ones are ``ambiguous``: the chance
+spots of speckle (5-10 σ) and LiF spots that Q cannot place fall there."""
+
+CATEGORY_NAMES = ("no_spots", "grain", "lif", "ambiguous", "unindexed", "other_phase")
+"""Categories of :func:`crystal_evidence`: no spot detected; Li/Cu grain; LiF crystallites; spots that index on a
+grain phase and on LiF with nothing to decide; spots on no library ring; spots of another library phase."""
+NO_SPOTS, GRAIN, LIF, AMBIGUOUS, UNINDEXED, OTHER_PHASE = range(len(CATEGORY_NAMES))
+
+
+# ------------------------------------------------------------------------------------------------ spot list
+
+@numba.njit(cache=True, fastmath=STATS_FASTMATH)
+def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
+    """Spot significance of every sliding window: zmap[i, k] for the window of ``widths[i]`` sectors starting at
+    sector k, centred at Q bin i (NaN where not scored). The computation of
+    :func:`sendmap.science.polar._frame_stats` (its ``spot_z`` is max_k zmap[i, k]), kept instead of reduced."""
+    nq, nphi = s.shape
+    tiny = 1e-9
+    nan = np.nan
+    wtot = work[:nq]
+    cw = work[nq:2 * nq + 1]
+    for i in range(nq):
+        ww = 0.0
+        for k in range(nphi):
+            ww += w[i, k]
+        wtot[i] = ww
+        widths[i] = 0
+        for k in range(nphi):
+            zmap[i, k] = nan
+    half = 0
+    if nq > 1:
+        half = max(0, int(round(max(disk_r_q, 0.0) / (q_c[1] - q_c[0]))))
+    cw[0] = 0.0
+    for i in range(nq):
+        cw[i + 1] = cw[i] + (wtot[i] if wtot[i] > tiny else 0.0)
+    band_s = scratch[0]
+    band_w = scratch[1]
+    win_s = scratch[2]
+    win_w = scratch[3]
+    for k in range(nphi):
+        band_s[k] = 0.0
+        band_w[k] = 0.0
+    b_lo = 0
+    b_hi = 0
+    sector = 2.0 * math.pi / nphi
+    n_done = 0
+    centre = 0.0
+    sig = 1.0
+    for i in range(nq):
+        if q_c[i] < 1.5 * disk_r_q:
+            continue
+        lo = max(0, i - half)
+        hi = min(nq, i + half + 1)
+        if cw[hi] - cw[lo] <= tiny:
+            continue
+        while b_hi < hi:
+            for k in range(nphi):
+                band_s[k] += s[b_hi, k]
+                band_w[k] += w[b_hi, k]
+            b_hi += 1
+        while b_lo < lo:
+            for k in range(nphi):
+                band_s[k] -= s[b_lo, k]
+                band_w[k] -= w[b_lo, k]
+            b_lo += 1
+        q_mid = max(q_c[i], disk_r_q)
+        width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
+        bs = 0.0
+        bwt = 0.0
+        for k in range(nphi):
+            bs += band_s[k]
+            bwt += band_w[k]
+        rate = bs / bwt
+        for k in range(width):
+            band_s[nphi + k] = band_s[k]
+            band_w[nphi + k] = band_w[k]
+        for k in range(nphi):
+            win_s[k] = 0.0
+            win_w[k] = 0.0
+        for j in range(width):
+            for k in range(nphi):
+                win_s[k] += band_s[k + j]
+                win_w[k] += band_w[k + j]
+        n_ok = 0
+        for k in range(nphi):
+            e = np.float32(rate * win_w[k])
+            z = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+            ok = win_w[k] > tiny
+            zf[n_ok] = z
+            n_ok += np.int64(ok)
+            zmap[i, k] = z if ok else nan
+        if n_ok < 4:
+            for k in range(nphi):
+                zmap[i, k] = nan
+            continue
+        if n_done % SPOT_NULL_EVERY == 0:
+            qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
+            sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
+            centre = qb - SPOT_QUANTILE_Z[1] * sig
+        n_done += 1
+        widths[i] = width
+        scale = max(sig, 1.0)
+        for k in range(nphi):
+            zmap[i, k] = (zmap[i, k] - centre) / scale
+
+
+@numba.njit(cache=True)
+def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, zf, rob):
+    """Spots of one frame into ``out`` (K, 4) (NaN-padded); returns the counts beyond 2 disk radii."""
+    nq, nphi = s.shape
+    kmax = out.shape[0]
+    for a in range(kmax):
+        for b in range(4):
+            out[a, b] = np.nan
+    _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf)
+    sector = 2.0 * math.pi / nphi
+    # candidates: every scored window at or above z_min, strongest first
+    n_c = 0
+    for i in range(nq):
+        for k in range(nphi):
+            if zmap[i, k] >= z_min:
+                n_c += 1
+    total = 0.0
+    for i in range(nq):
+        if q_c[i] >= 2.0 * disk_r_q:
+            for k in range(nphi):
+                total += s[i, k]
+    if n_c == 0:
+        return total
+    cz = np.empty(n_c)
+    cx = np.empty(n_c)
+    cy = np.empty(n_c)
+    n_c = 0
+    for i in range(nq):
+        for k in range(nphi):
+            if zmap[i, k] >= z_min:
+                phi = -math.pi + (k + 0.5 * widths[i]) * sector
+                cz[n_c] = zmap[i, k]
+                cx[n_c] = q_c[i] * math.cos(phi)
+                cy[n_c] = q_c[i] * math.sin(phi)
+                n_c += 1
+    order = np.argsort(-cz)
+    # the isotropic level of each bin: its spot-clipped azimuthal mean rate (counts per pixel area)
+    z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
+    # a whole sector's pixel area in each bin: an annulus' area grows as Q, and the bins whose ring is whole (the
+    # largest area / Q) give the constant
+    wmax = np.zeros(nq)
+    area_per_q = 0.0
+    for i in range(nq):
+        ww = 0.0
+        for k in range(nphi):
+            ww += w[i, k]
+        if q_c[i] > 0.0:
+            area_per_q = max(area_per_q, ww / q_c[i])
+    for i in range(nq):
+        wmax[i] = area_per_q * q_c[i] / nphi
+    excl2 = (SPOT_EXCLUSION_RADII * disk_r_q) ** 2
+    bw = q_c[1] - q_c[0] if nq > 1 else 1.0
+    reach = int(SPOT_REFINE_RADII * disk_r_q / bw) + 2
+    # first pass: the local maxima (strongest first, none within the exclusion radius of a stronger one), up to
+    # twice K (some are dropped below)
+    n_pre = 0
+    pre = np.empty(2 * kmax, np.int64)
+    for c in order:
+        if n_pre >= 2 * kmax:
+            break
+        near = False
+        for a in range(n_pre):
+            if (cx[pre[a]] - cx[c]) ** 2 + (cy[pre[a]] - cy[c]) ** 2 < excl2:
+                near = True
+                break
+        if not near:
+            pre[n_pre] = c
+            n_pre += 1
+    # the isotropic level of each bin: the mean rate (counts per pixel area) of its sectors farther than the
+    # exclusion radius from every spot found (a clipped mean keeps the partly covered sectors at a disk's edge and
+    # sits too high beside strong disks); where fewer than a quarter of the sectors are left, the clipped mean
+    z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
+    cosk = np.empty(nphi)
+    sink = np.empty(nphi)
+    for k in range(nphi):
+        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
+        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
+    q_pre = np.empty(n_pre)
+    for a in range(n_pre):
+        q_pre[a] = math.sqrt(cx[pre[a]] ** 2 + cy[pre[a]] ** 2)
+    near_pre = np.empty(n_pre, np.int64)
+    excl = math.sqrt(excl2)
+    for i in range(nq):
+        ss = 0.0
+        ww = 0.0
+        fs = 0.0
+        fw = 0.0
+        n_free = 0
+        n_near = 0  # the spots whose exclusion disk reaches this bin
+        for a in range(n_pre):
+            if abs(q_pre[a] - q_c[i]) < excl:
+                near_pre[n_near] = pre[a]
+                n_near += 1
+        for k in range(nphi):
+            ss += s[i, k]
+            ww += w[i, k]
+            px = q_c[i] * cosk[k]
+            py = q_c[i] * sink[k]
+            free = True
+            for a in range(n_near):
+                if (cx[near_pre[a]] - px) ** 2 + (cy[near_pre[a]] - py) ** 2 < excl2:
+                    free = False
+                    break
+            if free and w[i, k] > 1e-9:
+                fs += s[i, k]
+                fw += w[i, k]
+                n_free += 1
+        if n_free * 4 >= nphi and fw > 1e-9:
+            rob[i] = fs / fw
+        else:
+            rob[i] = _clipped_rate(s[i], w[i], ss / ww, z2, ROBUST_MAX_ITER) if ww > 1e-9 else 0.0
+    n_acc = 0
+    acc_x = np.empty(kmax)
+    acc_y = np.empty(kmax)
+    for a_pre in range(n_pre):
+        if n_acc >= kmax:
+            break
+        c = pre[a_pre]
+        x0 = cx[c]
+        y0 = cy[c]
+        # centroid of the counts above the isotropic level within SPOT_REFINE_RADII disk radii, re-centred
+        xs, ys, tot, cover, full = x0, y0, 0.0, 0.0, 0.0
+        for it in range(SPOT_REFINE_ITER):
+            reg2 = (SPOT_REFINE_RADII if it == 0 else SPOT_CENTROID_RADII) ** 2 * disk_r_q * disk_r_q
+            q0 = math.sqrt(xs * xs + ys * ys)
+            i0 = int(q0 / bw)
+            sx = 0.0
+            sy = 0.0
+            st = 0.0
+            cover = 0.0
+            full = 0.0
+            phi0 = math.atan2(ys, xs)
+            rad = math.sqrt(reg2)
+            for i in range(max(0, i0 - reach), min(nq, i0 + reach + 1)):
+                # the sectors within the region's angular half-width at this Q (all of them near the centre)
+                if q_c[i] > rad:
+                    hw = math.asin(min(1.0, rad / q_c[i])) + sector
+                    k_lo = int(math.floor((phi0 - hw + math.pi) / sector))
+                    k_hi = int(math.floor((phi0 + hw + math.pi) / sector))
+                else:
+                    k_lo = 0
+                    k_hi = nphi - 1
+                if k_hi - k_lo >= nphi:
+                    k_lo = 0
+                    k_hi = nphi - 1
+                for kk in range(k_lo, k_hi + 1):
+                    k = kk % nphi
+                    px = q_c[i] * cosk[k]
+                    py = q_c[i] * sink[k]
+                    if (px - xs) ** 2 + (py - ys) ** 2 > reg2:
+                        continue
+                    full += wmax[i]
+                    cover += w[i, k]
+                    if w[i, k] <= 1e-9:
+                        continue
+                    e = s[i, k] - rob[i] * w[i, k]
+                    sx += e * px
+                    sy += e * py
+                    st += e
+            if it == 0:
+                tot = st
+            if st > 0.0:
+                xs = sx / st
+                ys = sy / st
+            else:
+                break
+        if cover < SPOT_MIN_COVERAGE * full:
+            continue  # the disk is cut by the detector edge or the mask: its centroid would be biased
+        near = False
+        for a in range(n_acc):
+            if (acc_x[a] - xs) ** 2 + (acc_y[a] - ys) ** 2 < excl2:
+                near = True  # the flank of a stronger spot, pulled onto it by the centroid
+                break
+        if near:
+            continue
+        acc_x[n_acc] = xs
+        acc_y[n_acc] = ys
+        out[n_acc, 0] = math.sqrt(xs * xs + ys * ys)
+        out[n_acc, 1] = math.atan2(ys, xs)
+        out[n_acc, 2] = max(tot, 0.0)
+        out[n_acc, 3] = cz[c]
+        n_acc += 1
+    return total
+
+
+@numba.njit(parallel=True, cache=True)
+def _spot_kernel(s, w, q_c, disk_r_q, z_min, out, totals):
+    nb, nq, nphi = s.shape
+    for f in numba.prange(nb):
+        zmap = np.empty((nq, nphi))
+        widths = np.zeros(nq, np.int64)
+        scratch = np.empty((4, 2 * nphi))
+        work = np.empty(2 * nq + 1)
+        zf = np.empty(nphi, np.float32)
+        rob = np.empty(nq)
+        totals[f] = _frame_spots(s[f], w[f], q_c, disk_r_q, z_min, out[f], zmap, widths, scratch, work, zf, rob)
+
+
+@numba.njit(parallel=True, cache=True)
+def _map_kernel(s, w, q_c, disk_r_q, zmap, widths):
+    nb, nq, nphi = s.shape
+    for f in numba.prange(nb):
+        scratch = np.empty((4, 2 * nphi))
+        work = np.empty(2 * nq + 1)
+        zf = np.empty(nphi, np.float32)
+        _frame_spot_map(s[f], w[f], q_c, disk_r_q, zmap[f], widths[f], scratch, work, zf)
+
+
+def spot_significance_map(s: np.ndarray, w: np.ndarray, q_centres: np.ndarray, disk_radius_q: float):
+    """The window significance (σ) behind the spot list: (B, nq, n_phi) for the window centred at Q bin i that
+    starts at sector k and spans ``widths`` (B, nq) sectors (NaN where not scored). Its maximum over the sectors is
+    ``features/spot_z`` (:func:`sendmap.science.polar.frame_statistics`)."""
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    zmap = np.empty(s.shape)
+    widths = np.zeros(s.shape[:2], np.int64)
+    _map_kernel(s, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(q_centres, dtype=np.float64),
+                float(disk_radius_q), zmap, widths)
+    return zmap, widths
+
+
+def spot_block(s: np.ndarray, w: np.ndarray, q_centres: np.ndarray, disk_radius_q: float,
+               z_min: float = SPOT_Z_MIN, max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
+    """The Bragg-disk-sized spots of a block of patterns from their polar sums.
+
+    s, w: (B, nq, n_phi) polar sums and pixel areas (:func:`sendmap.science.polar_tables.profile_block` with
+    ``keep_sums=True``, or :func:`sendmap.science.polar.polar_sums`); q_centres (nq,) 1/Å (uniform bins);
+    disk_radius_q: probe-disk radius (1/Å).
+
+    Returns ``spots`` (B, max_spots, 4) float32 with columns :data:`SPOT_FIELDS` — Q (1/Å, the centroid),
+    azimuth (rad), intensity (counts above the bin's spot-clipped azimuthal mean within
+    :data:`SPOT_REFINE_RADII` disk radii), z (σ, local maximum of the ``spot_z`` window significance, ≥ ``z_min``)
+    — strongest first, NaN-padded; and ``scattered`` (B,) the counts at Q ≥ 2 disk radii (the denominator of
+    the isotropic share, :func:`crystal_evidence`).
+
+    Spots are local maxima of the window significance over Q and azimuth, accepted strongest first unless
+    within :data:`SPOT_EXCLUSION_RADII` disk radii of a stronger one.
+    """
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if s.ndim != 3 or s.shape != w.shape:
+        raise ValueError(f"s and w must be (B, nq, n_phi) of one shape, got {s.shape} and {w.shape}")
+    q_c = np.ascontiguousarray(q_centres, dtype=np.float64)
+    if q_c.shape != (s.shape[1],):
+        raise ValueError(f"q_centres must have one value per radial bin ({s.shape[1]}), got {q_c.shape}")
+    if max_spots < 1:
+        raise ValueError(f"max_spots must be >= 1, got {max_spots}")
+    out = np.empty((s.shape[0], int(max_spots), 4))
+    totals = np.empty(s.shape[0])
+    _spot_kernel(s, w, q_c, float(disk_radius_q), float(z_min), out, totals)
+    return out.astype(np.float32), totals
+
+
+SPOTS_ATTRS = {"fields": list(SPOT_FIELDS),
+               "units": ["1/Å (Q = 1/d)", "rad, atan2(dy, dx) of the detector offset", "counts", "sigma"],
+               "meaning": "Bragg-disk-sized spots per position, strongest first, NaN-padded "
+                          "(sendmap.science.indexing.spot_block)",
+               "z_min": SPOT_Z_MIN, "max_spots": MAX_SPOTS}
+"""Attributes of a stored spot array (Ry, Rx, K, 4)."""
+
+
+def profile_block_spots(out: dict, q_centres: np.ndarray, disk_radius_q: float, z_min: float = SPOT_Z_MIN,
+                        max_spots: int = MAX_SPOTS) -> dict:
+    """For the profile stage: :func:`spot_block` on the polar sums a ``profile_block(..., keep_sums=True)`` result
+    ``out`` holds; pops them (``s``, ``w``: not stored) and adds ``spots`` (B, K, 4) float32 and
+    ``spot_scattered`` (B,) to ``out``, which it returns."""
+    sp, scat = spot_block(out.pop("s"), out.pop("w"), q_centres, disk_radius_q, z_min, max_spots)
+    out["spots"] = sp
+    out["spot_scattered"] = scat
+    return out
+
+
+def spots_from_frames(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, geom, disk_radius_q: float,
+                      z_min: float = SPOT_Z_MIN, max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`spot_block` of frames (B, Qy, Qx) through the profile stage's own polar accumulation
+    (:func:`sendmap.science.polar_tables.profile_block`, geometry ``geom``: a
+    :class:`sendmap.science.polar.PolarGeometry`). For tests and one-off use; the profile stage calls
+    :func:`spot_block` on the sums it already has."""
+    from .polar_tables import PolarTables, profile_block
+
+    res = profile_block(np.asarray(frames), np.asarray(centres_yx, dtype=float), mask, PolarTables(geom),
+                        disk_radius_q, keep_sums=True)
+    return spot_block(res["s"], res["w"], geom.q_centres, disk_radius_q, z_min, max_spots)
+
+
+# ------------------------------------------------------------------------------------------------ library
+
+@dataclass(frozen=True)
+class IndexLibrary:
+    """The rings spots are indexed on. ring_* (R,): Q (1/Å), phase (index into ``phase_ids``), representative
+    hkl (R, 3), intensity (0-100 within its phase); ``angles`` (R, R, A) the interplanar angles (degrees) two
+    spots on rings r1 and r2 of one phase can make, NaN-padded (and all NaN between rings of different phases)."""
+
+    phase_ids: tuple[str, ...]
+    ring_q: np.ndarray
+    ring_phase: np.ndarray
+    ring_hkl: np.ndarray
+    ring_intensity: np.ndarray
+    angles: np.ndarray
+
+    def chance_coverage(self, q_range: tuple[float, float], tol_abs: float) -> dict[str, float]:
+        """Share of ``q_range`` (1/Å) within ± ``tol_abs`` of some ring of each phase: the probability that a spot
+        at a random Q indexes on it by chance."""
+        fine = np.linspace(q_range[0], q_range[1], 4001)
+        out = {}
+        for i, pid in enumerate(self.phase_ids):
+            v = self.ring_q[self.ring_phase == i]
+            out[pid] = float(np.mean(np.min(np.abs(fine[:, None] - v[None, :]), axis=1) <= tol_abs)) if v.size else 0.0
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def index_library(phase_ids: tuple[str, ...] = INDEX_PHASES, q_max: float = 1.3,
+                  min_intensity: float = RING_MIN_INTENSITY) -> IndexLibrary:
+    """Rings (Q ≤ ``q_max`` 1/Å, intensity ≥ ``min_intensity`` of the phase's strongest) and interplanar angles of
+    ``phase_ids``, computed by :mod:`sendmap.science.phases`."""
+    from .phases import get_phase
+
+    q, ph, hkl, inten, forms = [], [], [], [], []
+    for i, pid in enumerate(phase_ids):
+        p = get_phase(pid)
+        for r in p.reflections(q_max, min_intensity=min_intensity):
+            q.append(r.q_inv_angstrom)
+            ph.append(i)
+            hkl.append(r.hkl)
+            inten.append(r.intensity)
+            forms.append((r.hkl,) + tuple(r.overlaps))
+    n = len(q)
+    table: dict[tuple[int, int], np.ndarray] = {}
+    for a in range(n):
+        for b in range(n):
+            if ph[a] != ph[b]:
+                continue
+            p = get_phase(phase_ids[ph[a]])
+            table[a, b] = np.unique(np.concatenate([p.interplanar_angles(f1, f2) for f1 in forms[a] for f2 in forms[b]]))
+    width = max((v.size for v in table.values()), default=1)
+    angles = np.full((n, n, width), np.nan)
+    for (a, b), v in table.items():
+        angles[a, b, :v.size] = v
+    return IndexLibrary(tuple(phase_ids), np.array(q, float), np.array(ph, np.int64),
+                        np.array(hkl, np.int64).reshape(-1, 3), np.array(inten, float), angles)
+
+
+def spot_position_sigma(z: np.ndarray, disk_radius_q: float, bin_width: float) -> np.ndarray:
+    """1σ position error (1/Å, per Cartesian component) of spots detected at significance ``z`` (σ):
+    √((:data:`SPOT_POSITION_C`·r/z)² + (:data:`SPOT_POSITION_FLOOR_BINS`·bin_width)²).
+
+    >>> round(float(spot_position_sigma(np.array(29.0), 0.08, 0.0125)), 4)
+    0.0044
+    """
+    zz = np.maximum(np.nan_to_num(np.asarray(z, dtype=np.float64), nan=1.0), 1.0)
+    return np.hypot(SPOT_POSITION_C * disk_radius_q / zz, SPOT_POSITION_FLOOR_BINS * bin_width)
+
+
+# ------------------------------------------------------------------------------------------------ indexing
+
+@numba.njit(cache=True)
+def _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, max_order, n_basis, match, lat_member,
+               res):
+    """Indexing of one position's n valid spots (sorted by Q; sg their 1σ position errors, 1/Å). match (n, n_phase)
+    out: |Q − Q_ring|/σ of the nearest ring of each phase within nsig σ, inf elsewhere; lat_member (n,) out;
+    res: [n_friedel, n_lattice, n_lattice_2d, lattice_phase, n_lattice_indexed, q1, q2, angle_deg]."""
+    n = qs.size
+    nr = ring_q.size
+    inf = np.inf
+    # ring matches: |Q − Q_ring| ≤ nsig·√((Q_ring·rel)² + σ²)
+    for k in range(n):
+        for p in range(n_phase):
+            match[k, p] = inf
+        for r in range(nr):
+            d = abs(qs[k] - ring_q[r]) / math.sqrt((ring_q[r] * rel) ** 2 + sg[k] * sg[k])
+            if d <= nsig and d < match[k, ring_phase[r]]:
+                match[k, ring_phase[r]] = d
+    # Friedel pairs: |g + g'| ≤ nsig·√(σ² + σ'²)
+    n_fr = 0
+    for k in range(n):
+        for m in range(k + 1, n):
+            if math.hypot(gx[k] + gx[m], gy[k] + gy[m]) <= nsig * math.sqrt(sg[k] ** 2 + sg[m] ** 2):
+                n_fr += 1
+    res[0] = n_fr
+    for k in range(n):
+        lat_member[k] = False
+    res[1] = 0
+    res[2] = 0
+    res[3] = -1
+    res[4] = 0
+    res[5] = np.nan
+    res[6] = np.nan
+    res[7] = np.nan
+    nb = min(n, n_basis)
+    best = (-1.0, -1.0, -1.0, -1.0, -np.inf)
+    member = np.zeros(n, np.bool_)
+    for i in range(nb):
+        for j in range(i + 1, nb):
+            ax, ay, bx, by = gx[i], gy[i], gx[j], gy[j]
+            cross = ax * by - ay * bx
+            # non-collinear: b's distance from the line of a beyond its error
+            if abs(cross) / qs[i] <= nsig * math.sqrt(sg[i] ** 2 + sg[j] ** 2):
+                continue
+            n_ex = 0
+            n_2d = 0
+            for k in range(n):
+                mm = (gx[k] * by - gy[k] * bx) / cross
+                nn = (ax * gy[k] - ay * gx[k]) / cross
+                mi = round(mm)
+                ni = round(nn)
+                member[k] = False
+                if abs(mi) > max_order or abs(ni) > max_order:
+                    continue
+                rx = gx[k] - mi * ax - ni * bx
+                ry = gy[k] - mi * ay - ni * by
+                tol = nsig * math.sqrt(sg[k] ** 2 + (mi * sg[i]) ** 2 + (ni * sg[j]) ** 2)
+                if k == i or k == j or math.hypot(rx, ry) <= tol:
+                    member[k] = True
+                    n_ex += 1
+                    if mi != 0 and ni != 0:
+                        n_2d += 1
+            # zone consistency: a and b on rings r1, r2 of one phase, at one of its interplanar angles
+            ang = math.degrees(math.acos(min(1.0, max(-1.0, (ax * bx + ay * by) / (qs[i] * qs[j])))))
+            dang = math.degrees(nsig * math.sqrt((sg[i] / qs[i]) ** 2 + (sg[j] / qs[j]) ** 2))
+            zone_phase = -1
+            n_idx = 0
+            chi2 = np.inf
+            for r1 in range(nr):
+                if abs(qs[i] - ring_q[r1]) > nsig * math.sqrt((ring_q[r1] * rel) ** 2 + sg[i] ** 2):
+                    continue
+                for r2 in range(nr):
+                    if ring_phase[r2] != ring_phase[r1]:
+                        continue
+                    if abs(qs[j] - ring_q[r2]) > nsig * math.sqrt((ring_q[r2] * rel) ** 2 + sg[j] ** 2):
+                        continue
+                    for a in range(angles.shape[2]):
+                        v = angles[r1, r2, a]
+                        if v == v and abs(v - ang) <= dang:
+                            p = ring_phase[r1]
+                            cnt = 0
+                            c2 = 0.0
+                            for k in range(n):
+                                if member[k] and match[k, p] <= nsig:
+                                    cnt += 1
+                                    c2 += match[k, p] ** 2
+                            # the phase indexing most lattice spots, then the one closest to their rings
+                            if cnt > n_idx or (cnt == n_idx and c2 < chi2):
+                                n_idx = cnt
+                                chi2 = c2
+                                zone_phase = p
+                            break
+            key = (1.0 if zone_phase >= 0 else 0.0, float(n_idx), float(n_ex), float(n_2d), -chi2)
+            if key > best:
+                best = key
+                res[1] = n_ex
+                res[2] = n_2d
+                res[3] = zone_phase
+                res[4] = n_idx
+                res[5] = qs[i]
+                res[6] = qs[j]
+                res[7] = ang
+                for k in range(n):
+                    lat_member[k] = member[k]
+
+
+@numba.njit(parallel=True, cache=True)
+def _index_kernel(spots, sigma, ring_q, ring_phase, angles, n_phase, rel, nsig, max_order, n_basis, match_out,
+                  lat_out, res_out):
+    npos, kmax, _ = spots.shape
+    for t in numba.prange(npos):
+        idx = np.empty(kmax, np.int64)
+        n = 0
+        for k in range(kmax):
+            if spots[t, k, 0] == spots[t, k, 0]:
+                idx[n] = k
+                n += 1
+        for k in range(kmax):
+            for p in range(n_phase):
+                match_out[t, k, p] = np.inf
+            lat_out[t, k] = False
+        res = np.empty(8)
+        res[0] = 0
+        res[1] = 0
+        res[2] = 0
+        res[3] = -1
+        res[4] = 0
+        for c in range(5, 8):
+            res[c] = np.nan
+        if n > 0:
+            qv = np.empty(n)
+            for a in range(n):
+                qv[a] = spots[t, idx[a], 0]
+            o = np.argsort(qv)
+            qs = np.empty(n)
+            gx = np.empty(n)
+            gy = np.empty(n)
+            sg = np.empty(n)
+            for a in range(n):
+                k = idx[o[a]]
+                qs[a] = spots[t, k, 0]
+                gx[a] = qs[a] * math.cos(spots[t, k, 1])
+                gy[a] = qs[a] * math.sin(spots[t, k, 1])
+                sg[a] = sigma[t, k]
+            match = np.empty((n, n_phase))
+            member = np.zeros(n, np.bool_)
+            _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, max_order, n_basis, match,
+                       member, res)
+            for a in range(n):
+                k = idx[o[a]]
+                lat_out[t, k] = member[a]
+                for p in range(n_phase):
+                    match_out[t, k, p] = match[a, p]
+        for c in range(8):
+            res_out[t, c] = res[c]
+
+
+def index_spots(spots: np.ndarray, disk_radius_q: float, bin_width: float, q_rel_err: float = Q_CALIBRATION_REL,
+                library: IndexLibrary | None = None, n_sigma: float = N_SIGMA) -> dict[str, np.ndarray]:
+    """Indexing evidence per position from spot arrays (..., K, 4) (:func:`spot_block`; NaN rows are empty).
+
+    Errors: each spot's position error (:func:`spot_position_sigma` of its z, for the probe-disk radius
+    ``disk_radius_q`` and the radial ``bin_width``, 1/Å) and the relative Q-scale error ``q_rel_err`` of the
+    calibration (its q_pixel_size_err / q_pixel_size where measured, else :data:`Q_CALIBRATION_REL`); every match
+    is within ``n_sigma`` of their combination. Returns, over the leading axes (...):
+
+    * ``match_sigma`` (..., K, P): |Q − Q_ring|/σ of the nearest ring of phase p (``library.phase_ids``) where
+      ≤ ``n_sigma``, inf elsewhere; ``match`` (..., K, P) bool: finite;
+    * ``n_spots``, ``n_indexed`` (on some ring), ``n_unindexed``, ``n_friedel`` (pairs with g + g' ≈ 0);
+    * the best lattice: ``lattice_member`` (..., K) bool, ``n_lattice`` (spots that are integer combinations
+      m·a + n·b, |m|, |n| ≤ :data:`MAX_ORDER`, of a basis a, b of two of the :data:`N_BASIS` shortest spots),
+      ``n_lattice_2d`` (of those, with m ≠ 0 and n ≠ 0: a net, not two rows), ``lattice_phase`` (the phase whose
+      rings hold both basis spots at one of its interplanar angles, -1 none: the zone check),
+      ``n_lattice_indexed`` (lattice spots on that phase's rings), ``lattice_q1``, ``lattice_q2`` (1/Å) and
+      ``lattice_angle`` (degrees) of the basis;
+    * ``lattice_two_rings``: the lattice spots lie on at least two rings (|g| differing by more than their error);
+    * ``has_lattice`` bool: a zone-consistent net, ≥ 3 lattice spots on the zone's phase, ≥ 1 off the basis rows,
+      on ≥ 2 rings (a net on one ring can be the chance arrangement of several crystallites' spots).
+
+    Bases are ranked by (zone-consistent, lattice spots indexed on the zone's phase, lattice spots, net spots).
+    """
+    lib = library if library is not None else index_library()
+    sp = np.asarray(spots, dtype=np.float64)
+    if sp.ndim < 2 or sp.shape[-1] != len(SPOT_FIELDS):
+        raise ValueError(f"spots must be (..., K, {len(SPOT_FIELDS)}) with columns {SPOT_FIELDS}, got {sp.shape}")
+    lead = sp.shape[:-2]
+    k = sp.shape[-2]
+    flat = np.ascontiguousarray(sp.reshape(-1, k, sp.shape[-1]))
+    sigma = np.ascontiguousarray(spot_position_sigma(flat[..., 3], disk_radius_q, bin_width))
+    npos = flat.shape[0]
+    n_phase = len(lib.phase_ids)
+    match = np.zeros((npos, k, n_phase))
+    lat = np.zeros((npos, k), np.bool_)
+    res = np.zeros((npos, 8))
+    _index_kernel(flat, sigma, lib.ring_q, lib.ring_phase, np.ascontiguousarray(lib.angles), n_phase, float(q_rel_err),
+                  float(n_sigma), MAX_ORDER, N_BASIS, match, lat, res)
+    valid = np.isfinite(flat[..., 0])
+    indexed = np.isfinite(match).any(axis=-1) & valid
+    out = {
+        "match_sigma": match.reshape(*lead, k, n_phase),
+        "match": np.isfinite(match).reshape(*lead, k, n_phase),
+        "lattice_member": lat.reshape(*lead, k),
+        "n_spots": valid.sum(axis=-1).reshape(lead),
+        "n_indexed": indexed.sum(axis=-1).reshape(lead),
+        "n_unindexed": (valid & ~indexed).sum(axis=-1).reshape(lead),
+        "n_friedel": res[:, 0].astype(np.int64).reshape(lead),
+        "n_lattice": res[:, 1].astype(np.int64).reshape(lead),
+        "n_lattice_2d": res[:, 2].astype(np.int64).reshape(lead),
+        "lattice_phase": res[:, 3].astype(np.int64).reshape(lead),
+        "n_lattice_indexed": res[:, 4].astype(np.int64).reshape(lead),
+        "lattice_q1": res[:, 5].reshape(lead),
+        "lattice_q2": res[:, 6].reshape(lead),
+        "lattice_angle": res[:, 7].reshape(lead),
+    }
+    # a net on one ring is no zone: the spots of several crystallites on one ring (LiF (220) of SEI Type 2) can
+    # close a chance net; a zone shows reflections of two orders or families (|g| apart by more than their error)
+    mem = lat & valid
+    qm = np.where(mem, flat[..., 0], np.nan)
+    with np.errstate(invalid="ignore"):
+        i_hi = np.argmax(np.where(mem, qm, -np.inf), axis=-1)
+        i_lo = np.argmin(np.where(mem, qm, np.inf), axis=-1)
+    ar = np.arange(npos)
+    spread = flat[ar, i_hi, 0] - flat[ar, i_lo, 0]
+    two_rings = mem.any(axis=-1) & (spread > n_sigma * np.hypot(sigma[ar, i_hi], sigma[ar, i_lo]))
+    out["lattice_two_rings"] = two_rings.reshape(lead)
+    out["has_lattice"] = ((out["lattice_phase"] >= 0) & (out["n_lattice_indexed"] >= 3) & (out["n_lattice_2d"] >= 1)
+                          & out["lattice_two_rings"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ decision
+
+def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: float, bin_width: float,
+                     q_rel_err: float = Q_CALIBRATION_REL, library: IndexLibrary | None = None,
+                     n_sigma: float = N_SIGMA, grain_phases: tuple[str, ...] = GRAIN_PHASES, lif_phase: str = "lif",
+                     amorphous_grain_max: float = AMORPHOUS_GRAIN_MAX,
+                     amorphous_lif_min: float = AMORPHOUS_LIF_MIN) -> dict[str, np.ndarray]:
+    """Crystal (Li/Cu grain) versus LiF crystallites per position, from spots (..., K, 4) (:func:`spot_block`) and
+    the counts at Q ≥ 2 disk radii ``scattered`` (...,); everything of :func:`index_spots` plus:
+
+    * ``amorphous_share``: 1 − (intensity of the spots at Q ≥ 2 disk radii) / ``scattered``: the isotropic share
+      of the scattered intensity (≈ 0.3 for a grain at a zone axis, ≥ 0.6 for SEI Type 2, 1 for an isotropic
+      pattern);
+    * ``phase_share`` (..., P): the share of the spots' intensity each phase explains. A spot's weight goes to the
+      phases whose rings it lies on in proportion to the Gaussian likelihood exp(−d²/2) of its distance d (in σ)
+      from their nearest ring; a member of a zone net (``has_lattice``) goes wholly to the lattice's phase; the part
+      of a spot that could be a grain phase's or LiF's (LiF (220) 0.702 / Li (211) 0.698; LiF (200) 0.497 /
+      Cu (111) 0.479 when the spot's Q error exceeds ~1/3 of their 0.018 1/Å, i.e. below ~25 σ) is split by Bayes'
+      rule: the two likelihoods times a prior from the amorphous share, LiF's prior 0 below
+      ``amorphous_grain_max``, 1 above ``amorphous_lif_min``, linear between (:data:`AMORPHOUS_GRAIN_MAX`). So a
+      weak spot that Q cannot place goes to the grain on a pattern dominated by Bragg disks and to LiF on one
+      dominated by isotropic scattering — including a weak off-axis grain's lone pair on a bare diffuse background
+      (a limit of this position's evidence: the neighbours must decide there);
+    * ``crystal_score`` = the grain phases' share (1 with a zone-consistent grain lattice, 0 with a LiF one),
+      ``lif_score`` = LiF's share (1 with a LiF lattice, 0 with a grain one), ``other_score``,
+      ``unindexed_share``;
+    * ``crystal_z``, ``lif_z``: the largest significance of a spot given mostly to a grain phase, to LiF (0 where
+      none): how sure the detection is, for a classifier's noise model;
+    * ``category`` (int8, :data:`CATEGORY_NAMES`): no_spots; a zone lattice names its phase (grain / lif /
+      other_phase); else the group holding more than half of the spots' intensity (lif, unindexed, other_phase;
+      grain only where the amorphous share is below ``amorphous_lif_min`` or a grain spot reaches
+      :data:`GRAIN_Z_ISOTROPIC`); else ambiguous.
+
+    No input of the decision scales with the dose (shares, Q and geometry): a weak grain and a strong one, a faint
+    LiF crystallite and a dominant one, get the same category once their spots are detected; only the Q
+    tolerance of a spot narrows as its significance grows.
+    """
+    lib = library if library is not None else index_library()
+    sp = np.asarray(spots, dtype=np.float64)
+    ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
+    q, z = sp[..., 0], np.nan_to_num(sp[..., 3], nan=0.0)
+    valid = np.isfinite(q)
+    inten = np.where(valid, np.clip(np.nan_to_num(sp[..., 2], nan=0.0), 0.0, None), 0.0)
+    far = valid & (q >= 2.0 * disk_radius_q)
+    scat = np.asarray(scattered, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amorph = np.where(scat > 0, np.clip(1.0 - (inten * far).sum(axis=-1) / np.where(scat > 0, scat, 1.0), 0.0,
+                                            1.0), np.nan)
+    ids = lib.phase_ids
+    grain_idx = [ids.index(p) for p in grain_phases if p in ids]
+    lif_idx = ids.index(lif_phase) if lif_phase in ids else -1
+    other_idx = [i for i in range(len(ids)) if i not in grain_idx and i != lif_idx]
+    weights = np.exp(-0.5 * np.minimum(ev["match_sigma"], 1e3) ** 2) * ev["match"]
+    # a lattice member goes wholly to the lattice's phase
+    lp = ev["lattice_phase"]
+    lp_k = np.broadcast_to(np.clip(lp, 0, None)[..., None, None], weights.shape[:-1] + (1,))
+    member = (ev["lattice_member"] & ev["has_lattice"][..., None]
+              & np.take_along_axis(ev["match"], lp_k, axis=-1)[..., 0])
+    onehot = np.zeros(weights.shape)
+    np.put_along_axis(onehot, lp_k, 1.0, axis=-1)
+    weights = np.where(member[..., None], onehot, weights)
+    # the grain-or-LiF part of a spot: split by the isotropic share
+    if lif_idx >= 0 and grain_idx:
+        wg = weights[..., grain_idx]
+        g_sum = wg.sum(axis=-1)
+        both = (g_sum > 0) & (weights[..., lif_idx] > 0) & ~member
+        span = max(amorphous_lif_min - amorphous_grain_max, 1e-9)
+        to_lif = np.clip((np.nan_to_num(amorph, nan=1.0) - amorphous_grain_max) / span, 0.0, 1.0)[..., None]
+        # Bayes: the likelihoods of the rings times the prior (LiF: to_lif, grain: 1 − to_lif)
+        post_l = weights[..., lif_idx] * to_lif
+        post_g = wg * (1.0 - to_lif)[..., None]
+        norm = post_l + post_g.sum(axis=-1)
+        pool = g_sum + weights[..., lif_idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(norm > 0, pool / np.where(norm > 0, norm, 1.0), 0.0)
+        weights[..., lif_idx] = np.where(both, post_l * f, weights[..., lif_idx])
+        weights[..., grain_idx] = np.where(both[..., None], post_g * f[..., None], wg)
+    rows = weights.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weights = np.where(rows > 0, weights / np.where(rows > 0, rows, 1.0), 0.0)
+    total = inten.sum(axis=-1)
+    safe = np.where(total > 0, total, 1.0)
+    share = np.where(total[..., None] > 0, (weights * inten[..., None]).sum(axis=-2) / safe[..., None], 0.0)
+    unindexed = np.where(total > 0, (inten * (valid & (rows[..., 0] == 0))).sum(axis=-1) / safe, 0.0)
+    crystal_score = share[..., grain_idx].sum(axis=-1) if grain_idx else np.zeros(total.shape)
+    lif_score = share[..., lif_idx] if lif_idx >= 0 else np.zeros(total.shape)
+    other_score = share[..., other_idx].sum(axis=-1) if other_idx else np.zeros(total.shape)
+    lattice = ev["has_lattice"]
+    lat_grain = lattice & np.isin(lp, grain_idx)
+    lat_lif = lattice & (lp == lif_idx)
+    lat_other = lattice & ~lat_grain & ~lat_lif
+    crystal_score = np.where(lat_grain, 1.0, np.where(lattice, 0.0, crystal_score))
+    lif_score = np.where(lat_lif, 1.0, np.where(lattice, 0.0, lif_score))
+    other_score = np.where(lat_other, 1.0, np.where(lattice, 0.0, other_score))
+    gw = weights[..., grain_idx].sum(axis=-1) if grain_idx else np.zeros(z.shape)
+    lw = weights[..., lif_idx] if lif_idx >= 0 else np.zeros(z.shape)
+    crystal_z = np.where(valid & (gw > 0.5), z, 0.0).max(axis=-1)
+    lif_z = np.where(valid & (lw > 0.5), z, 0.0).max(axis=-1)
+    n = ev["n_spots"]
+    cat = np.full(n.shape, AMBIGUOUS, np.int8)
+    # a grain (lattice or not) on a pattern dominated by isotropic scattering needs a spot strong enough that its
+    # Q alone excludes LiF (GRAIN_Z_ISOTROPIC): weak spots there, even in a net, are as likely speckle (Friedel-
+    # symmetric, so it forms pairs and chance nets) or LiF
+    bragg_dominated = np.nan_to_num(amorph, nan=1.0) < amorphous_lif_min
+    cat[(crystal_score > 0.5) & (bragg_dominated | (crystal_z >= GRAIN_Z_ISOTROPIC))] = GRAIN
+    cat[lif_score > 0.5] = LIF
+    cat[other_score > 0.5] = OTHER_PHASE
+    cat[unindexed > 0.5] = UNINDEXED
+    cat[n == 0] = NO_SPOTS
+    ev.update(amorphous_share=amorph, phase_share=share, crystal_score=crystal_score, lif_score=lif_score,
+              other_score=other_score, unindexed_share=unindexed, crystal_z=crystal_z, lif_z=lif_z, category=cat)
+    return ev
