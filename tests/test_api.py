@@ -60,7 +60,7 @@ def test_every_array_is_labelled_and_xarray_opens_every_group(small):
     assert maps["peak_q"].dims == ("ry", "rx") and maps["peak_q"].attrs["units"] == "1/Å"
     assert maps["ry"].attrs["units"] == "nm" and float(maps["rx"][1] - maps["rx"][0]) == 4.0
     flags = maps["class"].attrs
-    assert flags["flag_meanings"].split() == list(sendmap.CLASS_NAMES) and flags["flag_values"] == [0, 1, 2, 3, 4]
+    assert flags["flag_meanings"].split() == list(sendmap.CLASS_NAMES) and flags["flag_values"] == list(range(len(sendmap.CLASS_NAMES)))
     prof = xr.open_zarr(str(store), group="profiles", consolidated=False)
     assert prof["iqn"].dims == ("ry", "rx", "q") and prof["q"].attrs["units"] == "1/Å"
 

@@ -312,7 +312,9 @@ def test_class_map_unknown_and_invalid(data):
 
 def test_class_colours_okabe_ito_and_distinct():
     okabe = {c.lower() for c in S.OKABE_ITO.values()}
-    assert set(CLASS_COLORS) == set(CLASS_NAMES) == set(CLASS_LABELS)
+    import sendmap
+
+    assert set(CLASS_COLORS) == set(sendmap.CLASS_NAMES) == set(CLASS_LABELS)  # every class the pipeline writes
     assert {c.lower() for c in CLASS_COLORS.values()} <= okabe
     assert len(set(CLASS_COLORS.values())) == len(CLASS_COLORS)
     assert CLASS_LABELS["sei_type1"] == "SEI Type 1"
