@@ -29,9 +29,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("profiles", ("profiles",), profiles.stage_profiles,
           "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, BF/ADF, Bragg fraction", 2),
     # revision 2 (speckle, peak status): the fit's errors carry the speckle's correlation in Q, the denoising's
-    # components come from the correlated-noise edge; peaks/status
+    # components come from the correlated-noise edge; peaks/status. revision 3 (coverage): the speckle covariance is
+    # propagated exactly (no slope factor), V(Q) for the errors averaged over 5 × 5 non-crystalline neighbours
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 2,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 3,
           key_sections=peaks.key_sections),
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,

@@ -60,32 +60,36 @@ def peak_window_check(q: np.ndarray, window: tuple[float, float], log: Callable,
 
 
 def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.ndarray:
-    """The peak fit's per-bin errors under the "azimuthal" error model: speckle errors are correlated over ± one
-    probe-disk diameter in Q, which a fit treating the bins as independent does not see; their part of each bin's
-    variance is scaled by the factor that correlation gives the variance of the slope at the centre of the fit's
-    polynomial (:func:`sendmap.science.polar.peak_slope_variance_factor`: 2.5 for degree 5 over ± 0.14 1/Å at 2 mrad,
-    200 kV, 0.0125 1/Å bins), so the propagated peak error stays honest. ``profiles/sem`` itself is unchanged.
+    """The peak fit's error model under the "azimuthal" error model: ``profiles/sem`` (Poisson + speckle, the fit's
+    weights; its speckle part with V(Q) averaged over the :data:`~sendmap.science.peaks.SPECKLE_POOL_POSITIONS`²
+    non-crystalline neighbours, :func:`~sendmap.science.peaks.pooled_position_mean`) and that speckle part, whose
+    errors are correlated over ± one probe-disk diameter in Q (the same
+    grains fall into neighbouring bins); the fit propagates their covariance exactly
+    (``fit_peaks(..., correlated=(spk, correlation))``, :func:`sendmap.science.peaks._correlated_covariance`).
 
-    Returns (errors for the fit, speckle dict: ``spk`` the unscaled speckle standard error per position and bin,
-    ``correlation`` the radial correlation of consecutive bins, for :func:`speckle_components`)."""
-    from ..science.polar import peak_slope_variance_factor, speckle_fit_sem, speckle_mean_factor, speckle_radial_correlation
+    Returns (errors for the fit's weights, = ``sem``; speckle dict: ``spk`` the speckle standard error per position
+    and bin, ``sem``, ``correlation`` the radial correlation of the speckle errors at lags of 0, 1, … bins,
+    for ``fit_peaks`` and :func:`speckle_components`)."""
+    from ..science.peaks import SPECKLE_POOL_POSITIONS, pooled_position_mean
+    from ..science.polar import speckle_fit_sem, speckle_mean_factor, speckle_radial_correlation
 
-    cfg, g = ctx.cfg, ctx.group
+    g = ctx.group
     calib = dict(g.attrs["calibration"])
     r_q = float(calib["disk_radius_px"]) * float(calib["q_pixel_size"])
     q = np.asarray(g["profiles/q"])
     bw = float(q[1] - q[0])
     n_phi = int(dict(g.attrs["profiles"])["n_azimuth"])
     gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
-    # with fit_half_width: auto the range is chosen later, on these errors: the factor is taken at the fixed range it
-    # starts from (the matched range, where chosen, is narrower: its factor is smaller, the errors a little wide)
-    hw = cfg.peaks.fit_half_width if cfg.peaks.fit_half_width != "auto" else AUTO_FIT_HALF_WIDTH_FALLBACK
-    factor = peak_slope_variance_factor(bw, hw, cfg.peaks.degree, speckle_radial_correlation(r_q, bw))
     fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
     half = 0  # features/fem_variance is already pooled over ± one disk radius in Q
-    spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
+    own = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
+    # V averaged over the k × k non-crystalline neighbours (one pattern's V has ~10 grains' worth of scatter)
+    fem = pooled_position_mean(fem, ~crystal_rows(ctx), SPECKLE_POOL_POSITIONS)
+    spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)
+    with np.errstate(invalid="ignore"):
+        sem = np.sqrt(np.clip(sem ** 2 - own ** 2, 0.0, None) + spk ** 2)  # Poisson + the pooled speckle part
     corr = speckle_radial_correlation(r_q, bw)
-    return speckle_fit_sem(sem, iqn, fem, gfac, share, half, factor), {"spk": spk, "sem": sem, "correlation": corr}
+    return sem, {"spk": spk, "sem": sem, "correlation": corr}
 
 
 SPECKLE_EDGE_SHARE = 0.03
@@ -191,12 +195,16 @@ def stage_peaks(ctx: Context) -> None:
     hw_l, hw_r = fit_range["half_width"]
     fit_args = (pk.window, half_width, pk.smooth_sigma_bins, pk.degree)
     plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
+    corr_plain = corr = None if speckle is None else (speckle["spk"].reshape(-1, nq), speckle["correlation"])
     k = pk.spatial_binning
     compare = (q >= pk.window[0] - hw_l) & (q <= pk.window[1] + hw_r)
     n_binned = np.ones((ry, rx), int)
     if k > 1:
         sem_raw = sem
         iqn, sem, n_binned = bin_similar_neighbours(iqn, sem_raw, k, compare)
+        if corr is not None:  # the average's speckle error: the members' share of it kept
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = (np.nan_to_num(corr[0] * (sem / sem_raw).reshape(-1, nq)), corr[1])
     y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
     operator, info = None, {"method": "none"}
     if pk.denoise != "none":
@@ -213,15 +221,16 @@ def stage_peaks(ctx: Context) -> None:
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
     if k == 1 and operator is None:
-        res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map)
+        res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain)
     else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
-        res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map)
+        res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map, correlated=corr)
         sample = np.flatnonzero(amorphous)
         if sample.size > PLAIN_FIT_SAMPLE:
             sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
         plain = {kk: np.full(ry * rx, np.nan) for kk in ("q_peak", "q_err")}
         part = fit_peaks(q, plain_in[0][sample], plain_in[1][sample], *fit_args, width_error=False,
-                         map_blocks=fit_map)
+                         map_blocks=fit_map,
+                         correlated=None if corr_plain is None else (corr_plain[0][sample], corr_plain[1]))
         for kk in plain:
             plain[kk][sample] = part[kk]
     # the second peak on the robust mean (sectors holding Bragg spots clipped): LiF (220) spots at 0.70 1/Å
@@ -237,7 +246,7 @@ def stage_peaks(ctx: Context) -> None:
                                              pk.denoise_components, pk.denoise_guard)
             op2 = None if info2["method"] == "none" else op2
     second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
-                             operator=op2, map_blocks=fit_map)
+                             operator=op2, map_blocks=fit_map, correlated=corr)
     # positions without counts have no peak, whatever their (zero) profile looks like
     empty = ~(counts > 0)
     status = np.asarray(res["status"]).copy()
