@@ -1,6 +1,9 @@
 """Crystal versus LiF by indexing: per-position Bragg-spot lists, their indexing against the phase library, and
 the evidence a classifier can use (issue 18).
 
+Size: three layers that share one spot model (the spot list, its indexing, the decision); the spot list (numba,
+:func:`spot_block` and its helpers) is the piece to move out when the profile stage calls it.
+
 Three layers, each pure (arrays in, arrays out):
 
 1. **Spot list** (:func:`spot_block`, numba per block of frames): from the polar sums the profile stage already

@@ -1,5 +1,9 @@
 """First short-range-order (SRO) peak of I(Q)·Q^n profiles: position, 1-σ uncertainty, height, prominence.
 
+Size: the first-peak fit and what the second-peak fit and the low-rank denoising share (fit ranges, covariance
+propagation, speckle-correlated errors); lowrank_denoise and bin_similar_neighbours (~130 lines) are the piece to
+move out next (beside sendmap.science.lowrank).
+
 Method, for a block of profiles at once (no Python loop over positions):
 
 1. first estimate: the maximum of the profile smoothed by a Gaussian of ``smooth_sigma_bins`` inside

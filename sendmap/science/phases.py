@@ -1,5 +1,8 @@
 """Phase library: kinematic electron-diffraction reflections of the phases met at Li-metal battery interfaces.
 
+Size: the phase library's literature data (lattice, atoms per phase) beside the kinematic computation that reads it;
+the phase table is the piece to move out if it grows.
+
 Each :class:`Phase` is defined from the literature by its space group, lattice parameters and the atoms
 of the asymmetric unit; reflections are *computed*, never tabulated.  Space-group operations, systematic
 absences and the electron scattering factors come from `gemmi <https://gemmi.readthedocs.io>`_
