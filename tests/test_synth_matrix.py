@@ -283,7 +283,7 @@ def test_calibration_table_tells_calibrated_from_overconfident():
 def test_evaluate_scores_labelled_means_calibration_and_mixing(tmp_path):
     import zarr
 
-    from sendmap.store import STORE_NAME
+    from sendmap import STORE_NAME
 
     paths = M.make_dataset(tmp_path / "truth", fmt="npy", scan_shape=(6, 48), mix_width_nm=12.0,
                            lif_share=(0.01, 0.4), **SMALL)

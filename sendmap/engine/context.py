@@ -77,7 +77,7 @@ class Stage:
 
 
 def block_progress(ctx: Context, stage: str, plan: dict, arrays: list[str]):
-    """The resume record of a block stage (:mod:`sendmap.resume`) whose blocks write ``arrays`` of the store: used
+    """The resume record of a block stage (:mod:`sendmap.engine.resume`) whose blocks write ``arrays`` of the store: used
     when the stage key and ``plan`` match those of a killed run and its arrays are there (stray temporary chunk
     files removed), else discarded. Logs how many blocks are done."""
     from .resume import BlockProgress

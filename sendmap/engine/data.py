@@ -139,7 +139,7 @@ def read_frames(store_path: str, region: tuple[int, int, int, int] | None = None
 
 
 def data_blocks(ctx):
-    """The stored data (:class:`sendmap.ingest.StoredData`) and the regions to process a block at a time (the
+    """The stored data (:class:`StoredData`) and the regions to process a block at a time (the
     ingest blocks where stored sparse, else regions of whole chunks of about ``compute.block_mb`` MB)."""
     stored = open_stored(ctx.store_path)
     return stored, stored.block_regions(ctx.cfg.compute.block_mb)

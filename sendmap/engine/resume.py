@@ -1,6 +1,6 @@
 """Chunk-level resume of the block stages (ingest, profiles) after a run was killed.
 
-A block stage writes each block's chunk files directly (:func:`sendmap.store.write_region_direct`, a temporary
+A block stage writes each block's chunk files directly (:func:`sendmap.engine.store.write_region_direct`, a temporary
 name renamed into place, so a chunk file is either whole or absent). As blocks finish, the stage records them
 here together with its running reductions (sums, maxima, per-position maps): one small file per stage,
 ``<output.dir>/.sendmap-resume/<stage>.rec``, replaced atomically after every finished block. The record carries the

@@ -170,7 +170,7 @@ def read_region_direct(arr, region: tuple[int, int, int, int]) -> np.ndarray | N
 
 def read_row_direct(array_dir: Path, row: int, n: int, dtype, chunk_len: int) -> np.ndarray:
     """The first ``n`` elements of row ``row`` of a local 2D zarr v3 array of ``bytes`` + blosc chunks of shape
-    (1, ``chunk_len``) with "/" chunk keys (sendmap's sparse data, :mod:`sendmap.ingest`), decoding only the chunk
+    (1, ``chunk_len``) with "/" chunk keys X, decoding only the chunk
     files that hold them, straight into the output. A missing chunk file reads as zeros (the fill value)."""
     from numcodecs import Blosc
 

@@ -131,7 +131,8 @@ def write_tables(group, out_dir: Path) -> list[Path]:
         for i in range(mix.get("n_components", 0)) or [None]:
             comp = {"component": "" if i is None else i}
             for key in ("weight", "mean", "mean_err", "sigma", "sigma_err"):
-                comp[key] = "" if i is None else f"{mix[key][i]:.5g}"
+                v = None if i is None else mix[key][i]
+                comp[key] = "" if v is None or not np.isfinite(v) else f"{v:.5g}"  # (None: an unresolved error)
             rrow.append(base | comp | {"electrons_per_pattern": epp, "electrons_per_A2": epa})
     p = tdir / "regions.csv"
     write_text_atomic(p, _csv(rrow) or "region,positions,positions_with_peak,centroid_y_nm,centroid_x_nm,classes,"

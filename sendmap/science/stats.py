@@ -4,7 +4,7 @@ Least squares: the one fit here (:func:`fit_gaussian`, three parameters) is a sh
 not :func:`scipy.optimize.curve_fit`, for a measured reason (issue 19, kept where the ring fits of
 :mod:`sendmap.science.ring_profile` moved to scipy): nothing else a re-run after a classification or statistics
 change runs imports ``scipy.optimize``, and importing it costs 0.67-0.91 s (3 runs; after every module of
-``sendmap.pipeline.LATER_STAGE_MODULES`` is loaded, on the shared 2-core machine), while the whole re-run of the
+``sendmap.engine.execute.LATER_STAGE_MODULES`` is loaded, on the shared 2-core machine), while the whole re-run of the
 demo with a new ``statistics.bin_width`` takes 2.3 s wall (2.9 s with ``scipy.optimize`` imported first).
 It gives curve_fit's minimum and covariance (``tests/test_peaks.py::test_gaussian_fit_matches_scipy_curve_fit``
 checks 40 histograms against curve_fit).

@@ -338,7 +338,7 @@ def _create_data_arrays(g, plan: IngestPlan, sparse: bool) -> None:
 
 
 def _ingest_progress(ctx, plan: IngestPlan, ref: dict):
-    """The resume record of this ingest (see :mod:`sendmap.resume`): used when the key and the block plan match
+    """The resume record of this ingest (see :mod:`sendmap.engine.resume`): used when the key and the block plan match
     and, where the data are copied, the stored ``data`` array is the one that plan creates."""
     from ..engine.resume import BlockProgress
     from ..engine.store import remove_stray_temps
