@@ -686,6 +686,7 @@ class _PolarProcess:
 LATER_STAGE_MODULES = ("sendmap.execute", "sendmap.science.mask", "sendmap.science.centre", "sendmap.science.ellipse",
                        "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.features",
                        "sendmap.science.classify", "sendmap.science.phases", "sendmap.science.stats", "sendmap.science.dose",
+                       "sendmap.science.lowrank",
                        "sendmap.io.generic", "sendmap.report.build", "threadpoolctl")
 """The modules the stages after ingest import (0.24 s in all, scipy.ndimage alone ~0.2 s): see :func:`prefetch_imports`.
 Kept by hand; ``tests/test_reprocess.py`` fails if a function here imports a sendmap module it does not load."""
@@ -975,6 +976,7 @@ def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np
     floor of single patterns (0.0097 1/Å), while the singular values beyond the third follow the modelled noise's
     (2.5, 2.1, 1.9, 1.8, ... vs 2.5, 2.2, 1.9, 1.6, ...). Components are counted above
     ``SPECKLE_EDGE_MARGIN`` × the modelled noise's top singular value, plus one (MAE 0.0047-0.0049 with 3-4)."""
+    from .science.lowrank import gram_svd
     from .science.polar import correlated_noise_top_singular_value
 
     sem, spk = speckle["sem"].reshape(y.shape), speckle["spk"].reshape(y.shape)
@@ -995,7 +997,7 @@ def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np
     if not share >= SPECKLE_EDGE_SHARE:
         return None, None
     x = np.nan_to_num(y[rows][:, cols]) / r
-    sv = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) / np.sqrt(len(x))
+    sv = gram_svd(x - x.mean(axis=0), vectors=False)[0] / np.sqrt(len(x))
     top = correlated_noise_top_singular_value(p_ref / r, s_ref / r, speckle["correlation"], len(x))
     n = max(2, int(np.sum(sv > SPECKLE_EDGE_MARGIN * top))) + 1
     return n, {"speckle_share": share, "noise_top_singular_value": top, "n_components": n}
