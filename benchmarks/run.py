@@ -593,7 +593,7 @@ def main(argv=None) -> int:
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     if not only or set(only) - set(SECTIONS):
         p.error(f"--only: choose from {', '.join(SECTIONS)}, not {args.only!r}")
-    files = [f.strip() + ("²" if f.strip().isdigit() else "") for f in args.files.split(",") if f.strip()]
+    files = [f.strip().rstrip("²") + "²" for f in args.files.split(",") if f.strip()]
     if not files or set(files) - set(FILES):
         p.error(f"--files: choose from {', '.join(FILES)}, not {args.files!r}")
     folders = {"256²": Path(args.data3g), "128²": Path(args.data128)}
