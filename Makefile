@@ -30,8 +30,9 @@ run: $(STAMP)
 batch: $(STAMP)
 	$(BIN)/sendmap batch $(BATCH_DIR) $(BATCH_ARGS)
 
-# `make bench`: sendmap vs pyFAI (in .venv) and py4DSTEM (own venv: it pins numpy<2) and rosettasciio; writes
-# ~5 GB of synthetic Merlin data into bench_data/ once. BENCH_ARGS e.g. "--only profiles --data3g /elsewhere".
+# `make bench`: sendmap vs pyFAI (in .venv) and py4DSTEM (own venv: it pins numpy<2) and rosettasciio, on a 256²
+# and a 128² file side by side; writes ~8 GB of synthetic Merlin data into bench_data/ once. BENCH_ARGS e.g.
+# "--only profiles --files 128 --data128 /elsewhere" (python benchmarks/run.py --help lists them).
 PY4D_VENV  := .venv-py4dstem
 PY4D_STAMP := $(PY4D_VENV)/.installed
 PY4DSTEM_SPEC ?= py4DSTEM>=0.14.18,<0.15

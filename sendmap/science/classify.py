@@ -171,6 +171,8 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
 
+    from .lowrank import blas_threads
+
     shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))
     d = dict(definitions)
@@ -192,7 +194,11 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     if method == "kmeans":
         labels = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(feats)
     else:
-        labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full", n_init=3).fit_predict(feats)
+        # one BLAS thread: its products and triangular solves are of (N, 2) × 2 × 2, where a second thread gains
+        # nothing and, on a busy machine, spin-waits (sendmap.science.lowrank.blas_threads: 25 s → see the bench)
+        with blas_threads(1):
+            labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full",
+                                     n_init=3).fit_predict(feats)
     named = np.empty(len(feats), dtype=np.int8)
     for lab in np.unique(labels):
         members = labels == lab

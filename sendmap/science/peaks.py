@@ -664,6 +664,8 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     the span of the components (exact where no non-negativity constraint is active). ``info``: method,
     n_components, singular values (whitened, per √N) and the noise edge.
     """
+    from .lowrank import blas_threads, gram_svd
+
     n, nq = profiles.shape
     y = np.nan_to_num(np.asarray(profiles, float), nan=0.0, posinf=0.0, neginf=0.0)
     fit_rows = np.asarray(fit_rows, bool)
@@ -687,7 +689,7 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     xf = x[fit_rows]
     mean = xf.mean(axis=0)
     try:
-        _, sv, vt = np.linalg.svd(xf - mean, full_matrices=False)  # the principal axes: PCA without scikit-learn
+        sv, vt = gram_svd(xf - mean)  # the principal axes: PCA without scikit-learn (via the m × m Gram matrix)
     except np.linalg.LinAlgError as exc:
         return skipped(f"singular value decomposition failed ({exc})")
     sv = sv / np.sqrt(max(len(xf), 1))
@@ -701,7 +703,8 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     out = y.copy()
     if method == "pca":
         v = vt[:k]  # (k, m), orthonormal rows
-        xd = mean + (x - mean) @ v.T @ v
+        with blas_threads(1):  # (see sendmap.science.lowrank.blas_threads)
+            xd = mean + (x - mean) @ v.T @ v
         left, right = v.T, v  # the projection P = left @ right (symmetric)
     elif method == "nmf":
         from sklearn.decomposition import NMF

@@ -626,12 +626,16 @@ def speckle_fit_sem(sem: np.ndarray, mean: np.ndarray, fem_variance: np.ndarray,
     ok = np.isfinite(fem_variance) & (fem_variance != 0)
     v = np.where(ok, fem_variance, 0.0)
     h = int(half_bins)
-    cs = np.cumsum(np.pad(v, [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
-    cn = np.cumsum(np.pad(ok.astype(float), [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
-    k = 2 * h + 1
-    vs = cs[..., k:] - cs[..., :-k]
-    ns = cn[..., k:] - cn[..., :-k]
-    vbar = np.where(ns > 0, vs / np.where(ns > 0, ns, 1.0), 0.0)
+    if h == 0:  # no pooling (the peaks stage's case: features/fem_variance is pooled already): V̄ = V exactly (the
+        # cumulative sums below give it to ~1e-15 of the row's sum, their rounding)
+        vbar = v
+    else:
+        cs = np.cumsum(np.pad(v, [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
+        cn = np.cumsum(np.pad(ok.astype(float), [(0, 0)] * (v.ndim - 1) + [(h + 1, h)]), axis=-1)
+        k = 2 * h + 1
+        vs = cs[..., k:] - cs[..., :-k]
+        ns = cn[..., k:] - cn[..., :-k]
+        vbar = np.where(ns > 0, vs / np.where(ns > 0, ns, 1.0), 0.0)
     spk2 = np.nan_to_num(mean) ** 2 * np.clip(vbar, 0.0, None) * np.asarray(sector_share) * np.asarray(speckle_factor)
     return np.sqrt(np.asarray(sem, float) ** 2 + max(float(factor) - 1.0, 0.0) * spk2)
 
@@ -652,4 +656,6 @@ def correlated_noise_top_singular_value(white: np.ndarray, speckle: np.ndarray, 
     root = v * np.sqrt(np.clip(w, 0.0, None))[None, :]
     z = np.random.default_rng(seed).standard_normal((max(int(n_rows), 2), m)) @ root.T
     z -= z.mean(axis=0)
-    return float(np.linalg.svd(z, compute_uv=False)[0] / np.sqrt(max(int(n_rows), 1)))
+    from .lowrank import gram_svd
+
+    return float(gram_svd(z, vectors=False)[0][0] / np.sqrt(max(int(n_rows), 1)))

@@ -113,6 +113,7 @@ def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np
     floor of single patterns (0.0097 1/Å), while the singular values beyond the third follow the modelled noise's
     (2.5, 2.1, 1.9, 1.8, ... vs 2.5, 2.2, 1.9, 1.6, ...). Components are counted above
     ``SPECKLE_EDGE_MARGIN`` × the modelled noise's top singular value, plus one (MAE 0.0047-0.0049 with 3-4)."""
+    from ..science.lowrank import gram_svd
     from ..science.polar import correlated_noise_top_singular_value
 
     sem, spk = speckle["sem"].reshape(y.shape), speckle["spk"].reshape(y.shape)
@@ -133,7 +134,7 @@ def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np
     if not share >= SPECKLE_EDGE_SHARE:
         return None, None
     x = np.nan_to_num(y[rows][:, cols]) / r
-    sv = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) / np.sqrt(len(x))
+    sv = gram_svd(x - x.mean(axis=0), vectors=False)[0] / np.sqrt(len(x))
     top = correlated_noise_top_singular_value(p_ref / r, s_ref / r, speckle["correlation"], len(x))
     n = max(2, int(np.sum(sv > SPECKLE_EDGE_MARGIN * top))) + 1
     return n, {"speckle_share": share, "noise_top_singular_value": top, "n_components": n}
