@@ -4,7 +4,6 @@ Pure functions (arrays in, numbers out). Conventions as in :mod:`sendmap.science
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -11,7 +11,6 @@ checks 40 histograms against curve_fit).
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
