@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from sendmap.errors import SendmapInputError
-from sendmap.science.mask import (hot_dead_mask, load_user_mask, saturated_mask, saturation_level,
-                                  shadow_masks)
+from sendmap.science.mask import hot_dead_mask, load_user_mask, saturated_mask, saturation_level
+from sendmap.science.shadows import shadow_masks
 from sendmap.synth import patterns as P
 from sendmap.synth.make import SynthModel, SynthParams, add_synth_arguments, make_dataset, synth_main
 
