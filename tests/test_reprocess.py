@@ -178,7 +178,7 @@ def test_second_run_on_the_same_output_is_refused(small, capsys):
     try:  # the file names a live pid, but that process holds no lock: not a lock
         import socket
 
-        (out / ".sendmap.engine.lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
+        (out / ".sendmap.lock").write_text(f"{sleeper.pid} {socket.gethostname()}")
         assert main(["run", str(small / "config.yaml"), "--no-progress", "--set", f"output.dir={out}",
                      *SMALL_BLOCKS]) == 0
     finally:
@@ -190,7 +190,7 @@ ZOMBIE_PARENT = """
 import os, signal, subprocess, sys, time
 # starts the run and never reaps it (a container's PID 1 without --init): once SIGKILLed it stays a zombie
 child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-lock = os.path.join(sys.argv[1], ".sendmap.engine.lock")
+lock = os.path.join(sys.argv[1], ".sendmap.lock")
 for _ in range(6000):
     if os.path.exists(lock) and open(lock).read().startswith(str(child.pid)):
         break
