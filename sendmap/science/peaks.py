@@ -489,8 +489,8 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
 
     c = M y' with M = (XᵀWX)⁻¹XᵀW over the fit range R; G = M L_R (L the identity without ``operator``; a dense
     (nq, nq) array or a :class:`LowRankOperator`), so C = G Σ Gᵀ = G diag(sem² − spk²) Gᵀ
-    + Σ_l K_l Σ_i (G s)_i (G s)_{i+l}ᵀ (+ its transpose for l > 0), (G s) = G·diag(spk): O((d+1)²·nq·L) per
-    position. sem, spk: (N, nq); m_inv, xp, wgt, cols as in :func:`_propagated_covariance`."""
+    + (G s) K (G s)ᵀ, (G s) = G·diag(spk), K the (m, m) Toeplitz matrix of the bins in use: O((d+1)·m²) per position
+    as one matrix product over all positions. sem, spk: (N, nq); m_inv, xp, wgt, cols as in :func:`_propagated_covariance`."""
     n, nq = sem.shape
     mm = m_inv @ np.swapaxes(xp * wgt[..., None], 1, 2)  # (N, d+1, m): the fit's linear map M
     rows = np.arange(n)[:, None]
@@ -508,15 +508,17 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
         s2, sp = sem ** 2, spk
     sp = np.minimum(sp, np.sqrt(s2))  # the correlated part is part of the variance, never more
     h = gmat * sp[:, None, :]
-    out = (gmat * (s2 - sp ** 2)[:, None, :]) @ np.swapaxes(gmat, 1, 2)
     m = gmat.shape[2]
-    for lag, k in enumerate(np.asarray(correlation, float)[:m]):
-        if lag == 0:
-            out += k * (h @ np.swapaxes(h, 1, 2))
-        elif k != 0:
-            part = h[..., :m - lag] @ np.swapaxes(h[..., lag:], 1, 2)
-            out += k * (part + np.swapaxes(part, 1, 2))
-    return out
+    corr = np.asarray(correlation, float)[:m]
+    toeplitz = np.zeros((m, m))  # K over the bins in use (one (N·(d+1), m) @ (m, m) product, not one per lag)
+    for lag, k in enumerate(corr):
+        i = np.arange(m - lag)
+        toeplitz[i, i + lag] = toeplitz[i + lag, i] = k
+    hk = (h.reshape(-1, m) @ toeplitz).reshape(h.shape)
+    # G diag(sem² − spk²) Gᵀ + (G s) K (G s)ᵀ as one batched product over the two parts side by side
+    left = np.concatenate([gmat * (s2 - sp ** 2)[:, None, :], hk], axis=2)
+    right = np.concatenate([gmat, h], axis=2)
+    return left @ np.swapaxes(right, 1, 2)
 
 
 def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid: np.ndarray,
