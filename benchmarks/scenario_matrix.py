@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--detectors", nargs="+", type=int, metavar="N", help="only these detector sizes")
     ap.add_argument("--scan-shape", nargs=2, type=int, metavar=("RY", "RX"), default=None,
                     help="probe positions per cell; default 48 64 (reduced: 32 48)")
-    ap.add_argument("--out", default="/tmp/sendmap_scenarios", help="working folder; default /tmp/sendmap_scenarios")
+    ap.add_argument("--out", default=str(ROOT / "results" / "scenario_matrix"),
+                    help="working folder; default results/scenario_matrix in the checkout (git-ignored)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic detector files (default: deleted after "
                                                          "scoring; truth, config and results stay)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",

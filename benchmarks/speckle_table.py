@@ -1,7 +1,7 @@
 """The README's speckle table (issue 17): synthetic Li/Cu scans with speckle of M independent volumes, run with the
 default config, against their ground truth.
 
-    python benchmarks/speckle_table.py [--out /tmp/speckle_table] [--scan-shape 30 45] [--rows 3:2e4:31 ...]
+    python benchmarks/speckle_table.py [--out results/speckle_table] [--scan-shape 30 45] [--rows 3:2e4:31 ...]
 
 Each row ``M:dose:seed`` (M = 0: no speckle) is made with ``sendmap synth D --scan-shape 30 45 --speckle M --dose E
 --seed S``, run with ``sendmap run`` (figures off) and compared with ``sendmap.evaluate``. Printed as a markdown
@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout (results go under its git-ignored results/ by default)."""
 
 DEFAULT_ROWS = ["3:2e4:31", "10:2e4:32", "30:2e4:33", "3:5e3:34", "10:5e3:35", "30:5e3:36", "0:2e4:37", "0:5e3:38"]
 
@@ -74,7 +77,8 @@ def run_row(out: Path, m: int, dose: float, seed: int, scan_shape) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="/tmp/speckle_table")
+    p.add_argument("--out", default=str(ROOT / "results" / "speckle_table"),
+                   help="working folder (default results/speckle_table in the checkout, git-ignored)")
     p.add_argument("--scan-shape", type=int, nargs=2, default=[30, 45])
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="M:dose:seed (M = 0: no speckle)")
     a = p.parse_args(argv)
