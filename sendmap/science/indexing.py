@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .polar import SPOT_NULL_EVERY, SPOT_QUANTILE_STEPS, SPOT_QUANTILE_Z, SPOT_QUANTILES, ROBUST_MAX_ITER, \
-    ROBUST_Z_CLIP, STATS_FASTMATH, _clipped_rate, _quantile_pair
+from .polar import (ROBUST_MAX_ITER, ROBUST_Z_CLIP, SPOT_NULL_EVERY, STATS_FASTMATH, _band_windows, _clipped_rate,
+                    _spot_null)
 
 # ------------------------------------------------------------------------------------------------ constants
 
@@ -174,7 +174,7 @@ def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
     for k in range(nphi):
         band_s[k] = 0.0
         band_w[k] = 0.0
-    b_lo = 0
+    b_lo = 0  # the band holds bins [b_lo, b_hi)
     b_hi = 0
     sector = 2.0 * math.pi / nphi
     n_done = 0
@@ -183,38 +183,10 @@ def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
     for i in range(nq):
         if q_c[i] < 1.5 * disk_r_q:
             continue
-        lo = max(0, i - half)
-        hi = min(nq, i + half + 1)
-        if cw[hi] - cw[lo] <= tiny:
+        if cw[min(nq, i + half + 1)] - cw[max(0, i - half)] <= tiny:
             continue
-        while b_hi < hi:
-            for k in range(nphi):
-                band_s[k] += s[b_hi, k]
-                band_w[k] += w[b_hi, k]
-            b_hi += 1
-        while b_lo < lo:
-            for k in range(nphi):
-                band_s[k] -= s[b_lo, k]
-                band_w[k] -= w[b_lo, k]
-            b_lo += 1
-        q_mid = max(q_c[i], disk_r_q)
-        width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
-        bs = 0.0
-        bwt = 0.0
-        for k in range(nphi):
-            bs += band_s[k]
-            bwt += band_w[k]
-        rate = bs / bwt
-        for k in range(width):
-            band_s[nphi + k] = band_s[k]
-            band_w[nphi + k] = band_w[k]
-        for k in range(nphi):
-            win_s[k] = 0.0
-            win_w[k] = 0.0
-        for j in range(width):
-            for k in range(nphi):
-                win_s[k] += band_s[k + j]
-                win_w[k] += band_w[k + j]
+        rate, width, b_lo, b_hi = _band_windows(i, s, w, half, disk_r_q, max(q_c[i], disk_r_q), sector, band_s,
+                                                band_w, win_s, win_w, b_lo, b_hi)
         n_ok = 0
         for k in range(nphi):
             e = np.float32(rate * win_w[k])
@@ -228,9 +200,7 @@ def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
                 zmap[i, k] = nan
             continue
         if n_done % SPOT_NULL_EVERY == 0:
-            qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
-            sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
-            centre = qb - SPOT_QUANTILE_Z[1] * sig
+            centre, sig = _spot_null(zf, n_ok)
         n_done += 1
         widths[i] = width
         scale = max(sig, 1.0)

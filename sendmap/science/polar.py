@@ -308,6 +308,54 @@ def _clipped_rate(s, w, rate, z2, max_iter):
     return rate
 
 
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s, win_w, b_lo, b_hi):
+    """Slide the spot statistic's radial band to Q bin ``i`` (bins i ± ``half``; it holds bins [b_lo, b_hi), both
+    ends only moving up, so each bin is added and removed once) and sum its sectors into the circular azimuthal
+    windows one disk diameter wide: win_s/win_w[k] = counts/area of the window starting at sector k. Returns (the
+    band's mean rate, the window width in sectors, the new b_lo, b_hi). Shared by :func:`_frame_stats` and
+    :func:`sendmap.science.indexing._frame_spot_map`, whose significance must be the same."""
+    nq, nphi = s.shape
+    lo = max(0, i - half)
+    hi = min(nq, i + half + 1)
+    while b_hi < hi:
+        for k in range(nphi):
+            band_s[k] += s[b_hi, k]
+            band_w[k] += w[b_hi, k]
+        b_hi += 1
+    while b_lo < lo:
+        for k in range(nphi):
+            band_s[k] -= s[b_lo, k]
+            band_w[k] -= w[b_lo, k]
+        b_lo += 1
+    width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
+    bs = 0.0
+    bwt = 0.0
+    for k in range(nphi):
+        bs += band_s[k]
+        bwt += band_w[k]
+    for k in range(width):
+        band_s[nphi + k] = band_s[k]
+        band_w[nphi + k] = band_w[k]
+    for k in range(nphi):
+        win_s[k] = 0.0
+        win_w[k] = 0.0
+    for j in range(width):  # window sums: no serial dependency between windows, so it vectorises
+        for k in range(nphi):
+            win_s[k] += band_s[k + j]
+            win_w[k] += band_w[k + j]
+    return bs / bwt, width, b_lo, b_hi
+
+
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _spot_null(zf, n_ok):
+    """(centre, scale) of the window scores' normal null from two low quantiles (:data:`SPOT_QUANTILES`, which
+    Bragg spots, adding counts, do not reach)."""
+    qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
+    sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
+    return qb - SPOT_QUANTILE_Z[1] * sig, sig
+
+
 @numba.njit(cache=True, fastmath=STATS_FASTMATH)
 def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp, o_rob, o_spot, o_var, scratch,
                  work, zf):
@@ -400,7 +448,7 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
     for k in range(nphi):
         band_s[k] = 0.0
         band_w[k] = 0.0
-    b_lo = 0  # the band holds bins [b_lo, b_hi): both ends only move up, each bin is added and removed once
+    b_lo = 0  # the band holds bins [b_lo, b_hi)
     b_hi = 0
     sector = 2.0 * math.pi / nphi
     n_done = 0  # bins scored so far: the null is re-estimated at every SPOT_NULL_EVERY-th
@@ -410,38 +458,10 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
         o_spot[i] = nan
         if q_c[i] < 1.5 * disk_r_q:
             continue  # inside or next to the central disk: no spots to find
-        lo = max(0, i - half)
-        hi = min(nq, i + half + 1)
-        if cw[hi] - cw[lo] <= tiny:
+        if cw[min(nq, i + half + 1)] - cw[max(0, i - half)] <= tiny:
             continue
-        while b_hi < hi:
-            for k in range(nphi):
-                band_s[k] += s[b_hi, k]
-                band_w[k] += w[b_hi, k]
-            b_hi += 1
-        while b_lo < lo:
-            for k in range(nphi):
-                band_s[k] -= s[b_lo, k]
-                band_w[k] -= w[b_lo, k]
-            b_lo += 1
-        q_mid = max(q_c[i], disk_r_q)
-        width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
-        bs = 0.0
-        bwt = 0.0
-        for k in range(nphi):
-            bs += band_s[k]
-            bwt += band_w[k]
-        rate = bs / bwt
-        for k in range(width):
-            band_s[nphi + k] = band_s[k]
-            band_w[nphi + k] = band_w[k]
-        for k in range(nphi):
-            win_s[k] = 0.0
-            win_w[k] = 0.0
-        for j in range(width):  # window sums: no serial dependency between windows, so it vectorises
-            for k in range(nphi):
-                win_s[k] += band_s[k + j]
-                win_w[k] += band_w[k + j]
+        rate, width, b_lo, b_hi = _band_windows(i, s, w, half, disk_r_q, max(q_c[i], disk_r_q), sector, band_s,
+                                                band_w, win_s, win_w, b_lo, b_hi)
         # Poisson score of each window against the band's mean rate, (observed − expected)/sqrt(max(expected, 1)),
         # in float32 (8 lanes; ~1e-7 relative); windows without pixels are left out
         n_ok = 0
@@ -458,9 +478,7 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
         # against the local scatter of the scores at this Q (speckle and Poisson): centre and scale of a normal
         # null from two low quantiles (SPOT_QUANTILES: the side spots do not reach), the scale at least 1 (Poisson)
         if n_done % SPOT_NULL_EVERY == 0:
-            qa, qb = _quantile_pair(zf, n_ok, SPOT_QUANTILES[0], SPOT_QUANTILES[1], SPOT_QUANTILE_STEPS)
-            sig = (qb - qa) / (SPOT_QUANTILE_Z[1] - SPOT_QUANTILE_Z[0])
-            centre = qb - SPOT_QUANTILE_Z[1] * sig
+            centre, sig = _spot_null(zf, n_ok)
         n_done += 1
         o_spot[i] = (best - centre) / max(sig, 1.0)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .mixture import fit_deconvolved_mixture
 from .spatial import _neighbour_sum, potts_mean_field
 
 PROB_CLASSES = ("crystal", "sei_type1", "sei_type2", "electrolyte")
@@ -62,23 +63,6 @@ def lif_evidence(lif_z: np.ndarray, z_noise: float, z_sure: float) -> np.ndarray
     """
     z = np.nan_to_num(np.asarray(lif_z, dtype=np.float64), nan=-np.inf)
     return np.clip((z - z_noise) / max(z_sure - z_noise, 1e-12), 0.0, 1.0)
-
-
-def _weighted_deconvolved(x, s2, w, mu, var, n_iter: int = 50):
-    """One Gaussian fitted to values ``x`` with error variances ``s2`` and weights ``w`` (extreme deconvolution,
-    Bovy et al. 2011), from (mu, var): (mean, intrinsic variance)."""
-    for _ in range(n_iter):
-        tot = var + s2
-        b = mu + var / tot * (x - mu)
-        big_b = var - var ** 2 / tot
-        mu_new = float(np.sum(w * b) / np.sum(w))
-        var = float(np.sum(w * ((b - mu_new) ** 2 + big_b)) / np.sum(w))
-        var = max(var, 1e-10)
-        if abs(mu_new - mu) < 1e-9:
-            mu = mu_new
-            break
-        mu = mu_new
-    return mu, var
 
 
 def _amorphous_log_lik(q, s2, lif_llr, models, log_weights):
@@ -157,8 +141,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
             sel = lab == PROB_CLASSES.index(name)
             counts[j] += sel.sum()
             if sel.sum() >= MIN_CLASS_WEIGHT:
-                models[name] = _weighted_deconvolved(q[sel], s2[sel], np.ones(int(sel.sum())), float(np.mean(q[sel])),
-                                                     max(float(np.var(q[sel]) - np.mean(s2[sel])), 1e-8))
+                one = fit_deconvolved_mixture(q[sel], np.sqrt(s2[sel]), 1, errors=False)
+                models[name] = (float(one["mean"][0]), max(float(one["sigma"][0]) ** 2, 1e-10))
                 source[name] = "scan"
     log_w = np.log(counts / counts.sum())
     ll = np.full((*peak_q.shape, 4), -np.inf)
