@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 BATCH_DIR ?= configs/scenarios
 BATCH_ARGS ?=
+# test processes (pytest-xdist; one per core of the 2-core reference machine; TEST_WORKERS=0 runs them in one)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test run batch bench venv clean clean-numba scenarios scenarios-reduced
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	@echo "figures: results/demo/figures   tables: results/demo/tables   summary: results/demo/summary.json"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 run: $(STAMP)
 	$(BIN)/sendmap run $(CONFIG)

@@ -12,9 +12,42 @@ from .engine.store import STORE_NAME
 MIN_CLASS_COUNT = 50
 """Per-class recall enters the issue-18 targets only where the class has at least this many positions in truth."""
 
-CALIBRATION_MIN_PER_BIN = 20
-"""A tenth of predicted probability enters the calibration check only with at least this many (position,
-class) pairs: with fewer the observed frequency's binomial error (≥ 0.1 at p = 0.5) swamps the ±0.07 target."""
+CALIBRATION_TOLERANCE = 0.07
+"""Issue 18: in each tenth of predicted probability the observed frequency within ±0.07 of the mean probability."""
+
+CALIBRATION_MIN_PER_BIN = 196
+"""A tenth of predicted probability enters the calibration check only with at least this many (position, class)
+pairs: the number at which the 95 % binomial half-width at p = ½ equals the ±0.07 target (1.96·√(¼/196) = 0.07).
+With fewer, even a perfectly calibrated forecaster misses the target by chance in more than 5 % of bins, so the bin
+says nothing about calibration; pool scans (:func:`pool_calibration`) to fill it."""
+
+
+def _calibration_summary(bins: list[dict]) -> dict:
+    devs = [abs(b["freq"] - b["mean_p"]) for b in bins if b["n"] >= CALIBRATION_MIN_PER_BIN]
+    return {"bins": bins, "max_abs_dev": float(max(devs)) if devs else float("nan"),
+            "n_pairs": int(sum(b["n"] for b in bins)), "min_per_bin": CALIBRATION_MIN_PER_BIN,
+            "bins_measured": len(devs)}
+
+
+def pool_calibration(tables: list[dict]) -> dict:
+    """One calibration table from several (:func:`calibration_table` outputs of scans scored apart, e.g. the cells
+    of the scenario matrix): the pairs of each tenth added up, so that tenths too sparse in one scan are measured.
+
+    >>> a = {"bins": [{"lo": 0.0, "hi": 1.0, "n": 100, "mean_p": 0.5, "freq": 0.4}]}
+    >>> b = {"bins": [{"lo": 0.0, "hi": 1.0, "n": 300, "mean_p": 0.3, "freq": 0.3}]}
+    >>> round(pool_calibration([a, b])["bins"][0]["freq"], 3), pool_calibration([a, b])["n_pairs"]
+    (0.325, 400)
+    """
+    tables = [t for t in tables if t and t.get("bins")]
+    if not tables:
+        return _calibration_summary([])
+    out = []
+    for k, b0 in enumerate(tables[0]["bins"]):
+        n = sum(t["bins"][k]["n"] for t in tables)
+        mp = sum(t["bins"][k]["n"] * t["bins"][k]["mean_p"] for t in tables if t["bins"][k]["n"]) / n if n else float("nan")
+        fr = sum(t["bins"][k]["n"] * t["bins"][k]["freq"] for t in tables if t["bins"][k]["n"]) / n if n else float("nan")
+        out.append({"lo": b0["lo"], "hi": b0["hi"], "n": int(n), "mean_p": float(mp), "freq": float(fr)})
+    return _calibration_summary(out)
 
 
 def _predicted_names(g) -> list[str]:
@@ -29,7 +62,7 @@ def calibration_table(prob: np.ndarray, true_idx: np.ndarray, n_bins: int = 10) 
 
     ``prob`` (Ry, Rx, K) with K the classes in ``CLASS_NAMES`` order; ``true_idx`` (Ry, Rx) true class codes.
     Returns {"bins": [{"lo", "hi", "n", "mean_p", "freq"}...], "max_abs_dev": largest |freq − mean_p| over
-    bins with ≥ CALIBRATION_MIN_PER_BIN pairs (NaN if none), "n_pairs"}.
+    bins with ≥ CALIBRATION_MIN_PER_BIN pairs (NaN if none), "n_pairs", "min_per_bin", "bins_measured"}.
     """
     p = np.asarray(prob, dtype=float).reshape(-1, prob.shape[-1])
     t = np.asarray(true_idx).reshape(-1)
@@ -38,16 +71,14 @@ def calibration_table(prob: np.ndarray, true_idx: np.ndarray, n_bins: int = 10) 
     pv, ov = p[ok], outcome[ok]
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     b = np.clip(np.digitize(pv, edges[1:-1]), 0, n_bins - 1)
-    bins, devs = [], []
+    bins = []
     for k in range(n_bins):
         m = b == k
         n = int(m.sum())
         mp = float(pv[m].mean()) if n else float("nan")
         fr = float(ov[m].mean()) if n else float("nan")
         bins.append({"lo": float(edges[k]), "hi": float(edges[k + 1]), "n": n, "mean_p": mp, "freq": fr})
-        if n >= CALIBRATION_MIN_PER_BIN:
-            devs.append(abs(fr - mp))
-    return {"bins": bins, "max_abs_dev": float(max(devs)) if devs else float("nan"), "n_pairs": int(pv.size)}
+    return _calibration_summary(bins)
 
 
 def evaluate(out_dir: Path, truth_dir: Path) -> dict:

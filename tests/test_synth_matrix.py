@@ -15,7 +15,7 @@ import pytest
 
 from sendmap import CLASS_NAMES
 from sendmap.errors import SendmapInputError
-from sendmap.evaluate import calibration_table, evaluate
+from sendmap.evaluate import CALIBRATION_MIN_PER_BIN, calibration_table, evaluate, pool_calibration
 from sendmap.synth import make as M
 from sendmap.synth import patterns as P
 from sendmap.synth import phantom as PH
@@ -278,6 +278,25 @@ def test_calibration_table_tells_calibrated_from_overconfident():
     assert good["max_abs_dev"] < 0.05 and good["n_pairs"] == n * k
     sharp = prob ** 4 / (prob ** 4).sum(1, keepdims=True)  # same ranking, overconfident
     assert calibration_table(sharp[:, None, :], true[:, None])["max_abs_dev"] > 0.1
+
+
+def test_pooled_calibration_measures_the_tenths_no_single_scan_fills():
+    """Twenty small calibrated "scans": alone, the middle tenths hold too few pairs to be judged (the binomial error
+    exceeds the ±0.07 target); pooled, every tenth is measured and within it; an overconfident set still fails."""
+    rng = np.random.default_rng(1)
+    n, k = 4000, 4
+    logits = rng.normal(0, 1.5, (n, k))
+    prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    true = np.array([rng.choice(k, p=p) for p in prob])
+    parts = [calibration_table(prob[i::20, None, :], true[i::20, None]) for i in range(20)]
+    assert max(p["bins_measured"] for p in parts) < 10
+    pooled = pool_calibration(parts)
+    assert pooled["n_pairs"] == n * k and pooled["bins_measured"] == 10
+    assert all(b["n"] >= CALIBRATION_MIN_PER_BIN for b in pooled["bins"])
+    assert pooled["max_abs_dev"] < 0.05
+    sharp = prob ** 4 / (prob ** 4).sum(1, keepdims=True)
+    assert pool_calibration([calibration_table(sharp[i::20, None, :], true[i::20, None])
+                             for i in range(20)])["max_abs_dev"] > 0.1
 
 
 def test_evaluate_scores_labelled_means_calibration_and_mixing(tmp_path):
