@@ -199,12 +199,12 @@ def test_speckled_scan_peak_accuracy(speckled_scan):
 
 
 def test_speckled_scan_coverage(speckled_scan):
-    """±1σ coverage at M = 10 after the denoising: at least the issue's 60 % (0.55-0.59 before the speckle
-    covariance was propagated exactly and V pooled over neighbours). Above the issue's 76 % here (the 30 × 45 scan
-    of this seed: 0.79): the fit range follows each profile's noisy maximum, which the delta-method error, computed
-    for the range as fixed, does not see; on single patterns a fixed range covers 0.68 (README). Bounded at 0.82."""
+    """Issue 17: ±1σ coverage 60-76 % at M = 10 after the denoising (measured 0.70; 0.55-0.59 before the speckle
+    covariance was propagated exactly and V pooled over neighbours, 0.79 on the 30 × 45 scan of this seed before the
+    fit range was re-centred on the fitted maximum and its feedback put in the error). ~430 positions, spatially
+    correlated through the pooling and the denoising: ±0.03 or so between seeds (0.65-0.72 on dev seeds 41-43)."""
     _, r = speckled_scan
-    assert 0.60 <= r["peak_coverage_1sigma"] <= 0.82, r
+    assert 0.60 <= r["peak_coverage_1sigma"] <= 0.76, r
 
 
 def test_speckled_scan_stores_v_and_the_error_model(speckled_scan):
