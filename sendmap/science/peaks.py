@@ -475,8 +475,8 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     the whole curve (already at σ_F ≈ ¼ bin it is within 3 % of the first). The model takes one noise common to the
     ranges one bin apart: true for wide ranges (± 0.14 1/Å, 23 bins, the synthetic scans where it was checked), not
     for narrow matched ones: on the real Ta2O5 halo (7 and 9 bins, β = +0.13) the re-centred error is 1.1 × too
-    wide, coverage 0.79 at 2 × 10⁴ e⁻, which is why :func:`fit_peaks` does not re-centre by default. β is a property of the peak's shape
-    and the polynomial, not of one profile's noise: ``beta`` comes from a mean profile (:func:`window_feedback`).
+    wide, coverage 0.79 at 2 × 10⁴ e⁻, which is why :func:`fit_peaks` does not re-centre by default. β is a
+    property of the peak's shape and the polynomial, not of one profile's noise: ``beta`` comes from a mean profile (:func:`window_feedback`).
     Measured per position instead, its noise (interquartile range −0.32 to −0.11 at M = 10, 2 × 10⁴ e⁻) scatters
     the σ and the coverage falls to 0.56–0.65. Where β is undefined (no mean peak) or β ≥ 1 (the fixed point is
     not stable: the estimate would run with the range), σ_F is kept. With ``return_centre`` also the range's centre

@@ -203,6 +203,13 @@ def stage_peaks(ctx: Context) -> None:
     outside, a warning where partly). The ``peaks`` attribute records the fit range used (``fit_range``; with
     ``fit_half_width: auto`` measured on the mean non-crystalline profile), ``status_counts`` and ``warnings``
     (also logged: more than :data:`PEAK_STATUS_WARN_SHARE` of the non-crystalline positions without a peak).
+
+    Under the "azimuthal" (speckle) error model the errors are :func:`speckle_fit_errors` (speckle only where
+    :func:`speckle_presence` finds it in the scan; Poisson correlated between neighbouring bins by the pixel
+    splitting) and the fit range is re-centred on each fitted maximum, its feedback β on the estimate (measured
+    on the mean non-crystalline profile, ``window_feedback`` in the attribute) in the error
+    (:func:`sendmap.science.peaks._recentred`): ±1σ coverage 0.62–0.75 on speckled and speckle-free synthetic
+    scans (README), where the range following the smoothed maximum gave up to 0.79.
     """
 
     from ..engine.execute import local_map
@@ -362,7 +369,8 @@ def stage_peaks(ctx: Context) -> None:
     set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "fit_range": fit_range, "degree": pk.degree,
                         "profile": pk.profile, "status_counts": status_counts, "warnings": warnings_,
                         "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
-                        "window_feedback": {"recentred": recentre, "beta": _finite(feedback["beta"]), "beta_plain": _finite(feedback_plain["beta"]),
+                        "window_feedback": {"recentred": recentre, "beta": _finite(feedback["beta"]),
+                                            "beta_plain": _finite(feedback_plain["beta"]),
                                             "centre_q": feedback["centre_q"]},
                         "speckle_test": None if speckle is None else speckle["speckle_test"],
                         "poisson_correlation": (None if speckle is None
