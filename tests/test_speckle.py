@@ -280,3 +280,54 @@ def test_peak_errors_cover_under_speckle(m):
     assert 0.85 <= ratio <= 1.15, (m, ratio, cov)
     assert 0.60 <= cov <= 0.76, (m, cov, bias)
     assert abs(bias) <= 0.002, (m, bias)
+
+
+# ------------------------------------------------------------------------------------------- error-model parts
+
+
+def test_poisson_bin_correlation_matches_repeated_patterns():
+    """The pixel splitting makes neighbouring bins share counts: the computed lag-1 correlation of the Poisson errors
+    (0.22 at one pixel per bin, 3 × 3 sub-pixels) against 400 Poisson patterns of one expectation (seed 1100)."""
+    from sendmap.science.polar import poisson_bin_correlation
+
+    rng = np.random.default_rng(1100)
+    r = _profiles(rng.poisson(_expected(2e4), (400, N, N)))
+    q = GEOM.q_centres
+    band = np.flatnonzero((q > 0.1) & (q < 0.5))
+    res = r["mean"] - r["mean"].mean(axis=0)
+    emp = [np.mean([np.corrcoef(res[:, i], res[:, i + lag])[0, 1] for i in band]) for lag in (1, 2)]
+    model = poisson_bin_correlation(QPX, GEOM.bin_width, GEOM.supersample, (0.1, 0.5))
+    assert model[0] == 1.0
+    assert model[1] == pytest.approx(emp[0], abs=0.04), (model, emp)
+    assert abs(model[2]) < 0.02 and abs(emp[1]) < 0.04, (model, emp)
+
+
+@pytest.mark.parametrize("m", [None, 30])
+def test_speckle_presence(m):
+    """The scan-level test that decides whether the fit's errors carry a speckle part: not on Poisson-only patterns
+    (where the per-position V floored at 0 would widen σ), yes at M = 30 (V ≈ 0.03) at 2 × 10⁴ e⁻. Seed 1200 + M."""
+    from sendmap.science.polar import fem_variance_scale
+    from sendmap.stages.peaks import speckle_presence
+
+    rng = np.random.default_rng(1200 + (m or 0))
+    fr = [rng.poisson(_expected(2e4, speckle=None if m is None else P.speckle_field((N, N), R_PX, m, rng, CENTRE)))
+          for _ in range(100)]
+    q = GEOM.q_centres
+    fem = _profiles(fr)["fem_variance"] * fem_variance_scale(q, GEOM.n_phi, R_Q, GEOM.bin_width)
+    res = speckle_presence(fem.reshape(10, 10, -1), np.ones((10, 10), bool), q, (0.22, 0.42))
+    assert res["present"] == (m is not None), res
+    assert res["n"] == 100
+
+
+def test_recentred_error_limits():
+    """The re-centred estimator's error (:func:`sendmap.science.peaks.recentred_error`): σ_F / (1 − β) where the noise
+    moves the range over many bins (implicit differentiation), σ_F where it cannot move it (β = 0)."""
+    from sendmap.science.peaks import recentred_error
+
+    bw = 0.0125
+    for beta in (-0.2, 0.13):
+        big = np.array([5 * bw, 20 * bw])
+        np.testing.assert_allclose(recentred_error(big, beta, bw), big / (1 - beta), rtol=0.01)
+    s = np.array([0.1, 1.0, 3.0]) * bw
+    np.testing.assert_allclose(recentred_error(s, 0.0, bw), s, rtol=0.01)
+    assert np.isnan(recentred_error(np.array([np.nan]), -0.2, bw)[0])
