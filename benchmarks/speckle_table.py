@@ -34,7 +34,9 @@ def false_spot_rates(result_dir: Path, truth_dir: Path) -> dict:
 
     from sendmap import CLASS_NAMES
     from sendmap.config import load_config
-    from sendmap.pipeline import band_max, crystal_spot_threshold, lif_spot_thresholds, measured_counts
+    from sendmap.science.classify import band_max
+    from sendmap.stages.crystalline import crystal_spot_threshold, lif_spot_thresholds
+    from sendmap.stages.dose import measured_counts
 
     g = zarr.open_group(str(result_dir / "sendmap.zarr"), mode="r")
     cfg = load_config(truth_dir / "config.yaml")

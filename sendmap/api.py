@@ -264,7 +264,10 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     profiles: (..., nq) I·Q^n (numpy or dask); q: (nq,) bin centres, 1/Å; sem: its standard error (default:
     √profile, Poisson counts); window: 1/Å where the peak is sought (config default). ``options``: the
     science function's keywords (``half_width``: a number, (left, right), or ``"auto"``, the config default: chosen
-    on the mean of the given profiles as the peaks stage chooses it on the non-crystalline ones; ``degree``, ...).
+    on the mean of the given profiles as the peaks stage chooses it on the non-crystalline ones; ``degree``, ...;
+    under the speckle error model the stage also passes ``recentre=True``, ``feedback`` (β, its ``peaks`` attribute
+    ``window_feedback``) and ``correlated`` (the speckle and Poisson covariances of
+    :func:`sendmap.stages.peaks.speckle_fit_errors`): pass them for the same numbers).
     Returns a dict of (...) arrays: ``q_peak``,
     ``q_err`` (1/Å), ``height``, ``prominence``, ``fwhm``, ``status`` and the rest of the science function's
     outputs.

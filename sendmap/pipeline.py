@@ -32,7 +32,7 @@ STAGES: tuple[Stage, ...] = (
     # components come from the correlated-noise edge; peaks/status. revision 3 (coverage): the speckle covariance is
     # propagated exactly (no slope factor), V(Q) for the errors averaged over 5 × 5 non-crystalline neighbours
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 3,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 4,
           key_sections=peaks.key_sections),
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps"),
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,

@@ -677,3 +677,50 @@ def correlated_noise_top_singular_value(white: np.ndarray, speckle: np.ndarray, 
     from .lowrank import gram_svd
 
     return float(gram_svd(z, vectors=False)[0][0] / np.sqrt(max(int(n_rows), 1)))
+
+
+def poisson_bin_correlation(q_pixel_size: float, bin_width: float, supersample: int, q_range: tuple[float, float],
+                            ratio: float = 1.0, max_lag: int = 3, centre_fractions=(0.0, 0.25, 0.5)) -> np.ndarray:
+    """Correlation of the Poisson errors of an azimuthal-mean profile's radial bins at lags 0, 1, …, ``max_lag``
+    (1 at lag 0), from the pixel splitting alone: a pixel's ``supersample``² sub-pixels can fall into two (or
+    three) neighbouring bins (:func:`pixel_bins`), so those bins share its counts. For a bin mean
+    I_i = Σ_p w_pi c_p / W_i (w_pi the pixel's share in bin i) and counts of a locally uniform rate,
+    corr(i, i + l) = Σ_p w_pi w_p,i+l / √(Σ_p w_pi² · Σ_p w_p,i+l²), averaged over the bins whose centres lie in
+    ``q_range`` (1/Å) and over pattern centres at the pixel ``centre_fractions``. At one pixel per bin and 3 × 3
+    sub-pixels it is 0.21 at lag 1, ≈ 0 beyond (what 1000 Poisson patterns of a synthetic ring show, 0.21): the
+    Poisson-only fit error is then ~12 % too small if the bins are taken as independent. ``ratio``: the
+    ellipse's axis ratio (its angle does not change the average)."""
+    scale = q_pixel_size / bin_width
+    n_hi = int(np.ceil(q_range[1] / bin_width)) + max_lag + 2
+    r_px = int(np.ceil(n_hi / scale * max(ratio, 1.0 / ratio) ** 0.5)) + 2
+    off = (np.arange(supersample) + 0.5) / supersample - 0.5
+    a = np.sqrt(ratio)
+    lo_bin = max(int(np.floor(q_range[0] / bin_width)), 0)
+    acc = np.zeros(max_lag + 1)
+    n_acc = 0
+    for f in centre_fractions:
+        yy, xx = np.mgrid[-r_px:r_px + 1, -r_px:r_px + 1].astype(float)
+        yy, xx = (yy - f).ravel(), (xx - f).ravel()
+        sy = yy[:, None, None] + off[None, :, None]
+        sx = xx[:, None, None] + off[None, None, :]
+        iq = np.floor(np.hypot(sx / a, sy * a) * scale).astype(int).reshape(len(yy), -1)  # (pixels, ss²)
+        base = iq.min(axis=1)
+        keep = (iq.max(axis=1) >= lo_bin - max_lag) & (base <= n_hi)
+        iq, base = iq[keep], base[keep]
+        span = int((iq.max(axis=1) - base).max()) + 1
+        w = np.stack([(iq - base[:, None] == k).mean(axis=1) for k in range(span)], axis=1)  # (pixels, span)
+        s2 = np.zeros(n_hi + span + 1)
+        np.add.at(s2, np.clip(base[:, None] + np.arange(span), 0, n_hi + span), w ** 2)
+        for lag in range(max_lag + 1):
+            x = np.zeros(n_hi + span + 1)
+            if lag < span:
+                np.add.at(x, np.clip(base[:, None] + np.arange(span - lag), 0, n_hi + span),
+                          w[:, :span - lag] * w[:, lag:])
+            bins = np.arange(lo_bin, n_hi - max_lag)
+            centres = (bins + 0.5) * bin_width
+            bins = bins[(centres >= q_range[0]) & (centres <= q_range[1])]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c = x[bins] / np.sqrt(s2[bins] * s2[bins + lag])
+            acc[lag] += np.nanmean(c) if bins.size else (1.0 if lag == 0 else 0.0)
+        n_acc += 1
+    return acc / n_acc
