@@ -93,8 +93,7 @@ class ProfileBlock:
         item, frames, centres = loaded
         spots = self.spot_keep_z is not None
         out = profile_block(frames, centres, self.mask, self.tables, self.disk_radius_q, self.adf_q,
-                            bf_max_q=self.bf_q, speckle_factor=self.speckle_factor, keep_sums=spots,
-                            keep_z=self.spot_keep_z)
+                            bf_max_q=self.bf_q, speckle_factor=self.speckle_factor, keep_z=self.spot_keep_z)
         if spots:
             self._evidence(out)
         # the stored outputs (float32) made here in the worker, not in the main thread that writes (it shares
@@ -112,13 +111,13 @@ class ProfileBlock:
         return item[1], out
 
     def _evidence(self, out: dict) -> None:
-        """Spot lists and indexing evidence of the frames the kernel kept the polar sums of (a spot at or above
+        """Indexing evidence of the frames whose spots the profile kernel listed (a spot at or above
         ``spot_keep_z``), into ``out``: ``spot_index`` (C,) frame index in the block, ``spot_list`` (C, K, 4),
         and the (B,) maps of :data:`EVIDENCE_OUTPUTS`."""
-        from ..science.indexing import crystal_evidence, spot_block
+        from ..science.indexing import crystal_evidence
 
         kept = out.pop("kept")
-        s, w = out.pop("s"), out.pop("w")
+        sp, scat = out.pop("spots"), out.pop("spot_scattered")
         nb = kept.size
         for nm, (dt, fill, _) in EVIDENCE_OUTPUTS.items():
             out[nm] = np.full(nb, fill, dt)
@@ -127,8 +126,6 @@ class ProfileBlock:
         if idx.size == 0:
             out["spot_list"] = np.zeros((0, 0, 4), np.float32)
             return
-        q = self.tables.geom.q_centres
-        sp, scat = spot_block(s, w, q, self.disk_radius_q)
         ev = crystal_evidence(sp, scat, self.disk_radius_q, self.tables.geom.bin_width, self.q_rel_err)
         n = ev["n_spots"]
         out["spot_list"] = sp[:, :max(1, int(n.max()))]

@@ -513,6 +513,19 @@ class PolarTables:
                 lk.release()
 
 
+_SUMS = threading.local()
+
+
+def _sums_buffer(nb: int, nq: int, nphi: int) -> np.ndarray:
+    """A (nb, nq, nphi) float64 work array of this thread, reused between blocks (fresh memory costs a page fault
+    per 4 kB on first touch: as much as the accumulation itself for the frames whose sums are kept)."""
+    buf = getattr(_SUMS, "buf", None)
+    if buf is None or buf.shape[1:] != (nq, nphi) or buf.shape[0] < nb:
+        buf = np.empty((nb, nq, nphi))
+        _SUMS.buf = buf
+    return buf[:nb]
+
+
 _NO_OFFSETS = np.zeros(1, np.int64)
 _NO_INDEX = np.zeros(0, np.uint16)
 
@@ -535,10 +548,10 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     Returns (B, nq) float64 arrays ``mean`` (counts per pixel), ``sem``, ``dispersion``, ``robust``,
     ``fem_variance`` and ``spot_z`` (see :func:`sendmap.science.polar.frame_statistics`), (B,) ``bf`` and ``adf``
     (counts), and with ``keep_sums`` the per-frame polar sums ``s`` (B, nq, n_phi) and pixel areas
-    ``w`` (B, nq, n_phi). ``keep_z`` (nq,) σ (with ``keep_sums``): keep the sums only of the frames whose spot
-    significance reaches ``keep_z`` at some Q bin (+inf: never at that bin); then ``s`` and ``w`` are (C, nq, n_phi)
-    for those C frames and ``kept`` (B,) bool says which: the sums of a few candidate frames for a spot list
-    (:func:`sendmap.science.indexing.spot_block`) without copying every frame's.
+    ``w`` (B, nq, n_phi). ``keep_z`` (nq,) σ: list the Bragg spots (:func:`sendmap.science.indexing.spot_block`)
+    of the frames whose spot significance reaches ``keep_z`` at some Q bin (+inf: never at that bin) while their
+    sums are in memory, the others have none: ``kept`` (B,) bool says which, ``spots`` (C, K, 4) float32 and
+    ``spot_scattered`` (C,) are theirs (``keep_sums`` is then ignored: no sums are returned).
 
     >>> import numpy as np
     >>> from sendmap.science.polar import PolarGeometry
@@ -572,12 +585,14 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
         raise ValueError(f"speckle_factor must have one value per radial bin ({g.nq}), got shape {g_c.shape}")
     bf = np.empty(nb)
     adf = np.empty(nb)
-    select = keep_sums and keep_z is not None
+    select = keep_z is not None
+    keep_sums = keep_sums or select
     kz = np.zeros(g.nq) if keep_z is None else np.ascontiguousarray(keep_z, dtype=np.float64)
     if kz.shape != (g.nq,):
         raise ValueError(f"keep_z must have one value per radial bin ({g.nq}), got shape {kz.shape}")
-    # (np.empty: only the pages of kept frames are ever touched)
-    s = np.empty((nb, g.nq, g.n_phi)) if keep_sums else np.empty((1, g.nq, g.n_phi))
+    # (a per-thread buffer reused by the next block: only the pages of kept frames are touched, once)
+    s = _sums_buffer(nb, g.nq, g.n_phi) if select else (np.empty((nb, g.nq, g.n_phi)) if keep_sums
+                                                         else np.empty((1, g.nq, g.n_phi)))
     kept = np.zeros(nb if keep_sums else 1, np.bool_)
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
@@ -591,10 +606,12 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
                               out["fem_variance"], bf, adf, s, kept)
         out["bf"] = bf
         out["adf"] = adf
-        if select:
+        if select:  # before release(): the pixel areas w_u are read from the cache's slots
+            from .indexing import spots_of_frames
+
             out["kept"] = kept
-            out["s"] = s[kept]
-            out["w"] = w_u[uix[kept]]  # a copy: the cache's slots may be reused once released
+            out["spots"], out["spot_scattered"] = spots_of_frames(s, w_u, uix, np.flatnonzero(kept), g.q_centres,
+                                                                  float(disk_radius_q))
         elif keep_sums:
             out["s"] = s
             out["w"] = w_u[uix]  # a copy: the cache's slots may be reused once released

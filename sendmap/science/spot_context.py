@@ -17,12 +17,14 @@ import numpy as np
 from .indexing import N_SIGMA, spot_position_sigma
 
 SHARED_MIN_NEIGHBOURS = 3
-"""A spot is a grain's (``shared``) when at least 3 of the 8 scan neighbours list a spot at the same g: a position at
-a grain's corner has 3 neighbours inside a (convex) grain, at its edge 5. By chance (speckle, LiF nanocrystals, a
-neighbour's random spot falling within 3σ of g) a spot is matched by one neighbour with probability ≲ 0.1 at 2 ×
-10⁴ e⁻ and M = 10 speckle; three independent such matches of eight happen for ≲ 1 % of spots: measured on the
-amorphous positions of the development scans (``sendmap synth --scenario matrix:all --scan-shape 48 64 --seed 501``
-and ``--seed 515 --dose 5000``): see ``tests/test_classify_indexing.py``."""
+"""Default of ``classify.definitions.grain_shared_neighbours``: a spot is a grain's (``shared``) when at least 3 of
+the 8 scan neighbours list a spot at the same g: a position at a grain's corner has 3 neighbours inside a (convex)
+grain, at its edge 5. By chance (speckle, LiF nanocrystals: a neighbour's random spot within 3σ of g) 0.9 % of
+the SEI Type 1 and 0.1 % of the electrolyte positions reach it on the development scan ``sendmap synth --scenario
+matrix:all --scan-shape 48 64 --seed 501`` (2 × 10⁴ e⁻, speckle M = 10), none on ``matrix:lif-dominant --seed 511``,
+and they keep their SRO peak (which the crystal rule asks to be absent, :func:`sendmap.science.classify.
+grain_evidence`); SEI Type 2 or Type 1 positions with it are mostly boundary patterns that hold a grain's minority
+share (the mixed cells)."""
 
 
 def dense_spots(position: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -13,29 +13,30 @@ from .dose import measured_counts
 from .profiles import BRAGG_ATTRS
 
 
-def grain_like(g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.ndarray, r_q: float,
+def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.ndarray, r_q: float,
                bin_width: float) -> np.ndarray | None:
     """Per position grain evidence (:func:`sendmap.science.classify.grain_evidence`) from the profile stage's spot
     lists and indexing (``features/spot_category``, ``features/lif_indexed_z``, ``spots/*``); stores
     ``features/shared_spots`` and ``features/shared_grain_spots``. None for stores without spot lists (the
     threshold alone)."""
     from ..science.classify import grain_evidence
-    from ..science.spot_context import SHARED_MIN_NEIGHBOURS, dense_spots, shared_grain_evidence
+    from ..science.spot_context import dense_spots, shared_grain_evidence
 
-    if "features/spot_category" not in g or "spots/values" not in g:
+    d = cfg.classify.definitions
+    if not d.indexing or "features/spot_category" not in g or "spots/values" not in g:
         return None
     cat_arr = g["features/spot_category"]
     q_rel = float(cat_arr.attrs.get("q_rel_err", 0.005))
     spots = dense_spots(np.asarray(g["spots/position"]), np.asarray(g["spots/values"]), crystal_z.shape)
-    sh = shared_grain_evidence(spots, r_q, bin_width, q_rel)
-    attrs = {"units": "count", "min_neighbours": SHARED_MIN_NEIGHBOURS,
+    sh = shared_grain_evidence(spots, r_q, bin_width, q_rel, max(1, d.grain_shared_neighbours))
+    attrs = {"units": "count", "min_neighbours": max(1, d.grain_shared_neighbours),
              "method": "sendmap.science.spot_context.shared_grain_evidence"}
     write_array(g, "features/shared_spots", sh["n_shared"], attrs | {
         "meaning": "listed spots that at least min_neighbours of the 8 scan neighbours list at the same g (a grain's)"})
     write_array(g, "features/shared_grain_spots", sh["n_shared_grain"], attrs | {
         "meaning": "shared spots on a Li or Cu ring within the calibrated Q uncertainty"})
     return grain_evidence(crystal_z, crystal_thr, np.asarray(cat_arr), np.asarray(g["features/lif_indexed_z"]),
-                          sh["n_shared_grain"] > 0, sro_peak)
+                          (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak)
 
 
 def stage_classify(ctx: Context) -> None:
@@ -75,7 +76,7 @@ def stage_classify(ctx: Context) -> None:
                    else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     # the spots' indexing (profile stage) and their spatial context: grain or LiF, whatever the spot strength
-    like = grain_like(g, crystal_z, crystal_thr, peak_status == status_code("ok"), r_q, float(q[1] - q[0]))
+    like = grain_like(cfg, g, crystal_z, crystal_thr, peak_status == status_code("ok"), r_q, float(q[1] - q[0]))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
