@@ -236,6 +236,7 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     rules = classify_rules(flat_q, flat_c, flat_l, **d)
     out = np.full(flat_q.shape, UNASSIGNED, dtype=np.int8)
     out[rules == CRYSTAL] = CRYSTAL
+    out[(rules == SEI_TYPE2) & ~np.isfinite(flat_q)] = SEI_TYPE2  # LiF-indexed spots without an SRO peak
     rest = (rules != CRYSTAL) & np.isfinite(flat_q)
     vote = d.get("lif_vote")
     spot = np.nan_to_num(vote) if vote is not None else np.log1p(np.clip(np.nan_to_num(flat_l), 0, None))

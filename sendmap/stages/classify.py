@@ -46,7 +46,7 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import (CRYSTAL, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
+    from ..science.classify import (CRYSTAL, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
                                     crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote)
     from ..science.probability import PROB_CLASSES, class_probabilities, lif_evidence
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
@@ -96,8 +96,11 @@ def stage_classify(ctx: Context) -> None:
                            method=cfg.classify.method, **rules)
     # class probabilities: the evidence of each position and the spatial prior (sendmap.science.probability)
     ok_peak = np.where(peak_status == status_code("ok"), peak_q, np.nan)
+    lif_idx = rules["lif_indexed"]
     prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
-                               labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate)
+                               labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
+                               lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak))
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
