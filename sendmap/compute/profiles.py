@@ -1,5 +1,6 @@
 """Per-block compute of the profiles stage, as workers run it: one pass over a block of frames gives the profiles,
-robust mean, spot significance, V(Q) and virtual images (:func:`sendmap.science.polar_tables.profile_block`).
+robust mean, spot significance, V(Q) and virtual images (:func:`sendmap.science.polar_tables.profile_block`), and
+the spot lists and indexing evidence of the frames with a spot (:data:`EVIDENCE_OUTPUTS`).
 """
 from __future__ import annotations
 

@@ -83,9 +83,15 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
 
 
 def stage_profiles(ctx: Context) -> None:
-    """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position.
+    """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position,
+    and the Bragg-spot lists with their indexing evidence of the positions that have a spot.
 
-    One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`).
+    One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`); the spots
+    are listed (:func:`sendmap.science.indexing.spot_block`) only for the frames whose spot significance reaches
+    :data:`sendmap.science.indexing.SPOT_Z_MIN` somewhere, while their polar sums are in memory (the others have
+    none at that threshold: the same lists as for every frame), and indexed in the worker
+    (:func:`sendmap.science.indexing.crystal_evidence`): ``features/`` maps of
+    :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`, ``spots/position`` and ``spots/values``.
     """
     from ..engine.execute import run_blocks
     from ..science.polar_tables import PolarTables
