@@ -69,6 +69,9 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
     common = {"phase_names": list(INDEX_PHASES), "category_names": list(CATEGORY_NAMES), "z_min": SPOT_Z_MIN,
               "q_rel_err": q_rel, "disk_radius_q": r_q, "method": "sendmap.science.indexing (spot_block, "
               "crystal_evidence); frames without a spot ≥ z_min σ at any Q have none: the fill value"}
+    cat = np.asarray(evidence["spot_category"])
+    common["category_counts"] = {n: int((cat == i).sum()) for i, n in enumerate(CATEGORY_NAMES)}
+    common["unindexed_spots"] = int(np.asarray(evidence["n_unindexed"]).sum())
     for nm, (_, _, attrs) in EVIDENCE_OUTPUTS.items():
         write_array(g, f"features/{nm}", evidence[nm], attrs | common)
     pos = spots.get("spot_pos", np.zeros(0, np.int64))
