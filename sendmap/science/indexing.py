@@ -2,7 +2,9 @@
 the evidence a classifier can use (issue 18).
 
 Size: three layers that share one spot model (the spot list, its indexing, the decision); the spot list (numba,
-:func:`spot_block` and its helpers) is the piece to move out when the profile stage calls it.
+:func:`spot_block` and its helpers) is the piece to move out if it grows. The profile stage lists the spots of the
+frames that have one (:func:`spots_of_frames`, called inside :func:`sendmap.science.polar_tables.profile_block`
+with ``keep_z``) and stores :func:`crystal_evidence` per position (:mod:`sendmap.compute.profiles`).
 
 Three layers, each pure (arrays in, arrays out):
 

@@ -16,6 +16,10 @@ Evidence of a position (all from the earlier stages):
   (``lif_spot_z``), linear between. Its log-likelihood ratio for SEI Type 2 against the other amorphous classes is
   e_i ln(h/α) + (1 − e_i) ln((1 − h)/(1 − α)): α = 0.01, the false-alarm rate ``lif_spot_z`` is defined by; h, the
   share of SEI Type 2 positions that show an excited LiF reflection (``classify.lif_hit_rate``).
+* **its spots' indexing** (``features/spot_category``, :mod:`sendmap.science.indexing`): crystal already through
+  the crystal rule (which uses it); a position without an SRO peak whose spots index as LiF crystallites in an
+  amorphous matrix is SEI Type 2; any other position without an SRO peak weighs P(no peak | class), the share of
+  the scan's positions of each class (by the rules) that have none, and takes its class from its neighbours.
 
 The spatial prior is a Potts Markov random field on the scan grid (:func:`sendmap.science.spatial.
 potts_mean_field`), its coupling β estimated from the evidence-only class map by maximum pseudo-likelihood
