@@ -274,6 +274,20 @@ class ClassDefinitions(_Section):
         "Bragg spots above which a pattern with a crystal-band spot is crystalline (a Li/Cu grain in a zone axis: most; "
         "a few LiF nanocrystals, whose (200) ring falls into the Cu band: a few %); 0: off (default: the clipping misses "
         "spots that fill much of a ring, e.g. Li [111], which then measures ≈ 0.01)")
+    indexing: bool = Field(
+        True, description="use the spots' indexing (profile stage: features/spot_category, spots/*; "
+        "sendmap.science.indexing) in the crystal rule: spots that index as LiF crystallites in an amorphous matrix "
+        "(LiF share of the spot intensity > 1/2 with the isotropic share ≥ 0.6 or Q alone, within 3σ of the calibrated "
+        "Q uncertainty) are never crystal whatever their strength; spots that index as a Li/Cu grain (a zone lattice, "
+        "or Li/Cu spots too strong for their Q to be LiF's: ≥ 22 σ, or on a pattern with isotropic share < 0.6) are a "
+        "grain whatever their strength; false: the crystal_spot_z threshold alone")
+    grain_shared_neighbours: int = Field(
+        3, ge=0, le=8, description="with indexing: a spot on a Li/Cu ring that at least this many of the 8 scan "
+        "neighbours list at the same g (within 3σ of their position errors) on a pattern without an SRO peak makes a "
+        "grain (an off-axis grain's single Friedel pair or systematic row); 3: a grain's corner position has 3 grain "
+        "neighbours; amorphous positions reach it by chance (speckle, LiF nanocrystals) in 0-0.9 %, and then keep "
+        "their SRO peak (development scans sendmap synth --scenario matrix:all / offaxis / lif-dominant, 48 × 64, "
+        "seeds 501, 511, 512, 515); 0: off")
     lif_spot_z: float = Field(
         10.5, gt=0, description="spot significance (σ, against the azimuthal scatter) in LiF bands that marks SEI Type 2: "
         "the 99th percentile of speckled amorphous positions (sendmap synth --speckle 3, 2 × 10⁴ e⁻, seed 21, the "

@@ -26,15 +26,19 @@ STAGES: tuple[Stage, ...] = (
     # of the ellipse fit), profiles/sem has an error model, features/fem_variance is new
     Stage("calibrate", ("calibration",), calibrate.stage_calibrate, "mask, per-position centre, descan plane, ellipse",
           2, key_sections=calibrate.key_sections),
+    # profiles revision 3 (indexing): spot lists and their indexing evidence (features/n_spots, spot_category, ...,
+    # spots/*) for the frames with a spot ≥ 5 σ
     Stage("profiles", ("profiles",), profiles.stage_profiles,
-          "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, BF/ADF, Bragg fraction", 2),
+          "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, spot lists and indexing, BF/ADF, Bragg fraction", 3),
     # revision 2 (speckle, peak status): the fit's errors carry the speckle's correlation in Q, the denoising's
     # components come from the correlated-noise edge; peaks/status. revision 3 (coverage): the speckle covariance is
     # propagated exactly (no slope factor), V(Q) for the errors averaged over 5 × 5 non-crystalline neighbours
     Stage("peaks", ("peaks",), peaks.stage_peaks,
           "SRO peaks: binning/denoising, position, error, height, width; second peak", 4,
           key_sections=peaks.key_sections),
-    Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps"),
+    # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots
+    Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
+          2),
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), report.stage_report, "figures and tables", key_sections=report.key_sections),

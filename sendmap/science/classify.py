@@ -20,7 +20,8 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
                    sei_type2_range: tuple[float, float], electrolyte_range: tuple[float, float],
                    bragg_fraction: np.ndarray | None = None, crystal_bragg_fraction: float = 0.0,
                    lif_vote: np.ndarray | None = None, lif_vote_min: float = 0.5,
-                   crystal_neighbours: np.ndarray | None = None, crystal_min_neighbours: int = 0) -> np.ndarray:
+                   crystal_neighbours: np.ndarray | None = None, crystal_min_neighbours: int = 0,
+                   crystal_like: np.ndarray | None = None, lif_indexed: np.ndarray | None = None) -> np.ndarray:
     """Class index per position (``CLASS_NAMES`` order) from the rules of SCIENCE.md.
 
     1. crystal: a Bragg-disk spot in the Li/Cu bands stronger than ``crystal_spot_z`` σ and (where
@@ -29,10 +30,12 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
        falls into the same band only a few %; not used by default: the robust mean misses spots that fill
        much of a ring, e.g. Li [111]) and (where ``crystal_neighbours`` is given, :func:`crystal_neighbour_count`)
        at least ``crystal_min_neighbours`` of its 8 neighbours crystalline too: a grain, not a nanocrystal
-       with one strong reflection;
+       with one strong reflection; where ``crystal_like`` (:func:`grain_evidence`, the spots' indexing) is given
+       it replaces the spot threshold;
     2. SEI Type 2: spots in the LiF (200)/(220) bands above ``lif_spot_z`` σ, or (where ``lif_vote`` is
        given, see :func:`spot_vote`) a neighbourhood vote for LiF spots ≥ ``lif_vote_min``; SRO peak in its
-       range;
+       range, or no SRO peak at all where the spots index as LiF crystallites in an amorphous matrix
+       (``lif_indexed``, :func:`lif_indexed_positions`: strong LiF rings can hide the SRO maximum in the window);
     3. isotropic: electrolyte below ``electrolyte_max_q``, SEI Type 1 above, each within its range;
     4. anything else (no peak, peak outside every range): unassigned.
 
@@ -45,7 +48,7 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     cls = np.full(peak_q.shape, UNASSIGNED, dtype=np.int8)
     fin = np.isfinite(peak_q)
     crystal = crystal_positions(crystal_z, crystal_spot_z, bragg_fraction, crystal_bragg_fraction,
-                                crystal_neighbours, crystal_min_neighbours)
+                                crystal_neighbours, crystal_min_neighbours, like=crystal_like)
     spotty = np.nan_to_num(lif_z, nan=0.0) > lif_spot_z
     if lif_vote is not None:
         spotty |= np.nan_to_num(lif_vote, nan=0.0) >= lif_vote_min
@@ -56,6 +59,8 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
         return fin & (peak_q >= r[0]) & (peak_q <= r[1])
 
     cls[spotty & within(sei_type2_range)] = SEI_TYPE2
+    if lif_indexed is not None:
+        cls[spotty & ~fin & np.asarray(lif_indexed, bool)] = SEI_TYPE2
     cls[iso & (peak_q < electrolyte_max_q) & within(electrolyte_range)] = ELECTROLYTE
     cls[iso & (peak_q >= electrolyte_max_q) & within(sei_type1_range)] = SEI_TYPE1
     cls[crystal] = CRYSTAL
@@ -75,16 +80,17 @@ def bragg_disk_above(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
 
 def crystal_positions(crystal_z: np.ndarray, threshold: float, bragg_fraction: np.ndarray | None = None,
                       min_bragg_fraction: float = 0.0, neighbours: np.ndarray | None = None,
-                      min_neighbours: int = 0) -> np.ndarray:
+                      min_neighbours: int = 0, like: np.ndarray | None = None) -> np.ndarray:
     """The one definition of a crystalline position (class ``crystal``): a Bragg disk above ``threshold`` σ in the
     crystal bands (:func:`bragg_disk_above`) and, where given and set, more than ``min_bragg_fraction`` of the
     scattered intensity in Bragg spots and at least ``min_neighbours`` of the 8 neighbours with such a disk too
-    (:func:`crystal_neighbour_count`): a grain, not a nanocrystal with one strong reflection.
+    (:func:`crystal_neighbour_count`): a grain, not a nanocrystal with one strong reflection. ``like``: the
+    position's own grain evidence from its indexed spots (:func:`grain_evidence`) in place of the threshold.
 
     >>> crystal_positions(np.array([30.0, 30.0]), 25, neighbours=np.array([5, 1]), min_neighbours=4).tolist()
     [True, False]
     """
-    crystal = bragg_disk_above(crystal_z, threshold)
+    crystal = bragg_disk_above(crystal_z, threshold) if like is None else np.asarray(like, bool).copy()
     if bragg_fraction is not None and min_bragg_fraction > 0:
         crystal &= np.nan_to_num(bragg_fraction, nan=1.0) > min_bragg_fraction
     if neighbours is not None and min_neighbours > 0:
@@ -92,9 +98,10 @@ def crystal_positions(crystal_z: np.ndarray, threshold: float, bragg_fraction: n
     return crystal
 
 
-def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
+def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float, like: np.ndarray | None = None) -> np.ndarray:
     """Number of the 8 scan neighbours (edges: the nearest position repeated) whose crystal-band spot
-    significance exceeds ``threshold`` σ, (Ry, Rx) int.
+    significance exceeds ``threshold`` σ (or, where ``like`` is given, that are grain-like: :func:`grain_evidence`),
+    (Ry, Rx) int.
 
     >>> import numpy as np
     >>> z = np.zeros((3, 4)); z[:, 2:] = 50
@@ -103,8 +110,55 @@ def crystal_neighbour_count(crystal_z: np.ndarray, threshold: float) -> np.ndarr
     """
     k = np.ones((3, 3))
     k[1, 1] = 0
-    hit = bragg_disk_above(crystal_z, threshold).astype(float)
+    hit = (bragg_disk_above(crystal_z, threshold) if like is None else np.asarray(like, bool)).astype(float)
     return np.rint(window_sum(hit, k)).astype(int)
+
+
+def grain_evidence(crystal_z: np.ndarray, threshold: float, spot_category: np.ndarray | None = None,
+                   lif_indexed_z: np.ndarray | None = None, shared_grain: np.ndarray | None = None,
+                   sro_peak: np.ndarray | None = None) -> np.ndarray:
+    """Per position: does it look like a Li/Cu grain (before the neighbour condition of :func:`crystal_positions`)?
+
+    * a Bragg disk in the crystal bands above ``threshold`` σ (:func:`bragg_disk_above`), **unless** the spots
+      index as LiF crystallites in an amorphous matrix (``spot_category`` LIF,
+      :func:`sendmap.science.indexing.crystal_evidence`) and the strongest crystal-band spot is one of them
+      (``lif_indexed_z`` ≥ ``crystal_z``): LiF (200) at 0.497 1/Å lies in the Cu (111) band, and a LiF-dominant
+      SEI Type 2 pattern passes any threshold;
+    * or spots that index as a Li/Cu grain (category GRAIN: a Li/Cu zone lattice, or Li/Cu spots on a pattern
+      dominated by Bragg scattering or too strong for their Q to be LiF's), whatever their strength;
+    * or (``shared_grain``) a spot on a Li/Cu ring that 3 or more neighbours share
+      (:func:`sendmap.science.spot_context.shared_grain_evidence`: a grain's reflection repeats over the grain, an
+      off-axis grain's single pair or row included) on a pattern without an SRO peak (``sro_peak`` False: no
+      amorphous ring; a boundary pattern where the grain is the minority keeps its SEI's ring).
+
+    Without the indexing arrays (None), the threshold alone: the stores of sendmap before spot lists.
+
+    >>> grain_evidence(np.array([40.0, 40.0, 3.0, 3.0]), 25, np.array([2, 1, 1, 0]), np.array([40.0, 0, 0, 0]),
+    ...                np.array([False, False, False, True]), np.array([True, True, True, False])).tolist()
+    [False, True, True, True]
+    """
+    like = bragg_disk_above(crystal_z, threshold)
+    if spot_category is not None:
+        from .indexing import GRAIN, LIF
+
+        cat = np.asarray(spot_category)
+        lz = np.nan_to_num(np.asarray(lif_indexed_z, dtype=np.float64), nan=0.0) if lif_indexed_z is not None else 0.0
+        lif = (cat == LIF) & (lz >= np.nan_to_num(crystal_z, nan=0.0) - 1e-3)
+        like = (like & ~lif) | (cat == GRAIN)
+    if shared_grain is not None:
+        no_ring = ~np.asarray(sro_peak, bool) if sro_peak is not None else True
+        like = like | (np.asarray(shared_grain, bool) & no_ring)
+    return like
+
+
+def lif_indexed_positions(spot_category: np.ndarray | None) -> np.ndarray | None:
+    """True where a position's spots index as LiF crystallites in an amorphous matrix (``features/spot_category``
+    LIF, :func:`sendmap.science.indexing.crystal_evidence`); None without the indexing (older stores)."""
+    if spot_category is None:
+        return None
+    from .indexing import LIF
+
+    return np.asarray(spot_category) == LIF
 
 
 def window_sum(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -176,12 +230,13 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))
     d = dict(definitions)
-    for key in ("bragg_fraction", "lif_vote", "crystal_neighbours"):
+    for key in ("bragg_fraction", "lif_vote", "crystal_neighbours", "crystal_like", "lif_indexed"):
         if d.get(key) is not None:
             d[key] = np.ravel(d[key])
     rules = classify_rules(flat_q, flat_c, flat_l, **d)
     out = np.full(flat_q.shape, UNASSIGNED, dtype=np.int8)
     out[rules == CRYSTAL] = CRYSTAL
+    out[(rules == SEI_TYPE2) & ~np.isfinite(flat_q)] = SEI_TYPE2  # LiF-indexed spots without an SRO peak
     rest = (rules != CRYSTAL) & np.isfinite(flat_q)
     vote = d.get("lif_vote")
     spot = np.nan_to_num(vote) if vote is not None else np.log1p(np.clip(np.nan_to_num(flat_l), 0, None))

@@ -2,7 +2,9 @@
 the evidence a classifier can use (issue 18).
 
 Size: three layers that share one spot model (the spot list, its indexing, the decision); the spot list (numba,
-:func:`spot_block` and its helpers) is the piece to move out when the profile stage calls it.
+:func:`spot_block` and its helpers) is the piece to move out if it grows. The profile stage lists the spots of the
+frames that have one (:func:`spots_of_frames`, called inside :func:`sendmap.science.polar_tables.profile_block`
+with ``keep_z``) and stores :func:`crystal_evidence` per position (:mod:`sendmap.compute.profiles`).
 
 Three layers, each pure (arrays in, arrays out):
 
@@ -394,16 +396,35 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
 
 
 @numba.njit(parallel=True, cache=True)
-def _spot_kernel(s, w, q_c, disk_r_q, z_min, out, totals):
-    nb, nq, nphi = s.shape
-    for f in numba.prange(nb):
+def _spot_kernel(s, w, w_slot, frames, q_c, disk_r_q, z_min, out, totals):
+    """Spots of the frames ``frames`` (indices into ``s``; their pixel areas are ``w[w_slot[f]]``) into out[j],
+    totals[j] for the j-th of them."""
+    nq, nphi = s.shape[1], s.shape[2]
+    for j in numba.prange(frames.size):
+        f = frames[j]
         zmap = np.empty((nq, nphi))
         widths = np.zeros(nq, np.int64)
         scratch = np.empty((4, 2 * nphi))
         work = np.empty(2 * nq + 1)
         zf = np.empty(nphi, np.float32)
         rob = np.empty(nq)
-        totals[f] = _frame_spots(s[f], w[f], q_c, disk_r_q, z_min, out[f], zmap, widths, scratch, work, zf, rob)
+        totals[j] = _frame_spots(s[f], w[w_slot[f]], q_c, disk_r_q, z_min, out[j], zmap, widths, scratch, work, zf,
+                                 rob)
+
+
+def spots_of_frames(s: np.ndarray, w: np.ndarray, w_slot: np.ndarray, frames: np.ndarray, q_centres: np.ndarray,
+                    disk_radius_q: float, z_min: float = SPOT_Z_MIN,
+                    max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`spot_block` of the frames ``frames`` of polar sums ``s`` (B, nq, n_phi) float64 whose pixel areas are
+    ``w[w_slot[f]]`` (the profile kernel's per-centre areas, not copied per frame): for the profile stage, which
+    lists the spots of a few candidate frames while their sums are in memory."""
+    frames = np.ascontiguousarray(frames, dtype=np.int64)
+    out = np.empty((frames.size, int(max_spots), 4))
+    totals = np.empty(frames.size)
+    if frames.size:
+        _spot_kernel(s, w, np.ascontiguousarray(w_slot, dtype=np.int64), frames,
+                     np.ascontiguousarray(q_centres, dtype=np.float64), float(disk_radius_q), float(z_min), out, totals)
+    return out.astype(np.float32), totals
 
 
 @numba.njit(parallel=True, cache=True)
@@ -454,10 +475,8 @@ def spot_block(s: np.ndarray, w: np.ndarray, q_centres: np.ndarray, disk_radius_
         raise ValueError(f"q_centres must have one value per radial bin ({s.shape[1]}), got {q_c.shape}")
     if max_spots < 1:
         raise ValueError(f"max_spots must be >= 1, got {max_spots}")
-    out = np.empty((s.shape[0], int(max_spots), 4))
-    totals = np.empty(s.shape[0])
-    _spot_kernel(s, w, q_c, float(disk_radius_q), float(z_min), out, totals)
-    return out.astype(np.float32), totals
+    every = np.arange(s.shape[0], dtype=np.int64)
+    return spots_of_frames(s, w, every, every, q_c, disk_radius_q, z_min, max_spots)
 
 
 SPOTS_ATTRS = {"fields": list(SPOT_FIELDS),

@@ -295,8 +295,8 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
 @numba.njit(parallel=True, cache=True)
 def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
                           crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, g_c, bf_hi, adf_lo, adf_hi,
-                          n_chunks, keep_sums, out_mean, out_sem, out_disp, out_robust, out_spot, out_var, out_bf,
-                          out_adf, out_s):
+                          n_chunks, keep_sums, select, keep_z, out_mean, out_sem, out_disp, out_robust, out_spot,
+                          out_var, out_bf, out_adf, out_s, kept):
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
@@ -339,7 +339,15 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
             out_bf[f] = bf
             out_adf[f] = adf
             if keep_sums:
-                out_s[f] = s
+                keep = not select
+                if select:  # only frames with a spot at or above keep_z at some Q (NaN: not scored, no)
+                    for iq in range(nq):
+                        if out_spot[f, iq] >= keep_z[iq]:
+                            keep = True
+                            break
+                kept[f] = keep
+                if keep:
+                    out_s[f] = s
 
 
 class PolarTables:
@@ -505,6 +513,19 @@ class PolarTables:
                 lk.release()
 
 
+_SUMS = threading.local()
+
+
+def _sums_buffer(nb: int, nq: int, nphi: int) -> np.ndarray:
+    """A (nb, nq, nphi) float64 work array of this thread, reused between blocks (fresh memory costs a page fault
+    per 4 kB on first touch: as much as the accumulation itself for the frames whose sums are kept)."""
+    buf = getattr(_SUMS, "buf", None)
+    if buf is None or buf.shape[1:] != (nq, nphi) or buf.shape[0] < nb:
+        buf = np.empty((nb, nq, nphi))
+        _SUMS.buf = buf
+    return buf[:nb]
+
+
 _NO_OFFSETS = np.zeros(1, np.int64)
 _NO_INDEX = np.zeros(0, np.uint16)
 
@@ -512,7 +533,7 @@ _NO_INDEX = np.zeros(0, np.uint16)
 def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
                   disk_radius_q: float, adf_range_q: tuple[float, float] = (0.0, 0.0), z_clip: float = 4.0,
                   keep_sums: bool = False, bf_max_q: float | None = None,
-                  speckle_factor: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  speckle_factor: np.ndarray | None = None, keep_z: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """All radial statistics of a block of frames, each around its own centre, in one pass.
 
     frames: (B, Qy, Qx) counts (any integer or float dtype), or the block's non-zero pixels
@@ -527,7 +548,10 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     Returns (B, nq) float64 arrays ``mean`` (counts per pixel), ``sem``, ``dispersion``, ``robust``,
     ``fem_variance`` and ``spot_z`` (see :func:`sendmap.science.polar.frame_statistics`), (B,) ``bf`` and ``adf``
     (counts), and with ``keep_sums`` the per-frame polar sums ``s`` (B, nq, n_phi) and pixel areas
-    ``w`` (B, nq, n_phi).
+    ``w`` (B, nq, n_phi). ``keep_z`` (nq,) σ: list the Bragg spots (:func:`sendmap.science.indexing.spot_block`)
+    of the frames whose spot significance reaches ``keep_z`` at some Q bin (+inf: never at that bin) while their
+    sums are in memory, the others have none: ``kept`` (B,) bool says which, ``spots`` (C, K, 4) float32 and
+    ``spot_scattered`` (C,) are theirs (``keep_sums`` is then ignored: no sums are returned).
 
     >>> import numpy as np
     >>> from sendmap.science.polar import PolarGeometry
@@ -561,7 +585,15 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
         raise ValueError(f"speckle_factor must have one value per radial bin ({g.nq}), got shape {g_c.shape}")
     bf = np.empty(nb)
     adf = np.empty(nb)
-    s = np.empty((nb, g.nq, g.n_phi)) if keep_sums else np.empty((1, g.nq, g.n_phi))
+    select = keep_z is not None
+    keep_sums = keep_sums or select
+    kz = np.zeros(g.nq) if keep_z is None else np.ascontiguousarray(keep_z, dtype=np.float64)
+    if kz.shape != (g.nq,):
+        raise ValueError(f"keep_z must have one value per radial bin ({g.nq}), got shape {kz.shape}")
+    # (a per-thread buffer reused by the next block: only the pages of kept frames are touched, once)
+    s = _sums_buffer(nb, g.nq, g.n_phi) if select else (np.empty((nb, g.nq, g.n_phi)) if keep_sums
+                                                         else np.empty((1, g.nq, g.n_phi)))
+    kept = np.zeros(nb if keep_sums else 1, np.bool_)
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
     try:
@@ -569,12 +601,18 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
                               tables.compact, tables.kmax,
                               tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q),
                               float(z_clip), g_c, float(disk_radius_q if bf_max_q is None else bf_max_q),
-                              float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums,
+                              float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums, select, kz,
                               out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"],
-                              out["fem_variance"], bf, adf, s)
+                              out["fem_variance"], bf, adf, s, kept)
         out["bf"] = bf
         out["adf"] = adf
-        if keep_sums:
+        if select:  # before release(): the pixel areas w_u are read from the cache's slots
+            from .indexing import spots_of_frames
+
+            out["kept"] = kept
+            out["spots"], out["spot_scattered"] = spots_of_frames(s, w_u, uix, np.flatnonzero(kept), g.q_centres,
+                                                                  float(disk_radius_q))
+        elif keep_sums:
             out["s"] = s
             out["w"] = w_u[uix]  # a copy: the cache's slots may be reused once released
     finally:

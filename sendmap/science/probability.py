@@ -16,6 +16,10 @@ Evidence of a position (all from the earlier stages):
   (``lif_spot_z``), linear between. Its log-likelihood ratio for SEI Type 2 against the other amorphous classes is
   e_i ln(h/α) + (1 − e_i) ln((1 − h)/(1 − α)): α = 0.01, the false-alarm rate ``lif_spot_z`` is defined by; h, the
   share of SEI Type 2 positions that show an excited LiF reflection (``classify.lif_hit_rate``).
+* **its spots' indexing** (``features/spot_category``, :mod:`sendmap.science.indexing`): crystal already through
+  the crystal rule (which uses it); a position without an SRO peak whose spots index as LiF crystallites in an
+  amorphous matrix is SEI Type 2; any other position without an SRO peak weighs P(no peak | class), the share of
+  the scan's positions of each class (by the rules) that have none, and takes its class from its neighbours.
 
 The spatial prior is a Potts Markov random field on the scan grid (:func:`sendmap.science.spatial.
 potts_mean_field`), its coupling β estimated from the evidence-only class map by maximum pseudo-likelihood
@@ -110,14 +114,23 @@ def potts_beta_pseudolikelihood(labels: np.ndarray, valid: np.ndarray, n_classes
 
 def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.ndarray, lif_e: np.ndarray,
                         labels: np.ndarray | None = None, lif_hit_rate: float = 0.5,
-                        beta: float | str = "auto") -> dict:
+                        beta: float | str = "auto", lif_no_peak: np.ndarray | None = None,
+                        no_peak: np.ndarray | None = None) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
 
     peak_q, peak_err: (Ry, Rx) SRO peak (1/Å) and its 1-σ error (NaN: no peak); crystal: (Ry, Rx) bool, the
     crystalline positions; lif_e: (Ry, Rx) LiF evidence (:func:`lif_evidence`); labels: (Ry, Rx) class indices
     (:data:`sendmap.CLASS_NAMES`, e.g. the rules') whose positions measure each amorphous class's mean and spread
     (None: the published ones); lif_hit_rate: share of SEI Type 2 positions with an excited LiF reflection
-    (within :data:`HIT_RATE_RANGE`); beta: the Potts coupling, or "auto" (pseudo-likelihood).
+    (within :data:`HIT_RATE_RANGE`); beta: the Potts coupling, or "auto" (pseudo-likelihood); lif_no_peak: (Ry, Rx)
+    bool, positions without an SRO peak whose spots index as LiF crystallites in an amorphous matrix (the rules'
+    SEI Type 2 without a peak, :func:`sendmap.science.classify.classify_rules` ``lif_indexed``): SEI Type 2 by
+    their evidence, as crystalline positions are crystal; no_peak: (Ry, Rx) bool, positions without an SRO peak
+    (no amorphous ring in the window: an off-axis grain's pattern is its diffuse background and a spot or two):
+    their evidence is the probability of having no peak in each class, P(no peak | k), measured on the scan as the
+    share of the positions ``labels`` give class k that have none (+1 / +2: Laplace's rule, so a class whose
+    positions all have a peak still gets a small one), and the spatial prior decides (None: such positions stay
+    NaN).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior); ``beta``; ``class_models``: per amorphous class
@@ -127,7 +140,10 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     err = np.asarray(peak_err, dtype=np.float64)
     crystal = np.asarray(crystal, bool)
     amorph = ~crystal & np.isfinite(peak_q) & np.isfinite(err) & (err > 0)
-    valid = crystal | amorph
+    lif_only = (np.asarray(lif_no_peak, bool) & ~crystal & ~amorph) if lif_no_peak is not None else np.zeros_like(crystal)
+    valid = crystal | amorph | lif_only
+    none = (np.asarray(no_peak, bool) & ~valid) if no_peak is not None and labels is not None else np.zeros_like(crystal)
+    valid = valid | none
     q, s2 = peak_q[amorph], err[amorph] ** 2
     h = float(np.clip(lif_hit_rate, *HIT_RATE_RANGE))
     e = np.asarray(lif_e, dtype=np.float64)[amorph]
@@ -147,6 +163,15 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     log_w = np.log(counts / counts.sum())
     ll = np.full((*peak_q.shape, 4), -np.inf)
     ll[crystal] = [0.0, -np.inf, -np.inf, -np.inf]
+    ll[lif_only] = [-np.inf, -np.inf, 0.0, -np.inf]
+    if none.any():
+        lab_all = np.asarray(labels)
+        has = ~np.isfinite(peak_q)
+        p_none = []
+        for k in range(len(PROB_CLASSES)):
+            sel = lab_all == k
+            p_none.append((float((sel & has).sum()) + 1.0) / (float(sel.sum()) + 2.0))
+        ll[none] = np.log(p_none)
     sub = np.full((int(amorph.sum()), 4), -np.inf)
     sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w) if q.size else sub[:, 1:]
     ll[amorph] = sub

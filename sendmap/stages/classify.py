@@ -13,6 +13,32 @@ from .dose import measured_counts
 from .profiles import BRAGG_ATTRS
 
 
+def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.ndarray, r_q: float,
+               bin_width: float) -> np.ndarray | None:
+    """Per position grain evidence (:func:`sendmap.science.classify.grain_evidence`) from the profile stage's spot
+    lists and indexing (``features/spot_category``, ``features/lif_indexed_z``, ``spots/*``); stores
+    ``features/shared_spots`` and ``features/shared_grain_spots``. None for stores without spot lists (the
+    threshold alone)."""
+    from ..science.classify import grain_evidence
+    from ..science.spot_context import dense_spots, shared_grain_evidence
+
+    d = cfg.classify.definitions
+    if not d.indexing or "features/spot_category" not in g or "spots/values" not in g:
+        return None
+    cat_arr = g["features/spot_category"]
+    q_rel = float(cat_arr.attrs.get("q_rel_err", 0.005))
+    spots = dense_spots(np.asarray(g["spots/position"]), np.asarray(g["spots/values"]), crystal_z.shape)
+    sh = shared_grain_evidence(spots, r_q, bin_width, q_rel, max(1, d.grain_shared_neighbours))
+    attrs = {"units": "count", "min_neighbours": max(1, d.grain_shared_neighbours),
+             "method": "sendmap.science.spot_context.shared_grain_evidence"}
+    write_array(g, "features/shared_spots", sh["n_shared"], attrs | {
+        "meaning": "listed spots that at least min_neighbours of the 8 scan neighbours list at the same g (a grain's)"})
+    write_array(g, "features/shared_grain_spots", sh["n_shared_grain"], attrs | {
+        "meaning": "shared spots on a Li or Cu ring within the calibrated Q uncertainty"})
+    return grain_evidence(crystal_z, crystal_thr, np.asarray(cat_arr), np.asarray(g["features/lif_indexed_z"]),
+                          (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak)
+
+
 def stage_classify(ctx: Context) -> None:
     """Features per position, class per position, phase naming, and the final peak maps (no SRO peak for crystals).
 
@@ -20,8 +46,8 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import (CRYSTAL, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
-                                    crystal_neighbour_count, crystal_positions, spot_vote)
+    from ..science.classify import (CRYSTAL, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
+                                    crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote)
     from ..science.probability import PROB_CLASSES, class_probabilities, lif_evidence
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
@@ -49,16 +75,20 @@ def stage_classify(ctx: Context) -> None:
     peak_status = (np.asarray(g["peaks/status"]).astype(np.int8) if "peaks/status" in g
                    else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
-    neighbours = crystal_neighbour_count(crystal_z, crystal_thr)
+    # the spots' indexing (profile stage) and their spatial context: grain or LiF, whatever the spot strength
+    like = grain_like(cfg, g, crystal_z, crystal_thr, peak_status == status_code("ok"), r_q, float(q[1] - q[0]))
+    neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
-                                     d.crystal_min_neighbours)
+                                     d.crystal_min_neighbours, like=like)
     lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     vote = spot_vote(lif_z, crystal_like, lif_noise, lif_sure, d.lif_neighbourhood)
     rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=lif_sure, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
                  electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
                  crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
-                 crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours)
+                 crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours, crystal_like=like,
+                 lif_indexed=lif_indexed_positions(np.asarray(g["features/spot_category"]) if like is not None
+                                                   else None))
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
@@ -66,8 +96,11 @@ def stage_classify(ctx: Context) -> None:
                            method=cfg.classify.method, **rules)
     # class probabilities: the evidence of each position and the spatial prior (sendmap.science.probability)
     ok_peak = np.where(peak_status == status_code("ok"), peak_q, np.nan)
+    lif_idx = rules["lif_indexed"]
     prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
-                               labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate)
+                               labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
+                               lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak))
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)

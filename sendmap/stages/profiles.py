@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compute.profiles import PROFILE_OUTPUTS, ProfileBlock
+from ..compute.profiles import EVIDENCE_OUTPUTS, PROFILE_OUTPUTS, ProfileBlock
 from ..config import Config
 from ..engine.context import Context, block_progress
 from ..engine.data import data_blocks, forget_store_data, read_store_block
@@ -60,10 +60,41 @@ ERROR_MODELS = {
 BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
 
 
-def stage_profiles(ctx: Context) -> None:
-    """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position.
+def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel: float, r_q: float) -> None:
+    """The spot and indexing evidence maps (features/, :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`) and the
+    spot lists (``spots/position`` (N,) flat scan index iy·Rx + ix, ``spots/values`` (N, 4): Q, azimuth,
+    intensity, z; sorted by position, strongest first within one)."""
+    from ..science.indexing import CATEGORY_NAMES, INDEX_PHASES, SPOT_Z_MIN, SPOTS_ATTRS
 
-    One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`).
+    common = {"phase_names": list(INDEX_PHASES), "category_names": list(CATEGORY_NAMES), "z_min": SPOT_Z_MIN,
+              "q_rel_err": q_rel, "disk_radius_q": r_q, "method": "sendmap.science.indexing (spot_block, "
+              "crystal_evidence); frames without a spot ≥ z_min σ at any Q have none: the fill value"}
+    cat = np.asarray(evidence["spot_category"])
+    common["category_counts"] = {n: int((cat == i).sum()) for i, n in enumerate(CATEGORY_NAMES)}
+    common["unindexed_spots"] = int(np.asarray(evidence["n_unindexed"]).sum())
+    for nm, (_, _, attrs) in EVIDENCE_OUTPUTS.items():
+        write_array(g, f"features/{nm}", evidence[nm], attrs | common)
+    pos = spots.get("spot_pos", np.zeros(0, np.int64))
+    val = spots.get("spot_val", np.zeros((0, 4), np.float32))
+    order = np.argsort(pos, kind="stable")
+    n = max(1, pos.size)
+    write_array(g, "spots/position", pos[order], {"meaning": "flat scan index iy·Rx + ix of each listed spot",
+                                                   "scan_shape": list(shape)}, chunks=(n,))
+    write_array(g, "spots/values", val[order], SPOTS_ATTRS | {
+        "meaning": "Bragg-disk-sized spots of every position (spots/position), strongest first within a position "
+                   "(sendmap.science.indexing.spot_block)"}, chunks=(n, 4))
+
+
+def stage_profiles(ctx: Context) -> None:
+    """Azimuthal mean I(Q), SEM, dispersion, robust mean, I·Q^n, spot significance and virtual images per position,
+    and the Bragg-spot lists with their indexing evidence of the positions that have a spot.
+
+    One read of every data chunk gives all of them (:func:`sendmap.science.polar_tables.profile_block`); the spots
+    are listed (:func:`sendmap.science.indexing.spot_block`) only for the frames whose spot significance reaches
+    :data:`sendmap.science.indexing.SPOT_Z_MIN` somewhere, while their polar sums are in memory (the others have
+    none at that threshold: the same lists as for every frame), and indexed in the worker
+    (:func:`sendmap.science.indexing.crystal_evidence`): ``features/`` maps of
+    :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`, ``spots/position`` and ``spots/values``.
     """
     from ..engine.execute import run_blocks
     from ..science.polar_tables import PolarTables
@@ -117,6 +148,13 @@ def stage_profiles(ctx: Context) -> None:
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
     bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
+    # spot lists and indexing evidence (sendmap.science.indexing), for the frames with a listed spot only
+    from ..science.indexing import SPOT_Z_MIN
+
+    evidence = {nm: progress.arrays.get(f"ev_{nm}", np.full((ry, rx), fill, dt))
+                for nm, (dt, fill, _) in EVIDENCE_OUTPUTS.items()}
+    spot_pos = [progress.arrays["spot_pos"]] if "spot_pos" in progress.arrays else []  # flat position index
+    spot_val = [progress.arrays["spot_val"]] if "spot_val" in progress.arrays else []  # (n, 4) spot rows
 
     pending: list = []  # results not yet written, in scan order: ((y0, x0), {name: (rows, cols, nq) array})
 
@@ -128,11 +166,19 @@ def stage_profiles(ctx: Context) -> None:
                 # uncompressed: float noise compresses 1.2×, not worth encoding in the writing thread
                 write_region_direct(Path(ctx.store_path, grp, nm), chunks, (y0, x0, 0), block, separator=".",
                                     compress=False)
-            progress.record(list(pending_blocks), {"bf": bf, "adf": adf, "bragg": bragg})
+            progress.record(list(pending_blocks), {"bf": bf, "adf": adf, "bragg": bragg,
+                                                   **{f"ev_{nm}": v for nm, v in evidence.items()},
+                                                   **spot_record()})
             pending.clear()
             pending_blocks.clear()
 
     pending_blocks: list = []  # the blocks of ``pending``, recorded as finished once their chunks are written
+
+    def spot_record():
+        if len(spot_pos) > 1:
+            spot_pos[:] = [np.concatenate(spot_pos)]
+            spot_val[:] = [np.concatenate(spot_val)]
+        return {"spot_pos": spot_pos[0], "spot_val": spot_val[0]} if spot_pos else {}
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
@@ -140,6 +186,15 @@ def stage_profiles(ctx: Context) -> None:
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
         bragg[y0:y1, x0:x1] = out["bragg"].reshape(y1 - y0, x1 - x0)
+        for nm in EVIDENCE_OUTPUTS:
+            evidence[nm][y0:y1, x0:x1] = out[nm].reshape(y1 - y0, x1 - x0)
+        sl = out["spot_list"]
+        if sl.size:
+            j = out["spot_index"]
+            pos = (y0 + j // (x1 - x0)) * rx + x0 + j % (x1 - x0)
+            ok = np.isfinite(sl[..., 0])
+            spot_pos.append(np.repeat(pos, ok.sum(axis=1)).astype(np.int64))
+            spot_val.append(sl[ok].astype(np.float32))
         pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
         # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
         if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
@@ -149,9 +204,16 @@ def stage_profiles(ctx: Context) -> None:
     items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
     ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
     bragg_q = (2 * r_q, float(q[-1]))
-    run_blocks(read_store_block, ProfileBlock(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale), items,
+    q_rel = float(calib["q_pixel_size_err"]) / qpx_ if (calib.get("q_pixel_size_err") and
+                                                        (qpx_ := float(calib["q_pixel_size"])) > 0) else None
+    from ..science.indexing import Q_CALIBRATION_REL
+
+    q_rel = max(q_rel or 0.0, Q_CALIBRATION_REL)
+    run_blocks(read_store_block, ProfileBlock(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale,
+                                              np.full(geom.nq, SPOT_Z_MIN), q_rel), items,
                cfg.compute, "profiles", on_result=put, thread_safe=True)
     flush()
+    write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q)
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
     write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
     write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
