@@ -514,27 +514,24 @@ def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float
     dphi = 2 * np.pi / n_phi
     phis = (np.arange(sub) + 0.5) / sub * dphi  # within a sector
     dr = (np.array([-0.25, 0.25]) * bin_width)
-    out = np.empty(q.shape)
-    share = np.empty(q.shape)
     lags = np.arange(n_phi) * dphi
-    for i, qi in enumerate(q):
-        r = np.maximum(qi + dr, 1e-9)
-        # points of sector 0: (radius, angle)
-        r0, p0 = np.meshgrid(r, phis, indexing="ij")
-        r0, p0 = r0.ravel(), p0.ravel()
-        x0, y0 = r0 * np.cos(p0), r0 * np.sin(p0)
-        rho = np.empty(n_phi)
-        for j, lag in enumerate(lags):
-            x1, y1 = r0 * np.cos(p0 + lag), r0 * np.sin(p0 + lag)
-            d = np.hypot(x0[:, None] - x1[None, :], y0[:, None] - y1[None, :])
-            c = speckle_grain_correlation(d, grain_radius_q)
-            if friedel:
-                c = c + speckle_grain_correlation(np.hypot(x0[:, None] + x1[None, :], y0[:, None] + y1[None, :]),
-                                                  grain_radius_q)
-            rho[j] = c.mean()
-        out[i] = rho.sum() / rho[0] / n_phi
-        share[i] = rho[0]
-    out = np.clip(out, 0.0, 1.0)
+    # points of sector 0 of every bin, (nq, P): (radius, angle); all bins and lags at once (Q bin × lag × point of
+    # sector 0 × point of sector j), one array operation each instead of a loop over bins and lags (0.3 s serial
+    # before the stage's blocks on 45 bins × 36 sectors; the same numbers, bit for bit)
+    r = np.maximum(q[:, None] + dr[None, :], 1e-9)
+    r0 = np.repeat(r, sub, axis=1)[:, None, :]  # (nq, 1, P), radius-major as meshgrid(r, phis, indexing="ij")
+    p0 = np.tile(phis, dr.size)[None, None, :]  # (1, 1, P)
+    x0, y0 = r0 * np.cos(p0), r0 * np.sin(p0)
+    ang = p0 + lags[None, :, None]  # (1, n_phi, P)
+    x1, y1 = r0 * np.cos(ang), r0 * np.sin(ang)  # (nq, n_phi, P)
+    x0, y0 = x0[..., :, None], y0[..., :, None]  # (nq, 1, P, 1)
+    x1, y1 = x1[..., None, :], y1[..., None, :]  # (nq, n_phi, 1, P)
+    c = speckle_grain_correlation(np.hypot(x0 - x1, y0 - y1), grain_radius_q)
+    if friedel:
+        c = c + speckle_grain_correlation(np.hypot(x0 + x1, y0 + y1), grain_radius_q)
+    rho = c.reshape(*c.shape[:2], -1).mean(axis=-1)  # (nq, n_phi)
+    out = np.clip(rho.sum(axis=1) / rho[:, 0] / n_phi, 0.0, 1.0)
+    share = rho[:, 0]
     return (out, np.clip(share, 1e-6, None)) if return_sector_share else out
 
 
