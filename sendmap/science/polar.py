@@ -348,6 +348,18 @@ def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s,
 
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _window_scores(rate, win_s, win_w, zf, n):
+    """Poisson score of every azimuthal window against the band's mean ``rate``, (observed − expected) /
+    sqrt(max(expected, 1)), in float32, of windows 0 … n − 1 into zf[:n]. A loop of its own, with no data-dependent store, so that it
+    vectorises (sqrt and division 8 lanes at a time: ~6 % of the profile stage at 128² frames); its float32
+    rounding then differs from the one-at-a-time loop it replaced by ~1e-7 relative (spot_z by ≤ ~1e-4 σ, or by up
+    to one step of the quantile bisection, :data:`SPOT_QUANTILE_STEPS`, where a score crosses a bracket)."""
+    for k in range(n):
+        e = np.float32(rate * win_w[k])
+        zf[k] = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+
+
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
 def _spot_null(zf, n_ok):
     """(centre, scale) of the window scores' normal null from two low quantiles (:data:`SPOT_QUANTILES`, which
     Bragg spots, adding counts, do not reach)."""
@@ -464,11 +476,11 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
                                                 band_w, win_s, win_w, b_lo, b_hi)
         # Poisson score of each window against the band's mean rate, (observed − expected)/sqrt(max(expected, 1)),
         # in float32 (8 lanes; ~1e-7 relative); windows without pixels are left out
+        _window_scores(rate, win_s, win_w, zf, nphi)
         n_ok = 0
         best = np.float32(-np.inf)
-        for k in range(nphi):
-            e = np.float32(rate * win_w[k])
-            z = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+        for k in range(nphi):  # then the windows with pixels, in order, to the front (cheap: no arithmetic)
+            z = zf[k]
             ok = win_w[k] > tiny
             zf[n_ok] = z
             n_ok += np.int64(ok)
