@@ -206,3 +206,43 @@ def test_positions_table_formats_only_changed_columns(tmp_path):
     fresh = tmp_path / "fresh"
     tables.write_tables(g2, fresh)
     assert (fresh / "tables" / "positions.csv").read_text() == text
+
+
+def test_region_mixtures_cache_hit_and_miss(tmp_path, monkeypatch):
+    """The statistics stage's region mixtures: a second call with the same regions takes every mixture from the
+    cache (no fit) and returns the same entries; a region whose positions change is fitted again, the other not;
+    ``reuse=False`` (--force) fits everything; an unreadable cache file is ignored."""
+    from sendmap.stages import statistics as S
+
+    rng = np.random.default_rng(2)
+    cls = np.full((40, 60), 3, np.int8)
+    cls[:, 28:32] = 0  # a crystal column splits the amorphous positions into two regions
+    peak = np.where(cls == 0, np.nan, rng.normal(0.29, 0.01, cls.shape))
+    err = np.full(cls.shape, 0.005)
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    cache = tmp_path / "out" / S.REGION_MIXTURE_CACHE
+    fits = []
+    real = S.__dict__.get("best_mixture")
+    from sendmap.science import mixture
+
+    monkeypatch.setattr(mixture, "best_mixture", _counting(mixture.best_mixture, fits))
+    first = S.region_mixtures(g, cls, peak, err, 4.0, cache_path=cache)
+    assert len(fits) == 2 and cache.exists()
+    again = S.region_mixtures(g, cls, peak, err, 4.0, cache_path=cache)
+    assert len(fits) == 2 and again == first
+    cls2 = cls.copy()
+    cls2[:5, :3] = 5  # five-by-three positions of the left region become "uncertain": that region changes
+    S.region_mixtures(g, cls2, peak, err, 4.0, cache_path=cache)
+    assert len(fits) == 3
+    S.region_mixtures(g, cls2, peak, err, 4.0, cache_path=cache, reuse=False)
+    assert len(fits) == 5
+    cache.write_text("{not json")
+    assert S.region_mixtures(g, cls, peak, err, 4.0, cache_path=cache) == first
+    assert real is None  # (the stage imports best_mixture where it runs)
+
+
+def _counting(func, calls):
+    def wrapped(x, e, comps, **kw):
+        calls.append(x.size)
+        return func(x, e, comps, **kw)
+    return wrapped
