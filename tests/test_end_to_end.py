@@ -216,7 +216,7 @@ def test_report_writes_tables_while_the_helpers_draw(synth_run, tmp_path):
     out = tmp_path / "r"
     build.write_figures(g, out, 1, helpers=Helpers(), meanwhile=lambda: events.append("tables"))
     assert [e if isinstance(e, str) else e[0] for e in events] == ["send", "tables", "collect"]
-    assert len(events[0][1]) == 6
+    assert len(events[0][1]) == 7  # the six figures, the overview as two (PNG, PDF: build.SPLIT_FIGURES)
     events.clear()
     build.write_figures(g, out, 1, processes=1, reuse=False, meanwhile=lambda: events.append("tables"))
     assert events == ["tables"] and len(list((out / "figures").glob("*.png"))) == 6
@@ -226,6 +226,12 @@ def test_report_writes_tables_while_the_helpers_draw(synth_run, tmp_path):
     groups = build._share([(name, None, (), {}) for name in
                            ("overview", "peak_map", "class_map", "histograms", "class_profiles", "virtual_images")], 2)
     assert sorted(len(grp) for grp in groups) == [1, 5] and [s[0] for s in min(groups, key=len)] == ["overview"]
+    # split by format, the overview's PNG and PDF go to different drawers, each with some of the others
+    groups = build._share(build._split_formats([(name, None, (), {}) for name in
+                                                ("overview", "class_map", "histograms", "class_profiles")],
+                                               ("png", "pdf")), 2)
+    assert sorted([s[4] for s in grp if s[0] == "overview"] for grp in groups) == [[("pdf",)], [("png",)]]
+    assert sorted(len(grp) for grp in groups) == [2, 3]
 
 
 def test_input_file_is_not_modified(synth_run):

@@ -131,16 +131,42 @@ def _render(specs, fdir: str, formats: tuple) -> list[str]:
     from . import figures as F
 
     out = []
-    for name, func, args, kwargs in specs:
+    for spec in specs:
+        name, func, args, kwargs = spec[:4]
+        fmts = tuple(f for f in (spec[4] if len(spec) > 4 else formats) if f in formats)  # (a split spec's own)
         fig = getattr(F, func)(*args, **kwargs)
-        out += [str(p) for p in F.save_figure(fig, Path(fdir) / name) if p.suffix.lstrip(".") in formats]
+        out += [str(p) for p in F.save_figure(fig, Path(fdir) / name, fmts)]
     return out
 
 
-FIGURE_COST = {"overview": 5.0}
-"""Relative CPU cost of drawing a figure (build, PNG, PDF; others 1): the overview ≈ 1.07 s, the rest 0.18-0.26 s
-each on the 148 × 148 benchmark scan. Used to share the figures among the helper processes: with two, one draws
-the overview alone and the other the five others."""
+FIGURE_COST = {"overview": 5.0, "overview.png": 2.9, "overview.pdf": 2.4}
+"""Relative CPU cost of drawing a figure (build, PNG, PDF; others 1): the overview ≈ 1.07 s (build 0.18, PNG 0.40,
+PDF 0.29 s on the 240 × 360 scan), the rest 0.18-0.26 s each on the 148 × 148 benchmark scan; ``name.fmt``: a
+figure split by format (:data:`SPLIT_FIGURES`), built and saved in one format. Used to share the figures among the
+helper processes."""
+
+SPLIT_FIGURES = ("overview",)
+"""Figures drawn as one spec per format where two or more processes draw (:func:`_split_formats`): each builds the
+figure and saves one format, so the dearest figure's PNG and PDF are written at once (on a re-run the overview
+alone set the report's wall time: 1.07 s; split, ~0.6 s, for 0.18 s more CPU)."""
+
+
+def _split_formats(specs, formats: tuple) -> list:
+    """``specs`` with each figure of :data:`SPLIT_FIGURES` replaced by one spec per format ((name, func, args,
+    kwargs, (format,)))."""
+    out = []
+    for spec in specs:
+        if spec[0] in SPLIT_FIGURES and len(spec) == 4 and len(formats) > 1:
+            out += [(*spec, (fmt,)) for fmt in formats]
+        else:
+            out.append(spec)
+    return out
+
+
+def _cost(spec) -> float:
+    """:data:`FIGURE_COST` of a spec (``name.fmt`` for a spec split by format)."""
+    key = spec[0] if len(spec) < 5 or len(spec[4]) != 1 else f"{spec[0]}.{spec[4][0]}"
+    return FIGURE_COST.get(key, FIGURE_COST.get(spec[0], 1.0))
 
 _HELPER_CODE = "import sys; from sendmap.report.build import _serve; _serve(sys.argv[1] == 'warm')"
 
@@ -317,10 +343,10 @@ def _share(specs, n: int) -> list[list]:
     """Specs split into ``n`` groups of about equal cost (:data:`FIGURE_COST`), dearest first, each group in
     the order of ``specs``."""
     groups, load = [[] for _ in range(n)], [0.0] * n
-    for i in sorted(range(len(specs)), key=lambda i: -FIGURE_COST.get(specs[i][0], 1.0)):
+    for i in sorted(range(len(specs)), key=lambda i: -_cost(specs[i])):
         j = load.index(min(load))
         groups[j].append(i)
-        load[j] += FIGURE_COST.get(specs[i][0], 1.0)
+        load[j] += _cost(specs[i])
     return [[specs[i] for i in sorted(g)] for g in groups]
 
 
@@ -346,13 +372,13 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
     if helpers is None or not len(helpers):
         if processes < 2 or (os.cpu_count() or 1) < 2 or len(specs) < 2:
             return draw_here(specs)
-        mine, theirs = _share(specs, 2)
+        mine, theirs = _share(_split_formats(specs, formats), 2)
         try:
             helpers = FigureHelpers(1, warm=False)
         except OSError:  # no process can be started: draw them all here
             return draw_here(specs)
     else:
-        theirs = specs
+        theirs = _split_formats(specs, formats) if len(helpers) > 1 else specs
     helpers.send(_share(theirs, len(helpers)), str(fdir), formats)
     meanwhile()
     drawn = _render(mine, str(fdir), formats)

@@ -111,8 +111,9 @@ def write_figure(fig: Figure, fh, fmt: str, creator: str) -> None:
     {"png": _write_png, "pdf": _write_pdf}[fmt](fig, fh, creator)
 
 
-def save_figure(fig: Figure, out_base) -> list[Path]:
-    """Write ``out_base.png`` (300 dpi, see :func:`_write_png`) and ``out_base.pdf`` (vector); returns both paths.
+def save_figure(fig: Figure, out_base, formats=("png", "pdf")) -> list[Path]:
+    """Write ``out_base.png`` (300 dpi, see :func:`_write_png`) and ``out_base.pdf`` (vector); returns both paths
+    (``formats``: only those of them).
 
     Each file is written to a temporary name in the destination folder and moved into place with
     :func:`os.replace`, so a file with the final name is always complete. The folder is created.
@@ -129,6 +130,7 @@ def save_figure(fig: Figure, out_base) -> list[Path]:
     creator = f"sendmap {version} (matplotlib {matplotlib.__version__})"
     out = []
     with style_context():
-        out.append(_atomic_savefig(fig, base.parent / f"{base.name}.png", "png", creator))
-        out.append(_atomic_savefig(fig, base.parent / f"{base.name}.pdf", "pdf", creator))
+        for fmt in ("png", "pdf"):
+            if fmt in formats:
+                out.append(_atomic_savefig(fig, base.parent / f"{base.name}.{fmt}", fmt, creator))
     return out

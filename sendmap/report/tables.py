@@ -37,6 +37,68 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _format_column(v: np.ndarray, spec: str) -> list[str]:
+    """``v`` (1-D float) as text with the %-format ``spec``, "" where not finite."""
+    out = list(map(f"%{spec}".__mod__, v.tolist()))
+    for i in np.flatnonzero(~np.isfinite(v)).tolist():
+        out[i] = ""
+    return out
+
+
+POSITIONS_CACHE = ".positions_columns.pkl"
+"""In ``<out_dir>/tables``: the text of each numeric column of positions.csv, keyed by the digest of its values and
+format (:class:`ColumnCache`)."""
+
+
+class ColumnCache:
+    """The formatted text of table columns from the last run, keyed by a SHA-256 of the values (bytes, dtype,
+    shape) and the format: formatting 86 400 positions × 16 numbers costs ~0.5 s of CPU, and a re-run after a
+    classification change alters few of the columns. ``get`` returns the cached text where the key matches, else
+    formats (and counts the miss); ``save`` keeps only the columns of this run. An unreadable file is ignored
+    (everything formatted afresh)."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path):
+        import pickle
+
+        self.path = Path(path)
+        self.new: dict[str, str] = {}
+        self.hits = self.misses = 0
+        try:
+            old = pickle.loads(self.path.read_bytes())
+            self.old = old["columns"] if old.get("version") == self.VERSION else {}
+        except Exception:  # noqa: BLE001 - absent or unreadable: no cache
+            self.old = {}
+
+    def get(self, values: np.ndarray, spec: str, formatter) -> list[str]:
+        import hashlib
+
+        v = np.ascontiguousarray(values)
+        key = hashlib.sha256(f"{spec}|{v.dtype.str}|{v.shape}|".encode() + v.tobytes()).hexdigest()
+        text = self.old.get(key)
+        if text is not None:
+            self.hits += 1
+            out = text.split("\n") if v.size else []
+        else:
+            self.misses += 1
+            out = formatter(v, spec)
+            text = "\n".join(out)
+        self.new[key] = text
+        return out
+
+    def save(self) -> None:
+        import os
+        import pickle
+
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        try:  # (atomic: a run killed meanwhile leaves the old file or none)
+            tmp.write_bytes(pickle.dumps({"version": self.VERSION, "columns": self.new}, protocol=5))
+            os.replace(tmp, self.path)
+        except OSError:  # a cache only
+            pass
+
+
 def write_tables(group, out_dir: Path) -> list[Path]:
     """tables/classes.csv (per-class statistics), tables/positions.csv (one row per position: class, phase,
     peak and its error, height, prominence, width, second peak, features, centre), tables/phases.csv (named
@@ -90,12 +152,11 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     names = np.array([*CLASS_NAMES, ""], dtype=object)
     pnames = np.array([*phase_names, ""], dtype=object)
 
+    cache = ColumnCache(tdir / POSITIONS_CACHE)
+
     def fmt(values, spec: str) -> list[str]:  # one column as text, "" where not finite (Python floats format fast)
         v = np.asarray(values, float).ravel()
-        out = list(map(f"%{spec}".__mod__, v.tolist()))
-        for i in np.flatnonzero(~np.isfinite(v)).tolist():
-            out[i] = ""
-        return out
+        return cache.get(v, spec, _format_column)
 
     ph = phase.ravel()
     columns = [map(str, yy.ravel().tolist()), map(str, xx.ravel().tolist()), fmt(yy * step, "g"), fmt(xx * step, "g"),
@@ -108,6 +169,7 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     p = tdir / "positions.csv"
     write_text_atomic(p, "\n".join(lines) + "\n")
     paths.append(p)
+    cache.save()
     prow = []
     for name, c in stats.get("classes", {}).items():
         for ph, count in c.get("phases", {}).items():

@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from .polar import (ROBUST_MAX_ITER, ROBUST_Z_CLIP, SPOT_NULL_EVERY, STATS_FASTMATH, _band_windows, _clipped_rate,
-                    _spot_null)
+                    _spot_null, _window_scores)
 
 # ------------------------------------------------------------------------------------------------ constants
 
@@ -189,10 +189,10 @@ def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
             continue
         rate, width, b_lo, b_hi = _band_windows(i, s, w, half, disk_r_q, max(q_c[i], disk_r_q), sector, band_s,
                                                 band_w, win_s, win_w, b_lo, b_hi)
+        _window_scores(rate, win_s, win_w, zf, nphi)  # (as _frame_stats)
         n_ok = 0
         for k in range(nphi):
-            e = np.float32(rate * win_w[k])
-            z = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+            z = zf[k]
             ok = win_w[k] > tiny
             zf[n_ok] = z
             n_ok += np.int64(ok)

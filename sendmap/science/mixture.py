@@ -11,7 +11,87 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _em_kernel(x, s2, w, mu, var, n_iter, tol, min_var):  # pragma: no cover - numba
+    """The EM iterations of :func:`fit_deconvolved_mixture` (the updates of its former NumPy form, one pass over the
+    values for the responsibilities and means, one for the variances; one exp and one log per value and component,
+    divisions as products by reciprocals: the same numbers to ~1e-15 relative per step): updates ``w``, ``mu``,
+    ``var`` in place, returns whether it converged."""
+    n, k = x.size, mu.size
+    r = np.empty((n, k))
+    b = np.empty((n, k))
+    bb = np.empty((n, k))
+    logp = np.empty(k)
+    logw = np.empty(k)
+    ll_old = -np.inf
+    for _ in range(n_iter):
+        ll = 0.0
+        nk = np.full(k, 1e-300)
+        rb = np.zeros(k)
+        for c in range(k):
+            logw[c] = math.log(w[c])
+        for i in range(n):
+            best = -np.inf
+            for c in range(k):
+                tot = var[c] + s2[i]
+                inv = 1.0 / tot
+                d = x[i] - mu[c]
+                logp[c] = logw[c] - 0.5 * (math.log(2.0 * math.pi * tot) + d * d * inv)
+                if logp[c] > best:
+                    best = logp[c]
+                b[i, c] = mu[c] + var[c] * inv * d
+                bb[i, c] = var[c] - var[c] ** 2 * inv
+            s = 0.0
+            for c in range(k):
+                logp[c] = math.exp(logp[c] - best)  # (now the unnormalised responsibility)
+                s += logp[c]
+            ll += best + math.log(s)
+            inv_s = 1.0 / s
+            for c in range(k):
+                rc = logp[c] * inv_s
+                r[i, c] = rc
+                nk[c] += rc
+                rb[c] += rc * b[i, c]
+        new_mu = rb / nk
+        acc = np.zeros(k)
+        for i in range(n):
+            for c in range(k):
+                acc[c] += r[i, c] * ((new_mu[c] - b[i, c]) ** 2 + bb[i, c])
+        for c in range(k):
+            mu[c] = new_mu[c]
+            var[c] = max(acc[c] / nk[c], min_var)
+            w[c] = nk[c] / n
+        if abs(ll - ll_old) < tol * max(1.0, abs(ll)):
+            return True
+        ll_old = ll
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _loglik_kernel(x, s2, logw, mu, sig):  # pragma: no cover - numba
+    """Marginal log-likelihood Σ_i log Σ_k w_k N(x_i; μ_k, σ_k² + s2_i) (``logw``: log weights)."""
+    n, k = x.size, mu.size
+    logp = np.empty(k)
+    total = 0.0
+    for i in range(n):
+        best = -np.inf
+        for c in range(k):
+            tot = sig[c] * sig[c] + s2[i]
+            d = x[i] - mu[c]
+            logp[c] = logw[c] - 0.5 * (math.log(2.0 * math.pi * tot) + d * d / tot)
+            if logp[c] > best:
+                best = logp[c]
+        s = 0.0
+        for c in range(k):
+            s += math.exp(logp[c] - best)
+        total += best + math.log(s)
+    return total
 
 
 def _log_norm(x: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -61,19 +141,8 @@ def fit_deconvolved_mixture(x: np.ndarray, sigma: np.ndarray, n_components: int,
     spread = np.var(x) / k ** 2
     var = np.full(k, max(spread - np.median(s2), min_var))
     w = np.full(k, 1.0 / k)
-    ll_old, converged = -np.inf, False
-    for _ in range(n_iter):
-        tot, r, ll = _e_step(x, s2, w, mu, var)
-        nk = r.sum(axis=0) + 1e-300
-        b = mu[None, :] + var[None, :] / tot * (x[:, None] - mu[None, :])
-        bb = var[None, :] - var[None, :] ** 2 / tot
-        mu = (r * b).sum(axis=0) / nk
-        var = np.maximum((r * ((mu[None, :] - b) ** 2 + bb)).sum(axis=0) / nk, min_var)
-        w = nk / n
-        if abs(ll - ll_old) < tol * max(1.0, abs(ll)):
-            converged = True
-            break
-        ll_old = ll
+    # the EM updates (numba: ~10x the former NumPy form's speed, the same numbers to rounding; tests/test_mixture_spatial.py)
+    converged = bool(_em_kernel(x, s2, w, mu, var, int(n_iter), float(tol), float(min_var)))
     _, r, ll = _e_step(x, s2, w, mu, var)
     mean_err, sig_err = (_marginal_errors(x, s2, w, mu, var, min_var) if errors  # (the costly part)
                          else (np.full(k, np.nan), np.full(k, np.nan)))
@@ -89,9 +158,7 @@ def _mixture_loglik(theta: np.ndarray, x: np.ndarray, s2: np.ndarray, k: int) ->
     mu, sig = theta[:k], theta[k:2 * k]
     logits = np.r_[0.0, theta[2 * k:]]
     logw = logits - np.log(np.exp(logits).sum())
-    logp = logw[None, :] + _log_norm(x[:, None], mu[None, :], sig[None, :] ** 2 + s2[:, None])
-    m = logp.max(axis=1, keepdims=True)
-    return float((m[:, 0] + np.log(np.exp(logp - m).sum(axis=1))).sum())
+    return float(_loglik_kernel(x, s2, logw, np.ascontiguousarray(mu), np.ascontiguousarray(sig)))
 
 
 def _marginal_errors(x, s2, w, mu, var, min_var):

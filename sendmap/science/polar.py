@@ -348,6 +348,18 @@ def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s,
 
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _window_scores(rate, win_s, win_w, zf, n):
+    """Poisson score of every azimuthal window against the band's mean ``rate``, (observed − expected) /
+    sqrt(max(expected, 1)), in float32, of windows 0 … n − 1 into zf[:n]. A loop of its own, with no data-dependent store, so that it
+    vectorises (sqrt and division 8 lanes at a time: ~6 % of the profile stage at 128² frames); its float32
+    rounding then differs from the one-at-a-time loop it replaced by ~1e-7 relative (spot_z by ≤ ~1e-4 σ, or by up
+    to one step of the quantile bisection, :data:`SPOT_QUANTILE_STEPS`, where a score crosses a bracket)."""
+    for k in range(n):
+        e = np.float32(rate * win_w[k])
+        zf[k] = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+
+
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
 def _spot_null(zf, n_ok):
     """(centre, scale) of the window scores' normal null from two low quantiles (:data:`SPOT_QUANTILES`, which
     Bragg spots, adding counts, do not reach)."""
@@ -464,11 +476,11 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
                                                 band_w, win_s, win_w, b_lo, b_hi)
         # Poisson score of each window against the band's mean rate, (observed − expected)/sqrt(max(expected, 1)),
         # in float32 (8 lanes; ~1e-7 relative); windows without pixels are left out
+        _window_scores(rate, win_s, win_w, zf, nphi)
         n_ok = 0
         best = np.float32(-np.inf)
-        for k in range(nphi):
-            e = np.float32(rate * win_w[k])
-            z = np.float32(win_s[k] - e) / np.float32(math.sqrt(max(e, np.float32(1.0))))
+        for k in range(nphi):  # then the windows with pixels, in order, to the front (cheap: no arithmetic)
+            z = zf[k]
             ok = win_w[k] > tiny
             zf[n_ok] = z
             n_ok += np.int64(ok)
@@ -514,27 +526,24 @@ def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float
     dphi = 2 * np.pi / n_phi
     phis = (np.arange(sub) + 0.5) / sub * dphi  # within a sector
     dr = (np.array([-0.25, 0.25]) * bin_width)
-    out = np.empty(q.shape)
-    share = np.empty(q.shape)
     lags = np.arange(n_phi) * dphi
-    for i, qi in enumerate(q):
-        r = np.maximum(qi + dr, 1e-9)
-        # points of sector 0: (radius, angle)
-        r0, p0 = np.meshgrid(r, phis, indexing="ij")
-        r0, p0 = r0.ravel(), p0.ravel()
-        x0, y0 = r0 * np.cos(p0), r0 * np.sin(p0)
-        rho = np.empty(n_phi)
-        for j, lag in enumerate(lags):
-            x1, y1 = r0 * np.cos(p0 + lag), r0 * np.sin(p0 + lag)
-            d = np.hypot(x0[:, None] - x1[None, :], y0[:, None] - y1[None, :])
-            c = speckle_grain_correlation(d, grain_radius_q)
-            if friedel:
-                c = c + speckle_grain_correlation(np.hypot(x0[:, None] + x1[None, :], y0[:, None] + y1[None, :]),
-                                                  grain_radius_q)
-            rho[j] = c.mean()
-        out[i] = rho.sum() / rho[0] / n_phi
-        share[i] = rho[0]
-    out = np.clip(out, 0.0, 1.0)
+    # points of sector 0 of every bin, (nq, P): (radius, angle); all bins and lags at once (Q bin × lag × point of
+    # sector 0 × point of sector j), one array operation each instead of a loop over bins and lags (0.3 s serial
+    # before the stage's blocks on 45 bins × 36 sectors; the same numbers, bit for bit)
+    r = np.maximum(q[:, None] + dr[None, :], 1e-9)
+    r0 = np.repeat(r, sub, axis=1)[:, None, :]  # (nq, 1, P), radius-major as meshgrid(r, phis, indexing="ij")
+    p0 = np.tile(phis, dr.size)[None, None, :]  # (1, 1, P)
+    x0, y0 = r0 * np.cos(p0), r0 * np.sin(p0)
+    ang = p0 + lags[None, :, None]  # (1, n_phi, P)
+    x1, y1 = r0 * np.cos(ang), r0 * np.sin(ang)  # (nq, n_phi, P)
+    x0, y0 = x0[..., :, None], y0[..., :, None]  # (nq, 1, P, 1)
+    x1, y1 = x1[..., None, :], y1[..., None, :]  # (nq, n_phi, 1, P)
+    c = speckle_grain_correlation(np.hypot(x0 - x1, y0 - y1), grain_radius_q)
+    if friedel:
+        c = c + speckle_grain_correlation(np.hypot(x0 + x1, y0 + y1), grain_radius_q)
+    rho = c.reshape(*c.shape[:2], -1).mean(axis=-1)  # (nq, n_phi)
+    out = np.clip(rho.sum(axis=1) / rho[:, 0] / n_phi, 0.0, 1.0)
+    share = rho[:, 0]
     return (out, np.clip(share, 1e-6, None)) if return_sector_share else out
 
 

