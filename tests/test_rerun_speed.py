@@ -246,18 +246,3 @@ def _counting(func, calls):
         calls.append(x.size)
         return func(x, e, comps, **kw)
     return wrapped
-
-
-def test_label8_equals_scipy_label():
-    """spatial.label8 (no scipy.ndimage import in a re-run) labels as scipy.ndimage.label with an 8-connected
-    structure, numbering included (raster order of each component's first pixel)."""
-    from scipy import ndimage
-
-    from sendmap.science.spatial import label8
-
-    rng = np.random.default_rng(4)
-    for p in (0.1, 0.35, 0.6, 0.0, 1.0):
-        mask = rng.random((37, 53)) < p
-        ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3), int))
-        lab, n = label8(mask)
-        assert n == n_ref and np.array_equal(lab, ref), p

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+from scipy import ndimage
 
 PEAK_STATUS = ("ok", "no_maximum_in_window", "too_few_counts", "window_outside_data", "fit_failed", "crystal")
 """Meaning of each ``peaks/status`` code (the index): ``ok`` an interior maximum of the fitted polynomial inside
@@ -77,8 +78,6 @@ def peak_half_widths(q: np.ndarray, profile: np.ndarray, window: tuple[float, fl
     >>> round(hl + hr, 3)  # a Gaussian's FWHM, 2.3548 σ (each side is measured from the highest bin)
     0.118
     """
-    from scipy import ndimage  # (here: a re-run after a classification change needs none, ~0.2 s import)
-
     q = np.asarray(q, float)
     y = np.asarray(profile, float)
     fin = np.isfinite(y)
@@ -213,8 +212,6 @@ def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, fl
 
     profiles: (N, nq). Smoothing runs along Q only; NaN bins are treated as 0 after smoothing.
     """
-    from scipy import ndimage  # (here: a re-run after a classification change needs none, ~0.2 s import)
-
     p = np.nan_to_num(profiles, nan=0.0)
     if sigma_bins > 0 and p.shape[1] > 0:
         p = ndimage.gaussian_filter1d(p, sigma_bins, axis=1, mode="nearest")
@@ -740,8 +737,6 @@ def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid
 def _prominence(q, profiles, window, sigma_bins, idx0, height, return_base_q: bool = False):
     """Height above the higher of the lowest smoothed values left and right of the peak inside the window
     (and, if asked, the Q of that base)."""
-    from scipy import ndimage  # (here: a re-run after a classification change needs none, ~0.2 s import)
-
     p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(sigma_bins, 1e-6), axis=1, mode="nearest")
     inside = (q >= window[0]) & (q <= window[1])
     j = np.arange(q.size)[None, :]
@@ -770,8 +765,6 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
     ``height``, ``prominence``, ``fwhm``, ``fwhm_err`` (NaN where absent) and ``present`` (bool).
     ``map_blocks``, ``correlated``: as in :func:`fit_peaks`.
     """
-    from scipy import ndimage  # (here: a re-run after a classification change needs none, ~0.2 s import)
-
     profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
     if profiles.shape[1] < degree + 2:  # no profile to speak of (an empty Q range): nothing present
         out = {k: np.full(len(profiles), np.nan) for k in ("q_peak", "q_err", "height", "height_err", "prominence",
@@ -818,8 +811,6 @@ def pooled_position_mean(values: np.ndarray, valid: np.ndarray, k: int = SPECKLE
     >>> float(p[1, 1, 0]), round(float(p[0, 0, 0]), 3)
     (4.5, 2.667)
     """
-    from scipy import ndimage  # (here: a re-run after a classification change needs none, ~0.2 s import)
-
     v = np.asarray(values, dtype=float)
     fin = np.isfinite(v) & np.asarray(valid, bool)[..., None]
     if k <= 1:
