@@ -222,6 +222,11 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     ``definitions``: the keyword arguments of :func:`classify_rules` (``bragg_fraction``/``lif_vote`` arrays
     included).
     """
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    from .lowrank import blas_threads
+
     shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))
     d = dict(definitions)
@@ -242,15 +247,13 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     sd = feats.std(axis=0)
     feats = (feats - feats.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     if method == "kmeans":
-        from sklearn.cluster import KMeans
-
         labels = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(feats)
     else:
-        # scikit-learn's GaussianMixture(covariance_type="full", n_init=3) model and algorithm in numba kernels
-        # (sendmap.science.gmm): no scikit-learn/scipy.stats import (~1.2 s CPU of a re-run), ~10x less fit time
-        from .gmm import gmm_fit_predict
-
-        labels = gmm_fit_predict(feats, k, seed=seed, n_init=3)["labels"]
+        # one BLAS thread: its products and triangular solves are of (N, 2) × 2 × 2, where a second thread gains
+        # nothing and, on a busy machine, spin-waits (sendmap.science.lowrank.blas_threads: 25 s → see the bench)
+        with blas_threads(1):
+            labels = GaussianMixture(n_components=k, random_state=seed, covariance_type="full",
+                                     n_init=3).fit_predict(feats)
     named = np.empty(len(feats), dtype=np.int8)
     for lab in np.unique(labels):
         members = labels == lab
