@@ -163,8 +163,8 @@ def _warmup(folder: Path) -> None:
                       "--force", "--no-progress"])
     if r["returncode"]:
         raise SystemExit(f"the warm-up sendmap run failed (exit {r['returncode']})")
-    # and the kernels that only the rerun section's classification change runs (classify.method=gmm:
-    # sendmap.science.gmm), which the first runs (the bench files' configs say rules) never compile
+    # and whatever only the rerun section's classification change runs (classify.method=gmm), so that its first use
+    # (numba kernels, files read for the first time) is not in the timed re-run
     r = run_measured([sys.executable, "-m", "sendmap.cli", "run", str(folder / "config.yaml"), "--set",
                       f"output.dir={folder / 'results_warmup'}", "--set", f"input.crop_r=[0,{min(16, ry)},0,{rx}]",
                       "--set", RERUN_CHANGE, "--no-progress"])

@@ -1,54 +1,14 @@
-"""The re-run after a classification change (issue 20): the numba forms of the classify/statistics science equal the
-algorithms they replace, and positions.csv's column cache is hit for unchanged columns only."""
+"""The re-run after a classification change (issue 20): the numba forms of sendmap's own classify/statistics science
+(deconvolved mixtures, Potts field) equal the NumPy forms they replace, and positions.csv's column cache is hit for unchanged columns only."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import zarr
 
-from sendmap.science.gmm import gmm_fit_predict
 from sendmap.science.mixture import best_mixture, fit_deconvolved_mixture
 from sendmap.science.probability import potts_beta_pseudolikelihood
 from sendmap.science.spatial import NEIGHBOUR_WEIGHTS, potts_mean_field
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> int:
-    """Positions whose label differs after matching each label of ``a`` to the label of ``b`` most of its
-    members have (labels are arbitrary numbers)."""
-    mapped = np.empty_like(a)
-    for lab in np.unique(a):
-        m = a == lab
-        mapped[m] = np.bincount(b[m]).argmax()
-    return int((mapped != b).sum())
-
-
-def test_gmm_equals_scikit_learn_gaussian_mixture():
-    """Three overlapping 2-D clusters of unequal shape (the kind classify_gmm sees: standardised SRO peak Q and LiF
-    vote). Converged tightly (tol 1e-9), the numba EM labels every point as scikit-learn's
-    GaussianMixture(covariance_type="full", n_init=3) does, up to the order of the components: the same model and
-    optimum. At the default tolerance (1e-3 in the mean log-likelihood, where EM stops short of the optimum) it
-    differs from scikit-learn's seed 0 by no more points than scikit-learn's own other seeds do."""
-    sk = pytest.importorskip("sklearn.mixture")
-    rng = np.random.default_rng(7)
-    x = np.r_[rng.multivariate_normal([0.0, 0.0], [[1.0, 0.3], [0.3, 0.5]], 3000),
-              rng.multivariate_normal([2.5, 0.5], [[0.4, 0.0], [0.0, 0.3]], 2000),
-              rng.multivariate_normal([1.0, 3.0], [[0.3, -0.1], [-0.1, 0.8]], 1000)]
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-
-    def sk_labels(seed, **kw):
-        return sk.GaussianMixture(n_components=3, random_state=seed, covariance_type="full", n_init=3,
-                                  **kw).fit_predict(x)
-
-    tight = dict(tol=1e-9, max_iter=1000)
-    assert _same_partition(gmm_fit_predict(x, 3, seed=0, **tight)["labels"], sk_labels(0, **tight)) == 0
-    ref = sk_labels(0)
-    sk_spread = max(_same_partition(sk_labels(s), ref) for s in range(1, 8))  # 8 of 6000 here
-    for seed in (0, 1, 2):
-        r = gmm_fit_predict(x, 3, seed=seed)
-        assert r["converged"]
-        assert _same_partition(r["labels"], ref) <= sk_spread, seed
-    with pytest.raises(ValueError):
-        gmm_fit_predict(x[:2], 3)
 
 
 def _numpy_em(x, sigma, k, n_iter=500, tol=1e-9, min_var=1e-10):
