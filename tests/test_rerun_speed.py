@@ -127,7 +127,7 @@ def _tiny_store(path, cls):
 
 def test_positions_table_formats_only_changed_columns(tmp_path):
     """positions.csv after a classification change: the numeric columns whose values did not change come from the
-    cache (tables/.positions_columns.pkl), the changed ones are formatted afresh, and the file is the same, byte
+    cache (.sendmap-cache/positions_columns.pkl), the changed ones are formatted afresh, and the file is the same, byte
     for byte, as one written without the cache; an unreadable cache is ignored."""
     from sendmap.report import tables
 
@@ -136,7 +136,7 @@ def test_positions_table_formats_only_changed_columns(tmp_path):
     out = tmp_path / "out"
     g = _tiny_store(tmp_path / "s.zarr", cls)
     tables.write_tables(g, out)
-    cache_file = out / "tables" / tables.POSITIONS_CACHE
+    cache_file = out / tables.POSITIONS_CACHE
     assert cache_file.exists()
     calls = []
     real = tables._format_column

@@ -45,8 +45,8 @@ def _format_column(v: np.ndarray, spec: str) -> list[str]:
     return out
 
 
-POSITIONS_CACHE = ".positions_columns.pkl"
-"""In ``<out_dir>/tables``: the text of each numeric column of positions.csv, keyed by the digest of its values and
+POSITIONS_CACHE = ".sendmap-cache/positions_columns.pkl"
+"""In ``<out_dir>`` (beside the region mixtures' cache, out of the tables folder users hand on): the text of each numeric column of positions.csv, keyed by the digest of its values and
 format (:class:`ColumnCache`)."""
 
 
@@ -93,6 +93,7 @@ class ColumnCache:
 
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         try:  # (atomic: a run killed meanwhile leaves the old file or none)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(pickle.dumps({"version": self.VERSION, "columns": self.new}, protocol=5))
             os.replace(tmp, self.path)
         except OSError:  # a cache only
@@ -152,7 +153,7 @@ def write_tables(group, out_dir: Path) -> list[Path]:
     names = np.array([*CLASS_NAMES, ""], dtype=object)
     pnames = np.array([*phase_names, ""], dtype=object)
 
-    cache = ColumnCache(tdir / POSITIONS_CACHE)
+    cache = ColumnCache(Path(out_dir) / POSITIONS_CACHE)
 
     def fmt(values, spec: str) -> list[str]:  # one column as text, "" where not finite (Python floats format fast)
         v = np.asarray(values, float).ravel()
