@@ -192,6 +192,11 @@ class ProfilesConfig(_Section):
         "azimuthal", description="profiles/sem: azimuthal = Poisson + speckle (the pattern's own azimuthal variance "
         "V(Q) × the share of it a ring's mean keeps for grains the size of the probe disk): honest for nanobeam "
         "patterns of amorphous films, whose speckle scatters more than Poisson; poisson = counting noise only")
+    spot_lists: bool = Field(
+        True, description="list and index the Bragg-disk-sized spots of every pattern that has one (spots/*, "
+        "features/spot_category …; the evidence of classify.definitions.indexing): on scans where most patterns "
+        "hold spots (grains, LiF) it costs 2-4× the profile's own per-pattern time; false: no lists, and the crystal "
+        "rule is the spot threshold alone")
     centre_step_px: float = Field(
         0.125, gt=0, le=1, description="per-position centres are rounded to this grid (px, 1/n) for the precomputed "
         "pixel tables: at most half a step off; ≤ 1/step² tables of ≈ 8 bytes per pixel")

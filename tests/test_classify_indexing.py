@@ -154,3 +154,11 @@ def test_lif_dominant_cell_end_to_end(tmp_path):
     old = evaluate(d / "results", d)["per_class"]
     assert new["sei_type2"]["recall"] >= 0.8 and new["crystal"]["recall"] >= 0.95, new
     assert old["sei_type2"]["recall"] <= 0.4, old
+    # profiles.spot_lists: false lists no spot (and leaves none of the earlier run's), and the crystal rule is the
+    # threshold alone: the same classes as indexing: false
+    import zarr
+
+    assert main(["run", str(d / "config.yaml"), "--no-progress", "--set", "profiles.spot_lists=false"]) == 0
+    g = zarr.open_group(str(d / "results" / "sendmap.zarr"), mode="r")
+    assert "spots" not in g and "features/spot_category" not in g and "features/spot_z" in g
+    assert evaluate(d / "results", d)["per_class"]["sei_type2"]["recall"] == old["sei_type2"]["recall"]

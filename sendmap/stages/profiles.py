@@ -151,6 +151,8 @@ def stage_profiles(ctx: Context) -> None:
     # spot lists and indexing evidence (sendmap.science.indexing), for the frames with a listed spot only
     from ..science.indexing import SPOT_Z_MIN
 
+    lists = cfg.profiles.spot_lists
+
     evidence = {nm: progress.arrays.get(f"ev_{nm}", np.full((ry, rx), fill, dt))
                 for nm, (dt, fill, _) in EVIDENCE_OUTPUTS.items()}
     spot_pos = [progress.arrays["spot_pos"]] if "spot_pos" in progress.arrays else []  # flat position index
@@ -186,6 +188,11 @@ def stage_profiles(ctx: Context) -> None:
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
         bragg[y0:y1, x0:x1] = out["bragg"].reshape(y1 - y0, x1 - x0)
+        if not lists:
+            pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
+            if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
+                flush()
+            return
         for nm in EVIDENCE_OUTPUTS:
             evidence[nm][y0:y1, x0:x1] = out[nm].reshape(y1 - y0, x1 - x0)
         sl = out["spot_list"]
@@ -210,10 +217,15 @@ def stage_profiles(ctx: Context) -> None:
 
     q_rel = max(q_rel or 0.0, Q_CALIBRATION_REL)
     run_blocks(read_store_block, ProfileBlock(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale,
-                                              np.full(geom.nq, SPOT_Z_MIN), q_rel), items,
+                                              np.full(geom.nq, SPOT_Z_MIN) if lists else None, q_rel), items,
                cfg.compute, "profiles", on_result=put, thread_safe=True)
     flush()
-    write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q)
+    if lists:
+        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q)
+    else:  # (profiles.spot_lists: false) no evidence: none left from an earlier run with lists either
+        for key in ["spots", *(f"features/{nm}" for nm in EVIDENCE_OUTPUTS)]:
+            if key in g:
+                del g[key]
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
     write_array(g, "features/virtual_bf", bf, {"units": "counts", "q_range": [0.0, bf_q]})
     write_array(g, "features/virtual_adf", adf, {"units": "counts", "q_range": list(adf_q)})
