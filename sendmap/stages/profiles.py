@@ -188,14 +188,9 @@ def stage_profiles(ctx: Context) -> None:
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
         bragg[y0:y1, x0:x1] = out["bragg"].reshape(y1 - y0, x1 - x0)
-        if not lists:
-            pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
-            if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
-                flush()
-            return
-        for nm in EVIDENCE_OUTPUTS:
+        for nm in EVIDENCE_OUTPUTS if lists else ():
             evidence[nm][y0:y1, x0:x1] = out[nm].reshape(y1 - y0, x1 - x0)
-        sl = out["spot_list"]
+        sl = out["spot_list"] if lists else np.zeros(0)
         if sl.size:
             j = out["spot_index"]
             pos = (y0 + j // (x1 - x0)) * rx + x0 + j % (x1 - x0)

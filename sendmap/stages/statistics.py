@@ -171,14 +171,14 @@ def region_mixtures(g, cls: np.ndarray, peak: np.ndarray, err: np.ndarray, step_
 
 
 def _write_json_quietly(path: Path, obj) -> None:
-    """Write ``obj`` as JSON atomically (a cache: an OSError is ignored)."""
+    """Write ``obj`` as JSON atomically (:func:`sendmap.engine.store.write_text_atomic`; NaN kept as NaN, which
+    Python's json reads back); a cache, so an OSError is ignored."""
     import json
-    import os
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from ..engine.store import write_text_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(obj), encoding="utf-8")  # (NaN as NaN: Python's json reads it back)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(obj))
     except OSError:
         pass
