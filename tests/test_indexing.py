@@ -115,6 +115,41 @@ def test_profile_block_spots_uses_the_profile_stage_sums():
     np.testing.assert_allclose(out["spot_scattered"], scat)
 
 
+def test_noted_candidates_give_the_same_spots_as_scoring_again():
+    """The profile kernel notes the windows at or above z_min while it scores them (profile_block with keep_z);
+    the spot list built from them is bit for bit the one that scores the windows again (spots_from_frames), for
+    grains, LiF crystallites on an amorphous ring, speckle and spot-free patterns, and for a frame whose
+    candidates overflow the buffer."""
+    from sendmap.science import polar_tables as PT
+
+    rng = np.random.default_rng(7)
+    imgs = [rng.poisson(render(AMORPHOUS, lif_crystallites(rng, 3, 0.25))) for _ in range(4)]
+    imgs += [rng.poisson(render(BACKGROUND, zone_spots("cu", (0, 1, 1), 17.0 * j, 0.7))) for j in range(3)]
+    imgs += [rng.poisson(render(AMORPHOUS, None, speckle=P.speckle_field((N, N), R_Q / QPX, 3, rng, CENTRE)))
+             for _ in range(2)]
+    imgs.append(rng.poisson(render(AMORPHOUS, None)))
+    imgs = np.asarray(imgs, float)
+    centres = np.tile(CENTRE, (len(imgs), 1))
+    tables = PT.PolarTables(GEOM)
+    keep = np.full(GEOM.nq, I.SPOT_Z_MIN)
+    out = PT.profile_block(imgs, centres, MASK, tables, R_Q, keep_z=keep)
+    ref, scat = spots_of(imgs)
+    kept = out["kept"]
+    assert kept.sum() >= 7  # the grains and the LiF patterns have spots
+    assert not np.isfinite(ref[~kept, :, 0]).any()  # frames not kept have none
+    np.testing.assert_array_equal(out["spots"], ref[kept])
+    np.testing.assert_allclose(out["spot_scattered"], scat[kept])
+    old = PT.CAND_PER_FRAME
+    try:  # a buffer too small for any frame: every kept frame is scored again, with the same result
+        PT.CAND_PER_FRAME = 3
+        PT._SUMS.__dict__.pop("cand", None)
+        small = PT.profile_block(imgs, centres, MASK, tables, R_Q, keep_z=keep)
+    finally:
+        PT.CAND_PER_FRAME = old
+        PT._SUMS.__dict__.pop("cand", None)
+    np.testing.assert_array_equal(small["spots"], ref[kept])
+
+
 def test_spot_map_maximum_is_spot_z():
     """The spot list uses features/spot_z's own significance: its window map's maximum over azimuth is spot_z."""
     rng = np.random.default_rng(3)

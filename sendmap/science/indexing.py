@@ -210,27 +210,109 @@ def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
             zmap[i, k] = (zmap[i, k] - centre) / scale
 
 
+@numba.njit(cache=True, inline="always")
+def _is_local_max(zmap, widths, i, k):
+    """Whether window (i, k) of :func:`_frame_spot_map` is a local maximum of the significance: not below its two
+    azimuthal neighbours in bin i nor the three windows of bins i ± 1 whose centres are nearest its own (windows
+    start at sector k and span widths[i] sectors, so a neighbouring bin's window with the same centre starts half
+    the width difference earlier). Unscored neighbours (NaN) do not count."""
+    nq, nphi = zmap.shape
+    z = zmap[i, k]
+    if zmap[i, (k + 1) % nphi] > z or zmap[i, (k - 1) % nphi] > z:
+        return False
+    for j in (i - 1, i + 1):
+        if j < 0 or j >= nq or widths[j] == 0:
+            continue
+        kc = k + (widths[i] - widths[j]) // 2
+        for dk in (-1, 0, 1):
+            if zmap[j, (kc + dk) % nphi] > z:
+                return False
+    return True
+
+
+@numba.njit(cache=True, inline="always")
+def _isotropic_level(i, s, w, q_c, q_pre, phi_pre, pcx, pcy, excl2, sector, cosk, sink, covered, z2):
+    """The isotropic level of Q bin i (counts per pixel area) for the spot list: the mean rate of its sectors
+    farther than the exclusion radius (√excl2) from every spot found (at (pcx, pcy), Q q_pre, azimuth phi_pre); a
+    clipped mean keeps the partly covered sectors at a disk's edge and sits too high beside strong disks. Where
+    fewer than a quarter of the sectors are left, the clipped mean. ``covered`` (n_phi,) bool scratch."""
+    nphi = s.shape[1]
+    ss = 0.0
+    ww = 0.0
+    for k in range(nphi):
+        ss += s[i, k]
+        ww += w[i, k]
+        covered[k] = False
+    # the sectors of this bin within the exclusion radius of a spot: only those within the spot's angular reach
+    # (chord² = dq² + 2·q·q_a·(1 − cos Δφ) < excl²) are tested, each with the Cartesian distance
+    excl = math.sqrt(excl2)
+    for a in range(q_pre.size):
+        dq = q_pre[a] - q_c[i]
+        if abs(dq) >= excl:
+            continue
+        if q_c[i] <= 0.0 or q_pre[a] <= 0.0:
+            h = 2.0
+        else:
+            h = (excl2 - dq * dq) / (2.0 * q_c[i] * q_pre[a])
+        if h >= 2.0:
+            k_lo = 0
+            k_hi = nphi - 1
+        else:
+            dphi = math.acos(1.0 - h)
+            k_lo = int(math.floor((phi_pre[a] - dphi + math.pi) / sector - 0.5)) - 1
+            k_hi = int(math.ceil((phi_pre[a] + dphi + math.pi) / sector - 0.5)) + 1
+            if k_hi - k_lo >= nphi:
+                k_lo = 0
+                k_hi = nphi - 1
+        for kk in range(k_lo, k_hi + 1):
+            k = kk % nphi
+            if not covered[k] and (pcx[a] - q_c[i] * cosk[k]) ** 2 + (pcy[a] - q_c[i] * sink[k]) ** 2 < excl2:
+                covered[k] = True
+    fs = 0.0
+    fw = 0.0
+    n_free = 0
+    for k in range(nphi):
+        if not covered[k] and w[i, k] > 1e-9:
+            fs += s[i, k]
+            fw += w[i, k]
+            n_free += 1
+    if n_free * 4 >= nphi and fw > 1e-9:
+        return fs / fw
+    return _clipped_rate(s[i], w[i], ss / ww, z2, ROBUST_MAX_ITER) if ww > 1e-9 else 0.0
+
+
 @numba.njit(cache=True)
-def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, zf, rob):
-    """Spots of one frame into ``out`` (K, 4) (NaN-padded); returns the counts beyond 2 disk radii."""
+def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, zf, rob, cand_ik, cand_z, n_cand):
+    """Spots of one frame into ``out`` (K, 4) (NaN-padded); returns the counts beyond 2 disk radii. ``cand_ik``,
+    ``cand_z``: the windows at or above ``z_min`` the profile kernel noted (:func:`sendmap.science.polar.
+    _frame_stats`), ``n_cand`` of them (< 0: none noted; more than they hold: overflow): the significance map is
+    then not scored again."""
     nq, nphi = s.shape
     kmax = out.shape[0]
     for a in range(kmax):
         for b in range(4):
             out[a, b] = np.nan
-    _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf)
     sector = 2.0 * math.pi / nphi
-    # candidates: every scored window at or above z_min, strongest first
-    n_c = 0
-    for i in range(nq):
-        for k in range(nphi):
-            if zmap[i, k] >= z_min:
-                n_c += 1
+    if n_cand < 0 or n_cand > cand_ik.size:
+        _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf)
+    else:  # the noted windows only: the others are below z_min, which is all the candidates below ask of them
+        for i in range(nq):
+            widths[i] = int(min(nphi, max(1, round(2.0 * disk_r_q / max(q_c[i], disk_r_q) / sector))))
+            for k in range(nphi):
+                zmap[i, k] = np.nan
+        for c in range(n_cand):
+            zmap[cand_ik[c] // nphi, cand_ik[c] % nphi] = cand_z[c]
     total = 0.0
     for i in range(nq):
         if q_c[i] >= 2.0 * disk_r_q:
             for k in range(nphi):
                 total += s[i, k]
+    # candidates: the local maxima of the significance at or above z_min, strongest first
+    n_c = 0
+    for i in range(nq):
+        for k in range(nphi):
+            if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
+                n_c += 1
     if n_c == 0:
         return total
     cz = np.empty(n_c)
@@ -239,15 +321,13 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
     n_c = 0
     for i in range(nq):
         for k in range(nphi):
-            if zmap[i, k] >= z_min:
+            if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
                 phi = -math.pi + (k + 0.5 * widths[i]) * sector
                 cz[n_c] = zmap[i, k]
                 cx[n_c] = q_c[i] * math.cos(phi)
                 cy[n_c] = q_c[i] * math.sin(phi)
                 n_c += 1
     order = np.argsort(-cz)
-    # the isotropic level of each bin: its spot-clipped azimuthal mean rate (counts per pixel area)
-    z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
     # a whole sector's pixel area in each bin: an annulus' area grows as Q, and the bins whose ring is whole (the
     # largest area / Q) give the constant
     wmax = np.zeros(nq)
@@ -278,9 +358,7 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
         if not near:
             pre[n_pre] = c
             n_pre += 1
-    # the isotropic level of each bin: the mean rate (counts per pixel area) of its sectors farther than the
-    # exclusion radius from every spot found (a clipped mean keeps the partly covered sectors at a disk's edge and
-    # sits too high beside strong disks); where fewer than a quarter of the sectors are left, the clipped mean
+    # the isotropic level of each bin (_isotropic_level) against the spots found
     z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
     cosk = np.empty(nphi)
     sink = np.empty(nphi)
@@ -288,39 +366,17 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
         cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
         sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
     q_pre = np.empty(n_pre)
+    phi_pre = np.empty(n_pre)
     for a in range(n_pre):
         q_pre[a] = math.sqrt(cx[pre[a]] ** 2 + cy[pre[a]] ** 2)
-    near_pre = np.empty(n_pre, np.int64)
-    excl = math.sqrt(excl2)
-    for i in range(nq):
-        ss = 0.0
-        ww = 0.0
-        fs = 0.0
-        fw = 0.0
-        n_free = 0
-        n_near = 0  # the spots whose exclusion disk reaches this bin
-        for a in range(n_pre):
-            if abs(q_pre[a] - q_c[i]) < excl:
-                near_pre[n_near] = pre[a]
-                n_near += 1
-        for k in range(nphi):
-            ss += s[i, k]
-            ww += w[i, k]
-            px = q_c[i] * cosk[k]
-            py = q_c[i] * sink[k]
-            free = True
-            for a in range(n_near):
-                if (cx[near_pre[a]] - px) ** 2 + (cy[near_pre[a]] - py) ** 2 < excl2:
-                    free = False
-                    break
-            if free and w[i, k] > 1e-9:
-                fs += s[i, k]
-                fw += w[i, k]
-                n_free += 1
-        if n_free * 4 >= nphi and fw > 1e-9:
-            rob[i] = fs / fw
-        else:
-            rob[i] = _clipped_rate(s[i], w[i], ss / ww, z2, ROBUST_MAX_ITER) if ww > 1e-9 else 0.0
+        phi_pre[a] = math.atan2(cy[pre[a]], cx[pre[a]])
+    pcx = np.empty(n_pre)
+    pcy = np.empty(n_pre)
+    for a in range(n_pre):
+        pcx[a] = cx[pre[a]]
+        pcy[a] = cy[pre[a]]
+    covered = np.zeros(nphi, np.bool_)
+    rob_ok = np.zeros(nq, np.bool_)  # the level of a bin is computed where a centroid region first needs it
     n_acc = 0
     acc_x = np.empty(kmax)
     acc_y = np.empty(kmax)
@@ -344,6 +400,9 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
             phi0 = math.atan2(ys, xs)
             rad = math.sqrt(reg2)
             for i in range(max(0, i0 - reach), min(nq, i0 + reach + 1)):
+                dq = q_c[i] - q0
+                if dq * dq > reg2:
+                    continue  # (no cell of this bin is within the region)
                 # the sectors within the region's angular half-width at this Q (all of them near the centre)
                 if q_c[i] > rad:
                     hw = math.asin(min(1.0, rad / q_c[i])) + sector
@@ -355,6 +414,11 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
                 if k_hi - k_lo >= nphi:
                     k_lo = 0
                     k_hi = nphi - 1
+                if not rob_ok[i]:
+                    rob[i] = _isotropic_level(i, s, w, q_c, q_pre, phi_pre, pcx, pcy, excl2, sector, cosk, sink,
+                                              covered, z2)
+                    rob_ok[i] = True
+                ri = rob[i]
                 for kk in range(k_lo, k_hi + 1):
                     k = kk % nphi
                     px = q_c[i] * cosk[k]
@@ -362,10 +426,11 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
                     if (px - xs) ** 2 + (py - ys) ** 2 > reg2:
                         continue
                     full += wmax[i]
-                    cover += w[i, k]
-                    if w[i, k] <= 1e-9:
+                    wk = w[i, k]
+                    cover += wk
+                    if wk <= 1e-9:
                         continue
-                    e = s[i, k] - rob[i] * w[i, k]
+                    e = s[i, k] - ri * wk
                     sx += e * px
                     sy += e * py
                     st += e
@@ -396,10 +461,12 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
 
 
 @numba.njit(parallel=True, cache=True)
-def _spot_kernel(s, w, w_slot, frames, q_c, disk_r_q, z_min, out, totals):
+def _spot_kernel(s, w, w_slot, frames, q_c, disk_r_q, z_min, out, totals, cand_ik, cand_z, n_cand):
     """Spots of the frames ``frames`` (indices into ``s``; their pixel areas are ``w[w_slot[f]]``) into out[j],
-    totals[j] for the j-th of them."""
+    totals[j] for the j-th of them; ``cand_ik[f]``, ``cand_z[f]``, ``n_cand[f]``: their noted candidate windows
+    (n_cand of size 0: none noted)."""
     nq, nphi = s.shape[1], s.shape[2]
+    noted = n_cand.size > 0
     for j in numba.prange(frames.size):
         f = frames[j]
         zmap = np.empty((nq, nphi))
@@ -408,22 +475,28 @@ def _spot_kernel(s, w, w_slot, frames, q_c, disk_r_q, z_min, out, totals):
         work = np.empty(2 * nq + 1)
         zf = np.empty(nphi, np.float32)
         rob = np.empty(nq)
+        row = f if noted else 0
         totals[j] = _frame_spots(s[f], w[w_slot[f]], q_c, disk_r_q, z_min, out[j], zmap, widths, scratch, work, zf,
-                                 rob)
+                                 rob, cand_ik[row], cand_z[row], n_cand[f] if noted else -1)
 
 
 def spots_of_frames(s: np.ndarray, w: np.ndarray, w_slot: np.ndarray, frames: np.ndarray, q_centres: np.ndarray,
                     disk_radius_q: float, z_min: float = SPOT_Z_MIN,
-                    max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
+                    max_spots: int = MAX_SPOTS, candidates: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`spot_block` of the frames ``frames`` of polar sums ``s`` (B, nq, n_phi) float64 whose pixel areas are
     ``w[w_slot[f]]`` (the profile kernel's per-centre areas, not copied per frame): for the profile stage, which
-    lists the spots of a few candidate frames while their sums are in memory."""
+    lists the spots of a few candidate frames while their sums are in memory. ``candidates``: (cand_ik (B, C)
+    int32, cand_z (B, C) float64, n_cand (B,)), the windows at or above ``z_min`` the profile kernel noted
+    (:func:`sendmap.science.polar_tables.profile_block`): the same spots, without scoring the windows again."""
     frames = np.ascontiguousarray(frames, dtype=np.int64)
     out = np.empty((frames.size, int(max_spots), 4))
     totals = np.empty(frames.size)
+    if candidates is None:
+        candidates = (np.zeros((1, 0), np.int32), np.zeros((1, 0)), np.zeros(0, np.int64))
     if frames.size:
         _spot_kernel(s, w, np.ascontiguousarray(w_slot, dtype=np.int64), frames,
-                     np.ascontiguousarray(q_centres, dtype=np.float64), float(disk_radius_q), float(z_min), out, totals)
+                     np.ascontiguousarray(q_centres, dtype=np.float64), float(disk_radius_q), float(z_min), out, totals,
+                     *candidates)
     return out.astype(np.float32), totals
 
 

@@ -370,10 +370,13 @@ def _spot_null(zf, n_ok):
 
 @numba.njit(cache=True, fastmath=STATS_FASTMATH)
 def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp, o_rob, o_spot, o_var, scratch,
-                 work, zf):
+                 work, zf, cand_min, cand_ik, cand_z):
     """Radial statistics of one frame from its polar sums (see :func:`frame_statistics`); scratch, work from
     :func:`stats_scratch`; ``g_c`` (nq,) the speckle mean factor of each bin (:func:`speckle_mean_factor`; zeros:
-    Poisson SEM). Every loop over the sectors is branch-free (selects, not jumps), so LLVM vectorises it: the
+    Poisson SEM). The spot windows whose significance reaches ``cand_min`` (σ; +inf: none) go to ``cand_ik``
+    (flat index i·n_phi + k of the window starting at sector k, centred at bin i) and ``cand_z`` (σ), in (i, k)
+    order, as many as they hold (the spot list's candidates, :func:`sendmap.science.indexing.spots_of_frames`,
+    which then need not score the windows again); returns how many there are (more than they hold: overflow). Every loop over the sectors is branch-free (selects, not jumps), so LLVM vectorises it: the
     statistics cost about as much as the accumulation that feeds them."""
     nq, nphi = s.shape
     tiny = 1e-9
@@ -447,7 +450,7 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
     if disk_r_q <= 0.0:  # no spot statistic asked for
         for i in range(nq):
             o_spot[i] = nan
-        return
+        return 0
     # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide
     cw = work[nq:2 * nq + 1]  # cumulative pixel area, to skip empty bands
     cw[0] = 0.0
@@ -464,6 +467,7 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
     b_hi = 0
     sector = 2.0 * math.pi / nphi
     n_done = 0  # bins scored so far: the null is re-estimated at every SPOT_NULL_EVERY-th
+    n_cand = 0
     centre = 0.0
     sig = 1.0
     for i in range(nq):
@@ -493,15 +497,29 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
             centre, sig = _spot_null(zf, n_ok)
         n_done += 1
         o_spot[i] = (best - centre) / max(sig, 1.0)
+        if o_spot[i] >= cand_min:  # the bin's windows again (zf was compacted), the same numbers as the map's
+            scale = max(sig, 1.0)
+            _window_scores(rate, win_s, win_w, zf, nphi)
+            for k in range(nphi):
+                if win_w[k] > tiny:
+                    z = (zf[k] - centre) / scale
+                    if z >= cand_min:
+                        if n_cand < cand_ik.size:
+                            cand_ik[n_cand] = i * nphi + k
+                            cand_z[n_cand] = z
+                        n_cand += 1
+    return n_cand
 
 
 @numba.njit(parallel=True, cache=True)
 def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp, o_rob, o_spot, o_var):
     nb, nq, nphi = s.shape
+    no_ik = np.zeros(0, np.int32)  # no candidate windows noted
+    no_z = np.zeros(0)
     for f in numba.prange(nb):
         scratch, work, zf = stats_scratch(nq, nphi)
         _frame_stats(s[f], w[f], w2[f], c2[f], q_c, disk_r_q, z_clip, g_c, o_mean[f], o_sem[f], o_disp[f], o_rob[f],
-                     o_spot[f], o_var[f], scratch, work, zf)
+                     o_spot[f], o_var[f], scratch, work, zf, np.inf, no_ik, no_z)
 
 
 def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float, bin_width: float,

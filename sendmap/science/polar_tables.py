@@ -296,7 +296,7 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
 def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
                           crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, g_c, bf_hi, adf_lo, adf_hi,
                           n_chunks, keep_sums, select, keep_z, out_mean, out_sem, out_disp, out_robust, out_spot,
-                          out_var, out_bf, out_adf, out_s, kept):
+                          out_var, out_bf, out_adf, out_s, kept, cand_min, cand_ik, cand_z, n_cand):
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
@@ -324,8 +324,12 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 _accumulate_frame(frames[f], mask, rec, kmax, tix[f], oy0 - iyc[f], ox0 - ixc[f], inv_ss2, s_pad,
                                   c2_pad, idx)
             u = uix[f]
-            _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, g_c, out_mean[f], out_sem[f], out_disp[f],
-                         out_robust[f], out_spot[f], out_var[f], scratch, work, zf)
+            row = f if select else 0
+            nc = _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, g_c, out_mean[f], out_sem[f],
+                              out_disp[f], out_robust[f], out_spot[f], out_var[f], scratch, work, zf, cand_min,
+                              cand_ik[row], cand_z[row])
+            if select:
+                n_cand[f] = nc
             bf = 0.0
             adf = 0.0
             for iq in range(nq):
@@ -516,6 +520,25 @@ class PolarTables:
 _SUMS = threading.local()
 
 
+CAND_PER_FRAME = 2048
+"""Spot-window candidates (windows at or above the listing threshold) noted per frame by the profile kernel for the
+spot list: 3.5 × the 577 per listed frame of the 128² bench scan (largest 934 of its 6408 windows); a frame with
+more (a pattern full of spots) has its windows scored again by the spot list, with the same result. 24 kB per
+frame, touched only for frames with a candidate."""
+
+
+def _cand_buffers(nb: int, select: bool) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's (nb, CAND_PER_FRAME) int32 / float64 candidate buffers (as :func:`_sums_buffer`: only the
+    pages of frames with candidates are touched), or (1, 0) ones where no spots are listed."""
+    if not select:
+        return np.zeros((1, 0), np.int32), np.zeros((1, 0))
+    buf = getattr(_SUMS, "cand", None)
+    if buf is None or buf[0].shape[0] < nb:
+        buf = (np.empty((nb, CAND_PER_FRAME), np.int32), np.empty((nb, CAND_PER_FRAME)))
+        _SUMS.cand = buf
+    return buf[0][:nb], buf[1][:nb]
+
+
 def _sums_buffer(nb: int, nq: int, nphi: int) -> np.ndarray:
     """A (nb, nq, nphi) float64 work array of this thread, reused between blocks (fresh memory costs a page fault
     per 4 kB on first touch: as much as the accumulation itself for the frames whose sums are kept)."""
@@ -533,7 +556,8 @@ _NO_INDEX = np.zeros(0, np.uint16)
 def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, mask: np.ndarray, tables: PolarTables,
                   disk_radius_q: float, adf_range_q: tuple[float, float] = (0.0, 0.0), z_clip: float = 4.0,
                   keep_sums: bool = False, bf_max_q: float | None = None,
-                  speckle_factor: np.ndarray | None = None, keep_z: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  speckle_factor: np.ndarray | None = None, keep_z: np.ndarray | None = None,
+                  spot_z_min: float | None = None) -> dict[str, np.ndarray]:
     """All radial statistics of a block of frames, each around its own centre, in one pass.
 
     frames: (B, Qy, Qx) counts (any integer or float dtype), or the block's non-zero pixels
@@ -551,7 +575,8 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     ``w`` (B, nq, n_phi). ``keep_z`` (nq,) σ: list the Bragg spots (:func:`sendmap.science.indexing.spot_block`)
     of the frames whose spot significance reaches ``keep_z`` at some Q bin (+inf: never at that bin) while their
     sums are in memory, the others have none: ``kept`` (B,) bool says which, ``spots`` (C, K, 4) float32 and
-    ``spot_scattered`` (C,) are theirs (``keep_sums`` is then ignored: no sums are returned).
+    ``spot_scattered`` (C,) are theirs (``keep_sums`` is then ignored: no sums are returned); ``spot_z_min`` σ is
+    the list's own threshold (default :data:`sendmap.science.indexing.SPOT_Z_MIN`).
 
     >>> import numpy as np
     >>> from sendmap.science.polar import PolarGeometry
@@ -594,6 +619,13 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     s = _sums_buffer(nb, g.nq, g.n_phi) if select else (np.empty((nb, g.nq, g.n_phi)) if keep_sums
                                                          else np.empty((1, g.nq, g.n_phi)))
     kept = np.zeros(nb if keep_sums else 1, np.bool_)
+    # the spot windows at or above the listing threshold, noted while the kernel scores them (the spot list then
+    # does not score them again); a frame with more than the buffer holds is scored again
+    cand_ik, cand_z = _cand_buffers(nb, select)
+    n_cand = np.zeros(nb if select else 1, np.int64)
+    if select and spot_z_min is None:
+        from .indexing import SPOT_Z_MIN as spot_z_min
+    spot_z_min = float(np.inf if spot_z_min is None else spot_z_min)
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
     try:
@@ -603,15 +635,18 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
                               float(z_clip), g_c, float(disk_radius_q if bf_max_q is None else bf_max_q),
                               float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums, select, kz,
                               out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"],
-                              out["fem_variance"], bf, adf, s, kept)
+                              out["fem_variance"], bf, adf, s, kept, spot_z_min if select else np.inf, cand_ik, cand_z,
+                              n_cand)
         out["bf"] = bf
         out["adf"] = adf
         if select:  # before release(): the pixel areas w_u are read from the cache's slots
             from .indexing import spots_of_frames
 
             out["kept"] = kept
-            out["spots"], out["spot_scattered"] = spots_of_frames(s, w_u, uix, np.flatnonzero(kept), g.q_centres,
-                                                                  float(disk_radius_q))
+            sel = np.flatnonzero(kept)
+            out["spots"], out["spot_scattered"] = spots_of_frames(s, w_u, uix, sel, g.q_centres, float(disk_radius_q),
+                                                                  spot_z_min,
+                                                                  candidates=(cand_ik, cand_z, n_cand))
         elif keep_sums:
             out["s"] = s
             out["w"] = w_u[uix]  # a copy: the cache's slots may be reused once released
