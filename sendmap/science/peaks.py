@@ -664,6 +664,28 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
     is correlated between neighbouring bins too (pixels split between them), Σ's first part then
     diag(p)·K_P·diag(p), p = √(sem² − spk²)."""
     n, nq = sem.shape
+    if operator is None or isinstance(operator, LowRankOperator):  # the same sums, compiled, per position
+        from .fit_covariance import correlated_covariance_kernel
+
+        low = operator is not None
+        out = np.empty_like(m_inv, dtype=float)
+        pc = np.zeros(0) if poisson_correlation is None else np.asarray(poisson_correlation, float)
+        nq_ = sem.shape[1]
+        correlated_covariance_kernel(
+            np.ascontiguousarray(m_inv, float), np.ascontiguousarray(xp, float), np.ascontiguousarray(wgt, float),
+            np.ascontiguousarray(cols, np.int64), low,
+            operator.passed if low else np.zeros(nq_, bool),
+            np.ascontiguousarray(operator.a if low else np.zeros((nq_, 0))),
+            np.ascontiguousarray(operator.b if low else np.zeros((0, nq_))),
+            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), np.asarray(correlation, float), pc, out)
+        return out
+    return _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation)
+
+
+def _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation=None):
+    """:func:`_correlated_covariance` as NumPy products (the dense-operator case, and the reference of the compiled
+    form in the tests)."""
+    n, nq = sem.shape
     mm = m_inv @ np.swapaxes(xp * wgt[..., None], 1, 2)  # (N, d+1, m): the fit's linear map M
     rows = np.arange(n)[:, None]
     if operator is None:  # only the fit range's bins enter: work on them

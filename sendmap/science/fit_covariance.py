@@ -1,0 +1,110 @@
+"""The covariance of the SRO peak fit's polynomial coefficients under correlated bin errors, one position at a time.
+
+:func:`sendmap.science.peaks._correlated_covariance` states the model: c = M y' with M = (XᵀWX)⁻¹XᵀW over each
+position's fit range, y' = L y (L the identity or a low-rank denoising diag(pass) + A B), and the bins of y with
+covariance Σ = diag(p)·K_P·diag(p) + diag(spk)·K·diag(spk), p = √(sem² − spk²), K and K_P Toeplitz (the speckle's
+and the split pixels' correlation between bins at lags 0, 1, …). So C = G Σ Gᵀ with G = M L_R.
+
+Its NumPy form builds the (m × m) Toeplitz matrices and multiplies through them, as batched products of small
+matrices that NumPy runs one position at a time (~75 µs a position for 6 coefficients over 89 bins: the largest
+part of the peaks stage). Here the same sums run in one compiled loop per position, using that K is banded (its
+lags end where the correlation does): O((d+1)·nq·L) instead of O((d+1)·nq²). The numbers are the NumPy form's to
+rounding (``tests/test_peaks.py``).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, inline="always")
+def _banded(h, corr, out):
+    """out[a, i] = Σ_j h[a, j]·K[j, i] for the symmetric Toeplitz K(i, j) = corr[|i − j|] (0 beyond its end)."""
+    d1, m = h.shape
+    nl = min(corr.size, m)
+    for a in range(d1):
+        for i in range(m):
+            acc = corr[0] * h[a, i] if nl > 0 else 0.0
+            for lag in range(1, nl):
+                if i - lag >= 0:
+                    acc += corr[lag] * h[a, i - lag]
+                if i + lag < m:
+                    acc += corr[lag] * h[a, i + lag]
+            out[a, i] = acc
+
+
+@numba.njit(nogil=True, cache=True)
+def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, op_b, sem, spk, corr, pcorr, out):
+    """C (N, d+1, d+1) into ``out``; m_inv (N, d+1, d+1), xp (N, m, d+1), wgt (N, m), cols (N, m) int64;
+    ``low_rank``: L = diag(passed) + op_a @ op_b ((nq,) bool, (nq, k), (k, nq)), else L is the identity and only
+    the fit range's bins enter; sem, spk (N, nq) (finite); corr, pcorr: the correlations by lag (pcorr of size
+    ≤ 1: the Poisson part independent between bins). Serial and without the GIL: the peaks stage runs blocks of
+    positions on its threads."""
+    n, m, d1 = xp.shape
+    nq = sem.shape[1]
+    k = op_b.shape[0]
+    use_p = pcorr.size > 1
+    w = nq if low_rank else m
+    mm = np.zeros((d1, m))  # the fit's linear map M over the fit range
+    g_full = np.zeros((d1, nq))
+    t = np.zeros((d1, k))
+    s2 = np.empty(w)
+    sp = np.empty(w)
+    h = np.empty((d1, w))  # G·diag(spk) (the correlated part, never more than the whole)
+    rest = np.empty((d1, w))  # G·diag(p) with the Poisson correlation, else G·diag(sem² − spk²)
+    hk = np.empty((d1, w))
+    rk = np.empty((d1, w))
+    for p in range(n):
+        for a in range(d1):
+            for j in range(m):
+                acc = 0.0
+                for c in range(d1):
+                    acc += m_inv[p, a, c] * xp[p, j, c]
+                mm[a, j] = acc * wgt[p, j]
+        if low_rank:
+            g = g_full
+            g[:, :] = 0.0
+            t[:, :] = 0.0
+            for a in range(d1):
+                for j in range(m):
+                    v = mm[a, j]
+                    if v != 0.0:
+                        for r in range(k):
+                            t[a, r] += v * op_a[cols[p, j], r]
+                for r in range(k):
+                    v = t[a, r]
+                    if v != 0.0:
+                        for i in range(nq):
+                            g[a, i] += v * op_b[r, i]
+                for j in range(m):
+                    if passed[cols[p, j]]:
+                        g[a, cols[p, j]] += mm[a, j]
+            for i in range(nq):
+                s2[i] = sem[p, i] ** 2
+                sp[i] = spk[p, i]
+        else:
+            g = mm
+            for j in range(m):
+                s2[j] = sem[p, cols[p, j]] ** 2
+                sp[j] = spk[p, cols[p, j]]
+        for i in range(w):
+            spi = min(sp[i], math.sqrt(s2[i]))
+            r2 = s2[i] - spi * spi
+            for a in range(d1):
+                h[a, i] = g[a, i] * spi
+                rest[a, i] = g[a, i] * (math.sqrt(max(r2, 0.0)) if use_p else r2)
+        _banded(h, corr, hk)
+        if use_p:
+            _banded(rest, pcorr, rk)
+        for a in range(d1):
+            for b in range(d1):
+                acc = 0.0
+                if use_p:
+                    for i in range(w):
+                        acc += rk[a, i] * rest[b, i] + hk[a, i] * h[b, i]
+                else:
+                    for i in range(w):
+                        acc += rest[a, i] * g[b, i] + hk[a, i] * h[b, i]
+                out[p, a, b] = acc
