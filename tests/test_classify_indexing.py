@@ -18,7 +18,8 @@ from sendmap.science.classify import (band_max, bragg_disk_above, crystal_neighb
                                       grain_evidence, lif_indexed_positions)
 from sendmap.science.phases import get_phase
 from sendmap.science.polar_tables import PolarTables, profile_block
-from sendmap.science.spot_context import dense_spots, shared_grain_evidence, shared_neighbours
+from sendmap.science.spot_context import (dense_spots, shared_counts, shared_grain_evidence,
+                                          shared_neighbours, shared_spot_table)
 from test_indexing import AMORPHOUS, BACKGROUND, CENTRE, GEOM, MASK, QPX, R_Q, lif_crystallites, render, zone_spots
 
 DEFS = ClassDefinitions()
@@ -108,6 +109,16 @@ def test_off_axis_li_grain_with_one_systematic_row_is_crystal():
                      out["spots"][np.isfinite(out["spots"][..., 0])], (4, 5))
     sh = shared_grain_evidence(sp, R_Q, QPX, I.Q_CALIBRATION_REL)
     assert np.all(sh["n_shared_grain"] >= 2)  # the pair, at every position (corners: 3 neighbours)
+    # the per-spot table the profile stage stores gives the same counts as the dense evaluation
+    pos = np.repeat(np.arange(20), np.isfinite(out["spots"][..., 0]).sum(axis=1))
+    vals = out["spots"][np.isfinite(out["spots"][..., 0])]
+    nb, ring = shared_spot_table(pos, vals, (4, 5), R_Q, QPX, I.Q_CALIBRATION_REL)
+    assert nb.shape == ring.shape == (len(pos),) and ring.all()
+    for m in (1, 3, 5):
+        want = shared_grain_evidence(sp, R_Q, QPX, I.Q_CALIBRATION_REL, m)
+        got = shared_counts(pos, nb, ring, (4, 5), m)
+        np.testing.assert_array_equal(got["n_shared_grain"], want["n_shared_grain"])
+        np.testing.assert_array_equal(got["n_shared"], want["n_shared"])
     like = grain_evidence(crystal_z, THR, ev["category"].reshape(4, 5), ev["lif_z"].reshape(4, 5),
                           sh["n_shared_grain"] > 0, np.zeros((4, 5), bool))
     assert like.all()

@@ -47,12 +47,15 @@ def dense_spots(position: np.ndarray, values: np.ndarray, shape: tuple[int, int]
 
 
 @numba.njit(parallel=True, cache=True)
-def _shared_kernel(gx, gy, sg, nsig, out):
+def _shared_kernel(gx, gy, sg, count, nsig, out):
+    """out[y, x, a]: the 8 neighbours of (y, x) with a spot within nsig combined σ of spot a; ``count`` (Ry, Rx) the
+    listed spots of each position (its first ``count`` rows: the rest are padding)."""
     ry, rx, k = gx.shape
     for y in numba.prange(ry):
         for x in range(rx):
             for a in range(k):
                 out[y, x, a] = 0
+            for a in range(count[y, x]):
                 if gx[y, x, a] != gx[y, x, a]:
                     continue
                 n = 0
@@ -64,7 +67,7 @@ def _shared_kernel(gx, gy, sg, nsig, out):
                         xx = x + dx
                         if yy < 0 or yy >= ry or xx < 0 or xx >= rx:
                             continue
-                        for b in range(k):
+                        for b in range(count[yy, xx]):
                             if gx[yy, xx, b] != gx[yy, xx, b]:
                                 continue
                             d = math.hypot(gx[y, x, a] - gx[yy, xx, b], gy[y, x, a] - gy[yy, xx, b])
@@ -92,8 +95,55 @@ def shared_neighbours(spots: np.ndarray, disk_radius_q: float, bin_width: float,
     sg = np.ascontiguousarray(spot_position_sigma(sp[..., 3], disk_radius_q, bin_width))
     out = np.zeros(q.shape, np.int8)
     if q.size:
-        _shared_kernel(gx, gy, sg, float(n_sigma), out)
+        # the rows up to the last listed spot of each position (lists are strongest first, NaN-padded)
+        listed = np.isfinite(q)
+        count = np.where(listed.any(axis=-1), q.shape[-1] - np.argmax(listed[..., ::-1], axis=-1), 0)
+        _shared_kernel(gx, gy, sg, np.ascontiguousarray(count, dtype=np.int64), float(n_sigma), out)
     return out
+
+
+def shared_spot_table(position: np.ndarray, values: np.ndarray, shape: tuple[int, int], disk_radius_q: float,
+                      bin_width: float, q_rel_err: float, n_sigma: float = N_SIGMA,
+                      grain_phases: tuple[str, ...] = ("li", "cu")) -> tuple[np.ndarray, np.ndarray]:
+    """For every stored spot (``spots/position``, ``spots/values`` in position order): how many of its 8 scan
+    neighbours list a spot at the same g (:func:`shared_neighbours`, (N,) int8) and whether it lies on a ring of
+    ``grain_phases`` within the calibrated Q uncertainty (:func:`sendmap.science.indexing.index_spots`, (N,) bool).
+    Neither depends on the classification's settings, so the profile stage stores them once
+    (``spots/shared_neighbours``, ``spots/grain_ring``) and the classify stage counts (:func:`shared_counts`)."""
+    from .indexing import index_library, index_spots
+
+    position = np.asarray(position, dtype=np.int64)
+    if position.size == 0:
+        return np.zeros(0, np.int8), np.zeros(0, bool)
+    sp = dense_spots(position, values, shape)
+    nb = shared_neighbours(sp, disk_radius_q, bin_width, n_sigma)
+    lib = index_library()
+    ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
+    gi = [lib.phase_ids.index(p) for p in grain_phases if p in lib.phase_ids]
+    on_grain = ev["match"][..., gi].any(axis=-1) if gi else np.zeros(sp.shape[:-1], bool)
+    # back to the stored order: position, then rank within it (dense_spots' layout)
+    order = np.argsort(position, kind="stable")
+    p = position[order]
+    rank = np.arange(p.size) - np.searchsorted(p, p, side="left")
+    iy, ix = np.divmod(p, int(shape[1]))
+    nb_out = np.empty(position.size, np.int8)
+    og_out = np.empty(position.size, bool)
+    nb_out[order] = nb[iy, ix, rank]
+    og_out[order] = on_grain[iy, ix, rank]
+    return nb_out, og_out
+
+
+def shared_counts(position: np.ndarray, shared_nb: np.ndarray, grain_ring: np.ndarray, shape: tuple[int, int],
+                  min_neighbours: int = SHARED_MIN_NEIGHBOURS) -> dict[str, np.ndarray]:
+    """``n_shared`` and ``n_shared_grain`` (Ry, Rx) int16 of :func:`shared_grain_evidence` from the per-spot table
+    of :func:`shared_spot_table`."""
+    npos = int(shape[0]) * int(shape[1])
+    position = np.asarray(position, dtype=np.int64)
+    shared = np.asarray(shared_nb) >= min_neighbours
+    n_sh = np.bincount(position, weights=shared, minlength=npos)[:npos] if position.size else np.zeros(npos)
+    n_sg = (np.bincount(position, weights=shared & np.asarray(grain_ring, bool), minlength=npos)[:npos]
+            if position.size else np.zeros(npos))
+    return {"n_shared": n_sh.astype(np.int16).reshape(shape), "n_shared_grain": n_sg.astype(np.int16).reshape(shape)}
 
 
 def shared_grain_evidence(spots: np.ndarray, disk_radius_q: float, bin_width: float, q_rel_err: float,

@@ -20,15 +20,19 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
     ``features/shared_spots`` and ``features/shared_grain_spots``. None for stores without spot lists (the
     threshold alone)."""
     from ..science.classify import grain_evidence
-    from ..science.spot_context import dense_spots, shared_grain_evidence
+    from ..science.spot_context import shared_counts, shared_spot_table
 
     d = cfg.classify.definitions
     if not d.indexing or "features/spot_category" not in g or "spots/values" not in g:
         return None
     cat_arr = g["features/spot_category"]
     q_rel = float(cat_arr.attrs.get("q_rel_err", 0.005))
-    spots = dense_spots(np.asarray(g["spots/position"]), np.asarray(g["spots/values"]), crystal_z.shape)
-    sh = shared_grain_evidence(spots, r_q, bin_width, q_rel, max(1, d.grain_shared_neighbours))
+    pos = np.asarray(g["spots/position"])
+    if "spots/shared_neighbours" in g and "spots/grain_ring" in g:  # the profile stage's per-spot table
+        nb, ring = np.asarray(g["spots/shared_neighbours"]), np.asarray(g["spots/grain_ring"])
+    else:  # a store written before it
+        nb, ring = shared_spot_table(pos, np.asarray(g["spots/values"]), crystal_z.shape, r_q, bin_width, q_rel)
+    sh = shared_counts(pos, nb, ring, crystal_z.shape, max(1, d.grain_shared_neighbours))
     attrs = {"units": "count", "min_neighbours": max(1, d.grain_shared_neighbours),
              "method": "sendmap.science.spot_context.shared_grain_evidence"}
     write_array(g, "features/shared_spots", sh["n_shared"], attrs | {

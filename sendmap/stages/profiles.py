@@ -60,7 +60,8 @@ ERROR_MODELS = {
 BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
 
 
-def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel: float, r_q: float) -> None:
+def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel: float, r_q: float,
+                   bin_width: float) -> None:
     """The spot and indexing evidence maps (features/, :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`) and the
     spot lists (``spots/position`` (N,) flat scan index iy·Rx + ix, ``spots/values`` (N, 4): Q, azimuth,
     intensity, z; sorted by position, strongest first within one)."""
@@ -83,6 +84,19 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
     write_array(g, "spots/values", val[order], SPOTS_ATTRS | {
         "meaning": "Bragg-disk-sized spots of every position (spots/position), strongest first within a position "
                    "(sendmap.science.indexing.spot_block)"}, chunks=(n, 4))
+    # which spots repeat at the scan neighbours (a grain's) and lie on a Li/Cu ring: independent of the classify
+    # settings, so computed once here rather than on every re-classification
+    from ..science.indexing import N_SIGMA
+    from ..science.spot_context import shared_spot_table
+
+    nb, ring = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel)
+    write_array(g, "spots/shared_neighbours", nb, {
+        "units": "count", "n_sigma": N_SIGMA, "meaning": "scan neighbours (of 8) that list a spot at the same g "
+        "within n_sigma of the combined position errors (sendmap.science.spot_context.shared_neighbours)"},
+        chunks=(n,))
+    write_array(g, "spots/grain_ring", ring, {
+        "meaning": "the spot lies on a Li or Cu ring within the calibrated Q uncertainty "
+                   "(sendmap.science.spot_context.shared_spot_table)"}, chunks=(n,))
 
 
 def stage_profiles(ctx: Context) -> None:
@@ -216,9 +230,9 @@ def stage_profiles(ctx: Context) -> None:
                cfg.compute, "profiles", on_result=put, thread_safe=True)
     flush()
     if lists:
-        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q)
+        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width)
     else:  # (profiles.spot_lists: false) no evidence: none left from an earlier run with lists either
-        for key in ["spots", *(f"features/{nm}" for nm in EVIDENCE_OUTPUTS)]:
+        for key in ["spots", *(f"features/{nm}" for nm in EVIDENCE_OUTPUTS)]:  # (spots/ holds the shared table)
             if key in g:
                 del g[key]
     write_array(g, "profiles/q", q, {"units": "1/Å (Q = 1/d), bin centres", "bin_width": geom.bin_width})
