@@ -24,15 +24,16 @@ def _banded(h, corr, out):
     """out[a, i] = Σ_j h[a, j]·K[j, i] for the symmetric Toeplitz K(i, j) = corr[|i − j|] (0 beyond its end)."""
     d1, m = h.shape
     nl = min(corr.size, m)
+    c0 = corr[0] if nl > 0 else 0.0
     for a in range(d1):
         for i in range(m):
-            acc = corr[0] * h[a, i] if nl > 0 else 0.0
-            for lag in range(1, nl):
-                if i - lag >= 0:
-                    acc += corr[lag] * h[a, i - lag]
-                if i + lag < m:
-                    acc += corr[lag] * h[a, i + lag]
-            out[a, i] = acc
+            out[a, i] = c0 * h[a, i]
+        for lag in range(1, nl):  # both off-diagonals of one lag at a time: loops without branches
+            c = corr[lag]
+            for i in range(m - lag):
+                out[a, i] += c * h[a, i + lag]
+            for i in range(lag, m):
+                out[a, i] += c * h[a, i - lag]
 
 
 @numba.njit(nogil=True, cache=True)
