@@ -54,12 +54,13 @@ from sendmap.evaluate import CALIBRATION_MIN_PER_BIN, CALIBRATION_TOLERANCE as C
 SHORT = {"crystal": "cryst", "sei_type1": "T1", "sei_type2": "T2", "electrolyte": "elec"}
 
 
-def full_matrix() -> list[dict]:
+def full_matrix(seed0: int = SEED0) -> list[dict]:
     """Every preset at both doses on a 128² detector, plus the 256² detector for the control, the published
-    spreads and the all-axes cell. Seeds 1000 + index, in this order."""
+    spreads and the all-axes cell. Seeds ``seed0`` + index, in this order (default 1000: the reporting seeds;
+    development sweeps pass another base, e.g. 511, so that what is chosen on them is reported on 1000–1031)."""
     cells = [(c, d, 128) for c in MATRIX_CELLS for d in DOSES]
     cells += [(c, d, 256) for c in ("legacy", "spread", "all") for d in DOSES]
-    return [{"cell": c, "dose": d, "detector": n, "seed": SEED0 + k} for k, (c, d, n) in enumerate(cells)]
+    return [{"cell": c, "dose": d, "detector": n, "seed": seed0 + k} for k, (c, d, n) in enumerate(cells)]
 
 
 REDUCED = (("all", 2e4, 128), ("lif-dominant", 2e4, 128), ("spread", 5e3, 128))
@@ -67,8 +68,8 @@ REDUCED = (("all", 2e4, 128), ("lif-dominant", 2e4, 128), ("spread", 5e3, 128))
 published spreads at the low dose; on 32 × 48 scans they run in ≲ 3 min on two cores."""
 
 
-def reduced_matrix() -> list[dict]:
-    full = {(c["cell"], c["dose"], c["detector"]): c for c in full_matrix()}
+def reduced_matrix(seed0: int = SEED0) -> list[dict]:
+    full = {(c["cell"], c["dose"], c["detector"]): c for c in full_matrix(seed0)}
     return [full[k] for k in REDUCED]
 
 
@@ -206,8 +207,11 @@ def main(argv=None) -> int:
                                                          "scoring; truth, config and results stay)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                     help="a config setting of every run, e.g. classify.method=probabilistic (repeatable)")
+    ap.add_argument("--seed-base", type=int, default=SEED0, metavar="S",
+                    help=f"seed of the first cell of the full list (cell k: S + k); default {SEED0}, the reporting "
+                         "seeds: choose anything on other seeds (e.g. 511, the development seeds of the calibration)")
     a = ap.parse_args(argv)
-    cells = reduced_matrix() if a.reduced else full_matrix()
+    cells = reduced_matrix(a.seed_base) if a.reduced else full_matrix(a.seed_base)
     if a.only:
         unknown = sorted(set(a.only) - set(MATRIX_CELLS))
         if unknown:
