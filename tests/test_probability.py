@@ -54,7 +54,7 @@ def test_probabilities_are_calibrated_and_the_prior_helps():
         acc_rules = (lab == truth).mean()
         assert acc > acc_evidence + 0.05 and acc > acc_rules + 0.05 and acc > 0.9, (acc, acc_evidence, acc_rules)
         assert r["beta"] > 0.3  # layers: a real coupling
-        # the crystal rule with its error rates (0.3 % either way), softened by the temperature: crystal, not certain
+        # the crystal rule with its false-alarm rate (0.3 %), softened by the temperature: crystal, not certain
         assert (p[crystal].argmax(-1) == 0).all() and (p[crystal][:, 0] > 0.9).all()
         onehot = truth[..., None] == np.arange(4)
         for lo in np.arange(0, 1, 0.1):

@@ -2,7 +2,7 @@
 
 Two 32 × 48 cells of ``benchmarks/scenario_matrix.py`` (the all-axes cell at 2 × 10⁴ e⁻ and the published
 spreads at 5 × 10³: the cells whose classes overlap most), at seeds 541 and 542: development seeds (the reporting
-seeds are 1000–1031), and not among those the posterior temperature and the crystal rule's error rates were
+seeds are 1000–1031), and not among those the posterior temperature and the crystal rule's false-alarm rate were
 measured on (511–536, ``sendmap.science.probability``). Run with ``classify.method=probabilistic``.
 
 Asserted with proper scoring rules, against stated references (every (position, class) pair one forecast):

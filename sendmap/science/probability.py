@@ -2,13 +2,14 @@
 
 Evidence of a position (all from the earlier stages):
 
-* **crystalline** (the one rule, :func:`sendmap.science.classify.crystal_positions`): a likelihood with the rule's
-  measured error rates, not a certainty. Where it fires: P(fires | crystal) = 1 − :data:`CRYSTAL_MISS_RATE`,
-  P(fires | amorphous class) = :data:`CRYSTAL_FALSE_ALARM_RATE`; where it does not and the position has an SRO
-  peak: P(not | crystal) = :data:`CRYSTAL_MISS_RATE` times a peak position uniform over the peak window (a
-  crystal's pattern has no SRO peak of its own), P(not | amorphous) = 1 − :data:`CRYSTAL_FALSE_ALARM_RATE`. (Until
-  session 13 the rule entered at probability 1: its few errors, ~0.3 % either way on the development seeds, were
-  certain mistakes, the largest single term of the log loss.)
+* **crystalline** (the one rule, :func:`sendmap.science.classify.crystal_positions`): where it fires, a likelihood
+  with the rule's measured false-alarm rate, not a certainty: P(fires | amorphous class) =
+  :data:`CRYSTAL_FALSE_ALARM_RATE` against P(fires | crystal) ≈ 1 (until session 13 the rule entered at
+  probability 1: its false alarms, 0.3 % of amorphous positions on the development seeds, were certain mistakes).
+  Where it does not fire and the position has an SRO peak, crystal keeps probability 0: its miss rate (also 0.3 %)
+  entered as a likelihood (a missed crystal's peak uniform over the peak window) let the spatial prior pull
+  amorphous positions beside grains to crystal, and lowered the accuracy on the development seeds (0.978 → 0.976
+  at 2 × 10⁴ e⁻, 0.975 → 0.972 on seeds 561–586), so it is not used.
 * **its SRO peak** q_i with its 1-σ error σ_i: under an amorphous class k (SEI Type 1, SEI Type 2, electrolyte)
   q_i ~ N(μ_k, s_k² + σ_i²), with μ_k and s_k the class's intrinsic mean and spread. They are measured on the scan
   itself (extreme deconvolution, as :mod:`sendmap.science.mixture`, of the positions the class rules give the
@@ -45,7 +46,7 @@ loss against the truth):
   with LiF evidence only (0.05 against 0.20 where LiF is faint). Not fixed: an EM over the probabilities instead of
   the rules' classes made it worse (Type 2 and the electrolyte overlap in Q and trade positions), and a fit of each
   class truncated to its rule's Q range is ill-posed on ranges 0.05 1/Å wide (Type 1's mean ran to 0.29);
-* the crystal rule at probability 1: see above (now a likelihood);
+* the crystal rule at probability 1: see above (now a likelihood where it fires);
 * what remains is an overconfidence of the posterior (the 0.6–0.9 tenths observed 0.08–0.12 below their mean
   probability): one temperature, :data:`POSTERIOR_TEMPERATURE`, p_k ∝ p_k^(1/T) (Guo et al. 2017, ICML,
   "temperature scaling"), fitted on those seeds by the log loss; it changes no position's most probable class.
@@ -85,14 +86,10 @@ CRYSTAL_FALSE_ALARM_RATE = 0.0031
 """Share of amorphous positions (truth) that the crystal rule calls crystalline: 109 of 35 279 on the development
 seeds 511–536 (26 cells of the 128² scenario matrix, 48 × 64, both doses; 0.0040 at 2 × 10⁴ e⁻, 0.0021 at 5 × 10³)."""
 
-CRYSTAL_MISS_RATE = 0.0030
-"""Share of crystalline positions (truth) the crystal rule does not call crystalline: 105 of 35 377 on the same
-development seeds (0.0003 at 2 × 10⁴ e⁻, 0.0058 at 5 × 10³)."""
-
 POSTERIOR_TEMPERATURE = 1.75
 """Temperature T of the posterior, p_k ∝ p_k^(1/T): the value on a 0.05 grid that minimises the log loss of the
-posterior (crystal rule with its error rates, Potts mean field) against the truth over the development seeds
-511–536 (26 cells, 79 872 positions with a probability; log loss 0.1036 nats at T = 1.75 against 0.1303 at T = 1;
+posterior (crystal rule with its false-alarm rate, Potts mean field) against the truth over the development seeds
+511–536 (26 cells, 79 872 positions with a probability; log loss 0.1367 nats at T = 1.75 against 0.1606 at T = 1;
 the minimum is flat, within 0.001 from T = 1.6 to 1.9). It corrects the remaining overconfidence of the amorphous classes, chiefly from
 class models measured on the rules' classes (module docstring). Checked on the development seeds 561–586 and
 reported on the matrix seeds 1000–1031 (README)."""
@@ -189,8 +186,8 @@ def potts_beta_pseudolikelihood(labels: np.ndarray, valid: np.ndarray, n_classes
 def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.ndarray, lif_e: np.ndarray,
                         labels: np.ndarray | None = None, lif_hit_rate: float = 0.5,
                         beta: float | str = "auto", lif_no_peak: np.ndarray | None = None,
-                        no_peak: np.ndarray | None = None, peak_window: tuple[float, float] = (0.22, 0.42),
-                        crystal_error_rates: tuple[float, float] | None = (CRYSTAL_FALSE_ALARM_RATE, CRYSTAL_MISS_RATE),
+                        no_peak: np.ndarray | None = None,
+                        crystal_false_alarm: float | None = CRYSTAL_FALSE_ALARM_RATE,
                         temperature: float = POSTERIOR_TEMPERATURE) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
 
@@ -206,10 +203,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     their evidence is the probability of having no peak in each class, P(no peak | k), measured on the scan as the
     share of the positions ``labels`` give class k that have none (+1 / +2: Laplace's rule, so a class whose
     positions all have a peak still gets a small one), and the spatial prior decides (None: such positions stay
-    NaN); peak_window: (lo, hi) 1/Å where SRO peaks are sought (``peaks.window``): a missed crystal's "peak" is
-    taken as uniform over it; crystal_error_rates: (false-alarm rate, miss rate) of the crystal rule (module
-    docstring; None: the rule is certain, as before session 13); temperature: of the posterior
-    (:data:`POSTERIOR_TEMPERATURE`; 1: none).
+    NaN); crystal_false_alarm: the crystal rule's false-alarm rate (module docstring; None: the rule is certain,
+    as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``temperature``;
@@ -242,11 +237,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
                 source[name] = "scan"
     log_w = np.log(counts / counts.sum())
     ll = np.full((*peak_q.shape, 4), -np.inf)
-    if crystal_error_rates is None:
-        ll[crystal] = [0.0, -np.inf, -np.inf, -np.inf]
-    else:
-        fa, miss = crystal_error_rates
-        ll[crystal] = [np.log1p(-miss), np.log(fa), np.log(fa), np.log(fa)]
+    fa_ll = np.log(crystal_false_alarm) if crystal_false_alarm else -np.inf
+    ll[crystal] = [0.0, fa_ll, fa_ll, fa_ll]
     ll[lif_only] = [-np.inf, -np.inf, 0.0, -np.inf]
     if none.any():
         lab_all = np.asarray(labels)
@@ -258,9 +250,6 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
         ll[none] = np.log(p_none)
     sub = np.full((int(amorph.sum()), 4), -np.inf)
     sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w) if q.size else sub[:, 1:]
-    if crystal_error_rates is not None:  # the crystal rule did not fire: a miss, with a peak anywhere in the window
-        sub[:, 0] = np.log(miss / max(float(peak_window[1]) - float(peak_window[0]), 1e-6))
-        sub[:, 1:] += np.log1p(-fa)
     ll[amorph] = sub
     ll_finite = np.where(np.isfinite(ll), ll, -1e6)  # (exp → 0 without NaN in the mean field)
     evidence = _softmax(ll_finite)

@@ -48,8 +48,8 @@ def stage_classify(ctx: Context) -> None:
     """
     from ..science.classify import (CRYSTAL, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
                                     crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote)
-    from ..science.probability import (CRYSTAL_FALSE_ALARM_RATE, CRYSTAL_MISS_RATE, PROB_CLASSES,
-                                       class_probabilities, lif_evidence)
+    from ..science.probability import (CRYSTAL_FALSE_ALARM_RATE, PROB_CLASSES, class_probabilities,
+                                       lif_evidence)
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
     from ..science.peaks import status_attrs, status_code
@@ -101,8 +101,7 @@ def stage_classify(ctx: Context) -> None:
     prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
                                labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
-                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak),
-                               peak_window=tuple(cfg.peaks.window))
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak))
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
@@ -155,9 +154,9 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "maps/class_probability", p.astype(np.float32),
                 {"class_index_names": list(PROB_CLASSES), "beta": prob["beta"], "lif_hit_rate": prob["lif_hit_rate"],
                  "class_models": prob["class_models"], "temperature": prob["temperature"],
-                 "crystal_error_rates": {"false_alarm": CRYSTAL_FALSE_ALARM_RATE, "miss": CRYSTAL_MISS_RATE},
+                 "crystal_false_alarm_rate": CRYSTAL_FALSE_ALARM_RATE,
                  "meaning": "posterior probability of each class: the position's evidence (crystal rule with its "
-                            "error rates, SRO peak with its error, LiF evidence) and a Potts spatial prior, at the "
+                            "false-alarm rate, SRO peak with its error, LiF evidence) and a Potts spatial prior, at the "
                             "temperature fitted on development seeds (sendmap.science.probability); "
                             "NaN where a position has neither a crystal nor an SRO peak"})
     write_array(g, "maps/class_confidence", confidence.astype(np.float32),
