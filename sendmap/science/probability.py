@@ -8,8 +8,8 @@ Evidence of a position (all from the earlier stages):
   probability 1: its false alarms, 0.3 % of amorphous positions on the development seeds, were certain mistakes).
   Where it does not fire and the position has an SRO peak, crystal keeps probability 0: its miss rate (also 0.3 %)
   entered as a likelihood (a missed crystal's peak uniform over the peak window) let the spatial prior pull
-  amorphous positions beside grains to crystal, and lowered the accuracy on the development seeds (0.978 → 0.976
-  at 2 × 10⁴ e⁻, 0.975 → 0.972 on seeds 561–586), so it is not used.
+  amorphous positions beside grains to crystal, and lowered the accuracy on the development seeds (positions with
+  a probability, 2 × 10⁴ e⁻: 0.978 → 0.976 on seeds 511–536, 0.975 → 0.972 on seeds 561–586), so it is not used.
 * **its SRO peak** q_i with its 1-σ error σ_i: under an amorphous class k (SEI Type 1, SEI Type 2, electrolyte)
   q_i ~ N(μ_k, s_k² + σ_i²), with μ_k and s_k the class's intrinsic mean and spread. They are measured on the scan
   itself (extreme deconvolution, as :mod:`sendmap.science.mixture`, of the positions the class rules give the
@@ -47,7 +47,7 @@ loss against the truth):
   the rules' classes made it worse (Type 2 and the electrolyte overlap in Q and trade positions), and a fit of each
   class truncated to its rule's Q range is ill-posed on ranges 0.05 1/Å wide (Type 1's mean ran to 0.29);
 * the crystal rule at probability 1: see above (now a likelihood where it fires);
-* what remains is an overconfidence of the posterior (the 0.6–0.9 tenths observed 0.08–0.12 below their mean
+* what remains is an overconfidence of the posterior (the 0.6–0.9 tenths observed 0.03–0.10 below their mean
   probability): one temperature, :data:`POSTERIOR_TEMPERATURE`, p_k ∝ p_k^(1/T) (Guo et al. 2017, ICML,
   "temperature scaling"), fitted on those seeds by the log loss; it changes no position's most probable class.
 """
