@@ -37,9 +37,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("peaks", ("peaks",), peaks.stage_peaks,
           "SRO peaks: binning/denoising, position, error, height, width; second peak", 4,
           key_sections=peaks.key_sections),
-    # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots
+    # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
+    # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          2),
+          3),
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), report.stage_report, "figures and tables", key_sections=report.key_sections),

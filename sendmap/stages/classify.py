@@ -52,7 +52,8 @@ def stage_classify(ctx: Context) -> None:
     """
     from ..science.classify import (CRYSTAL, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
                                     crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote)
-    from ..science.probability import PROB_CLASSES, class_probabilities, lif_evidence
+    from ..science.probability import (CRYSTAL_FALSE_ALARM_RATE, PROB_CLASSES, class_probabilities,
+                                       lif_evidence)
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
                                    phase_lines)
     from ..science.peaks import status_attrs, status_code
@@ -156,9 +157,11 @@ def stage_classify(ctx: Context) -> None:
                                        "min_confidence": cfg.classify.min_confidence})
     write_array(g, "maps/class_probability", p.astype(np.float32),
                 {"class_index_names": list(PROB_CLASSES), "beta": prob["beta"], "lif_hit_rate": prob["lif_hit_rate"],
-                 "class_models": prob["class_models"],
-                 "meaning": "posterior probability of each class: the position's evidence (crystal rule, SRO peak "
-                            "with its error, LiF evidence) and a Potts spatial prior (sendmap.science.probability); "
+                 "class_models": prob["class_models"], "temperature": prob["temperature"],
+                 "crystal_false_alarm_rate": CRYSTAL_FALSE_ALARM_RATE,
+                 "meaning": "posterior probability of each class: the position's evidence (crystal rule with its "
+                            "false-alarm rate, SRO peak with its error, LiF evidence) and a Potts spatial prior, at the "
+                            "temperature fitted on development seeds (sendmap.science.probability); "
                             "NaN where a position has neither a crystal nor an SRO peak"})
     write_array(g, "maps/class_confidence", confidence.astype(np.float32),
                 {"meaning": "probability (maps/class_probability) of the class in maps/class; NaN for unassigned"})
