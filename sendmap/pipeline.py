@@ -23,9 +23,10 @@ STAGES: tuple[Stage, ...] = (
           "raw file → data (Ry, Rx, Qy, Qx) + sum/max patterns, counts, dose", revision=2,
           key_sections=ingest.key_sections),
     # revision 2 (speckle): spot_z is measured against the azimuthal scatter (calibrate uses it to leave crystals out
-    # of the ellipse fit), profiles/sem has an error model, features/fem_variance is new
+    # of the ellipse fit), profiles/sem has an error model, features/fem_variance is new; revision 3: clusters of 2-3
+    # adjacent hot pixels are masked (sendmap.science.mask.HOT_CLUSTER_MAX)
     Stage("calibrate", ("calibration",), calibrate.stage_calibrate, "mask, per-position centre, descan plane, ellipse",
-          2, key_sections=calibrate.key_sections),
+          3, key_sections=calibrate.key_sections),
     # profiles revision 3 (indexing): spot lists and their indexing evidence (features/n_spots, spot_category, ...,
     # spots/*) for the frames with a spot ≥ 5 σ; revision 4: a spot is a local maximum of the window significance
     # (the flanks of a stronger spot, 2 disk radii from it, are no longer listed)

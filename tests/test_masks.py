@@ -166,6 +166,30 @@ def test_no_shadow_on_normal_pattern_with_unmasked_defects():
     assert not sh2["beam_stop"].any() and not sh2["aperture"].any()
 
 
+def test_hot_pixel_clusters_are_found_and_disks_are_not():
+    """Two or three adjacent hot pixels (each the other's brightest neighbour) are hot; the central disk and Li/Cu
+    Bragg disks of a grain's summed pattern (strong, steep-edged) are not. The generator's pair (724 and 224 counts
+    per frame, diagonal) missed before put a false crystal spot into every pattern of seed 561's scan."""
+    model = SynthModel(SynthParams(scan_shape=SCAN, seed=2, n_cu_grains=8))
+    p = model.params
+    rng = np.random.default_rng(4)
+    spots = model.grain_spots[0]
+    img = P.render_pattern(p.detector_shape, (63.7, 64.2), p.q_pixel_size, probe_radius=model.probe_radius,
+                           radial_profile=0.3 * model.K_background, spots=spots, central_fraction=0.75,
+                           electrons=2e4, dq=model.dq)
+    s = rng.poisson(img * 3000).astype(float)  # a 3000-frame sum
+    defects = {(86, 54): 724, (85, 53): 224, (20, 30): 500, (20, 31): 480, (100, 100): 300, (101, 100): 280,
+               (100, 101): 260, (40, 90): 900}  # a diagonal pair, a row pair, an L of three, a single
+    for (y, x), v in defects.items():
+        s[y, x] += v * 3000
+    r = hot_dead_mask(s, np.ones_like(s))
+    found = set(zip(*np.nonzero(r["hot"])))
+    assert found == set(defects)
+    # without the defects nothing is hot: the disks are never flagged
+    clean = rng.poisson(img * 3000).astype(float)
+    assert not hot_dead_mask(clean, np.ones_like(clean))["hot"].any()
+
+
 @pytest.mark.parametrize("n_frames", [0, 20])
 def test_no_shadow_on_bragg_patterns(n_frames):
     """Strong Bragg disks of Li and Cu grains in zone axes (single-grain mean patterns, noise free and
