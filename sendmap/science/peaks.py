@@ -560,8 +560,10 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, result
 
     Their error: the fit range does not bound the maximum's location, so it comes from the profile across the
     window: the plateau, every Q in ``window`` where the smoothed profile (``smooth_sigma_bins``) reaches its highest
-    value there within the band of test (2) (its top is the highest of many noisy points: a 1-σ band, √2 ×
-    ``height_err``, left a third of the analytic plateau out), joined with the peak's own 1-σ set
+    value there within :data:`FLAT_TOP_Z` σ of a difference of two levels (√2 × ``height_err``; the top is the
+    highest of many noisy points, biased up by the selection: a 1-σ band left a third of the analytic plateau of
+    tests/test_peaks_flat.py out, test (2)'s 3 σ made the set 1.5 × wider than the spread of the fitted maxima on
+    the real scan), joined with the peak's own 1-σ set
     (:func:`stationary_point_set`): ``q_max_lo``, ``q_max_hi``. ``q_peak`` becomes its centre and
     ``q_err`` its half width, (hi − lo)/2 (or the fit's own σ where larger): the same definition as for a clear
     maximum, whose 1-σ set is q̂ ± the delta method's σ. The fitted maximum itself is no estimate there: the noise
@@ -597,14 +599,13 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, result
         status[cand[rival]] = status_code("no_clear_maximum")
     flat = np.flatnonzero(status == status_code("no_clear_maximum"))
     if flat.size:
-        # the plateau: every Q in the window where the smoothed profile is as high as its top within the rival
-        # test's band (RIVAL_Z σ of a difference of two levels, √2 × the height's error), joined with the fit's own
-        # 1-σ set
+        # the plateau: every Q in the window where the smoothed profile is as high as its top within FLAT_TOP_Z σ
+        # of a difference of two levels (√2 × the height's error), joined with the fit's own 1-σ set
         p = ndimage.gaussian_filter1d(np.nan_to_num(profiles[flat]), max(smooth_sigma_bins, 1e-6), axis=1,
                                       mode="nearest")
         with np.errstate(invalid="ignore"):
             top = np.where(inside[None, :], p, -np.inf).max(axis=1)  # (the smoothed profile's own top, not the
-            level = top - RIVAL_Z * np.sqrt(2.0) * np.nan_to_num(result["height_err"][flat])  # polynomial's)
+            level = top - FLAT_TOP_Z * np.sqrt(2.0) * np.nan_to_num(result["height_err"][flat])  # polynomial's)
             within = (p >= level[:, None]) & inside[None, :]
         any_ = within.any(axis=1)
         p_lo = np.where(any_, q[np.argmax(within, axis=1)], np.nan)
