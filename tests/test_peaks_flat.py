@@ -9,8 +9,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
-from sendmap.science.peaks import (FLAT_TOP_Z, PEAK_STATUS, fit_peaks, flat_top_errors, stationary_point_set,
-                                   status_code)
+from sendmap.science.peaks import (
+    FLAT_TOP_Z,
+    PEAK_STATUS,
+    fit_peaks,
+    flat_top_errors,
+    stationary_point_set,
+    status_code,
+)
 
 WINDOW = (0.22, 0.42)
 N = 400  # noisy draws per case: a rate of 1 % is 4 ± 2 of them
@@ -34,7 +40,7 @@ def _fit(q, truth, rel_noise, half_width, seed):
     sem = np.full((N, q.size), rel_noise)
     prof = truth[None, :] + rng.normal(0.0, rel_noise, (N, q.size))
     r = fit_peaks(q, prof, sem, WINDOW, half_width, flat_top_z=FLAT_TOP_Z)
-    return prof, sem, flat_top_errors(q, prof, sem, r, WINDOW, half_width)
+    return prof, sem, flat_top_errors(q, prof, r, WINDOW, half_width)
 
 
 def test_status_is_appended():
@@ -139,11 +145,11 @@ def _real_scan_fit(real_data_dir, centre_error_yx, n=64, seed=7):
     hw, _ = resolve_auto_fit_range(q, prof, sem, np.ones(n, bool), window, 0.14)
     res = fit_peaks(q, prof, sem, window, hw, flat_top_z=FLAT_TOP_Z)
     plain = {k: v.copy() for k, v in res.items()}
-    flat_top_errors(q, prof, sem, res, window, hw)
+    flat_top_errors(q, prof, res, window, hw)
     d = ClassDefinitions()
-    rules = dict(crystal_spot_z=25.0, lif_spot_z=6.0, electrolyte_max_q=d.electrolyte_max_q,
-                 sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
-                 electrolyte_range=d.electrolyte_range)
+    rules = {"crystal_spot_z": 25.0, "lif_spot_z": 6.0, "electrolyte_max_q": d.electrolyte_max_q,
+             "sei_type1_range": d.sei_type1_range, "sei_type2_range": d.sei_type2_range,
+             "electrolyte_range": d.electrolyte_range}
     zero = np.zeros(n)
     # (as the classify stage: a failed fit's fallback maximum gives no class)
     cls = classify_rules(np.where(res["status"] == status_code("fit_failed"), np.nan, res["q_peak"]), zero, zero,
@@ -179,7 +185,7 @@ def test_real_halo_smeared_by_a_wrong_centre_is_one_population(real_data_dir):
 def test_real_halo_well_centred_is_one_clear_population(real_data_dir):
     """The same scan binned around the right centres: a clear maximum (the test does not fire), one class, and
     the delta-method errors cover the scatter of the maxima as a 1-σ error should."""
-    res, plain, cls = _real_scan_fit(real_data_dir, (0.0, 0.0))
+    res, _plain, cls = _real_scan_fit(real_data_dir, (0.0, 0.0))
     assert np.mean(res["status"] == status_code("ok")) >= 0.95, np.bincount(res["status"])
     values, counts = np.unique(cls, return_counts=True)
     assert counts.max() >= 0.9 * len(cls), dict(zip(values, counts))

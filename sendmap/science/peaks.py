@@ -540,11 +540,11 @@ exceeds the rest by the selection alone. On a clear peak the profile beyond the 
 there; on the analytic plateau of tests/test_peaks_flat.py it flags what the local test leaves."""
 
 
-def flat_top_errors(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, result: dict, window: tuple[float, float],
-                    half_width: float | tuple[float, float] = 0.14, smooth_sigma_bins: float = 3.0, degree: int = 5,
-                    operator=None, correlated: tuple | None = None) -> dict:
+def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: tuple[float, float],
+                    half_width: float | tuple[float, float] = 0.14, smooth_sigma_bins: float = 3.0) -> dict:
     """The flat-top test at the scale of the window, and the honest error where a peak has no clear maximum; in
-    place in ``result`` (from :func:`fit_peaks` with ``flat_top_z``; the same profiles, errors and fit arguments)
+    place in ``result`` (from :func:`fit_peaks` with ``flat_top_z`` on the same ``profiles`` (N, nq), fit range
+    ``half_width`` and smoothing; the levels' errors are its ``height_err``, which carry the fit's error model)
     and returned.
 
     Two ways a top is not a clear maximum: (1) flat across the fit range: the local test of :func:`fit_peaks`
@@ -571,17 +571,11 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, result
     """
     q = np.asarray(q, dtype=float)
     profiles = np.asarray(profiles, dtype=float).reshape(-1, q.size)
-    sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
     status = np.asarray(result["status"])
     inside = (q >= window[0]) & (q <= window[1])
     if q.size < 3 or inside.sum() < 3:
         return result
-    bw = float(q[1] - q[0])
     hl, hr = (half_width, half_width) if np.ndim(half_width) == 0 else half_width
-
-    def sub_corr(rows):
-        return None if correlated is None else (np.asarray(correlated[0]).reshape(profiles.shape)[rows],
-                                                *correlated[1:])
 
     # (2) a rival: somewhere in the window beyond the peak's fit range the smoothed profile is as high as its top
     cand = np.flatnonzero(status == status_code("ok"))

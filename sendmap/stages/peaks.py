@@ -285,11 +285,11 @@ def stage_peaks(ctx: Context) -> None:
     if k == 1 and operator is None:
         res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
                                 recentre=recentre, feedback=feedback["beta"], flat_top_z=FLAT_TOP_Z)
-        flat_top_errors(q, *plain_in, res, pk.window, half_width, pk.smooth_sigma_bins, pk.degree, None, corr_plain)
+        flat_top_errors(q, plain_in[0], res, pk.window, half_width, pk.smooth_sigma_bins)
     else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
         res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map, correlated=corr,
                         recentre=recentre, feedback=feedback["beta"], flat_top_z=FLAT_TOP_Z)
-        flat_top_errors(q, y, s, res, pk.window, half_width, pk.smooth_sigma_bins, pk.degree, operator, corr)
+        flat_top_errors(q, y, res, pk.window, half_width, pk.smooth_sigma_bins)
         sample = np.flatnonzero(amorphous)
         if sample.size > PLAIN_FIT_SAMPLE:
             sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
