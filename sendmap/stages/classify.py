@@ -107,12 +107,16 @@ def stage_classify(ctx: Context) -> None:
                 for e in ("lo", "hi")]
         cls = undetermined_by_q(cls, *ends, flat)
     # class probabilities: the evidence of each position and the spatial prior (sendmap.science.probability)
-    ok_peak = np.where(has_peak, peak_q, np.nan)  # (a flat top with its wide error: its Q says little)
+    # a flat top (no_clear_maximum) is no evidence for an amorphous class: its Q range spans them (and its positions
+    # are not independent evidence: one film's plateau is the same everywhere, which a Potts field over many such
+    # positions would turn into a near-certain class from a 1.03 likelihood ratio each, as measured on the real
+    # scan); nor is it "no peak": such positions keep NaN probabilities, unassigned as by the rules
+    ok_peak = np.where(peak_status == status_code("ok"), peak_q, np.nan)
     lif_idx = rules["lif_indexed"]
     prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
                                labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
-                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak))
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat)
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
