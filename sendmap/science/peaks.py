@@ -532,12 +532,14 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
 
 
 RIVAL_Z = 3.0
-"""Test (2) of :func:`flat_top_errors`: a rival is a Q in the window, beyond the peak's fit range, where the smoothed
-profile comes within this many σ of a difference of two levels (√2 × the fitted height's error) of its highest
+"""Test (2) of :func:`flat_top_errors`: a rival is a local maximum of the smoothed profile in the window, beyond the
+peak's fit range, within this many σ of a difference of two levels (√2 × the fitted height's error) of its highest
 value there. One more than :data:`FLAT_TOP_Z`: the top is the highest of many noisy points, so on a flat top it
 exceeds the rest by the selection alone. On a clear peak the profile beyond the fit range is far below (a Gaussian
-σ 0.045 1/Å is down to 67 % of its height 0.04 1/Å away, 1 % beyond the default ± 0.14 range), so it never fires
-there; on the analytic plateau of tests/test_peaks_flat.py it flags what the local test leaves."""
+σ 0.045 1/Å is down to 67 % of its height 0.04 1/Å away, 1 % beyond the default ± 0.14 range): on the reduced
+matrix's all-axes cell it fired at 20 of 1536 positions (noisy, low-contrast peaks with a narrow matched range). On
+the analytic plateau of tests/test_peaks_flat.py it flags what the local test leaves but 19 % of the draws (noise
+bumps that the data around them do bound)."""
 
 
 def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: tuple[float, float],
@@ -550,8 +552,12 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
     Two ways a top is not a clear maximum: (1) flat across the fit range: the local test of :func:`fit_peaks`
     (status already ``no_clear_maximum``); (2) a rival: somewhere in ``window`` (1/Å) beyond the peak's fit range
     (``half_width``, as fitted) the profile smoothed by ``smooth_sigma_bins`` comes within :data:`RIVAL_Z` σ of a
-    difference (√2 × ``height_err``) of its highest value inside the window: the top continues, or another
-    maximum is as high within the noise, farther away than the fit could see. A real halo can hold both: in the
+    difference (√2 × ``height_err``) of its highest value inside the window at a local maximum inside the window
+    (:func:`_top_reach`; a profile rising into the window's edge is a flank, no rival): another maximum as high
+    within the noise, farther away than the fit could see. (Also calling a top that merely stays in that band
+    beyond the fit range a rival flagged 45 of 1536 positions of the reduced matrix's all-axes cell, 25 of them
+    classed right before, mostly SEI Type 2 with LiF at 2 × 10⁴ e⁻: rules accuracy 0.792 → 0.779; as now 20,
+    0.787. A top flat across the fit range is test (1)'s.) A real halo can hold both: in the
     scan of tests/test_peaks_flat.py built from the real metallic-glass pattern (whose centres the calibration
     put 19 px off, smearing the halo), the I·Q top is level within 1 % over 0.255–0.37 1/Å with two shallow
     bumps, and per position the noise decides which one the fit takes: maxima 0.07 1/Å apart with errors of
@@ -560,7 +566,8 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
 
     Their error: the fit range does not bound the maximum's location, so it comes from the profile across the
     window: the plateau, every Q in ``window`` where the smoothed profile (``smooth_sigma_bins``) reaches its highest
-    value there within :data:`FLAT_TOP_Z` σ of a difference of two levels (√2 × ``height_err``; the top is the
+    value there within :data:`FLAT_TOP_Z` σ of a difference of two levels (connected to the peak, or at a local
+    maximum; √2 × ``height_err``; the top is the
     highest of many noisy points, biased up by the selection: a 1-σ band left a third of the analytic plateau of
     tests/test_peaks_flat.py out, test (2)'s 3 σ made the set 1.5 × wider than the spread of the fitted maxima on
     the real scan), joined with the peak's own 1-σ set
@@ -577,7 +584,7 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
         return result
     hl, hr = (half_width, half_width) if np.ndim(half_width) == 0 else half_width
 
-    # (2) a rival: somewhere in the window beyond the peak's fit range the smoothed profile is as high as its top
+    # (2) a rival: the top continues beyond the peak's fit range, or another maximum there is as high within noise
     cand = np.flatnonzero(status == status_code("ok"))
     lo = np.array(result["q_max_lo"], dtype=float)
     hi = np.array(result["q_max_hi"], dtype=float)
@@ -585,11 +592,10 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
         p = ndimage.gaussian_filter1d(np.nan_to_num(profiles[cand]), max(smooth_sigma_bins, 1e-6), axis=1,
                                       mode="nearest")
         qp = result["q_peak"][cand]
-        far = ((q[None, :] < qp[:, None] - hl) | (q[None, :] > qp[:, None] + hr)) & inside[None, :]
-        top = np.where(inside[None, :], p, -np.inf).max(axis=1)
         with np.errstate(invalid="ignore"):
-            band = top - RIVAL_Z * np.sqrt(2.0) * result["height_err"][cand]
-            rival = (far & (p >= band[:, None])).any(axis=1)
+            band = np.where(inside[None, :], p, -np.inf).max(axis=1) - RIVAL_Z * np.sqrt(2.0) * result["height_err"][cand]
+        (c_lo, c_hi), (m_lo, m_hi) = _top_reach(q, p, band, qp, inside)
+        rival = (m_lo < qp - hl) | (m_hi > qp + hr)
         status[cand[rival]] = status_code("no_clear_maximum")
     flat = np.flatnonzero(status == status_code("no_clear_maximum"))
     if flat.size:
@@ -600,17 +606,40 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
         with np.errstate(invalid="ignore"):
             top = np.where(inside[None, :], p, -np.inf).max(axis=1)  # (the smoothed profile's own top, not the
             level = top - FLAT_TOP_Z * np.sqrt(2.0) * np.nan_to_num(result["height_err"][flat])  # polynomial's)
-            within = (p >= level[:, None]) & inside[None, :]
-        any_ = within.any(axis=1)
-        p_lo = np.where(any_, q[np.argmax(within, axis=1)], np.nan)
-        p_hi = np.where(any_, q[q.size - 1 - np.argmax(within[:, ::-1], axis=1)], np.nan)
-        lo[flat] = np.fmin(np.fmin(lo[flat], p_lo), result["q_peak"][flat])
-        hi[flat] = np.fmax(np.fmax(hi[flat], p_hi), result["q_peak"][flat])
+        (c_lo, c_hi), (m_lo, m_hi) = _top_reach(q, p, level, result["q_peak"][flat], inside)
+        lo[flat] = np.fmin(np.fmin(lo[flat], np.fmin(c_lo, m_lo)), result["q_peak"][flat])
+        hi[flat] = np.fmax(np.fmax(hi[flat], np.fmax(c_hi, m_hi)), result["q_peak"][flat])
         # the set's centre and half width, as for a clear maximum (where the half width is the delta method's σ)
         result["q_peak"][flat] = 0.5 * (lo[flat] + hi[flat])
         result["q_err"][flat] = np.fmax(result["q_err"][flat], 0.5 * (hi[flat] - lo[flat]))
     result["q_max_lo"], result["q_max_hi"], result["status"] = lo, hi, status
     return result
+
+
+def _top_reach(q, p, level, q0, inside):
+    """Where smoothed profiles ``p`` (N, nq) stay at or above ``level`` (N,): the connected run of bins inside the
+    window (``inside``) around the bin nearest ``q0`` (N,) — (lo, hi) 1/Å, NaN where that bin is below the level —
+    and the outermost interior local maxima (not at the window's edge: a profile rising into the edge is a flank,
+    not a maximum) at or above it — (lo, hi), NaN where none."""
+    n, nq = p.shape
+    gi = np.arange(nq)[None, :]
+    j0 = np.clip(np.searchsorted(q, np.nan_to_num(q0, nan=q[0])), 0, nq - 1)
+    above = (p >= np.asarray(level, float)[:, None]) & inside[None, :]
+    left = np.where(~above & (gi < j0[:, None]), gi, -1).max(axis=1) + 1  # the run's first bin
+    right = np.where(~above & (gi > j0[:, None]), gi, nq).min(axis=1) - 1  # its last
+    has = above[np.arange(n), j0]
+    c_lo = np.where(has, q[np.clip(left, 0, nq - 1)], np.nan)
+    c_hi = np.where(has, q[np.clip(right, 0, nq - 1)], np.nan)
+    interior = inside.copy()
+    idx = np.flatnonzero(inside)
+    interior[idx[0]] = interior[idx[-1]] = False
+    local = np.zeros_like(above)
+    local[:, 1:-1] = (p[:, 1:-1] > p[:, :-2]) & (p[:, 1:-1] >= p[:, 2:])
+    peaks = local & above & interior[None, :]
+    anyp = peaks.any(axis=1)
+    m_lo = np.where(anyp, q[np.argmax(peaks, axis=1)], np.nan)
+    m_hi = np.where(anyp, q[nq - 1 - np.argmax(peaks[:, ::-1], axis=1)], np.nan)
+    return (c_lo, c_hi), (m_lo, m_hi)
 
 
 RECENTRE_ITERATIONS = 3
