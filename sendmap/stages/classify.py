@@ -92,9 +92,6 @@ def stage_classify(ctx: Context) -> None:
                  crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours, crystal_like=like,
                  lif_indexed=lif_indexed_positions(np.asarray(g["features/spot_category"]) if like is not None
                                                    else None))
-    # a failed fit's fallback (the smoothed maximum, ± one bin: no peak in maps/peak_q either) gives no class: on a
-    # flat top it is the noise's pick (the failure is itself a sign that the top has no clear maximum)
-    peak_q = np.where(peak_status == status_code("fit_failed"), np.nan, peak_q)
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
