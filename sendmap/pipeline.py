@@ -35,13 +35,16 @@ STAGES: tuple[Stage, ...] = (
     # revision 2 (speckle, peak status): the fit's errors carry the speckle's correlation in Q, the denoising's
     # components come from the correlated-noise edge; peaks/status. revision 3 (coverage): the speckle covariance is
     # propagated exactly (no slope factor), V(Q) for the errors averaged over 5 × 5 non-crystalline neighbours
+    # revision 5 (flat tops): status no_clear_maximum, its honest error, peaks/q_max_lo and q_max_hi
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 4,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 5,
           key_sections=peaks.key_sections),
     # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
-    # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature
+    # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature;
+    # revision 4 (flat tops): no_clear_maximum positions keep their peak (wide error) in maps/ and get no class from
+    # a Q they cannot tell (sendmap.science.classify.undetermined_by_q)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          3),
+          4),
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose"),
     Stage("report", ("output",), report.stage_report, "figures and tables", key_sections=report.key_sections),

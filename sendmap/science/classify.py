@@ -67,6 +67,20 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     return cls
 
 
+def undetermined_by_q(cls: np.ndarray, cls_lo: np.ndarray, cls_hi: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Classes where the SRO peak has no clear maximum (``flat``, peak status ``no_clear_maximum``): the class the
+    rules give at the peak's Q (``cls``) where they give the same at both ends of the Q range consistent with the
+    maximum (``cls_lo``, ``cls_hi``: the rules at ``peaks/q_max_lo`` and ``q_max_hi``), else unassigned: the data do
+    not say on which side of a Q threshold the maximum lies, and a class chosen there would follow the noise (on
+    a real flat-topped halo: one film split into electrolyte, SEI Type 1 and unassigned).
+
+    >>> undetermined_by_q(np.array([3, 1, 1]), np.array([3, 3, 1]), np.array([1, 1, 1]), np.array([False, True, True]))
+    array([3, 4, 1], dtype=int8)
+    """
+    same = (np.asarray(cls_lo) == cls) & (np.asarray(cls_hi) == cls)
+    return np.where(np.asarray(flat, bool) & ~same, UNASSIGNED, cls).astype(np.int8)
+
+
 def bragg_disk_above(crystal_z: np.ndarray, threshold: float) -> np.ndarray:
     """True where the brightest Bragg-disk-sized spot in the crystal bands is more significant than ``threshold`` σ
     (NaN: no). The first condition of "crystalline" (:func:`crystal_positions`), and the whole of it where a stage

@@ -51,7 +51,8 @@ def stage_classify(ctx: Context) -> None:
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
     from ..science.classify import (CRYSTAL, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
-                                    crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote)
+                                    crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote,
+                                    undetermined_by_q)
     from ..science.probability import (CRYSTAL_FALSE_ALARM_RATE, PROB_CLASSES, class_probabilities,
                                        lif_evidence)
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
@@ -81,7 +82,9 @@ def stage_classify(ctx: Context) -> None:
                    else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     # the spots' indexing (profile stage) and their spatial context: grain or LiF, whatever the spot strength
-    like = grain_like(cfg, g, crystal_z, crystal_thr, peak_status == status_code("ok"), r_q, float(q[1] - q[0]))
+    # a flat-topped halo (no_clear_maximum) is an SRO peak too, with a wide error
+    has_peak = (peak_status == status_code("ok")) | (peak_status == status_code("no_clear_maximum"))
+    like = grain_like(cfg, g, crystal_z, crystal_thr, has_peak, r_q, float(q[1] - q[0]))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
@@ -99,13 +102,23 @@ def stage_classify(ctx: Context) -> None:
     else:
         cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
                            method=cfg.classify.method, **rules)
+    # no clear maximum: no class from the peak's Q unless the whole Q range consistent with the maximum gives it
+    flat = peak_status == status_code("no_clear_maximum")
+    if flat.any() and "peaks/q_max_lo" in g:
+        ends = [classify_rules(np.where(flat, np.asarray(g[f"peaks/q_max_{e}"]), peak_q), crystal_z, lif_z, **rules)
+                for e in ("lo", "hi")]
+        cls = undetermined_by_q(cls, *ends, flat)
     # class probabilities: the evidence of each position and the spatial prior (sendmap.science.probability)
+    # a flat top (no_clear_maximum) is no evidence for an amorphous class: its Q range spans them (and its positions
+    # are not independent evidence: one film's plateau is the same everywhere, which a Potts field over many such
+    # positions would turn into a near-certain class from a 1.03 likelihood ratio each, as measured on the real
+    # scan); nor is it "no peak": such positions keep NaN probabilities, unassigned as by the rules
     ok_peak = np.where(peak_status == status_code("ok"), peak_q, np.nan)
     lif_idx = rules["lif_indexed"]
     prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
                                labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
-                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak))
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat)
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
@@ -168,7 +181,9 @@ def stage_classify(ctx: Context) -> None:
     # the final maps: a peak only where the fit found an interior maximum inside the window (status ok) and the
     # position is not crystalline; maps/peak_status says why not elsewhere
     final_status = np.where(no_peak, status_code("crystal"), peak_status).astype(np.int8)
-    no_peak_map = final_status != status_code("ok")
+    no_peak_map = (final_status != status_code("ok")) & (final_status != status_code("no_clear_maximum"))
     write_array(g, "maps/peak_status", final_status, status_attrs())
-    write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum; NaN where maps/peak_status is not ok"})
+    write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum (no_clear_maximum: the centre of the "
+                                                         "Q range consistent with it); NaN where maps/peak_status is "
+                                                         "neither ok nor no_clear_maximum"})
     write_array(g, "maps/peak_q_err", np.where(no_peak_map, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})

@@ -213,8 +213,9 @@ def stage_peaks(ctx: Context) -> None:
     """
 
     from ..engine.execute import local_map
-    from ..science.peaks import (PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak, resolve_auto_fit_range,
-                                lowrank_denoise, status_attrs, status_code, window_feedback)
+    from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak,
+                                flat_top_errors, lowrank_denoise, resolve_auto_fit_range, status_attrs, status_code,
+                                window_feedback)
 
     cfg, g = ctx.cfg, ctx.group
     pk = cfg.peaks
@@ -283,10 +284,12 @@ def stage_peaks(ctx: Context) -> None:
                       else window_feedback(q, *plain_in, with_counts, *fit_args))
     if k == 1 and operator is None:
         res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
-                                recentre=recentre, feedback=feedback["beta"])
+                                recentre=recentre, feedback=feedback["beta"], flat_top_z=FLAT_TOP_Z)
+        flat_top_errors(q, plain_in[0], res, pk.window, half_width, pk.smooth_sigma_bins)
     else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
         res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map, correlated=corr,
-                        recentre=recentre, feedback=feedback["beta"])
+                        recentre=recentre, feedback=feedback["beta"], flat_top_z=FLAT_TOP_Z)
+        flat_top_errors(q, y, res, pk.window, half_width, pk.smooth_sigma_bins)
         sample = np.flatnonzero(amorphous)
         if sample.size > PLAIN_FIT_SAMPLE:
             sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
@@ -353,7 +356,15 @@ def stage_peaks(ctx: Context) -> None:
         ctx.log(f"[sendmap] peaks: {status_counts['fit_failed']} positions: the polynomial has no interior maximum; "
                 "peaks/q_peak holds the smoothed maximum (± one bin) there, status fit_failed, no peak in maps/peak_q")
     n_am = int(amorphous.sum())
-    not_ok = amorphous & (status != status_code("ok"))
+    flat = amorphous & (status == status_code("no_clear_maximum"))
+    if n_am and flat.sum() > PEAK_STATUS_WARN_SHARE * n_am:
+        msg = (f"{100 * flat.sum() / n_am:.0f} % of the {n_am} non-crystalline positions have an SRO peak without a "
+               f"clear maximum (status no_clear_maximum: a flat top, or two maxima as high within the noise); their "
+               f"peaks/q_peak is the centre of the Q range consistent with the maximum (peaks/q_max_lo – q_max_hi, "
+               f"median half width {np.nanmedian(res['q_err'][flat]):.3f} 1/Å) and they are not classed by it")
+        warnings_.append(msg)
+        ctx.warn(msg, "peaks_without_clear_maximum")
+    not_ok = amorphous & (status != status_code("ok")) & (status != status_code("no_clear_maximum"))
     if n_am and not_ok.sum() > PEAK_STATUS_WARN_SHARE * n_am:
         parts = ", ".join(f"{PEAK_STATUS[c]} {int(np.sum(not_ok & (status == c)))}" for c in range(1, len(PEAK_STATUS))
                           if np.any(not_ok & (status == c)))
