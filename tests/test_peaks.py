@@ -1,5 +1,6 @@
 """SRO peak fits against known maxima, with calibrated uncertainties; histogram fits; layers; classes."""
 import numpy as np
+import pytest
 
 from sendmap.science.classify import classify_rules
 from sendmap.science.peaks import fit_peaks
@@ -183,3 +184,14 @@ def test_compiled_correlated_covariance_is_the_numpy_products():
             ref = _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, corr, pc)
             got = _correlated_covariance(m_inv, xp, wgt, cols, operator, sem, spk, corr, pc)
             np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+
+
+def test_histogram_fallback_reports_the_sample_moments():
+    """Values spread over less than a bin (one real film measured to ±0.0002 1/Å, bins of 0.0025): no Gaussian fit
+    (< 3 bins), and the reported sigma is the sample standard deviation it says it is, not half a bin."""
+    rng = np.random.default_rng(5)
+    v = 0.296 + 0.0002 * rng.standard_normal(192)
+    r = gaussian_histogram_fit(v, 0.0025)
+    assert not r["fit_converged"] and r["fit_method"].startswith("moments")
+    assert r["sigma"] == pytest.approx(np.std(v, ddof=1), rel=1e-12)
+    assert r["mu"] == pytest.approx(v.mean(), rel=1e-12)

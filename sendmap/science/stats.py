@@ -113,7 +113,9 @@ def gaussian_histogram_fit(values: np.ndarray, bin_width: float, errors: np.ndar
     edges = np.arange(lo, hi + 0.5 * bin_width, bin_width)
     counts, edges = np.histogram(v, bins=edges)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    mu, sigma, amp = mean, max(std, bin_width / 2), float(counts.max())
+    # (the fit starts from a width of at least half a bin; where it cannot be made, the moments are reported as
+    # such: the sample standard deviation, however far below a bin it is)
+    mu, sigma, amp = mean, std, float(counts.max())
     mu_err = sigma_err = float("nan")
     fit_ok = False
     why = f"{v.size} values (< 5)" if v.size < 5 else f"{len(centres)} histogram bins (< 3)"
@@ -121,7 +123,8 @@ def gaussian_histogram_fit(values: np.ndarray, bin_width: float, errors: np.ndar
         why = "the least-squares fit did not converge, or its centre fell outside the histogram"
         try:
             with np.errstate(all="ignore"):
-                popt, pcov = fit_gaussian(centres, counts, np.sqrt(np.maximum(counts, 1.0)), [amp, mu, sigma])
+                popt, pcov = fit_gaussian(centres, counts, np.sqrt(np.maximum(counts, 1.0)),
+                                          [amp, mu, max(sigma, bin_width / 2)])
             # (a Gaussian centred outside the histogram fits a slope of the background, not the class's peak)
             if (np.all(np.isfinite(popt)) and popt[2] != 0 and np.all(np.isfinite(pcov))
                     and edges[0] <= popt[1] <= edges[-1]):
