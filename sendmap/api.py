@@ -267,13 +267,14 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     on the mean of the given profiles as the peaks stage chooses it on the non-crystalline ones; ``degree``, ...;
     under the speckle error model the stage also passes ``recentre=True``, ``feedback`` (β, its ``peaks`` attribute
     ``window_feedback``) and ``correlated`` (the speckle and Poisson covariances of
-    :func:`sendmap.stages.peaks.speckle_fit_errors`): pass them for the same numbers).
+    :func:`sendmap.stages.peaks.speckle_fit_errors`): pass them for the same numbers). Peaks without a clear
+    maximum get the stage's status ``no_clear_maximum`` and honest error (``flat_top_z=None``: not tested).
     Returns a dict of (...) arrays: ``q_peak``,
     ``q_err`` (1/Å), ``height``, ``prominence``, ``fwhm``, ``status`` and the rest of the science function's
     outputs.
     """
+    from .science.peaks import FLAT_TOP_Z, flat_top_errors, resolve_auto_fit_range
     from .science.peaks import fit_peaks as _fit
-    from .science.peaks import resolve_auto_fit_range
 
     d = _defaults("peaks")
     window = tuple(window or d["window"])
@@ -289,10 +290,16 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
             q, p, s, rows, window, AUTO_FIT_HALF_WIDTH_FALLBACK, options.get("smooth_sigma_bins", 3.0),
             options.get("degree", 5))
 
+    # the flat-top tests, as the stage applies them (status no_clear_maximum; flat_top_z=None turns them off)
+    options.setdefault("flat_top_z", FLAT_TOP_Z)
+
     def fit(p, s):
         p = np.asarray(p, dtype=np.float64).reshape(-1, len(q))
         s = np.sqrt(np.clip(p, 0, None)) if s is None else np.asarray(s, dtype=np.float64).reshape(-1, len(q))
-        return _fit(q, p, s, window, **options)
+        r = _fit(q, p, s, window, **options)
+        if options["flat_top_z"] is not None:
+            flat_top_errors(q, p, r, window, options.get("half_width", 0.14), options.get("smooth_sigma_bins", 3.0))
+        return r
 
     if not _is_dask(profiles):
         return {k: v.reshape(lead) for k, v in fit(profiles, sem).items()}
