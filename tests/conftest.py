@@ -29,3 +29,15 @@ def shared_reference_dir() -> Path:
     if not ref.is_dir():
         pytest.skip(f"shared reference folder not found at {ref}")
     return ref
+
+
+def scenario_matrix_module():
+    """``benchmarks/scenario_matrix.py`` as a module (the scenario matrix's cells and commands, for the tests that
+    sweep part of it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "scenario_matrix", Path(__file__).resolve().parents[1] / "benchmarks" / "scenario_matrix.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -20,26 +20,17 @@ Asserted with proper scoring rules, against stated references (every (position, 
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from conftest import scenario_matrix_module
 
 from sendmap import CLASS_NAMES
 from sendmap.cli import main
 from sendmap.evaluate import CALIBRATION_TOLERANCE, calibration_table, pool_calibration
 from sendmap.science.probability import POSTERIOR_TEMPERATURE, PROB_CLASSES, temper
 
-REPO = Path(__file__).resolve().parents[1]
 CELLS = (("all", 2e4, 541), ("spread", 5e3, 542))
-
-
-def _matrix_module():
-    spec = importlib.util.spec_from_file_location("scenario_matrix", REPO / "benchmarks" / "scenario_matrix.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def forecasts(tmp_path_factory):
 
     from sendmap.engine.store import STORE_NAME
 
-    m = _matrix_module()
+    m = scenario_matrix_module()
     out = tmp_path_factory.mktemp("calib")
     res = []
     for cell, dose, seed in CELLS:

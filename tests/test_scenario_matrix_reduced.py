@@ -12,27 +12,17 @@ the progress, not a target met.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from conftest import scenario_matrix_module
 
 from sendmap.cli import main
 from sendmap.evaluate import CALIBRATION_TOLERANCE, evaluate, pool_calibration
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _matrix_module():
-    spec = importlib.util.spec_from_file_location("scenario_matrix", REPO / "benchmarks" / "scenario_matrix.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    m = _matrix_module()
+    m = scenario_matrix_module()
     out = tmp_path_factory.mktemp("matrix")
     res = {}
     for c in m.reduced_matrix():
