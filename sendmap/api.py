@@ -267,8 +267,9 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     on the mean of the given profiles as the peaks stage chooses it on the non-crystalline ones; ``degree``, ...;
     under the speckle error model the stage also passes ``recentre=True``, ``feedback`` (β, its ``peaks`` attribute
     ``window_feedback``) and ``correlated`` (the speckle and Poisson covariances of
-    :func:`sendmap.stages.peaks.speckle_fit_errors`): pass them for the same numbers). Peaks without a clear
-    maximum get the stage's status ``no_clear_maximum`` and honest error (``flat_top_z=None``: not tested).
+    :func:`sendmap.stages.peaks.speckle_fit_errors`): pass them for the same numbers). ``flat_top_z``: the σ level
+    of the flat-top test (status ``no_clear_maximum`` and the plateau's error, as the stage with
+    ``peaks.flat_top_test``; default: off, as the config).
     Returns a dict of (...) arrays: ``q_peak``,
     ``q_err`` (1/Å), ``height``, ``prominence``, ``fwhm``, ``status`` and the rest of the science function's
     outputs.
@@ -290,8 +291,8 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
             q, p, s, rows, window, AUTO_FIT_HALF_WIDTH_FALLBACK, options.get("smooth_sigma_bins", 3.0),
             options.get("degree", 5))
 
-    # the flat-top tests, as the stage applies them (status no_clear_maximum; flat_top_z=None turns them off)
-    options.setdefault("flat_top_z", FLAT_TOP_Z)
+    # the flat-top tests where the config asks the stage for them (peaks.flat_top_test; flat_top_z: the σ level, None off)
+    options.setdefault("flat_top_z", FLAT_TOP_Z if d.get("flat_top_test") else None)
 
     def fit(p, s):
         p = np.asarray(p, dtype=np.float64).reshape(-1, len(q))

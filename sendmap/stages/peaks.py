@@ -278,18 +278,21 @@ def stage_peaks(ctx: Context) -> None:
     # (under the speckle error model, whose correlations the error models: Poisson's from the pixel splitting too)
     recentre = speckle is not None
     with_counts = amorphous & (counts > 0)
+    flat_z = FLAT_TOP_Z if pk.flat_top_test else None  # the flat-top test (status no_clear_maximum), when asked for
     none = {"beta": None, "centre_q": None}
     feedback = window_feedback(q, y, s, with_counts, *fit_args) if recentre else none
     feedback_plain = (feedback if (k == 1 and operator is None) or not recentre
                       else window_feedback(q, *plain_in, with_counts, *fit_args))
     if k == 1 and operator is None:
         res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
-                                recentre=recentre, feedback=feedback["beta"], flat_top_z=FLAT_TOP_Z)
-        flat_top_errors(q, plain_in[0], res, pk.window, half_width, pk.smooth_sigma_bins)
+                                recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
+        if flat_z is not None:
+            flat_top_errors(q, plain_in[0], res, pk.window, half_width, pk.smooth_sigma_bins)
     else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
         res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map, correlated=corr,
-                        recentre=recentre, feedback=feedback["beta"], flat_top_z=FLAT_TOP_Z)
-        flat_top_errors(q, y, res, pk.window, half_width, pk.smooth_sigma_bins)
+                        recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
+        if flat_z is not None:
+            flat_top_errors(q, y, res, pk.window, half_width, pk.smooth_sigma_bins)
         sample = np.flatnonzero(amorphous)
         if sample.size > PLAIN_FIT_SAMPLE:
             sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
@@ -330,6 +333,10 @@ def stage_peaks(ctx: Context) -> None:
             write_array(g, "peaks/status", val.reshape(ry, rx).astype(np.int8), status_attrs())
             continue
         write_array(g, f"peaks/{key}", val.reshape(ry, rx), {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
+    if flat_z is None:  # (the flat-top test's ranges of an earlier run with it on would be stale)
+        for key in ("q_max_lo", "q_max_hi"):
+            if f"peaks/{key}" in g:
+                del g[f"peaks/{key}"]
     for key, val in second.items():
         name = "second_present" if key == "present" else f"second_{key}"
         write_array(g, f"peaks/{name}", val.reshape(ry, rx),
