@@ -307,11 +307,12 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
         if q_c[i] >= 2.0 * disk_r_q:
             for k in range(nphi):
                 total += s[i, k]
-    # candidates: the local maxima of the significance at or above z_min, strongest first
+    # candidates: the local maxima of the significance at or above z_min, strongest first (room for every window
+    # at or above z_min; each is tested once)
     n_c = 0
     for i in range(nq):
         for k in range(nphi):
-            if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
+            if zmap[i, k] >= z_min:
                 n_c += 1
     if n_c == 0:
         return total
@@ -327,6 +328,11 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
                 cx[n_c] = q_c[i] * math.cos(phi)
                 cy[n_c] = q_c[i] * math.sin(phi)
                 n_c += 1
+    if n_c == 0:
+        return total
+    cz = cz[:n_c]
+    cx = cx[:n_c]
+    cy = cy[:n_c]
     order = np.argsort(-cz)
     # a whole sector's pixel area in each bin: an annulus' area grows as Q, and the bins whose ring is whole (the
     # largest area / Q) give the constant

@@ -38,12 +38,29 @@ def dense_spots(position: np.ndarray, values: np.ndarray, shape: tuple[int, int]
     k = max(1, int(counts.max()) if counts.size else 1)
     out = np.full((npos, k, 4), np.nan, np.float32)
     if position.size:
-        order = np.argsort(position, kind="stable")
-        p = position[order]
-        start = np.searchsorted(p, p, side="left")
-        rank = np.arange(p.size) - start
+        order, p, rank = _dense_index(position)
         out[p, rank] = values[order]
     return out.reshape(int(shape[0]), int(shape[1]), k, 4)
+
+
+def _dense_index(position: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each stored spot goes in :func:`dense_spots`' layout: (order, flat position, rank within it) of the
+    spots taken in ``order`` (by position, stable)."""
+    order = np.argsort(position, kind="stable")
+    p = position[order]
+    return order, p, np.arange(p.size) - np.searchsorted(p, p, side="left")
+
+
+def _grain_ring(sp: np.ndarray, disk_radius_q: float, bin_width: float, q_rel_err: float, n_sigma: float,
+                grain_phases: tuple[str, ...]) -> np.ndarray:
+    """(..., K) bool: the spot lies on a ring of ``grain_phases`` within the calibrated Q uncertainty
+    (:func:`sendmap.science.indexing.index_spots`)."""
+    from .indexing import index_library, index_spots
+
+    lib = index_library()
+    ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
+    gi = [lib.phase_ids.index(p) for p in grain_phases if p in lib.phase_ids]
+    return ev["match"][..., gi].any(axis=-1) if gi else np.zeros(sp.shape[:-1], bool)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -110,21 +127,14 @@ def shared_spot_table(position: np.ndarray, values: np.ndarray, shape: tuple[int
     ``grain_phases`` within the calibrated Q uncertainty (:func:`sendmap.science.indexing.index_spots`, (N,) bool).
     Neither depends on the classification's settings, so the profile stage stores them once
     (``spots/shared_neighbours``, ``spots/grain_ring``) and the classify stage counts (:func:`shared_counts`)."""
-    from .indexing import index_library, index_spots
-
     position = np.asarray(position, dtype=np.int64)
     if position.size == 0:
         return np.zeros(0, np.int8), np.zeros(0, bool)
     sp = dense_spots(position, values, shape)
     nb = shared_neighbours(sp, disk_radius_q, bin_width, n_sigma)
-    lib = index_library()
-    ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
-    gi = [lib.phase_ids.index(p) for p in grain_phases if p in lib.phase_ids]
-    on_grain = ev["match"][..., gi].any(axis=-1) if gi else np.zeros(sp.shape[:-1], bool)
-    # back to the stored order: position, then rank within it (dense_spots' layout)
-    order = np.argsort(position, kind="stable")
-    p = position[order]
-    rank = np.arange(p.size) - np.searchsorted(p, p, side="left")
+    on_grain = _grain_ring(sp, disk_radius_q, bin_width, q_rel_err, n_sigma, grain_phases)
+    # back to the stored order (dense_spots' layout: position, then rank within it)
+    order, p, rank = _dense_index(position)
     iy, ix = np.divmod(p, int(shape[1]))
     nb_out = np.empty(position.size, np.int8)
     og_out = np.empty(position.size, bool)
@@ -154,17 +164,11 @@ def shared_grain_evidence(spots: np.ndarray, disk_radius_q: float, bin_width: fl
     Q uncertainty (:func:`sendmap.science.indexing.index_spots`), and ``shared_grain_z`` the largest significance
     (σ) of such a spot (0 none): a grain's reflection that repeats over the grain, whatever its strength or the
     share of isotropic scattering around it (an off-axis grain's single Friedel pair or systematic row)."""
-    from .indexing import index_library, index_spots
-
     sp = np.asarray(spots, dtype=np.float32)
     nb = shared_neighbours(sp, disk_radius_q, bin_width, n_sigma)
     valid = np.isfinite(sp[..., 0])
     shared = valid & (nb >= min_neighbours)
-    lib = index_library()
-    ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
-    gi = [lib.phase_ids.index(p) for p in grain_phases if p in lib.phase_ids]
-    on_grain = ev["match"][..., gi].any(axis=-1) if gi else np.zeros(valid.shape, bool)
-    sg = shared & on_grain
+    sg = shared & _grain_ring(sp, disk_radius_q, bin_width, q_rel_err, n_sigma, grain_phases)
     z = np.where(sg, np.nan_to_num(sp[..., 3], nan=0.0), 0.0)
     return {"n_shared": shared.sum(axis=-1).astype(np.int16), "n_shared_grain": sg.sum(axis=-1).astype(np.int16),
             "shared_grain_z": z.max(axis=-1) if z.shape[-1] else np.zeros(valid.shape[:-1])}
