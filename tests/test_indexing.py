@@ -332,3 +332,21 @@ def test_speckled_amorphous_patterns_give_no_lattice(m):
     assert ev["has_lattice"].mean() <= (0.1 if m == 3 else 0.0)
     assert not np.any(ev["category"] == I.GRAIN)
     print(f"M={m}: positions with a spot {np.mean(ev['n_spots'] > 0):.2f}, LiF {np.mean(ev['category'] == I.LIF):.2f}")
+
+
+def test_evidence_does_not_depend_on_empty_spot_slots():
+    """The profile stage cuts the empty tail of the spot slots before indexing (sendmap.compute.profiles): the
+    per-position evidence of grains, LiF crystallites and spot-free patterns is the same with the full MAX_SPOTS
+    slots and with only as many as the fullest frame needs."""
+    rng = np.random.default_rng(11)
+    imgs = [rng.poisson(render(AMORPHOUS, lif_crystallites(rng, 3, 0.25))) for _ in range(3)]
+    imgs += [rng.poisson(render(BACKGROUND, zone_spots("cu", (0, 1, 1), 30.0, 0.7))),
+             rng.poisson(render(AMORPHOUS, None))]
+    sp, full = evidence(imgs)
+    k = int(np.isfinite(sp[..., 0]).sum(axis=-1).max())
+    assert 0 < k < sp.shape[1] and np.isfinite(sp[:, k:, 0]).sum() == 0
+    cut = I.crystal_evidence(sp[:, :k], spots_of(imgs)[1], R_Q, QPX)
+    for key in ("n_spots", "category", "crystal_score", "lif_score", "crystal_z", "lif_z", "amorphous_share",
+                "phase_share", "has_lattice", "lattice_phase", "n_friedel", "n_unindexed"):
+        np.testing.assert_array_equal(np.asarray(full[key]), np.asarray(cut[key]), err_msg=key)
+    assert set(full["category"][:3]) & {I.LIF} and full["category"][3] == I.GRAIN and full["n_spots"][4] == 0
