@@ -266,8 +266,12 @@ def stage_peaks(ctx: Context) -> None:
         speckle_info = None
         if n_comp is None and speckle is not None and k == 1:
             n_comp, speckle_info = speckle_components(y, s, speckle, amorphous, (q >= lo) & (q <= hi))
+        spot_bins = listed_spot_bins(g, q, ry * rx) if pk.denoise_exclude_spots else None
+        if spot_bins is not None and k > 1:  # a binned profile holds the spots of the neighbours it averages
+            from scipy.ndimage import maximum_filter
+            spot_bins = maximum_filter(spot_bins.reshape(ry, rx, nq), size=(k, k, 1), mode="nearest").reshape(-1, nq)
         y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
-                                            n_comp, pk.denoise_guard)
+                                            n_comp, pk.denoise_guard, exclude=spot_bins)
         if speckle_info:
             info["speckle_edge"] = speckle_info
         if info["method"] == "none":
@@ -312,7 +316,7 @@ def stage_peaks(ctx: Context) -> None:
         y2, op2 = rob.reshape(-1, nq), None
         if operator is not None:
             y2, op2, info2 = lowrank_denoise(y2, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
-                                             pk.denoise_components, pk.denoise_guard)
+                                             pk.denoise_components, pk.denoise_guard, exclude=spot_bins)
             op2 = None if info2["method"] == "none" else op2
     second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
                              operator=op2, map_blocks=fit_map, correlated=corr)
@@ -396,6 +400,22 @@ def stage_peaks(ctx: Context) -> None:
                         "method": "weighted polynomial fit over a range centred on its own maximum, maximum by "
                                   "Newton, delta-method error with the range's feedback"
                                   + (" propagated through the denoising projection" if operator is not None else "")})
+
+
+def listed_spot_bins(g, q: np.ndarray, n_positions: int) -> np.ndarray | None:
+    """(N, nq) bool: the Q bins each position's listed Bragg spots cover (``spots/position``, ``spots/values``;
+    within the probe disk's radius ``disk_radius_q`` of ``features/spot_category``,
+    :func:`sendmap.science.spot_context.spot_covered_bins`), for ``peaks.denoise_exclude_spots``; None for a store
+    without spot lists or without a spot."""
+    from ..science.spot_context import spot_covered_bins
+
+    if "spots/position" not in g or "spots/values" not in g or "features/spot_category" not in g:
+        return None
+    radius = float(g["features/spot_category"].attrs.get("disk_radius_q", 0.0))
+    pos = np.asarray(g["spots/position"])
+    if radius <= 0 or pos.size == 0:
+        return None
+    return spot_covered_bins(pos, np.asarray(g["spots/values"])[:, 0], n_positions, q, radius)
 
 
 def _finite(v):
