@@ -214,7 +214,7 @@ def stage_peaks(ctx: Context) -> None:
 
     from ..engine.execute import local_map
     from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak,
-                                flat_top_errors, lowrank_denoise, resolve_auto_fit_range, status_attrs, status_code,
+                                flat_top_errors, gap_filled_sem, lowrank_denoise, resolve_auto_fit_range, status_attrs, status_code,
                                 window_feedback)
 
     cfg, g = ctx.cfg, ctx.group
@@ -277,6 +277,8 @@ def stage_peaks(ctx: Context) -> None:
         if info["method"] == "none":
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
+        elif spot_bins is not None and info.get("gappy_rows"):  # the spots' bins now hold the model's values
+            s = gap_filled_sem(s, spot_bins & ((q >= lo) & (q <= hi))[None, :], amorphous)
     # the fit range follows each fitted maximum; its feedback on the estimate (β), measured on the mean of the
     # non-crystalline positions' fit input, enters the error (sendmap.science.peaks._recentred)
     # (under the speckle error model, whose correlations the error models: Poisson's from the pixel splitting too)
