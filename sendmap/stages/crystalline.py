@@ -70,8 +70,8 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     in the crystal bands above the dose-scaled crystal threshold, from the profile stage's ``features/spot_z``
     (the classify stage's first rule, without the neighbour condition) and, where the profile stage indexed the
     spots (``features/spot_category``; ``classify.definitions.indexing``), the same indexing evidence as the
-    classify stage's crystal rule (:func:`sendmap.science.classify.grain_evidence`, without the shared spots that
-    need an SRO peak): not where the spots index as LiF crystallites in an amorphous matrix and the strongest
+    classify stage's crystal rule (:func:`sendmap.science.classify.grain_evidence`; a Li/Cu-ring spot that
+    ``grain_shared_neighbours`` neighbours share counts with or without an SRO peak): not where the spots index as LiF crystallites in an amorphous matrix and the strongest
     crystal-band spot is LiF's, but wherever they index as a Li/Cu grain. Without it, LiF (200) at 0.497 1/Å (in
     the Cu (111) band) kept the LiF-rich SEI Type 2 positions out of the components, which then had no profile
     like theirs: their denoised SRO maximum moved by +0.035 1/Å (5 × 10³ e⁻, matrix:lif-dominant, development
@@ -82,9 +82,19 @@ def crystal_rows(ctx: Context) -> np.ndarray:
     q = np.asarray(g["profiles/q"])
     crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
     thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
-    if cfg.classify.definitions.indexing and "features/spot_category" in g and "features/lif_indexed_z" in g:
+    d = cfg.classify.definitions
+    if d.indexing and "features/spot_category" in g and "features/lif_indexed_z" in g:
+        shared = None
+        if d.grain_shared_neighbours > 0 and "spots/shared_neighbours" in g and "spots/grain_ring" in g:
+            from ..science.spot_context import shared_counts
+
+            shared = shared_counts(np.asarray(g["spots/position"]), np.asarray(g["spots/shared_neighbours"]),
+                                   np.asarray(g["spots/grain_ring"]), crystal_z.shape,
+                                   d.grain_shared_neighbours)["n_shared_grain"] > 0
+        # (a shared Li/Cu spot counts whether or not the pattern has an SRO peak, which is not measured yet: an
+        # off-axis grain's row, and the few amorphous positions beside a grain, stay out of the components)
         return grain_evidence(crystal_z, thr, np.asarray(g["features/spot_category"]),
-                              np.asarray(g["features/lif_indexed_z"]))
+                              np.asarray(g["features/lif_indexed_z"]), shared)
     return bragg_disk_above(crystal_z, thr)
 
 

@@ -428,6 +428,8 @@ def _finite(v):
 def key_sections(cfg, sections: dict) -> dict:
     """The peaks key adds which positions are crystalline (the rows that define the denoising components; the
     threshold scales with the dose; the spots' indexing, ``classify.definitions.indexing``, decides too)."""
-    sections["classify.definitions"] = crystal_key_sections(cfg) | {"indexing": cfg.classify.definitions.indexing}
+    d = cfg.classify.definitions
+    sections["classify.definitions"] = crystal_key_sections(cfg) | {"indexing": d.indexing,
+                                                                    "grain_shared_neighbours": d.grain_shared_neighbours}
     sections["dose"] = cfg.section("dose")
     return sections
