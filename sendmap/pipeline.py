@@ -36,8 +36,10 @@ STAGES: tuple[Stage, ...] = (
     # components come from the correlated-noise edge; peaks/status. revision 3 (coverage): the speckle covariance is
     # propagated exactly (no slope factor), V(Q) for the errors averaged over 5 × 5 non-crystalline neighbours
     # revision 5 (flat tops): status no_clear_maximum, its honest error, peaks/q_max_lo and q_max_hi
+    # revision 6 (issue 18, LiF): the denoising components leave out grains by the spots' indexing (LiF-rich SEI
+    # Type 2 is no longer left out: its LiF (200) lies in the Cu band); peaks.denoise_exclude_spots (gappy PCA)
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 5,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 6,
           key_sections=peaks.key_sections),
     # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
     # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature;

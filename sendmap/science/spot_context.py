@@ -172,3 +172,26 @@ def shared_grain_evidence(spots: np.ndarray, disk_radius_q: float, bin_width: fl
     z = np.where(sg, np.nan_to_num(sp[..., 3], nan=0.0), 0.0)
     return {"n_shared": shared.sum(axis=-1).astype(np.int16), "n_shared_grain": sg.sum(axis=-1).astype(np.int16),
             "shared_grain_z": z.max(axis=-1) if z.shape[-1] else np.zeros(valid.shape[:-1])}
+
+
+def spot_covered_bins(position: np.ndarray, spot_q: np.ndarray, n_positions: int, q: np.ndarray,
+                      radius: float) -> np.ndarray:
+    """(n_positions, nq) bool: the Q bins (centres ``q``, 1/Å) of each scan position that one of its listed spots
+    covers: within ``radius`` (the Bragg disk's radius α/λ in 1/Å, the extent in Q of a reflection's disk) of a
+    spot's Q. ``position``: (N,) flat scan index of each spot; ``spot_q``: (N,) its Q (``spots/values[:, 0]``).
+
+    >>> import numpy as np
+    >>> spot_covered_bins(np.array([1]), np.array([0.5]), 2, np.arange(0.3, 0.71, 0.1), 0.1).astype(int)
+    array([[0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 0]])
+    """
+    q = np.asarray(q, float)
+    pos = np.asarray(position, np.int64)
+    sq = np.asarray(spot_q, float)
+    ok = np.isfinite(sq) & (pos >= 0) & (pos < n_positions)
+    pos, sq = pos[ok], sq[ok]
+    diff = np.zeros((n_positions, q.size + 1), np.int32)
+    eps = 1e-9 * max(1.0, float(radius))  # a bin centre exactly a radius away is covered (the disk's edge)
+    np.add.at(diff, (pos, np.searchsorted(q, sq - radius - eps, side="left")), 1)
+    np.add.at(diff, (pos, np.searchsorted(q, sq + radius + eps, side="right")), -1)
+    return np.cumsum(diff[:, :-1], axis=1) > 0

@@ -1,7 +1,8 @@
 """The one definition of "crystalline" the stages share: a position whose brightest Bragg-disk-sized spot in the
 crystal bands (Li, Cu) is more significant than the dose-scaled crystal threshold. Calibrate leaves such frames out
-of the ellipse fit, peaks out of the denoising components, and classify's first rule starts from it (adding the
-Bragg fraction and the neighbours). Also the dose-scaled LiF-spot thresholds.
+of the ellipse fit, peaks out of the denoising components (with the spots' indexing where there is one: LiF
+crystallites are not a grain), and classify's first rule starts from it (adding the indexing, the Bragg fraction
+and the neighbours). Also the dose-scaled LiF-spot thresholds.
 """
 from __future__ import annotations
 
@@ -65,14 +66,36 @@ def lif_spot_thresholds(cfg: Config, total_counts: np.ndarray, measured: dict | 
 
 
 def crystal_rows(ctx: Context) -> np.ndarray:
-    """(Ry, Rx) bool: positions whose Bragg-disk significance in the crystal bands is above the dose-scaled
-    crystal threshold (the classify stage's first rule, without the neighbour condition: every strongly
-    spotty pattern is kept out of the denoising components), from the profile stage's ``features/spot_z``."""
+    """(Ry, Rx) bool: positions that look like a Li/Cu grain, kept out of the denoising components: a Bragg disk
+    in the crystal bands above the dose-scaled crystal threshold, from the profile stage's ``features/spot_z``
+    (the classify stage's first rule, without the neighbour condition) and, where the profile stage indexed the
+    spots (``features/spot_category``; ``classify.definitions.indexing``), the same indexing evidence as the
+    classify stage's crystal rule (:func:`sendmap.science.classify.grain_evidence`; a Li/Cu-ring spot that
+    ``grain_shared_neighbours`` neighbours share counts with or without an SRO peak): not where the spots index as LiF crystallites in an amorphous matrix and the strongest
+    crystal-band spot is LiF's, but wherever they index as a Li/Cu grain. Without it, LiF (200) at 0.497 1/Å (in
+    the Cu (111) band) kept the LiF-rich SEI Type 2 positions out of the components, which then had no profile
+    like theirs: their denoised SRO maximum moved by +0.035 1/Å (5 × 10³ e⁻, matrix:lif-dominant, development
+    seed 600)."""
+    from ..science.classify import grain_evidence
+
     cfg, g = ctx.cfg, ctx.group
     q = np.asarray(g["profiles/q"])
     crystal_z = band_max(np.asarray(g["features/spot_z"]), q, cfg.classify.definitions.crystal_bands)
-    return bragg_disk_above(crystal_z, crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]),
-                                                              measured_counts(g)))
+    thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
+    d = cfg.classify.definitions
+    if d.indexing and "features/spot_category" in g and "features/lif_indexed_z" in g:
+        shared = None
+        if d.grain_shared_neighbours > 0 and "spots/shared_neighbours" in g and "spots/grain_ring" in g:
+            from ..science.spot_context import shared_counts
+
+            shared = shared_counts(np.asarray(g["spots/position"]), np.asarray(g["spots/shared_neighbours"]),
+                                   np.asarray(g["spots/grain_ring"]), crystal_z.shape,
+                                   d.grain_shared_neighbours)["n_shared_grain"] > 0
+        # (a shared Li/Cu spot counts whether or not the pattern has an SRO peak, which is not measured yet: an
+        # off-axis grain's row, and the few amorphous positions beside a grain, stay out of the components)
+        return grain_evidence(crystal_z, thr, np.asarray(g["features/spot_category"]),
+                              np.asarray(g["features/lif_indexed_z"]), shared)
+    return bragg_disk_above(crystal_z, thr)
 
 
 def crystal_key_sections(cfg: Config) -> dict:

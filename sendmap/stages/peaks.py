@@ -214,7 +214,7 @@ def stage_peaks(ctx: Context) -> None:
 
     from ..engine.execute import local_map
     from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak,
-                                flat_top_errors, lowrank_denoise, resolve_auto_fit_range, status_attrs, status_code,
+                                flat_top_errors, gap_filled_sem, lowrank_denoise, resolve_auto_fit_range, status_attrs, status_code,
                                 window_feedback)
 
     cfg, g = ctx.cfg, ctx.group
@@ -266,13 +266,19 @@ def stage_peaks(ctx: Context) -> None:
         speckle_info = None
         if n_comp is None and speckle is not None and k == 1:
             n_comp, speckle_info = speckle_components(y, s, speckle, amorphous, (q >= lo) & (q <= hi))
+        spot_bins = listed_spot_bins(g, q, ry * rx) if pk.denoise_exclude_spots else None
+        if spot_bins is not None and k > 1:  # a binned profile holds the spots of the neighbours it averages
+            from scipy.ndimage import maximum_filter
+            spot_bins = maximum_filter(spot_bins.reshape(ry, rx, nq), size=(k, k, 1), mode="nearest").reshape(-1, nq)
         y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
-                                            n_comp, pk.denoise_guard)
+                                            n_comp, pk.denoise_guard, exclude=spot_bins)
         if speckle_info:
             info["speckle_edge"] = speckle_info
         if info["method"] == "none":
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
+        elif spot_bins is not None and info.get("gappy_rows"):  # the spots' bins now hold the model's values
+            s = gap_filled_sem(s, spot_bins & ((q >= lo) & (q <= hi))[None, :], amorphous)
     # the fit range follows each fitted maximum; its feedback on the estimate (β), measured on the mean of the
     # non-crystalline positions' fit input, enters the error (sendmap.science.peaks._recentred)
     # (under the speckle error model, whose correlations the error models: Poisson's from the pixel splitting too)
@@ -312,7 +318,7 @@ def stage_peaks(ctx: Context) -> None:
         y2, op2 = rob.reshape(-1, nq), None
         if operator is not None:
             y2, op2, info2 = lowrank_denoise(y2, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
-                                             pk.denoise_components, pk.denoise_guard)
+                                             pk.denoise_components, pk.denoise_guard, exclude=spot_bins)
             op2 = None if info2["method"] == "none" else op2
     second = fit_second_peak(q, y2, s, pk.second_window, pk.second_half_width, pk.smooth_sigma_bins,
                              operator=op2, map_blocks=fit_map, correlated=corr)
@@ -398,6 +404,22 @@ def stage_peaks(ctx: Context) -> None:
                                   + (" propagated through the denoising projection" if operator is not None else "")})
 
 
+def listed_spot_bins(g, q: np.ndarray, n_positions: int) -> np.ndarray | None:
+    """(N, nq) bool: the Q bins each position's listed Bragg spots cover (``spots/position``, ``spots/values``;
+    within the probe disk's radius ``disk_radius_q`` of ``features/spot_category``,
+    :func:`sendmap.science.spot_context.spot_covered_bins`), for ``peaks.denoise_exclude_spots``; None for a store
+    without spot lists or without a spot."""
+    from ..science.spot_context import spot_covered_bins
+
+    if "spots/position" not in g or "spots/values" not in g or "features/spot_category" not in g:
+        return None
+    radius = float(g["features/spot_category"].attrs.get("disk_radius_q", 0.0))
+    pos = np.asarray(g["spots/position"])
+    if radius <= 0 or pos.size == 0:
+        return None
+    return spot_covered_bins(pos, np.asarray(g["spots/values"])[:, 0], n_positions, q, radius)
+
+
 def _finite(v):
     """A float for the store's JSON attributes, None where not finite."""
     return float(v) if v is not None and np.isfinite(v) else None
@@ -405,7 +427,9 @@ def _finite(v):
 
 def key_sections(cfg, sections: dict) -> dict:
     """The peaks key adds which positions are crystalline (the rows that define the denoising components; the
-    threshold scales with the dose)."""
-    sections["classify.definitions"] = crystal_key_sections(cfg)
+    threshold scales with the dose; the spots' indexing, ``classify.definitions.indexing``, decides too)."""
+    d = cfg.classify.definitions
+    sections["classify.definitions"] = crystal_key_sections(cfg) | {"indexing": d.indexing,
+                                                                    "grain_shared_neighbours": d.grain_shared_neighbours}
     sections["dose"] = cfg.section("dose")
     return sections
