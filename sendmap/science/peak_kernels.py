@@ -93,12 +93,15 @@ def _norm1(a):
 
 @numba.njit(nogil=True, cache=True)
 def normal_equations_kernel(profiles, sem, idx0, q, hl, hr, sym, scale, degree,
-                            cols, xp, wgt, y, q_mid, ok, coef, m_inv):
+                            cols, xp, wgt, y, q_mid, ok, coef, m_inv, singular, a_out, b_out):
     """Per position p of profiles, sem (N, nq) with first estimate idx0[p] (−1: none): the fit range's bins
     ``cols`` (N, m = hl + hr + 1; clipped to the profile), its local coordinate's powers ``xp`` (N, m, d+1), weights
     1/sem² ``wgt`` (0 where the bin is not finite or sem ≤ 0), values ``y`` (NaN → 0), the range's middle ``q_mid``,
     ``ok`` (a first estimate and more valid bins than d + 2 − 1), and where ok the coefficients ``coef`` (N, d+1)
-    and (XᵀWX)⁻¹ ``m_inv`` (N, d+1, d+1) (NaN elsewhere)."""
+    and (XᵀWX)⁻¹ ``m_inv`` (N, d+1, d+1) (NaN elsewhere). Where XᵀWX is singular or ill-conditioned (condition
+    number ≥ :data:`COND_LIMIT`) ``singular`` is set and its XᵀWX and XᵀWy are left in ``a_out`` (N, d+1, d+1)
+    and ``b_out`` (N, d+1) for the caller's pseudo-inverse (NumPy's, as in ``peaks._inverse``; LAPACK inside a
+    kernel would cost ~0.4 s of loading per process)."""
     n, nq = profiles.shape
     m = hl + hr + 1
     d1 = degree + 1
@@ -134,6 +137,7 @@ def normal_equations_kernel(profiles, sem, idx0, q, hl, hr, sym, scale, degree,
                 xp[p, j, k] = v
                 xpw[j, k] = v * w
         ok[p] = idx0[p] >= 0 and nval > degree + 1
+        singular[p] = False
         for k in range(d1):
             coef[p, k] = np.nan
             for l2 in range(d1):
@@ -155,7 +159,12 @@ def normal_equations_kernel(profiles, sem, idx0, q, hl, hr, sym, scale, degree,
             cond = _norm1(a) * _norm1(inv)
             good = np.isfinite(cond) and cond < COND_LIMIT
         if not good:
-            inv[:, :] = np.linalg.pinv(a)
+            singular[p] = True
+            for k in range(d1):
+                b_out[p, k] = b[k]
+                for l2 in range(d1):
+                    a_out[p, k, l2] = a[k, l2]
+            continue
         for k in range(d1):
             acc = 0.0
             for l2 in range(d1):

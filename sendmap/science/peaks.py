@@ -568,8 +568,12 @@ def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree
     cols, xp, wgt, y = np.empty((n, m), np.int64), np.empty((n, m, d1)), np.empty((n, m)), np.empty((n, m))
     q_mid, ok, coef, cov = np.empty(n), np.empty(n, bool), np.empty((n, d1)), np.empty((n, d1, d1))
     sem = np.ascontiguousarray(sem, dtype=float)
+    singular, a_mat, b_vec = np.empty(n, bool), np.empty((n, d1, d1)), np.empty((n, d1))
     normal_equations_kernel(np.ascontiguousarray(profiles, dtype=float), sem, idx0, q, hl, hr, sym, float(scale),
-                            degree, cols, xp, wgt, y, q_mid, ok, coef, cov)
+                            degree, cols, xp, wgt, y, q_mid, ok, coef, cov, singular, a_mat, b_vec)
+    if singular.any():  # the pseudo-inverse where XᵀWX is singular or ill-conditioned (as _inverse)
+        cov[singular] = np.linalg.pinv(a_mat[singular])
+        coef[singular] = (cov[singular] @ b_vec[singular][..., None])[..., 0]
     if ok.any():
         _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated)
     grid, grid_pow, wgrid, wgrid_pow = _max_grids(degree)
