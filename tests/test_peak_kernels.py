@@ -150,3 +150,35 @@ def test_compiled_fit_of_ill_conditioned_normal_equations_takes_the_pseudo_inver
         np.testing.assert_array_equal(np.isnan(got[k]), np.isnan(ref[k]))
         f = np.isfinite(ref[k])
         np.testing.assert_allclose(got[k][f], ref[k][f], rtol=1e-3)
+
+
+def test_compiled_speckle_errors_are_the_numpy_expressions_bit_for_bit():
+    """The peaks stage's speckle errors (sendmap.stages.peaks.speckle_fit_errors) in one compiled pass: the same
+    numbers as speckle_fit_sem and the NumPy combination they replace, including NaN, infinite, zero and negative
+    V, NaN means and NaN errors; with and without speckle present."""
+    from sendmap.science.peak_kernels import speckle_errors
+    from sendmap.science.polar import speckle_fit_sem
+
+    rng = np.random.default_rng(4)
+    shape = (7, 9, 40)
+    mean = rng.uniform(0.5, 2.0, shape)
+    sem = rng.uniform(0.01, 0.1, shape)
+    fem = rng.normal(0.02, 0.03, shape)  # some negative (Poisson-unbiased estimates scatter below 0)
+    pooled = rng.normal(0.02, 0.01, shape)
+    fem[0, 0, :5], fem[1, 1, 5:8], fem[2, 2, 9] = np.nan, 0.0, np.inf
+    pooled[3, 3, :4] = np.nan
+    mean[4, 4, :3], mean[5, 5, 3] = np.nan, np.inf
+    sem[6, 6, :2] = np.nan
+    sem[6, 7, :] = 1e-4  # below the own speckle part: clipped to 0 before the pooled part is added
+    gfac, share = rng.uniform(0.2, 1.0, 40), rng.uniform(0.5, 1.0, 40)
+    for present in (True, False):
+        with np.errstate(invalid="ignore", over="ignore"):
+            own = speckle_fit_sem(np.zeros_like(sem), mean, fem, gfac, share, 0, 2.0)
+            spk = speckle_fit_sem(np.zeros_like(sem), mean, pooled, gfac, share, 0, 2.0)
+            if not present:
+                spk = np.zeros_like(spk)
+            ref = np.sqrt(np.clip(sem ** 2 - own ** 2, 0.0, None) + spk ** 2)
+        got_spk, got = speckle_errors(sem, mean, fem, pooled, gfac, share, present)
+        np.testing.assert_array_equal(got_spk, spk)
+        np.testing.assert_array_equal(got, ref)
+        assert (got[6, 7] < sem[6, 7]).any() or not present
