@@ -1177,9 +1177,13 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
 
     if not fit_rows.any() or not q_sel.any():
         return skipped("no non-crystalline positions" if not fit_rows.any() else "no Q bins in the denoised range")
-    with warnings.catch_warnings():  # all-NaN bins (no counts there) are dropped below, not warned about
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ref = np.nanmedian(np.where(fit_rows[:, None], sem, np.nan), axis=0)
+    sub = np.asarray(sem, float)[fit_rows]
+    if np.isfinite(sub).all():  # the same medians, without nanmedian's per-column passes (~0.3 s at 86 400 rows)
+        ref = np.median(sub, axis=0)
+    else:
+        with warnings.catch_warnings():  # all-NaN bins (no counts there) are dropped below, not warned about
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.nanmedian(sub, axis=0)
     cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
     if cols.size < 3:
         return skipped(f"{cols.size} Q bins with a non-zero standard error in the denoised range (< 3)")
