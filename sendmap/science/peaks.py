@@ -964,7 +964,7 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
 
         low = operator is not None
         out = np.empty_like(m_inv, dtype=float)
-        pc = np.zeros(0) if poisson_correlation is None else np.asarray(poisson_correlation, float)
+        pc = np.zeros(0) if poisson_correlation is None else _trim_lags(poisson_correlation)
         nq_ = sem.shape[1]
         correlated_covariance_kernel(
             np.ascontiguousarray(m_inv, float), np.ascontiguousarray(xp, float), np.ascontiguousarray(wgt, float),
@@ -972,9 +972,17 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
             operator.passed if low else np.zeros(nq_, bool),
             np.ascontiguousarray(operator.a if low else np.zeros((nq_, 0))),
             np.ascontiguousarray(operator.b if low else np.zeros((0, nq_))),
-            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), np.asarray(correlation, float), pc, out)
+            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), _trim_lags(correlation), pc, out)
         return out
     return _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation)
+
+
+def _trim_lags(correlation) -> np.ndarray:
+    """A correlation by lag without its trailing zero lags (they add exact zeros; the Poisson correlation of
+    :func:`sendmap.science.polar.poisson_bin_correlation` is [1, 0.22, 0, 0]), at least 2 lags kept where given."""
+    c = np.asarray(correlation, float)
+    nz = np.flatnonzero(c)
+    return c[:max(int(nz[-1]) + 1 if nz.size else 1, min(c.size, 2))]
 
 
 def _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation=None):
