@@ -4,10 +4,11 @@
 weighted least-squares polynomial, its maximum by Newton steps, the delta-method variance (χ²-scaled where the
 model fits significantly worse than the noise), the statuses, the prominence over the smoothed profile, the width
 at half prominence and its delta-method error. Its NumPy form (``engine="numpy"``, kept as the reference) runs these
-as array expressions over a block of positions: ~20 small temporaries of (N, m, d+1) or (N, 401) per step, ~110 µs
-a position and fit on the 128² bench scan (with the 401-point width grid and the per-position 6 × 6 inverses the
-largest parts). Here the same sums run in two loops per position, serial and without the GIL (the peaks stage
-already maps blocks of :data:`~sendmap.science.peaks.FIT_BLOCK` positions over its threads):
+as array expressions over a block of positions: ~20 temporaries of (N, m, d+1) or (N, 401) per step, which hold
+the GIL between them (two threads gained nothing on it), 21 µs of CPU a position and plain fit on the 128² bench
+scan's profiles (one thread; the 401-point width grid and the per-position 6 × 6 inverses the largest parts). Here
+the same sums run in two loops per position, serial and without the GIL, 6.4 µs (the peaks stage maps blocks of
+:data:`~sendmap.science.peaks.FIT_BLOCK` positions over its threads):
 
 1. :func:`normal_equations_kernel`: the fit range, weights, normal equations, their inverse (LU with partial
    pivoting; the pseudo-inverse where singular or ill-conditioned, as ``peaks._inverse``) and the coefficients;

@@ -404,7 +404,9 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     h = hl
     half = (hl + hr) / 2
     scale = h * bw if sym else half * bw
-    if engine != "numpy":
+    if engine not in ("compiled", "numpy"):
+        raise ValueError(f"fit_peaks: engine must be 'compiled' or 'numpy', not {engine!r}")
+    if engine == "compiled":
         return _fit_compiled(q, profiles, sem, window, (hl, hr, sym, scale), smooth_sigma_bins, degree, operator,
                              width_error, first_estimate, correlated, flat_top_z, out)
     idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
