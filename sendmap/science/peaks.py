@@ -1188,8 +1188,8 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     if not fit_rows.any() or not q_sel.any():
         return skipped("no non-crystalline positions" if not fit_rows.any() else "no Q bins in the denoised range")
     sub = np.asarray(sem, float)[fit_rows]
-    if np.isfinite(sub).all():  # the same medians, without nanmedian's per-column passes (~0.3 s at 86 400 rows)
-        ref = np.median(sub, axis=0)
+    if np.isfinite(sub).all():  # the same medians as nanmedian's, over contiguous rows: 0.12 s instead of 0.19 at
+        ref = np.median(np.ascontiguousarray(sub.T), axis=1)  # 86 400 × 89 (one thread, CPU)
     else:
         with warnings.catch_warnings():  # all-NaN bins (no counts there) are dropped below, not warned about
             warnings.simplefilter("ignore", RuntimeWarning)
