@@ -100,7 +100,7 @@ def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, o
         if use_p:
             _banded(rest, pcorr, rk)
         for a in range(d1):
-            for b in range(d1):
+            for b in range(a, d1):  # C is symmetric: one triangle, mirrored
                 acc = 0.0
                 if use_p:
                     for i in range(w):
@@ -109,3 +109,4 @@ def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, o
                     for i in range(w):
                         acc += rest[a, i] * g[b, i] + hk[a, i] * h[b, i]
                 out[p, a, b] = acc
+                out[p, b, a] = acc

@@ -22,6 +22,7 @@ range, all-NaN or all-zero profiles, zero errors) raises.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -305,7 +306,8 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
               operator: np.ndarray | None = None, width_error: bool = True,
               first_estimate: np.ndarray | None = None, map_blocks: Callable | None = None,
               correlated: tuple[np.ndarray, np.ndarray] | None = None, recentre: bool = False,
-              feedback: float | None = None, flat_top_z: float | None = None) -> dict[str, np.ndarray]:
+              feedback: float | None = None, flat_top_z: float | None = None,
+              engine: str = "compiled") -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
     q: (nq,) bin centres, 1/Å (uniform spacing); profiles, sem: (N, nq) I·Q^n and its standard error.
@@ -351,6 +353,10 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     (the built-in ``map`` by default; e.g. :func:`sendmap.engine.execute.thread_map`), which must return the
     results in order; they do not depend on it.
 
+    ``engine``: "compiled" (the default) runs the per-position work in numba kernels
+    (:mod:`sendmap.science.peak_kernels`, ~10× faster); "numpy" the NumPy array form, the reference it equals to
+    rounding (tests/test_peak_kernels.py).
+
     >>> import numpy as np
     >>> q = (np.arange(80) + 0.5) * 0.0125
     >>> prof = np.exp(-0.5 * ((q - 0.331) / 0.04) ** 2)[None, :] + 0.1
@@ -368,13 +374,13 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
                              None if first_estimate is None else np.asarray(first_estimate)[i:i + FIT_BLOCK],
                              correlated=None if correlated is None else (correlated[0][i:i + FIT_BLOCK],
                                                                          *correlated[1:]), recentre=recentre,
-                             feedback=feedback, flat_top_z=flat_top_z)
+                             feedback=feedback, flat_top_z=flat_top_z, engine=engine)
 
         parts = list((map_blocks or map)(block, range(0, n, FIT_BLOCK)))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if recentre and first_estimate is None:
         return _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator, width_error,
-                          correlated, feedback, flat_top_z=flat_top_z)
+                          correlated, feedback, flat_top_z=flat_top_z, engine=engine)
     profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
     sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
     q = np.asarray(q, dtype=float)
@@ -398,6 +404,11 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     h = hl
     half = (hl + hr) / 2
     scale = h * bw if sym else half * bw
+    if engine not in ("compiled", "numpy"):
+        raise ValueError(f"fit_peaks: engine must be 'compiled' or 'numpy', not {engine!r}")
+    if engine == "compiled":
+        return _fit_compiled(q, profiles, sem, window, (hl, hr, sym, scale), smooth_sigma_bins, degree, operator,
+                             width_error, first_estimate, correlated, flat_top_z, out)
     idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
     status = np.full(n, status_code("too_few_counts"), dtype=np.int8)
     have = idx0 >= 0
@@ -428,17 +439,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     if ok.any():
         cov[ok] = _inverse(a[ok])
         coef[ok] = (cov[ok] @ b[ok][..., None])[..., 0]
-        if correlated is not None:
-            spk = np.nan_to_num(np.asarray(correlated[0], dtype=float).reshape(profiles.shape)[ok])
-            cov[ok] = _correlated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], operator, np.nan_to_num(sem[ok]),
-                                             spk, np.asarray(correlated[1], dtype=float),
-                                             None if len(correlated) < 3 else np.asarray(correlated[2], dtype=float))
-        elif isinstance(operator, LowRankOperator):
-            cov[ok] = _propagated_covariance_lowrank(cov[ok], xp[ok], wgt[ok], cols[ok], operator,
-                                                     np.nan_to_num(sem[ok]))
-        elif operator is not None:
-            cov[ok] = _propagated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], np.asarray(operator, float),
-                                             np.nan_to_num(sem[ok]))
+        _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated)
     # the maximum of the polynomial: dense evaluation, then Newton steps on p'(x) = 0
     grid = np.linspace(-1, 1, 201)
     vals = (grid[:, None] ** powers) @ coef.T  # (201, N)
@@ -529,6 +530,87 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         out["q_max_hi"][sel] = q_mid[sel] + hi * scale
         status[sel[reach_l | reach_r]] = status_code("no_clear_maximum")
     return out
+
+
+def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
+    """The fit's covariance through ``correlated`` errors or a denoising ``operator`` (:func:`fit_peaks`), in
+    place in ``cov`` (N, d+1, d+1; (XᵀWX)⁻¹ on entry) at the ``ok`` rows."""
+    if correlated is not None:
+        spk = np.nan_to_num(np.asarray(correlated[0], dtype=float).reshape(sem.shape)[ok])
+        cov[ok] = _correlated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], operator, np.nan_to_num(sem[ok]),
+                                         spk, np.asarray(correlated[1], dtype=float),
+                                         None if len(correlated) < 3 else np.asarray(correlated[2], dtype=float))
+    elif isinstance(operator, LowRankOperator):
+        cov[ok] = _propagated_covariance_lowrank(cov[ok], xp[ok], wgt[ok], cols[ok], operator,
+                                                 np.nan_to_num(sem[ok]))
+    elif operator is not None:
+        cov[ok] = _propagated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], np.asarray(operator, float),
+                                         np.nan_to_num(sem[ok]))
+
+
+def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree, operator, width_error,
+                  first_estimate, correlated, flat_top_z, out):
+    """The body of :func:`fit_peaks` (one block, its arguments prepared; ``fit_range`` = (hl, hr, sym, scale)) in
+    the compiled kernels of :mod:`sendmap.science.peak_kernels`; fills and returns ``out``."""
+    from .peak_kernels import normal_equations_kernel, peak_summary_kernel
+
+    hl, hr, sym, scale = fit_range
+    n, nq = profiles.shape
+    d1, m = degree + 1, hl + hr + 1
+    inside = (q >= window[0]) & (q <= window[1])
+    # one smoothing for the first estimate (smoothed_argmax) and the prominence (_prominence): the same numbers
+    smoothed = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1,
+                                         mode="nearest")
+    if first_estimate is None:
+        idx0 = np.argmax(np.where(inside[None, :], smoothed, -np.inf), axis=1)
+        idx0[~np.isfinite(profiles).any(axis=1)] = -1
+    else:
+        idx0 = np.asarray(first_estimate)
+    idx0 = np.ascontiguousarray(idx0, dtype=np.int64)
+    cols, xp, wgt, y = np.empty((n, m), np.int64), np.empty((n, m, d1)), np.empty((n, m)), np.empty((n, m))
+    q_mid, ok, coef, cov = np.empty(n), np.empty(n, bool), np.empty((n, d1)), np.empty((n, d1, d1))
+    sem = np.ascontiguousarray(sem, dtype=float)
+    singular, a_mat, b_vec = np.empty(n, bool), np.empty((n, d1, d1)), np.empty((n, d1))
+    normal_equations_kernel(np.ascontiguousarray(profiles, dtype=float), sem, idx0, q, hl, hr, sym, float(scale),
+                            degree, cols, xp, wgt, y, q_mid, ok, coef, cov, singular, a_mat, b_vec)
+    if singular.any():  # the pseudo-inverse where XᵀWX is singular or ill-conditioned (as _inverse)
+        cov[singular] = np.linalg.pinv(a_mat[singular])
+        coef[singular] = (cov[singular] @ b_vec[singular][..., None])[..., 0]
+    if ok.any():
+        _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated)
+    grid, grid_pow, wgrid, wgrid_pow = _max_grids(degree)
+    in_win = np.flatnonzero(inside)
+    res = {k: np.empty(n) for k in ("q_peak", "q_err", "height", "height_err", "prominence", "fwhm", "fwhm_err",
+                                    "xs", "infl")}
+    status = np.empty(n, np.int8)
+    peak_summary_kernel(coef, cov, xp, wgt, y, q_mid, ok, idx0, first_estimate is not None, q, smoothed,
+                        np.ascontiguousarray(profiles, dtype=float), inside, int(in_win[0]), int(in_win[-1]),
+                        float(window[0]), float(window[1]), float(scale), operator is None and correlated is None,
+                        bool(width_error), grid, grid_pow, wgrid, wgrid_pow, res["q_peak"], res["q_err"],
+                        res["height"], res["height_err"], res["prominence"], res["fwhm"], res["fwhm_err"], status,
+                        res["xs"], res["infl"])
+    xs, infl = res.pop("xs"), res.pop("infl")
+    out.update(res)
+    out["status"] = status
+    if flat_top_z is not None and (status == status_code("ok")).any():
+        sel = np.flatnonzero(status == status_code("ok"))
+        c_eff = np.nan_to_num(cov[sel]) * infl[sel][:, None, None]
+        lo, hi = stationary_point_set(coef[sel], c_eff, xs[sel], 1.0)[:2]
+        reach_l, reach_r = stationary_point_set(coef[sel], c_eff, xs[sel], flat_top_z)[2:]
+        out["q_max_lo"][sel] = q_mid[sel] + lo * scale
+        out["q_max_hi"][sel] = q_mid[sel] + hi * scale
+        status[sel[reach_l | reach_r]] = status_code("no_clear_maximum")
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _max_grids(degree: int):
+    """The grids of :func:`fit_peaks` (201 points for the maximum, 401 for the width, on [-1, 1]) and their powers
+    0 … ``degree`` (G, d+1), computed as the NumPy form computes them."""
+    powers = np.arange(degree + 1)
+    grid, wgrid = np.linspace(-1, 1, 201), np.linspace(-1.0, 1.0, 401)
+    return (grid, np.ascontiguousarray(grid[:, None] ** powers), wgrid,
+            np.ascontiguousarray((wgrid[None, :] ** powers[:, None]).T))
 
 
 RIVAL_Z = 3.0
@@ -650,7 +732,7 @@ refit); a range that would move on after the third stays where it is."""
 
 
 def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator, width_error, correlated,
-               beta, return_centre=False, flat_top_z=None):
+               beta, return_centre=False, flat_top_z=None, engine="compiled"):
     """:func:`fit_peaks` with the fit range centred on the fitted maximum, and the error of that estimator.
 
     Estimator. The range is first centred on the smoothed profile's maximum (bin c₀); then, up to
@@ -684,7 +766,7 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
     args = (window, half_width, smooth_sigma_bins, degree)
     out = fit_peaks(q, profiles, sem, *args, operator, width_error, correlated=correlated, recentre=False,
-                    flat_top_z=flat_top_z)
+                    flat_top_z=flat_top_z, engine=engine)
     nq = q.size
     ok = _has_maximum(out["status"])
     if nq < 2 or not ok.any():
@@ -718,7 +800,7 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
         corr = None if correlated is None else (np.asarray(correlated[0], dtype=float).reshape(profiles.shape)[move],
                                                 *correlated[1:])
         r = fit_peaks(q, profiles[move], sem[move], *args, operator, width_error, first_estimate=new[move],
-                      correlated=corr, recentre=False, flat_top_z=flat_top_z)
+                      correlated=corr, recentre=False, flat_top_z=flat_top_z, engine=engine)
         keep = _has_maximum(r["status"]) & (r["q_peak"] >= window[0]) & (r["q_peak"] <= window[1])
         take = move[keep]
         settled[move[~keep]] = True  # the range stays where it is
@@ -749,8 +831,21 @@ def recentred_error(sigma: np.ndarray, beta: float, bin_width: float, n_offsets:
     e = q̂ − a / (1 − β), and σ² = E_a E_ε e² with a uniform over one period (1 − β). Where σ_F ≫ a bin this is
     σ_F / (1 − β) (the feedback, implicit differentiation); where σ_F ≪ a bin the range does not move with
     the noise and it is σ_F (plus the staircase's own ≤ |β|/2-bin offset): the feedback applies only as far as
-    the noise moves the range. Computed on a grid of σ_F / bin (0.01 to 30) and interpolated."""
+    the noise moves the range. Computed on a grid of σ_F / bin (0.01 to 30) and interpolated (the grid's factors
+    once per β: :func:`_recentred_factor`)."""
     sig = np.asarray(sigma, dtype=float)
+    grid, factor = _recentred_factor(float(beta), int(n_offsets), int(n_noise))
+    s_bins = sig / bin_width
+    with np.errstate(invalid="ignore"):
+        f = np.interp(np.log(np.clip(s_bins, grid[0], grid[-1])), np.log(grid), factor)
+        # beyond the grid: the limits (σ_F ≫ a bin: 1/(1 − β); ≪: the staircase offset in quadrature)
+        return np.where(np.isfinite(sig), sig * f, sig)
+
+
+@functools.lru_cache(maxsize=16)
+def _recentred_factor(beta: float, n_offsets: int, n_noise: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`recentred_error`'s σ / σ_F on its grid of σ_F / bin, for one β (the same for every block of a scan's
+    positions; ~0.1 s to compute, so kept). Returns (grid, factor), both read-only."""
     grid = np.geomspace(0.01, 30.0, 48)
     a = (np.arange(n_offsets) + 0.5) / n_offsets * (1.0 - beta)
     z = np.linspace(-5.0, 5.0, n_noise)
@@ -762,11 +857,9 @@ def recentred_error(sigma: np.ndarray, beta: float, bin_width: float, n_offsets:
     qh = np.where(settled, x + beta * c, x / (1.0 - beta))
     e2 = ((qh - a[None, :, None] / (1.0 - beta)) ** 2 * w).sum(axis=2).mean(axis=1)
     factor = np.sqrt(e2) / grid
-    s_bins = sig / bin_width
-    with np.errstate(invalid="ignore"):
-        f = np.interp(np.log(np.clip(s_bins, grid[0], grid[-1])), np.log(grid), factor)
-        # beyond the grid: the limits (σ_F ≫ a bin: 1/(1 − β); ≪: the staircase offset in quadrature)
-        return np.where(np.isfinite(sig), sig * f, sig)
+    grid.flags.writeable = False
+    factor.flags.writeable = False
+    return grid, factor
 
 
 def window_feedback(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, rows: np.ndarray | None,
@@ -873,7 +966,7 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
 
         low = operator is not None
         out = np.empty_like(m_inv, dtype=float)
-        pc = np.zeros(0) if poisson_correlation is None else np.asarray(poisson_correlation, float)
+        pc = np.zeros(0) if poisson_correlation is None else _trim_lags(poisson_correlation)
         nq_ = sem.shape[1]
         correlated_covariance_kernel(
             np.ascontiguousarray(m_inv, float), np.ascontiguousarray(xp, float), np.ascontiguousarray(wgt, float),
@@ -881,9 +974,17 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
             operator.passed if low else np.zeros(nq_, bool),
             np.ascontiguousarray(operator.a if low else np.zeros((nq_, 0))),
             np.ascontiguousarray(operator.b if low else np.zeros((0, nq_))),
-            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), np.asarray(correlation, float), pc, out)
+            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), _trim_lags(correlation), pc, out)
         return out
     return _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation)
+
+
+def _trim_lags(correlation) -> np.ndarray:
+    """A correlation by lag without its trailing zero lags (they add exact zeros; the Poisson correlation of
+    :func:`sendmap.science.polar.poisson_bin_correlation` is [1, 0.22, 0, 0]), at least 2 lags kept where given."""
+    c = np.asarray(correlation, float)
+    nz = np.flatnonzero(c)
+    return c[:max(int(nz[-1]) + 1 if nz.size else 1, min(c.size, 2))]
 
 
 def _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation=None):
@@ -1098,9 +1199,13 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
 
     if not fit_rows.any() or not q_sel.any():
         return skipped("no non-crystalline positions" if not fit_rows.any() else "no Q bins in the denoised range")
-    with warnings.catch_warnings():  # all-NaN bins (no counts there) are dropped below, not warned about
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ref = np.nanmedian(np.where(fit_rows[:, None], sem, np.nan), axis=0)
+    sub = np.asarray(sem, float)[fit_rows]
+    if np.isfinite(sub).all():  # the same medians as nanmedian's, over contiguous rows: 0.12 s instead of 0.19 at
+        ref = np.median(np.ascontiguousarray(sub.T), axis=1)  # 86 400 × 89 (one thread, CPU)
+    else:
+        with warnings.catch_warnings():  # all-NaN bins (no counts there) are dropped below, not warned about
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.nanmedian(sub, axis=0)
     cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
     if cols.size < 3:
         return skipped(f"{cols.size} Q bins with a non-zero standard error in the denoised range (< 3)")

@@ -73,8 +73,8 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     pixels split between them (:func:`~sendmap.science.polar.poisson_bin_correlation`, 0.22 at lag 1 for one
     pixel per bin and 3 × 3 sub-pixels), for ``fit_peaks`` and :func:`speckle_components`)."""
     from ..science.peaks import SPECKLE_POOL_POSITIONS, pooled_position_mean
-    from ..science.polar import (poisson_bin_correlation, speckle_fit_sem, speckle_mean_factor,
-                                 speckle_radial_correlation)
+    from ..science.peak_kernels import speckle_errors
+    from ..science.polar import poisson_bin_correlation, speckle_mean_factor, speckle_radial_correlation
 
     g = ctx.group
     calib = dict(g.attrs["calibration"])
@@ -84,17 +84,14 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     n_phi = int(dict(g.attrs["profiles"])["n_azimuth"])
     gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
     fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
-    half = 0  # features/fem_variance is already pooled over ± one disk radius in Q
-    own = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)  # factor 2: the speckle part once
+    # (features/fem_variance is already pooled over ± one disk radius in Q: speckle_fit_sem's half_bins 0)
     amorphous = ~crystal_rows(ctx)
     present = speckle_presence(fem, amorphous & (np.asarray(g["ingest/total_counts"]) > 0), q, ctx.cfg.peaks.window)
     # V averaged over the k × k non-crystalline neighbours (one pattern's V has ~10 grains' worth of scatter)
-    fem = pooled_position_mean(fem, amorphous, SPECKLE_POOL_POSITIONS)
-    spk = speckle_fit_sem(np.zeros_like(sem), iqn, fem, gfac, share, half, 2.0)
-    if not present["present"]:
-        spk = np.zeros_like(spk)
-    with np.errstate(invalid="ignore"):
-        sem = np.sqrt(np.clip(sem ** 2 - own ** 2, 0.0, None) + spk ** 2)  # Poisson + the pooled speckle part
+    pooled = pooled_position_mean(fem, amorphous, SPECKLE_POOL_POSITIONS)
+    # the profile's own speckle part (speckle_fit_sem, factor 2: the speckle part once) replaced by the pooled one:
+    # Poisson + the pooled speckle part, in one compiled pass (the NumPy expressions' numbers, bit for bit)
+    spk, sem = speckle_errors(sem, iqn, fem, pooled, gfac, share, present["present"])
     corr = speckle_radial_correlation(r_q, bw)
     prof = dict(g.attrs["profiles"])
     win = ctx.cfg.peaks.window
