@@ -47,8 +47,9 @@ STAGES: tuple[Stage, ...] = (
     # a Q they cannot tell (sendmap.science.classify.undetermined_by_q)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
           4),
+    # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
-          "histogram fits, class-mean profiles, layers, dose"),
+          "histogram fits, class-mean profiles, layers, dose", 2),
     Stage("report", ("output",), report.stage_report, "figures and tables", key_sections=report.key_sections),
 )
 

@@ -373,7 +373,8 @@ def test_histograms_legend_and_classes(data):
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     f1 = data["fits"]["sei_type1"]
-    assert f"SEI Type 1: μ = {f1['mu']:.3f}, σ = {f1['sigma']:.3f} Å⁻¹ (n = {f1['count']})" in labels
+    d = 3 if f1["sigma"] >= 0.01 else 4 if f1["sigma"] >= 0.001 else 5  # σ to two significant figures at least
+    assert f"SEI Type 1: μ = {f1['mu']:.{d}f}, σ = {f1['sigma']:.{d}f} Å⁻¹ (n = {f1['count']})" in labels
     assert not any(lbl.startswith("Crystal") for lbl in labels)
     assert ax.get_xlabel() == "SRO peak Q (Å⁻¹)"
     # one fit line per fitted class with >1 value: type1, type2, electrolyte (unassigned has 1 value: no fit)

@@ -195,3 +195,30 @@ def test_histogram_fallback_reports_the_sample_moments():
     assert not r["fit_converged"] and r["fit_method"].startswith("moments")
     assert r["sigma"] == pytest.approx(np.std(v, ddof=1), rel=1e-12)
     assert r["mu"] == pytest.approx(v.mean(), rel=1e-12)
+    # its amplitude is that Gaussian's, counts per bin (its area is the 192 values), not the tallest bin (192)
+    assert r["amplitude"] == pytest.approx(192 * 0.0025 / (r["sigma"] * np.sqrt(2 * np.pi)), rel=1e-12)
+    assert r["amplitude"] > 3 * max(r["bin_counts"])
+
+
+def test_histogram_figure_resolves_a_distribution_narrower_than_a_bin():
+    """The same film in the figure: drawn in bins of 1/20 of the values' range or finer (named on the y axis), and
+    the moments' curve and the mixture's, each of area n, rise to the tallest drawn bar's order, not 5 x above it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sendmap.report.histograms import display_bin_width, plot_histograms
+
+    rng = np.random.default_rng(5)
+    v = 0.296 + 0.0002 * rng.standard_normal(192)
+    r = gaussian_histogram_fit(v, 0.0025)
+    bw = display_bin_width([v], 0.0025)
+    assert bw <= (v.max() - v.min()) / 20 and 0.0025 / bw == round(0.0025 / bw)
+    fits = {"electrolyte": {"mu": r["mu"], "sigma": r["sigma"], "count": 192, "amplitude": r["amplitude"]}}
+    mix = [{"region": 0, "n": 192, "weight": [1.0], "mean": [r["mu"]], "sigma": [r["sigma"]], "err_median": 0.0}]
+    fig = plot_histograms(v.reshape(12, 16), np.full((12, 16), 3), ["crystal", "sei_type1", "sei_type2",
+                                                                    "electrolyte"], fits, "test", mixtures=mix)
+    ax = fig.axes[0]
+    assert "per bin of" in ax.get_ylabel()
+    bars = max(np.histogram(v, bins=np.arange(v.min() - bw, v.max() + 2 * bw, bw))[0])
+    peaks = [line.get_ydata().max() for line in ax.get_lines() if len(line.get_ydata()) == 600]  # the curves
+    assert len(peaks) == 2 and all(0.5 * bars < p < 2.0 * bars for p in peaks), (peaks, bars)

@@ -36,14 +36,17 @@ def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict
         ticks = reference_ticks(["LiF", "Li2O", "Li (bcc)", "Cu", "Li2CO3"], q_max=float(q[-1]), min_intensity=20.0)
     except Exception:  # the phase library is optional for figures
         ticks = None
+    # the fits' bin width (their amplitudes are counts per such bin): the histograms are drawn on it
+    bin_width = float(dict(dict(group.attrs.get("config") or {}).get("statistics") or {}).get("bin_width") or 0.0025)
     bf = np.asarray(group["features/virtual_bf"])
     adf = np.asarray(group["features/virtual_adf"])
     return [
         ("overview", "plot_overview", (peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose),
-         dict(bf=bf, reference_ticks=ticks, sem=sems, window=window, mixtures=mixtures or None)),
+         dict(bf=bf, reference_ticks=ticks, sem=sems, window=window, mixtures=mixtures or None, bin_width=bin_width)),
         ("peak_map", "plot_peak_map", (peak, step, dose), {}),
         ("class_map", "plot_class_map", (cls, CLASS_NAMES, step, dose), {}),
-        ("histograms", "plot_histograms", (peak, cls, CLASS_NAMES, fits, dose), dict(mixtures=mixtures or None)),
+        ("histograms", "plot_histograms", (peak, cls, CLASS_NAMES, fits, dose),
+         dict(mixtures=mixtures or None, bin_width=bin_width)),
         ("class_profiles", "plot_class_profiles", (q, profiles, n, dose),
          dict(reference_ticks=ticks, sem=sems, window=window)),
         ("virtual_images", "plot_virtual_images", (bf, adf, step, dose), {}),

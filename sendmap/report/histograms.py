@@ -29,6 +29,28 @@ def _histogram_classes(peak_q, class_map, class_names, fits) -> list[tuple[int, 
     return out
 
 
+MIN_DISPLAY_BINS = 20
+"""Bins the drawn histogram spans at least (:func:`display_bin_width`): where the values span fewer bins of
+``statistics.bin_width``, the figure draws finer ones, so a narrow distribution keeps its shape."""
+
+
+def display_bin_width(values: Sequence[np.ndarray], bin_width: float, max_split: int = 100) -> float:
+    """The drawn histogram's bin width: ``bin_width`` (1/Å, ``statistics.bin_width``, the fits' bins), or that divided
+    by the smallest whole number (≤ ``max_split``) that makes the values' range span :data:`MIN_DISPLAY_BINS` bins
+    (a real film whose positions scatter by 0.0002 1/Å fills one 0.0025 bin).
+
+    >>> round(display_bin_width([np.array([0.2958, 0.2962])], 0.0025), 6)  # 0.0025 / 100 (at most 100 splits)
+    2.5e-05
+    >>> display_bin_width([np.array([0.28, 0.34])], 0.0025)
+    0.0025
+    """
+    allv = np.concatenate([np.asarray(v, float).ravel() for v in values])
+    span = float(allv.max() - allv.min()) if allv.size else 0.0
+    if not span > 0 or span >= MIN_DISPLAY_BINS * bin_width:
+        return bin_width
+    return bin_width / min(max_split, math.ceil(MIN_DISPLAY_BINS * bin_width / span))
+
+
 def _hist_bins(values: Sequence[np.ndarray], bin_width: float, max_bins: int = 2000) -> np.ndarray:
     allv = np.concatenate(values)
     lo = math.floor(allv.min() / bin_width) * bin_width
@@ -52,7 +74,10 @@ def _fit_label(name: str, fit: Mapping | None, n_default: int) -> tuple[str, flo
             count = int(fit["count"])
     ok = mu is not None and sigma is not None and np.isfinite(mu) and np.isfinite(sigma) and sigma > 0
     if ok:
-        return f"{label}: μ = {mu:.3f}, σ = {sigma:.3f} {INV_A} (n = {count})", float(mu), float(sigma), count
+        # three decimals, or as many as show σ to two significant figures (a real film: σ = 0.00023, not 0.000)
+        d = max(3, 1 - math.floor(math.log10(sigma)))
+        return (f"{label}: μ = {mu:.{d}f}, σ = {sigma:.{d}f} {INV_A} (n = {count})", float(mu), float(sigma),
+                count)
     return f"{label} (n = {count})", None, None, count
 
 
@@ -88,8 +113,11 @@ def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], pea
         _place_plot(sheet, ax, *rect)
         return ax
     colors = _class_colors(list(class_names))
-    bins = _hist_bins([g[2] for g in groups], bin_width)
+    shown_bw = display_bin_width([g[2] for g in groups], bin_width)
+    bins = _hist_bins([g[2] for g in groups], shown_bw)
     bw = float(bins[1] - bins[0])
+    if shown_bw < bin_width:  # finer than the fits' bins: say so (the fits' amplitudes are rescaled below)
+        ax.set_ylabel(f"Count per bin of {bw:.{max(4, 1 - math.floor(math.log10(bw)))}f} {INV_A}")
     xfine = np.linspace(bins[0], bins[-1], 600)
     handles = []
     ymax = 0.0
@@ -105,6 +133,8 @@ def _draw_histograms(sheet: _Sheet, rect: tuple[float, float, float, float], pea
             amp = fits[name].get("amplitude")
             if amp is None or not np.isfinite(amp):
                 amp = count * bw / (sigma * math.sqrt(2 * math.pi))
+            else:  # counts per bin of the fit's width → per drawn bin
+                amp = float(amp) * bw / bin_width
             curve = float(amp) * np.exp(-0.5 * ((xfine - mu) / sigma) ** 2)
             ymax = max(ymax, curve.max())
             (line,) = ax.plot(xfine, curve, color=col, linewidth=1.1)
@@ -156,7 +186,8 @@ def plot_histograms(
 
     ``fits[name]`` holds ``mu``, ``sigma`` (1/Å) and ``count``; the fit curve is drawn as
     ``count * bin_width * N(mu, sigma)`` (counts per bin), unless ``amplitude`` (peak height in
-    counts per bin) is given. 'crystal' and 'uncertain' are never plotted, 'unassigned' only when it has a fit, and
+    counts per bin of ``bin_width``, ``statistics.bin_width``) is given. Values spanning fewer than
+    :data:`MIN_DISPLAY_BINS` bins are drawn in finer bins (:func:`display_bin_width`, named on the y axis). 'crystal' and 'uncertain' are never plotted, 'unassigned' only when it has a fit, and
     classes without finite peaks are skipped. ``mixtures``: per region of the scan, its deconvolved mixture
     (``region``, ``n`` positions, ``weight``, ``mean``, ``sigma`` per component, ``err_median``), drawn dashed.
     """
