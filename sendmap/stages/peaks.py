@@ -156,25 +156,30 @@ def speckle_components(y: np.ndarray, s_fit: np.ndarray, speckle: dict, rows: np
     from ..science.lowrank import gram_svd
     from ..science.polar import correlated_noise_top_singular_value
 
+    from ..science.denoise_kernels import column_medians, gather_scaled
+
     sem, spk = speckle["sem"].reshape(y.shape), speckle["spk"].reshape(y.shape)
     if rows.sum() < 8:
         return None, None
-    sub = s_fit[rows]
-    ok_cols = np.isfinite(sub).any(axis=0)  # (a column NaN at every row has no median: left out, unwarned)
-    ref = np.full(y.shape[1], np.nan)
-    ref[ok_cols] = np.nanmedian(sub[:, ok_cols], axis=0)
-    cols = np.flatnonzero(q_sel & np.isfinite(ref) & (ref > 0))
-    cols = cols[np.isfinite(spk[rows][:, cols]).any(axis=0) & np.isfinite(sem[rows][:, cols]).any(axis=0)]
+    # (nanmedian's numbers over the rows, in one gathering pass each; a column without a finite value has no
+    # median: left out, unwarned)
+    cols = np.flatnonzero(q_sel)
+    ref, n_fin = column_medians(s_fit, rows, cols, return_finite=True)
+    keep = (n_fin > 0) & np.isfinite(ref) & (ref > 0)
+    cols, ref = cols[keep], ref[keep]
+    s_med, s_fin = column_medians(spk, rows, cols, return_finite=True)
+    p_med, p_fin = column_medians(sem, rows, cols, return_finite=True)
+    keep = (s_fin > 0) & (p_fin > 0)
+    cols, r, s_ref, p_med = cols[keep], ref[keep], s_med[keep], p_med[keep]
     if cols.size < 4:
         return None, None
-    r = ref[cols]
-    s_ref = np.nanmedian(spk[rows][:, cols], axis=0)
-    p_ref = np.sqrt(np.clip(np.nanmedian(sem[rows][:, cols], axis=0) ** 2 - s_ref ** 2, 0.0, None))
+    p_ref = np.sqrt(np.clip(p_med ** 2 - s_ref ** 2, 0.0, None))
     share = float(np.median(s_ref ** 2 / np.maximum(s_ref ** 2 + p_ref ** 2, 1e-300)))
     if not share >= SPECKLE_EDGE_SHARE:
         return None, None
-    x = np.nan_to_num(y[rows][:, cols]) / r
-    sv = gram_svd(x - x.mean(axis=0), vectors=False)[0] / np.sqrt(len(x))
+    x = gather_scaled(y, rows, cols, r)  # nan_to_num(y[rows][:, cols]) / r, its layout too
+    x -= x.mean(axis=0)
+    sv = gram_svd(x, vectors=False)[0] / np.sqrt(len(x))
     top = correlated_noise_top_singular_value(p_ref / r, s_ref / r, speckle["correlation"], len(x))
     n = max(2, int(np.sum(sv > SPECKLE_EDGE_MARGIN * top))) + 1
     return n, {"speckle_share": share, "noise_top_singular_value": top, "n_components": n}
