@@ -59,6 +59,13 @@ def peak_window_check(q: np.ndarray, window: tuple[float, float], log: Callable,
     return []
 
 
+def read_float64(g, name: str) -> np.ndarray:
+    """The stored array ``name`` of group ``g`` as float64: ``np.asarray(g[name], dtype=np.float64)``'s numbers,
+    without its second conversion (zarr's ``__array__`` converts twice: 0.36 s instead of 0.04 s for the 128² bench
+    scan's 240 × 360 × 89 float32 profiles)."""
+    return g[name][...].astype(np.float64, copy=False)
+
+
 def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.ndarray:
     """The peak fit's error model under the "azimuthal" error model: ``profiles/sem`` (Poisson + speckle, the fit's
     weights; its speckle part with V(Q) averaged over the :data:`~sendmap.science.peaks.SPECKLE_POOL_POSITIONS`²
@@ -83,7 +90,7 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     bw = float(q[1] - q[0])
     n_phi = int(dict(g.attrs["profiles"])["n_azimuth"])
     gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
-    fem = np.asarray(g["features/fem_variance"], dtype=np.float64)
+    fem = read_float64(g, "features/fem_variance")
     # (features/fem_variance is already pooled over ± one disk radius in Q: speckle_fit_sem's half_bins 0)
     amorphous = ~crystal_rows(ctx)
     present = speckle_presence(fem, amorphous & (np.asarray(g["ingest/total_counts"]) > 0), q, ctx.cfg.peaks.window)
@@ -223,13 +230,13 @@ def stage_peaks(ctx: Context) -> None:
     pk = cfg.peaks
     fit_map = local_map(cfg.compute)
     q = np.asarray(g["profiles/q"])
-    iqn = np.asarray(g["profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn"], dtype=np.float64)
-    sem = np.asarray(g["profiles/iqn_sem"], dtype=np.float64)
+    iqn = read_float64(g, "profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn")
+    sem = read_float64(g, "profiles/iqn_sem")
     speckle = None
     if g["profiles/iqn_sem"].attrs.get("error_model") == "azimuthal" and "features/fem_variance" in g:
         sem, speckle = speckle_fit_errors(ctx, iqn, sem)
     ry, rx, nq = iqn.shape
-    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64).ravel()
+    counts = read_float64(g, "ingest/total_counts").ravel()
     centre = dict(g.attrs.get("calibration", {})).get("centre_guess_yx")
     frame_shape = dict(g.attrs.get("ingest", {})).get("frame_shape")
     warnings_ = peak_window_check(q, pk.window, lambda _: None, counts, centre, frame_shape)
@@ -314,7 +321,7 @@ def stage_peaks(ctx: Context) -> None:
     # would otherwise pose as a second SRO peak in SEI Type 2
     y2, op2 = y, operator
     if pk.profile == "mean":
-        rob = np.asarray(g["profiles/iqn_robust"], dtype=np.float64)
+        rob = read_float64(g, "profiles/iqn_robust")
         if k > 1:
             rob = bin_similar_neighbours(rob, sem_raw, k, compare)[0]
         y2, op2 = rob.reshape(-1, nq), None
