@@ -1101,11 +1101,10 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
     # first estimate: the highest local maximum of the smoothed profile strictly inside the window (the
     # plain maximum would often be the window's low edge, on the first peak's falling flank)
     p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
+    from .peak_kernels import highest_local_maximum
+
     inside = (q >= window[0]) & (q <= window[1])
-    local = np.zeros_like(p, dtype=bool)
-    local[:, 1:-1] = (p[:, 1:-1] > p[:, :-2]) & (p[:, 1:-1] >= p[:, 2:])
-    cand = np.where(local & inside[None, :], p, -np.inf)
-    idx0 = np.where(np.isfinite(cand).any(axis=1), np.argmax(cand, axis=1), -1)
+    idx0 = highest_local_maximum(p, inside)
     r = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator=operator, width_error=False,
                   first_estimate=idx0, map_blocks=map_blocks, correlated=correlated)
     present = ((idx0 >= 0) & (r["status"] == 0)
