@@ -1220,7 +1220,9 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
         xf = np.where(gap_f, col_mean, xf)
     mean = xf.mean(axis=0)
     try:
-        sv, vt = gram_svd(xf - mean)  # the principal axes: PCA without scikit-learn (via the m × m Gram matrix)
+        # the principal axes: PCA without scikit-learn (via the m × m Gram matrix); xf centred in place where it is
+        # not needed after (the same numbers, one temporary fewer)
+        sv, vt = gram_svd(np.subtract(xf, mean, out=xf) if gap is None and method == "pca" else xf - mean)
     except np.linalg.LinAlgError as exc:
         return skipped(f"singular value decomposition failed ({exc})")
     sv = sv / np.sqrt(max(len(xf), 1))
