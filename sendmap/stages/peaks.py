@@ -66,7 +66,8 @@ def read_float64(g, name: str) -> np.ndarray:
     return g[name][...].astype(np.float64, copy=False)
 
 
-def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.ndarray:
+def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray,
+                       amorphous: np.ndarray | None = None) -> np.ndarray:
     """The peak fit's error model under the "azimuthal" error model: ``profiles/sem`` (Poisson + speckle, the fit's
     weights; its speckle part with V(Q) averaged over the :data:`~sendmap.science.peaks.SPECKLE_POOL_POSITIONS`²
     non-crystalline neighbours, :func:`~sendmap.science.peaks.pooled_position_mean`) and that speckle part, whose
@@ -78,7 +79,8 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     and bin, ``sem``, ``correlation`` the radial correlation of the speckle errors at lags of 0, 1, … bins,
     ``poisson_correlation`` that of the rest, the Poisson errors, which neighbouring bins share through the
     pixels split between them (:func:`~sendmap.science.polar.poisson_bin_correlation`, 0.22 at lag 1 for one
-    pixel per bin and 3 × 3 sub-pixels), for ``fit_peaks`` and :func:`speckle_components`)."""
+    pixel per bin and 3 × 3 sub-pixels), for ``fit_peaks`` and :func:`speckle_components`). ``amorphous`` (Ry, Rx)
+    bool: the non-crystalline positions, ``~crystal_rows(ctx)`` (computed here when None)."""
     from ..science.peaks import SPECKLE_POOL_POSITIONS, pooled_position_mean
     from ..science.peak_kernels import speckle_errors
     from ..science.polar import poisson_bin_correlation, speckle_mean_factor, speckle_radial_correlation
@@ -92,7 +94,7 @@ def speckle_fit_errors(ctx: Context, iqn: np.ndarray, sem: np.ndarray) -> np.nda
     gfac, share = speckle_mean_factor(q, n_phi, r_q, bw, return_sector_share=True)
     fem = read_float64(g, "features/fem_variance")
     # (features/fem_variance is already pooled over ± one disk radius in Q: speckle_fit_sem's half_bins 0)
-    amorphous = ~crystal_rows(ctx)
+    amorphous = ~crystal_rows(ctx) if amorphous is None else np.asarray(amorphous, bool).reshape(fem.shape[:2])
     present = speckle_presence(fem, amorphous & (np.asarray(g["ingest/total_counts"]) > 0), q, ctx.cfg.peaks.window)
     # V averaged over the k × k non-crystalline neighbours (one pattern's V has ~10 grains' worth of scatter)
     pooled = pooled_position_mean(fem, amorphous, SPECKLE_POOL_POSITIONS)
@@ -233,8 +235,9 @@ def stage_peaks(ctx: Context) -> None:
     iqn = read_float64(g, "profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn")
     sem = read_float64(g, "profiles/iqn_sem")
     speckle = None
+    crystal = crystal_rows(ctx)
     if g["profiles/iqn_sem"].attrs.get("error_model") == "azimuthal" and "features/fem_variance" in g:
-        sem, speckle = speckle_fit_errors(ctx, iqn, sem)
+        sem, speckle = speckle_fit_errors(ctx, iqn, sem, ~crystal)
     ry, rx, nq = iqn.shape
     counts = read_float64(g, "ingest/total_counts").ravel()
     centre = dict(g.attrs.get("calibration", {})).get("centre_guess_yx")
@@ -242,7 +245,7 @@ def stage_peaks(ctx: Context) -> None:
     warnings_ = peak_window_check(q, pk.window, lambda _: None, counts, centre, frame_shape)
     for msg in warnings_:
         ctx.warn(msg, "peak_window_partly_outside_data")
-    amorphous = ~crystal_rows(ctx).ravel()
+    amorphous = ~crystal.ravel()
     # the fit range: the configured number, or matched to the peak's half widths on the mean profile of the
     # non-crystalline positions that have counts
     fit_range = {"mode": "fixed", "half_width": [float(pk.fit_half_width)] * 2} if pk.fit_half_width != "auto" else None
