@@ -68,3 +68,27 @@ def test_gather_scaled_is_numpys_with_its_layout():
     out2 = gather_scaled(a, ok, cols, scale)
     out2 -= out2.mean(axis=0)
     assert np.array_equal(gram_svd(out2, vectors=False)[0], gram_svd(ref2 - ref2.mean(axis=0), vectors=False)[0])
+
+
+@pytest.mark.parametrize("n, nq", [(1, 3), (7, 5), (100, 17), (3000, 89)])
+def test_masked_column_means_are_numpys(n, nq):
+    """The mean profile of the rows (bins over the rows where profile and error are finite) and its √Σσ²/n error,
+    as resolve_auto_fit_range computed them in NumPy, bit for bit; an all-NaN bin NaN."""
+    from sendmap.science.denoise_kernels import masked_column_means
+
+    rng = np.random.default_rng(n + nq)
+    p = rng.lognormal(0, 3, (n, nq))
+    s = rng.lognormal(0, 1, (n, nq))
+    p[rng.random(p.shape) < 0.1] = np.nan
+    s[rng.random(s.shape) < 0.05] = np.inf
+    p[:, 0] = np.nan
+    sel = rng.random(n) < 0.8
+    sel[0] = True
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fin = np.isfinite(p[sel]) & np.isfinite(s[sel])
+        n_fin = fin.sum(axis=0)
+        ref = np.where(fin, p[sel], 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
+        ref_s = np.sqrt(np.where(fin, s[sel] ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
+    mean, mean_s, n_rows = masked_column_means(p, s, sel)
+    assert np.array_equal(mean, ref, equal_nan=True) and np.array_equal(mean_s, ref_s, equal_nan=True)
+    assert np.isnan(mean[0]) and n_rows == int((sel & np.isfinite(p).any(axis=1)).sum())

@@ -170,12 +170,9 @@ def resolve_auto_fit_range(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray,
     if not sel.any():
         return fixed, {"mode": "auto: fixed", "half_width": [float(fixed)] * 2,
                        "reason": "no non-crystalline position with counts"}
-    flat, flat_s = profiles[sel], sem[sel]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fin = np.isfinite(flat) & np.isfinite(flat_s)
-        n_fin = fin.sum(axis=0)
-        mean_prof = np.where(fin, flat, 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
-        mean_sem = np.sqrt(np.where(fin, flat_s ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
+    from .denoise_kernels import masked_column_means
+
+    mean_prof, mean_sem, _ = masked_column_means(profiles, sem, sel)  # (one compiled pass, the same numbers)
     return choose_fit_range(q, mean_prof, mean_sem, window, fixed, smooth_sigma_bins, degree)
 
 
@@ -872,16 +869,14 @@ def window_feedback(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, rows: 
     q = np.asarray(q, dtype=float)
     p = np.asarray(profiles, dtype=float).reshape(-1, q.size)
     s = np.asarray(sem, dtype=float).reshape(p.shape)
+    from .denoise_kernels import masked_column_means
+
     sel = np.ones(len(p), bool) if rows is None else np.asarray(rows, bool).reshape(-1)
-    sel = sel & np.isfinite(p).any(axis=1)
     none = {"beta": float("nan"), "centre_q": None}
-    if q.size < 2 or not sel.any():
+    # the mean over the rows with any finite value (one compiled pass, the NumPy expressions' numbers)
+    mean, mean_s, n_rows = masked_column_means(p, s, sel)
+    if q.size < 2 or not n_rows:
         return none
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fin = np.isfinite(p[sel]) & np.isfinite(s[sel])
-        n_fin = fin.sum(axis=0)
-        mean = np.where(fin, p[sel], 0.0).sum(axis=0) / np.where(n_fin > 0, n_fin, np.nan)
-        mean_s = np.sqrt(np.where(fin, s[sel] ** 2, 0.0).sum(axis=0)) / np.where(n_fin > 0, n_fin, np.nan)
     args = (window, half_width, smooth_sigma_bins, degree)
     c = int(_recentred(q, mean[None], mean_s[None], *args, None, False, None, None, return_centre=True)[1][0])
     if c < 0:
