@@ -1178,7 +1178,7 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     projection: the fit's error is propagated through it, not through each row's gappy projection (an
     approximation for the rows with excluded bins, whose spot bins carry their large azimuthal errors into it).
     """
-    from .denoise_kernels import column_medians, finite_copy
+    from .denoise_kernels import column_medians, finite_copy, gather_scaled
     from .lowrank import blas_threads, gram_svd
 
     n, nq = profiles.shape
@@ -1201,8 +1201,7 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     if fit_rows.sum() < MIN_DENOISE_ROWS:
         return skipped(f"{int(fit_rows.sum())} non-crystalline positions (< {MIN_DENOISE_ROWS})")
     r = ref[cols]
-    x = y[:, cols]
-    x /= r
+    x = gather_scaled(y, np.ones(n, bool), cols, r)  # y[:, cols] / r in one pass, in NumPy's (Fortran) layout
     gap = None
     if exclude is not None and method == "pca":
         gap = np.asarray(exclude, bool)[:, cols]
