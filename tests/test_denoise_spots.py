@@ -6,22 +6,12 @@ import numpy as np
 
 from sendmap.science.peaks import fit_peaks, gap_filled_sem, lowrank_denoise
 from sendmap.science.spot_context import spot_covered_bins
+from test_peak_features import _profile, _true_max  # the same SRO ring and its exact maximum
 
 Q = (np.arange(90) + 0.5) * 0.0125
 WIN = (0.22, 0.42)
 DISK = 0.08  # probe disk radius α/λ, 1/Å (2 mrad at 200 kV: 0.0797)
 LIF = (0.43, 0.497, 0.702)  # LiF (111), (200), (220), 1/Å (SCIENCE.md)
-
-
-def _profile(q0, q):
-    """I·Q of an SRO ring and its second ring at 1.8 q0 on a falling background (as tests/test_peak_features.py)."""
-    ring = 30 * np.exp(-0.5 * ((q - q0) / 0.055) ** 2) + 12 * np.exp(-0.5 * ((q - 1.8 * q0) / 0.07) ** 2)
-    return (ring + 60 * np.exp(-q / 0.15)) * q
-
-
-def _true_max(q0):
-    qq = np.linspace(*WIN, 20001)
-    return qq[np.argmax(_profile(q0, qq))]
 
 
 def _scan(seed=3, n=1500, spot_share=0.4):

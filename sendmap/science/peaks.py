@@ -519,14 +519,21 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         err[sel] = np.sqrt(np.maximum(_quad(gw, c_sel), 0)) * scale
         out["fwhm_err"] = err
     if flat_top_z is not None and good.any():
-        sel = np.flatnonzero(good)
-        c_eff = np.nan_to_num(cov[sel]) * np.where(significant[sel], chi2_red[sel], 1.0)[:, None, None]
-        lo, hi = stationary_point_set(coef[sel], c_eff, xs[sel], 1.0)[:2]
-        reach_l, reach_r = stationary_point_set(coef[sel], c_eff, xs[sel], flat_top_z)[2:]
-        out["q_max_lo"][sel] = q_mid[sel] + lo * scale
-        out["q_max_hi"][sel] = q_mid[sel] + hi * scale
-        status[sel[reach_l | reach_r]] = status_code("no_clear_maximum")
+        _flat_top(out, status, np.flatnonzero(good), coef, cov, np.where(significant, chi2_red, 1.0), xs, q_mid, scale,
+                  flat_top_z)
     return out
+
+
+def _flat_top(out, status, sel, coef, cov, infl, xs, q_mid, scale, flat_top_z):
+    """Fieller's confidence set of the maximum of the rows ``sel`` (``cov`` scaled by ``infl``): its 1-σ ends into
+    ``out["q_max_lo"]``/``["q_max_hi"]``, and ``status`` no_clear_maximum where the ``flat_top_z`` set reaches the fit
+    range's edge (:func:`stationary_point_set`); for both engines of :func:`fit_peaks`."""
+    c_eff = np.nan_to_num(cov[sel]) * infl[sel][:, None, None]
+    lo, hi = stationary_point_set(coef[sel], c_eff, xs[sel], 1.0)[:2]
+    reach_l, reach_r = stationary_point_set(coef[sel], c_eff, xs[sel], flat_top_z)[2:]
+    out["q_max_lo"][sel] = q_mid[sel] + lo * scale
+    out["q_max_hi"][sel] = q_mid[sel] + hi * scale
+    status[sel[reach_l | reach_r]] = status_code("no_clear_maximum")
 
 
 def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
@@ -590,13 +597,8 @@ def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree
     out.update(res)
     out["status"] = status
     if flat_top_z is not None and (status == status_code("ok")).any():
-        sel = np.flatnonzero(status == status_code("ok"))
-        c_eff = np.nan_to_num(cov[sel]) * infl[sel][:, None, None]
-        lo, hi = stationary_point_set(coef[sel], c_eff, xs[sel], 1.0)[:2]
-        reach_l, reach_r = stationary_point_set(coef[sel], c_eff, xs[sel], flat_top_z)[2:]
-        out["q_max_lo"][sel] = q_mid[sel] + lo * scale
-        out["q_max_hi"][sel] = q_mid[sel] + hi * scale
-        status[sel[reach_l | reach_r]] = status_code("no_clear_maximum")
+        _flat_top(out, status, np.flatnonzero(status == status_code("ok")), coef, cov, infl, xs, q_mid, scale,
+                  flat_top_z)
     return out
 
 
