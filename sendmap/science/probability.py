@@ -99,15 +99,24 @@ MAX_BETA = 2.0
 outweigh a likelihood ratio of e^13.7 ≈ 10⁶, i.e. any evidence; larger values change nothing."""
 
 
-def lif_evidence(lif_z: np.ndarray, z_noise: float, z_sure: float) -> np.ndarray:
+def lif_evidence(lif_z: np.ndarray, z_noise: float, z_sure: float, layer_z: np.ndarray | None = None,
+                 layer_z_min: float = 0.0) -> np.ndarray:
     """LiF evidence e ∈ [0, 1] of each position from its LiF-band spot significance (σ): 0 at or below ``z_noise``,
-    1 at or above ``z_sure``, linear between; NaN → 0.
+    1 at or above ``z_sure``, linear between; NaN → 0. Where ``layer_z`` (:func:`sendmap.science.classify.
+    lif_layer_z`: the neighbourhood's LiF evidence against the scan's chance level) reaches ``layer_z_min`` (> 0),
+    e = 1: its false-alarm rate (2.3 × 10⁻⁴ per position at 3.5, ``classify.definitions.lif_layer_z_min``) is
+    below the α = 0.01 that e = 1 stands for, so the log-likelihood ratio does not overstate it.
 
     >>> lif_evidence(np.array([2.0, 7.5, 12.0, np.nan]), 4.5, 10.5).tolist()
     [0.0, 0.5, 1.0, 0.0]
+    >>> lif_evidence(np.array([2.0, 2.0, 2.0]), 4.5, 10.5, np.array([4.0, 1.0, np.nan]), 3.5).tolist()
+    [1.0, 0.0, 0.0]
     """
     z = np.nan_to_num(np.asarray(lif_z, dtype=np.float64), nan=-np.inf)
-    return np.clip((z - z_noise) / max(z_sure - z_noise, 1e-12), 0.0, 1.0)
+    e = np.clip((z - z_noise) / max(z_sure - z_noise, 1e-12), 0.0, 1.0)
+    if layer_z is not None and layer_z_min > 0:
+        e = np.where(np.nan_to_num(np.asarray(layer_z, dtype=np.float64), nan=-np.inf) >= layer_z_min, 1.0, e)
+    return e
 
 
 def temper(prob: np.ndarray, temperature: float) -> np.ndarray:
