@@ -123,11 +123,12 @@ def stage_classify(ctx: Context) -> None:
     # scan); nor is it "no peak": such positions keep NaN probabilities, unassigned as by the rules
     ok_peak = np.where(peak_status == status_code("ok"), peak_q, np.nan)
     lif_idx = rules["lif_indexed"]
-    prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL,
-                               lif_evidence(lif_z, lif_noise, lif_sure, layer, d.lif_layer_z_min),
+    prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
                                labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
-                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat)
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat,
+                               lif_layer=(np.nan_to_num(layer, nan=-np.inf) >= d.lif_layer_z_min)
+                               if d.lif_layer_z_min > 0 else None)
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
