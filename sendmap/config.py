@@ -330,7 +330,7 @@ class ClassDefinitions(_Section):
         "position whose SRO peak would make it electrolyte is SEI Type 2; 3.5: a one-sided Gaussian false-alarm "
         "rate of 2.3 × 10⁻⁴ per position (measured: 0 of 9 133 electrolyte/Type 1 positions ≥ 3 from Type 2 in "
         "the scenario cells lif-faint, lif-range, speckle3, speckle30 at 2 × 10⁴ and 5 × 10³ e⁻, development "
-        "seeds 704–723; 24 of 2 241 in the cell 'all', beside grains); 0: off")
+        "seeds 704–723; 24 of 2 261 in the cell 'all', beside grains); 0: off")
     lif_layer_neighbourhood: int = Field(
         5, ge=3, le=9, description="k × k neighbourhood (odd) of lif_layer_z_min: 5 = 20 nm at 4 nm steps, inside a "
         "SEI Type 2 layer tens of nm thick (3: Type 2 recall 0.57 against 0.81 at 5 × 10³ e⁻, lif-faint, seed 705)")

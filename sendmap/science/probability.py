@@ -131,7 +131,7 @@ def lif_layer_llr(layer: np.ndarray, hit_rate: float) -> np.ndarray:
     """Log-likelihood ratio of the LiF layer evidence (``layer``: bool, :func:`sendmap.science.classify.lif_layer_z`
     ≥ ``classify.definitions.lif_layer_z_min``) for "in or beside the SEI Type 2 layer" against the electrolyte:
     ln(h/α) where it fires, ln((1 − h)/(1 − α)) where not, with α = :data:`LIF_FALSE_ALARM` (0.01: the rate measured
-    beside grains, 24 of 2 241 electrolyte/Type 1 positions ≥ 3 from Type 2 in the development cells 'all', seeds
+    beside grains, 24 of 2 261 electrolyte/Type 1 positions ≥ 3 from Type 2 in the development cells 'all', seeds
     724–725; elsewhere 0 of 9 133) and h the share of SEI Type 2 positions with LiF evidence
     (``classify.lif_hit_rate``). The statistic pools 5 × 5 positions, so it cannot tell the layer from a Type 1
     position beside it: it weighs SEI Type 1 and Type 2 alike against the electrolyte, and the peak's Q
