@@ -375,6 +375,13 @@ class ClassifyConfig(_Section):
     lif_hit_rate: float = Field(
         0.5, gt=0, lt=1, description="share of SEI Type 2 positions that show an excited LiF reflection, for the class "
         "probabilities (SCIENCE.md: some Type 2 positions show LiF reflections, some none; 0.5: no preference)")
+    lif_layer_evidence: bool = Field(
+        False, description="class probabilities: weigh the LiF layer evidence (definitions.lif_layer_z_min; "
+        "sendmap.science.probability.lif_layer_llr) for SEI Type 1 and Type 2 against the electrolyte. Off by "
+        "default: on the development seeds it raised the accuracy of method probabilistic (lif-faint 0.911 → 0.998 at "
+        "5 × 10³ e⁻, all 0.918 → 0.939; seeds 705, 725) but lowered SEI Type 1 recall where the classes overlap in Q "
+        "(spread 0.92 → 0.88, seed 703), below the target on the reduced matrix's spread cell; the rules use the "
+        "layer either way, and their classes set the probabilities' class models")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

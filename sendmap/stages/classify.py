@@ -128,7 +128,7 @@ def stage_classify(ctx: Context) -> None:
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
                                no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat,
                                lif_layer=(np.nan_to_num(layer, nan=-np.inf) >= d.lif_layer_z_min)
-                               if d.lif_layer_z_min > 0 else None)
+                               if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None)
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
