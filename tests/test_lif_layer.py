@@ -101,3 +101,18 @@ def test_faint_lif_type2_end_to_end(tmp_path):
     assert r["sei_type2"] >= 0.85, r
     assert min(r["sei_type1"], r["electrolyte"], r["crystal"]) >= 0.98, r
     assert recall("--set", "classify.definitions.lif_layer_z_min=0")["sei_type2"] <= 0.5
+
+
+def test_layer_evidence_in_the_probabilities_weighs_type1_and_type2_alike_against_the_electrolyte():
+    from sendmap.science.probability import class_probabilities
+
+    q = np.full((1, 2), 0.295)
+    err = np.full((1, 2), 0.005)
+    common = dict(beta=0.0, temperature=1.0, crystal_false_alarm=None)
+    base = class_probabilities(q, err, np.zeros((1, 2), bool), np.zeros((1, 2)), **common)["probability"]
+    lay = class_probabilities(q, err, np.zeros((1, 2), bool), np.zeros((1, 2)), **common,
+                              lif_layer=np.array([[True, False]]))["probability"]
+    # order: crystal, sei_type1, sei_type2, electrolyte; ln(0.5/0.01) = 3.91 for T1 and T2 where the layer fires
+    assert lay[0, 0, 3] < base[0, 0, 3] / 10
+    np.testing.assert_allclose(lay[0, 0, 1] / lay[0, 0, 2], base[0, 0, 1] / base[0, 0, 2], rtol=1e-9)
+    assert lay[0, 1, 3] > base[0, 1, 3]  # where it does not fire: ln((1 − h)/(1 − α)) < 0 for T1 and T2
