@@ -21,7 +21,8 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
                    bragg_fraction: np.ndarray | None = None, crystal_bragg_fraction: float = 0.0,
                    lif_vote: np.ndarray | None = None, lif_vote_min: float = 0.5,
                    crystal_neighbours: np.ndarray | None = None, crystal_min_neighbours: int = 0,
-                   crystal_like: np.ndarray | None = None, lif_indexed: np.ndarray | None = None) -> np.ndarray:
+                   crystal_like: np.ndarray | None = None, lif_indexed: np.ndarray | None = None,
+                   lif_layer: np.ndarray | None = None, lif_layer_z_min: float = 0.0) -> np.ndarray:
     """Class index per position (``CLASS_NAMES`` order) from the rules of SCIENCE.md.
 
     1. crystal: a Bragg-disk spot in the Li/Cu bands stronger than ``crystal_spot_z`` σ and (where
@@ -36,6 +37,11 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
        given, see :func:`spot_vote`) a neighbourhood vote for LiF spots ≥ ``lif_vote_min``; SRO peak in its
        range, or no SRO peak at all where the spots index as LiF crystallites in an amorphous matrix
        (``lif_indexed``, :func:`lif_indexed_positions`: strong LiF rings can hide the SRO maximum in the window);
+    2b. SEI Type 2 of a layer without strong LiF: where ``lif_layer`` (:func:`lif_layer_z`, the neighbourhood's
+       LiF-band significance against the scan's own chance level) reaches ``lif_layer_z_min`` (> 0; 0: off) and
+       the SRO peak is in the Type 2 range below ``electrolyte_max_q``: the Q alone would make it electrolyte,
+       whose peak Type 2's overlaps, while SEI Type 1's lies above it (a Type 1 position beside the layer
+       keeps its class);
     3. isotropic: electrolyte below ``electrolyte_max_q``, SEI Type 1 above, each within its range;
     4. anything else (no peak, peak outside every range): unassigned.
 
@@ -59,6 +65,10 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
         return fin & (peak_q >= r[0]) & (peak_q <= r[1])
 
     cls[spotty & within(sei_type2_range)] = SEI_TYPE2
+    if lif_layer is not None and lif_layer_z_min > 0:
+        layer = ~crystal & ~spotty & (np.nan_to_num(lif_layer, nan=-np.inf) >= lif_layer_z_min)
+        cls[layer & within(sei_type2_range) & (peak_q < electrolyte_max_q)] = SEI_TYPE2
+        iso &= ~(layer & within(sei_type2_range) & (peak_q < electrolyte_max_q))
     if lif_indexed is not None:
         cls[spotty & ~fin & np.asarray(lif_indexed, bool)] = SEI_TYPE2
     cls[iso & (peak_q < electrolyte_max_q) & within(electrolyte_range)] = ELECTROLYTE
@@ -224,6 +234,71 @@ def spot_vote(lif_z: np.ndarray, exclude: np.ndarray, z_noise: float, z_sure: fl
         return np.where(exclude | (den <= 0), np.nan, num / np.where(den > 0, den, 1.0))
 
 
+LIF_LAYER_MIN_POSITIONS = 50
+"""Fewest non-crystalline positions a scan needs for :func:`lif_layer_z`'s own chance level (its median and
+lower half-width): with fewer, the 15.9th percentile's sampling error (≈ 0.2 σ at 50 positions) would move the
+threshold by more than the LiF excess of a faint layer; below it the statistic is NaN (the rule is off)."""
+
+
+def lif_layer_z(lif_z: np.ndarray, exclude: np.ndarray, size: int = 5, self_weight: float = 2.0,
+                min_positions: int = LIF_LAYER_MIN_POSITIONS) -> np.ndarray:
+    """Speckle-robust LiF evidence of a layer: the neighbourhood mean of the LiF-band spot significance, in units
+    of its own chance scatter over the scan (a robust z, dimensionless).
+
+    ``lif_z`` (Ry, Rx) σ: the largest spot significance over the LiF bands (:func:`band_max`); ``exclude`` (Ry, Rx)
+    bool: crystalline positions (left out of every mean, NaN in the result). Per position the mean of ``lif_z``
+    over the ``size`` × ``size`` neighbourhood (itself ``self_weight`` times, as :func:`spot_vote`); then
+    d = (m − median(m)) · s₀/s (s ∝ sqrt(Σw²)/Σw, the scatter of a mean of independent values with the weights the
+    position has, s₀ that of a full interior neighbourhood: edges and crystal neighbours leave fewer positions), then
+    z = d / (median(d) − P15.87(d)) over the scan's non-crystalline positions.
+
+    Why relative to the scan: speckle raises the chance maximum of the spot significance at every Q of the
+    amorphous ring, LiF's bands included (median over amorphous positions 3.1 σ without speckle, 5.2–5.5 σ at
+    M = 3, 2 × 10⁴ e⁻; development seeds 704, 720), so no fixed σ threshold separates a faint LiF layer from
+    speckle; the speckle of one scan (one specimen, one probe) sets the chance level of all its positions alike,
+    while LiF crystallites raise it only where the SEI Type 2 layer is. The median and the lower half-width
+    (median − 15.87th percentile, = σ for a Gaussian) come from the side of the distribution the layer does not
+    reach, so a layer holding up to ~ a third of the positions moves them little. A control band off LiF's rings
+    was measured and rejected: the Bragg-disk-sized window (disk radius ≈ 0.08 1/Å at 2 mrad) spreads each LiF
+    spot over ± 0.16 1/Å, which leaves no LiF-free Q between (111), (200) and (220); and the amorphous ring below
+    0.36 1/Å has a different speckle-to-Poisson ratio (its contrast turned negative at M = 3).
+    Limits: a scan that is mostly SEI Type 2 has its chance level set by the layer (faint LiF then goes
+    unnoticed; strong LiF still passes ``lif_spot_z``); fewer than ``min_positions`` non-crystalline positions
+    (or no spread): all NaN.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(6.0, 1.0, (40, 40)); z[:, :8] += 1.5   # speckle everywhere, a faint LiF layer at the left
+    >>> lz = lif_layer_z(z, np.zeros(z.shape, bool))
+    >>> bool(np.median(lz[:, :6]) > 4), bool(np.nanmax(lz[:, 12:]) < 4)
+    (True, True)
+    """
+    lif_z = np.asarray(lif_z, dtype=np.float64)
+    exclude = np.asarray(exclude, bool)
+    v = np.nan_to_num(lif_z, nan=0.0)
+    w = (~exclude & np.isfinite(lif_z)).astype(float)
+    k = np.ones((size, size))
+    k[size // 2, size // 2] = self_weight
+    r = size // 2  # zero padding: a position at the scan's edge averages the neighbours it has (no repeats)
+    crop = (slice(r, r + lif_z.shape[0]), slice(r, r + lif_z.shape[1]))
+    num = window_sum(np.pad(v * w, r), k)[crop]
+    den = window_sum(np.pad(w, r), k)[crop]
+    den2 = window_sum(np.pad(w, r), k * k)[crop]  # Σ weight²: the mean's scatter is ∝ sqrt(Σw²)/Σw
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(exclude | (den <= 0), np.nan, num / np.where(den > 0, den, 1.0))
+        # deviations scaled to a full interior neighbourhood's scatter (edges, crystals around: fewer positions)
+        scale = (np.sqrt((k * k).sum()) / k.sum()) / (np.sqrt(den2) / np.where(den > 0, den, 1.0))
+    ok = np.isfinite(m)
+    if ok.sum() < max(min_positions, 2):
+        return np.full(m.shape, np.nan)
+    med = float(np.median(m[ok]))
+    dev = np.where(ok, (m - med) * scale, np.nan)
+    half = float(np.median(dev[ok]) - np.percentile(dev[ok], 15.87))
+    if not half > 0:
+        return np.full(m.shape, np.nan)
+    return dev / half
+
+
 def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n_clusters: int, seed: int,
                  method: str = "gmm", **definitions) -> np.ndarray:
     """Unsupervised clusters (Gaussian mixture, or k-means), each named by the rule class of most of its members.
@@ -244,7 +319,7 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))
     d = dict(definitions)
-    for key in ("bragg_fraction", "lif_vote", "crystal_neighbours", "crystal_like", "lif_indexed"):
+    for key in ("bragg_fraction", "lif_vote", "crystal_neighbours", "crystal_like", "lif_indexed", "lif_layer"):
         if d.get(key) is not None:
             d[key] = np.ravel(d[key])
     rules = classify_rules(flat_q, flat_c, flat_l, **d)

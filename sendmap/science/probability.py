@@ -127,7 +127,24 @@ def temper(prob: np.ndarray, temperature: float) -> np.ndarray:
     return out
 
 
-def _amorphous_log_lik(q, s2, lif_llr, models, log_weights):
+def lif_layer_llr(layer: np.ndarray, hit_rate: float) -> np.ndarray:
+    """Log-likelihood ratio of the LiF layer evidence (``layer``: bool, :func:`sendmap.science.classify.lif_layer_z`
+    ≥ ``classify.definitions.lif_layer_z_min``) for "in or beside the SEI Type 2 layer" against the electrolyte:
+    ln(h/α) where it fires, ln((1 − h)/(1 − α)) where not, with α = :data:`LIF_FALSE_ALARM` (0.01: the rate measured
+    beside grains, 24 of 2 261 electrolyte/Type 1 positions ≥ 3 from Type 2 in the development cells 'all', seeds
+    724–725; elsewhere 0 of 9 133) and h the share of SEI Type 2 positions with LiF evidence
+    (``classify.lif_hit_rate``). The statistic pools 5 × 5 positions, so it cannot tell the layer from a Type 1
+    position beside it: it weighs SEI Type 1 and Type 2 alike against the electrolyte, and the peak's Q
+    separates those two.
+
+    >>> lif_layer_llr(np.array([True, False]), 0.5).round(2).tolist()
+    [3.91, -0.68]
+    """
+    h = float(np.clip(hit_rate, *HIT_RATE_RANGE))
+    return np.where(np.asarray(layer, bool), np.log(h / LIF_FALSE_ALARM), np.log((1 - h) / (1 - LIF_FALSE_ALARM)))
+
+
+def _amorphous_log_lik(q, s2, lif_llr, models, log_weights, layer_llr=None):
     """(N, 3) log-likelihood of the amorphous classes (sei_type1, sei_type2, electrolyte) per position."""
     out = np.empty((q.size, 3))
     for j, name in enumerate(PROB_CLASSES[1:]):
@@ -135,6 +152,8 @@ def _amorphous_log_lik(q, s2, lif_llr, models, log_weights):
         tot = var + s2
         out[:, j] = log_weights[j] - 0.5 * (np.log(2 * np.pi * tot) + (q - mu) ** 2 / tot)
     out[:, 1] += lif_llr
+    if layer_llr is not None:
+        out[:, :2] += layer_llr[:, None]
     return out
 
 
@@ -188,7 +207,7 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
                         beta: float | str = "auto", lif_no_peak: np.ndarray | None = None,
                         no_peak: np.ndarray | None = None,
                         crystal_false_alarm: float | None = CRYSTAL_FALSE_ALARM_RATE,
-                        temperature: float = POSTERIOR_TEMPERATURE) -> dict:
+                        temperature: float = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
 
     peak_q, peak_err: (Ry, Rx) SRO peak (1/Å) and its 1-σ error (NaN: no peak); crystal: (Ry, Rx) bool, the
@@ -204,7 +223,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     share of the positions ``labels`` give class k that have none (+1 / +2: Laplace's rule, so a class whose
     positions all have a peak still gets a small one), and the spatial prior decides (None: such positions stay
     NaN); crystal_false_alarm: the crystal rule's false-alarm rate (module docstring; None: the rule is certain,
-    as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none).
+    as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none); lif_layer:
+    (Ry, Rx) bool, the LiF layer evidence (:func:`lif_layer_llr`; None: not used).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``temperature``;
@@ -249,7 +269,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
             p_none.append((float((sel & has).sum()) + 1.0) / (float(sel.sum()) + 2.0))
         ll[none] = np.log(p_none)
     sub = np.full((int(amorph.sum()), 4), -np.inf)
-    sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w) if q.size else sub[:, 1:]
+    lay = lif_layer_llr(np.asarray(lif_layer, bool)[amorph], h) if lif_layer is not None else None
+    sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w, lay) if q.size else sub[:, 1:]
     ll[amorph] = sub
     ll_finite = np.where(np.isfinite(ll), ll, -1e6)  # (exp → 0 without NaN in the mean field)
     evidence = _softmax(ll_finite)

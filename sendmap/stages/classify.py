@@ -51,8 +51,9 @@ def stage_classify(ctx: Context) -> None:
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
     from ..science.classify import (CRYSTAL, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
-                                    crystal_neighbour_count, crystal_positions, lif_indexed_positions, spot_vote,
-                                    undetermined_by_q)
+                                    crystal_neighbour_count, crystal_positions, lif_indexed_positions, lif_layer_z,
+                                    spot_vote, undetermined_by_q)
+    from ..science.indexing import AMBIGUOUS, GRAIN
     from ..science.probability import (CRYSTAL_FALSE_ALARM_RATE, PROB_CLASSES, class_probabilities,
                                        lif_evidence)
     from ..science.features import (FEATURE_PHASES, SEI_PHASES, bragg_fraction, name_phases, phase_anisotropy,
@@ -90,13 +91,20 @@ def stage_classify(ctx: Context) -> None:
                                      d.crystal_min_neighbours, like=like)
     lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     vote = spot_vote(lif_z, crystal_like, lif_noise, lif_sure, d.lif_neighbourhood)
+    # the LiF evidence of a layer against the scan's own chance level (speckle); positions whose spots index as a
+    # grain (or ambiguously) are left out of the means like crystals: a grain's spots near LiF's rings (Li (211)
+    # 0.698, Cu (111) 0.479 1/Å) would otherwise raise the positions beside it (development seeds 724, 725)
+    cat = np.asarray(g["features/spot_category"]) if "features/spot_category" in g else None
+    layer_excl = crystal_like | (np.isin(cat, (GRAIN, AMBIGUOUS)) if cat is not None else False)
+    layer = lif_layer_z(lif_z, layer_excl, d.lif_layer_neighbourhood)
     rules = dict(crystal_spot_z=crystal_thr, lif_spot_z=lif_sure, electrolyte_max_q=d.electrolyte_max_q,
                  sei_type1_range=d.sei_type1_range, sei_type2_range=d.sei_type2_range,
                  electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
                  crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
                  crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours, crystal_like=like,
                  lif_indexed=lif_indexed_positions(np.asarray(g["features/spot_category"]) if like is not None
-                                                   else None))
+                                                   else None),
+                 lif_layer=layer, lif_layer_z_min=d.lif_layer_z_min)
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
@@ -118,7 +126,9 @@ def stage_classify(ctx: Context) -> None:
     prob = class_probabilities(ok_peak, peak_err, cls == CRYSTAL, lif_evidence(lif_z, lif_noise, lif_sure),
                                labels=cls, lif_hit_rate=cfg.classify.lif_hit_rate,
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
-                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat)
+                               no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat,
+                               lif_layer=(np.nan_to_num(layer, nan=-np.inf) >= d.lif_layer_z_min)
+                               if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None)
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
@@ -146,6 +156,11 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "features/lif_z", lif_z, {"bands": d.lif_bands, "units": "sigma"})
     write_array(g, "features/lif_vote", vote, {"meaning": "neighbourhood vote for LiF spots (0-1), NaN for crystals",
                                                 "neighbourhood": d.lif_neighbourhood})
+    write_array(g, "features/lif_layer_z", layer.astype(np.float32), {
+        "units": "robust sigma", "neighbourhood": d.lif_layer_neighbourhood, "min": d.lif_layer_z_min,
+        "method": "sendmap.science.classify.lif_layer_z",
+        "meaning": "neighbourhood mean of features/lif_z against the scan's own chance level (median, lower "
+                   "half-width); NaN for crystals, positions whose spots index as a grain, and scans too small"})
     write_array(g, "features/anisotropy", aniso, {"phases": [get_phase(p).name for p in FEATURE_PHASES],
                                                   "units": "sigma", "lines": {get_phase(k).name: v.tolist()
                                                                               for k, v in feat_lines.items()},
