@@ -274,8 +274,8 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     ``q_err`` (1/Å), ``height``, ``prominence``, ``fwhm``, ``status`` and the rest of the science function's
     outputs.
     """
-    from .science.peaks import FLAT_TOP_Z, flat_top_errors, resolve_auto_fit_range
-    from .science.peaks import fit_peaks as _fit
+    from .science.peaks import FLAT_TOP_Z, resolve_auto_fit_range
+    from .science.peaks import fit_peaks_reported as _fit
 
     d = _defaults("peaks")
     window = tuple(window or d["window"])
@@ -297,10 +297,7 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     def fit(p, s):
         p = np.asarray(p, dtype=np.float64).reshape(-1, len(q))
         s = np.sqrt(np.clip(p, 0, None)) if s is None else np.asarray(s, dtype=np.float64).reshape(-1, len(q))
-        r = _fit(q, p, s, window, **options)
-        if options["flat_top_z"] is not None:
-            flat_top_errors(q, p, r, window, options.get("half_width", 0.14), options.get("smooth_sigma_bins", 3.0))
-        return r
+        return _fit(q, p, s, window, **options)  # (with the flat-top test's errors, as the stage)
 
     if not _is_dask(profiles):
         return {k: v.reshape(lead) for k, v in fit(profiles, sem).items()}

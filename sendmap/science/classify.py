@@ -66,9 +66,10 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
 
     cls[spotty & within(sei_type2_range)] = SEI_TYPE2
     if lif_layer is not None and lif_layer_z_min > 0:
-        layer = ~crystal & ~spotty & (np.nan_to_num(lif_layer, nan=-np.inf) >= lif_layer_z_min)
-        cls[layer & within(sei_type2_range) & (peak_q < electrolyte_max_q)] = SEI_TYPE2
-        iso &= ~(layer & within(sei_type2_range) & (peak_q < electrolyte_max_q))
+        layer = (~crystal & ~spotty & (np.nan_to_num(lif_layer, nan=-np.inf) >= lif_layer_z_min)
+                 & within(sei_type2_range) & (peak_q < electrolyte_max_q))
+        cls[layer] = SEI_TYPE2
+        iso &= ~layer
     if lif_indexed is not None:
         cls[spotty & ~fin & np.asarray(lif_indexed, bool)] = SEI_TYPE2
     cls[iso & (peak_q < electrolyte_max_q) & within(electrolyte_range)] = ELECTROLYTE

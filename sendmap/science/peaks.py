@@ -524,6 +524,17 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     return out
 
 
+def fit_peaks_reported(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tuple[float, float],
+                       half_width: float | tuple[float, float] = 0.14, smooth_sigma_bins: float = 3.0, *args,
+                       flat_top_z: float | None = None, **kwargs) -> dict[str, np.ndarray]:
+    """What the peaks stage and ``sendmap.fit_peaks`` report: :func:`fit_peaks` and, with the flat-top test
+    (``flat_top_z`` not None), :func:`flat_top_errors` on the same profiles (the plateau's honest error)."""
+    res = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, *args, flat_top_z=flat_top_z, **kwargs)
+    if flat_top_z is not None:
+        flat_top_errors(q, profiles, res, window, half_width, smooth_sigma_bins)
+    return res
+
+
 def _flat_top(out, status, sel, coef, cov, infl, xs, q_mid, scale, flat_top_z):
     """Fieller's confidence set of the maximum of the rows ``sel`` (``cov`` scaled by ``infl``): its 1-σ ends into
     ``out["q_max_lo"]``/``["q_max_hi"]``, and ``status`` no_clear_maximum where the ``flat_top_z`` set reaches the fit

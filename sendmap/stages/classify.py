@@ -102,8 +102,7 @@ def stage_classify(ctx: Context) -> None:
                  electrolyte_range=d.electrolyte_range, bragg_fraction=bragg,
                  crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
                  crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours, crystal_like=like,
-                 lif_indexed=lif_indexed_positions(np.asarray(g["features/spot_category"]) if like is not None
-                                                   else None),
+                 lif_indexed=lif_indexed_positions(cat if like is not None else None),
                  lif_layer=layer, lif_layer_z_min=d.lif_layer_z_min)
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)

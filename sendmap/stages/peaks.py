@@ -224,9 +224,9 @@ def stage_peaks(ctx: Context) -> None:
     """
 
     from ..engine.execute import local_map
-    from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_second_peak,
-                                flat_top_errors, gap_filled_sem, lowrank_denoise, resolve_auto_fit_range, status_attrs, status_code,
-                                window_feedback)
+    from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_peaks_reported,
+                                fit_second_peak, gap_filled_sem, lowrank_denoise, resolve_auto_fit_range, status_attrs,
+                                status_code, window_feedback)
 
     cfg, g = ctx.cfg, ctx.group
     pk = cfg.peaks
@@ -302,15 +302,11 @@ def stage_peaks(ctx: Context) -> None:
     feedback_plain = (feedback if (k == 1 and operator is None) or not recentre
                       else window_feedback(q, *plain_in, with_counts, *fit_args))
     if k == 1 and operator is None:
-        res = plain = fit_peaks(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
-                                recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
-        if flat_z is not None:
-            flat_top_errors(q, plain_in[0], res, pk.window, half_width, pk.smooth_sigma_bins)
+        res = plain = fit_peaks_reported(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
+                                         recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
     else:  # the plain fit only for the diagnostics, on a sample of the non-crystalline positions
-        res = fit_peaks(q, y, s, *fit_args, operator=operator, map_blocks=fit_map, correlated=corr,
-                        recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
-        if flat_z is not None:
-            flat_top_errors(q, y, res, pk.window, half_width, pk.smooth_sigma_bins)
+        res = fit_peaks_reported(q, y, s, *fit_args, operator=operator, map_blocks=fit_map, correlated=corr,
+                                 recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
         sample = np.flatnonzero(amorphous)
         if sample.size > PLAIN_FIT_SAMPLE:
             sample = np.random.default_rng(0).choice(sample, PLAIN_FIT_SAMPLE, replace=False)
