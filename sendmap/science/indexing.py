@@ -3,8 +3,8 @@ the evidence a classifier can use (issue 18).
 
 Size: three layers that share one spot model (the spot list, its indexing, the decision); the spot list (numba,
 :func:`spot_block` and its helpers) is the piece to move out if it grows. The profile stage lists the spots of the
-frames that have one (:func:`spots_of_frames`, called inside :func:`sendmap.science.polar_tables.profile_block`
-with ``keep_z``) and stores :func:`crystal_evidence` per position (:mod:`sendmap.compute.profiles`).
+frames that have one (:func:`_frame_spots`, called inside :func:`sendmap.science.polar_tables.profile_block`
+with ``keep_z``, right after each frame's statistics) and stores :func:`crystal_evidence` per position (:mod:`sendmap.compute.profiles`).
 
 Three layers, each pure (arrays in, arrays out):
 
@@ -293,7 +293,8 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
         for b in range(4):
             out[a, b] = np.nan
     sector = 2.0 * math.pi / nphi
-    if n_cand < 0 or n_cand > cand_ik.size:
+    noted = 0 <= n_cand <= cand_ik.size
+    if not noted:
         _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf)
     else:  # the noted windows only: the others are below z_min, which is all the candidates below ask of them
         for i in range(nq):
@@ -309,25 +310,34 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
                 total += s[i, k]
     # candidates: the local maxima of the significance at or above z_min, strongest first (room for every window
     # at or above z_min; each is tested once)
+    # (where the windows at or above z_min were noted, in (i, k) order, only they are visited: the same windows in
+    # the same order as the scan of the whole map)
     n_c = 0
-    for i in range(nq):
-        for k in range(nphi):
-            if zmap[i, k] >= z_min:
+    if noted:
+        for c in range(n_cand):
+            if zmap[cand_ik[c] // nphi, cand_ik[c] % nphi] >= z_min:
                 n_c += 1
+    else:
+        for i in range(nq):
+            for k in range(nphi):
+                if zmap[i, k] >= z_min:
+                    n_c += 1
     if n_c == 0:
         return total
     cz = np.empty(n_c)
     cx = np.empty(n_c)
     cy = np.empty(n_c)
     n_c = 0
-    for i in range(nq):
-        for k in range(nphi):
-            if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
-                phi = -math.pi + (k + 0.5 * widths[i]) * sector
-                cz[n_c] = zmap[i, k]
-                cx[n_c] = q_c[i] * math.cos(phi)
-                cy[n_c] = q_c[i] * math.sin(phi)
-                n_c += 1
+    for c in range(n_cand if noted else nq * nphi):
+        ik = cand_ik[c] if noted else c
+        i = ik // nphi
+        k = ik % nphi
+        if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
+            phi = -math.pi + (k + 0.5 * widths[i]) * sector
+            cz[n_c] = zmap[i, k]
+            cx[n_c] = q_c[i] * math.cos(phi)
+            cy[n_c] = q_c[i] * math.sin(phi)
+            n_c += 1
     if n_c == 0:
         return total
     cz = cz[:n_c]

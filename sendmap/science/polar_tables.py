@@ -35,6 +35,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
+from .indexing import MAX_SPOTS, _frame_spots
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
 from .sparse import SparseFrames, list_nonzero
 
@@ -296,7 +297,12 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
 def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
                           crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, g_c, bf_hi, adf_lo, adf_hi,
                           n_chunks, keep_sums, select, keep_z, out_mean, out_sem, out_disp, out_robust, out_spot,
-                          out_var, out_bf, out_adf, out_s, kept, cand_min, cand_ik, cand_z, n_cand):
+                          out_var, out_bf, out_adf, out_s, kept, cand_min, n_cand_max, out_spots, out_scattered):
+    """The polar sums of each frame (sparse or dense), its statistics (:func:`_frame_stats`), virtual BF/ADF and,
+    with ``keep_sums``, its sums into out_s; with ``select``, the spot list (:func:`sendmap.science.indexing.
+    _frame_spots`, into out_spots[f] and out_scattered[f]) of each frame whose spot_z reaches keep_z somewhere
+    (kept[f]), made right after its statistics while its sums are in cache, from the windows at or above
+    ``cand_min`` σ that :func:`_frame_stats` noted (up to ``n_cand_max``; more: scored again)."""
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
@@ -309,6 +315,12 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
         c2 = c2_pad[:nq]
         scratch, work, zf = stats_scratch(nq, nphi)
         idx = np.empty(nx, np.int64)
+        # the spot list's work arrays and this frame's noted candidate windows (one frame at a time)
+        cand_ik = np.empty(n_cand_max if select else 0, np.int32)
+        cand_z = np.empty(n_cand_max if select else 0)
+        zmap = np.empty((nq if select else 0, nphi))
+        widths = np.zeros(nq, np.int64)
+        rob = np.empty(nq)
         for i in range(f0, f1):
             f = order[i]  # frames sharing a table in a row: it stays in cache
             s_pad[:, :] = 0.0
@@ -324,12 +336,9 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 _accumulate_frame(frames[f], mask, rec, kmax, tix[f], oy0 - iyc[f], ox0 - ixc[f], inv_ss2, s_pad,
                                   c2_pad, idx)
             u = uix[f]
-            row = f if select else 0
             nc = _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, g_c, out_mean[f], out_sem[f],
                               out_disp[f], out_robust[f], out_spot[f], out_var[f], scratch, work, zf, cand_min,
-                              cand_ik[row], cand_z[row])
-            if select:
-                n_cand[f] = nc
+                              cand_ik, cand_z)
             bf = 0.0
             adf = 0.0
             for iq in range(nq):
@@ -342,16 +351,19 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                     adf += row
             out_bf[f] = bf
             out_adf[f] = adf
-            if keep_sums:
-                keep = not select
-                if select:  # only frames with a spot at or above keep_z at some Q (NaN: not scored, no)
-                    for iq in range(nq):
-                        if out_spot[f, iq] >= keep_z[iq]:
-                            keep = True
-                            break
+            if select:  # only frames with a spot at or above keep_z at some Q (NaN: not scored, no)
+                keep = False
+                for iq in range(nq):
+                    if out_spot[f, iq] >= keep_z[iq]:
+                        keep = True
+                        break
                 kept[f] = keep
-                if keep:
-                    out_s[f] = s
+                if keep:  # (scratch, work and zf are free again: the statistics are done)
+                    out_scattered[f] = _frame_spots(s, w_u[u], q_c, disk_r_q, cand_min, out_spots[f], zmap, widths,
+                                                    scratch, work, zf, rob, cand_ik, cand_z, nc)
+            elif keep_sums:
+                kept[f] = True
+                out_s[f] = s
 
 
 class PolarTables:
@@ -517,36 +529,12 @@ class PolarTables:
                 lk.release()
 
 
-_SUMS = threading.local()
-
-
 CAND_PER_FRAME = 2048
 """Spot-window candidates (windows at or above the listing threshold) noted per frame by the profile kernel for the
 spot list: 3.5 × the 577 per listed frame of the 128² bench scan (largest 934 of its 6408 windows); a frame with
 more (a pattern full of spots) has its windows scored again by the spot list, with the same result. 24 kB per
-frame, touched only for frames with a candidate."""
-
-
-def _cand_buffers(nb: int, select: bool) -> tuple[np.ndarray, np.ndarray]:
-    """This thread's (nb, CAND_PER_FRAME) int32 / float64 candidate buffers (as :func:`_sums_buffer`: only the
-    pages of frames with candidates are touched), or (1, 0) ones where no spots are listed."""
-    if not select:
-        return np.zeros((1, 0), np.int32), np.zeros((1, 0))
-    buf = getattr(_SUMS, "cand", None)
-    if buf is None or buf[0].shape[0] < nb:
-        buf = (np.empty((nb, CAND_PER_FRAME), np.int32), np.empty((nb, CAND_PER_FRAME)))
-        _SUMS.cand = buf
-    return buf[0][:nb], buf[1][:nb]
-
-
-def _sums_buffer(nb: int, nq: int, nphi: int) -> np.ndarray:
-    """A (nb, nq, nphi) float64 work array of this thread, reused between blocks (fresh memory costs a page fault
-    per 4 kB on first touch: as much as the accumulation itself for the frames whose sums are kept)."""
-    buf = getattr(_SUMS, "buf", None)
-    if buf is None or buf.shape[1:] != (nq, nphi) or buf.shape[0] < nb:
-        buf = np.empty((nb, nq, nphi))
-        _SUMS.buf = buf
-    return buf[:nb]
+thread: the kernel lists a frame's spots right after its statistics, so one frame's candidates are held at a
+time."""
 
 
 _NO_OFFSETS = np.zeros(1, np.int64)
@@ -611,18 +599,15 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     bf = np.empty(nb)
     adf = np.empty(nb)
     select = keep_z is not None
-    keep_sums = keep_sums or select
+    keep_sums = keep_sums and not select  # (with keep_z the spots are listed in the kernel: no sums are kept)
     kz = np.zeros(g.nq) if keep_z is None else np.ascontiguousarray(keep_z, dtype=np.float64)
     if kz.shape != (g.nq,):
         raise ValueError(f"keep_z must have one value per radial bin ({g.nq}), got shape {kz.shape}")
-    # (a per-thread buffer reused by the next block: only the pages of kept frames are touched, once)
-    s = _sums_buffer(nb, g.nq, g.n_phi) if select else (np.empty((nb, g.nq, g.n_phi)) if keep_sums
-                                                         else np.empty((1, g.nq, g.n_phi)))
-    kept = np.zeros(nb if keep_sums else 1, np.bool_)
-    # the spot windows at or above the listing threshold, noted while the kernel scores them (the spot list then
-    # does not score them again); a frame with more than the buffer holds is scored again
-    cand_ik, cand_z = _cand_buffers(nb, select)
-    n_cand = np.zeros(nb if select else 1, np.int64)
+    s = np.empty((nb, g.nq, g.n_phi)) if keep_sums else np.empty((1, g.nq, g.n_phi))
+    kept = np.zeros(nb if (keep_sums or select) else 1, np.bool_)
+    # the spot lists of the kept frames (float64, as spots_of_frames makes them), and their scattered counts
+    spots = np.empty((nb if select else 0, MAX_SPOTS, 4))
+    scattered = np.empty(nb if select else 0)
     if select and spot_z_min is None:
         from .indexing import SPOT_Z_MIN as spot_z_min
     spot_z_min = float(np.inf if spot_z_min is None else spot_z_min)
@@ -635,18 +620,15 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
                               float(z_clip), g_c, float(disk_radius_q if bf_max_q is None else bf_max_q),
                               float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums, select, kz,
                               out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"],
-                              out["fem_variance"], bf, adf, s, kept, spot_z_min if select else np.inf, cand_ik, cand_z,
-                              n_cand)
+                              out["fem_variance"], bf, adf, s, kept, spot_z_min if select else np.inf,
+                              int(CAND_PER_FRAME), spots, scattered)
         out["bf"] = bf
         out["adf"] = adf
-        if select:  # before release(): the pixel areas w_u are read from the cache's slots
-            from .indexing import spots_of_frames
-
+        if select:
             out["kept"] = kept
             sel = np.flatnonzero(kept)
-            out["spots"], out["spot_scattered"] = spots_of_frames(s, w_u, uix, sel, g.q_centres, float(disk_radius_q),
-                                                                  spot_z_min,
-                                                                  candidates=(cand_ik, cand_z, n_cand))
+            out["spots"] = spots[sel].astype(np.float32)
+            out["spot_scattered"] = scattered[sel]
         elif keep_sums:
             out["s"] = s
             out["w"] = w_u[uix]  # a copy: the cache's slots may be reused once released
