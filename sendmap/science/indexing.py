@@ -145,6 +145,35 @@ NO_SPOTS, GRAIN, LIF, AMBIGUOUS, UNINDEXED, OTHER_PHASE = range(len(CATEGORY_NAM
 
 # ------------------------------------------------------------------------------------------------ spot list
 
+@numba.njit(cache=True, inline="always")
+def row_sums(a, out):
+    """out[i] = Σ_k a[i, k], each row summed in column order from 0.0 (so the same value as the one-row loop), four
+    rows at a time: four independent sums keep the adder busy where one waits ~4 cycles per add."""
+    nr, nc = a.shape
+    i = 0
+    while i + 4 <= nr:
+        r0 = 0.0
+        r1 = 0.0
+        r2 = 0.0
+        r3 = 0.0
+        for k in range(nc):
+            r0 += a[i, k]
+            r1 += a[i + 1, k]
+            r2 += a[i + 2, k]
+            r3 += a[i + 3, k]
+        out[i] = r0
+        out[i + 1] = r1
+        out[i + 2] = r2
+        out[i + 3] = r3
+        i += 4
+    while i < nr:
+        r0 = 0.0
+        for k in range(nc):
+            r0 += a[i, k]
+        out[i] = r0
+        i += 1
+
+
 @numba.njit(cache=True, fastmath=STATS_FASTMATH)
 def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
     """Spot significance of every sliding window: zmap[i, k] for the window of ``widths[i]`` sectors starting at
@@ -237,11 +266,7 @@ def _isotropic_level(i, s, w, q_c, q_pre, phi_pre, pcx, pcy, excl2, sector, cosk
     clipped mean keeps the partly covered sectors at a disk's edge and sits too high beside strong disks. Where
     fewer than a quarter of the sectors are left, the clipped mean. ``covered`` (n_phi,) bool scratch."""
     nphi = s.shape[1]
-    ss = 0.0
-    ww = 0.0
     for k in range(nphi):
-        ss += s[i, k]
-        ww += w[i, k]
         covered[k] = False
     # the sectors of this bin within the exclusion radius of a spot: only those within the spot's angular reach
     # (chord² = dq² + 2·q·q_a·(1 − cos Δφ) < excl²) are tested, each with the Cartesian distance
@@ -278,15 +303,44 @@ def _isotropic_level(i, s, w, q_c, q_pre, phi_pre, pcx, pcy, excl2, sector, cosk
             n_free += 1
     if n_free * 4 >= nphi and fw > 1e-9:
         return fs / fw
+    ss = 0.0  # the whole bin's sums, summed only here where they are needed
+    ww = 0.0
+    for k in range(nphi):
+        ss += s[i, k]
+        ww += w[i, k]
     return _clipped_rate(s[i], w[i], ss / ww, z2, ROBUST_MAX_ITER) if ww > 1e-9 else 0.0
 
 
 @numba.njit(cache=True)
-def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, zf, rob, cand_ik, cand_z, n_cand):
+def spot_geometry(q_c, disk_r_q, nphi):
+    """What :func:`_frame_spots` needs of the geometry alone, computed once per block rather than per frame:
+    cos and sin of each sector's centre azimuth (n_phi,), and the angular half-width (rad) of the centroid region
+    at each Q bin (2, nq), row 0 for the first pass (SPOT_REFINE_RADII disk radii), row 1 for the others
+    (SPOT_CENTROID_RADII), NaN where the region holds the origin; the same expressions as they were inside the
+    frame's loop, so the same values."""
+    nq = q_c.size
+    sector = 2.0 * math.pi / nphi
+    cosk = np.empty(nphi)
+    sink = np.empty(nphi)
+    for k in range(nphi):
+        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
+        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
+    hw = np.empty((2, nq))
+    for it in range(2):
+        reg2 = (SPOT_REFINE_RADII if it == 0 else SPOT_CENTROID_RADII) ** 2 * disk_r_q * disk_r_q
+        rad = math.sqrt(reg2)
+        for i in range(nq):
+            hw[it, i] = math.asin(min(1.0, rad / q_c[i])) + sector if q_c[i] > rad else np.nan
+    return cosk, sink, hw
+
+
+@numba.njit(cache=True)
+def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, zf, rob, cand_ik, cand_z, n_cand,
+                 cosk, sink, hw):
     """Spots of one frame into ``out`` (K, 4) (NaN-padded); returns the counts beyond 2 disk radii. ``cand_ik``,
     ``cand_z``: the windows at or above ``z_min`` the profile kernel noted (:func:`sendmap.science.polar.
     _frame_stats`), ``n_cand`` of them (< 0: none noted; more than they hold: overflow): the significance map is
-    then not scored again."""
+    then not scored again. ``cosk``, ``sink``, ``hw``: :func:`spot_geometry` of q_c, disk_r_q and n_phi."""
     nq, nphi = s.shape
     kmax = out.shape[0]
     for a in range(kmax):
@@ -348,12 +402,10 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
     # largest area / Q) give the constant
     wmax = np.zeros(nq)
     area_per_q = 0.0
+    row_sums(w, wmax)  # (wmax holds the bins' areas until it is overwritten below)
     for i in range(nq):
-        ww = 0.0
-        for k in range(nphi):
-            ww += w[i, k]
         if q_c[i] > 0.0:
-            area_per_q = max(area_per_q, ww / q_c[i])
+            area_per_q = max(area_per_q, wmax[i] / q_c[i])
     for i in range(nq):
         wmax[i] = area_per_q * q_c[i] / nphi
     excl2 = (SPOT_EXCLUSION_RADII * disk_r_q) ** 2
@@ -376,11 +428,6 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
             n_pre += 1
     # the isotropic level of each bin (_isotropic_level) against the spots found
     z2 = ROBUST_Z_CLIP * ROBUST_Z_CLIP
-    cosk = np.empty(nphi)
-    sink = np.empty(nphi)
-    for k in range(nphi):
-        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
-        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
     q_pre = np.empty(n_pre)
     phi_pre = np.empty(n_pre)
     for a in range(n_pre):
@@ -421,9 +468,9 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
                     continue  # (no cell of this bin is within the region)
                 # the sectors within the region's angular half-width at this Q (all of them near the centre)
                 if q_c[i] > rad:
-                    hw = math.asin(min(1.0, rad / q_c[i])) + sector
-                    k_lo = int(math.floor((phi0 - hw + math.pi) / sector))
-                    k_hi = int(math.floor((phi0 + hw + math.pi) / sector))
+                    h = hw[0 if it == 0 else 1, i]  # (spot_geometry)
+                    k_lo = int(math.floor((phi0 - h + math.pi) / sector))
+                    k_hi = int(math.floor((phi0 + h + math.pi) / sector))
                 else:
                     k_lo = 0
                     k_hi = nphi - 1
@@ -483,6 +530,7 @@ def _spot_kernel(s, w, w_slot, frames, q_c, disk_r_q, z_min, out, totals, cand_i
     (n_cand of size 0: none noted)."""
     nq, nphi = s.shape[1], s.shape[2]
     noted = n_cand.size > 0
+    cosk, sink, hw = spot_geometry(q_c, disk_r_q, nphi)
     for j in numba.prange(frames.size):
         f = frames[j]
         zmap = np.empty((nq, nphi))
@@ -493,7 +541,7 @@ def _spot_kernel(s, w, w_slot, frames, q_c, disk_r_q, z_min, out, totals, cand_i
         rob = np.empty(nq)
         row = f if noted else 0
         totals[j] = _frame_spots(s[f], w[w_slot[f]], q_c, disk_r_q, z_min, out[j], zmap, widths, scratch, work, zf,
-                                 rob, cand_ik[row], cand_z[row], n_cand[f] if noted else -1)
+                                 rob, cand_ik[row], cand_z[row], n_cand[f] if noted else -1, cosk, sink, hw)
 
 
 def spots_of_frames(s: np.ndarray, w: np.ndarray, w_slot: np.ndarray, frames: np.ndarray, q_centres: np.ndarray,

@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from .indexing import MAX_SPOTS, _frame_spots
+from .indexing import MAX_SPOTS, _frame_spots, row_sums, spot_geometry
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
 from .sparse import SparseFrames, list_nonzero
 
@@ -306,6 +306,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
+    cosk, sink, hw = spot_geometry(q_c, disk_r_q, nphi)
     for ch in numba.prange(n_chunks):
         f0 = ch * nb // n_chunks
         f1 = (ch + 1) * nb // n_chunks
@@ -321,6 +322,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
         zmap = np.empty((nq if select else 0, nphi))
         widths = np.zeros(nq, np.int64)
         rob = np.empty(nq)
+        rs = np.empty(nq)
         for i in range(f0, f1):
             f = order[i]  # frames sharing a table in a row: it stays in cache
             s_pad[:, :] = 0.0
@@ -341,14 +343,12 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                               cand_ik, cand_z)
             bf = 0.0
             adf = 0.0
+            row_sums(s, rs)  # (each bin's counts: several bins at a time, each summed in sector order)
             for iq in range(nq):
-                row = 0.0
-                for k in range(nphi):
-                    row += s[iq, k]
                 if q_c[iq] < bf_hi:
-                    bf += row
+                    bf += rs[iq]
                 if adf_lo <= q_c[iq] < adf_hi:
-                    adf += row
+                    adf += rs[iq]
             out_bf[f] = bf
             out_adf[f] = adf
             if select:  # only frames with a spot at or above keep_z at some Q (NaN: not scored, no)
@@ -360,7 +360,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 kept[f] = keep
                 if keep:  # (scratch, work and zf are free again: the statistics are done)
                     out_scattered[f] = _frame_spots(s, w_u[u], q_c, disk_r_q, cand_min, out_spots[f], zmap, widths,
-                                                    scratch, work, zf, rob, cand_ik, cand_z, nc)
+                                                    scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw)
             elif keep_sums:
                 kept[f] = True
                 out_s[f] = s
