@@ -348,3 +348,34 @@ def test_evidence_does_not_depend_on_empty_spot_slots():
                 "phase_share", "has_lattice", "lattice_phase", "n_friedel", "n_unindexed"):
         np.testing.assert_array_equal(np.asarray(full[key]), np.asarray(cut[key]), err_msg=key)
     assert set(full["category"][:3]) & {I.LIF} and full["category"][3] == I.GRAIN and full["n_spots"][4] == 0
+
+
+def test_spot_list_helpers_give_the_values_of_the_loops_they_replace():
+    """The spot list's per-block helpers (issue 20) are exact replacements: row_sums is each row summed in column
+    order from 0.0 (np.cumsum's sequential sum; values spread over 12 decades, so another order would round
+    differently), _wrap is Python's x % n, spot_geometry the expressions the frame loop evaluated (Python's math
+    on the same libm)."""
+    import math
+
+    rng = np.random.default_rng(5)
+    for shape in ((89, 72), (7, 3), (1, 9), (0, 4)):
+        a = rng.random(shape) * 10.0 ** rng.integers(-6, 6, shape)
+        out = np.full(shape[0], np.nan)
+        I.row_sums(a, out)
+        ref = np.cumsum(a, axis=1)[:, -1] if shape[0] else out
+        np.testing.assert_array_equal(out, ref)
+    for n in (1, 7, 72):
+        assert [I._wrap(x, n) for x in range(-3 * n, 3 * n)] == [x % n for x in range(-3 * n, 3 * n)]
+    q_c = GEOM.q_centres
+    nphi = GEOM.n_phi
+    cosk, sink, hw = I.spot_geometry(q_c, R_Q, nphi)
+    sector = 2.0 * math.pi / nphi
+    np.testing.assert_allclose(cosk, [math.cos(-math.pi + (k + 0.5) * sector) for k in range(nphi)], rtol=0,
+                               atol=1e-15)
+    np.testing.assert_allclose(sink, [math.sin(-math.pi + (k + 0.5) * sector) for k in range(nphi)], rtol=0,
+                               atol=1e-15)
+    for row, radii in enumerate((I.SPOT_REFINE_RADII, I.SPOT_CENTROID_RADII)):
+        rad = math.sqrt(radii ** 2 * R_Q * R_Q)
+        ref = [math.asin(min(1.0, rad / q)) + sector if q > rad else np.nan for q in q_c]
+        assert np.isnan(ref).sum() > 0 and np.isfinite(ref).sum() > 0  # both cases are exercised
+        np.testing.assert_allclose(hw[row], ref, rtol=1e-15)
