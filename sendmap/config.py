@@ -382,6 +382,11 @@ class ClassifyConfig(_Section):
         "5 × 10³ e⁻, all 0.918 → 0.939; seeds 705, 725) but lowered SEI Type 1 recall where the classes overlap in Q "
         "(spread 0.92 → 0.88, seed 703), below the target on the reduced matrix's spread cell; the rules use the "
         "layer either way, and their classes set the probabilities' class models")
+    model_iterations: int = Field(
+        0, ge=0, le=10, description="class probabilities: times the amorphous class models (mean, spread, weight) "
+        "are re-measured on the posterior's own most probable classes, with the spatial prior, and the posterior "
+        "recomputed (a hard EM; sendmap.science.probability.MODEL_ITERATIONS); 0: measured on the rules' classes "
+        "only, which cut classes overlapping in Q at a fixed Q and halve their spreads")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

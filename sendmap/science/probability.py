@@ -94,6 +94,9 @@ the minimum is flat, within 0.001 from T = 1.6 to 1.9). It corrects the remainin
 class models measured on the rules' classes (module docstring). Checked on the development seeds 561–586 and
 reported on the matrix seeds 1000–1031 (README)."""
 
+MODEL_ITERATIONS = 0
+"""Default re-measurements of the class models on the posterior's own classes (``classify.model_iterations``)."""
+
 MAX_BETA = 2.0
 """Upper end of the pseudo-likelihood search of the Potts coupling: at β = 2 eight agreeing neighbours (Σw = 6.8)
 outweigh a likelihood ratio of e^13.7 ≈ 10⁶, i.e. any evidence; larger values change nothing."""
@@ -207,7 +210,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
                         beta: float | str = "auto", lif_no_peak: np.ndarray | None = None,
                         no_peak: np.ndarray | None = None,
                         crystal_false_alarm: float | None = CRYSTAL_FALSE_ALARM_RATE,
-                        temperature: float = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None) -> dict:
+                        temperature: float = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None,
+                        model_iterations: int = 0) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
 
     peak_q, peak_err: (Ry, Rx) SRO peak (1/Å) and its 1-σ error (NaN: no peak); crystal: (Ry, Rx) bool, the
@@ -224,12 +228,15 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     positions all have a peak still gets a small one), and the spatial prior decides (None: such positions stay
     NaN); crystal_false_alarm: the crystal rule's false-alarm rate (module docstring; None: the rule is certain,
     as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none); lif_layer:
-    (Ry, Rx) bool, the LiF layer evidence (:func:`lif_layer_llr`; None: not used).
+    (Ry, Rx) bool, the LiF layer evidence (:func:`lif_layer_llr`; None: not used); model_iterations: times the
+    amorphous class models (mean, spread, weight) are re-measured on the posterior's own most probable classes and
+    the posterior recomputed (:data:`MODEL_ITERATIONS`; 0: the models of ``labels`` only, as before session 15).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``temperature``;
     ``class_models``: per amorphous class the mean and intrinsic spread (1/Å) used, their ``source`` ("scan" or
-    "published") and the class weights.
+    "published") and the class weights; ``model_history``: the same for every pass (first: measured on ``labels``);
+    ``model_iterations``: the re-measurements done (fewer than asked where the class map stopped changing).
     """
     peak_q = np.asarray(peak_q, dtype=np.float64)
     err = np.asarray(peak_err, dtype=np.float64)
@@ -243,45 +250,65 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     h = float(np.clip(lif_hit_rate, *HIT_RATE_RANGE))
     e = np.asarray(lif_e, dtype=np.float64)[amorph]
     lif_llr = e * np.log(h / LIF_FALSE_ALARM) + (1 - e) * np.log((1 - h) / (1 - LIF_FALSE_ALARM))
+    fa_ll = np.log(crystal_false_alarm) if crystal_false_alarm else -np.inf
+    lay = lif_layer_llr(np.asarray(lif_layer, bool)[amorph], h) if lif_layer is not None else None
+    p_none = None
+    if none.any():  # P(no peak | class) from the scan's own classes (``labels``, the rules')
+        lab_all = np.asarray(labels)
+        has = ~np.isfinite(peak_q)
+        p_none = [(float(((lab_all == k) & has).sum()) + 1.0) / (float((lab_all == k).sum()) + 2.0)
+                  for k in range(len(PROB_CLASSES))]
+    lab = np.asarray(labels)[amorph] if labels is not None else None
+    history, beta_in, done = [], beta, 0
+    for it in range(max(0, int(model_iterations)) + 1):
+        models, source, counts = _class_models(q, s2, lab)
+        log_w = np.log(counts / counts.sum())
+        history.append({name: {"mean": float(models[name][0]), "intrinsic_sigma": float(np.sqrt(models[name][1])),
+                               "source": source[name], "weight": float(np.exp(log_w[j]))}
+                        for j, name in enumerate(PROB_CLASSES[1:])})
+        ll = np.full((*peak_q.shape, 4), -np.inf)
+        ll[crystal] = [0.0, fa_ll, fa_ll, fa_ll]
+        ll[lif_only] = [-np.inf, -np.inf, 0.0, -np.inf]
+        if p_none is not None:
+            ll[none] = np.log(p_none)
+        sub = np.full((int(amorph.sum()), 4), -np.inf)
+        sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w, lay) if q.size else sub[:, 1:]
+        ll[amorph] = sub
+        ll_finite = np.where(np.isfinite(ll), ll, -1e6)  # (exp → 0 without NaN in the mean field)
+        evidence = _softmax(ll_finite)
+        evidence[~valid] = np.nan
+        beta = beta_in
+        if beta == "auto":
+            ev_lab = np.where(valid, np.nan_to_num(evidence).argmax(axis=-1), 0)
+            beta = potts_beta_pseudolikelihood(ev_lab, valid, 4) if valid.sum() > 1 else 0.0
+        post = potts_mean_field(ll_finite, float(beta), valid=valid) if valid.any() else evidence
+        if it == int(model_iterations) or not q.size:
+            break
+        # hard EM with the spatial prior: the next pass measures each class on the positions the posterior gives it
+        new_lab = np.nan_to_num(post[amorph]).argmax(axis=-1)
+        if lab is not None and np.array_equal(new_lab, lab):
+            break
+        lab, done = new_lab, done + 1
+    prob = temper(post, temperature)
+    return {"probability": prob, "evidence_probability": evidence, "beta": float(beta), "lif_hit_rate": h,
+            "temperature": float(temperature), "class_models": history[-1], "model_history": history,
+            "model_iterations": done}
+
+
+def _class_models(q: np.ndarray, s2: np.ndarray, lab: np.ndarray | None) -> tuple[dict, dict, np.ndarray]:
+    """(models {class: (mean, intrinsic variance)}, source {class: "scan" | "published"}, counts + 1) of the
+    amorphous classes, each measured (deconvolved, one Gaussian) on the positions ``lab`` (class indices, one per
+    peak ``q`` with variance ``s2``) gives it where it has ≥ :data:`MIN_CLASS_WEIGHT`, else published."""
     models = {k: (m, s ** 2) for k, (m, s) in PUBLISHED_CLASS_Q.items()}
     source = {k: "published" for k in models}
     counts = np.ones(3)
-    if labels is not None:  # each class measured on the positions the rules give it (deconvolved)
-        lab = np.asarray(labels)[amorph]
-        for j, name in enumerate(PROB_CLASSES[1:]):
-            sel = lab == PROB_CLASSES.index(name)
-            counts[j] += sel.sum()
-            if sel.sum() >= MIN_CLASS_WEIGHT:
-                one = fit_deconvolved_mixture(q[sel], np.sqrt(s2[sel]), 1, errors=False)
-                models[name] = (float(one["mean"][0]), max(float(one["sigma"][0]) ** 2, 1e-10))
-                source[name] = "scan"
-    log_w = np.log(counts / counts.sum())
-    ll = np.full((*peak_q.shape, 4), -np.inf)
-    fa_ll = np.log(crystal_false_alarm) if crystal_false_alarm else -np.inf
-    ll[crystal] = [0.0, fa_ll, fa_ll, fa_ll]
-    ll[lif_only] = [-np.inf, -np.inf, 0.0, -np.inf]
-    if none.any():
-        lab_all = np.asarray(labels)
-        has = ~np.isfinite(peak_q)
-        p_none = []
-        for k in range(len(PROB_CLASSES)):
-            sel = lab_all == k
-            p_none.append((float((sel & has).sum()) + 1.0) / (float(sel.sum()) + 2.0))
-        ll[none] = np.log(p_none)
-    sub = np.full((int(amorph.sum()), 4), -np.inf)
-    lay = lif_layer_llr(np.asarray(lif_layer, bool)[amorph], h) if lif_layer is not None else None
-    sub[:, 1:] = _amorphous_log_lik(q, s2, lif_llr, models, log_w, lay) if q.size else sub[:, 1:]
-    ll[amorph] = sub
-    ll_finite = np.where(np.isfinite(ll), ll, -1e6)  # (exp → 0 without NaN in the mean field)
-    evidence = _softmax(ll_finite)
-    evidence[~valid] = np.nan
-    if beta == "auto":
-        labels = np.where(valid, np.nan_to_num(evidence).argmax(axis=-1), 0)
-        beta = potts_beta_pseudolikelihood(labels, valid, 4) if valid.sum() > 1 else 0.0
-    prob = potts_mean_field(ll_finite, float(beta), valid=valid) if valid.any() else evidence
-    prob = temper(prob, temperature)
-    return {"probability": prob, "evidence_probability": evidence, "beta": float(beta), "lif_hit_rate": h,
-            "temperature": float(temperature),
-            "class_models": {name: {"mean": float(models[name][0]), "intrinsic_sigma": float(np.sqrt(models[name][1])),
-                                    "source": source[name], "weight": float(np.exp(log_w[j]))}
-                             for j, name in enumerate(PROB_CLASSES[1:])}}
+    if lab is None:
+        return models, source, counts
+    for j, name in enumerate(PROB_CLASSES[1:]):
+        sel = lab == PROB_CLASSES.index(name)
+        counts[j] += sel.sum()
+        if sel.sum() >= MIN_CLASS_WEIGHT:
+            one = fit_deconvolved_mixture(q[sel], np.sqrt(s2[sel]), 1, errors=False)
+            models[name] = (float(one["mean"][0]), max(float(one["sigma"][0]) ** 2, 1e-10))
+            source[name] = "scan"
+    return models, source, counts
