@@ -103,7 +103,7 @@ MODEL_ITERATIONS = 0
 A hard EM with the spatial prior (each class's mean, spread and weight re-measured on the positions the posterior
 gives it) recovers the spreads of overlapping layers of one synthetic label map (``tests/test_probability.py``:
 0.015 → 0.019 1/Å, accuracy 0.89–0.91 → 0.97–0.98), but on the scenario matrix it erodes the thin SEI Type 1
-layer: measured on development seeds 802–825 (``benchmarks/scenario_matrix.py --seed-base 802 --detectors 128
+layer: measured on development seeds 802–825 (``benchmarks/scenario_matrix.py --seed-base 800 --detectors 128
 --only spread mixed all lif-faint lif-dominant speckle3``, each store's classify inputs rescored), 2 iterations
 took Type 1's recall from 0.90 / 0.85 to 0.67 / 0.44 (spread, 2 × 10⁴ / 5 × 10³ e⁻, seeds 802 / 803) and from
 0.63 to 0.08 (all, 2 × 10⁴, seed 824), the edge positions of the layer (lower Q, half their neighbours another
