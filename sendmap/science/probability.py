@@ -26,9 +26,10 @@ Evidence of a position (all from the earlier stages):
   the scan's positions of each class (by the rules) that have none, and takes its class from its neighbours.
 
 The spatial prior is a Potts Markov random field on the scan grid (:func:`sendmap.science.spatial.
-potts_mean_field`), its coupling β estimated from the evidence-only class map by maximum pseudo-likelihood
-(Besag 1975, The Statistician 24, 179): no coupling is tuned by hand, and a scan whose classes do not form
-regions gets β ≈ 0.
+potts_mean_field`), its coupling β estimated by maximum pseudo-likelihood (Besag 1975, The Statistician 24, 179),
+first on the evidence-only class map, then (session 15) again on the posterior's own class map until it stops
+changing (Besag 1986, :data:`BETA_ITERATIONS`): no coupling is tuned by hand, and a scan whose classes do not form
+regions gets a weak one.
 
 **Calibration** (issue 18: in each tenth of predicted probability the observed frequency within ±0.07). Measured
 on development seeds only (``benchmarks/scenario_matrix.py --seed-base 511 --detectors 128``: 26 cells, 48 × 64,
@@ -37,7 +38,9 @@ term at a time with its truth (``evidence_probability`` and the posterior scored
 loss against the truth):
 
 * the Potts coupling is not too strong: β from the pseudo-likelihood of the evidence-only map is 0.6–1.6, that of
-  the true class maps ≥ 2 (their regions are smoother still); the mean-field approximation is not the cause either:
+  the true class maps ≥ 2 (their regions are smoother still). Session 15 found it too weak instead: re-estimated on
+  the posterior's own map (:data:`BETA_ITERATIONS`) it converges to 0.9–2.0 and the class maps are more accurate
+  (development seeds 802–825, checked on 852–875); the mean-field approximation is not the cause either:
   Gibbs-sampled marginals of the same field (200 sweeps) gave the same tenths within their noise;
 * the class models (mean, spread and weight of each amorphous class measured on the rules' classes, cut at fixed Q
   limits where classes overlap) are the largest term: the true class models lower the Brier score from 0.039 to
@@ -111,6 +114,23 @@ class) going to the electrolyte, the next pass measuring Type 1 on its upper hal
 0.015 → 0.014 in three passes on seed 802). Updating the spreads only, or soft (posterior-weighted) updates, did
 the same. The true class models (measured on the truth's classes) do it too (Type 1 recall 0.80 / 0.59 on seeds
 802 / 803): the narrow spreads measured on the rules' classes are not what limits the class map."""
+
+BETA_ITERATIONS = 10
+"""Times the Potts coupling β is re-estimated on the posterior's own class map (``classify.beta_iterations``; it
+stops earlier where β no longer changes on its 0.025 grid). The pseudo-likelihood of the evidence-only class map
+(before session 15 the only estimate) is biased low: that map's misclassified positions break up the regions
+(β 0.6–0.8 on the published spreads, whose true maps give ≥ 2). Re-estimating β from the current restoration of
+the map and restoring again is Besag's scheme (Besag 1986, J. R. Stat. Soc. B 48, 259, "On the statistical
+analysis of dirty pictures", §2.5, with ICM; here with the mean field); β is still bounded by :data:`MAX_BETA` and a
+scan of unrelated positions still gets β ≈ 0 (its posterior map is as noisy as its evidence). Chosen on the
+development seeds 802–825 (``benchmarks/scenario_matrix.py --seed-base 800 --detectors 128 --only spread mixed all
+lif-faint lif-dominant speckle3 --set classify.method=probabilistic``, 12 cells of 48 × 64, each store's classify
+inputs rescored), checked on seeds 852–875 (``--seed-base 850``, the same cells): β converges in 2–7 passes
+(0.6–1.3 → 0.9–2.0); the most probable class's accuracy rises on 21 of 24 cells (e.g. spread 0.965–0.973 →
+0.972–0.981, speckle3 at 5 × 10³ 0.989–0.991 → 0.995–0.996, all 0.851–0.919 → 0.867–0.931); the cells meeting
+every target, 4 → 4 of 12 (development) and 4 → 5 of 12 (check); the tenths of probability pooled per dose, at
+the unchanged :data:`POSTERIOR_TEMPERATURE`, within 0.023 / 0.053 (development, 2 × 10⁴ / 5 × 10³ e⁻) and 0.057 /
+0.047 (check) of the observed frequency, against 0.112 / 0.077 and 0.048 / 0.084 with β of the evidence map."""
 
 MAX_BETA = 2.0
 """Upper end of the pseudo-likelihood search of the Potts coupling: at β = 2 eight agreeing neighbours (Σw = 6.8)
@@ -226,7 +246,7 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
                         no_peak: np.ndarray | None = None,
                         crystal_false_alarm: float | None = CRYSTAL_FALSE_ALARM_RATE,
                         temperature: float = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None,
-                        model_iterations: int = 0) -> dict:
+                        model_iterations: int = 0, beta_iterations: int | None = None) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
 
     peak_q, peak_err: (Ry, Rx) SRO peak (1/Å) and its 1-σ error (NaN: no peak); crystal: (Ry, Rx) bool, the
@@ -245,10 +265,14 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none); lif_layer:
     (Ry, Rx) bool, the LiF layer evidence (:func:`lif_layer_llr`; None: not used); model_iterations: times the
     amorphous class models (mean, spread, weight) are re-measured on the posterior's own most probable classes and
-    the posterior recomputed (:data:`MODEL_ITERATIONS`; 0: the models of ``labels`` only, as before session 15).
+    the posterior recomputed (:data:`MODEL_ITERATIONS`; 0: the models of ``labels`` only, as before session 15);
+    beta_iterations: with ``beta="auto"``, times β is re-estimated on the posterior's own class map and the posterior
+    recomputed (Besag 1986; :data:`BETA_ITERATIONS`, None: that default; 0: β of the evidence-only map, as before
+    session 15).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
-    ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``temperature``;
+    ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``beta_history``
+    (the estimates in turn, first that of the evidence-only map; [] for a given β); ``temperature``;
     ``class_models``: per amorphous class the mean and intrinsic spread (1/Å) used, their ``source`` ("scan" or
     "published") and the class weights; ``model_history``: the same for every pass (first: measured on ``labels``);
     ``model_iterations``: the re-measurements done (fewer than asked where the class map stopped changing).
@@ -292,11 +316,21 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
         ll_finite = np.where(np.isfinite(ll), ll, -1e6)  # (exp → 0 without NaN in the mean field)
         evidence = _softmax(ll_finite)
         evidence[~valid] = np.nan
-        beta = beta_in
+        beta, beta_history = beta_in, []
         if beta == "auto":
             ev_lab = np.where(valid, np.nan_to_num(evidence).argmax(axis=-1), 0)
             beta = potts_beta_pseudolikelihood(ev_lab, valid, 4) if valid.sum() > 1 else 0.0
+            beta_history.append(float(beta))
         post = potts_mean_field(ll_finite, float(beta), valid=valid) if valid.any() else evidence
+        # β re-estimated on the posterior's own class map until it stops changing (Besag 1986, module docstring)
+        n_beta = BETA_ITERATIONS if beta_iterations is None else int(beta_iterations)
+        for _ in range(n_beta if beta_in == "auto" and valid.sum() > 1 else 0):
+            b_new = potts_beta_pseudolikelihood(np.where(valid, np.nan_to_num(post).argmax(axis=-1), 0), valid, 4)
+            if b_new == beta:
+                break
+            beta = b_new
+            beta_history.append(float(beta))
+            post = potts_mean_field(ll_finite, float(beta), valid=valid)
         if it == int(model_iterations) or not q.size:
             break
         # hard EM with the spatial prior: the next pass measures each class on the positions the posterior gives it
@@ -305,7 +339,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
             break
         lab, done = new_lab, done + 1
     prob = temper(post, temperature)
-    return {"probability": prob, "evidence_probability": evidence, "beta": float(beta), "lif_hit_rate": h,
+    return {"probability": prob, "evidence_probability": evidence, "beta": float(beta), "beta_history": beta_history,
+            "lif_hit_rate": h,
             "temperature": float(temperature), "class_models": history[-1], "model_history": history,
             "model_iterations": done}
 
