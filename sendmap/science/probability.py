@@ -129,16 +129,16 @@ of unrelated positions keeps a weak one (its posterior map is as noisy as its ev
 py``).
 
 Chosen on the development seeds 800–827 (``benchmarks/scenario_matrix.py --seed-base 800 --detectors 128 --set
-classify.method=probabilistic``: the 12 cells of spread, mixed, all, lif-faint, lif-dominant, speckle3 and 8 of the
-other presets' 14; each store's classify inputs rescored with and without), checked on seeds 850–877
-(``--seed-base 850``, 25 of the 26 cells): β converges in 2–7 passes (0.6–1.3 → 0.9–2.0); the most probable
+classify.method=probabilistic``: the 26 cells of 128², each store's classify inputs rescored with and without),
+checked on seeds 850–877 (``--seed-base 850``, the same 26 cells): β converges in 2–7 passes (0.6–1.3 → 0.9–2.0); the most probable
 class's accuracy rises on 19, falls on 4 (by ≤ 0.002) of the 24 cells of the six hard presets (e.g. spread
 0.961–0.973 → 0.972–0.981, speckle3 at 5 × 10³ e⁻ 0.989–0.991 → 0.995–0.996, all 0.851–0.919 → 0.867–0.931);
-cells meeting every target 12 → 12 of 20 (development) and 16 → 17 of 25 (check; the rules: 14): spread and
-lif-faint at 5 × 10³ newly, lif-dominant at 2 × 10⁴ lost (SEI Type 2's class mean +0.0034 1/Å, of which +0.0027
-is the peak's own LiF pull). Calibration per cell: the worst tenth of speckle3 0.13–0.15 → ≤ 0.001. Pooled per
-dose at the unchanged :data:`POSTERIOR_TEMPERATURE`: within 0.013 / 0.049 on the development cells (2 × 10⁴ /
-5 × 10³ e⁻; 0.116 / 0.095 with β of the evidence map), but 0.281 / 0.042 on the check cells (0.085 / 0.091),
+cells meeting every target 18 → 18 of 26 (development; the rules: 16) and 17 → 18 of 26 (check; the rules: 15):
+spread and lif-faint at 5 × 10³ newly, lif-dominant lost at one dose of each set (SEI Type 2's class mean +0.0039
+/ +0.0034 1/Å, of which +0.0024 / +0.0027 is the peak's own LiF pull: a few Type 1 positions beside the LiF layer
+go to Type 2). Calibration per cell: the worst tenth of speckle3 0.13–0.15 → ≤ 0.001. Pooled per
+dose at the unchanged :data:`POSTERIOR_TEMPERATURE`: within 0.010 / 0.044 on the development cells (2 × 10⁴ /
+5 × 10³ e⁻; 0.116 / 0.098 with β of the evidence map), but 0.281 / 0.040 on the check cells (0.085 / 0.091),
 the 0.8–0.9 tenth of 2 × 10⁴ observed at 0.57: mostly one cell (offaxis, seed 860: 85 pairs at p ≈ 0.85 observed
 0.13, an off-axis grain the crystal rule misses, now confidently amorphous) and the all cell."""
 
