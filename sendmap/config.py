@@ -382,6 +382,18 @@ class ClassifyConfig(_Section):
         "5 × 10³ e⁻, all 0.918 → 0.939; seeds 705, 725) but lowered SEI Type 1 recall where the classes overlap in Q "
         "(spread 0.92 → 0.88, seed 703), below the target on the reduced matrix's spread cell; the rules use the "
         "layer either way, and their classes set the probabilities' class models")
+    model_iterations: int = Field(
+        0, ge=0, le=10, description="class probabilities: times the amorphous class models (mean, spread, weight) "
+        "are re-measured on the posterior's own most probable classes, with the spatial prior, and the posterior "
+        "recomputed (a hard EM; sendmap.science.probability.MODEL_ITERATIONS); 0: measured on the rules' classes "
+        "only. Off by default: it recovers the spreads the rules' Q cuts halve, but on the development seeds of the "
+        "scenario matrix (802-825) it eroded the thin SEI Type 1 layer (recall 0.90 -> 0.67 on spread at 2 x 10^4 e-, "
+        "0.63 -> 0.08 on all, 2 iterations)")
+    beta_iterations: int = Field(
+        10, ge=0, le=50, description="class probabilities: times the Potts coupling is re-estimated (pseudo-likelihood) "
+        "on the posterior's own class map and the posterior recomputed, until it stops changing (Besag 1986; "
+        "sendmap.science.probability.BETA_ITERATIONS); 0: the coupling of the evidence-only map, biased low where "
+        "classes overlap (as before session 15)")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

@@ -127,7 +127,9 @@ def stage_classify(ctx: Context) -> None:
                                lif_no_peak=None if lif_idx is None else (cls == SEI_TYPE2) & ~np.isfinite(ok_peak) & lif_idx,
                                no_peak=None if lif_idx is None else ~np.isfinite(ok_peak) & ~flat,
                                lif_layer=(np.nan_to_num(layer, nan=-np.inf) >= d.lif_layer_z_min)
-                               if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None)
+                               if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None,
+                               model_iterations=cfg.classify.model_iterations,
+                               beta_iterations=cfg.classify.beta_iterations)
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
@@ -185,6 +187,8 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "maps/class_probability", p.astype(np.float32),
                 {"class_index_names": list(PROB_CLASSES), "beta": prob["beta"], "lif_hit_rate": prob["lif_hit_rate"],
                  "class_models": prob["class_models"], "temperature": prob["temperature"],
+                 "model_iterations": prob["model_iterations"], "model_history": prob["model_history"],
+                 "beta_history": prob["beta_history"],
                  "crystal_false_alarm_rate": CRYSTAL_FALSE_ALARM_RATE,
                  "meaning": "posterior probability of each class: the position's evidence (crystal rule with its "
                             "false-alarm rate, SRO peak with its error, LiF evidence) and a Potts spatial prior, at the "
