@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import sys
 
-_HELPER_CODE = "import sys; from sendmap.engine.fit_helper import _serve; _serve(sys.argv[1])"
+_HELPER_CODE = "import sys; sys.path.insert(0, sys.argv[2]); from sendmap.engine.fit_helper import _serve; _serve(sys.argv[1])"
+"""(argv[2]: the folder holding this process's sendmap package, so that the helper runs the same code whatever its
+working folder: ``python -c`` puts that folder first on sys.path.)"""
 METHODS = ("gmm", "kmeans")
 """``classify.method`` values that cluster with scikit-learn (and so gain from a helper)."""
 
@@ -59,7 +61,10 @@ class FitHelper:
         import subprocess
 
         self.method = method
-        self.proc = subprocess.Popen([sys.executable, "-c", _HELPER_CODE, method], stdin=subprocess.PIPE,
+        from pathlib import Path
+
+        root = str(Path(__file__).resolve().parents[2])
+        self.proc = subprocess.Popen([sys.executable, "-c", _HELPER_CODE, method, root], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def fit_labels(self, feats, k: int, seed: int, method: str = "gmm"):
