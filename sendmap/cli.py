@@ -152,19 +152,27 @@ def _cmd_run(args) -> int:
 
 
 def _run_loaded(cfg, args) -> int:
-    from .report.build import start_figure_helpers_for_rerun
+    from .report.build import likely_rerun, start_figure_helpers_for_rerun
 
     if args.no_progress:
         cfg.compute.progress = False
     # on a likely re-run from classification on, the figure helpers warm up while the pipeline's modules import
     helpers = start_figure_helpers_for_rerun(cfg, args.force, args.until)
+    from .engine import fit_helper
+
+    if likely_rerun(cfg, args.force, args.until):  # (classify gmm/kmeans: scikit-learn imports in a helper meanwhile)
+        fit_helper.start(cfg)
     try:
         from .pipeline import run_pipeline
     except BaseException:
         if helpers is not None:
             helpers.close()
+        fit_helper.close()
         raise
-    summary = run_pipeline(cfg, force=args.force, until=args.until, figure_helpers=helpers)
+    try:
+        summary = run_pipeline(cfg, force=args.force, until=args.until, figure_helpers=helpers)
+    finally:
+        fit_helper.close()  # (if no classification took it)
     out = cfg.output_dir()
     if args.until:
         print(f"[sendmap] stopped after {args.until} (--until); timing {summary['timing_s']}")

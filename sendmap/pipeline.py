@@ -46,9 +46,10 @@ STAGES: tuple[Stage, ...] = (
     # revision 4 (flat tops): no_clear_maximum positions keep their peak (wide error) in maps/ and get no class from
     # a Q they cannot tell (sendmap.science.classify.undetermined_by_q); revision 5 (LiF layer): SEI Type 2 where
     # the neighbourhood's LiF evidence stands above the scan's own chance level (features/lif_layer_z); revision 6
-    # (session 15): the Potts coupling re-estimated on the posterior's own map (classify.beta_iterations)
+    # (session 15): the Potts coupling re-estimated on the posterior's own map (classify.beta_iterations);
+    # revision 7 (method gmm): the mixture is fitted on at most 20 000 positions (science.classify.GMM_FIT_POSITIONS)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          6),
+          7),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -317,29 +317,33 @@ def start_figure_helpers(cfg) -> FigureHelpers | None:
         return None
 
 
-def start_figure_helpers_for_rerun(cfg, force: bool = False, until: str | None = None) -> FigureHelpers | None:
-    """:func:`start_figure_helpers` at once, before the pipeline's own imports (~0.25 s), where the run is likely
-    to redraw figures without recomputing the heavy stages: the output's store is complete (its ``zarr.json``,
-    read as JSON) with another config, no ``--force``, and the run goes on to the report. A guess: :func:`sendmap.pipeline.run_pipeline`
-    ends these helpers where a stage before classification must run after all (they would compete with its
-    blocks), and starts others when classification starts, as on a first run."""
+def likely_rerun(cfg, force: bool = False, until: str | None = None) -> bool:
+    """Whether ``sendmap run`` is likely a re-run that goes on to the report without recomputing the heavy stages:
+    the output's store is complete (its ``zarr.json``, read as JSON) with another config, no ``--force``, and the
+    run goes on to the report. A guess, made before the pipeline's own imports."""
     import json
     from pathlib import Path
 
     from .. import STORE_NAME
 
     if force or until not in (None, FIGURE_HELPER_STAGES[-1]):
-        return None
+        return False
     try:
         meta = json.loads((Path(cfg.output_dir()) / STORE_NAME / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return False
     attrs = meta.get("attributes") if isinstance(meta, dict) else None
     if not isinstance(attrs, dict) or attrs.get("status") != "complete":
-        return None
-    if attrs.get("config") == cfg.resolved():  # the same config: most likely nothing to run at all
-        return None
-    return start_figure_helpers(cfg)
+        return False
+    return attrs.get("config") != cfg.resolved()  # (the same config: most likely nothing to run at all)
+
+
+def start_figure_helpers_for_rerun(cfg, force: bool = False, until: str | None = None) -> FigureHelpers | None:
+    """:func:`start_figure_helpers` at once, before the pipeline's own imports (~0.25 s), where the run is likely
+    to redraw figures without recomputing the heavy stages (:func:`likely_rerun`). A guess:
+    :func:`sendmap.pipeline.run_pipeline` ends these helpers where a stage before classification must run after all
+    (they would compete with its blocks), and starts others when classification starts, as on a first run."""
+    return start_figure_helpers(cfg) if likely_rerun(cfg, force, until) else None
 
 
 def _share(specs, n: int) -> list[list]:

@@ -107,8 +107,15 @@ def stage_classify(ctx: Context) -> None:
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:
-        cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
-                           method=cfg.classify.method, **rules)
+        from ..engine import fit_helper
+
+        helper = fit_helper.take(cfg.classify.method)  # (scikit-learn imported ahead by the CLI's helper, if any)
+        try:
+            cls = classify_gmm(peak_q, crystal_z, lif_z, cfg.classify.n_clusters, cfg.classify.seed,
+                               method=cfg.classify.method, fit_labels=helper.fit_labels if helper else None, **rules)
+        finally:
+            if helper is not None:
+                helper.close()
     # no clear maximum: no class from the peak's Q unless the whole Q range consistent with the maximum gives it
     flat = peak_status == status_code("no_clear_maximum")
     if flat.any() and "peaks/q_max_lo" in g:
