@@ -85,7 +85,10 @@ def stage_classify(ctx: Context) -> None:
     # the spots' indexing (profile stage) and their spatial context: grain or LiF, whatever the spot strength
     # a flat-topped halo (no_clear_maximum) is an SRO peak too, with a wide error
     has_peak = (peak_status == status_code("ok")) | (peak_status == status_code("no_clear_maximum"))
-    like = grain_like(cfg, g, crystal_z, crystal_thr, has_peak, r_q, float(q[1] - q[0]))
+    # (the grain rule asks the position's own profile: the denoised one of a grain is the amorphous mean's shape)
+    own = np.asarray(g["peaks/status_own_profile"]) if "peaks/status_own_profile" in g else peak_status
+    own_peak = has_peak & ((own == status_code("ok")) | (own == status_code("no_clear_maximum")))
+    like = grain_like(cfg, g, crystal_z, crystal_thr, own_peak, r_q, float(q[1] - q[0]))
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
