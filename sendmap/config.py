@@ -211,7 +211,9 @@ class ProfilesConfig(_Section):
 
 
 class PeaksConfig(_Section):
-    window: tuple[float, float] = Field((0.22, 0.42), description="1/Å, where the first SRO peak is sought")
+    window: tuple[float, float] = Field((0.22, 0.42), description="1/Å, where the first SRO peak is sought: the "
+                                        "published class means 0.285-0.33 1/Å ± 3 published class spreads (0.019-0.026; "
+                                        "SCIENCE.md), 0.228-0.408, rounded outwards")
     fit_half_width: "float | Literal['auto']" = Field(
         "auto", description="1/Å each side of the first estimate used in the polynomial fit, or auto: ± 0.14 (≈ 1.1 × "
         "the FWHM of probe-convolved synthetic SRO peaks) unless, on the scan's mean non-crystalline profile, that "
@@ -321,8 +323,10 @@ class ClassDefinitions(_Section):
         "here, rising to 1 at lif_spot_z")
     lif_neighbourhood: int = Field(
         3, ge=1, le=9, description="k × k neighbourhood (non-crystal positions) whose LiF-spot vote marks SEI Type 2; "
-        "1: each position on its own")
-    lif_vote_min: float = Field(0.5, gt=0, le=1, description="neighbourhood vote (0–1) at or above which a position is SEI Type 2")
+        "3: the nearest neighbours (12 nm at 4 nm steps, inside a Type 2 layer ≈ 35 nm thick, SCIENCE.md), since "
+        "LiF spot azimuths change from one position to the next; 1: each position on its own")
+    lif_vote_min: float = Field(0.5, gt=0, le=1, description="neighbourhood vote (0–1) at or above which a position is "
+                                "SEI Type 2; 0.5: the neighbourhood's evidence is more for LiF spots than against")
     lif_layer_z_min: float = Field(
         3.5, ge=0, description="SEI Type 2 of a layer without strong LiF (sendmap.science.classify.lif_layer_z): "
         "where the neighbourhood mean of the LiF-band spot significance stands this many of its own chance scatters "
@@ -337,10 +341,18 @@ class ClassDefinitions(_Section):
     lif_bands: list[tuple[float, float]] = Field(
         [(0.465, 0.53), (0.67, 0.735)], description="1/Å bands of LiF (200) 0.497 and (220) 0.702")
     electrolyte_max_q: float = Field(
-        0.307, gt=0, description="isotropic patterns with an SRO peak below this are electrolyte (≈0.285), above SEI Type 1 (≈0.33)")
-    sei_type1_range: tuple[float, float] = Field((0.307, 0.37), description="1/Å; isotropic SRO peak range of SEI Type 1")
-    sei_type2_range: tuple[float, float] = Field((0.27, 0.33), description="1/Å; SRO peak range of SEI Type 2")
-    electrolyte_range: tuple[float, float] = Field((0.26, 0.307), description="1/Å; SRO peak range of the electrolyte")
+        0.307, gt=0, description="isotropic patterns with an SRO peak below this are electrolyte (≈0.285), above SEI "
+        "Type 1 (≈0.33): midway between the published class means (SCIENCE.md), the equal-error split of two classes "
+        "of equal spread")
+    sei_type1_range: tuple[float, float] = Field((0.307, 0.37), description="1/Å; isotropic SRO peak range of SEI "
+                                                 "Type 1: from electrolyte_max_q to the published mean 0.33 + 2 × its "
+                                                 "histogram's std 0.019 (SCIENCE.md); beyond: unassigned")
+    sei_type2_range: tuple[float, float] = Field((0.27, 0.33), description="1/Å; SRO peak range of SEI Type 2: "
+                                                 "its published mean 0.295 ± 0.035 (≈ ± 2 published spreads 0.019, "
+                                                 "SCIENCE.md; the upper end at SEI Type 1's mean)")
+    electrolyte_range: tuple[float, float] = Field((0.26, 0.307), description="1/Å; SRO peak range of the "
+                                                   "electrolyte: its published mean 0.285 − 0.025 (≈ 1.3 published "
+                                                   "spreads; SCIENCE.md) up to electrolyte_max_q")
 
 
     @field_validator("sei_type1_range", "sei_type2_range", "electrolyte_range")
@@ -400,8 +412,10 @@ class ClassifyConfig(_Section):
 
 
 class StatisticsConfig(_Section):
-    bin_width: float = Field(0.0025, gt=0, description="histogram bin width, 1/Å")
-    min_count: int = Field(5, ge=2, description="fewest positions for a Gaussian fit")
+    bin_width: float = Field(0.0025, gt=0, description="histogram bin width, 1/Å: an eighth of the narrowest "
+                             "published class spread (0.019, SCIENCE.md), ~15 bins within ± 1σ of a class")
+    min_count: int = Field(5, ge=2, description="fewest positions for a Gaussian fit (3 parameters: 5 leave 2 degrees "
+                           "of freedom)")
 
 
 class OutputConfig(_Section):

@@ -38,8 +38,9 @@ STAGES: tuple[Stage, ...] = (
     # revision 5 (flat tops): status no_clear_maximum, its honest error, peaks/q_max_lo and q_max_hi
     # revision 6 (issue 18, LiF): the denoising components leave out grains by the spots' indexing (LiF-rich SEI
     # Type 2 is no longer left out: its LiF (200) lies in the Cu band); peaks.denoise_exclude_spots (gappy PCA)
+    # revision 7: peaks/status_own_profile (the grain-like rows' own profiles: an SRO maximum without the denoising?)
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 6,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 7,
           key_sections=peaks.key_sections),
     # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
     # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature;
@@ -47,9 +48,11 @@ STAGES: tuple[Stage, ...] = (
     # a Q they cannot tell (sendmap.science.classify.undetermined_by_q); revision 5 (LiF layer): SEI Type 2 where
     # the neighbourhood's LiF evidence stands above the scan's own chance level (features/lif_layer_z); revision 6
     # (session 15): the Potts coupling re-estimated on the posterior's own map (classify.beta_iterations);
-    # revision 7 (method gmm): the mixture is fitted on at most 20 000 positions (science.classify.GMM_FIT_POSITIONS)
+    # revision 7 (method gmm): the mixture is fitted on at most 20 000 positions (science.classify.GMM_FIT_POSITIONS);
+    # revision 8: the grain rule's 'no SRO peak' asks the position's own profile (peaks/status_own_profile), and a
+    # region without an amorphous ring beside a Li/Cu reflection is grain-like (science.classify.without_amorphous_ring)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          7),
+          8),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

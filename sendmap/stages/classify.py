@@ -14,12 +14,14 @@ from .profiles import BRAGG_ATTRS
 
 
 def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.ndarray, r_q: float,
-               bin_width: float) -> np.ndarray | None:
+               bin_width: float, no_maximum: np.ndarray | None = None) -> np.ndarray | None:
     """Per position grain evidence (:func:`sendmap.science.classify.grain_evidence`) from the profile stage's spot
     lists and indexing (``features/spot_category``, ``features/lif_indexed_z``, ``spots/*``); stores
-    ``features/shared_spots`` and ``features/shared_grain_spots``. None for stores without spot lists (the
-    threshold alone)."""
-    from ..science.classify import grain_evidence
+    ``features/shared_spots`` and ``features/shared_grain_spots``. ``no_maximum``: (Ry, Rx) bool, no SRO maximum in
+    the window on the position's own and denoised profiles (:func:`sendmap.science.classify.without_amorphous_ring`;
+    None: not used). None for stores without spot lists (the threshold alone)."""
+    from ..science.classify import grain_evidence, without_amorphous_ring
+    from ..science.indexing import LIF
     from ..science.spot_context import shared_counts, shared_spot_table
 
     d = cfg.classify.definitions
@@ -39,8 +41,15 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
         "meaning": "listed spots that at least min_neighbours of the 8 scan neighbours list at the same g (a grain's)"})
     write_array(g, "features/shared_grain_spots", sh["n_shared_grain"], attrs | {
         "meaning": "shared spots on a Li or Cu ring within the calibrated Q uncertainty"})
-    return grain_evidence(crystal_z, crystal_thr, np.asarray(cat_arr), np.asarray(g["features/lif_indexed_z"]),
-                          (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak)
+    cat = np.asarray(cat_arr)
+    no_ring = None
+    if no_maximum is not None and d.crystal_min_neighbours > 0:
+        ring_spot = np.zeros(crystal_z.size, bool)
+        ring_spot[pos[np.asarray(ring, bool)]] = True
+        no_ring = without_amorphous_ring(no_maximum, cat == LIF, ring_spot.reshape(crystal_z.shape),
+                                         d.crystal_min_neighbours)
+    return grain_evidence(crystal_z, crystal_thr, cat, np.asarray(g["features/lif_indexed_z"]),
+                          (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak, no_ring)
 
 
 def stage_classify(ctx: Context) -> None:
@@ -85,7 +94,11 @@ def stage_classify(ctx: Context) -> None:
     # the spots' indexing (profile stage) and their spatial context: grain or LiF, whatever the spot strength
     # a flat-topped halo (no_clear_maximum) is an SRO peak too, with a wide error
     has_peak = (peak_status == status_code("ok")) | (peak_status == status_code("no_clear_maximum"))
-    like = grain_like(cfg, g, crystal_z, crystal_thr, has_peak, r_q, float(q[1] - q[0]))
+    # (the grain rule asks the position's own profile: the denoised one of a grain is the amorphous mean's shape)
+    own = np.asarray(g["peaks/status_own_profile"]) if "peaks/status_own_profile" in g else peak_status
+    own_peak = has_peak & ((own == status_code("ok")) | (own == status_code("no_clear_maximum")))
+    no_max = (peak_status == status_code("no_maximum_in_window")) & (own == status_code("no_maximum_in_window"))
+    like = grain_like(cfg, g, crystal_z, crystal_thr, own_peak, r_q, float(q[1] - q[0]), no_max)
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
