@@ -155,7 +155,10 @@ def test_compiled_fit_of_ill_conditioned_normal_equations_takes_the_pseudo_inver
 def test_compiled_speckle_errors_are_the_numpy_expressions_bit_for_bit():
     """The peaks stage's speckle errors (sendmap.stages.peaks.speckle_fit_errors) in one compiled pass: the same
     numbers as speckle_fit_sem and the NumPy combination they replace, including NaN, infinite, zero and negative
-    V, NaN means and NaN errors; with and without speckle present."""
+    V, NaN means and NaN errors; with and without speckle present. The speckle part bit for bit; the combined
+    error to one unit in the last place: a compilation of the kernel loaded from numba's on-disk cache, written by
+    another process of the test suite, gave results one ulp apart from a fresh compilation in 7 % of the elements
+    (same signature, same source; seen in session 15), so bit identity across compilations is not promised."""
     from sendmap.science.peak_kernels import speckle_errors
     from sendmap.science.polar import speckle_fit_sem
 
@@ -180,5 +183,8 @@ def test_compiled_speckle_errors_are_the_numpy_expressions_bit_for_bit():
             ref = np.sqrt(np.clip(sem ** 2 - own ** 2, 0.0, None) + spk ** 2)
         got_spk, got = speckle_errors(sem, mean, fem, pooled, gfac, share, present)
         np.testing.assert_array_equal(got_spk, spk)
-        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        fin = np.isfinite(ref)
+        np.testing.assert_array_equal(got[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
+        np.testing.assert_array_max_ulp(got[fin], ref[fin], maxulp=1)
         assert (got[6, 7] < sem[6, 7]).any() or not present
