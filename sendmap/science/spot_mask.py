@@ -5,7 +5,9 @@ the amorphous SRO ring (Li (110) at 0.403 1/Å reaches down to 0.32 with r ≈ 0
 maximum towards them. The profile kernel already lists each frame's disks (:mod:`sendmap.science.indexing`: Q,
 azimuth, intensity, z) from its polar sums ``s`` (nq, n_phi); :func:`masked_profile` averages, per radial bin, only
 the (bin, sector) cells no listed disk reaches, weighted by their pixel areas as the mean is, from the same sums
-(no second pass over the pixels).
+(no second pass over the pixels). Each listed disk's Friedel mate (−g) is masked too (Friedel's law: a grain in a
+zone axis scatters into g and −g alike, so the mate of a disk listed just above the threshold is there, often just
+below it).
 
 A cell (bin i, sector k: centre at Q = q_c[i], azimuth −π + (k + ½)·2π/n_phi, the convention of the spot list's
 azimuth, atan2(dy, dx)) is covered by a spot at (Q_s, φ_s) where the distance between the cell's centre and the
@@ -36,15 +38,15 @@ PIXEL_HALF_DIAGONAL = math.sqrt(2.0) / 2.0
 
 
 @numba.njit(cache=True, nogil=True)
-def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, out_mean, out_sem):
+def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, out_mean, out_sem, friedel=True):
     """Spot-masked mean and its sem of one frame into ``out_mean``, ``out_sem`` (nq,).
 
     s, w: (nq, n_phi) polar sums (counts/ss², pixel areas) of the frame; w2 (nq,) Σw² per bin; mean, sem (nq,)
     its azimuthal mean and sem (counts per pixel; :func:`sendmap.science.polar._frame_stats`); q_c (nq,) bin
     centres (1/Å, Q = 1/d, uniform bins); spots (K, ≥ 2) the frame's listed spots (Q 1/Å, azimuth rad, …), NaN
     rows unused; disk_r_q: probe-disk radius (1/Å); pixel_margin_q: the pixel margin (1/Å, q_pixel_size ·
-    :data:`PIXEL_HALF_DIAGONAL`). See the module docstring for the cover rule and the error. Returns the number
-    of bins that changed."""
+    :data:`PIXEL_HALF_DIAGONAL`); friedel: also mask each spot's Friedel mate (−g). See the module docstring for
+    the cover rule and the error. Returns the number of bins that changed."""
     nq, nphi = s.shape
     tiny = 1e-9
     sector = 2.0 * math.pi / nphi
@@ -53,16 +55,24 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
     for a in range(spots.shape[0]):
         if spots[a, 0] == spots[a, 0]:  # not NaN
             n_sp += 1
-    sx = np.empty(n_sp)
-    sy = np.empty(n_sp)
-    sq = np.empty(n_sp)
+    # each listed spot and, by Friedel's law, its mate at −g (kinematic |F(g)| = |F(−g)|: a grain in a zone puts a
+    # disk at both; the mate of a weak listed disk is often just below the listing threshold)
+    n_all = 2 * n_sp if friedel else n_sp
+    sx = np.empty(n_all)
+    sy = np.empty(n_all)
+    sq = np.empty(n_all)
     j = 0
     for a in range(spots.shape[0]):
         if spots[a, 0] == spots[a, 0]:
             sq[j] = spots[a, 0]
             sx[j] = spots[a, 0] * math.cos(spots[a, 1])
             sy[j] = spots[a, 0] * math.sin(spots[a, 1])
+            if friedel:
+                sq[j + n_sp] = sq[j]
+                sx[j + n_sp] = -sx[j]
+                sy[j + n_sp] = -sy[j]
             j += 1
+    n_sp = n_all
     changed = 0
     for i in range(nq):
         out_mean[i] = mean[i]
