@@ -85,3 +85,39 @@ def test_masked_profile_keeps_the_ring_maximum_and_spot_free_frames_unchanged():
         far = np.abs(q - 0.403) > R_Q + 3 * QPX
         far &= np.abs(q - 0.570) > R_Q + 3 * QPX  # (no (200) disks in [111]; kept generic)
         np.testing.assert_array_equal(out["masked_mean"][f][far & (q < 0.25)], out["mean"][f][far & (q < 0.25)])
+
+
+def test_friedel_mate_of_a_listed_spot_is_masked_and_the_error_grows_as_the_kept_area_shrinks():
+    """Polar sums of a flat ring (1 count per unit area in every cell) with a disk's excess in the cells of one
+    spot's Friedel mate (−g) only: the spot is listed, its mate is not. The masked mean is the flat level
+    exactly (both disks' cells left out); without the mate it keeps the excess. The Poisson sem (no speckle
+    part) grows as 1/√(kept share) at a fixed rate."""
+    from sendmap.science.spot_mask import masked_profile
+
+    nq, nphi = 40, 72
+    bw = 0.0125
+    q = (np.arange(nq) + 0.5) * bw
+    w = np.tile(q[:, None] / q[-1], (1, nphi))  # areas ∝ Q (an annulus' sectors)
+    w2 = (w ** 2).sum(axis=1) / 9.0  # 3 × 3 sub-pixels per pixel: Σw² per bin (any positive value will do)
+    s = w.copy()
+    phi = -np.pi + (np.arange(nphi) + 0.5) * 2 * np.pi / nphi
+    qs, ps = 0.30, 0.4
+    mate_x, mate_y = -qs * np.cos(ps), -qs * np.sin(ps)
+    d = np.hypot(q[:, None] * np.cos(phi)[None] - mate_x, q[:, None] * np.sin(phi)[None] - mate_y)
+    s[d < R_Q] += 5.0 * w[d < R_Q]
+    mean = s.sum(axis=1) / w.sum(axis=1)
+    sem = np.sqrt(mean * w2 / w.sum(axis=1) ** 2)
+    spots = np.full((4, 4), np.nan)
+    spots[0] = (qs, ps, 100.0, 10.0)
+    m_out, s_out = np.empty(nq), np.empty(nq)
+    n = masked_profile(s, w, w2, mean, sem, q, spots, R_Q, QPX * 0.7071, m_out, s_out)
+    assert n > 0
+    np.testing.assert_allclose(m_out, 1.0, rtol=1e-12)
+    assert (mean[np.abs(q - qs) < 0.5 * R_Q] > 1.2).all()  # the unmasked mean carries the mate's excess
+    changed = m_out != mean
+    # sem/√I = √(ΣW_p²)/W: × 1/√(kept share) where cells were dropped
+    ratio = (s_out[changed] / np.sqrt(m_out[changed])) / (sem[changed] / np.sqrt(mean[changed]))
+    assert (ratio > 1.0).all() and ratio.max() < 2.0
+    m2 = np.empty(nq)
+    masked_profile(s, w, w2, mean, sem, q, spots, R_Q, QPX * 0.7071, m2, np.empty(nq), False)
+    assert (m2[np.abs(q - qs) < 0.5 * R_Q] > 1.2).all()  # without the mate: the excess stays
