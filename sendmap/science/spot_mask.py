@@ -73,30 +73,41 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
                 sy[j + n_sp] = -sy[j]
             j += 1
     n_sp = n_all
+    near = np.empty(n_sp, np.int64)
+    cosk = np.empty(nphi)  # sector centres' azimuth: −π + (k + ½)·2π/n_phi
+    sink = np.empty(nphi)
+    for k in range(nphi):
+        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
+        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
     changed = 0
+    if n_sp == 0:
+        out_mean[:] = mean
+        out_sem[:] = sem
+        return 0
     for i in range(nq):
         out_mean[i] = mean[i]
         out_sem[i] = sem[i]
         q = q_c[i]
         reach = disk_r_q + math.sqrt((0.5 * bw) ** 2 + (0.5 * q * sector) ** 2) + pixel_margin_q
-        near = False
+        n_near = 0  # the spots within reach of this bin's ring
         for a in range(n_sp):
             if abs(q - sq[a]) <= reach:
-                near = True
-                break
-        if not near:
+                near[n_near] = a
+                n_near += 1
+        if n_near == 0:
             continue
         S = 0.0
         W = 0.0
         Wk = 0.0
+        r2 = reach * reach
         for k in range(nphi):
             W += w[i, k]
-            phi = -math.pi + (k + 0.5) * sector
-            cx = q * math.cos(phi)
-            cy = q * math.sin(phi)
+            cx = q * cosk[k]
+            cy = q * sink[k]
             cov = False
-            for a in range(n_sp):
-                if (cx - sx[a]) ** 2 + (cy - sy[a]) ** 2 <= reach * reach:
+            for b in range(n_near):
+                a = near[b]
+                if (cx - sx[a]) ** 2 + (cy - sy[a]) ** 2 <= r2:
                     cov = True
                     break
             if not cov:
