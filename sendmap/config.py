@@ -226,9 +226,10 @@ class PeaksConfig(_Section):
     spatial_binning: int = Field(
         1, ge=1, le=8, description="average each profile with those of its k × k neighbourhood that agree with it within "
         "counting noise (χ² test over the fit range: layer boundaries and crystals are not smeared) before the fit")
-    profile: Literal["mean", "robust"] = Field(
-        "mean", description="profile the peak is fitted on: the azimuthal mean, or the robust mean whose sectors "
-        "holding Bragg spots are clipped (for spotty patterns)")
+    profile: Literal["mean", "robust", "masked"] = Field(
+        "mean", description="profile the peak is fitted on: the azimuthal mean, the robust mean whose sectors "
+        "holding Bragg spots are clipped (for spotty patterns), or the spot-masked mean (profiles/iqn_masked: the "
+        "polar cells of every listed Bragg disk left out; needs profiles.spot_lists, else it is the mean)")
     denoise: Literal["none", "pca", "nmf"] = Field(
         "pca", description="low-rank denoising of the profiles before the fit (components from the non-crystalline "
         "positions, each Q bin whitened by its counting noise); the fit's error is propagated through the projection; "

@@ -29,9 +29,10 @@ STAGES: tuple[Stage, ...] = (
           3, key_sections=calibrate.key_sections),
     # profiles revision 3 (indexing): spot lists and their indexing evidence (features/n_spots, spot_category, ...,
     # spots/*) for the frames with a spot ≥ 5 σ; revision 4: a spot is a local maximum of the window significance
-    # (the flanks of a stronger spot, 2 disk radii from it, are no longer listed)
+    # (the flanks of a stronger spot, 2 disk radii from it, are no longer listed); revision 5 (issue 18, spot mask):
+    # profiles/iqn_masked and iqn_masked_sem, the mean without the listed disks' cells (peaks.profile: masked)
     Stage("profiles", ("profiles",), profiles.stage_profiles,
-          "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, spot lists and indexing, BF/ADF, Bragg fraction", 4),
+          "I(Q), SEM, dispersion, V(Q), I·Q^n, spot significance, spot lists and indexing, BF/ADF, Bragg fraction", 5),
     # revision 2 (speckle, peak status): the fit's errors carry the speckle's correlation in Q, the denoising's
     # components come from the correlated-noise edge; peaks/status. revision 3 (coverage): the speckle covariance is
     # propagated exactly (no slope factor), V(Q) for the errors averaged over 5 × 5 non-crystalline neighbours

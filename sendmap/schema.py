@@ -33,6 +33,8 @@ DECLARED: dict[str, tuple[tuple[str, ...], str | None, str]] = {
     "profiles/iqn": (("ry", "rx", "q"), "counts per pixel × (1/Å)^n", "I(Q)·Q^n"),
     "profiles/iqn_sem": (("ry", "rx", "q"), "counts per pixel × (1/Å)^n", "standard error of I(Q)·Q^n"),
     "profiles/iqn_robust": (("ry", "rx", "q"), "counts per pixel × (1/Å)^n", "I(Q)·Q^n, Bragg-spot sectors clipped"),
+    "profiles/iqn_masked": (("ry", "rx", "q"), "counts per pixel × (1/Å)^n", "I(Q)·Q^n, listed Bragg disks masked"),
+    "profiles/iqn_masked_sem": (("ry", "rx", "q"), "counts per pixel × (1/Å)^n", "standard error of iqn_masked"),
     "profiles/robust_mean": (("ry", "rx", "q"), "counts per pixel", "azimuthal mean, Bragg-spot sectors clipped"),
     "profiles/dispersion": (("ry", "rx", "q"), "1", "pixel variance / mean (index of dispersion)"),
     "features/spot_z": (("ry", "rx", "q"), "sigma", "significance of the brightest Bragg-disk-sized spot at Q"),

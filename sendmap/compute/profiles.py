@@ -20,6 +20,11 @@ PROFILE_OUTPUTS = {
     "iqn": ("profiles", None),
     "iqn_sem": ("profiles", None),
     "iqn_robust": ("profiles", None),
+    "iqn_masked": ("profiles", {"meaning": "I(Q)·Q^n of the spot-masked mean: the azimuthal mean over the (bin, "
+                                           "sector) cells no listed Bragg disk (spots/values) reaches; = iqn where "
+                                           "none does (sendmap.science.spot_mask)"}),
+    "iqn_masked_sem": ("profiles", {"meaning": "standard error of iqn_masked: iqn_sem's Poisson and speckle parts "
+                                               "scaled to the kept area (sendmap.science.spot_mask)"}),
     "spot_z": ("features", {"meaning": "significance (σ) of the brightest Bragg-disk-sized spot centred at each Q, "
                                        "against the azimuthal scatter at that Q (Poisson and speckle)"}),
     "fem_variance": ("features", {"meaning": "normalised azimuthal variance V(Q) of the pattern minus its Poisson part "
@@ -102,8 +107,12 @@ class ProfileBlock:
         out["robust_mean"] = out.pop("robust")
         if self.fem_scale is not None:
             out["fem_variance"] = out["fem_variance"] * self.fem_scale
-        for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean")):
+        if "masked_mean" not in out:  # (no spot lists: nothing is masked)
+            out["masked_mean"], out["masked_sem"] = out["mean"], out["sem"]
+        for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean"),
+                        ("iqn_masked", "masked_mean"), ("iqn_masked_sem", "masked_sem")):
             out[nm] = out[src] * self.qn
+        del out["masked_mean"], out["masked_sem"]
         for nm in PROFILE_OUTPUTS:
             out[nm] = out[nm].astype(np.float32)
         # from the stored (float32) profiles, as the classify stage computed it before it moved here

@@ -38,6 +38,7 @@ import numpy as np
 from .indexing import MAX_SPOTS, _frame_spots, row_sums, spot_geometry
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
 from .sparse import SparseFrames, list_nonzero
+from .spot_mask import PIXEL_HALF_DIAGONAL, masked_profile
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
@@ -297,12 +298,15 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
 def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
                           crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, g_c, bf_hi, adf_lo, adf_hi,
                           n_chunks, keep_sums, select, keep_z, out_mean, out_sem, out_disp, out_robust, out_spot,
-                          out_var, out_bf, out_adf, out_s, kept, cand_min, n_cand_max, out_spots, out_scattered):
+                          out_var, out_bf, out_adf, out_s, kept, cand_min, n_cand_max, out_spots, out_scattered,
+                          out_mmean, out_msem, pix_margin_q):
     """The polar sums of each frame (sparse or dense), its statistics (:func:`_frame_stats`), virtual BF/ADF and,
     with ``keep_sums``, its sums into out_s; with ``select``, the spot list (:func:`sendmap.science.indexing.
     _frame_spots`, into out_spots[f] and out_scattered[f]) of each frame whose spot_z reaches keep_z somewhere
     (kept[f]), made right after its statistics while its sums are in cache, from the windows at or above
-    ``cand_min`` σ that :func:`_frame_stats` noted (up to ``n_cand_max``; more: scored again)."""
+    ``cand_min`` σ that :func:`_frame_stats` noted (up to ``n_cand_max``; more: scored again), and its spot-masked
+    mean and sem (:func:`sendmap.science.spot_mask.masked_profile`, into out_mmean[f], out_msem[f]; the mean and
+    sem where no spot is listed)."""
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
@@ -361,6 +365,11 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 if keep:  # (scratch, work and zf are free again: the statistics are done)
                     out_scattered[f] = _frame_spots(s, w_u[u], q_c, disk_r_q, cand_min, out_spots[f], zmap, widths,
                                                     scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw)
+                    masked_profile(s, w_u[u], w2_u[u], out_mean[f], out_sem[f], q_c, out_spots[f], disk_r_q,
+                                   pix_margin_q, out_mmean[f], out_msem[f])
+                else:
+                    out_mmean[f] = out_mean[f]
+                    out_msem[f] = out_sem[f]
             elif keep_sums:
                 kept[f] = True
                 out_s[f] = s
@@ -563,8 +572,10 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     ``w`` (B, nq, n_phi). ``keep_z`` (nq,) σ: list the Bragg spots (:func:`sendmap.science.indexing.spot_block`)
     of the frames whose spot significance reaches ``keep_z`` at some Q bin (+inf: never at that bin) while their
     sums are in memory, the others have none: ``kept`` (B,) bool says which, ``spots`` (C, K, 4) float32 and
-    ``spot_scattered`` (C,) are theirs (``keep_sums`` is then ignored: no sums are returned); ``spot_z_min`` σ is
-    the list's own threshold (default :data:`sendmap.science.indexing.SPOT_Z_MIN`).
+    ``spot_scattered`` (C,) are theirs (``keep_sums`` is then ignored: no sums are returned), and (B, nq)
+    ``masked_mean``, ``masked_sem`` the spot-masked mean and its sem (:mod:`sendmap.science.spot_mask`; = mean and
+    sem, bit for bit, where no spot reaches a bin); ``spot_z_min`` σ is the list's own threshold (default
+    :data:`sendmap.science.indexing.SPOT_Z_MIN`).
 
     >>> import numpy as np
     >>> from sendmap.science.polar import PolarGeometry
@@ -608,6 +619,8 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     # the spot lists of the kept frames (float64, as spots_of_frames makes them), and their scattered counts
     spots = np.empty((nb if select else 0, MAX_SPOTS, 4))
     scattered = np.empty(nb if select else 0)
+    mmean = np.empty((nb if select else 0, g.nq))  # the spot-masked mean and sem (with the spot lists)
+    msem = np.empty((nb if select else 0, g.nq))
     if select and spot_z_min is None:
         from .indexing import SPOT_Z_MIN as spot_z_min
     spot_z_min = float(np.inf if spot_z_min is None else spot_z_min)
@@ -621,7 +634,8 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
                               float(adf_range_q[0]), float(adf_range_q[1]), n_chunks, keep_sums, select, kz,
                               out["mean"], out["sem"], out["dispersion"], out["robust"], out["spot_z"],
                               out["fem_variance"], bf, adf, s, kept, spot_z_min if select else np.inf,
-                              int(CAND_PER_FRAME), spots, scattered)
+                              int(CAND_PER_FRAME), spots, scattered, mmean, msem,
+                              float(g.q_pixel_size * PIXEL_HALF_DIAGONAL))
         out["bf"] = bf
         out["adf"] = adf
         if select:
@@ -629,6 +643,8 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
             sel = np.flatnonzero(kept)
             out["spots"] = spots[sel].astype(np.float32)
             out["spot_scattered"] = scattered[sel]
+            out["masked_mean"] = mmean
+            out["masked_sem"] = msem
         elif keep_sums:
             out["s"] = s
             out["w"] = w_u[uix]  # a copy: the cache's slots may be reused once released

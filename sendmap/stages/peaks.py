@@ -243,8 +243,10 @@ def stage_peaks(ctx: Context) -> None:
     pk = cfg.peaks
     fit_map = local_map(cfg.compute)
     q = np.asarray(g["profiles/q"])
-    iqn = read_float64(g, "profiles/iqn_robust" if pk.profile == "robust" else "profiles/iqn")
-    sem = read_float64(g, "profiles/iqn_sem")
+    iqn = read_float64(g, {"robust": "profiles/iqn_robust", "masked": "profiles/iqn_masked"}.get(pk.profile,
+                                                                                                 "profiles/iqn"))
+    # (the masked profile has its own, larger errors: fewer pixels)
+    sem = read_float64(g, "profiles/iqn_masked_sem" if pk.profile == "masked" else "profiles/iqn_sem")
     speckle = None
     crystal = crystal_rows(ctx)
     if g["profiles/iqn_sem"].attrs.get("error_model") == "azimuthal" and "features/fem_variance" in g:

@@ -153,11 +153,11 @@ def stage_profiles(ctx: Context) -> None:
                                     chunk_key_encoding={"name": "default", "separator": "."})
         if attrs:
             arrays[nm].attrs.update(attrs)
-    for nm in ("iqn", "iqn_sem", "iqn_robust"):
+    for nm in ("iqn", "iqn_sem", "iqn_robust", "iqn_masked", "iqn_masked_sem"):
         arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     error_model = cfg.profiles.error_model
     speckle_g, fem_scale = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, error_model)
-    for nm in ("sem", "iqn_sem"):
+    for nm in ("sem", "iqn_sem", "iqn_masked_sem"):
         arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
