@@ -443,8 +443,8 @@ def speckle_errors(sem: np.ndarray, mean: np.ndarray, fem_own: np.ndarray, fem_p
     pooled V ``fem_pooled`` (zero where not ``present``), and the fit's error with the profile's own speckle part
     (the same on the position's own V ``fem_own``) replaced by it, √(max(sem² − own², 0) + spk²). All (..., nq),
     I·Q^n units for ``sem``/``mean``; ``speckle_factor`` G and ``sector_share`` ρ̄(0) (nq,). The same numbers as
-    those NumPy expressions, bit for bit where compiled fresh, to one ulp from a compilation loaded from numba's
-    cache (tests/test_peak_kernels.py), without their ~10 temporaries of the scan's size (~0.8 s each at 86 400 × 80
+    those NumPy expressions, bit for bit where compiled fresh, to a few ulp from some compilations loaded from
+    numba's cache (tests/test_peak_kernels.py), without their ~10 temporaries of the scan's size (~0.8 s each at 86 400 × 80
     bins). Returns (spk, sem)."""
     shape = np.shape(sem)
     nq = shape[-1]
