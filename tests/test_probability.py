@@ -132,7 +132,7 @@ def test_beta_re_estimated_on_the_posterior_map_is_stronger_and_noise_stays_unco
         truth, q, err, crystal, lif = _layers(seed, spread=0.019, err=0.008)
         lab = _rule_labels(q, crystal, lif)
         r0 = class_probabilities(q, err, crystal, lif, labels=lab, beta_iterations=0)
-        r = class_probabilities(q, err, crystal, lif, labels=lab)
+        r = class_probabilities(q, err, crystal, lif, labels=lab, beta_iterations=10)
         assert r["beta_history"][0] == r0["beta"] and r["beta"] == r["beta_history"][-1]
         assert r0["beta"] < 0.8 and r["beta"] >= 1.0 and r["beta"] <= MAX_BETA, (r0["beta"], r["beta_history"])
         acc0 = (r0["probability"].argmax(-1) == truth).mean()
@@ -146,5 +146,6 @@ def test_beta_re_estimated_on_the_posterior_map_is_stronger_and_noise_stays_unco
     q = np.vectorize(means.get)(truth) + rng.normal(0, 0.012, shape)
     lif = np.where(truth == E2, rng.random(shape) < 0.5, rng.random(shape) < 0.01).astype(float)
     crystal = np.zeros(shape, bool)
-    r = class_probabilities(q, np.full(shape, 0.008), crystal, lif, labels=_rule_labels(q, crystal, lif))
+    r = class_probabilities(q, np.full(shape, 0.008), crystal, lif, labels=_rule_labels(q, crystal, lif),
+                            beta_iterations=10)
     assert r["beta"] < 0.5 and r["beta"] - r["beta_history"][0] < 0.1, r["beta_history"]
