@@ -157,10 +157,11 @@ def _run_loaded(cfg, args) -> int:
     if args.no_progress:
         cfg.compute.progress = False
     # on a likely re-run from classification on, the figure helpers warm up while the pipeline's modules import
-    helpers = start_figure_helpers_for_rerun(cfg, args.force, args.until)
+    rerun = likely_rerun(cfg, args.force, args.until)
+    helpers = start_figure_helpers_for_rerun(cfg, args.force, args.until, likely=rerun)
     from .engine import fit_helper
 
-    if likely_rerun(cfg, args.force, args.until):  # (classify gmm/kmeans: scikit-learn imports in a helper meanwhile)
+    if rerun:  # (classify gmm/kmeans: scikit-learn imports in a helper meanwhile)
         fit_helper.start(cfg)
     try:
         from .pipeline import run_pipeline

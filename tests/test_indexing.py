@@ -16,21 +16,14 @@ import zlib
 import numpy as np
 import pytest
 
-from sendmap.physics import probe_radius_inv_angstrom
 from sendmap.science import indexing as I
 from sendmap.science.phases import get_phase
-from sendmap.science.polar import PolarGeometry, frame_statistics, polar_sums
+from sendmap.science.polar import frame_statistics, polar_sums
 from sendmap.synth import patterns as P
 from sendmap.synth.make import BACKGROUND_Q0, LIF_EXCITATION_PROB, LIF_Q_MAX
 
-N = 128
-QPX = 0.0125
-R_Q = probe_radius_inv_angstrom(2.0, 200.0)
-CENTRE = (63.3, 64.6)
-GEOM = PolarGeometry(QPX, QPX, 90, 72, 1.0, 0.0, 3)
-MASK = np.ones((N, N), bool)
-Q_FINE = P.fine_q_grid(1.4)
-_K = P.disk_convolution_matrix(Q_FINE, R_Q)
+from _render import CENTRE, GEOM, MASK, N, Q_FINE, QPX, R_Q, _K
+
 _BG = P.unit_area(Q_FINE, P.lorentzian(Q_FINE, BACKGROUND_Q0))
 BACKGROUND = _K @ _BG  # a grain's diffuse background (no SRO ring)
 AMORPHOUS = _K @ (0.76 * _BG + 0.24 * P.unit_area(Q_FINE, P.gaussian_ring(Q_FINE, 0.30, 0.085)))  # SEI Type 2-like

@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from sendmap.physics import probe_radius_inv_angstrom
 from sendmap.science import indexing as I
 from sendmap.science import polar_tables as PT
 from sendmap.science.phases import get_phase
-from sendmap.science.polar import PolarGeometry
 from sendmap.synth import patterns as P
 from sendmap.synth.make import BACKGROUND_Q0
 
-N = 128
-QPX = 0.0125
-R_Q = probe_radius_inv_angstrom(2.0, 200.0)
-CENTRE = (63.3, 64.6)
-GEOM = PolarGeometry(QPX, QPX, 90, 72, 1.0, 0.0, 3)
-MASK = np.ones((N, N), bool)
-Q_FINE = P.fine_q_grid(1.4)
-_K = P.disk_convolution_matrix(Q_FINE, R_Q)
+from _render import CENTRE, GEOM, MASK, N, Q_FINE, QPX, R_Q, _K
+
 RING_Q = 0.335
 RING = _K @ (0.6 * P.unit_area(Q_FINE, P.lorentzian(Q_FINE, BACKGROUND_Q0))
              + 0.4 * P.unit_area(Q_FINE, P.gaussian_ring(Q_FINE, RING_Q, 0.06)))

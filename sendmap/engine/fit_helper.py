@@ -2,7 +2,7 @@
 
 A re-run after ``--set classify.method=gmm`` spent ~1.5 s of its ~7 s importing scikit-learn (it imports
 scipy.stats and pandas) in the classify stage, while the second core waited. Where ``sendmap run`` is likely such
-a re-run (the conditions of :func:`sendmap.report.build.start_figure_helpers_for_rerun`) and the method clusters
+a re-run (:func:`sendmap.report.build.likely_rerun`) and the method clusters
 with scikit-learn, the CLI starts :class:`FitHelper` first: a ``python -c`` process that imports scikit-learn
 and :func:`sendmap.science.classify.fit_cluster_labels` and waits for one call (pickled on stdin). The classify
 stage takes it (:func:`take`) and sends it the features; the labels are those of the same call made in the main

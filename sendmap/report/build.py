@@ -338,12 +338,16 @@ def likely_rerun(cfg, force: bool = False, until: str | None = None) -> bool:
     return attrs.get("config") != cfg.resolved()  # (the same config: most likely nothing to run at all)
 
 
-def start_figure_helpers_for_rerun(cfg, force: bool = False, until: str | None = None) -> FigureHelpers | None:
+def start_figure_helpers_for_rerun(cfg, force: bool = False, until: str | None = None,
+                                   likely: bool | None = None) -> FigureHelpers | None:
     """:func:`start_figure_helpers` at once, before the pipeline's own imports (~0.25 s), where the run is likely
-    to redraw figures without recomputing the heavy stages (:func:`likely_rerun`). A guess:
-    :func:`sendmap.pipeline.run_pipeline` ends these helpers where a stage before classification must run after all
-    (they would compete with its blocks), and starts others when classification starts, as on a first run."""
-    return start_figure_helpers(cfg) if likely_rerun(cfg, force, until) else None
+    to redraw figures without recomputing the heavy stages (:func:`likely_rerun`, or ``likely`` where the caller
+    has asked it already). A guess: :func:`sendmap.pipeline.run_pipeline` ends these helpers where a stage before
+    classification must run after all (they would compete with its blocks), and starts others when classification
+    starts, as on a first run."""
+    if likely is None:
+        likely = likely_rerun(cfg, force, until)
+    return start_figure_helpers(cfg) if likely else None
 
 
 def _share(specs, n: int) -> list[list]:
