@@ -310,6 +310,15 @@ class ClassDefinitions(_Section):
         "neighbours; amorphous positions reach it by chance (speckle, LiF nanocrystals) in 0-0.9 %, and then keep "
         "their SRO peak (development scans sendmap synth --scenario matrix:all / offaxis / lif-dominant, 48 × 64, "
         "seeds 501, 511, 512, 515); 0: off")
+    grain_majority_size: int = Field(
+        7, ge=0, le=31, description="with indexing: a grain-like position that keeps an amorphous ring (an SRO peak "
+        "on its own profile) and whose Bragg intensity (listed spots on Li/Cu rings) is below half of the brightest "
+        "grain-like position within this window (positions, odd) is not crystal: the grain is the minority of the "
+        "material along the beam (intensities of the layers a beam crosses add up, so the boundary is the grain's "
+        "half-maximum; the truth of a mixed position is its majority phase). The window must reach from a boundary "
+        "into the grain: 7 reaches 3 positions to each side, twice the width of an interface inclined 10° through a 70 "
+        "nm lamella (12 nm, three 4 nm steps: sendmap synth --mix-width); a wider boundary demotes fewer positions. "
+        "0: off")
     lif_spot_z: float = Field(
         10.5, gt=0, description="spot significance (σ, against the azimuthal scatter) in LiF bands that marks SEI Type 2: "
         "the 99th percentile of speckled amorphous positions (sendmap synth --speckle 3, 2 × 10⁴ e⁻, seed 21, the "

@@ -20,8 +20,8 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
     ``features/shared_spots`` and ``features/shared_grain_spots``. ``no_maximum``: (Ry, Rx) bool, no SRO maximum in
     the window on the position's own and denoised profiles (:func:`sendmap.science.classify.without_amorphous_ring`;
     None: not used). None for stores without spot lists (the threshold alone)."""
-    from ..science.classify import grain_evidence, without_amorphous_ring
-    from ..science.indexing import LIF
+    from ..science.classify import grain_evidence, grain_minority, without_amorphous_ring
+    from ..science.indexing import GRAIN, LIF
     from ..science.spot_context import shared_counts, shared_spot_table
 
     d = cfg.classify.definitions
@@ -48,8 +48,14 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
         ring_spot[pos[np.asarray(ring, bool)]] = True
         no_ring = without_amorphous_ring(no_maximum, cat == LIF, ring_spot.reshape(crystal_z.shape),
                                          d.crystal_min_neighbours)
-    return grain_evidence(crystal_z, crystal_thr, cat, np.asarray(g["features/lif_indexed_z"]),
+    like = grain_evidence(crystal_z, crystal_thr, cat, np.asarray(g["features/lif_indexed_z"]),
                           (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak, no_ring)
+    if d.grain_majority_size > 0:  # a boundary position where the grain is the minority along the beam
+        on_ring = np.asarray(ring, bool)
+        bragg = np.bincount(pos[on_ring], weights=np.asarray(g["spots/values"])[on_ring, 2],
+                            minlength=crystal_z.size).reshape(crystal_z.shape)
+        like = like & ~grain_minority(bragg, like, sro_peak, d.grain_majority_size, candidates=cat == GRAIN)
+    return like
 
 
 def stage_classify(ctx: Context) -> None:
@@ -116,7 +122,8 @@ def stage_classify(ctx: Context) -> None:
                  crystal_bragg_fraction=d.crystal_bragg_fraction, lif_vote=vote, lif_vote_min=d.lif_vote_min,
                  crystal_neighbours=neighbours, crystal_min_neighbours=d.crystal_min_neighbours, crystal_like=like,
                  lif_indexed=lif_indexed_positions(cat if like is not None else None),
-                 lif_layer=layer, lif_layer_z_min=d.lif_layer_z_min)
+                 lif_layer=layer, lif_layer_z_min=d.lif_layer_z_min,
+                 grain_indexed=np.isin(cat, (GRAIN, AMBIGUOUS)) if like is not None else None)
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:

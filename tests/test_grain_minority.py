@@ -1,0 +1,55 @@
+"""The grain-minority rule at layer boundaries (issue 18, mixed patterns): a grain-like position that keeps an
+amorphous ring and carries less than half of the grain interior's Bragg intensity is not crystal."""
+import numpy as np
+import pytest
+
+from sendmap.science.classify import grain_minority, window_max
+
+
+def test_window_max_matches_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(11, 17))
+    for size in (1, 3, 5, 7):
+        np.testing.assert_array_equal(window_max(img, size), ndimage.maximum_filter(img, size, mode="nearest"))
+
+
+def boundary_scan(alpha_step: float = 0.2, noise: float = 0.0, seed: int = 0):
+    """A grain (left) meets an amorphous film (right) across an inclined boundary: the grain's share of the
+    material along the beam falls linearly from 1 to 0 over the boundary; Bragg intensity ∝ that share
+    (plus relative noise); an amorphous ring wherever the film's share is > 0."""
+    share = np.clip(1.0 - alpha_step * np.arange(-6, 26), 0.0, 1.0)  # columns
+    share = np.tile(share, (9, 1))
+    rng = np.random.default_rng(seed)
+    bragg = 1000.0 * share * (1 + noise * rng.normal(size=share.shape))
+    like = share > 0
+    ring = share < 1
+    return share, bragg, like, ring
+
+
+def test_minority_is_the_half_maximum():
+    share, bragg, like, ring = boundary_scan()
+    minority = grain_minority(bragg, like, ring, 7)
+    truth_minority = like & (share < 0.5)
+    np.testing.assert_array_equal(minority, truth_minority)
+    # no amorphous ring: never demoted, whatever the intensity
+    assert not grain_minority(bragg, like, np.zeros_like(ring), 7).any()
+    # off
+    assert not grain_minority(bragg, like, ring, 0).any()
+
+
+def test_boundary_wider_than_window_errs_towards_crystal():
+    share, bragg, like, ring = boundary_scan(alpha_step=0.04)  # 25 positions from grain to film
+    minority = grain_minority(bragg, like, ring, 7)
+    # the window's brightest position is itself mixed, so fewer positions are demoted, and only true minorities
+    assert not (minority & (share >= 0.5)).any()
+    assert minority.sum() < (like & (share < 0.5)).sum()
+
+
+def test_noise_moves_the_boundary_little():
+    share, bragg, like, ring = boundary_scan(noise=0.1, seed=5)
+    minority = grain_minority(bragg, like, ring, 7)
+    wrong = minority != (like & (share < 0.5))
+    # with 10 % intensity noise, only positions within one step (0.2) of the half share can be on the wrong side
+    assert np.all(np.abs(share[wrong] - 0.5) <= 0.2 + 1e-9)
+    assert wrong.mean() < 0.1
