@@ -52,9 +52,8 @@ STAGES: tuple[Stage, ...] = (
     # revision 7 (method gmm): the mixture is fitted on at most 20 000 positions (science.classify.GMM_FIT_POSITIONS);
     # revision 8: the grain rule's 'no SRO peak' asks the position's own profile (peaks/status_own_profile), and a
     # region without an amorphous ring beside a Li/Cu reflection is grain-like (science.classify.without_amorphous_ring)
-    # revision 9 (mixed boundaries): a grain-indexed position with an amorphous ring and less than half the grain's
-    # Bragg intensity is not crystal (science.classify.grain_minority); Li/Cu-indexed spots on a LiF ring do not veto
-    # a Type 1 peak (classify_rules grain_indexed)
+    # revision 9 (mixed boundaries): Li/Cu-indexed spots on a LiF ring do not veto a Type 1 peak (classify_rules
+    # grain_indexed); opt-in classify.definitions.grain_majority_size (science.classify.grain_minority)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
           9),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)

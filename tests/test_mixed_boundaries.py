@@ -1,4 +1,4 @@
-"""The grain-minority rule at layer boundaries (issue 18, mixed patterns): a grain-like position that keeps an
+"""Classes at layer boundaries (issue 18, mixed patterns): the grain-minority rule (a grain-like position that
 amorphous ring and carries less than half of the grain interior's Bragg intensity is not crystal."""
 import numpy as np
 import pytest
@@ -53,3 +53,21 @@ def test_noise_moves_the_boundary_little():
     # with 10 % intensity noise, only positions within one step (0.2) of the half share can be on the wrong side
     assert np.all(np.abs(share[wrong] - 0.5) <= 0.2 + 1e-9)
     assert wrong.mean() < 0.1
+
+
+def test_li_reflection_on_a_lif_ring_does_not_veto_a_type1_peak():
+    """SEI Type 1 with a Li grain minority: its Li (211) spots (0.698 1/Å) fall in the LiF (220) band; where the
+    indexing fits them to Li/Cu as well, the Type 1 peak decides (rule 2 of classify_rules); LiF-only spots and a
+    peak in the Type 2 range keep Type 2."""
+    from sendmap.science.classify import SEI_TYPE1, SEI_TYPE2, UNASSIGNED, classify_rules
+
+    rules = dict(crystal_spot_z=25, lif_spot_z=10.5, electrolyte_max_q=0.307, sei_type1_range=(0.307, 0.37),
+                 sei_type2_range=(0.27, 0.33), electrolyte_range=(0.26, 0.307))
+    peak = np.array([0.345, 0.345, 0.315, 0.345])
+    crystal_z = np.array([15.0, 15.0, 15.0, 3.0])
+    lif_z = np.array([20.0, 20.0, 20.0, 3.0])
+    grain_indexed = np.array([True, False, True, False])
+    with_rule = classify_rules(peak, crystal_z, lif_z, grain_indexed=grain_indexed, **rules)
+    without = classify_rules(peak, crystal_z, lif_z, **rules)
+    assert with_rule.tolist() == [SEI_TYPE1, UNASSIGNED, SEI_TYPE2, SEI_TYPE1]
+    assert without.tolist() == [UNASSIGNED, UNASSIGNED, SEI_TYPE2, SEI_TYPE1]
