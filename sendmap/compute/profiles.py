@@ -39,6 +39,12 @@ PROFILE_OUTPUTS = {
 }
 
 
+STORED_ORDER = ("mean", "sem", "dispersion", "robust_mean", "iqn", "iqn_sem", "iqn_robust", "iqn_masked",
+                "iqn_masked_sem", "spot_z", "fem_variance")
+"""The arrays of :data:`PROFILE_OUTPUTS` in the order :func:`sendmap.science.polar_tables.stored_profiles` makes
+them."""
+
+
 EVIDENCE_OUTPUTS = {
     # name: (dtype, fill for positions without a spot, attrs); (Ry, Rx) maps under features/
     "n_spots": ("int16", 0, {"units": "count", "meaning": "Bragg-disk-sized spots listed (significance ≥ z_min σ, "
@@ -93,7 +99,7 @@ class ProfileBlock:
 
     def __call__(self, loaded):
         from ..science.features import bragg_fraction
-        from ..science.polar_tables import profile_block
+        from ..science.polar_tables import profile_block, stored_profiles
 
         one_numba_thread_off_main()
         item, frames, centres = loaded
@@ -103,18 +109,15 @@ class ProfileBlock:
         if spots:
             self._evidence(out)
         # the stored outputs (float32) made here in the worker, not in the main thread that writes (it shares
-        # the cores)
-        out["robust_mean"] = out.pop("robust")
-        if self.fem_scale is not None:
-            out["fem_variance"] = out["fem_variance"] * self.fem_scale
-        if "masked_mean" not in out:  # (no spot lists: nothing is masked)
-            out["masked_mean"], out["masked_sem"] = out["mean"], out["sem"]
-        for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean"),
-                        ("iqn_masked", "masked_mean"), ("iqn_masked_sem", "masked_sem")):
-            out[nm] = out[src] * self.qn
-        del out["masked_mean"], out["masked_sem"]
-        for nm in PROFILE_OUTPUTS:
-            out[nm] = out[nm].astype(np.float32)
+        # the cores), in one pass (stored_profiles: the numbers of (a · b).astype(float32))
+        nb, nq = out["mean"].shape
+        f32 = np.empty((len(STORED_ORDER), nb, nq), np.float32)
+        mm, ms = (out.pop("masked_mean"), out.pop("masked_sem")) if "masked_mean" in out else (out["mean"], out["sem"])
+        scale = np.ones(nq) if self.fem_scale is None else np.ascontiguousarray(self.fem_scale, dtype=np.float64)
+        stored_profiles(out["mean"], out["sem"], out["dispersion"], out.pop("robust"), out["spot_z"],
+                        out["fem_variance"], scale, mm, ms, np.ascontiguousarray(self.qn, dtype=np.float64), f32)
+        for j, nm in enumerate(STORED_ORDER):
+            out[nm] = f32[j]
         # from the stored (float32) profiles, as the classify stage computed it before it moved here
         out["bragg"] = bragg_fraction(self.tables.geom.q_centres, out["mean"].astype(np.float64),
                                       out["robust_mean"].astype(np.float64), self.bragg_q_range)
