@@ -238,3 +238,18 @@ def test_lif_dominant_cell_end_to_end(tmp_path):
     g = zarr.open_group(str(d / "results" / "sendmap.zarr"), mode="r")
     assert "spots" not in g and "features/spot_category" not in g and "features/spot_z" in g
     assert evaluate(d / "results", d)["per_class"]["sei_type2"]["recall"] == old["sei_type2"]["recall"]
+
+
+def test_spot_scattered_is_the_counts_beyond_two_disk_radii():
+    """spot_scattered (the amorphous share's denominator) is the frame's counts at Q ≥ 2 disk radii: the sum of the
+    bins' sums, equal to the sum over every cell (the form it replaced) within float64 rounding."""
+    rng = np.random.default_rng(3051)
+    imgs = np.asarray([rng.poisson(render(BACKGROUND, zone_spots("cu", (0, 1, 1), 40.0, 0.7))) for _ in range(2)]
+                      + [rng.poisson(render(AMORPHOUS, lif_crystallites(rng, 2, 0.2)))], float)
+    out, _ = evidence_of(imgs)
+    full = profile_block(imgs, np.tile(CENTRE, (len(imgs), 1)), MASK, PolarTables(GEOM), R_Q, keep_sums=True)
+    far = GEOM.q_centres >= 2.0 * R_Q
+    want = np.array([sum(float(v) for v in fr[far].ravel()) for fr in full["s"]])  # every cell, in (bin, sector) order
+    assert out["kept"].all()
+    np.testing.assert_allclose(out["spot_scattered"], want, rtol=1e-12)
+    assert np.all(want > 0)

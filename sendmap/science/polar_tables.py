@@ -364,7 +364,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 kept[f] = keep
                 if keep:  # (scratch, work and zf are free again: the statistics are done)
                     out_scattered[f] = _frame_spots(s, w_u[u], q_c, disk_r_q, cand_min, out_spots[f], zmap, widths,
-                                                    scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw)
+                                                    scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw, rs)
                     masked_profile(s, w_u[u], w2_u[u], out_mean[f], out_sem[f], q_c, out_spots[f], disk_r_q,
                                    pix_margin_q, out_mmean[f], out_msem[f])
                 else:
