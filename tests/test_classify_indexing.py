@@ -147,6 +147,71 @@ def test_shared_neighbours_counts_matches_within_errors():
     assert shared_neighbours(np.full((2, 2, 1, 4), np.nan, np.float32), R_Q, QPX).sum() == 0
 
 
+def _shared_reference(spots, nsig=I.N_SIGMA):
+    """The neighbour count of every spot by the definition, in Python (the form the kernel's bound replaced)."""
+    sp = np.asarray(spots, np.float64)
+    ry, rx, k, _ = sp.shape
+    gx, gy = sp[..., 0] * np.cos(sp[..., 1]), sp[..., 0] * np.sin(sp[..., 1])
+    sg = I.spot_position_sigma(sp[..., 3], R_Q, QPX)
+    out = np.zeros((ry, rx, k), np.int8)
+    for y, x, a in np.ndindex(ry, rx, k):
+        if not np.isfinite(gx[y, x, a]):
+            continue
+        for yy in range(max(0, y - 1), min(ry, y + 2)):
+            for xx in range(max(0, x - 1), min(rx, x + 2)):
+                if (yy, xx) != (y, x):
+                    d = np.hypot(gx[y, x, a] - gx[yy, xx], gy[y, x, a] - gy[yy, xx])
+                    out[y, x, a] += bool(np.any(d <= nsig * np.sqrt(sg[y, x, a] ** 2 + sg[yy, xx] ** 2)))
+    return out
+
+
+def test_shared_neighbours_kernel_equals_the_definition():
+    """The kernel's skip (|Δgx| or |Δgy| beyond nsig·√(σa² + σmax²)) drops only pairs the test rejects: the same
+    counts as every pair tested, on spots scattered around a few g (half matches, half not, many near the 3σ edge)
+    with significances 5-60 σ (σ 3-15 × 10⁻³ 1/Å) and NaN padding."""
+    rng = np.random.default_rng(3011)
+    ry, rx, k = 6, 7, 5
+    s = np.full((ry, rx, k, 4), np.nan, np.float32)
+    base = rng.uniform(0.3, 1.0, 4), rng.uniform(-np.pi, np.pi, 4)
+    for y, x in np.ndindex(ry, rx):
+        n = rng.integers(0, k + 1)
+        j = rng.integers(0, 4, n)
+        z = rng.uniform(5.0, 60.0, n)
+        sig = I.spot_position_sigma(z, R_Q, QPX)
+        s[y, x, :n, 0] = base[0][j] + rng.normal(0, 2.5 * sig)
+        s[y, x, :n, 1] = base[1][j] + rng.normal(0, 2.5 * sig / base[0][j])
+        s[y, x, :n, 2] = 100.0
+        s[y, x, :n, 3] = z
+    want = _shared_reference(s)
+    assert 0 < (want > 0).sum() < np.isfinite(s[..., 0]).sum()  # some spots match, some do not
+    np.testing.assert_array_equal(shared_neighbours(s, R_Q, QPX), want)
+
+
+def test_worker_ring_flags_equal_the_stage_indexing():
+    """The Li/Cu-ring flags the profile worker keeps from its indexing (ProfileBlock: ``spot_ring``) are those
+    shared_spot_table computes by indexing the stored spots again (spots/grain_ring)."""
+    from sendmap.compute.profiles import ProfileBlock
+
+    rng = np.random.default_rng(3012)
+    imgs = [rng.poisson(render(BACKGROUND, zone_spots("cu", (0, 1, 1), 40.0, 0.7))) for _ in range(2)]
+    imgs += [rng.poisson(render(AMORPHOUS, lif_crystallites(rng, 2, 0.2))) for _ in range(2)]
+    imgs += [rng.poisson(render(BACKGROUND, _li_row(rng, 23.0))) for _ in range(2)]
+    imgs = np.asarray(imgs, np.uint16)
+    tables = PolarTables(GEOM)
+    worker = ProfileBlock(tables, MASK, R_Q, (0.2, 1.0), R_Q, GEOM.q_centres, (2 * R_Q, 1.0),
+                          spot_keep_z=np.full(GEOM.nq, I.SPOT_Z_MIN))
+    _, out = worker((("store", (0, 2, 0, 3), None), imgs, np.tile(CENTRE, (len(imgs), 1))))
+    ok = np.isfinite(out["spot_list"][..., 0])
+    pos = np.repeat(out["spot_index"], ok.sum(axis=1))
+    vals = out["spot_list"][ok]
+    assert out["spot_ring"].shape == ok.shape and 0 < out["spot_ring"][ok].sum() < ok.sum()
+    nb, ring = shared_spot_table(pos, vals, (2, 3), R_Q, QPX, I.Q_CALIBRATION_REL)
+    nb2, ring2 = shared_spot_table(pos, vals, (2, 3), R_Q, QPX, I.Q_CALIBRATION_REL,
+                                   grain_ring=out["spot_ring"][ok])
+    np.testing.assert_array_equal(ring2, ring)
+    np.testing.assert_array_equal(nb2, nb)
+
+
 @pytest.mark.slow
 def test_lif_dominant_cell_end_to_end(tmp_path):
     """One fast cell of the scenario matrix's hardest LiF case (sendmap synth --scenario matrix:lif-dominant, 20 × 32
@@ -173,3 +238,18 @@ def test_lif_dominant_cell_end_to_end(tmp_path):
     g = zarr.open_group(str(d / "results" / "sendmap.zarr"), mode="r")
     assert "spots" not in g and "features/spot_category" not in g and "features/spot_z" in g
     assert evaluate(d / "results", d)["per_class"]["sei_type2"]["recall"] == old["sei_type2"]["recall"]
+
+
+def test_spot_scattered_is_the_counts_beyond_two_disk_radii():
+    """spot_scattered (the amorphous share's denominator) is the frame's counts at Q ≥ 2 disk radii: the sum of the
+    bins' sums, equal to the sum over every cell (the form it replaced) within float64 rounding."""
+    rng = np.random.default_rng(3051)
+    imgs = np.asarray([rng.poisson(render(BACKGROUND, zone_spots("cu", (0, 1, 1), 40.0, 0.7))) for _ in range(2)]
+                      + [rng.poisson(render(AMORPHOUS, lif_crystallites(rng, 2, 0.2)))], float)
+    out, _ = evidence_of(imgs)
+    full = profile_block(imgs, np.tile(CENTRE, (len(imgs), 1)), MASK, PolarTables(GEOM), R_Q, keep_sums=True)
+    far = GEOM.q_centres >= 2.0 * R_Q
+    want = np.array([sum(float(v) for v in fr[far].ravel()) for fr in full["s"]])  # every cell, in (bin, sector) order
+    assert out["kept"].all()
+    np.testing.assert_allclose(out["spot_scattered"], want, rtol=1e-12)
+    assert np.all(want > 0)

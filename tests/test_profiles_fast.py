@@ -205,3 +205,24 @@ def test_tables_built_together_match_the_numpy_packing():
             np.add.at(total, (first + j)[first >= 0], rec[..., 4 + j][first >= 0] / 9.0)
         np.testing.assert_allclose(t.w_full[k].sum(axis=1), total[:geom.nq], rtol=1e-12)
         assert total[geom.nq:].sum() == 0
+
+
+def test_stored_profiles_equal_the_numpy_products():
+    """stored_profiles (one pass) gives the float32 arrays the worker made with numpy before, bit for bit:
+    (a · Q^n).astype(float32), (fem · scale).astype(float32) and the plain conversions, NaN where NaN."""
+    from sendmap.science.polar_tables import stored_profiles
+
+    rng = np.random.default_rng(3031)
+    nb, nq = 37, 89
+    a = [rng.lognormal(0.0, 3.0, (nb, nq)) for _ in range(8)]
+    for x in a:
+        x[rng.uniform(size=x.shape) < 0.05] = np.nan
+    mean, sem, disp, rob, spz, fem, mm, ms = a
+    qn = rng.uniform(0.01, 1.2, nq) ** 1.0
+    scale = rng.uniform(0.5, 3.0, nq)
+    out = np.empty((11, nb, nq), np.float32)
+    stored_profiles(mean, sem, disp, rob, spz, fem, scale, mm, ms, qn, out)
+    want = [mean, sem, disp, rob, mean * qn, sem * qn, rob * qn, mm * qn, ms * qn, spz, fem * scale]
+    for got, ref in zip(out, want):
+        np.testing.assert_array_equal(got, ref.astype(np.float32))
+    assert not np.array_equal(out[4], (mean.astype(np.float32) * qn.astype(np.float32)))  # (the order matters)

@@ -39,6 +39,12 @@ PROFILE_OUTPUTS = {
 }
 
 
+STORED_ORDER = ("mean", "sem", "dispersion", "robust_mean", "iqn", "iqn_sem", "iqn_robust", "iqn_masked",
+                "iqn_masked_sem", "spot_z", "fem_variance")
+"""The arrays of :data:`PROFILE_OUTPUTS` in the order :func:`sendmap.science.polar_tables.stored_profiles` makes
+them."""
+
+
 EVIDENCE_OUTPUTS = {
     # name: (dtype, fill for positions without a spot, attrs); (Ry, Rx) maps under features/
     "n_spots": ("int16", 0, {"units": "count", "meaning": "Bragg-disk-sized spots listed (significance ≥ z_min σ, "
@@ -93,7 +99,7 @@ class ProfileBlock:
 
     def __call__(self, loaded):
         from ..science.features import bragg_fraction
-        from ..science.polar_tables import profile_block
+        from ..science.polar_tables import profile_block, stored_profiles
 
         one_numba_thread_off_main()
         item, frames, centres = loaded
@@ -103,18 +109,15 @@ class ProfileBlock:
         if spots:
             self._evidence(out)
         # the stored outputs (float32) made here in the worker, not in the main thread that writes (it shares
-        # the cores)
-        out["robust_mean"] = out.pop("robust")
-        if self.fem_scale is not None:
-            out["fem_variance"] = out["fem_variance"] * self.fem_scale
-        if "masked_mean" not in out:  # (no spot lists: nothing is masked)
-            out["masked_mean"], out["masked_sem"] = out["mean"], out["sem"]
-        for nm, src in (("iqn", "mean"), ("iqn_sem", "sem"), ("iqn_robust", "robust_mean"),
-                        ("iqn_masked", "masked_mean"), ("iqn_masked_sem", "masked_sem")):
-            out[nm] = out[src] * self.qn
-        del out["masked_mean"], out["masked_sem"]
-        for nm in PROFILE_OUTPUTS:
-            out[nm] = out[nm].astype(np.float32)
+        # the cores), in one pass (stored_profiles: the numbers of (a · b).astype(float32))
+        nb, nq = out["mean"].shape
+        f32 = np.empty((len(STORED_ORDER), nb, nq), np.float32)
+        mm, ms = (out.pop("masked_mean"), out.pop("masked_sem")) if "masked_mean" in out else (out["mean"], out["sem"])
+        scale = np.ones(nq) if self.fem_scale is None else np.ascontiguousarray(self.fem_scale, dtype=np.float64)
+        stored_profiles(out["mean"], out["sem"], out["dispersion"], out.pop("robust"), out["spot_z"],
+                        out["fem_variance"], scale, mm, ms, np.ascontiguousarray(self.qn, dtype=np.float64), f32)
+        for j, nm in enumerate(STORED_ORDER):
+            out[nm] = f32[j]
         # from the stored (float32) profiles, as the classify stage computed it before it moved here
         out["bragg"] = bragg_fraction(self.tables.geom.q_centres, out["mean"].astype(np.float64),
                                       out["robust_mean"].astype(np.float64), self.bragg_q_range)
@@ -123,8 +126,10 @@ class ProfileBlock:
     def _evidence(self, out: dict) -> None:
         """Indexing evidence of the frames whose spots the profile kernel listed (a spot at or above
         ``spot_keep_z``), into ``out``: ``spot_index`` (C,) frame index in the block, ``spot_list`` (C, K, 4),
-        and the (B,) maps of :data:`EVIDENCE_OUTPUTS`."""
-        from ..science.indexing import crystal_evidence
+        ``spot_ring`` (C, K) bool (the spot lies on a ring of :data:`sendmap.science.indexing.GRAIN_PHASES`: the
+        indexing's own ring matches, stored as ``spots/grain_ring``, :func:`sendmap.science.spot_context.
+        shared_spot_table`) and the (B,) maps of :data:`EVIDENCE_OUTPUTS`."""
+        from ..science.indexing import GRAIN_PHASES, crystal_evidence, index_library
 
         kept = out.pop("kept")
         sp, scat = out.pop("spots"), out.pop("spot_scattered")
@@ -135,13 +140,18 @@ class ProfileBlock:
         out["spot_index"] = idx
         if idx.size == 0:
             out["spot_list"] = np.zeros((0, 0, 4), np.float32)
+            out["spot_ring"] = np.zeros((0, 0), bool)
             return
         # the kernel packs each frame's spots at the front of its K slots: the empty tail is cut before the
         # indexing, whose array work scales with the slots (the same evidence; 20 → 12 µs per frame on the bench)
         sp = sp[:, :max(1, int(np.isfinite(sp[..., 0]).sum(axis=-1).max()))]
         ev = crystal_evidence(sp, scat, self.disk_radius_q, self.tables.geom.bin_width, self.q_rel_err)
         n = ev["n_spots"]
-        out["spot_list"] = sp[:, :max(1, int(n.max()))]
+        k = max(1, int(n.max()))
+        out["spot_list"] = sp[:, :k]
+        # (the ring test of spots/grain_ring, made here once: the stage used to index every spot a second time)
+        gi = [i for i, p in enumerate(index_library().phase_ids) if p in GRAIN_PHASES]
+        out["spot_ring"] = ev["match"][:, :k][..., gi].any(axis=-1)
         share = ev["phase_share"]
         best = np.where(share.max(axis=-1) > 0, share.argmax(axis=-1), -1)
         vals = {"n_spots": n, "n_friedel_pairs": ev["n_friedel"], "n_unindexed": ev["n_unindexed"],

@@ -364,7 +364,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 kept[f] = keep
                 if keep:  # (scratch, work and zf are free again: the statistics are done)
                     out_scattered[f] = _frame_spots(s, w_u[u], q_c, disk_r_q, cand_min, out_spots[f], zmap, widths,
-                                                    scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw)
+                                                    scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw, rs)
                     masked_profile(s, w_u[u], w2_u[u], out_mean[f], out_sem[f], q_c, out_spots[f], disk_r_q,
                                    pix_margin_q, out_mmean[f], out_msem[f])
                 else:
@@ -651,3 +651,25 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     finally:
         release()
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def stored_profiles(mean, sem, disp, robust, spot_z, fem, fem_scale, mmean, msem, qn, out):
+    """The float32 profiles of a block as the profile stage stores them, in one pass (B, nq each, float64 in):
+    out[0 … 10] = mean, sem, dispersion, robust mean, I·Q^n of mean, sem, robust and the spot-masked mean and sem
+    (× ``qn`` (nq,) = Q^n), spot_z, fem × ``fem_scale`` (nq,); each product made in float64 and rounded once to
+    float32, as numpy's ``(a * b).astype(np.float32)``, so the same numbers in a tenth of the passes."""
+    nb, nq = mean.shape
+    for f in range(nb):
+        for i in range(nq):
+            out[0, f, i] = np.float32(mean[f, i])
+            out[1, f, i] = np.float32(sem[f, i])
+            out[2, f, i] = np.float32(disp[f, i])
+            out[3, f, i] = np.float32(robust[f, i])
+            out[4, f, i] = np.float32(mean[f, i] * qn[i])
+            out[5, f, i] = np.float32(sem[f, i] * qn[i])
+            out[6, f, i] = np.float32(robust[f, i] * qn[i])
+            out[7, f, i] = np.float32(mmean[f, i] * qn[i])
+            out[8, f, i] = np.float32(msem[f, i] * qn[i])
+            out[9, f, i] = np.float32(spot_z[f, i])
+            out[10, f, i] = np.float32(fem[f, i] * fem_scale[i])

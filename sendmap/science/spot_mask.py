@@ -37,6 +37,26 @@ PIXEL_HALF_DIAGONAL = math.sqrt(2.0) / 2.0
 (the counts of a pixel the edge crosses are spread over all of its sub-pixels, :mod:`sendmap.science.polar`)."""
 
 
+@numba.njit(cache=True, inline="always")
+def _masked_bin(i, S, W, Wk, w2, mean, sem, out_mean, out_sem):
+    """Bin i's masked mean and sem into out_mean[i], out_sem[i] from its kept cells' counts S and area Wk and its
+    whole area W (:func:`masked_profile`); returns 1 if they changed, 0 where the plain ones stay (every cell
+    covered, an empty bin, or none covered)."""
+    if Wk <= 1e-9 or W <= 1e-9 or Wk >= W * (1.0 - 1e-12):
+        return 0
+    m = S / Wk
+    f = Wk / W
+    var = m * w2[i] / (W * W * f)
+    m0 = mean[i]
+    if m0 > 0.0 and sem[i] == sem[i]:
+        extra = sem[i] * sem[i] - m0 * w2[i] / (W * W)
+        if extra > 0.0:
+            var += extra * (m / m0) ** 2 / f
+    out_mean[i] = m
+    out_sem[i] = math.sqrt(max(var, 0.0))
+    return 1
+
+
 @numba.njit(cache=True, nogil=True)
 def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, out_mean, out_sem, friedel=True):
     """Spot-masked mean and its sem of one frame into ``out_mean``, ``out_sem`` (nq,).
@@ -48,7 +68,6 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
     :data:`PIXEL_HALF_DIAGONAL`); friedel: also mask each spot's Friedel mate (−g). See the module docstring for
     the cover rule and the error. Returns the number of bins that changed."""
     nq, nphi = s.shape
-    tiny = 1e-9
     sector = 2.0 * math.pi / nphi
     bw = q_c[1] - q_c[0] if nq > 1 else 1.0
     n_sp = 0
@@ -74,6 +93,12 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
             j += 1
     n_sp = n_all
     near = np.empty(n_sp, np.int64)
+    kc = np.empty(n_sp, np.int64)  # the sector holding each (mate's) azimuth
+    for a in range(n_sp):
+        kc[a] = min(nphi - 1, max(0, int(math.floor((math.atan2(sy[a], sx[a]) + math.pi) / sector))))
+    covered = np.empty((nq, nphi), np.bool_)  # rows of the bins in ``todo``: their cells within reach of a spot
+    todo = np.empty(nq, np.int64)  # the bins with such a cell
+    n_todo = 0
     cosk = np.empty(nphi)  # sector centres' azimuth: −π + (k + ½)·2π/n_phi
     sink = np.empty(nphi)
     for k in range(nphi):
@@ -96,34 +121,77 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
                 n_near += 1
         if n_near == 0:
             continue
+        r2 = reach * reach
+        # a cell is left out where its centre is within reach of a spot: along the ring the distance grows with
+        # the azimuth away from the spot's, so each spot's cells are its sector, the two beside it (the centres
+        # within ±1.5 sectors: the nearest of them may be either) and, on either side, the next ones up to the
+        # first out of reach (each farther than the last by ≥ 2·q·q_a·(1 − cos sector), far beyond rounding); the
+        # same test as on every cell, made only there
+        cov = covered[n_todo]
+        for k in range(nphi):
+            cov[k] = False
+        n_cov = 0
+        for b in range(n_near):
+            a = near[b]
+            for side in range(2):
+                step = 1 if side == 0 else -1
+                k = kc[a] if side == 0 else kc[a] - 1
+                for m in range(nphi):
+                    kk = k % nphi
+                    hit = (q * cosk[kk] - sx[a]) ** 2 + (q * sink[kk] - sy[a]) ** 2 <= r2
+                    if hit and not cov[kk]:
+                        cov[kk] = True
+                        n_cov += 1
+                    if not hit and m >= 1:
+                        break  # (m = 0: the sector beside the spot's may be out of reach and the next one not)
+                    k += step
+        if n_cov == 0:
+            continue  # no cell covered: the plain mean and sem (as set above)
+        todo[n_todo] = i
+        n_todo += 1
+    # the kept cells' sums of those bins, each in sector order from 0.0, four bins at a time (four independent
+    # chains of additions: one alone waits for each sum before the next add)
+    j = 0
+    while j + 4 <= n_todo:
+        i0, i1, i2, i3 = todo[j], todo[j + 1], todo[j + 2], todo[j + 3]
+        c0, c1, c2, c3 = covered[j], covered[j + 1], covered[j + 2], covered[j + 3]
+        S0 = W0 = K0 = 0.0
+        S1 = W1 = K1 = 0.0
+        S2 = W2 = K2 = 0.0
+        S3 = W3 = K3 = 0.0
+        for k in range(nphi):
+            W0 += w[i0, k]
+            W1 += w[i1, k]
+            W2 += w[i2, k]
+            W3 += w[i3, k]
+            if not c0[k]:
+                S0 += s[i0, k]
+                K0 += w[i0, k]
+            if not c1[k]:
+                S1 += s[i1, k]
+                K1 += w[i1, k]
+            if not c2[k]:
+                S2 += s[i2, k]
+                K2 += w[i2, k]
+            if not c3[k]:
+                S3 += s[i3, k]
+                K3 += w[i3, k]
+        changed += _masked_bin(i0, S0, W0, K0, w2, mean, sem, out_mean, out_sem)
+        changed += _masked_bin(i1, S1, W1, K1, w2, mean, sem, out_mean, out_sem)
+        changed += _masked_bin(i2, S2, W2, K2, w2, mean, sem, out_mean, out_sem)
+        changed += _masked_bin(i3, S3, W3, K3, w2, mean, sem, out_mean, out_sem)
+        j += 4
+    while j < n_todo:
+        i = todo[j]
+        cov = covered[j]
         S = 0.0
         W = 0.0
         Wk = 0.0
-        r2 = reach * reach
         for k in range(nphi):
             W += w[i, k]
-            cx = q * cosk[k]
-            cy = q * sink[k]
-            cov = False
-            for b in range(n_near):
-                a = near[b]
-                if (cx - sx[a]) ** 2 + (cy - sy[a]) ** 2 <= r2:
-                    cov = True
-                    break
-            if not cov:
+            if not cov[k]:
                 S += s[i, k]
                 Wk += w[i, k]
-        if Wk <= tiny or W <= tiny or Wk >= W * (1.0 - 1e-12):
-            continue  # every cell covered (plain mean kept), an empty bin, or no cell covered
-        m = S / Wk
-        f = Wk / W
-        var = m * w2[i] / (W * W * f)
-        m0 = mean[i]
-        if m0 > 0.0 and sem[i] == sem[i]:
-            extra = sem[i] * sem[i] - m0 * w2[i] / (W * W)
-            if extra > 0.0:
-                var += extra * (m / m0) ** 2 / f
-        out_mean[i] = m
-        out_sem[i] = math.sqrt(max(var, 0.0))
-        changed += 1
+        changed += _masked_bin(i, S, W, Wk, w2, mean, sem, out_mean, out_sem)
+        j += 1
     return changed

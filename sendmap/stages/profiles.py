@@ -64,7 +64,8 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
                    bin_width: float) -> None:
     """The spot and indexing evidence maps (features/, :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`) and the
     spot lists (``spots/position`` (N,) flat scan index iy·Rx + ix, ``spots/values`` (N, 4): Q, azimuth,
-    intensity, z; sorted by position, strongest first within one)."""
+    intensity, z; sorted by position, strongest first within one). ``spots["spot_ring"]`` (N,) bool, where given:
+    each spot's Li/Cu-ring flag from the worker's indexing (``spots/grain_ring``; else indexed here again)."""
     from ..science.indexing import CATEGORY_NAMES, INDEX_PHASES, SPOT_Z_MIN, SPOTS_ATTRS
 
     common = {"phase_names": list(INDEX_PHASES), "category_names": list(CATEGORY_NAMES), "z_min": SPOT_Z_MIN,
@@ -89,7 +90,9 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
     from ..science.indexing import N_SIGMA
     from ..science.spot_context import shared_spot_table
 
-    nb, ring = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel)
+    ring = spots.get("spot_ring")
+    nb, ring = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel,
+                                 grain_ring=None if ring is None else ring[order])
     write_array(g, "spots/shared_neighbours", nb, {
         "units": "count", "n_sigma": N_SIGMA, "meaning": "scan neighbours (of 8) that list a spot at the same g "
         "within n_sigma of the combined position errors (sendmap.science.spot_context.shared_neighbours)"},
@@ -171,6 +174,9 @@ def stage_profiles(ctx: Context) -> None:
                 for nm, (dt, fill, _) in EVIDENCE_OUTPUTS.items()}
     spot_pos = [progress.arrays["spot_pos"]] if "spot_pos" in progress.arrays else []  # flat position index
     spot_val = [progress.arrays["spot_val"]] if "spot_val" in progress.arrays else []  # (n, 4) spot rows
+    # (n,) Li/Cu-ring flag of each spot (a resume record written before they were kept has none: indexed again)
+    spot_ring = ([progress.arrays["spot_ring"]] if "spot_ring" in progress.arrays else
+                 None if spot_pos else [])
 
     pending: list = []  # results not yet written, in scan order: ((y0, x0), {name: (rows, cols, nq) array})
 
@@ -194,7 +200,11 @@ def stage_profiles(ctx: Context) -> None:
         if len(spot_pos) > 1:
             spot_pos[:] = [np.concatenate(spot_pos)]
             spot_val[:] = [np.concatenate(spot_val)]
-        return {"spot_pos": spot_pos[0], "spot_val": spot_val[0]} if spot_pos else {}
+            if spot_ring is not None:
+                spot_ring[:] = [np.concatenate(spot_ring)]
+        if not spot_pos:
+            return {}
+        return {"spot_pos": spot_pos[0], "spot_val": spot_val[0], **({"spot_ring": spot_ring[0]} if spot_ring else {})}
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
@@ -211,6 +221,8 @@ def stage_profiles(ctx: Context) -> None:
             ok = np.isfinite(sl[..., 0])
             spot_pos.append(np.repeat(pos, ok.sum(axis=1)).astype(np.int64))
             spot_val.append(sl[ok].astype(np.float32))
+            if spot_ring is not None:
+                spot_ring.append(out["spot_ring"][ok])
         pending.append(((y0, x0), {nm: out[nm].reshape(y1 - y0, x1 - x0, -1) for nm in PROFILE_OUTPUTS}))
         # blocks arrive in order: a chunk is complete at its last row (each part-row block is a chunk of its own)
         if per_chunk == 1 or y1 % chunks[0] == 0 or y1 == ry:
