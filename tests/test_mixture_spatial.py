@@ -38,6 +38,28 @@ def test_a_histogram_fit_without_deconvolution_would_overstate_the_spread():
     assert abs(r["sigma"][0] - 0.010) < 0.001 and np.std(x) > 0.015  # measured spread √(0.010² + 0.012²)
 
 
+@pytest.mark.parametrize("seed, sigma, err_lo, err_hi, n_iter", [
+    (0, 0.010, 0.004, 0.012, 500),   # spread resolved: converges in tens of iterations
+    (1, 0.003, 0.008, 0.012, 500),   # spread well below the errors: slow EM steps, up to n_iter
+    (2, 0.0, 0.01, 0.01, 500),       # no spread at all: the variance floor min_var
+    (3, 0.002, 0.008, 0.012, 7),     # stopped by n_iter before converging
+])
+def test_one_component_kernel_equals_the_general_one_bit_for_bit(seed, sigma, err_lo, err_hi, n_iter):
+    """The one-component EM kernel (class models of every classification, statistics' single Gaussians) makes the
+    general kernel's numbers exactly, including where and whether it stops."""
+    from sendmap.science.mixture import _em_kernel, _em_one_kernel
+
+    x, e = _draw(np.random.default_rng(seed), (0.30,), (sigma,), (3000,), err_lo, err_hi)
+    s2 = e ** 2
+    out = []
+    for kernel in (_em_kernel, _em_one_kernel):
+        w, mu, var = np.ones(1), np.array([np.median(x)]), np.array([max(np.var(x) - np.median(s2), 1e-10)])
+        converged = kernel(x, s2, w, mu, var, n_iter, 1e-9, 1e-10)
+        out.append((converged, w[0], mu[0], var[0]))
+    assert out[0] == out[1]
+    assert not (n_iter == 7 and out[0][0])  # (the last case stops unconverged)
+
+
 def test_bic_picks_the_number_of_components():
     rng = np.random.default_rng(2)
     x, e = _draw(rng, (0.33,), (0.015,), (800,))
