@@ -71,9 +71,11 @@ def _softmax_into(a, out):  # pragma: no cover - numba
         out[c] /= s
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cover - numba
-    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions)."""
+    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions). The rows
+    of one iteration are independent (each reads the previous iteration's probabilities only), so they run in
+    parallel: the same numbers as one thread, bit for bit (the largest change is a maximum)."""
     ry, rx, k = ll.shape
     p = np.zeros((ry, rx, k))
     for y in range(ry):
@@ -81,12 +83,13 @@ def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cov
             if valid[y, x]:
                 _softmax_into(ll[y, x], p[y, x])
     new = np.zeros((ry, rx, k))
-    a = np.empty(k)
-    e = np.empty(k)
-    acc = np.empty(k)
+    row_change = np.zeros(ry)
     for _ in range(n_iter):
-        change = 0.0
-        for y in range(ry):
+        for y in numba.prange(ry):
+            a = np.empty(k)
+            e = np.empty(k)
+            acc = np.empty(k)
+            change = 0.0
             for x in range(rx):
                 if not valid[y, x]:
                     continue
@@ -106,8 +109,9 @@ def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cov
                     v = 0.5 * (e[c] + p[y, x, c])
                     change = max(change, abs(v - p[y, x, c]))
                     new[y, x, c] = v
+            row_change[y] = change
         p, new = new, p
-        if change < tol:
+        if ry == 0 or row_change.max() < tol:
             break
     for y in range(ry):
         for x in range(rx):
