@@ -112,3 +112,26 @@ def test_potts_mean_field_is_the_same_on_one_thread_and_on_all():
     for a, b in zip(one, many):
         assert np.array_equal(a, b, equal_nan=True)
     assert np.isnan(one[0][~valid]).all() and np.isfinite(one[0][valid]).all()
+
+
+@pytest.mark.parametrize("seed, density", [(0, 0.3), (1, 0.5), (2, 0.62), (3, 0.8), (4, 0.0), (5, 1.0)])
+def test_label_8_connected_gives_scipys_labels(seed, density):
+    """The regions of the statistics stage without importing scipy.ndimage: the labels and count of
+    scipy.ndimage.label with the 8-neighbourhood, on random masks around the percolation threshold, empty and full,
+    and on a non-square scan."""
+    from scipy.ndimage import label
+
+    from sendmap.science.spatial import amorphous_regions, label_8_connected
+
+    rng = np.random.default_rng(seed)
+    for shape in ((1, 1), (1, 17), (23, 1), (41, 67), (120, 90)):
+        mask = rng.random(shape) < density
+        ours, n = label_8_connected(mask)
+        ref, n_ref = label(mask, structure=np.ones((3, 3), int))
+        assert n == n_ref and ours.dtype == np.int32 and np.array_equal(ours, ref)
+    cls = rng.integers(0, 4, (60, 80))
+    regions = amorphous_regions(cls, (1, 2, 3), 5)
+    lab, _ = label(np.isin(cls, (1, 2, 3)), structure=np.ones((3, 3), int))
+    sizes = np.bincount(lab.ravel())[1:]
+    assert regions.max() + 1 == int(np.sum(sizes >= 5))
+    assert np.array_equal(regions >= 0, np.isin(lab, np.flatnonzero(sizes >= 5) + 1))
