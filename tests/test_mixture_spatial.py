@@ -92,27 +92,6 @@ def test_potts_mean_field_cleans_label_noise_and_keeps_boundaries():
     assert np.all(np.isnan(potts_mean_field(ll, 0.7, valid=valid)[0, 0]))
 
 
-def test_potts_mean_field_is_the_same_on_one_thread_and_on_all():
-    """The mean field's rows run in parallel (numba prange): its numbers are those of one thread, bit for bit, with
-    invalid positions and early stopping (tol) included."""
-    import numba
-
-    rng = np.random.default_rng(4)
-    ll = np.log(rng.dirichlet(np.ones(4), size=(37, 53)))
-    valid = rng.random((37, 53)) > 0.1
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = [potts_mean_field(ll, 1.3, valid=valid), potts_mean_field(ll, 0.8, tol=1e-3)]
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        assert numba.config.NUMBA_NUM_THREADS >= 2 or pytest.skip("one core: nothing runs in parallel")
-        many = [potts_mean_field(ll, 1.3, valid=valid), potts_mean_field(ll, 0.8, tol=1e-3)]
-    finally:
-        numba.set_num_threads(before)
-    for a, b in zip(one, many):
-        assert np.array_equal(a, b, equal_nan=True)
-    assert np.isnan(one[0][~valid]).all() and np.isfinite(one[0][valid]).all()
-
 
 @pytest.mark.parametrize("seed, density", [(0, 0.3), (1, 0.5), (2, 0.62), (3, 0.8), (4, 0.0), (5, 1.0)])
 def test_label_8_connected_gives_scipys_labels(seed, density):

@@ -71,11 +71,9 @@ def _softmax_into(a, out):  # pragma: no cover - numba
         out[c] /= s
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cover - numba
-    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions). The rows
-    of one iteration are independent (each reads the previous iteration's probabilities only), so they run in
-    parallel: the same numbers as one thread, bit for bit (the largest change is a maximum)."""
+    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions)."""
     ry, rx, k = ll.shape
     p = np.zeros((ry, rx, k))
     for y in range(ry):
@@ -83,13 +81,12 @@ def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cov
             if valid[y, x]:
                 _softmax_into(ll[y, x], p[y, x])
     new = np.zeros((ry, rx, k))
-    row_change = np.zeros(ry)
+    a = np.empty(k)
+    e = np.empty(k)
+    acc = np.empty(k)
     for _ in range(n_iter):
-        for y in numba.prange(ry):
-            a = np.empty(k)
-            e = np.empty(k)
-            acc = np.empty(k)
-            change = 0.0
+        change = 0.0
+        for y in range(ry):
             for x in range(rx):
                 if not valid[y, x]:
                     continue
@@ -109,9 +106,8 @@ def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cov
                     v = 0.5 * (e[c] + p[y, x, c])
                     change = max(change, abs(v - p[y, x, c]))
                     new[y, x, c] = v
-            row_change[y] = change
         p, new = new, p
-        if ry == 0 or row_change.max() < tol:
+        if change < tol:
             break
     for y in range(ry):
         for x in range(rx):
