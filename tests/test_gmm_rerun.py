@@ -82,7 +82,8 @@ def test_pending_helper_is_taken_once_and_only_for_its_method():
 
 def test_gmm_rerun_imports_scikit_learn_only_in_the_helper(tmp_path):
     """A re-run after --set classify.method=gmm through the CLI: the main process never imports scikit-learn
-    (the helper did), and the class map is the one the main process makes without a helper."""
+    (the helper did) nor scipy.ndimage (~0.3-0.5 s: the peaks module imports it on first use, the regions are
+    labelled without it), and the class map is the one the main process makes without a helper."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: no helper is started")
     assert main(["synth", str(tmp_path), "--scan-shape", "12", "16", "--seed", "5", "--quiet"]) == 0
@@ -91,12 +92,12 @@ def test_gmm_rerun_imports_scikit_learn_only_in_the_helper(tmp_path):
     assert main(base) == 0
     code = ("import sys\nfrom sendmap.cli import main\n"
             f"rc = main({[*base, '--set', 'classify.method=gmm']!r})\n"
-            "print(rc, 'sklearn' in sys.modules)\n")
+            "print(rc, 'sklearn' in sys.modules, 'scipy.ndimage' in sys.modules)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "0 False"
+    assert out.stdout.strip().splitlines()[-1] == "0 False False"
     store = zarr.open_group(str(tmp_path / "results" / "sendmap.zarr"), mode="r")
     via_helper = np.asarray(store["maps/class"])
     assert store["maps/class"].attrs["method"] == "gmm"

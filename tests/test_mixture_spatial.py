@@ -38,6 +38,28 @@ def test_a_histogram_fit_without_deconvolution_would_overstate_the_spread():
     assert abs(r["sigma"][0] - 0.010) < 0.001 and np.std(x) > 0.015  # measured spread √(0.010² + 0.012²)
 
 
+@pytest.mark.parametrize("seed, sigma, err_lo, err_hi, n_iter", [
+    (0, 0.010, 0.004, 0.012, 500),   # spread resolved: converges in tens of iterations
+    (1, 0.003, 0.008, 0.012, 500),   # spread well below the errors: slow EM steps, up to n_iter
+    (2, 0.0, 0.01, 0.01, 500),       # no spread at all: the variance floor min_var
+    (3, 0.002, 0.008, 0.012, 7),     # stopped by n_iter before converging
+])
+def test_one_component_kernel_equals_the_general_one_bit_for_bit(seed, sigma, err_lo, err_hi, n_iter):
+    """The one-component EM kernel (class models of every classification, statistics' single Gaussians) makes the
+    general kernel's numbers exactly, including where and whether it stops."""
+    from sendmap.science.mixture import _em_kernel, _em_one_kernel
+
+    x, e = _draw(np.random.default_rng(seed), (0.30,), (sigma,), (3000,), err_lo, err_hi)
+    s2 = e ** 2
+    out = []
+    for kernel in (_em_kernel, _em_one_kernel):
+        w, mu, var = np.ones(1), np.array([np.median(x)]), np.array([max(np.var(x) - np.median(s2), 1e-10)])
+        converged = kernel(x, s2, w, mu, var, n_iter, 1e-9, 1e-10)
+        out.append((converged, w[0], mu[0], var[0]))
+    assert out[0] == out[1]
+    assert not (n_iter == 7 and out[0][0])  # (the last case stops unconverged)
+
+
 def test_bic_picks_the_number_of_components():
     rng = np.random.default_rng(2)
     x, e = _draw(rng, (0.33,), (0.015,), (800,))
@@ -68,3 +90,27 @@ def test_potts_mean_field_cleans_label_noise_and_keeps_boundaries():
     valid = np.ones(truth.shape, bool)
     valid[0, 0] = False
     assert np.all(np.isnan(potts_mean_field(ll, 0.7, valid=valid)[0, 0]))
+
+
+
+@pytest.mark.parametrize("seed, density", [(0, 0.3), (1, 0.5), (2, 0.62), (3, 0.8), (4, 0.0), (5, 1.0)])
+def test_label_8_connected_gives_scipys_labels(seed, density):
+    """The regions of the statistics stage without importing scipy.ndimage: the labels and count of
+    scipy.ndimage.label with the 8-neighbourhood, on random masks around the percolation threshold, empty and full,
+    and on a non-square scan."""
+    from scipy.ndimage import label
+
+    from sendmap.science.spatial import amorphous_regions, label_8_connected
+
+    rng = np.random.default_rng(seed)
+    for shape in ((1, 1), (1, 17), (23, 1), (41, 67), (120, 90)):
+        mask = rng.random(shape) < density
+        ours, n = label_8_connected(mask)
+        ref, n_ref = label(mask, structure=np.ones((3, 3), int))
+        assert n == n_ref and ours.dtype == np.int32 and np.array_equal(ours, ref)
+    cls = rng.integers(0, 4, (60, 80))
+    regions = amorphous_regions(cls, (1, 2, 3), 5)
+    lab, _ = label(np.isin(cls, (1, 2, 3)), structure=np.ones((3, 3), int))
+    sizes = np.bincount(lab.ravel())[1:]
+    assert regions.max() + 1 == int(np.sum(sizes >= 5))
+    assert np.array_equal(regions >= 0, np.isin(lab, np.flatnonzero(sizes >= 5) + 1))

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage
 
 PEAK_STATUS = ("ok", "no_maximum_in_window", "too_few_counts", "window_outside_data", "fit_failed", "crystal",
                "no_clear_maximum")
@@ -44,6 +43,16 @@ interior maximum, but the profile is flat around it: the confidence set of the m
 not bound it, or another maximum in the window is as high within the noise (:func:`flat_top_errors`; q_peak then
 holds the centre of the Q range consistent with the maximum, ``peaks/q_max_lo`` – ``q_max_hi``, and q_err its half
 width; such positions are not split into classes by their peak Q). Refer to them by name (:func:`status_code`)."""
+
+
+def _gaussian_filter1d(*args, **kwargs):
+    """``scipy.ndimage.gaussian_filter1d``, imported on first use: scipy.ndimage costs ~0.3-0.5 s to import, which a
+    re-run after a classification change (whose classify stage imports this module for the status codes) need not
+    pay."""
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(*args, **kwargs)
+
 
 
 def status_code(name: str) -> int:
@@ -91,7 +100,7 @@ def peak_half_widths(q: np.ndarray, profile: np.ndarray, window: tuple[float, fl
     fin = np.isfinite(y)
     if q.size < 3 or fin.sum() < 3:
         return None
-    s = ndimage.gaussian_filter1d(np.where(fin, y, np.interp(q, q[fin], y[fin])), max(sigma_bins, 1e-6),
+    s = _gaussian_filter1d(np.where(fin, y, np.interp(q, q[fin], y[fin])), max(sigma_bins, 1e-6),
                                   mode="nearest")
     inside = np.flatnonzero((q >= window[0]) & (q <= window[1]))
     if inside.size < 3:
@@ -219,7 +228,7 @@ def smoothed_argmax(q: np.ndarray, profiles: np.ndarray, window: tuple[float, fl
     """
     p = np.nan_to_num(profiles, nan=0.0)
     if sigma_bins > 0 and p.shape[1] > 0:
-        p = ndimage.gaussian_filter1d(p, sigma_bins, axis=1, mode="nearest")
+        p = _gaussian_filter1d(p, sigma_bins, axis=1, mode="nearest")
     inside = (q >= window[0]) & (q <= window[1])
     if not inside.any():
         return np.full(len(p), -1)
@@ -574,7 +583,7 @@ def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree
     d1, m = degree + 1, hl + hr + 1
     inside = (q >= window[0]) & (q <= window[1])
     # one smoothing for the first estimate (smoothed_argmax) and the prominence (_prominence): the same numbers
-    smoothed = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1,
+    smoothed = _gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1,
                                          mode="nearest")
     if first_estimate is None:
         idx0 = np.argmax(np.where(inside[None, :], smoothed, -np.inf), axis=1)
@@ -681,7 +690,7 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
     lo = np.array(result["q_max_lo"], dtype=float)
     hi = np.array(result["q_max_hi"], dtype=float)
     if cand.size:
-        p = ndimage.gaussian_filter1d(np.nan_to_num(profiles[cand]), max(smooth_sigma_bins, 1e-6), axis=1,
+        p = _gaussian_filter1d(np.nan_to_num(profiles[cand]), max(smooth_sigma_bins, 1e-6), axis=1,
                                       mode="nearest")
         qp = result["q_peak"][cand]
         with np.errstate(invalid="ignore"):
@@ -693,7 +702,7 @@ def flat_top_errors(q: np.ndarray, profiles: np.ndarray, result: dict, window: t
     if flat.size:
         # the plateau: every Q in the window where the smoothed profile is as high as its top within FLAT_TOP_Z σ
         # of a difference of two levels (√2 × the height's error), joined with the fit's own 1-σ set
-        p = ndimage.gaussian_filter1d(np.nan_to_num(profiles[flat]), max(smooth_sigma_bins, 1e-6), axis=1,
+        p = _gaussian_filter1d(np.nan_to_num(profiles[flat]), max(smooth_sigma_bins, 1e-6), axis=1,
                                       mode="nearest")
         with np.errstate(invalid="ignore"):
             top = np.where(inside[None, :], p, -np.inf).max(axis=1)  # (the smoothed profile's own top, not the
@@ -1072,7 +1081,7 @@ def _half_level_width(coef: np.ndarray, x0: np.ndarray, level: np.ndarray, valid
 def _prominence(q, profiles, window, sigma_bins, idx0, height, return_base_q: bool = False):
     """Height above the higher of the lowest smoothed values left and right of the peak inside the window
     (and, if asked, the Q of that base)."""
-    p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(sigma_bins, 1e-6), axis=1, mode="nearest")
+    p = _gaussian_filter1d(np.nan_to_num(profiles), max(sigma_bins, 1e-6), axis=1, mode="nearest")
     inside = (q >= window[0]) & (q <= window[1])
     j = np.arange(q.size)[None, :]
     lv = np.where(inside[None, :] & (j <= idx0[:, None]), p, np.inf)
@@ -1108,7 +1117,7 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
         return out
     # first estimate: the highest local maximum of the smoothed profile strictly inside the window (the
     # plain maximum would often be the window's low edge, on the first peak's falling flank)
-    p = ndimage.gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
+    p = _gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
     from .peak_kernels import highest_local_maximum
 
     inside = (q >= window[0]) & (q <= window[1])

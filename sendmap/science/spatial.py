@@ -117,6 +117,49 @@ def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cov
     return p
 
 
+def label_8_connected(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels (Ry, Rx) int32, count) of the 8-connected groups of True positions of ``mask``, numbered 1, 2, …
+    in the order of their first position in row-major order, 0 elsewhere: the numbers of
+    ``scipy.ndimage.label(mask, structure=np.ones((3, 3)))`` (tests/test_mixture_spatial.py).
+
+    >>> label_8_connected(np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 0, 0]], bool))[0].tolist()
+    [[1, 0, 0, 2], [0, 1, 0, 2], [0, 0, 0, 0], [3, 3, 0, 0]]
+    """
+    m = np.ascontiguousarray(np.asarray(mask, bool))
+    if m.ndim != 2:
+        raise ValueError(f"label_8_connected needs a 2-D mask, not {m.ndim}-D")
+    return _label_8_kernel(m)
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_8_kernel(mask):  # pragma: no cover - numba
+    """Flood fill from each unlabelled True position in row-major order (an explicit stack: each position is pushed
+    once, when it is labelled)."""
+    ry, rx = mask.shape
+    lab = np.zeros((ry, rx), np.int32)
+    stack = np.empty(ry * rx, np.int64)
+    n = 0
+    for y0 in range(ry):
+        for x0 in range(rx):
+            if not mask[y0, x0] or lab[y0, x0] != 0:
+                continue
+            n += 1
+            lab[y0, x0] = n
+            top = 0
+            stack[top] = y0 * rx + x0
+            top += 1
+            while top > 0:
+                top -= 1
+                y, x = stack[top] // rx, stack[top] % rx
+                for yy in range(max(y - 1, 0), min(y + 2, ry)):
+                    for xx in range(max(x - 1, 0), min(x + 2, rx)):
+                        if mask[yy, xx] and lab[yy, xx] == 0:
+                            lab[yy, xx] = n
+                            stack[top] = yy * rx + xx
+                            top += 1
+    return lab, n
+
+
 def amorphous_regions(class_map: np.ndarray, amorphous_classes, min_positions: int) -> np.ndarray:
     """Regions of a class map to describe apart (e.g. the two interfaces of a Li grain): the 8-connected groups of
     positions whose class is one of ``amorphous_classes`` (indices), numbered 0, 1, … by decreasing size; -1 for
@@ -127,10 +170,9 @@ def amorphous_regions(class_map: np.ndarray, amorphous_classes, min_positions: i
     >>> amorphous_regions(cls, (1, 2, 3), 2).tolist()
     [[1, 1, -1, 0, 0, 0], [1, 1, -1, 0, 0, 0]]
     """
-    from scipy.ndimage import label
-
     mask = np.isin(np.asarray(class_map), list(amorphous_classes))
-    lab, n = label(mask, structure=np.ones((3, 3), int))
+    # (scipy.ndimage.label(mask, np.ones((3, 3)))'s labels, without importing scipy.ndimage: ~0.3-0.5 s of a re-run)
+    lab, n = label_8_connected(mask)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     order = [i + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_positions]
     out = np.full(lab.shape, -1, dtype=np.int32)

@@ -65,7 +65,9 @@ def stage_statistics(ctx: Context) -> None:
         entry["electrons_per_pattern"] = dose["electrons_per_pattern"]
         entry["electrons_per_A2"] = dose["electrons_per_A2"]
         classes[name] = entry
-    iqn = np.asarray(g["profiles/iqn"], dtype=np.float64)
+    # (its numbers as float64, without the second conversion of zarr's __array__: 0.04 s instead of 0.38 s of CPU for
+    # the 128² bench scan's 240 × 360 × 89 float32 profiles; sendmap.stages.peaks.read_float64)
+    iqn = g["profiles/iqn"][...].astype(np.float64, copy=False)
     mean, sem, counts = class_mean_profiles(iqn, cls, len(CLASS_NAMES))
     write_array(g, "statistics/class_mean_iqn", mean, {"class_names": list(CLASS_NAMES)})
     write_array(g, "statistics/class_sem_iqn", sem, {"class_names": list(CLASS_NAMES)})
