@@ -69,8 +69,7 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
         return fin & (peak_q >= r[0]) & (peak_q <= r[1])
 
     if grain_indexed is not None:  # a Li/Cu reflection on a LiF ring does not veto a Type 1 peak
-        spotty &= ~(np.asarray(grain_indexed, bool) & within(sei_type1_range) & ~within(sei_type2_range)
-                    & (peak_q >= electrolyte_max_q))
+        spotty &= ~grain_reflection_type1(peak_q, grain_indexed, sei_type1_range, sei_type2_range, electrolyte_max_q)
     iso = ~crystal & ~spotty & fin
 
     cls[spotty & within(sei_type2_range)] = SEI_TYPE2
@@ -85,6 +84,26 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     cls[iso & (peak_q >= electrolyte_max_q) & within(sei_type1_range)] = SEI_TYPE1
     cls[crystal] = CRYSTAL
     return cls
+
+
+def grain_reflection_type1(peak_q: np.ndarray, grain_indexed: np.ndarray, sei_type1_range: tuple[float, float],
+                           sei_type2_range: tuple[float, float], electrolyte_max_q: float) -> np.ndarray:
+    """(Ry, Rx) bool: positions whose spots index as Li/Cu (``grain_indexed``: grain or ambiguous) and whose SRO peak
+    (1/Å) is in the SEI Type 1 range, above Type 2's and above ``electrolyte_max_q``: their LiF-band evidence does not
+    veto Type 1 (:func:`classify_rules`). Their disks pull the peak up (a Li grain's (110) at 0.403 1/Å lies in the fit
+    range), away from the Type 2 and electrolyte ranges, so the class holds; the peak itself is not reported
+    (``maps/peak_status`` ``bragg_disk_in_fit_range``).
+
+    >>> grain_reflection_type1(np.array([0.345, 0.345, 0.315]), np.array([True, False, True]), (0.307, 0.37),
+    ...                        (0.27, 0.33), 0.307).tolist()
+    [True, False, False]
+    """
+    q = np.asarray(peak_q, dtype=float)
+    fin = np.isfinite(q)
+    qq = np.where(fin, q, 0.0)
+    in_t1 = fin & (qq >= sei_type1_range[0]) & (qq <= sei_type1_range[1])
+    in_t2 = fin & (qq >= sei_type2_range[0]) & (qq <= sei_type2_range[1])
+    return np.asarray(grain_indexed, bool) & in_t1 & ~in_t2 & (qq >= electrolyte_max_q)
 
 
 def undetermined_by_q(cls: np.ndarray, cls_lo: np.ndarray, cls_hi: np.ndarray, flat: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 PEAK_STATUS = ("ok", "no_maximum_in_window", "too_few_counts", "window_outside_data", "fit_failed", "crystal",
-               "no_clear_maximum")
+               "no_clear_maximum", "bragg_disk_in_fit_range")
 """Meaning of each ``peaks/status`` code (the index): ``ok`` an interior maximum of the fitted polynomial inside
 the window; ``no_maximum_in_window`` the smoothed profile's highest point in the window is at the window's edge
 (a monotonic profile, or the peak lies outside the window) or the fitted maximum lies outside the window;
@@ -42,7 +42,11 @@ interior maximum, but the profile is flat around it: the confidence set of the m
 :data:`FLAT_TOP_Z` σ (:func:`stationary_point_set`) reaches an edge of the fit range, so the data in the range do
 not bound it, or another maximum in the window is as high within the noise (:func:`flat_top_errors`; q_peak then
 holds the centre of the Q range consistent with the maximum, ``peaks/q_max_lo`` – ``q_max_hi``, and q_err its half
-width; such positions are not split into classes by their peak Q). Refer to them by name (:func:`status_code`)."""
+width; such positions are not split into classes by their peak Q); ``bragg_disk_in_fit_range`` (appended, code 7, set by the
+classify stage in ``maps/peak_status``) an SEI Type 1 position whose LiF-band evidence is a Li/Cu reflection
+(:func:`sendmap.science.classify.grain_reflection_type1`): that grain's disks (Li (110) at 0.403 1/Å) lie in the fit
+range and pull the maximum up (+0.028 1/Å on matrix seed 1018), so the class stands but no peak is reported. Refer to
+them by name (:func:`status_code`)."""
 
 
 def _gaussian_filter1d(*args, **kwargs):
