@@ -90,23 +90,34 @@ def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, o
             for j in range(m):
                 s2[j] = sem[p, cols[p, j]] ** 2
                 sp[j] = spk[p, cols[p, j]]
+        has_spk = False  # a position without a speckle part (every spk 0: a scan without speckle) skips its terms
         for i in range(w):
             spi = min(sp[i], math.sqrt(s2[i]))
+            if spi != 0.0:
+                has_spk = True
             r2 = s2[i] - spi * spi
             for a in range(d1):
                 h[a, i] = g[a, i] * spi
                 rest[a, i] = g[a, i] * (math.sqrt(max(r2, 0.0)) if use_p else r2)
-        _banded(h, corr, hk)
+        if has_spk:
+            _banded(h, corr, hk)
         if use_p:
             _banded(rest, pcorr, rk)
         for a in range(d1):
             for b in range(a, d1):  # C is symmetric: one triangle, mirrored
                 acc = 0.0
-                if use_p:
+                # (without speckle, hk·h is ±0: leaving it out changes at most the sign of an exact zero)
+                if use_p and has_spk:
                     for i in range(w):
                         acc += rk[a, i] * rest[b, i] + hk[a, i] * h[b, i]
-                else:
+                elif use_p:
+                    for i in range(w):
+                        acc += rk[a, i] * rest[b, i]
+                elif has_spk:
                     for i in range(w):
                         acc += rest[a, i] * g[b, i] + hk[a, i] * h[b, i]
+                else:
+                    for i in range(w):
+                        acc += rest[a, i] * g[b, i]
                 out[p, a, b] = acc
                 out[p, b, a] = acc
