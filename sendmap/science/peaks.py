@@ -313,7 +313,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
               first_estimate: np.ndarray | None = None, map_blocks: Callable | None = None,
               correlated: tuple[np.ndarray, np.ndarray] | None = None, recentre: bool = False,
               feedback: float | None = None, flat_top_z: float | None = None,
-              engine: str = "compiled") -> dict[str, np.ndarray]:
+              engine: str = "compiled", first_estimate_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
     q: (nq,) bin centres, 1/Å (uniform spacing); profiles, sem: (N, nq) I·Q^n and its standard error.
@@ -363,6 +363,11 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     (:mod:`sendmap.science.peak_kernels`, ~10× faster); "numpy" the NumPy array form, the reference it equals to
     rounding (tests/test_peak_kernels.py).
 
+    ``first_estimate_out`` (N,) int64, for :func:`_recentred` (one block, without ``first_estimate`` or
+    ``recentre``): filled with the first estimates the fit started from (the smoothed maximum's bin, −1 where
+    none; :func:`smoothed_argmax`'s numbers where ``smooth_sigma_bins`` > 0), so the re-centring need not smooth
+    the profiles again; left as it is where no fit is made (the window off the profile).
+
     >>> import numpy as np
     >>> q = (np.arange(80) + 0.5) * 0.0125
     >>> prof = np.exp(-0.5 * ((q - 0.331) / 0.04) ** 2)[None, :] + 0.1
@@ -380,7 +385,9 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
                              None if first_estimate is None else np.asarray(first_estimate)[i:i + FIT_BLOCK],
                              correlated=None if correlated is None else (correlated[0][i:i + FIT_BLOCK],
                                                                          *correlated[1:]), recentre=recentre,
-                             feedback=feedback, flat_top_z=flat_top_z, engine=engine)
+                             feedback=feedback, flat_top_z=flat_top_z, engine=engine,
+                             first_estimate_out=None if first_estimate_out is None
+                             else first_estimate_out[i:i + FIT_BLOCK])
 
         parts = list((map_blocks or map)(block, range(0, n, FIT_BLOCK)))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -414,8 +421,10 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         raise ValueError(f"fit_peaks: engine must be 'compiled' or 'numpy', not {engine!r}")
     if engine == "compiled":
         return _fit_compiled(q, profiles, sem, window, (hl, hr, sym, scale), smooth_sigma_bins, degree, operator,
-                             width_error, first_estimate, correlated, flat_top_z, out)
+                             width_error, first_estimate, correlated, flat_top_z, out, first_estimate_out)
     idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
+    if first_estimate_out is not None:
+        first_estimate_out[:] = idx0
     status = np.full(n, status_code("too_few_counts"), dtype=np.int8)
     have = idx0 >= 0
     if not have.any():
@@ -573,7 +582,7 @@ def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
 
 
 def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree, operator, width_error,
-                  first_estimate, correlated, flat_top_z, out):
+                  first_estimate, correlated, flat_top_z, out, first_estimate_out=None):
     """The body of :func:`fit_peaks` (one block, its arguments prepared; ``fit_range`` = (hl, hr, sym, scale)) in
     the compiled kernels of :mod:`sendmap.science.peak_kernels`; fills and returns ``out``."""
     from .peak_kernels import normal_equations_kernel, peak_summary_kernel
@@ -591,6 +600,8 @@ def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree
     else:
         idx0 = np.asarray(first_estimate)
     idx0 = np.ascontiguousarray(idx0, dtype=np.int64)
+    if first_estimate_out is not None:
+        first_estimate_out[:] = idx0
     cols, xp, wgt, y = np.empty((n, m), np.int64), np.empty((n, m, d1)), np.empty((n, m)), np.empty((n, m))
     q_mid, ok, coef, cov = np.empty(n), np.empty(n, bool), np.empty((n, d1)), np.empty((n, d1, d1))
     sem = np.ascontiguousarray(sem, dtype=float)
@@ -784,8 +795,10 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
     sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
     args = (window, half_width, smooth_sigma_bins, degree)
+    # the first fit's starting bins are the smoothed maxima, the range's first centre below (one smoothing for both)
+    first = np.full(len(profiles), -1, np.int64) if smooth_sigma_bins > 0 else None
     out = fit_peaks(q, profiles, sem, *args, operator, width_error, correlated=correlated, recentre=False,
-                    flat_top_z=flat_top_z, engine=engine)
+                    flat_top_z=flat_top_z, engine=engine, first_estimate_out=first)
     nq = q.size
     ok = _has_maximum(out["status"])
     if nq < 2 or not ok.any():
@@ -795,7 +808,7 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     def nearest(qp):
         return np.clip(np.rint((np.nan_to_num(qp) - q[0]) / bw), 0, nq - 1).astype(int)
 
-    centre = smoothed_argmax(q, profiles, window, smooth_sigma_bins)
+    centre = first if first is not None else smoothed_argmax(q, profiles, window, smooth_sigma_bins)
     prev_c, prev_q = np.full(len(profiles), -1), np.full(len(profiles), np.nan)
     settled = ~ok
     for _ in range(RECENTRE_ITERATIONS):
