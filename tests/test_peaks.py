@@ -186,6 +186,15 @@ def test_compiled_correlated_covariance_is_the_numpy_products():
             ref = _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, corr, pc)
             got = _correlated_covariance(m_inv, xp, wgt, cols, operator, sem, spk, corr, pc)
             np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+            # some rows only, in place over m_inv, with NaN bins read as nan_to_num makes them (as fit_peaks uses it)
+            rows = np.flatnonzero(rng.random(n) < 0.5)
+            inplace, sem_nan = m_inv.copy(), sem.copy()
+            sem_nan[rows[:20], 40:44] = np.nan
+            _correlated_covariance(inplace, xp, wgt, cols, operator, sem_nan, spk, corr, pc, rows=rows, out=inplace)
+            whole = _correlated_covariance(m_inv, xp, wgt, cols, operator, np.nan_to_num(sem_nan), spk, corr, pc)
+            assert np.array_equal(inplace[rows], whole[rows])
+            left = np.setdiff1d(np.arange(n), rows)
+            assert np.array_equal(inplace[left], m_inv[left])
 
 
 def test_histogram_fallback_reports_the_sample_moments():

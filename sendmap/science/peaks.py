@@ -568,7 +568,13 @@ def _flat_top(out, status, sel, coef, cov, infl, xs, q_mid, scale, flat_top_z):
 def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
     """The fit's covariance through ``correlated`` errors or a denoising ``operator`` (:func:`fit_peaks`), in
     place in ``cov`` (N, d+1, d+1; (XᵀWX)⁻¹ on entry) at the ``ok`` rows."""
-    if correlated is not None:
+    if correlated is not None and (operator is None or isinstance(operator, LowRankOperator)):
+        # the compiled form of _correlated_covariance on the ok rows in place: no gathered copies of the rows
+        # (nor of sem and spk with NaN → 0: the kernel reads them so), the same numbers
+        _correlated_covariance(cov, xp, wgt, cols, operator, sem, np.asarray(correlated[0], dtype=float).reshape(
+            sem.shape), np.asarray(correlated[1], dtype=float), None if len(correlated) < 3
+            else np.asarray(correlated[2], dtype=float), rows=np.flatnonzero(ok), out=cov)
+    elif correlated is not None:
         spk = np.nan_to_num(np.asarray(correlated[0], dtype=float).reshape(sem.shape)[ok])
         cov[ok] = _correlated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], operator, np.nan_to_num(sem[ok]),
                                          spk, np.asarray(correlated[1], dtype=float),
@@ -979,7 +985,8 @@ def _propagated_covariance_lowrank(m_inv: np.ndarray, xp: np.ndarray, wgt: np.nd
 
 def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, cols: np.ndarray, operator,
                            sem: np.ndarray, spk: np.ndarray, correlation: np.ndarray,
-                           poisson_correlation: np.ndarray | None = None) -> np.ndarray:
+                           poisson_correlation: np.ndarray | None = None, rows: np.ndarray | None = None,
+                           out: np.ndarray | None = None) -> np.ndarray:
     """Covariance of polynomial coefficients fitted (weights ``wgt``) to y' = L y, where y's bins have the
     covariance Σ = diag(sem² − spk²) + diag(spk)·K·diag(spk), K(i, j) = correlation[|i − j|] (0 beyond its end).
 
@@ -989,13 +996,17 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
     as one matrix product over all positions. sem, spk: (N, nq); m_inv, xp, wgt, cols as in :func:`_propagated_covariance`.
     ``poisson_correlation`` (lags 0, 1, …; :func:`sendmap.science.polar.poisson_bin_correlation`): the rest (Poisson)
     is correlated between neighbouring bins too (pixels split between them), Σ's first part then
-    diag(p)·K_P·diag(p), p = √(sem² − spk²)."""
+    diag(p)·K_P·diag(p), p = √(sem² − spk²).
+
+    ``rows``, ``out`` (without a dense ``operator``): only those rows are computed, into ``out`` (which may be
+    ``m_inv``, contiguous float64, in place; the other rows are left as they are); NaN and ±inf in sem and spk
+    count as ``np.nan_to_num`` makes them."""
     n, nq = sem.shape
     if operator is None or isinstance(operator, LowRankOperator):  # the same sums, compiled, per position
         from .fit_covariance import correlated_covariance_kernel
 
         low = operator is not None
-        out = np.empty_like(m_inv, dtype=float)
+        out = np.empty_like(m_inv, dtype=float) if out is None else out
         pc = np.zeros(0) if poisson_correlation is None else _trim_lags(poisson_correlation)
         nq_ = sem.shape[1]
         correlated_covariance_kernel(
@@ -1004,7 +1015,8 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
             operator.passed if low else np.zeros(nq_, bool),
             np.ascontiguousarray(operator.a if low else np.zeros((nq_, 0))),
             np.ascontiguousarray(operator.b if low else np.zeros((0, nq_))),
-            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), _trim_lags(correlation), pc, out)
+            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), _trim_lags(correlation), pc, out,
+            np.arange(n, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, np.int64))
         return out
     return _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation)
 
