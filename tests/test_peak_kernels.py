@@ -189,3 +189,19 @@ def test_compiled_speckle_errors_are_the_numpy_expressions_bit_for_bit():
         np.testing.assert_array_equal(got[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
         np.testing.assert_allclose(got[fin], ref[fin], rtol=1e-12, atol=0)
         assert (got[6, 7] < sem[6, 7]).any() or not present
+
+
+@pytest.mark.parametrize("engine", ["compiled", "numpy"])
+def test_first_estimates_handed_to_the_recentring_are_the_smoothed_maxima(engine):
+    """``fit_peaks(..., first_estimate_out=)`` (the re-centring's first range centres, so it need not smooth the
+    profiles again): exactly :func:`smoothed_argmax`'s bins (−1 for the all-NaN rows), over several blocks too."""
+    from sendmap.science.peaks import FIT_BLOCK, smoothed_argmax
+
+    prof, sem = _profiles(5, 300)
+    prof = np.tile(prof, (FIT_BLOCK // 300 + 2, 1))
+    sem = np.tile(sem, (FIT_BLOCK // 300 + 2, 1))
+    got = np.full(len(prof), -7, np.int64)
+    fit_peaks(Q, prof, sem, WINDOW, engine=engine, first_estimate_out=got)
+    ref = smoothed_argmax(Q, prof, WINDOW, 3.0)
+    assert (ref == -1).any() and (ref > 0).sum() > 0.8 * len(ref)
+    np.testing.assert_array_equal(got, ref)

@@ -161,7 +161,7 @@ def test_rules_follow_definitions():
 def test_compiled_correlated_covariance_is_the_numpy_products():
     """The fit's coefficient covariance under correlated bin errors (speckle at lags 0…13, split pixels at lag 1),
     through a low-rank denoising and through the identity: the compiled per-position loop gives the NumPy form's
-    numbers to rounding (~1e-15 relative)."""
+    numbers to rounding (~1e-15 relative), also for positions without a speckle part (whose speckle terms it skips)."""
     from sendmap.science.peaks import LowRankOperator, _correlated_covariance, _correlated_covariance_numpy
 
     rng = np.random.default_rng(11)
@@ -174,6 +174,8 @@ def test_compiled_correlated_covariance_is_the_numpy_products():
     wgt = rng.uniform(0.5, 2.0, (n, m))
     sem = rng.uniform(0.1, 1.0, (n, nq))
     spk = sem * rng.uniform(0.0, 1.2, (n, nq))  # some above sem: clipped to it by both
+    spk[::3] = 0.0  # positions without a speckle part (a scan without speckle): the kernel skips its terms
+    spk[1::3, :40] = 0.0  # and positions with speckle in some bins only
     passed = np.zeros(nq, bool)
     passed[:6] = True
     op = LowRankOperator(passed, np.where(passed[:, None], 0.0, rng.normal(size=(nq, k))),
@@ -184,6 +186,15 @@ def test_compiled_correlated_covariance_is_the_numpy_products():
             ref = _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, corr, pc)
             got = _correlated_covariance(m_inv, xp, wgt, cols, operator, sem, spk, corr, pc)
             np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+            # some rows only, in place over m_inv, with NaN bins read as nan_to_num makes them (as fit_peaks uses it)
+            rows = np.flatnonzero(rng.random(n) < 0.5)
+            inplace, sem_nan = m_inv.copy(), sem.copy()
+            sem_nan[rows[:20], 40:44] = np.nan
+            _correlated_covariance(inplace, xp, wgt, cols, operator, sem_nan, spk, corr, pc, rows=rows, out=inplace)
+            whole = _correlated_covariance(m_inv, xp, wgt, cols, operator, np.nan_to_num(sem_nan), spk, corr, pc)
+            assert np.array_equal(inplace[rows], whole[rows])
+            left = np.setdiff1d(np.arange(n), rows)
+            assert np.array_equal(inplace[left], m_inv[left])
 
 
 def test_histogram_fallback_reports_the_sample_moments():

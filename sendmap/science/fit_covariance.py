@@ -36,14 +36,23 @@ def _banded(h, corr, out):
                 out[a, i] += c * h[a, i - lag]
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _finite(v):
+    """``np.nan_to_num``'s number for one float: NaN → 0, ±inf → ± the largest float."""
+    big = np.finfo(np.float64).max
+    return 0.0 if v != v else (big if v > big else (-big if v < -big else v))
+
+
 @numba.njit(nogil=True, cache=True)
-def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, op_b, sem, spk, corr, pcorr, out):
-    """C (N, d+1, d+1) into ``out``; m_inv (N, d+1, d+1), xp (N, m, d+1), wgt (N, m), cols (N, m) int64;
+def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, op_b, sem, spk, corr, pcorr, out,
+                                 rows):
+    """C (N, d+1, d+1) into ``out`` at the ``rows`` (int64 indices; ``out`` may be ``m_inv`` itself: each row's
+    m_inv is read before its C is written); m_inv (N, d+1, d+1), xp (N, m, d+1), wgt (N, m), cols (N, m) int64;
     ``low_rank``: L = diag(passed) + op_a @ op_b ((nq,) bool, (nq, k), (k, nq)), else L is the identity and only
-    the fit range's bins enter; sem, spk (N, nq) (finite); corr, pcorr: the correlations by lag (pcorr of size
-    ≤ 1: the Poisson part independent between bins). Serial and without the GIL: the peaks stage runs blocks of
-    positions on its threads."""
-    n, m, d1 = xp.shape
+    the fit range's bins enter; sem, spk (N, nq) (NaN and ±inf read as ``np.nan_to_num`` makes them); corr,
+    pcorr: the correlations by lag (pcorr of size ≤ 1: the Poisson part independent between bins). Serial and
+    without the GIL: the peaks stage runs blocks of positions on its threads."""
+    m, d1 = xp.shape[1], xp.shape[2]
     nq = sem.shape[1]
     k = op_b.shape[0]
     use_p = pcorr.size > 1
@@ -57,7 +66,8 @@ def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, o
     rest = np.empty((d1, w))  # G·diag(p) with the Poisson correlation, else G·diag(sem² − spk²)
     hk = np.empty((d1, w))
     rk = np.empty((d1, w))
-    for p in range(n):
+    for p_ in range(rows.size):
+        p = rows[p_]
         for a in range(d1):
             for j in range(m):
                 acc = 0.0
@@ -83,30 +93,41 @@ def correlated_covariance_kernel(m_inv, xp, wgt, cols, low_rank, passed, op_a, o
                     if passed[cols[p, j]]:
                         g[a, cols[p, j]] += mm[a, j]
             for i in range(nq):
-                s2[i] = sem[p, i] ** 2
-                sp[i] = spk[p, i]
+                s2[i] = _finite(sem[p, i]) ** 2
+                sp[i] = _finite(spk[p, i])
         else:
             g = mm
             for j in range(m):
-                s2[j] = sem[p, cols[p, j]] ** 2
-                sp[j] = spk[p, cols[p, j]]
+                s2[j] = _finite(sem[p, cols[p, j]]) ** 2
+                sp[j] = _finite(spk[p, cols[p, j]])
+        has_spk = False  # a position without a speckle part (every spk 0: a scan without speckle) skips its terms
         for i in range(w):
             spi = min(sp[i], math.sqrt(s2[i]))
+            if spi != 0.0:
+                has_spk = True
             r2 = s2[i] - spi * spi
             for a in range(d1):
                 h[a, i] = g[a, i] * spi
                 rest[a, i] = g[a, i] * (math.sqrt(max(r2, 0.0)) if use_p else r2)
-        _banded(h, corr, hk)
+        if has_spk:
+            _banded(h, corr, hk)
         if use_p:
             _banded(rest, pcorr, rk)
         for a in range(d1):
             for b in range(a, d1):  # C is symmetric: one triangle, mirrored
                 acc = 0.0
-                if use_p:
+                # (without speckle, hk·h is ±0: leaving it out changes at most the sign of an exact zero)
+                if use_p and has_spk:
                     for i in range(w):
                         acc += rk[a, i] * rest[b, i] + hk[a, i] * h[b, i]
-                else:
+                elif use_p:
+                    for i in range(w):
+                        acc += rk[a, i] * rest[b, i]
+                elif has_spk:
                     for i in range(w):
                         acc += rest[a, i] * g[b, i] + hk[a, i] * h[b, i]
+                else:
+                    for i in range(w):
+                        acc += rest[a, i] * g[b, i]
                 out[p, a, b] = acc
                 out[p, b, a] = acc

@@ -317,7 +317,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
               first_estimate: np.ndarray | None = None, map_blocks: Callable | None = None,
               correlated: tuple[np.ndarray, np.ndarray] | None = None, recentre: bool = False,
               feedback: float | None = None, flat_top_z: float | None = None,
-              engine: str = "compiled") -> dict[str, np.ndarray]:
+              engine: str = "compiled", first_estimate_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
     q: (nq,) bin centres, 1/Å (uniform spacing); profiles, sem: (N, nq) I·Q^n and its standard error.
@@ -367,6 +367,11 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     (:mod:`sendmap.science.peak_kernels`, ~10× faster); "numpy" the NumPy array form, the reference it equals to
     rounding (tests/test_peak_kernels.py).
 
+    ``first_estimate_out`` (N,) int64, for :func:`_recentred` (one block, without ``first_estimate`` or
+    ``recentre``): filled with the first estimates the fit started from (the smoothed maximum's bin, −1 where
+    none; :func:`smoothed_argmax`'s numbers where ``smooth_sigma_bins`` > 0), so the re-centring need not smooth
+    the profiles again; left as it is where no fit is made (the window off the profile).
+
     >>> import numpy as np
     >>> q = (np.arange(80) + 0.5) * 0.0125
     >>> prof = np.exp(-0.5 * ((q - 0.331) / 0.04) ** 2)[None, :] + 0.1
@@ -384,7 +389,9 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
                              None if first_estimate is None else np.asarray(first_estimate)[i:i + FIT_BLOCK],
                              correlated=None if correlated is None else (correlated[0][i:i + FIT_BLOCK],
                                                                          *correlated[1:]), recentre=recentre,
-                             feedback=feedback, flat_top_z=flat_top_z, engine=engine)
+                             feedback=feedback, flat_top_z=flat_top_z, engine=engine,
+                             first_estimate_out=None if first_estimate_out is None
+                             else first_estimate_out[i:i + FIT_BLOCK])
 
         parts = list((map_blocks or map)(block, range(0, n, FIT_BLOCK)))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -418,8 +425,10 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         raise ValueError(f"fit_peaks: engine must be 'compiled' or 'numpy', not {engine!r}")
     if engine == "compiled":
         return _fit_compiled(q, profiles, sem, window, (hl, hr, sym, scale), smooth_sigma_bins, degree, operator,
-                             width_error, first_estimate, correlated, flat_top_z, out)
+                             width_error, first_estimate, correlated, flat_top_z, out, first_estimate_out)
     idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
+    if first_estimate_out is not None:
+        first_estimate_out[:] = idx0
     status = np.full(n, status_code("too_few_counts"), dtype=np.int8)
     have = idx0 >= 0
     if not have.any():
@@ -563,7 +572,13 @@ def _flat_top(out, status, sel, coef, cov, infl, xs, q_mid, scale, flat_top_z):
 def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
     """The fit's covariance through ``correlated`` errors or a denoising ``operator`` (:func:`fit_peaks`), in
     place in ``cov`` (N, d+1, d+1; (XᵀWX)⁻¹ on entry) at the ``ok`` rows."""
-    if correlated is not None:
+    if correlated is not None and (operator is None or isinstance(operator, LowRankOperator)):
+        # the compiled form of _correlated_covariance on the ok rows in place: no gathered copies of the rows
+        # (nor of sem and spk with NaN → 0: the kernel reads them so), the same numbers
+        _correlated_covariance(cov, xp, wgt, cols, operator, sem, np.asarray(correlated[0], dtype=float).reshape(
+            sem.shape), np.asarray(correlated[1], dtype=float), None if len(correlated) < 3
+            else np.asarray(correlated[2], dtype=float), rows=np.flatnonzero(ok), out=cov)
+    elif correlated is not None:
         spk = np.nan_to_num(np.asarray(correlated[0], dtype=float).reshape(sem.shape)[ok])
         cov[ok] = _correlated_covariance(cov[ok], xp[ok], wgt[ok], cols[ok], operator, np.nan_to_num(sem[ok]),
                                          spk, np.asarray(correlated[1], dtype=float),
@@ -577,7 +592,7 @@ def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
 
 
 def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree, operator, width_error,
-                  first_estimate, correlated, flat_top_z, out):
+                  first_estimate, correlated, flat_top_z, out, first_estimate_out=None):
     """The body of :func:`fit_peaks` (one block, its arguments prepared; ``fit_range`` = (hl, hr, sym, scale)) in
     the compiled kernels of :mod:`sendmap.science.peak_kernels`; fills and returns ``out``."""
     from .peak_kernels import normal_equations_kernel, peak_summary_kernel
@@ -595,6 +610,8 @@ def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree
     else:
         idx0 = np.asarray(first_estimate)
     idx0 = np.ascontiguousarray(idx0, dtype=np.int64)
+    if first_estimate_out is not None:
+        first_estimate_out[:] = idx0
     cols, xp, wgt, y = np.empty((n, m), np.int64), np.empty((n, m, d1)), np.empty((n, m)), np.empty((n, m))
     q_mid, ok, coef, cov = np.empty(n), np.empty(n, bool), np.empty((n, d1)), np.empty((n, d1, d1))
     sem = np.ascontiguousarray(sem, dtype=float)
@@ -788,8 +805,10 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
     sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
     args = (window, half_width, smooth_sigma_bins, degree)
+    # the first fit's starting bins are the smoothed maxima, the range's first centre below (one smoothing for both)
+    first = np.full(len(profiles), -1, np.int64) if smooth_sigma_bins > 0 else None
     out = fit_peaks(q, profiles, sem, *args, operator, width_error, correlated=correlated, recentre=False,
-                    flat_top_z=flat_top_z, engine=engine)
+                    flat_top_z=flat_top_z, engine=engine, first_estimate_out=first)
     nq = q.size
     ok = _has_maximum(out["status"])
     if nq < 2 or not ok.any():
@@ -799,7 +818,7 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     def nearest(qp):
         return np.clip(np.rint((np.nan_to_num(qp) - q[0]) / bw), 0, nq - 1).astype(int)
 
-    centre = smoothed_argmax(q, profiles, window, smooth_sigma_bins)
+    centre = first if first is not None else smoothed_argmax(q, profiles, window, smooth_sigma_bins)
     prev_c, prev_q = np.full(len(profiles), -1), np.full(len(profiles), np.nan)
     settled = ~ok
     for _ in range(RECENTRE_ITERATIONS):
@@ -970,7 +989,8 @@ def _propagated_covariance_lowrank(m_inv: np.ndarray, xp: np.ndarray, wgt: np.nd
 
 def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, cols: np.ndarray, operator,
                            sem: np.ndarray, spk: np.ndarray, correlation: np.ndarray,
-                           poisson_correlation: np.ndarray | None = None) -> np.ndarray:
+                           poisson_correlation: np.ndarray | None = None, rows: np.ndarray | None = None,
+                           out: np.ndarray | None = None) -> np.ndarray:
     """Covariance of polynomial coefficients fitted (weights ``wgt``) to y' = L y, where y's bins have the
     covariance Σ = diag(sem² − spk²) + diag(spk)·K·diag(spk), K(i, j) = correlation[|i − j|] (0 beyond its end).
 
@@ -980,13 +1000,17 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
     as one matrix product over all positions. sem, spk: (N, nq); m_inv, xp, wgt, cols as in :func:`_propagated_covariance`.
     ``poisson_correlation`` (lags 0, 1, …; :func:`sendmap.science.polar.poisson_bin_correlation`): the rest (Poisson)
     is correlated between neighbouring bins too (pixels split between them), Σ's first part then
-    diag(p)·K_P·diag(p), p = √(sem² − spk²)."""
+    diag(p)·K_P·diag(p), p = √(sem² − spk²).
+
+    ``rows``, ``out`` (without a dense ``operator``): only those rows are computed, into ``out`` (which may be
+    ``m_inv``, contiguous float64, in place; the other rows are left as they are); NaN and ±inf in sem and spk
+    count as ``np.nan_to_num`` makes them."""
     n, nq = sem.shape
     if operator is None or isinstance(operator, LowRankOperator):  # the same sums, compiled, per position
         from .fit_covariance import correlated_covariance_kernel
 
         low = operator is not None
-        out = np.empty_like(m_inv, dtype=float)
+        out = np.empty_like(m_inv, dtype=float) if out is None else out
         pc = np.zeros(0) if poisson_correlation is None else _trim_lags(poisson_correlation)
         nq_ = sem.shape[1]
         correlated_covariance_kernel(
@@ -995,7 +1019,8 @@ def _correlated_covariance(m_inv: np.ndarray, xp: np.ndarray, wgt: np.ndarray, c
             operator.passed if low else np.zeros(nq_, bool),
             np.ascontiguousarray(operator.a if low else np.zeros((nq_, 0))),
             np.ascontiguousarray(operator.b if low else np.zeros((0, nq_))),
-            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), _trim_lags(correlation), pc, out)
+            np.ascontiguousarray(sem, float), np.ascontiguousarray(spk, float), _trim_lags(correlation), pc, out,
+            np.arange(n, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, np.int64))
         return out
     return _correlated_covariance_numpy(m_inv, xp, wgt, cols, operator, sem, spk, correlation, poisson_correlation)
 
