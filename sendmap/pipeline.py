@@ -53,7 +53,8 @@ STAGES: tuple[Stage, ...] = (
     # revision 8: the grain rule's 'no SRO peak' asks the position's own profile (peaks/status_own_profile), and a
     # region without an amorphous ring beside a Li/Cu reflection is grain-like (science.classify.without_amorphous_ring)
     # revision 9 (mixed boundaries): Li/Cu-indexed spots on a LiF ring do not veto a Type 1 peak (classify_rules
-    # grain_indexed); opt-in classify.definitions.grain_majority_size (science.classify.grain_minority)
+    # grain_indexed), whose peak is then not reported (maps/peak_status bragg_disk_in_fit_range); opt-in
+    # classify.definitions.grain_majority_size (science.boundaries.grain_minority)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
           9),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)

@@ -3,7 +3,7 @@ amorphous ring and carries less than half of the grain interior's Bragg intensit
 import numpy as np
 import pytest
 
-from sendmap.science.classify import grain_minority, window_max
+from sendmap.science.boundaries import grain_minority, window_max
 
 
 def test_window_max_matches_scipy():

@@ -20,7 +20,8 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
     ``features/shared_spots`` and ``features/shared_grain_spots``. ``no_maximum``: (Ry, Rx) bool, no SRO maximum in
     the window on the position's own and denoised profiles (:func:`sendmap.science.classify.without_amorphous_ring`;
     None: not used). None for stores without spot lists (the threshold alone)."""
-    from ..science.classify import grain_evidence, grain_minority, without_amorphous_ring
+    from ..science.boundaries import grain_minority
+    from ..science.classify import grain_evidence, without_amorphous_ring
     from ..science.indexing import GRAIN, LIF
     from ..science.spot_context import shared_counts, shared_spot_table
 
