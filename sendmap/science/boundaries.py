@@ -7,22 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_max(image: np.ndarray, size: int) -> np.ndarray:
-    """Maximum over the ``size`` × ``size`` window (odd) centred on every pixel of a 2-D ``image``, edges extended
-    by the nearest pixel: ``scipy.ndimage.maximum_filter(image, size, mode="nearest")`` without importing it.
-
-    >>> window_max(np.array([[0.0, 5.0, 1.0, 0.0]]), 3).tolist()
-    [[5.0, 5.0, 5.0, 1.0]]
-    """
-    r = size // 2
-    padded = np.pad(np.asarray(image, dtype=float), r, mode="edge")
-    out = np.full(image.shape, -np.inf)
-    for i in range(2 * r + 1):
-        for j in range(2 * r + 1):
-            np.maximum(out, padded[i:i + image.shape[0], j:j + image.shape[1]], out=out)
-    return out
-
-
 def grain_minority(bragg_intensity: np.ndarray, like: np.ndarray, sro_peak: np.ndarray, size: int,
                    majority: float = 0.5, candidates: np.ndarray | None = None) -> np.ndarray:
     """(Ry, Rx) bool: grain-like positions (``like``, :func:`grain_evidence`) where the grain is the minority of

@@ -60,10 +60,7 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     fin = np.isfinite(peak_q)
     crystal = crystal_positions(crystal_z, crystal_spot_z, bragg_fraction, crystal_bragg_fraction,
                                 crystal_neighbours, crystal_min_neighbours, like=crystal_like)
-    spotty = np.nan_to_num(lif_z, nan=0.0) > lif_spot_z
-    if lif_vote is not None:
-        spotty |= np.nan_to_num(lif_vote, nan=0.0) >= lif_vote_min
-    spotty &= ~crystal
+    spotty = lif_spotty(lif_z, lif_spot_z, lif_vote, lif_vote_min) & ~crystal
 
     def within(r):
         return fin & (peak_q >= r[0]) & (peak_q <= r[1])
@@ -84,6 +81,20 @@ def classify_rules(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray,
     cls[iso & (peak_q >= electrolyte_max_q) & within(sei_type1_range)] = SEI_TYPE1
     cls[crystal] = CRYSTAL
     return cls
+
+
+def lif_spotty(lif_z: np.ndarray, lif_spot_z: float, lif_vote: np.ndarray | None = None,
+               lif_vote_min: float = 0.5) -> np.ndarray:
+    """The LiF evidence of :func:`classify_rules` (rule 2, before crystals are taken out): a spot in the LiF bands
+    above ``lif_spot_z`` σ or, where ``lif_vote`` is given, a neighbourhood vote ≥ ``lif_vote_min``.
+
+    >>> lif_spotty(np.array([12.0, 3.0, np.nan]), 10.5, np.array([0.0, 0.6, 0.2])).tolist()
+    [True, True, False]
+    """
+    spotty = np.nan_to_num(lif_z, nan=0.0) > lif_spot_z
+    if lif_vote is not None:
+        spotty |= np.nan_to_num(lif_vote, nan=0.0) >= lif_vote_min
+    return spotty
 
 
 def grain_reflection_type1(peak_q: np.ndarray, grain_indexed: np.ndarray, sei_type1_range: tuple[float, float],

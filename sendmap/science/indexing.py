@@ -41,6 +41,8 @@ import numpy as np
 
 from .polar import (ROBUST_MAX_ITER, ROBUST_Z_CLIP, SPOT_NULL_EVERY, STATS_FASTMATH, _band_windows, _clipped_rate,
                     _spot_null, _window_scores)
+from .ring_sectors import mark_sectors_within, sector_directions, sector_of
+from .ring_sectors import wrap as _wrap
 
 # ------------------------------------------------------------------------------------------------ constants
 
@@ -240,17 +242,6 @@ def _frame_spot_map(s, w, q_c, disk_r_q, zmap, widths, scratch, work, zf):
 
 
 @numba.njit(cache=True, inline="always")
-def _wrap(x, n):
-    """x % n for n > 0 (the Python modulo) for an x within a few n of [0, n): a compare and an add instead of an
-    integer division (~30 cycles), in the spot list's loops over sectors."""
-    while x < 0:
-        x += n
-    while x >= n:
-        x -= n
-    return x
-
-
-@numba.njit(cache=True, inline="always")
 def _is_local_max(zmap, widths, i, k):
     """Whether window (i, k) of :func:`_frame_spot_map` is a local maximum of the significance: not below its two
     azimuthal neighbours in bin i nor the three windows of bins i ± 1 whose centres are nearest its own (windows
@@ -279,26 +270,14 @@ def _isotropic_level(i, s, w, q_c, q_pre, kc_pre, pcx, pcy, excl2, cosk, sink, c
     nphi = s.shape[1]
     for k in range(nphi):
         covered[k] = False
-    # the sectors of this bin within the exclusion radius of a spot: along the ring the distance grows with the
-    # azimuth away from the spot's, so they are its sector, the two beside it (the centres within ±1.5 sectors:
-    # the nearest may be either) and, on either side, the next ones up to the first beyond (each farther than the
-    # last by ≥ 2·q·q_a·(1 − cos sector), far beyond rounding), each with the Cartesian distance
+    # the sectors of this bin within the exclusion radius of a spot (the walk from the spot's sector:
+    # sendmap.science.ring_sectors)
     excl = math.sqrt(excl2)
     q = q_c[i]
     for a in range(q_pre.size):
         if abs(q_pre[a] - q) >= excl:
             continue
-        for side in range(2):
-            step = 1 if side == 0 else -1
-            k = kc_pre[a] if side == 0 else kc_pre[a] - 1
-            for m in range(nphi):
-                kk = _wrap(k, nphi)
-                hit = (pcx[a] - q * cosk[kk]) ** 2 + (pcy[a] - q * sink[kk]) ** 2 < excl2
-                if hit:
-                    covered[kk] = True
-                elif m >= 1:
-                    break  # (m = 0: the sector beside the spot's may be beyond and the next one not)
-                k += step
+        mark_sectors_within(q, pcx[a], pcy[a], kc_pre[a], excl2, False, cosk, sink, covered)
     fs = 0.0
     fw = 0.0
     n_free = 0
@@ -326,11 +305,7 @@ def spot_geometry(q_c, disk_r_q, nphi):
     frame's loop, so the same values."""
     nq = q_c.size
     sector = 2.0 * math.pi / nphi
-    cosk = np.empty(nphi)
-    sink = np.empty(nphi)
-    for k in range(nphi):
-        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
-        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
+    cosk, sink = sector_directions(nphi)
     hw = np.empty((2, nq))
     for it in range(2):
         reg2 = (SPOT_REFINE_RADII if it == 0 else SPOT_CENTROID_RADII) ** 2 * disk_r_q * disk_r_q
@@ -444,7 +419,7 @@ def _frame_spots(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work, z
     kc_pre = np.empty(n_pre, np.int64)  # the sector holding each spot's azimuth
     for a in range(n_pre):
         q_pre[a] = math.sqrt(cx[pre[a]] ** 2 + cy[pre[a]] ** 2)
-        kc_pre[a] = min(nphi - 1, max(0, int(math.floor((math.atan2(cy[pre[a]], cx[pre[a]]) + math.pi) / sector))))
+        kc_pre[a] = sector_of(cx[pre[a]], cy[pre[a]], nphi)
     pcx = np.empty(n_pre)
     pcy = np.empty(n_pre)
     for a in range(n_pre):

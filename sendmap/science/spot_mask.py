@@ -32,6 +32,8 @@ import math
 import numba
 import numpy as np
 
+from .ring_sectors import mark_sectors_within, sector_directions, sector_of
+
 PIXEL_HALF_DIAGONAL = math.sqrt(2.0) / 2.0
 """Half a detector pixel's diagonal, in pixels: how far outside a disk's edge a sub-pixel can carry its counts
 (the counts of a pixel the edge crosses are spread over all of its sub-pixels, :mod:`sendmap.science.polar`)."""
@@ -95,15 +97,11 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
     near = np.empty(n_sp, np.int64)
     kc = np.empty(n_sp, np.int64)  # the sector holding each (mate's) azimuth
     for a in range(n_sp):
-        kc[a] = min(nphi - 1, max(0, int(math.floor((math.atan2(sy[a], sx[a]) + math.pi) / sector))))
+        kc[a] = sector_of(sx[a], sy[a], nphi)
     covered = np.empty((nq, nphi), np.bool_)  # rows of the bins in ``todo``: their cells within reach of a spot
     todo = np.empty(nq, np.int64)  # the bins with such a cell
     n_todo = 0
-    cosk = np.empty(nphi)  # sector centres' azimuth: −π + (k + ½)·2π/n_phi
-    sink = np.empty(nphi)
-    for k in range(nphi):
-        cosk[k] = math.cos(-math.pi + (k + 0.5) * sector)
-        sink[k] = math.sin(-math.pi + (k + 0.5) * sector)
+    cosk, sink = sector_directions(nphi)
     changed = 0
     if n_sp == 0:
         out_mean[:] = mean
@@ -122,29 +120,15 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
         if n_near == 0:
             continue
         r2 = reach * reach
-        # a cell is left out where its centre is within reach of a spot: along the ring the distance grows with
-        # the azimuth away from the spot's, so each spot's cells are its sector, the two beside it (the centres
-        # within ±1.5 sectors: the nearest of them may be either) and, on either side, the next ones up to the
-        # first out of reach (each farther than the last by ≥ 2·q·q_a·(1 − cos sector), far beyond rounding); the
-        # same test as on every cell, made only there
+        # a cell is left out where its centre is within reach of a spot (the walk from the spot's sector:
+        # sendmap.science.ring_sectors)
         cov = covered[n_todo]
         for k in range(nphi):
             cov[k] = False
         n_cov = 0
         for b in range(n_near):
             a = near[b]
-            for side in range(2):
-                step = 1 if side == 0 else -1
-                k = kc[a] if side == 0 else kc[a] - 1
-                for m in range(nphi):
-                    kk = k % nphi
-                    hit = (q * cosk[kk] - sx[a]) ** 2 + (q * sink[kk] - sy[a]) ** 2 <= r2
-                    if hit and not cov[kk]:
-                        cov[kk] = True
-                        n_cov += 1
-                    if not hit and m >= 1:
-                        break  # (m = 0: the sector beside the spot's may be out of reach and the next one not)
-                    k += step
+            n_cov += mark_sectors_within(q, sx[a], sy[a], kc[a], r2, True, cosk, sink, cov)
         if n_cov == 0:
             continue  # no cell covered: the plain mean and sem (as set above)
         todo[n_todo] = i

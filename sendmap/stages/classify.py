@@ -109,7 +109,7 @@ def stage_classify(ctx: Context) -> None:
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
     from ..science.classify import (CRYSTAL, SEI_TYPE1, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
-                                    grain_reflection_type1,
+                                    grain_reflection_type1, lif_spotty,
                                     crystal_neighbour_count, crystal_positions, lif_indexed_positions, lif_layer_z,
                                     spot_vote, undetermined_by_q)
     from ..science.indexing import AMBIGUOUS, GRAIN
@@ -249,8 +249,7 @@ def stage_classify(ctx: Context) -> None:
     # position is not crystalline; maps/peak_status says why not elsewhere
     final_status = np.where(no_peak, status_code("crystal"), peak_status).astype(np.int8)
     if rules["grain_indexed"] is not None:  # Type 1 by its peak, whose Q the grain's disks pull up: not reported
-        spotty = (np.nan_to_num(lif_z, nan=0.0) > lif_sure) | (np.nan_to_num(vote, nan=0.0) >= d.lif_vote_min)
-        pulled = (cls == SEI_TYPE1) & spotty & grain_reflection_type1(
+        pulled = (cls == SEI_TYPE1) & lif_spotty(lif_z, lif_sure, vote, d.lif_vote_min) & grain_reflection_type1(
             peak_q, rules["grain_indexed"], d.sei_type1_range, d.sei_type2_range, d.electrolyte_max_q)
         final_status[pulled & (final_status == status_code("ok"))] = status_code("bragg_disk_in_fit_range")
     no_peak_map = (final_status != status_code("ok")) & (final_status != status_code("no_clear_maximum"))
