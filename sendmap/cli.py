@@ -159,21 +159,13 @@ def _run_loaded(cfg, args) -> int:
     # on a likely re-run from classification on, the figure helpers warm up while the pipeline's modules import
     rerun = likely_rerun(cfg, args.force, args.until)
     helpers = start_figure_helpers_for_rerun(cfg, args.force, args.until, likely=rerun)
-    from .engine import fit_helper
-
-    if rerun:  # (classify gmm/kmeans: scikit-learn imports in a helper meanwhile)
-        fit_helper.start(cfg)
     try:
         from .pipeline import run_pipeline
     except BaseException:
         if helpers is not None:
             helpers.close()
-        fit_helper.close()
         raise
-    try:
-        summary = run_pipeline(cfg, force=args.force, until=args.until, figure_helpers=helpers)
-    finally:
-        fit_helper.close()  # (if no classification took it)
+    summary = run_pipeline(cfg, force=args.force, until=args.until, figure_helpers=helpers)
     out = cfg.output_dir()
     if args.until:
         print(f"[sendmap] stopped after {args.until} (--until); timing {summary['timing_s']}")

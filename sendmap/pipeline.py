@@ -54,9 +54,10 @@ STAGES: tuple[Stage, ...] = (
     # region without an amorphous ring beside a Li/Cu reflection is grain-like (science.classify.without_amorphous_ring)
     # revision 9 (mixed boundaries): Li/Cu-indexed spots on a LiF ring do not veto a Type 1 peak (classify_rules
     # grain_indexed), whose peak is then not reported (maps/peak_status bragg_disk_in_fit_range); opt-in
-    # classify.definitions.grain_majority_size (science.boundaries.grain_minority)
+    # classify.definitions.grain_majority_size (science.boundaries.grain_minority); revision 10 (methods gmm/kmeans):
+    # the project's own mixture and k-means (science.gmm) on every clustered position, not scikit-learn's on 20 000
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          9),
+          10),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -377,37 +377,16 @@ def lif_layer_z(lif_z: np.ndarray, exclude: np.ndarray, size: int = 5, self_weig
     return dev / half
 
 
-GMM_FIT_POSITIONS = 20_000
-"""``classify: gmm`` fits its mixture on at most this many positions (a draw seeded by ``classify.seed``) and
-assigns every position by the fitted mixture: the fit's time grows with the positions (scikit-learn: ~1 s of
-the ~7 s re-run after ``--set classify.method=gmm`` on the 86 400-position 128² bench scan) while 20 000
-positions fix 3 components of 2 features far better than the classes' overlap. Measured on that scan
-(86 400 positions, ~55 000 clustered; seeds 0, 1, 2): 0, 7 and 7 positions change class against the fit on all
-(0.008 %; 10 000 positions: 345; 5 000: 337), while full fits of different seeds agree at every position."""
-
-
 def fit_cluster_labels(feats: np.ndarray, k: int, seed: int, method: str = "gmm") -> np.ndarray:
-    """Cluster index (n,) of each row of the standardised features ``feats`` (n, d): scikit-learn's
-    ``GaussianMixture`` (full covariances, 3 starts) fitted on at most :data:`GMM_FIT_POSITIONS` rows drawn with
-    ``seed`` (all where fewer) and predicting every row, or (``method`` "kmeans") its ``KMeans`` (10 starts).
-    A module-level function of arrays, so that a helper process that imported scikit-learn ahead can run it
-    (:mod:`sendmap.engine.fit_helper`)."""
+    """Cluster index (n,) of each row of the standardised features ``feats`` (n, d): the full-covariance Gaussian
+    mixture (3 k-means-initialised starts) fitted on every row, or (``method`` "kmeans") k-means (10 seedings), both
+    seeded by ``seed``: :mod:`sendmap.science.gmm` (the algorithms and defaults of scikit-learn's
+    ``GaussianMixture`` / ``KMeans``, without their import)."""
+    from .gmm import gmm_labels, kmeans_labels
+
     if method == "kmeans":
-        from sklearn.cluster import KMeans
-
-        return KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(feats)
-    from sklearn.mixture import GaussianMixture
-
-    from .lowrank import blas_threads
-
-    # one BLAS thread: its products and triangular solves are of (N, 2) × 2 × 2, where a second thread gains
-    # nothing and, on a busy machine, spin-waits (sendmap.science.lowrank.blas_threads: 25 s → see the bench)
-    with blas_threads(1):
-        gmm = GaussianMixture(n_components=k, random_state=seed, covariance_type="full", n_init=3)
-        if len(feats) <= GMM_FIT_POSITIONS:
-            return gmm.fit_predict(feats)
-        rows = np.sort(np.random.default_rng(seed).choice(len(feats), GMM_FIT_POSITIONS, replace=False))
-        return gmm.fit(feats[rows]).predict(feats)
+        return kmeans_labels(feats, k, seed, n_init=10)
+    return gmm_labels(feats, k, seed, n_init=3)
 
 
 def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n_clusters: int, seed: int,
@@ -420,8 +399,8 @@ def classify_gmm(peak_q: np.ndarray, crystal_z: np.ndarray, lif_z: np.ndarray, n
     each cluster by the definitions makes the result comparable with ``classify_rules`` while the data set
     the boundaries between classes. Several clusters may take one name; a class no cluster wins is absent.
     ``definitions``: the keyword arguments of :func:`classify_rules` (``bragg_fraction``/``lif_vote`` arrays
-    included). ``fit_labels``: a function like :func:`fit_cluster_labels` (same arguments and result), e.g. one
-    that runs it in a helper process; None: :func:`fit_cluster_labels` here.
+    included). ``fit_labels``: a function like :func:`fit_cluster_labels` (same arguments and result); None:
+    :func:`fit_cluster_labels`.
     """
     shape = np.shape(peak_q)
     flat_q, flat_c, flat_l = (np.ravel(a) for a in (peak_q, crystal_z, lif_z))

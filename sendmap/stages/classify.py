@@ -168,24 +168,15 @@ def stage_classify(ctx: Context) -> None:
                  grain_indexed=np.isin(cat, (GRAIN, AMBIGUOUS)) if like is not None else None)
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
-    else:  # the clustering (scikit-learn, in the CLI's helper process if any) on a second thread, while this one
-        # computes and writes what does not depend on the classes (method_independent_features): ~1 s of
-        # clustering overlapped with ~0.4 s of features on the 128² bench scan's re-run after a method change
+    else:  # the clustering (sendmap.science.gmm: numba kernels, the GIL released) on a second thread, while this one
+        # computes and writes what does not depend on the classes (method_independent_features)
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..engine import fit_helper
-
-        helper = fit_helper.take(cfg.classify.method)  # (scikit-learn imported ahead by the CLI's helper, if any)
-        try:
-            with ThreadPoolExecutor(1) as pool:
-                clustering = pool.submit(classify_gmm, peak_q, crystal_z, lif_z, cfg.classify.n_clusters,
-                                         cfg.classify.seed, method=cfg.classify.method,
-                                         fit_labels=helper.fit_labels if helper else None, **rules)
-                method_independent_features(g, q, spot_z, r_q, lif_sure, crystal_z, lif_z, vote, layer, d)
-                cls = clustering.result()
-        finally:
-            if helper is not None:
-                helper.close()
+        with ThreadPoolExecutor(1) as pool:
+            clustering = pool.submit(classify_gmm, peak_q, crystal_z, lif_z, cfg.classify.n_clusters,
+                                     cfg.classify.seed, method=cfg.classify.method, **rules)
+            method_independent_features(g, q, spot_z, r_q, lif_sure, crystal_z, lif_z, vote, layer, d)
+            cls = clustering.result()
     # no clear maximum: no class from the peak's Q unless the whole Q range consistent with the maximum gives it
     flat = peak_status == status_code("no_clear_maximum")
     if flat.any() and "peaks/q_max_lo" in g:
