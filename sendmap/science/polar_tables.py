@@ -35,10 +35,10 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from .indexing import MAX_SPOTS, _frame_spots, row_sums, spot_geometry
+from .indexing import MAX_SPOTS, _frame_spots, row_sums, spot_geometry, spot_scratch
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
 from .sparse import SparseFrames, list_nonzero
-from .spot_mask import PIXEL_HALF_DIAGONAL, masked_profile
+from .spot_mask import PIXEL_HALF_DIAGONAL, masked_profile_dirs
 
 DEFAULT_CENTRE_STEP_PX = 0.125
 """Grid the per-frame centre is rounded to for the tables (px): at most 1/16 px off, up to 64 tables."""
@@ -323,8 +323,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
         # the spot list's work arrays and this frame's noted candidate windows (one frame at a time)
         cand_ik = np.empty(n_cand_max if select else 0, np.int32)
         cand_z = np.empty(n_cand_max if select else 0)
-        zmap = np.empty((nq if select else 0, nphi))
-        widths = np.zeros(nq, np.int64)
+        zmap, widths = spot_scratch(q_c if select else q_c[:0], disk_r_q, nphi)  # (NaN; _frame_spots keeps it so)
         rob = np.empty(nq)
         rs = np.empty(nq)
         for i in range(f0, f1):
@@ -365,8 +364,8 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
                 if keep:  # (scratch, work and zf are free again: the statistics are done)
                     out_scattered[f] = _frame_spots(s, w_u[u], q_c, disk_r_q, cand_min, out_spots[f], zmap, widths,
                                                     scratch, work, zf, rob, cand_ik, cand_z, nc, cosk, sink, hw, rs)
-                    masked_profile(s, w_u[u], w2_u[u], out_mean[f], out_sem[f], q_c, out_spots[f], disk_r_q,
-                                   pix_margin_q, out_mmean[f], out_msem[f])
+                    masked_profile_dirs(s, w_u[u], w2_u[u], out_mean[f], out_sem[f], q_c, out_spots[f], disk_r_q,
+                                        pix_margin_q, out_mmean[f], out_msem[f], True, cosk, sink)
                 else:
                     out_mmean[f] = out_mean[f]
                     out_msem[f] = out_sem[f]

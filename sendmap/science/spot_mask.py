@@ -61,6 +61,16 @@ def _masked_bin(i, S, W, Wk, w2, mean, sem, out_mean, out_sem):
 
 @numba.njit(cache=True, nogil=True)
 def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, out_mean, out_sem, friedel=True):
+    """Spot-masked mean and its sem of one frame (:func:`masked_profile_dirs` with the sector directions of
+    :func:`sendmap.science.ring_sectors.sector_directions` made here)."""
+    cosk, sink = sector_directions(s.shape[1])
+    return masked_profile_dirs(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, out_mean, out_sem, friedel,
+                               cosk, sink)
+
+
+@numba.njit(cache=True, nogil=True)
+def masked_profile_dirs(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, out_mean, out_sem, friedel, cosk,
+                        sink):
     """Spot-masked mean and its sem of one frame into ``out_mean``, ``out_sem`` (nq,).
 
     s, w: (nq, n_phi) polar sums (counts/ss², pixel areas) of the frame; w2 (nq,) Σw² per bin; mean, sem (nq,)
@@ -68,7 +78,9 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
     centres (1/Å, Q = 1/d, uniform bins); spots (K, ≥ 2) the frame's listed spots (Q 1/Å, azimuth rad, …), NaN
     rows unused; disk_r_q: probe-disk radius (1/Å); pixel_margin_q: the pixel margin (1/Å, q_pixel_size ·
     :data:`PIXEL_HALF_DIAGONAL`); friedel: also mask each spot's Friedel mate (−g). See the module docstring for
-    the cover rule and the error. Returns the number of bins that changed."""
+    the cover rule and the error. ``cosk``, ``sink`` (n_phi,): :func:`sendmap.science.ring_sectors.
+    sector_directions` (made once per block by the profile kernel, not per frame: 144 cos and sin, ~3 µs per listed
+    frame). Returns the number of bins that changed."""
     nq, nphi = s.shape
     sector = 2.0 * math.pi / nphi
     bw = q_c[1] - q_c[0] if nq > 1 else 1.0
@@ -101,7 +113,6 @@ def masked_profile(s, w, w2, mean, sem, q_c, spots, disk_r_q, pixel_margin_q, ou
     covered = np.empty((nq, nphi), np.bool_)  # rows of the bins in ``todo``: their cells within reach of a spot
     todo = np.empty(nq, np.int64)  # the bins with such a cell
     n_todo = 0
-    cosk, sink = sector_directions(nphi)
     changed = 0
     if n_sp == 0:
         out_mean[:] = mean
