@@ -256,7 +256,7 @@ class PeaksConfig(_Section):
         "each position's k × k neighbourhood (odd k), averaged, is added back to its denoised profile: what the few "
         "components leave out of a class's shape is spatially coherent, the speckle is not "
         "(sendmap.science.denoise_residual). Without it the SEI Type 2 peak came out 0.005-0.006 1/Å low at speckle "
-        "M = 3 (development seeds 920, 921, matrix seed 1020; -0.0019 to +0.0007 with it, and -0.0036/-0.0054 -> "
+        "M = 3 (development seeds 920, 921, matrix seed 1020; -0.0027 to +0.0007 with it; and -0.0036/-0.0054 -> "
         "-0.0007/-0.0006 on the check seeds 970/971); k = 3, 5, 7 were compared on the development seeds (5 and 7 "
         "alike, 3 noisier). 1: off")
     second_window: tuple[float, float] = Field(
