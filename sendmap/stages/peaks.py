@@ -389,7 +389,9 @@ def stage_peaks(ctx: Context) -> None:
                     {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
     if operator is not None:
         write_array(g, "peaks/denoised_iqn", y.reshape(ry, rx, nq).astype(np.float32),
-                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)", "n_components": info["n_components"]})
+                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)" + (
+                        ", plus the neighbours' mean residual (peaks.denoise_residual_pool)" if pool_n is not None
+                        else ""), "n_components": info["n_components"]})
 
     in_plain = np.isfinite(plain["q_err"])  # the positions the plain fit covers (all, or the sample)
 
