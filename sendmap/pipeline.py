@@ -40,8 +40,10 @@ STAGES: tuple[Stage, ...] = (
     # revision 6 (issue 18, LiF): the denoising components leave out grains by the spots' indexing (LiF-rich SEI
     # Type 2 is no longer left out: its LiF (200) lies in the Cu band); peaks.denoise_exclude_spots (gappy PCA)
     # revision 7: peaks/status_own_profile (the grain-like rows' own profiles: an SRO maximum without the denoising?)
+    # revision 8: under strong speckle the denoised profiles get their neighbours' mean residual back
+    # (peaks.denoise_residual_pool: the few components' truncation bias)
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 7,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 8,
           key_sections=peaks.key_sections),
     # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
     # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature;

@@ -235,6 +235,7 @@ def stage_peaks(ctx: Context) -> None:
     """
 
     from ..engine.execute import local_map
+    from ..science.denoise_residual import residual_added, residual_pool_error
     from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_peaks_reported,
                                 fit_second_peak, gap_filled_sem, lowrank_denoise, resolve_auto_fit_range, status_attrs,
                                 status_code, window_feedback)
@@ -284,7 +285,7 @@ def stage_peaks(ctx: Context) -> None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 corr = (np.nan_to_num(corr[0] * (sem / sem_raw).reshape(-1, nq)), *corr[1:])
     y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
-    operator, info = None, {"method": "none"}
+    operator, info, pool_n = None, {"method": "none"}, None
     if pk.denoise != "none":
         lo, hi = pk.denoise_q_range or (pk.window[0] - hw_l, (float(q[-1]) if q.size else 0.0) + 1.0)
         n_comp = pk.denoise_components
@@ -299,6 +300,10 @@ def stage_peaks(ctx: Context) -> None:
                                             n_comp, pk.denoise_guard, exclude=spot_bins)
         if speckle_info:
             info["speckle_edge"] = speckle_info
+            if pk.denoise_residual_pool > 1 and info["method"] != "none":  # the truncation bias, from the neighbours
+                y, pool_n = residual_added(plain_in[0], y, amorphous & (counts > 0), spot_bins, (ry, rx),
+                                           pk.denoise_residual_pool)
+                info["residual_pool"] = int(pk.denoise_residual_pool)
         if info["method"] == "none":
             operator = None
             ctx.log(f"[sendmap] peaks: denoising skipped ({info['skipped']})")
@@ -314,6 +319,7 @@ def stage_peaks(ctx: Context) -> None:
     feedback = window_feedback(q, y, s, with_counts, *fit_args) if recentre else none
     feedback_plain = (feedback if (k == 1 and operator is None) or not recentre
                       else window_feedback(q, *plain_in, with_counts, *fit_args))
+    pool_n = pool_n if operator is not None and info.get("residual_pool") else None
     if k == 1 and operator is None:
         res = plain = fit_peaks_reported(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
                                          recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
@@ -329,6 +335,8 @@ def stage_peaks(ctx: Context) -> None:
                          correlated=None if corr_plain is None else (corr_plain[0][sample], *corr_plain[1:]))
         for kk in plain:
             plain[kk][sample] = part[kk]
+        if pool_n is not None:  # the neighbours' residual's own noise (residual_added) into the error
+            res["q_err"] = residual_pool_error(res["q_err"], plain["q_err"], pool_n, amorphous)
     # the grain-like rows' own profiles: is there an SRO maximum without the denoising (grain_rows_own_status)?
     own_status = np.asarray(res["status"]).copy()
     own = crystal.ravel() if operator is not None else np.zeros(ry * rx, bool)
@@ -381,7 +389,9 @@ def stage_peaks(ctx: Context) -> None:
                     {"units": "1/Å"} if key.startswith(("q", "fwhm")) else None)
     if operator is not None:
         write_array(g, "peaks/denoised_iqn", y.reshape(ry, rx, nq).astype(np.float32),
-                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)", "n_components": info["n_components"]})
+                    {"meaning": f"profiles after {pk.denoise} denoising (fit input)" + (
+                        ", plus the neighbours' mean residual (peaks.denoise_residual_pool)" if pool_n is not None
+                        else ""), "n_components": info["n_components"]})
 
     in_plain = np.isfinite(plain["q_err"])  # the positions the plain fit covers (all, or the sample)
 

@@ -1,0 +1,86 @@
+"""Monte-Carlo harness: the SRO peak estimator's bias on single patterns (issue 18, speckle3).
+
+One isotropic amorphous pattern, the generator's SEI Type 1 (its SRO peak skewed: the low-Q flank falls more slowly,
+half widths at 80 % of the maximum 0.064 / 0.055 1/Å), × partially developed speckle of M
+volumes (:func:`sendmap.synth.patterns.speckle_field`, grains of the 2 mrad probe disk) × Poisson at 2 × 10⁴ e⁻,
+binned by the profile stage's own kernel (:func:`sendmap.science.polar.polar_sums`, ``frame_statistics``) and fitted
+by :func:`sendmap.science.peaks.fit_peaks`. Known answer: the same fit of the noise-free pattern binned the same way,
+so only the noise's effect is measured (no classification, no denoising). Bias = mean over draws − that, judged
+against its standard error.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sendmap.science.peaks import fit_peaks, window_feedback
+from sendmap.science.polar import PolarGeometry, frame_statistics, polar_sums, speckle_mean_factor
+
+N_DET, QPX, DISK_PX = 128, 0.0125, 6.38  # 128² detector, 1/Å per pixel, probe disk radius (2 mrad at 200 kV)
+WINDOW = (0.22, 0.42)
+ARGS = (WINDOW, 0.14, 3.0, 5)
+
+
+def _expected():
+    """Expected counts per pixel of the scattered ring: the generator's own probe-convolved SEI Type 1 profile
+    (:class:`sendmap.synth.make.SynthModel`, its peak of I·Q at 0.3345 1/Å) on the detector, its scattered part
+    carrying 0.25 × 2 × 10⁴ electrons as in ``sendmap synth`` (the central disk lies below the window: left out)."""
+    from sendmap.synth.make import AMORPHOUS_MODELS, SynthModel, SynthParams
+
+    model = SynthModel(SynthParams(scan_shape=(4, 4)))
+    centre = model.ring_centre_for("sei_type1", np.array([0.3345]))
+    radial = (model.K @ model._ring_columns(AMORPHOUS_MODELS["sei_type1"], centre))[:, 0]
+    c = (N_DET - 1) / 2.0
+    yy, xx = np.mgrid[:N_DET, :N_DET]
+    prof = np.interp(np.hypot(yy - c, xx - c) * QPX, model.q, radial)
+    return prof * (5000.0 / prof.sum()), c
+
+
+def _fits(m: int, n: int, seed: int, recentre: bool):
+    from sendmap.synth.patterns import speckle_field
+
+    expect, c = _expected()
+    geom = PolarGeometry(q_pixel_size=QPX, bin_width=0.0125, nq=89, n_phi=72, supersample=3)
+    q = geom.q_centres
+    g = speckle_mean_factor(q, 72, DISK_PX * QPX, 0.0125) if m else None
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, N_DET, N_DET))
+    for k in range(n):
+        sp = speckle_field((N_DET, N_DET), DISK_PX, m, rng, centre_yx=(c, c)) if m else 1.0
+        frames[k] = rng.poisson(expect * sp)
+    mask = np.ones((N_DET, N_DET), bool)
+    st = frame_statistics(polar_sums(frames, np.full((n, 2), c), mask, geom), q, DISK_PX * QPX, speckle_factor=g)
+    st0 = frame_statistics(polar_sums(expect[None], np.array([[c, c]]), mask, geom), q, DISK_PX * QPX)
+    iqn, sem = st["mean"] * q, st["sem"] * q
+    beta = window_feedback(q, iqn, sem, None, *ARGS)["beta"] if recentre else None
+    truth = fit_peaks(q, st0["mean"] * q, np.nanmedian(sem, axis=0)[None], *ARGS, width_error=False,
+                      recentre=recentre, feedback=beta)["q_peak"][0]
+    r = fit_peaks(q, iqn, sem, *ARGS, width_error=False, recentre=recentre, feedback=beta)
+    d = r["q_peak"][r["status"] == 0] - truth
+    return d, d.std(ddof=1) / np.sqrt(d.size)
+
+
+def test_fixed_range_fit_unbiased_without_speckle():
+    """Poisson only, the fit range centred on the smoothed maximum (the default of fit_peaks): unbiased within 3
+    standard errors (−0.0003 ± 0.0003 1/Å)."""
+    d, se = _fits(0, 600, 1, recentre=False)
+    assert d.size > 580
+    assert abs(d.mean()) < 3 * se + 1e-5, (d.mean(), se)
+
+
+@pytest.mark.xfail(strict=True, reason="known, not fixed (issue 18, session 17): the fit range re-centred on the "
+                   "fitted maximum (the peaks stage's estimator under the speckle error model) is biased towards the "
+                   "slower flank on a skewed peak: −0.0010 ± 0.0002 1/Å here (median −0.0004; the fixed range "
+                   "−0.0003 ± 0.0003), as the legacy cells' class means (−0.0006)")
+def test_recentred_fit_unbiased_without_speckle():
+    d, se = _fits(0, 600, 1, recentre=True)
+    assert abs(d.mean()) < 3 * se + 1e-5, (d.mean(), se)
+
+
+@pytest.mark.xfail(strict=True, reason="known, not fixed (issue 18, session 17): under M = 3 speckle a single "
+                   "pattern's maximum has a heavy tail towards the slower, low-Q flank (a few % of the fits 0.04-0.1 "
+                   "1/Å low): mean −0.0032 ± 0.0006 1/Å here, median −0.0004; the remaining SEI Type 1 class-mean bias of −0.002 to −0.003 "
+                   "1/Å on speckle3 (also after the denoising, whose truncation bias the neighbours' residual removes)")
+def test_single_pattern_fit_unbiased_under_strong_speckle():
+    d, se = _fits(3, 1200, 2, recentre=True)
+    assert abs(d.mean()) < 3 * se + 1e-5, (d.mean(), se)
