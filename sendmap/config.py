@@ -408,9 +408,13 @@ class ClassDefinitions(_Section):
 
 class ClassifyConfig(_Section):
     method: Literal["rules", "gmm", "kmeans", "probabilistic"] = Field(
-        "rules", description="rules: the class rules (definitions); gmm/kmeans: clusters named by the rules; "
-        "probabilistic: the most probable class of maps/class_probability (evidence + spatial prior, "
-        "sendmap.science.probability)")
+        "probabilistic", description="probabilistic (default since session 17): the most probable class of "
+        "maps/class_probability (each position's evidence: crystal rule, SRO peak with its error, LiF evidence; and a "
+        "Potts spatial prior; sendmap.science.probability); rules: the class rules (definitions) position by position; "
+        "gmm/kmeans: clusters named by the rules. Chosen on the scenario matrix's development seeds 1200-1225 (26 "
+        "cells, 128²: cells meeting every issue-18 target 13 -> 17, accuracy higher on 22) and checked on seeds "
+        "1300-1325 (14 -> 18, higher on 25): where classes overlap in Q (published spreads) the rules' Q cuts label "
+        "each position alone (accuracy 0.89-0.90 on spread), the spatial prior gives it its layer's class (0.97)")
     min_confidence: float = Field(
         0.0, ge=0, lt=1, description="positions whose class has a probability (maps/class_confidence) below this are "
         "'uncertain'; 0: off (the default until the probabilities are validated on the scenario matrix)")

@@ -58,8 +58,10 @@ STAGES: tuple[Stage, ...] = (
     # grain_indexed), whose peak is then not reported (maps/peak_status bragg_disk_in_fit_range); opt-in
     # classify.definitions.grain_majority_size (science.boundaries.grain_minority); revision 10 (methods gmm/kmeans):
     # the project's own mixture and k-means (science.gmm) on every clustered position, not scikit-learn's on 20 000
+    # revision 11: a maximum above every class's range, where the position still gets an amorphous class, is not
+    # reported (maps/peak_status above_class_ranges)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          10),
+          11),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -63,3 +63,16 @@ def test_li_reflection_on_a_lif_ring_does_not_veto_a_type1_peak():
     without = classify_rules(peak, crystal_z, lif_z, **rules)
     assert with_rule.tolist() == [SEI_TYPE1, UNASSIGNED, SEI_TYPE2, SEI_TYPE1]
     assert without.tolist() == [UNASSIGNED, UNASSIGNED, SEI_TYPE2, SEI_TYPE1]
+
+
+def test_above_class_ranges_only_where_a_class_claims_the_maximum():
+    """A maximum above SEI Type 1's range (its published mean + 2 spreads) is not reported for an amorphous class
+    the position gets (probabilities, neighbours); crystals, unassigned positions, the range's own end and positions
+    without a maximum are left alone."""
+    from sendmap.science.classify import (CRYSTAL, ELECTROLYTE, SEI_TYPE1, SEI_TYPE2, UNASSIGNED,
+                                          above_class_ranges)
+
+    q = np.array([0.395, 0.395, 0.395, 0.395, 0.395, 0.37, 0.3701, np.nan, 0.33])
+    cls = np.array([SEI_TYPE1, SEI_TYPE2, ELECTROLYTE, CRYSTAL, UNASSIGNED, SEI_TYPE1, SEI_TYPE1, SEI_TYPE1, SEI_TYPE1])
+    got = above_class_ranges(q, cls, (0.307, 0.37))
+    assert got.tolist() == [True, True, True, False, False, False, True, False, False]

@@ -310,7 +310,7 @@ def test_written_truth_and_config(npy_dataset):
     assert cfg["calibration"] == {"q_pixel_size": 0.02, "scan_step_nm": 4.0, "beam_energy_kv": 200,
                                   "convergence_mrad": 2.0}
     assert cfg["dose"] == {"electrons_per_pattern": 20000} and cfg["profiles"] == {"n": 1}
-    assert cfg["peaks"] == {"window": [0.22, 0.42]} and cfg["classify"] == {"method": "rules"}
+    assert cfg["peaks"] == {"window": [0.22, 0.42]} and cfg["classify"] == {"method": "probabilistic"}
     # class-mean noise-free profiles: Type 1 I·Q maximum at its class's mean truth
     q, iqn = truth["profile_q"], truth["class_mean_iqn"][CI["sei_type1"]]
     qmax = P.peak_position(q, iqn, (0.22, 0.42))[0]

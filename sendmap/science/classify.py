@@ -117,6 +117,24 @@ def grain_reflection_type1(peak_q: np.ndarray, grain_indexed: np.ndarray, sei_ty
     return np.asarray(grain_indexed, bool) & in_t1 & ~in_t2 & (qq >= electrolyte_max_q)
 
 
+def above_class_ranges(peak_q: np.ndarray, cls: np.ndarray, sei_type1_range: tuple[float, float]) -> np.ndarray:
+    """(Ry, Rx) bool: positions given an amorphous class (SEI Type 1, Type 2, electrolyte) whose SRO maximum (1/Å)
+    lies above every class's range, i.e. above ``sei_type1_range``'s upper end (SEI Type 1's published mean + 2
+    spreads, the highest-Q class; SCIENCE.md). No class has its peak there, so the maximum is not reported as the
+    class's peak (``maps/peak_status`` ``above_class_ranges``). The rules leave such positions unassigned; the class
+    probabilities' spatial prior (``classify.method: probabilistic``) gives them a class, and on the scenario matrix
+    these are SEI Type 1 positions beside a grain whose Bragg disk in the fit range (Li (110) at 0.403 1/Å) pulls the
+    maximum to 0.35–0.40 (development seed 1219: SEI Type 1's class mean +0.026 → +0.006 1/Å without them).
+
+    >>> above_class_ranges(np.array([0.39, 0.39, 0.34, np.nan]), np.array([SEI_TYPE1, UNASSIGNED, SEI_TYPE1, SEI_TYPE1]),
+    ...                    (0.307, 0.37)).tolist()
+    [True, False, False, False]
+    """
+    q = np.nan_to_num(np.asarray(peak_q, dtype=float), nan=-np.inf)
+    c = np.asarray(cls)
+    return (q > sei_type1_range[1]) & ((c == SEI_TYPE1) | (c == SEI_TYPE2) | (c == ELECTROLYTE))
+
+
 def undetermined_by_q(cls: np.ndarray, cls_lo: np.ndarray, cls_hi: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """Classes where the SRO peak has no clear maximum (``flat``, peak status ``no_clear_maximum``): the class the
     rules give at the peak's Q (``cls``) where they give the same at both ends of the Q range consistent with the

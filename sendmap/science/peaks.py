@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 PEAK_STATUS = ("ok", "no_maximum_in_window", "too_few_counts", "window_outside_data", "fit_failed", "crystal",
-               "no_clear_maximum", "bragg_disk_in_fit_range")
+               "no_clear_maximum", "bragg_disk_in_fit_range", "above_class_ranges")
 """Meaning of each ``peaks/status`` code (the index): ``ok`` an interior maximum of the fitted polynomial inside
 the window; ``no_maximum_in_window`` the smoothed profile's highest point in the window is at the window's edge
 (a monotonic profile, or the peak lies outside the window) or the fitted maximum lies outside the window;
@@ -45,8 +45,14 @@ holds the centre of the Q range consistent with the maximum, ``peaks/q_max_lo`` 
 width; such positions are not split into classes by their peak Q); ``bragg_disk_in_fit_range`` (appended, code 7, set by the
 classify stage in ``maps/peak_status``) an SEI Type 1 position whose LiF-band evidence is a Li/Cu reflection
 (:func:`sendmap.science.classify.grain_reflection_type1`): that grain's disks (Li (110) at 0.403 1/Å) lie in the fit
-range and pull the maximum up (+0.028 1/Å on matrix seed 1018), so the class stands but no peak is reported. Refer to
-them by name (:func:`status_code`)."""
+range and pull the maximum up (+0.028 1/Å on matrix seed 1018), so the class stands but no peak is reported;
+``above_class_ranges`` (appended, code 8, set by the classify stage in ``maps/peak_status``) a position given an
+amorphous class (by the class probabilities' spatial prior, ``classify.method: probabilistic``) whose maximum lies
+above every class's range (above ``sei_type1_range``'s upper end, SEI Type 1's published mean + 2 spreads): no class
+of SCIENCE.md has its SRO peak there, so the maximum is not that class's (on the scenario matrix: Type 1 positions
+beside a grain whose Bragg disk in the fit range pulls the maximum to 0.35–0.40 1/Å, and noise excursions of thin
+films); it is no evidence for a class (the class comes from the neighbours) and is not reported. Refer to them by
+name (:func:`status_code`)."""
 
 
 def _gaussian_filter1d(*args, **kwargs):

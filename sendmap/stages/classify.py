@@ -108,7 +108,7 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import (CRYSTAL, SEI_TYPE1, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
+    from ..science.classify import (CRYSTAL, SEI_TYPE1, above_class_ranges, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
                                     grain_reflection_type1, lif_spotty,
                                     crystal_neighbour_count, crystal_positions, lif_indexed_positions, lif_layer_z,
                                     spot_vote, undetermined_by_q)
@@ -243,6 +243,9 @@ def stage_classify(ctx: Context) -> None:
         pulled = (cls == SEI_TYPE1) & lif_spotty(lif_z, lif_sure, vote, d.lif_vote_min) & grain_reflection_type1(
             peak_q, rules["grain_indexed"], d.sei_type1_range, d.sei_type2_range, d.electrolyte_max_q)
         final_status[pulled & (final_status == status_code("ok"))] = status_code("bragg_disk_in_fit_range")
+    # a maximum above every class's range is no class's SRO peak: not reported where the position has a class
+    above = above_class_ranges(peak_q, cls, d.sei_type1_range)
+    final_status[above & (final_status == status_code("ok"))] = status_code("above_class_ranges")
     no_peak_map = (final_status != status_code("ok")) & (final_status != status_code("no_clear_maximum"))
     write_array(g, "maps/peak_status", final_status, status_attrs())
     write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum (no_clear_maximum: the centre of the "

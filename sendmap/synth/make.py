@@ -798,7 +798,7 @@ def _config_yaml(data_name: str, fmt: str, p: SynthParams) -> str:
         + (f"# scenario matrix (issue 18): {p.scenario or 'axes set by flags'}; every setting in truth.json 'scenario'\n"
            if p.scenario_active else "") +
         f"peaks: {{window: [{p.window[0]!r}, {p.window[1]!r}]}}\n"
-        "classify: {method: rules}\n"
+        "classify: {method: probabilistic}\n"
         "output: {dir: results}\n"
         "compute: {scheduler: threads}\n"
     )
