@@ -59,9 +59,10 @@ STAGES: tuple[Stage, ...] = (
     # classify.definitions.grain_majority_size (science.boundaries.grain_minority); revision 10 (methods gmm/kmeans):
     # the project's own mixture and k-means (science.gmm) on every clustered position, not scikit-learn's on 20 000
     # revision 11: a maximum above every class's range, where the position still gets an amorphous class, is not
-    # reported (maps/peak_status above_class_ranges)
+    # reported (maps/peak_status above_class_ranges); revision 12: a position without an SRO peak gets a class
+    # probability only where half of its neighbours carry evidence of their own (science.probability.evidence_support)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          11),
+          12),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -149,3 +149,28 @@ def test_beta_re_estimated_on_the_posterior_map_is_stronger_and_noise_stays_unco
     r = class_probabilities(q, np.full(shape, 0.008), crystal, lif, labels=_rule_labels(q, crystal, lif),
                             beta_iterations=10)
     assert r["beta"] < 0.5 and r["beta"] - r["beta_history"][0] < 0.1, r["beta_history"]
+
+
+def test_positions_without_evidence_do_not_take_a_class_from_false_alarms():
+    """A scan with no SRO peak anywhere and two crystal-rule false alarms (10 e⁻ per pattern): the positions without
+    a peak get no probability (unassigned) instead of the false alarms' class spread by the spatial prior; beside a
+    grain (most neighbours crystalline) a position without a peak still gets its neighbours' class."""
+    from sendmap.science.probability import class_probabilities, evidence_support
+
+    shape = (6, 8)
+    nan = np.full(shape, np.nan)
+    crystal = np.zeros(shape, bool)
+    crystal[1, 2] = crystal[4, 6] = True
+    labels = np.where(crystal, 0, 4)
+    out = class_probabilities(nan, nan, crystal, np.zeros(shape), labels=labels, no_peak=~crystal)
+    p = out["probability"]
+    assert np.isfinite(p[crystal]).all()
+    assert np.isnan(p[~crystal]).all()
+    # a grain: a block of crystalline positions with one missed (no peak) inside it
+    grain = np.zeros(shape, bool)
+    grain[1:5, 1:5] = True
+    grain[2, 2] = False
+    support = evidence_support(grain)
+    assert support[2, 2] and not support[5, 7]
+    out = class_probabilities(nan, nan, grain, np.zeros(shape), labels=np.where(grain, 0, 4), no_peak=~grain)
+    assert np.nan_to_num(out["probability"][2, 2]).argmax() == 0

@@ -23,7 +23,8 @@ Evidence of a position (all from the earlier stages):
 * **its spots' indexing** (``features/spot_category``, :mod:`sendmap.science.indexing`): crystal already through
   the crystal rule (which uses it); a position without an SRO peak whose spots index as LiF crystallites in an
   amorphous matrix is SEI Type 2; any other position without an SRO peak weighs P(no peak | class), the share of
-  the scan's positions of each class (by the rules) that have none, and takes its class from its neighbours.
+  the scan's positions of each class (by the rules) that have none, and takes its class from its neighbours, where
+  at least half of them carry evidence of their own (:func:`evidence_support`; else it stays unassigned).
 
 The spatial prior is a Potts Markov random field on the scan grid (:func:`sendmap.science.spatial.
 potts_mean_field`), its coupling β estimated by maximum pseudo-likelihood (Besag 1975, The Statistician 24, 179),
@@ -257,6 +258,26 @@ def potts_beta_pseudolikelihood(labels: np.ndarray, valid: np.ndarray, n_classes
     return float(betas[int(np.argmax(pl))])
 
 
+def evidence_support(own: np.ndarray) -> np.ndarray:
+    """(Ry, Rx) bool: positions at least half of whose scan neighbours (of the 8; fewer at edges) carry evidence of
+    their own (``own``: crystalline, an SRO peak, or spots indexed as LiF crystallites). A position without an SRO
+    peak has no amorphous-class evidence of its own, and the spatial prior gives it its neighbours' class: only
+    where its neighbours have something to give. Without this, a scan with almost no evidence (10 e⁻ per
+    pattern: no SRO peak anywhere, the crystal rule's few false alarms) became crystal throughout, the Potts prior
+    spreading the false alarms over the positions without any evidence; the half is the majority of the
+    neighbourhood, as the crystal rule's 4 of 8 (``classify.definitions.crystal_min_neighbours``).
+
+    >>> own = np.zeros((3, 3), bool); own[0, :] = True; own[1, 0] = True
+    >>> evidence_support(own).astype(int).tolist()
+    [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
+    """
+    own = np.asarray(own, bool)
+    unit = (SIDE_WEIGHTS + CORNER_WEIGHTS)
+    n_own = _neighbour_sum(own[..., None].astype(np.float64), unit)[..., 0]
+    n_all = _neighbour_sum(np.ones(own.shape + (1,)), unit)[..., 0]
+    return 2.0 * n_own >= n_all
+
+
 def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.ndarray, lif_e: np.ndarray,
                         labels: np.ndarray | None = None, lif_hit_rate: float = 0.5,
                         beta: float | str = "auto", lif_no_peak: np.ndarray | None = None,
@@ -277,8 +298,9 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     (no amorphous ring in the window: an off-axis grain's pattern is its diffuse background and a spot or two):
     their evidence is the probability of having no peak in each class, P(no peak | k), measured on the scan as the
     share of the positions ``labels`` give class k that have none (+1 / +2: Laplace's rule, so a class whose
-    positions all have a peak still gets a small one), and the spatial prior decides (None: such positions stay
-    NaN); crystal_false_alarm: the crystal rule's false-alarm rate (module docstring; None: the rule is certain,
+    positions all have a peak still gets a small one), and the spatial prior decides, where at least half of the
+    position's neighbours carry evidence of their own (:func:`evidence_support`; elsewhere, and with None, such
+    positions stay NaN); crystal_false_alarm: the crystal rule's false-alarm rate (module docstring; None: the rule is certain,
     as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none); lif_layer:
     (Ry, Rx) bool, the LiF layer evidence (:func:`lif_layer_llr`; None: not used); model_iterations: times the
     amorphous class models (mean, spread, weight) are re-measured on the posterior's own most probable classes and
@@ -301,6 +323,7 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     lif_only = (np.asarray(lif_no_peak, bool) & ~crystal & ~amorph) if lif_no_peak is not None else np.zeros_like(crystal)
     valid = crystal | amorph | lif_only
     none = (np.asarray(no_peak, bool) & ~valid) if no_peak is not None and labels is not None else np.zeros_like(crystal)
+    none &= evidence_support(valid)
     valid = valid | none
     q, s2 = peak_q[amorph], err[amorph] ** 2
     h = float(np.clip(lif_hit_rate, *HIT_RATE_RANGE))
