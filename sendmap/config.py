@@ -251,14 +251,18 @@ class PeaksConfig(_Section):
         "offaxis (5e3) from -0.0018 to -0.0036, while on lif-dominant at 5e3 (seed 600) it gives the 98 LiF-rich Type 2 "
         "positions that have no SRO maximum otherwise a peak (bias +0.0004, rms 0.010 1/Å)")
     denoise_residual_pool: int = Field(
-        5, ge=1, le=15, description="where the denoising's components were counted above the correlated speckle "
+        1, ge=1, le=15, description="(off by default, 1; 5 to use it) where the denoising's components were counted above the correlated speckle "
         "noise's edge (strong speckle: few components), the residual y − ŷ of the other non-crystalline positions of "
         "each position's k × k neighbourhood (odd k), averaged, is added back to its denoised profile: what the few "
         "components leave out of a class's shape is spatially coherent, the speckle is not "
         "(sendmap.science.denoise_residual). Without it the SEI Type 2 peak came out 0.005-0.006 1/Å low at speckle "
         "M = 3 (development seeds 920, 921, matrix seed 1020; -0.0027 to +0.0007 with it; and -0.0036/-0.0054 -> "
         "-0.0007/-0.0006 on the check seeds 970/971); k = 3, 5, 7 were compared on the development seeds (5 and 7 "
-        "alike, 3 noisier). 1: off")
+        "alike, 3 noisier). 1: off. Off by default since the real metallic-glass scan (amorphous_sum/sum1.npy, 12 x 16): "
+        "with 5 the reported peak errors grew from 0.00018 to 0.00085 1/Å, 2.4 x the map's own scatter (0.00035), "
+        "because the added-back mean is shared by neighbouring positions (its noise is correlated between them, which "
+        "the class probabilities and the per-region mixtures treat as independent; the region's mixture no longer "
+        "converged)")
     second_window: tuple[float, float] = Field(
         (0.45, 0.75), description="1/Å, where the second SRO peak (≈ 1.75–1.8 × the first) is sought")
     second_half_width: float = Field(0.16, gt=0, description="1/Å each side of the second peak's first estimate")

@@ -98,6 +98,6 @@ def test_config_pool_must_be_odd():
 
     base = {"input": {"path": "x.mib", "format": "mib", "scan_shape": [2, 2]},
             "calibration": {"q_pixel_size": 0.0125}}
-    assert config_from_dict(base).peaks.denoise_residual_pool == 5
+    assert config_from_dict(base).peaks.denoise_residual_pool == 1  # off by default
     with pytest.raises((SendmapInputError, ValueError)):
         config_from_dict(base | {"peaks": {"denoise_residual_pool": 4}})
