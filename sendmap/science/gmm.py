@@ -40,6 +40,20 @@ KMEANS_MAX_ITER = 300
 """Most Lloyd iterations per seeding (scikit-learn's default ``max_iter``)."""
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _nearest(x, i, centres):  # pragma: no cover - numba
+    """(squared distance, index) of the centre (k, d) nearest to row ``i`` of ``x``; the first on ties."""
+    best, arg = np.inf, 0
+    for c in range(centres.shape[0]):
+        s = 0.0
+        for j in range(x.shape[1]):
+            t = x[i, j] - centres[c, j]
+            s += t * t
+        if s < best:
+            best, arg = s, c
+    return best, arg
+
+
 @numba.njit(cache=True, nogil=True)
 def _lloyd(x, centres, labels, max_iter, tol):  # pragma: no cover - numba
     """Lloyd iterations in place on ``centres`` (k, d); ``labels`` (n,) filled. Returns the inertia (sum of squared
@@ -52,14 +66,7 @@ def _lloyd(x, centres, labels, max_iter, tol):  # pragma: no cover - numba
         sums[:] = 0.0
         counts[:] = 0.0
         for i in range(n):
-            best, arg = np.inf, 0
-            for c in range(k):
-                s = 0.0
-                for j in range(d):
-                    t = x[i, j] - centres[c, j]
-                    s += t * t
-                if s < best:
-                    best, arg = s, c
+            arg = _nearest(x, i, centres)[1]
             labels[i] = arg
             counts[arg] += 1.0
             for j in range(d):
@@ -75,14 +82,7 @@ def _lloyd(x, centres, labels, max_iter, tol):  # pragma: no cover - numba
             break
     inertia = 0.0
     for i in range(n):  # the final assignment (to the final centres)
-        best, arg = np.inf, 0
-        for c in range(k):
-            s = 0.0
-            for j in range(d):
-                t = x[i, j] - centres[c, j]
-                s += t * t
-            if s < best:
-                best, arg = s, c
+        best, arg = _nearest(x, i, centres)
         labels[i] = arg
         inertia += best
     return inertia
