@@ -108,10 +108,10 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import (CRYSTAL, SEI_TYPE1, above_class_ranges, SEI_TYPE2, UNASSIGNED, UNCERTAIN, classify_gmm, classify_rules,
-                                    grain_reflection_type1, lif_spotty,
-                                    crystal_neighbour_count, crystal_positions, lif_indexed_positions, lif_layer_z,
-                                    spot_vote, undetermined_by_q)
+    from ..science.classify import (CRYSTAL, SEI_TYPE1, SEI_TYPE2, UNASSIGNED, UNCERTAIN, above_class_ranges,
+                                    classify_gmm, classify_rules, crystal_neighbour_count, crystal_positions,
+                                    grain_reflection_type1, lif_indexed_positions, lif_layer_z, lif_spotty, spot_vote,
+                                    undetermined_by_q)
     from ..science.indexing import AMBIGUOUS, GRAIN
     from ..science.probability import (CRYSTAL_FALSE_ALARM_RATE, PROB_CLASSES, class_probabilities,
                                        lif_evidence)

@@ -319,7 +319,6 @@ def stage_peaks(ctx: Context) -> None:
     feedback = window_feedback(q, y, s, with_counts, *fit_args) if recentre else none
     feedback_plain = (feedback if (k == 1 and operator is None) or not recentre
                       else window_feedback(q, *plain_in, with_counts, *fit_args))
-    pool_n = pool_n if operator is not None and info.get("residual_pool") else None
     if k == 1 and operator is None:
         res = plain = fit_peaks_reported(q, *plain_in, *fit_args, map_blocks=fit_map, correlated=corr_plain,
                                          recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
