@@ -333,16 +333,16 @@ class ClassDefinitions(_Section):
         "their SRO peak (development scans sendmap synth --scenario matrix:all / offaxis / lif-dominant, 48 × 64, "
         "seeds 501, 511, 512, 515); 0: off")
     grain_majority_size: int = Field(
-        0, ge=0, le=31, description="with indexing: a grain-indexed position that keeps an amorphous ring (an SRO "
-        "peak on its own profile) and whose Bragg intensity (listed spots on Li/Cu rings) is below half of the upper "
-        "quartile of the grain-like positions within this window (positions, odd) is not crystal: the grain is the "
-        "minority of the material along the beam (intensities of the layers a beam crosses add up, so the boundary "
-        "is the grain's half-maximum; the truth of a mixed position is its majority phase; 7 reaches 3 positions to "
-        "each side, twice an interface inclined 10° through a 70 nm lamella). 0 (default): off. Chosen on development "
-        "seeds 918/919/924/925 (mixed 2 × 10⁴: accuracy 0.957 → 0.972, Type 1 recall 0.69 → 0.81, but its class "
-        "mean +0.007 1/Å: the disks pull the peak), it failed the check seeds 950-975: pure grains beside a more "
-        "strongly excited grain were demoted (crystal recall 1.00 → 0.98-0.99 in lif-range, speckle3, spread, thin at "
-        "2 × 10⁴) and mixed did not gain (0.943 → 0.941)")
+        7, ge=0, le=31, description="with indexing: a grain-like position that keeps an amorphous ring (an SRO peak on "
+        "its own profile) and whose grain reflections (listed spots on Li/Cu rings) carry less than half of the same "
+        "reflection's intensity in the grain's interior (the upper quartile of the same g within this window, positions, "
+        "odd: sendmap.science.boundaries.same_reflection_share) is not crystal: the grain is the minority of the "
+        "material along the beam (intensities of the layers a beam crosses add up, so the boundary is the grain's "
+        "half-maximum; the truth of a mixed position is its majority phase; 7 reaches 3 positions to each side, twice "
+        "an interface inclined 10° through a 70 nm lamella). The same g keeps a neighbouring, brighter grain out of "
+        "the reference (sessions 15-17 compared the summed intensity with every grain-like position of the window and "
+        "demoted pure grains beside a brighter one). Session 18, chosen on development seeds 1418-1431 and checked on "
+        "1518-1531 (README, 'Class probabilities and the spatial prior'); 0: off")
     lif_spot_z: float = Field(
         10.5, gt=0, description="spot significance (σ, against the azimuthal scatter) in LiF bands that marks SEI Type 2: "
         "the 99th percentile of speckled amorphous positions (sendmap synth --speckle 3, 2 × 10⁴ e⁻, seed 21, the "

@@ -60,9 +60,13 @@ STAGES: tuple[Stage, ...] = (
     # the project's own mixture and k-means (science.gmm) on every clustered position, not scikit-learn's on 20 000
     # revision 11: a maximum above every class's range, where the position still gets an amorphous class, is not
     # reported (maps/peak_status above_class_ranges); revision 12: a position without an SRO peak gets a class
-    # probability only where half of its neighbours carry evidence of their own (science.probability.evidence_support)
+    # probability only where half of its neighbours carry evidence of their own (science.probability.evidence_support);
+    # revision 13 (session 18): beside a grain, a grain reflection in the fit range above the scan's chance level
+    # marks the peak bragg_disk_in_fit_range (science.boundaries.grain_disk_beside_grain), and a grain-like position
+    # with an SRO peak whose reflections carry < ½ of the same reflections' interior intensity is not crystal
+    # (classify.definitions.grain_majority_size 7 by default; science.boundaries.same_reflection_share)
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          12),
+          13),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -45,7 +45,10 @@ holds the centre of the Q range consistent with the maximum, ``peaks/q_max_lo`` 
 width; such positions are not split into classes by their peak Q); ``bragg_disk_in_fit_range`` (appended, code 7, set by the
 classify stage in ``maps/peak_status``) an SEI Type 1 position whose LiF-band evidence is a Li/Cu reflection
 (:func:`sendmap.science.classify.grain_reflection_type1`): that grain's disks (Li (110) at 0.403 1/Å) lie in the fit
-range and pull the maximum up (+0.028 1/Å on matrix seed 1018), so the class stands but no peak is reported;
+range and pull the maximum up (+0.028 1/Å on matrix seed 1018), so the class stands but no peak is reported; also
+(session 18) an amorphous position beside a grain (a crystal among its 8 neighbours) with a spot at a Li/Cu reflection
+in its fit range above the scan's own chance level (:func:`sendmap.science.boundaries.grain_disk_beside_grain`: the
+grain a minority along the beam, its disks too faint for the crystal rule);
 ``above_class_ranges`` (appended, code 8, set by the classify stage in ``maps/peak_status``) a position given an
 amorphous class (by the class probabilities' spatial prior, ``classify.method: probabilistic``) whose maximum lies
 above every class's range (above ``sei_type1_range``'s upper end, SEI Type 1's published mean + 2 spreads): no class

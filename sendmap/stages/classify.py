@@ -20,9 +20,8 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
     ``features/shared_spots`` and ``features/shared_grain_spots``. ``no_maximum``: (Ry, Rx) bool, no SRO maximum in
     the window on the position's own and denoised profiles (:func:`sendmap.science.classify.without_amorphous_ring`;
     None: not used). None for stores without spot lists (the threshold alone)."""
-    from ..science.boundaries import grain_minority
     from ..science.classify import grain_evidence, without_amorphous_ring
-    from ..science.indexing import GRAIN, LIF
+    from ..science.indexing import LIF
     from ..science.spot_context import shared_counts, shared_spot_table
 
     d = cfg.classify.definitions
@@ -51,12 +50,28 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
                                          d.crystal_min_neighbours)
     like = grain_evidence(crystal_z, crystal_thr, cat, np.asarray(g["features/lif_indexed_z"]),
                           (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak, no_ring)
-    if d.grain_majority_size > 0:  # a boundary position where the grain is the minority along the beam
-        on_ring = np.asarray(ring, bool)
-        bragg = np.bincount(pos[on_ring], weights=np.asarray(g["spots/values"])[on_ring, 2],
-                            minlength=crystal_z.size).reshape(crystal_z.shape)
-        like = like & ~grain_minority(bragg, like, sro_peak, d.grain_majority_size, candidates=cat == GRAIN)
     return like
+
+
+def grain_minority_positions(g, like: np.ndarray, sro_peak: np.ndarray, r_q: float, bin_width: float,
+                             size: int) -> np.ndarray:
+    """(Ry, Rx) bool: grain-like positions (``like``) that keep an SRO peak on their own profile (``sro_peak``) and
+    whose grain reflections carry less than half of the same reflections' intensity in the grain's interior
+    (:func:`sendmap.science.boundaries.same_reflection_share` over a ``size`` × ``size`` window): boundary positions
+    where the grain is the minority of the material along the beam, so not crystal (the truth of a mixed position
+    is its majority phase)."""
+    from ..science.boundaries import same_reflection_share
+    from ..science.spot_context import shared_spot_table
+
+    pos = np.asarray(g["spots/position"])
+    values = np.asarray(g["spots/values"])
+    if "spots/grain_ring" in g:
+        ring = np.asarray(g["spots/grain_ring"], bool)
+    else:  # a store written before the profile stage's per-spot table
+        q_rel = float(g["features/spot_category"].attrs.get("q_rel_err", 0.005))
+        ring = shared_spot_table(pos, values, like.shape, r_q, bin_width, q_rel)[1]
+    share = same_reflection_share(pos, values, ring, like.shape, size, r_q)
+    return np.asarray(like, bool) & np.asarray(sro_peak, bool) & (np.nan_to_num(share, nan=1.0) < 0.5)
 
 
 def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float, lif_sure: float,
@@ -108,7 +123,7 @@ def stage_classify(ctx: Context) -> None:
     LiF, Li, Li2O and Cu (phase library), Bragg fraction, LiF-spot neighbourhood vote, scattered fraction;
     ``maps/phase``: the library phase whose reflections the significant spots fall on.
     """
-    from ..science.classify import (CRYSTAL, SEI_TYPE1, SEI_TYPE2, UNASSIGNED, UNCERTAIN, above_class_ranges,
+    from ..science.classify import (CRYSTAL, ELECTROLYTE, SEI_TYPE1, SEI_TYPE2, UNASSIGNED, UNCERTAIN, above_class_ranges,
                                     classify_gmm, classify_rules, crystal_neighbour_count, crystal_positions,
                                     grain_reflection_type1, lif_indexed_positions, lif_layer_z, lif_spotty, spot_vote,
                                     undetermined_by_q)
@@ -148,6 +163,10 @@ def stage_classify(ctx: Context) -> None:
     no_max = (peak_status == status_code("no_maximum_in_window")) & (own == status_code("no_maximum_in_window"))
     like = grain_like(cfg, g, crystal_z, crystal_thr, own_peak, r_q, float(q[1] - q[0]), no_max)
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
+    minority = np.zeros(crystal_z.shape, bool)
+    if like is not None and d.grain_majority_size > 0:  # (after the neighbour counts: the grain's edge stays a grain's)
+        minority = grain_minority_positions(g, like, own_peak, r_q, float(q[1] - q[0]), d.grain_majority_size)
+        like = like & ~minority
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
     lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
@@ -243,6 +262,25 @@ def stage_classify(ctx: Context) -> None:
         pulled = (cls == SEI_TYPE1) & lif_spotty(lif_z, lif_sure, vote, d.lif_vote_min) & grain_reflection_type1(
             peak_q, rules["grain_indexed"], d.sei_type1_range, d.sei_type2_range, d.electrolyte_max_q)
         final_status[pulled & (final_status == status_code("ok"))] = status_code("bragg_disk_in_fit_range")
+    # beside a grain, a grain reflection in the fit range above the scan's own chance level pulls the maximum: the
+    # grain is a minority along the beam (science.boundaries.grain_disk_beside_grain); the class stands, the peak is
+    # not reported
+    fit_hw = (dict(g.attrs.get("peaks", {})).get("fit_range") or {}).get("half_width")
+    if fit_hw is None and not isinstance(cfg.peaks.fit_half_width, str):
+        fit_hw = [float(cfg.peaks.fit_half_width)] * 2
+    ok_amorphous = ((cls == SEI_TYPE1) | (cls == SEI_TYPE2) | (cls == ELECTROLYTE)) & (final_status == status_code("ok"))
+    if fit_hw is not None:
+        from ..science.boundaries import grain_disk_beside_grain, grain_line_z
+        from ..science.features import phase_lines
+        from ..science.indexing import GRAIN_PHASES
+
+        lines = np.concatenate(list(phase_lines(GRAIN_PHASES, (float(q[0]), float(q[-1]))).values()))
+        pulled = grain_disk_beside_grain(grain_line_z(q, spot_z, peak_q, lines, fit_hw, r_q), cls == CRYSTAL,
+                                         ok_amorphous)
+        final_status[pulled] = status_code("bragg_disk_in_fit_range")
+    # a grain minority (above) lists the grain's disks, strong enough for the crystal rule: Li (110) at 0.403 and
+    # Cu (111) at 0.479 1/Å reach into the fit range and pull its maximum (+0.012-0.024 1/Å on development seed 1419)
+    final_status[minority & ok_amorphous] = status_code("bragg_disk_in_fit_range")
     # a maximum above every class's range is no class's SRO peak: not reported where the position has a class
     above = above_class_ranges(peak_q, cls, d.sei_type1_range)
     final_status[above & (final_status == status_code("ok"))] = status_code("above_class_ranges")
