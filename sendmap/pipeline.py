@@ -56,7 +56,7 @@ STAGES: tuple[Stage, ...] = (
     # region without an amorphous ring beside a Li/Cu reflection is grain-like (science.classify.without_amorphous_ring)
     # revision 9 (mixed boundaries): Li/Cu-indexed spots on a LiF ring do not veto a Type 1 peak (classify_rules
     # grain_indexed), whose peak is then not reported (maps/peak_status bragg_disk_in_fit_range); opt-in
-    # classify.definitions.grain_majority_size (science.boundaries.grain_minority); revision 10 (methods gmm/kmeans):
+    # classify.definitions.grain_majority_size (a summed-intensity rule, replaced in revision 13); revision 10 (methods gmm/kmeans):
     # the project's own mixture and k-means (science.gmm) on every clustered position, not scikit-learn's on 20 000
     # revision 11: a maximum above every class's range, where the position still gets an amorphous class, is not
     # reported (maps/peak_status above_class_ranges); revision 12: a position without an SRO peak gets a class

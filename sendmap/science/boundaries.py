@@ -1,8 +1,6 @@
 """Mixed boundaries (issue 18): where the beam crosses an inclined layer boundary, a pattern holds two phases and
-its truth is the majority one. :func:`grain_minority` (sessions 15-17, no longer used by the pipeline) finds
-grain-like positions where the grain is the minority of the material along the beam from the summed Bragg
-intensity; ``classify.definitions.grain_majority_size`` (7 by default since session 18) finds them from the
-intensity of each of the position's grain reflections against the same reflection (the same g) deeper in the grain
+its truth is the majority one. ``classify.definitions.grain_majority_size`` (7 by default since session 18)
+finds grain-like positions where the grain is the minority of the material along the beam from the intensity of each of the position's grain reflections against the same reflection (the same g) deeper in the grain
 (:func:`same_reflection_share`); :func:`grain_disk_beside_grain` finds amorphous positions beside a grain whose SRO
 maximum a grain reflection in the fit range pulls (session 18).
 """
@@ -10,49 +8,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-
-def grain_minority(bragg_intensity: np.ndarray, like: np.ndarray, sro_peak: np.ndarray, size: int,
-                   majority: float = 0.5, candidates: np.ndarray | None = None) -> np.ndarray:
-    """(Ry, Rx) bool: grain-like positions (``like``, :func:`grain_evidence`) where the grain is the minority of
-    the material along the beam: the position keeps an amorphous ring (``sro_peak``: an SRO peak on its own
-    profile) and its Bragg intensity (``bragg_intensity``, counts in the listed spots on Li/Cu rings) is below
-    ``majority`` × the grain's intensity around it: the upper quartile of the grain-like positions within the
-    ``size`` × ``size`` window. ``candidates``: where given, only these positions can be demoted (e.g. those whose
-    spots index as a grain, whose listed intensity measures the grain).
-
-    Scattering from the layers a beam crosses adds up (a thin film's kinematic intensities scale with the
-    thickness of each phase), so across an inclined boundary a grain's Bragg intensity falls from its value in the
-    grain's interior to 0, and the grain is the majority phase where it is above half of the interior's value: the
-    boundary between a grain and the amorphous film beside it is the half-maximum of the grain's intensity
-    (the truth of a mixed position is its majority phase, issue 18). The upper quartile, not the maximum, stands
-    for the interior: the maximum of noisy intensities is biased high (development seeds 918, 919, 924, 925:
-    the maximum demoted 17 more grain positions at 5 × 10³ e⁻). The window must reach from the boundary into
-    the grain's interior; where it does not (a boundary wider than the window), the positions in it are mixed ones
-    too and fewer positions are demoted: the rule errs towards ``crystal``. A pattern without an amorphous ring is
-    never demoted.
-
-    >>> b = np.array([[100.0, 100.0, 90.0, 30.0, 0.0]])
-    >>> like = b > 0
-    >>> grain_minority(b, like, np.array([[False, False, True, True, True]]), 5).tolist()
-    [[False, False, False, True, False]]
-    """
-    like = np.asarray(like, bool)
-    if size < 1 or not like.any():
-        return np.zeros(like.shape, bool)
-    b = np.nan_to_num(np.asarray(bragg_intensity, dtype=float), nan=0.0)
-    r = (size | 1) // 2
-    padded = np.pad(np.where(like, b, np.nan), r, mode="edge")
-    stack = np.stack([padded[i:i + b.shape[0], j:j + b.shape[1]] for i in range(2 * r + 1) for j in range(2 * r + 1)])
-    n = np.sum(np.isfinite(stack), axis=0)
-    # the upper quartile of the grain-like values of each window (NaN: not grain-like, sorted last)
-    stack.sort(axis=0)
-    k = np.clip(np.ceil(0.75 * n).astype(int) - 1, 0, None)
-    ref = np.where(n > 0, np.take_along_axis(stack, k[None], axis=0)[0], 0.0)
-    out = like & np.asarray(sro_peak, bool) & (b < majority * ref)
-    if candidates is not None:
-        out &= np.asarray(candidates, bool)
-    return out
 
 
 SAME_G_TOLERANCE = 0.5
@@ -63,23 +18,25 @@ the spot position errors and the descan left after the centres (a few hundredths
 
 INTERIOR_QUANTILE = 0.75
 """Quantile of the same reflection's intensities within the window that stands for the grain's interior: the upper
-quartile, not the maximum, as :func:`grain_minority` (the maximum of noisy intensities is biased high)."""
+quartile, not the maximum: the maximum of noisy intensities is biased high (development seeds 918, 919, 924, 925:
+the maximum demoted 17 more grain positions at 5 × 10³ e⁻ than the upper quartile, session 15)."""
 
 
 def same_reflection_share(position: np.ndarray, values: np.ndarray, on_grain_ring: np.ndarray,
-                          shape: tuple[int, int], size: int, disk_radius_q: float) -> np.ndarray:
+                          shape: tuple[int, int], size: int, disk_radius_q: float,
+                          where: np.ndarray | None = None) -> np.ndarray:
     """(Ry, Rx) the grain's share of the material along the beam at each position with listed spots on Li/Cu rings,
     relative to the grain's interior: the median over the position's grain-ring spots of the spot's intensity over
     the upper quartile (:data:`INTERIOR_QUANTILE`) of the intensities of the same reflection (g within
     :data:`SAME_G_TOLERANCE` disk radii) at the positions of the ``size`` × ``size`` window around it (itself
-    included); NaN where the position lists no grain-ring spot.
+    included); NaN where the position lists no grain-ring spot, or lies outside ``where`` ((Ry, Rx) bool: the
+    positions whose share is wanted; None: all. The window's spots count wherever they are).
 
     Kinematic intensities of the layers a beam crosses add up, so across an inclined boundary a reflection's
     intensity falls from its value in the grain's interior in proportion to the grain's share of the path. Comparing
     the same reflection (one grain, one orientation and excitation) keeps a neighbouring, more strongly excited grain
-    out of the reference: its reflections lie at other g. (The earlier :func:`grain_minority` compared the summed
-    intensity of all ring spots with that of every grain-like position in the window, and demoted pure grains beside
-    a brighter grain.)
+    out of the reference: its reflections lie at other g. (Sessions 15-17 compared the summed intensity of all ring
+    spots with that of every grain-like position in the window, and demoted pure grains beside a brighter grain.)
 
     position: (N,) flat scan index of each listed spot (``spots/position``); values: (N, ≥ 3) Q (1/Å), azimuth
     (rad), intensity (counts) (``spots/values``); on_grain_ring: (N,) bool (``spots/grain_ring``).
@@ -101,20 +58,22 @@ def same_reflection_share(position: np.ndarray, values: np.ndarray, on_grain_rin
     gy = np.ascontiguousarray(v[:, 0] * np.sin(v[:, 1]))
     inten = np.ascontiguousarray(v[:, 2])
     start = np.searchsorted(p, np.arange(ry * rx + 1))
+    want = np.ones((ry, rx), np.bool_) if where is None else np.ascontiguousarray(np.asarray(where, bool).reshape(ry, rx))
     return _same_reflection_kernel(gx, gy, inten, start, ry, rx, max(1, int(size)) // 2,
-                                   SAME_G_TOLERANCE * float(disk_radius_q), INTERIOR_QUANTILE)
+                                   SAME_G_TOLERANCE * float(disk_radius_q), INTERIOR_QUANTILE, want)
 
 
 @numba.njit(cache=True, nogil=True)
-def _same_reflection_kernel(gx, gy, inten, start, ry, rx, r, tol, quantile):  # pragma: no cover - numba
-    """:func:`same_reflection_share` over the spots sorted by position (``start``: first spot of each position)."""
+def _same_reflection_kernel(gx, gy, inten, start, ry, rx, r, tol, quantile, want):  # pragma: no cover - numba
+    """:func:`same_reflection_share` over the spots sorted by position (``start``: first spot of each position), at
+    the positions ``want`` (bool (Ry, Rx))."""
     out = np.full((ry, rx), np.nan)
     buf = np.empty((2 * r + 1) ** 2 * 64)
     for y in range(ry):
         for x in range(rx):
             p = y * rx + x
             n_own = start[p + 1] - start[p]
-            if n_own == 0:
+            if n_own == 0 or not want[y, x]:
                 continue
             ratios = np.empty(n_own)
             for a in range(n_own):

@@ -70,8 +70,9 @@ def grain_minority_positions(g, like: np.ndarray, sro_peak: np.ndarray, r_q: flo
     else:  # a store written before the profile stage's per-spot table
         q_rel = float(g["features/spot_category"].attrs.get("q_rel_err", 0.005))
         ring = shared_spot_table(pos, values, like.shape, r_q, bin_width, q_rel)[1]
-    share = same_reflection_share(pos, values, ring, like.shape, size, r_q)
-    return np.asarray(like, bool) & np.asarray(sro_peak, bool) & (np.nan_to_num(share, nan=1.0) < 0.5)
+    candidates = np.asarray(like, bool) & np.asarray(sro_peak, bool)
+    share = same_reflection_share(pos, values, ring, like.shape, size, r_q, where=candidates)
+    return candidates & (np.nan_to_num(share, nan=1.0) < 0.5)
 
 
 def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float, lif_sure: float,
