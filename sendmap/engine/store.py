@@ -206,8 +206,38 @@ def write_array(group: zarr.Group, name: str, value: np.ndarray, attrs: dict | N
                              compressors=compressor(), overwrite=True,
                              fill_value=False if value.dtype == bool else 0,
                              attributes=_jsonable(attrs) if attrs else None)
-    arr[...] = value
+    if chunks is not None or not _write_single_chunk(arr, value):
+        arr[...] = value
     return arr
+
+
+def _write_single_chunk(arr: zarr.Array, value: np.ndarray) -> bool:
+    """Fill an array of one chunk (the whole array), just created with :func:`compressor` in a local store, by
+    encoding the chunk with numcodecs' Blosc and writing its file directly (:func:`write_region_direct`); False
+    (nothing done) for any other array. The file is the one zarr writes, byte for byte, and like zarr (its default
+    ``write_empty_chunks`` False) no file is written for a chunk that equals the fill value. zarr's own write of
+    one small chunk goes through its asyncio codec pipeline: ~5 ms each, and a re-run after a classification change
+    writes ~25 such arrays (classify and statistics); directly, ~0.2 ms."""
+    from zarr.core.buffer.cpu import NDBuffer
+
+    try:
+        meta = arr.metadata
+        root = getattr(arr.store, "root", None)
+        codecs = [type(c).__name__ for c in meta.codecs]
+        plain = (meta.zarr_format == 3 and root is not None and value.ndim > 0 and value.size > 0
+                 and codecs == ["BytesCodec", "BloscCodec"]
+                 and str(getattr(meta.codecs[0], "endian", "little")).split(".")[-1].lower() == "little"
+                 and getattr(meta.chunk_key_encoding, "name", "") == "default"
+                 and getattr(meta.chunk_key_encoding, "separator", "/") == "/"
+                 and tuple(meta.chunk_grid.chunk_shape) == value.shape)
+    except AttributeError:
+        return False
+    if not plain:
+        return False
+    if NDBuffer.from_numpy_array(value).all_equal(meta.fill_value):
+        return True  # (zarr writes no chunk: it reads back as the fill value)
+    write_region_direct(Path(root, arr.path), value.shape, (0,) * value.ndim, value)
+    return True
 
 
 def _jsonable(obj):
