@@ -288,14 +288,29 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def annotate_arrays(store_dir: Path, scan_shape=None) -> int:
+def array_metadata(store_dir: Path) -> dict[Path, dict]:
+    """{path of its ``zarr.json``: its metadata} of every array below the store's root (unreadable ones left out):
+    one scan of the store for :func:`annotate_arrays` and :func:`write_coordinates`, which run after each stage."""
+    out = {}
+    for f in Path(store_dir).rglob("zarr.json"):
+        try:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if meta.get("node_type") == "array":
+            out[f] = meta
+    return out
+
+
+def annotate_arrays(store_dir: Path, scan_shape=None, metas: dict[Path, dict] | None = None) -> int:
     """Give every array of the store that has none its zarr v3 ``dimension_names`` and ``units`` /
     ``long_name`` attributes (:func:`sendmap.schema.describe`), by rewriting its ``zarr.json`` atomically.
 
     Runs after each stage, so whatever a stage wrote (through :func:`write_array`, ``create_array`` or direct
     chunk writes) is labelled before the stage counts as done; arrays labelled before are not touched.
-    ``scan_shape``: (Ry, Rx) of the stored scan (default: the shape of ``ingest/total_counts``). Returns the
-    number of arrays labelled."""
+    ``scan_shape``: (Ry, Rx) of the stored scan (default: the shape of ``ingest/total_counts``). ``metas``:
+    :func:`array_metadata` of the store (None: read here; given, the entries rewritten are updated in it). Returns
+    the number of arrays labelled."""
     from ..schema import describe
 
     store_dir = Path(store_dir)
@@ -306,14 +321,11 @@ def annotate_arrays(store_dir: Path, scan_shape=None) -> int:
         except (OSError, ValueError, KeyError):
             scan_shape = None
     n = 0
-    for f in store_dir.rglob("zarr.json"):
+    metas = array_metadata(store_dir) if metas is None else metas
+    for f, meta in metas.items():
         if f.parent == store_dir:
             continue
-        try:
-            meta = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if meta.get("node_type") != "array" or meta.get("dimension_names"):
+        if meta.get("dimension_names"):
             continue
         path = f.parent.relative_to(store_dir).as_posix()
         dims, attrs = describe(path, meta["shape"], meta.get("attributes") or {}, scan_shape)
@@ -333,20 +345,16 @@ COORDINATES = {"ry": ("nm", "scan position along y (stored step × row)"),
 """Coordinate arrays :func:`write_coordinates` puts beside the arrays that use these dimensions."""
 
 
-def write_coordinates(group: zarr.Group, store_dir: Path, step_nm: float | None) -> None:
+def write_coordinates(group: zarr.Group, store_dir: Path, step_nm: float | None,
+                      metas: dict[Path, dict] | None = None) -> None:
     """Write the coordinate arrays (:data:`COORDINATES`) into every group of the store whose arrays use those
     dimensions and lack them, so that ``xarray.open_zarr(store, group=...)`` gives labelled arrays: ``ry``/``rx``
     in nm (NaN-free index × ``step_nm``; index units where the step is unknown), ``q`` copied from
-    ``profiles/q`` (where the lengths agree), ``qy``/``qx`` pixel indices."""
+    ``profiles/q`` (where the lengths agree), ``qy``/``qx`` pixel indices. ``metas``: :func:`array_metadata` of the
+    store as it stands (None: read here)."""
     store_dir = Path(store_dir)
     need: dict[str, dict[str, int]] = {}
-    for f in store_dir.rglob("zarr.json"):
-        try:
-            meta = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if meta.get("node_type") != "array":
-            continue
+    for f, meta in (array_metadata(store_dir) if metas is None else metas).items():
         grp = f.parent.parent.relative_to(store_dir).as_posix()
         if grp == ".":  # the root holds the data (dense layout) only: no coordinates there, whatever the layout
             continue
