@@ -160,7 +160,7 @@ def _early_figure_helpers(args):
         if output.get("figures") is False or (data.get("compute") or {}).get("scheduler") == "synchronous":
             return None
         out = Path(str(out)).expanduser()
-        out = out if out.is_absolute() else path.resolve().parent / out
+        out = out if out.is_absolute() else path.parent / out  # (as Config.output_dir: the config's folder)
         meta = json.loads((out / "sendmap.zarr" / "zarr.json").read_text(encoding="utf-8"))
         if meta.get("attributes", {}).get("status") != "complete":
             return None
