@@ -90,12 +90,14 @@ def test_rerun_reuses_and_classification_change_recomputes_only_later_stages(syn
 
 
 def test_figure_helpers_start_early_only_for_a_likely_rerun(synth_run, monkeypatch, capsys):
-    """``sendmap run`` starts the figure helpers before the pipeline's imports where the store is complete with
-    another config (a re-run); the pipeline uses them where classification is the first stage to run, and ends
+    """``sendmap run`` starts the figure helpers before the config is validated where the output's store is complete
+    (its folder read from the YAML and --set alone), keeps them where the validated config confirms a re-run (another
+    config), and ends them otherwise; the pipeline uses them where classification is the first stage to run, and ends
     them unused (starting others when classification starts) where an earlier stage must run."""
+    from sendmap import cli
     from sendmap.report import build
 
-    early, sent, closed = [], [], []
+    pre, early, sent, closed = [], [], [], []
 
     class Recorded(build.FigureHelpers):
         def send(self, *a, **k):
@@ -106,8 +108,9 @@ def test_figure_helpers_start_early_only_for_a_likely_rerun(synth_run, monkeypat
             closed.append(self)
             return super().close()
 
-    real_early = build.start_figure_helpers_for_rerun
+    real_pre, real_early = cli._early_figure_helpers, build.start_figure_helpers_for_rerun
     monkeypatch.setattr(build, "FigureHelpers", Recorded)
+    monkeypatch.setattr(cli, "_early_figure_helpers", lambda args: pre.append(real_pre(args)) or pre[-1])
     monkeypatch.setattr(build, "start_figure_helpers_for_rerun", lambda *a, **k: early.append(real_early(*a, **k))
                         or early[-1])
     cfg = str(synth_run / "config.yaml")
@@ -116,17 +119,20 @@ def test_figure_helpers_start_early_only_for_a_likely_rerun(synth_run, monkeypat
     def summary():
         return json.loads((synth_run / "early_helpers" / "summary.json").read_text())
 
-    assert main(run) == 0 and early == [None] and len(sent) == 1  # a first run: started when classify starts
-    assert main(run) == 0 and early == [None, None] and len(sent) == 1  # the same config: nothing to draw
+    assert main(run) == 0 and pre == [None] and early == [None] and len(sent) == 1  # a first run: at classify
+    assert main(run) == 0 and pre[-1] is not None and pre[-1] in closed  # the same config: ended at once ...
+    assert early[-1] is None and len(sent) == 1  # ... nothing to draw
     # (a change that redraws figures: the histograms' bins)
     assert main(run + ["--set", "statistics.bin_width=0.003"]) == 0
-    assert early[-1] is not None and sent[-1] is early[-1] and len(sent) == 2
+    assert pre[-1] is not None and sent[-1] is pre[-1] and len(sent) == 2 and len(early) == 2  # (kept)
     assert summary()["reused_stages"] == ["ingest", "calibrate", "profiles", "peaks", "classify"]
     assert main(run + ["--set", "statistics.bin_width=0.003", "--set", "profiles.n=2"]) == 0
-    assert early[-1] is not None and early[-1] not in sent and early[-1] in closed  # ended unused ...
-    assert len(sent) == 3 and sent[-1] is not early[-1]  # ... and others drew the figures
+    assert pre[-1] is not None and pre[-1] not in sent and pre[-1] in closed  # ended unused ...
+    assert len(sent) == 3 and sent[-1] is not pre[-1]  # ... and others drew the figures
     assert summary()["reused_stages"] == ["ingest", "calibrate"]
-    assert main(run + ["--force"]) == 0 and early[-1] is None
+    assert main(run + ["--force"]) == 0 and pre[-1] is None and early[-1] is None
+    assert main(run + ["--set", "output.figures=false", "--set", "statistics.bin_width=0.004"]) == 0
+    assert pre[-1] is None  # (whether figures are drawn at all is left to the validated config)
     assert all(not h.procs for h in sent + closed)  # no helper process left running
 
 

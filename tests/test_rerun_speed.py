@@ -206,3 +206,46 @@ def _counting(func, calls):
         calls.append(x.size)
         return func(x, e, comps, **kw)
     return wrapped
+
+
+def test_classification_change_keeps_the_method_independent_features(tmp_path, monkeypatch):
+    """A re-run after ``classify.method`` changes keeps the classify stage's method-independent arrays (phase naming,
+    anisotropy, ...: FeaturesCache) instead of computing them again, and its store equals, array for array, that of
+    a first run with the new method; they are computed again where a stored one was rewritten since, where a setting
+    they depend on changes, and with --force."""
+    import shutil
+
+    from _stores import store_arrays
+
+    from sendmap.cli import main
+    from sendmap.stages import classify as C
+
+    d = tmp_path / "scan"
+    assert main(["synth", str(d), "--scan-shape", "12", "16", "--seed", "5", "--quiet"]) == 0
+    quiet = ["--no-progress", "--set", "output.figures=false"]
+    assert main(["run", str(d / "config.yaml"), *quiet, "--set", f"output.dir={tmp_path / 'a'}"]) == 0
+    assert main(["run", str(d / "config.yaml"), *quiet, "--set", f"output.dir={tmp_path / 'fresh'}",
+                 "--set", "classify.method=gmm"]) == 0
+    calls = []
+    real = C.method_independent_features
+    monkeypatch.setattr(C, "method_independent_features", lambda *a, **k: (calls.append(1), real(*a, **k)))
+
+    def run(out, *settings):
+        return main(["run", str(d / "config.yaml"), *quiet, "--set", f"output.dir={out}",
+                     *[x for s in settings for x in ("--set", s)]])
+
+    assert run(tmp_path / "a", "classify.method=gmm") == 0
+    assert calls == []  # kept
+    x, y = store_arrays(tmp_path / "a" / "sendmap.zarr"), store_arrays(tmp_path / "fresh" / "sendmap.zarr")
+    assert set(x) == set(y) and len(x) > 30
+    for k in x:
+        assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k], equal_nan=True), k
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # a copied folder keeps them too
+    assert run(tmp_path / "b", "classify.method=kmeans") == 0 and calls == []
+    g = zarr.open_group(str(tmp_path / "b" / "sendmap.zarr"), mode="a")
+    g["features/phase_score"][0, 0] = 42.0  # rewritten since: computed again (and restored)
+    assert run(tmp_path / "b", "classify.method=rules") == 0 and calls == [1]
+    assert np.asarray(zarr.open_group(str(tmp_path / "b" / "sendmap.zarr"))["features/phase_score"])[0, 0] != 42.0
+    assert run(tmp_path / "b", "classify.method=rules", "classify.definitions.lif_spot_z=6.0") == 0 and calls == [1, 1]
+    assert main(["run", str(d / "config.yaml"), *quiet, "--set", f"output.dir={tmp_path / 'b'}", "--force"]) == 0
+    assert calls == [1, 1, 1]

@@ -64,3 +64,38 @@ def test_write_region_direct_uncompressed_reads_back_with_zarr(tmp_path):
                    fill_value=float("nan"), chunk_key_encoding={"name": "default", "separator": "."})
     write_region_direct(tmp_path / "s.zarr" / "a", (2, 7, 11), (0, 0, 0), data, separator=".", compress=False)
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["a"]), data)
+
+
+def test_write_array_single_chunk_is_zarrs_own_file(tmp_path):
+    """write_array's direct write of a one-chunk array (the classify and statistics stages' maps) leaves the same
+    files, byte for byte, as zarr's own write of the same array, for every dtype the stages store, with NaN, -0.0,
+    all-fill arrays (no chunk file, as zarr) and an array replaced by one of another shape; zarr reads it back."""
+    from pathlib import Path
+
+    from sendmap.engine.store import write_array
+
+    rng = np.random.default_rng(5)
+    values = {"f64": rng.normal(size=(13, 17)), "f32": rng.normal(size=(13, 17, 4)).astype(np.float32),
+              "i8": rng.integers(-1, 6, (13, 17)).astype(np.int8), "bool": rng.random((13, 17)) > 0.5,
+              "i64": rng.integers(0, 1 << 40, 29), "zeros": np.zeros((5, 6)), "false": np.zeros((5, 6), bool),
+              "negzero": np.full((3, 4), -0.0), "nan": np.where(rng.random((9, 8)) > 0.7, np.nan, 1.5)}
+    ours = zarr.open_group(str(tmp_path / "ours.zarr"), mode="w")
+    theirs = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w")
+    for name, v in values.items():
+        write_array(ours, f"g/{name}", np.ones((2, 2)), {"old": 1})  # replaced below (another shape and dtype)
+        write_array(ours, f"g/{name}", v, {"units": "sigma", "n": 3})
+        arr = theirs.create_array(f"g/{name}", shape=v.shape, dtype=v.dtype, chunks=v.shape,
+                                  compressors=compressor(), overwrite=True, fill_value=False if v.dtype == bool else 0,
+                                  attributes={"units": "sigma", "n": 3})
+        arr[...] = v
+    files = {p.relative_to(tmp_path / "ours.zarr") for p in Path(tmp_path / "ours.zarr").rglob("*") if p.is_file()}
+    other = {p.relative_to(tmp_path / "theirs.zarr") for p in Path(tmp_path / "theirs.zarr").rglob("*") if p.is_file()}
+    assert files == other
+    assert not any("zeros/c" in str(f) or "false/c" in str(f) for f in files)  # all fill: no chunk, as zarr
+    assert any("negzero/c" in str(f) for f in files)  # -0.0 is not the fill value 0.0 bit for bit
+    for f in files:
+        assert (tmp_path / "ours.zarr" / f).read_bytes() == (tmp_path / "theirs.zarr" / f).read_bytes(), f
+    back = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")
+    for name, v in values.items():
+        got = np.asarray(back[f"g/{name}"])
+        assert got.dtype == v.dtype and np.array_equal(got, v, equal_nan=v.dtype.kind == "f"), name

@@ -19,7 +19,7 @@ from .context import Context, python_warnings_recorded
 from .failures import _is_output_error, failure_text, mark_failed, output_error
 from .lock import OutputBusyError, OutputLock
 from .resume import clear_resume_record
-from .store import annotate_arrays, now_iso, open_store, set_attrs, write_coordinates, write_json_atomic
+from .store import annotate_arrays, array_metadata, now_iso, open_store, set_attrs, write_coordinates, write_json_atomic
 
 
 def stage_keys(cfg: Config, input_fp: dict, stages) -> dict[str, dict]:
@@ -157,8 +157,9 @@ def _run_stages(ctx: Context, stages, keys: dict, done: dict, force: bool, until
             raise
         finally:
             ctx.stage = None
-        annotate_arrays(Path(ctx.store_path))  # dimension names, units, long names (sendmap/schema.py)
-        write_coordinates(group, Path(ctx.store_path), scan_step_nm(cfg))
+        metas = array_metadata(Path(ctx.store_path))  # (one scan of the store's metadata for both)
+        annotate_arrays(Path(ctx.store_path), metas=metas)  # dimension names, units, long names (sendmap/schema.py)
+        write_coordinates(group, Path(ctx.store_path), scan_step_nm(cfg), metas=metas)
         timing[st.name] = round(time.perf_counter() - t0, 3)
         done[st.name] = {"key": keys[st.name]["key"], "config": keys[st.name]["sections"], "completed": now_iso(),
                          "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}

@@ -77,12 +77,13 @@ def grain_minority_positions(g, like: np.ndarray, sro_peak: np.ndarray, r_q: flo
 
 def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float, lif_sure: float,
                                 crystal_z: np.ndarray, lif_z: np.ndarray, vote: np.ndarray, layer: np.ndarray,
-                                d) -> None:
+                                d, counts: np.ndarray | None = None, bf_img: np.ndarray | None = None) -> None:
     """Compute and write the classify stage's outputs that do not depend on the classification method or its
     classes: ``features/{crystal_z,lif_z,lif_vote,lif_layer_z,anisotropy,scattered_fraction,phase_score,
     phase_score_second}`` and ``maps/phase`` (anisotropy at each feature phase's reflections, ± one bin; phase
-    naming over all SEI phases; ``d``: ``classify.definitions``). Thread-safe against a clustering running
-    meanwhile (it touches neither the store nor these arrays)."""
+    naming over all SEI phases; ``d``: ``classify.definitions``; ``counts``, ``bf_img``: ``ingest/total_counts`` and
+    ``features/virtual_bf`` as float64, None: read here). Thread-safe against a clustering running meanwhile (it
+    touches neither the store nor these arrays)."""
     from ..science.features import FEATURE_PHASES, SEI_PHASES, name_phases, phase_anisotropy, phase_lines
     from ..science.phases import get_phase
 
@@ -92,8 +93,8 @@ def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float
     aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
     all_lines = phase_lines(SEI_PHASES, q_rng)
     phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, lif_sure, 0.6 * bw, q_rng)
-    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
-    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64) if counts is None else counts
+    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64) if bf_img is None else bf_img
     with np.errstate(invalid="ignore", divide="ignore"):
         scattered = np.where(counts > 0, 1.0 - bf_img / counts, np.nan)
     phase_names = [get_phase(p).name for p in SEI_PHASES]
@@ -115,6 +116,96 @@ def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float
                                              "significant spots fall on; -1 none", "min_spot_z": lif_sure})
     write_array(g, "features/phase_score", phase_score, {"meaning": "explained spot share minus chance, best phase"})
     write_array(g, "features/phase_score_second", phase_second, {"meaning": "the same for the runner-up phase"})
+
+
+METHOD_INDEPENDENT_ARRAYS = ("features/crystal_z", "features/lif_z", "features/lif_vote", "features/lif_layer_z",
+                             "features/anisotropy", "features/scattered_fraction", "maps/phase", "features/phase_score",
+                             "features/phase_score_second")
+"""The arrays :func:`method_independent_features` writes."""
+
+FEATURES_CACHE = ".sendmap-cache/classify_features.json"
+"""In the output folder: the digest of the inputs of the last :func:`method_independent_features` and of the arrays
+it wrote (:class:`FeaturesCache`)."""
+
+
+def _sha256(*arrays):
+    """A hashlib SHA-256 object fed each array's dtype, shape and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
+    return h
+
+
+class FeaturesCache:
+    """Whether the store already holds what :func:`method_independent_features` would write: the digest of its inputs
+    (every array and number it reads, the classify stage's code: :func:`sendmap.engine.codehash.stage_code_digest`)
+    is that of the run that wrote them, and the arrays' stored chunks are still the ones it wrote (SHA-256 of their
+    files, so a store moved or copied keeps it, one rewritten by anything else does not). A classification change
+    (``classify.method``, ``n_clusters``, ``min_confidence``, ...) leaves them as they are: on the 128² bench scan their
+    phase naming and anisotropy cost ~0.2 s of CPU warm, ~0.5-0.8 s in a fresh process (the phase library's first use).
+    The file is removed before they are written and written after, so a run killed between leaves none."""
+
+    def __init__(self, out_dir, store_dir, key: str, enabled: bool = True):
+        from pathlib import Path
+
+        self.path, self.root, self.key, self.enabled = Path(out_dir) / FEATURES_CACHE, Path(store_dir), key, enabled
+
+    def _store_digest(self) -> str | None:
+        """SHA-256 of the stored chunk files of :data:`METHOD_INDEPENDENT_ARRAYS` (None where one is missing)."""
+        import hashlib
+
+        root = self.root
+        h = hashlib.sha256()
+        for name in METHOD_INDEPENDENT_ARRAYS:
+            files = sorted(p for p in (root / name / "c").rglob("*") if p.is_file())
+            if not (root / name / "zarr.json").is_file() or not files:
+                return None
+            for f in files:
+                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        return h.hexdigest()
+
+    def valid(self) -> bool:
+        import json
+
+        if not self.enabled:
+            return False
+        try:
+            old = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(old, dict) and old.get("key") == self.key and old.get("store") == self._store_digest()
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def save(self) -> None:
+        import json
+
+        from ..engine.store import write_text_atomic
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, json.dumps({"key": self.key, "store": self._store_digest()}))
+        except OSError:  # a cache only
+            pass
+
+
+def features_key(q: np.ndarray, spot_z: np.ndarray, counts: np.ndarray, bf_img: np.ndarray, r_q: float,
+                 lif_sure: float, crystal_z: np.ndarray, lif_z: np.ndarray, vote: np.ndarray, layer: np.ndarray,
+                 d) -> str:
+    """SHA-256 of every input of :func:`method_independent_features` and of the classify stage's code."""
+    import json
+
+    from ..engine.codehash import stage_code_digest
+
+    h = _sha256(q, spot_z, counts, bf_img, crystal_z, lif_z, vote, layer)
+    h.update(json.dumps([r_q, lif_sure, d.crystal_bands, d.lif_bands, d.lif_neighbourhood, d.lif_layer_neighbourhood,
+                         d.lif_layer_z_min, stage_code_digest("stage_classify", __name__)], default=str).encode())
+    return h.hexdigest()
 
 
 def stage_classify(ctx: Context) -> None:
@@ -186,6 +277,21 @@ def stage_classify(ctx: Context) -> None:
                  lif_indexed=lif_indexed_positions(cat if like is not None else None),
                  lif_layer=layer, lif_layer_z_min=d.lif_layer_z_min,
                  grain_indexed=np.isin(cat, (GRAIN, AMBIGUOUS)) if like is not None else None)
+    # what does not depend on the method or its classes is kept where the store holds it for the same inputs (a
+    # re-run after a classification change): FeaturesCache
+    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64)
+    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64)
+    key = features_key(q, spot_z, counts, bf_img, r_q, lif_sure, crystal_z, lif_z, vote, layer, d)
+    kept = FeaturesCache(ctx.out_dir, ctx.store_path, key, enabled=ctx.resume)  # (--force: computed afresh)
+    features_todo = not kept.valid()
+    if features_todo:
+        kept.forget()
+
+    def features():
+        if features_todo:
+            method_independent_features(g, q, spot_z, r_q, lif_sure, crystal_z, lif_z, vote, layer, d, counts, bf_img)
+            kept.save()
+
     if cfg.classify.method in ("rules", "probabilistic"):  # (probabilistic: the rules' crystals, then below)
         cls = classify_rules(peak_q, crystal_z, lif_z, **rules)
     else:  # the clustering (sendmap.science.gmm: numba kernels, the GIL released) on a second thread, while this one
@@ -195,7 +301,7 @@ def stage_classify(ctx: Context) -> None:
         with ThreadPoolExecutor(1) as pool:
             clustering = pool.submit(classify_gmm, peak_q, crystal_z, lif_z, cfg.classify.n_clusters,
                                      cfg.classify.seed, method=cfg.classify.method, **rules)
-            method_independent_features(g, q, spot_z, r_q, lif_sure, crystal_z, lif_z, vote, layer, d)
+            features()
             cls = clustering.result()
     # no clear maximum: no class from the peak's Q unless the whole Q range consistent with the maximum gives it
     flat = peak_status == status_code("no_clear_maximum")
@@ -230,7 +336,7 @@ def stage_classify(ctx: Context) -> None:
                        ).astype(np.int8)
     no_peak = cls == CRYSTAL
     if cfg.classify.method in ("rules", "probabilistic"):  # (the clustering methods wrote them meanwhile)
-        method_independent_features(g, q, spot_z, r_q, lif_sure, crystal_z, lif_z, vote, layer, d)
+        features()
     write_array(g, "features/peak_fwhm", np.where(no_peak, np.nan, np.asarray(g["peaks/fwhm"])), {"units": "1/Å"})
     # a second maximum where Bragg spots sit (e.g. LiF (220) at 0.70 1/Å in SEI Type 2) is a reflection, not SRO
     q2 = np.asarray(g["peaks/second_q_peak"])
