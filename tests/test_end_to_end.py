@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
+from _stores import assert_same_arrays
 from sendmap.cli import main
 from sendmap.evaluate import evaluate
 
@@ -259,8 +260,9 @@ def test_schedulers_give_identical_results(synth_run, scheduler):
     b = zarr.open_group(str(synth_run / out / "sendmap.zarr"), mode="r")
     keys = [p for p, _ in a.arrays()] + [f"{gn}/{p}" for gn, grp in a.groups() for p, _ in grp.arrays()]
     assert len(keys) > 30 and {"data_sparse/index", "data_sparse/value", "profiles/iqn", "maps/class"} <= set(keys)
-    for key in keys:  # every array of the store, bit for bit
-        assert np.array_equal(np.asarray(a[key]), np.asarray(b[key]), equal_nan=True), key
+    # every array of the store (floats within _stores.KERNEL_RTOL: the workers load the kernels from numba's cache,
+    # which this process may have compiled itself)
+    assert_same_arrays(a, b, keys)
 
 
 def test_info_describes_file_and_store(synth_run, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from _stores import store_arrays
+from _stores import assert_same_arrays, store_arrays
 from sendmap.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,25 +29,11 @@ def small(tmp_path_factory):
     return d
 
 
-KERNEL_RTOL = 1e-5
-"""Relative tolerance of float arrays between a run in this process and one in a subprocess: the profile stage's
-statistics kernels may reorder sums (fastmath ``reassoc``: 25 % of the worker's CPU), and a kernel compiled in this
-process and the same kernel loaded from numba's cache by another differ in ``features/fem_variance`` and
-``profiles/sem`` by ≤ 3.3 × 10⁻⁶ relative (session 18; README "Profile stage: its CPU measured inside the kernel").
-Integers, booleans and every float array's NaN pattern must still agree exactly."""
-
-
 def _assert_same_store(a: Path, b: Path):
     x, y = store_arrays(a), store_arrays(b)
     assert set(x) == set(y)
     assert len(x) > 30
-    for k in x:
-        assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape, k
-        if x[k].dtype.kind == "f":
-            assert np.array_equal(np.isnan(x[k]), np.isnan(y[k])), k
-            assert np.allclose(x[k], y[k], rtol=KERNEL_RTOL, atol=0.0, equal_nan=True), k
-        else:
-            assert np.array_equal(x[k], y[k]), k
+    assert_same_arrays(x, y)  # (floats within _stores.KERNEL_RTOL: the resumed run loads kernels from the cache)
 
 
 def _env():
