@@ -14,26 +14,29 @@ from .profiles import BRAGG_ATTRS
 
 
 def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.ndarray, r_q: float,
-               bin_width: float, no_maximum: np.ndarray | None = None) -> np.ndarray | None:
+               bin_width: float, no_maximum: np.ndarray | None = None):
     """Per position grain evidence (:func:`sendmap.science.classify.grain_evidence`) from the profile stage's spot
     lists and indexing (``features/spot_category``, ``features/lif_indexed_z``, ``spots/*``); stores
     ``features/shared_spots`` and ``features/shared_grain_spots``. ``no_maximum``: (Ry, Rx) bool, no SRO maximum in
     the window on the position's own and denoised profiles (:func:`sendmap.science.classify.without_amorphous_ring`;
-    None: not used). None for stores without spot lists (the threshold alone)."""
+    None: not used). Returns (like, spots): the evidence (Ry, Rx) bool and the spot table it used, (position,
+    values, on a grain ring) per listed spot (for :func:`grain_minority_positions`); (None, None) for stores without
+    spot lists (the threshold alone)."""
     from ..science.classify import grain_evidence, without_amorphous_ring
     from ..science.indexing import LIF
     from ..science.spot_context import shared_counts, shared_spot_table
 
     d = cfg.classify.definitions
     if not d.indexing or "features/spot_category" not in g or "spots/values" not in g:
-        return None
+        return None, None
     cat_arr = g["features/spot_category"]
     q_rel = float(cat_arr.attrs.get("q_rel_err", 0.005))
     pos = np.asarray(g["spots/position"])
+    values = np.asarray(g["spots/values"])
     if "spots/shared_neighbours" in g and "spots/grain_ring" in g:  # the profile stage's per-spot table
         nb, ring = np.asarray(g["spots/shared_neighbours"]), np.asarray(g["spots/grain_ring"])
     else:  # a store written before it
-        nb, ring = shared_spot_table(pos, np.asarray(g["spots/values"]), crystal_z.shape, r_q, bin_width, q_rel)
+        nb, ring = shared_spot_table(pos, values, crystal_z.shape, r_q, bin_width, q_rel)
     sh = shared_counts(pos, nb, ring, crystal_z.shape, max(1, d.grain_shared_neighbours))
     attrs = {"units": "count", "min_neighbours": max(1, d.grain_shared_neighbours),
              "method": "sendmap.science.spot_context.shared_grain_evidence"}
@@ -50,26 +53,19 @@ def grain_like(cfg, g, crystal_z: np.ndarray, crystal_thr: float, sro_peak: np.n
                                          d.crystal_min_neighbours)
     like = grain_evidence(crystal_z, crystal_thr, cat, np.asarray(g["features/lif_indexed_z"]),
                           (sh["n_shared_grain"] > 0) if d.grain_shared_neighbours > 0 else None, sro_peak, no_ring)
-    return like
+    return like, (pos, values, np.asarray(ring, bool))
 
 
-def grain_minority_positions(g, like: np.ndarray, sro_peak: np.ndarray, r_q: float, bin_width: float,
+def grain_minority_positions(spots: tuple, like: np.ndarray, sro_peak: np.ndarray, r_q: float,
                              size: int) -> np.ndarray:
     """(Ry, Rx) bool: grain-like positions (``like``) that keep an SRO peak on their own profile (``sro_peak``) and
     whose grain reflections carry less than half of the same reflections' intensity in the grain's interior
     (:func:`sendmap.science.boundaries.same_reflection_share` over a ``size`` × ``size`` window): boundary positions
     where the grain is the minority of the material along the beam, so not crystal (the truth of a mixed position
-    is its majority phase)."""
+    is its majority phase). ``spots``: the spot table :func:`grain_like` used (position, values, on a grain ring)."""
     from ..science.boundaries import same_reflection_share
-    from ..science.spot_context import shared_spot_table
 
-    pos = np.asarray(g["spots/position"])
-    values = np.asarray(g["spots/values"])
-    if "spots/grain_ring" in g:
-        ring = np.asarray(g["spots/grain_ring"], bool)
-    else:  # a store written before the profile stage's per-spot table
-        q_rel = float(g["features/spot_category"].attrs.get("q_rel_err", 0.005))
-        ring = shared_spot_table(pos, values, like.shape, r_q, bin_width, q_rel)[1]
+    pos, values, ring = spots
     candidates = np.asarray(like, bool) & np.asarray(sro_peak, bool)
     share = same_reflection_share(pos, values, ring, like.shape, size, r_q, where=candidates)
     return candidates & (np.nan_to_num(share, nan=1.0) < 0.5)
@@ -77,12 +73,12 @@ def grain_minority_positions(g, like: np.ndarray, sro_peak: np.ndarray, r_q: flo
 
 def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float, lif_sure: float,
                                 crystal_z: np.ndarray, lif_z: np.ndarray, vote: np.ndarray, layer: np.ndarray,
-                                d, counts: np.ndarray | None = None, bf_img: np.ndarray | None = None) -> None:
+                                d, counts: np.ndarray, bf_img: np.ndarray) -> None:
     """Compute and write the classify stage's outputs that do not depend on the classification method or its
     classes: ``features/{crystal_z,lif_z,lif_vote,lif_layer_z,anisotropy,scattered_fraction,phase_score,
     phase_score_second}`` and ``maps/phase`` (anisotropy at each feature phase's reflections, ± one bin; phase
     naming over all SEI phases; ``d``: ``classify.definitions``; ``counts``, ``bf_img``: ``ingest/total_counts`` and
-    ``features/virtual_bf`` as float64, None: read here). Thread-safe against a clustering running meanwhile (it
+    ``features/virtual_bf`` as float64). Thread-safe against a clustering running meanwhile (it
     touches neither the store nor these arrays)."""
     from ..science.features import FEATURE_PHASES, SEI_PHASES, name_phases, phase_anisotropy, phase_lines
     from ..science.phases import get_phase
@@ -93,8 +89,6 @@ def method_independent_features(g, q: np.ndarray, spot_z: np.ndarray, r_q: float
     aniso = phase_anisotropy(q, spot_z, feat_lines, bw)
     all_lines = phase_lines(SEI_PHASES, q_rng)
     phase_idx, phase_score, phase_second = name_phases(q, spot_z, all_lines, lif_sure, 0.6 * bw, q_rng)
-    counts = np.asarray(g["ingest/total_counts"], dtype=np.float64) if counts is None else counts
-    bf_img = np.asarray(g["features/virtual_bf"], dtype=np.float64) if bf_img is None else bf_img
     with np.errstate(invalid="ignore", divide="ignore"):
         scattered = np.where(counts > 0, 1.0 - bf_img / counts, np.nan)
     phase_names = [get_phase(p).name for p in SEI_PHASES]
@@ -253,11 +247,11 @@ def stage_classify(ctx: Context) -> None:
     own = np.asarray(g["peaks/status_own_profile"]) if "peaks/status_own_profile" in g else peak_status
     own_peak = has_peak & ((own == status_code("ok")) | (own == status_code("no_clear_maximum")))
     no_max = (peak_status == status_code("no_maximum_in_window")) & (own == status_code("no_maximum_in_window"))
-    like = grain_like(cfg, g, crystal_z, crystal_thr, own_peak, r_q, float(q[1] - q[0]), no_max)
+    like, spots = grain_like(cfg, g, crystal_z, crystal_thr, own_peak, r_q, float(q[1] - q[0]), no_max)
     neighbours = crystal_neighbour_count(crystal_z, crystal_thr, like)
     minority = np.zeros(crystal_z.shape, bool)
     if like is not None and d.grain_majority_size > 0:  # (after the neighbour counts: the grain's edge stays a grain's)
-        minority = grain_minority_positions(g, like, own_peak, r_q, float(q[1] - q[0]), d.grain_majority_size)
+        minority = grain_minority_positions(spots, like, own_peak, r_q, d.grain_majority_size)
         like = like & ~minority
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
