@@ -42,8 +42,9 @@ STAGES: tuple[Stage, ...] = (
     # revision 7: peaks/status_own_profile (the grain-like rows' own profiles: an SRO maximum without the denoising?)
     # revision 8: under strong speckle the denoised profiles get their neighbours' mean residual back
     # (peaks.denoise_residual_pool: the few components' truncation bias)
+    # revision 9 (issue 18, estimator bias): a sextic over the fixed ± 0.14 1/Å range (peaks.fixed_range_degree)
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 8,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 9,
           key_sections=peaks.key_sections),
     # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
     # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature;

@@ -118,7 +118,7 @@ def test_fit_peaks_and_classify_equal_the_pipeline_and_dask_stays_dask(small):
     cfg = g.attrs["config"]["peaks"]
     fr = g.attrs["peaks"]["fit_range"]  # the range the stage chose (fit_half_width: auto)
     half = fr["half_width"][0] if "fixed" in fr["mode"] else tuple(fr["half_width"])
-    opts = dict(window=tuple(cfg["window"]), half_width=half, degree=cfg["degree"],
+    opts = dict(window=tuple(cfg["window"]), half_width=half, degree=g.attrs["peaks"]["degree"],  # the one used
                 smooth_sigma_bins=cfg["smooth_sigma_bins"])
     r = sendmap.fit_peaks(iqn, q, sem, **opts)
     assert r["q_peak"].shape == iqn.shape[:2]

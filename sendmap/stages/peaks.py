@@ -271,7 +271,8 @@ def stage_peaks(ctx: Context) -> None:
         ctx.log(f"[sendmap] peaks: fit range ({fit_range['mode']}) -{fit_range['half_width'][0]:.3f} "
                 f"+{fit_range['half_width'][1]:.3f} 1/Å: {fit_range['reason']}")
     hw_l, hw_r = fit_range["half_width"]
-    fit_args = (pk.window, half_width, pk.smooth_sigma_bins, pk.degree)
+    degree = fit_degree(pk, fit_range)
+    fit_args = (pk.window, half_width, pk.smooth_sigma_bins, degree)
     plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
     corr_plain = corr = None if speckle is None else (speckle["spk"].reshape(-1, nq), speckle["correlation"],
                                                       speckle["poisson_correlation"])
@@ -431,7 +432,7 @@ def stage_peaks(ctx: Context) -> None:
                     "peaks.window against the detector's Q range set by calibration.q_pixel_size)")
         warnings_.append(msg)
         ctx.warn(msg, "positions_without_peak")
-    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "fit_range": fit_range, "degree": pk.degree,
+    set_attrs(g, peaks={"fit_half_width": pk.fit_half_width, "fit_range": fit_range, "degree": degree,
                         "profile": pk.profile, "status_counts": status_counts, "warnings": warnings_,
                         "spatial_binning": k, "denoise": info, "diagnostics": diagnostics,
                         "window_feedback": {"recentred": recentre, "beta": _finite(feedback["beta"]),
@@ -464,6 +465,15 @@ def listed_spot_bins(g, q: np.ndarray, n_positions: int) -> np.ndarray | None:
 def _finite(v):
     """A float for the store's JSON attributes, None where not finite."""
     return float(v) if v is not None and np.isfinite(v) else None
+
+
+def fit_degree(pk, fit_range: dict) -> int:
+    """The polynomial's degree for the chosen fit range: ``peaks.fixed_range_degree`` where ``fit_half_width: auto``
+    kept the fixed range (mode ``auto: fixed``; its config description has the measurements), else
+    ``peaks.degree`` (the matched range, or a range given as a number, as in earlier versions)."""
+    if fit_range.get("mode") == "auto: fixed" and pk.fixed_range_degree is not None:
+        return int(pk.fixed_range_degree)
+    return int(pk.degree)
 
 
 def key_sections(cfg, sections: dict) -> dict:
