@@ -146,22 +146,29 @@ def stage_profiles(ctx: Context) -> None:
     chunks = (by * per_chunk, bx, geom.nq)
     progress = block_progress(ctx, "profiles", {"shape": (ry, rx, geom.nq), "chunks": chunks, "blocks": blocks},
                               [f"{grp}/{nm}" for nm, (grp, _) in PROFILE_OUTPUTS.items()])
-    arrays = {}
-    for nm, (grp, attrs) in PROFILE_OUTPUTS.items():
-        if progress.resumed:  # the killed run's arrays, with its finished chunks
-            arrays[nm] = g[f"{grp}/{nm}"]
-            continue
-        arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks,
-                                    overwrite=True, fill_value=float("nan"), compressors=None,
-                                    chunk_key_encoding={"name": "default", "separator": "."})
-        if attrs:
-            arrays[nm].attrs.update(attrs)
-    for nm in ("iqn", "iqn_sem", "iqn_robust", "iqn_masked", "iqn_masked_sem"):
-        arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     error_model = cfg.profiles.error_model
     speckle_g, fem_scale = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, error_model)
+    out_attrs = {}
+    for nm, (_, attrs) in PROFILE_OUTPUTS.items():
+        out_attrs[nm] = dict(attrs or {})
+    for nm in ("iqn", "iqn_sem", "iqn_robust", "iqn_masked", "iqn_masked_sem"):
+        out_attrs[nm].update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     for nm in ("sem", "iqn_sem", "iqn_masked_sem"):
-        arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
+        out_attrs[nm].update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
+
+    def create_outputs():
+        """The (Ry, Rx, nq) arrays, each with its attributes in one metadata write: made at the first write of
+        their chunks, while the workers compute the first blocks (not before they start: ~0.05 s of zarr)."""
+        for nm, (grp, _) in PROFILE_OUTPUTS.items():
+            g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks, overwrite=True,
+                           fill_value=float("nan"), compressors=None, attributes=out_attrs[nm] or None,
+                           chunk_key_encoding={"name": "default", "separator": "."})
+
+    if progress.resumed:  # the killed run's arrays, with its finished chunks
+        for nm, (grp, _) in PROFILE_OUTPUTS.items():
+            if out_attrs[nm]:
+                g[f"{grp}/{nm}"].attrs.update(out_attrs[nm])
+    created = [progress.resumed]
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
     bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
@@ -182,6 +189,9 @@ def stage_profiles(ctx: Context) -> None:
 
     def flush():
         if pending:
+            if not created[0]:
+                create_outputs()
+                created[0] = True
             (y0, x0), _ = pending[0]
             for nm, (grp, _) in PROFILE_OUTPUTS.items():
                 block = np.concatenate([r[nm] for _, r in pending], axis=0)
