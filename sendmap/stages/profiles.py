@@ -60,13 +60,30 @@ ERROR_MODELS = {
 BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
 
 
+def spot_table_of(spots: dict, shape: tuple[int, int], q_rel: float, r_q: float, bin_width: float):
+    """(position, values, (shared_neighbours, grain_ring)) of the spot lists ``spots`` (see :func:`write_evidence`):
+    sorted by position (stable), and their per-spot table
+    (:func:`sendmap.science.spot_context.shared_spot_table`: which spots repeat at the scan neighbours, a grain's,
+    and lie on a Li/Cu ring; independent of the classify settings, so computed once here rather than on every
+    re-classification)."""
+    from ..science.spot_context import shared_spot_table
+
+    pos = spots.get("spot_pos", np.zeros(0, np.int64))
+    val = spots.get("spot_val", np.zeros((0, 4), np.float32))
+    order = np.argsort(pos, kind="stable")
+    ring = spots.get("spot_ring")
+    table = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel,
+                              grain_ring=None if ring is None else ring[order])
+    return pos[order], val[order], table
+
+
 def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel: float, r_q: float,
-                   bin_width: float) -> None:
+                   bin_width: float, table=None) -> None:
     """The spot and indexing evidence maps (features/, :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`) and the
     spot lists (``spots/position`` (N,) flat scan index iy·Rx + ix, ``spots/values`` (N, 4): Q, azimuth,
     intensity, z; sorted by position, strongest first within one). ``spots["spot_ring"]`` (N,) bool, where given:
     each spot's Li/Cu-ring flag from the worker's indexing (``spots/grain_ring``; else indexed here again)."""
-    from ..science.indexing import CATEGORY_NAMES, INDEX_PHASES, SPOT_Z_MIN, SPOTS_ATTRS
+    from ..science.indexing import CATEGORY_NAMES, INDEX_PHASES, N_SIGMA, SPOT_Z_MIN, SPOTS_ATTRS
 
     common = {"phase_names": list(INDEX_PHASES), "category_names": list(CATEGORY_NAMES), "z_min": SPOT_Z_MIN,
               "q_rel_err": q_rel, "disk_radius_q": r_q, "method": "sendmap.science.indexing (spot_block, "
@@ -76,23 +93,16 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
     common["unindexed_spots"] = int(np.asarray(evidence["n_unindexed"]).sum())
     for nm, (_, _, attrs) in EVIDENCE_OUTPUTS.items():
         write_array(g, f"features/{nm}", evidence[nm], attrs | common)
-    pos = spots.get("spot_pos", np.zeros(0, np.int64))
-    val = spots.get("spot_val", np.zeros((0, 4), np.float32))
-    order = np.argsort(pos, kind="stable")
+    # ``table``: a future of spot_table_of(spots, ...) started by the caller (its kernel runs while the maps above
+    # and the lists are written), else computed here
+    pos, val, (nb, ring) = (table.result() if table is not None else
+                            spot_table_of(spots, shape, q_rel, r_q, bin_width))
     n = max(1, pos.size)
-    write_array(g, "spots/position", pos[order], {"meaning": "flat scan index iy·Rx + ix of each listed spot",
-                                                   "scan_shape": list(shape)}, chunks=(n,))
-    write_array(g, "spots/values", val[order], SPOTS_ATTRS | {
+    write_array(g, "spots/position", pos, {"meaning": "flat scan index iy·Rx + ix of each listed spot",
+                                           "scan_shape": list(shape)}, chunks=(n,))
+    write_array(g, "spots/values", val, SPOTS_ATTRS | {
         "meaning": "Bragg-disk-sized spots of every position (spots/position), strongest first within a position "
                    "(sendmap.science.indexing.spot_block)"}, chunks=(n, 4))
-    # which spots repeat at the scan neighbours (a grain's) and lie on a Li/Cu ring: independent of the classify
-    # settings, so computed once here rather than on every re-classification
-    from ..science.indexing import N_SIGMA
-    from ..science.spot_context import shared_spot_table
-
-    ring = spots.get("spot_ring")
-    nb, ring = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel,
-                                 grain_ring=None if ring is None else ring[order])
     write_array(g, "spots/shared_neighbours", nb, {
         "units": "count", "n_sigma": N_SIGMA, "meaning": "scan neighbours (of 8) that list a spot at the same g "
         "within n_sigma of the combined position errors (sendmap.science.spot_context.shared_neighbours)"},
@@ -250,9 +260,17 @@ def stage_profiles(ctx: Context) -> None:
     run_blocks(read_store_block, ProfileBlock(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale,
                                               np.full(geom.nq, SPOT_Z_MIN) if lists else None, q_rel), items,
                cfg.compute, "profiles", on_result=put, thread_safe=True)
+    table = None
+    if lists:  # the spots' neighbour table on a thread of its own (its kernel releases the GIL) while the last
+        # chunks, the resume record and the maps are written
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        table = pool.submit(spot_table_of, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width)
+        pool.shutdown(wait=False)
     flush()
     if lists:
-        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width)
+        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width, table)
     else:  # (profiles.spot_lists: false) no evidence: none left from an earlier run with lists either
         for key in ["spots", *(f"features/{nm}" for nm in EVIDENCE_OUTPUTS)]:  # (spots/ holds the shared table)
             if key in g:
