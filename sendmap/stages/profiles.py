@@ -35,10 +35,12 @@ def profile_error_terms(q: np.ndarray, n_phi: int, disk_radius_q: float, bin_wid
     """(G(Q) of the "azimuthal" error model or None for "poisson", the sector→pixel scale of V(Q)): what
     :class:`ProfileBlock` needs besides the geometry (:func:`sendmap.science.polar.speckle_mean_factor`,
     :func:`~sendmap.science.polar.fem_variance_scale`)."""
-    from ..science.polar import fem_variance_scale, speckle_mean_factor
+    from ..science.polar import speckle_mean_factor
 
-    g = speckle_mean_factor(q, n_phi, disk_radius_q, bin_width) if error_model == "azimuthal" else None
-    return g, fem_variance_scale(q, n_phi, disk_radius_q, bin_width)
+    # one evaluation of G and ρ̄(0) for both (fem_variance_scale's expression; the two calls it replaces computed
+    # the same G twice, ~25 ms before the blocks could start)
+    g, share = speckle_mean_factor(q, n_phi, disk_radius_q, bin_width, return_sector_share=True)
+    return (g if error_model == "azimuthal" else None), 1.0 / (share * (1.0 - np.minimum(g, 0.999)))
 
 
 PROFILE_CHUNK_BYTES = 2e6
