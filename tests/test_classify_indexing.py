@@ -19,7 +19,7 @@ from sendmap.science.classify import (band_max, bragg_disk_above, crystal_neighb
 from sendmap.science.phases import get_phase
 from sendmap.science.polar_tables import PolarTables, profile_block
 from sendmap.science.spot_context import (dense_spots, shared_counts, shared_grain_evidence,
-                                          shared_neighbours, shared_spot_table)
+                                          shared_neighbours, shared_neighbours_listed, shared_spot_table)
 from test_indexing import AMORPHOUS, BACKGROUND, CENTRE, GEOM, MASK, QPX, R_Q, lif_crystallites, render, zone_spots
 
 DEFS = ClassDefinitions()
@@ -185,6 +185,11 @@ def test_shared_neighbours_kernel_equals_the_definition():
     want = _shared_reference(s)
     assert 0 < (want > 0).sum() < np.isfinite(s[..., 0]).sum()  # some spots match, some do not
     np.testing.assert_array_equal(shared_neighbours(s, R_Q, QPX), want)
+    # the profile stage's form over the stored lists (no dense layout): the same counts, spot for spot
+    ok = np.isfinite(s[..., 0]).reshape(ry * rx, k)
+    pos = np.repeat(np.arange(ry * rx), ok.sum(axis=1))
+    got = shared_neighbours_listed(pos, s.reshape(ry * rx, k, 4)[ok], (ry, rx), R_Q, QPX)
+    np.testing.assert_array_equal(got, want.reshape(ry * rx, k)[ok])
 
 
 def test_worker_ring_flags_equal_the_stage_indexing():

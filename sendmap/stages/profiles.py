@@ -35,10 +35,12 @@ def profile_error_terms(q: np.ndarray, n_phi: int, disk_radius_q: float, bin_wid
     """(G(Q) of the "azimuthal" error model or None for "poisson", the sector→pixel scale of V(Q)): what
     :class:`ProfileBlock` needs besides the geometry (:func:`sendmap.science.polar.speckle_mean_factor`,
     :func:`~sendmap.science.polar.fem_variance_scale`)."""
-    from ..science.polar import fem_variance_scale, speckle_mean_factor
+    from ..science.polar import speckle_mean_factor
 
-    g = speckle_mean_factor(q, n_phi, disk_radius_q, bin_width) if error_model == "azimuthal" else None
-    return g, fem_variance_scale(q, n_phi, disk_radius_q, bin_width)
+    # one evaluation of G and ρ̄(0) for both (fem_variance_scale's expression; the two calls it replaces computed
+    # the same G twice, ~25 ms before the blocks could start)
+    g, share = speckle_mean_factor(q, n_phi, disk_radius_q, bin_width, return_sector_share=True)
+    return (g if error_model == "azimuthal" else None), 1.0 / (share * (1.0 - np.minimum(g, 0.999)))
 
 
 PROFILE_CHUNK_BYTES = 2e6
@@ -60,13 +62,30 @@ ERROR_MODELS = {
 BRAGG_ATTRS = {"meaning": "share of scattered intensity in Bragg-spot sectors (mean − robust mean, Q-weighted)"}
 
 
+def spot_table_of(spots: dict, shape: tuple[int, int], q_rel: float, r_q: float, bin_width: float):
+    """(position, values, (shared_neighbours, grain_ring)) of the spot lists ``spots`` (see :func:`write_evidence`):
+    sorted by position (stable), and their per-spot table
+    (:func:`sendmap.science.spot_context.shared_spot_table`: which spots repeat at the scan neighbours, a grain's,
+    and lie on a Li/Cu ring; independent of the classify settings, so computed once here rather than on every
+    re-classification)."""
+    from ..science.spot_context import shared_spot_table
+
+    pos = spots.get("spot_pos", np.zeros(0, np.int64))
+    val = spots.get("spot_val", np.zeros((0, 4), np.float32))
+    order = np.argsort(pos, kind="stable")
+    ring = spots.get("spot_ring")
+    table = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel,
+                              grain_ring=None if ring is None else ring[order])
+    return pos[order], val[order], table
+
+
 def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel: float, r_q: float,
-                   bin_width: float) -> None:
+                   bin_width: float, table=None) -> None:
     """The spot and indexing evidence maps (features/, :data:`sendmap.compute.profiles.EVIDENCE_OUTPUTS`) and the
     spot lists (``spots/position`` (N,) flat scan index iy·Rx + ix, ``spots/values`` (N, 4): Q, azimuth,
     intensity, z; sorted by position, strongest first within one). ``spots["spot_ring"]`` (N,) bool, where given:
     each spot's Li/Cu-ring flag from the worker's indexing (``spots/grain_ring``; else indexed here again)."""
-    from ..science.indexing import CATEGORY_NAMES, INDEX_PHASES, SPOT_Z_MIN, SPOTS_ATTRS
+    from ..science.indexing import CATEGORY_NAMES, INDEX_PHASES, N_SIGMA, SPOT_Z_MIN, SPOTS_ATTRS
 
     common = {"phase_names": list(INDEX_PHASES), "category_names": list(CATEGORY_NAMES), "z_min": SPOT_Z_MIN,
               "q_rel_err": q_rel, "disk_radius_q": r_q, "method": "sendmap.science.indexing (spot_block, "
@@ -76,23 +95,16 @@ def write_evidence(g, evidence: dict, spots: dict, shape: tuple[int, int], q_rel
     common["unindexed_spots"] = int(np.asarray(evidence["n_unindexed"]).sum())
     for nm, (_, _, attrs) in EVIDENCE_OUTPUTS.items():
         write_array(g, f"features/{nm}", evidence[nm], attrs | common)
-    pos = spots.get("spot_pos", np.zeros(0, np.int64))
-    val = spots.get("spot_val", np.zeros((0, 4), np.float32))
-    order = np.argsort(pos, kind="stable")
+    # ``table``: a future of spot_table_of(spots, ...) started by the caller (its kernel runs while the maps above
+    # and the lists are written), else computed here
+    pos, val, (nb, ring) = (table.result() if table is not None else
+                            spot_table_of(spots, shape, q_rel, r_q, bin_width))
     n = max(1, pos.size)
-    write_array(g, "spots/position", pos[order], {"meaning": "flat scan index iy·Rx + ix of each listed spot",
-                                                   "scan_shape": list(shape)}, chunks=(n,))
-    write_array(g, "spots/values", val[order], SPOTS_ATTRS | {
+    write_array(g, "spots/position", pos, {"meaning": "flat scan index iy·Rx + ix of each listed spot",
+                                           "scan_shape": list(shape)}, chunks=(n,))
+    write_array(g, "spots/values", val, SPOTS_ATTRS | {
         "meaning": "Bragg-disk-sized spots of every position (spots/position), strongest first within a position "
                    "(sendmap.science.indexing.spot_block)"}, chunks=(n, 4))
-    # which spots repeat at the scan neighbours (a grain's) and lie on a Li/Cu ring: independent of the classify
-    # settings, so computed once here rather than on every re-classification
-    from ..science.indexing import N_SIGMA
-    from ..science.spot_context import shared_spot_table
-
-    ring = spots.get("spot_ring")
-    nb, ring = shared_spot_table(pos[order], val[order], shape, r_q, bin_width, q_rel,
-                                 grain_ring=None if ring is None else ring[order])
     write_array(g, "spots/shared_neighbours", nb, {
         "units": "count", "n_sigma": N_SIGMA, "meaning": "scan neighbours (of 8) that list a spot at the same g "
         "within n_sigma of the combined position errors (sendmap.science.spot_context.shared_neighbours)"},
@@ -146,22 +158,29 @@ def stage_profiles(ctx: Context) -> None:
     chunks = (by * per_chunk, bx, geom.nq)
     progress = block_progress(ctx, "profiles", {"shape": (ry, rx, geom.nq), "chunks": chunks, "blocks": blocks},
                               [f"{grp}/{nm}" for nm, (grp, _) in PROFILE_OUTPUTS.items()])
-    arrays = {}
-    for nm, (grp, attrs) in PROFILE_OUTPUTS.items():
-        if progress.resumed:  # the killed run's arrays, with its finished chunks
-            arrays[nm] = g[f"{grp}/{nm}"]
-            continue
-        arrays[nm] = g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks,
-                                    overwrite=True, fill_value=float("nan"), compressors=None,
-                                    chunk_key_encoding={"name": "default", "separator": "."})
-        if attrs:
-            arrays[nm].attrs.update(attrs)
-    for nm in ("iqn", "iqn_sem", "iqn_robust", "iqn_masked", "iqn_masked_sem"):
-        arrays[nm].attrs.update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     error_model = cfg.profiles.error_model
     speckle_g, fem_scale = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, error_model)
+    out_attrs = {}
+    for nm, (_, attrs) in PROFILE_OUTPUTS.items():
+        out_attrs[nm] = dict(attrs or {})
+    for nm in ("iqn", "iqn_sem", "iqn_robust", "iqn_masked", "iqn_masked_sem"):
+        out_attrs[nm].update({"n": cfg.profiles.n, "units": "counts per pixel × (1/Å)^n"})
     for nm in ("sem", "iqn_sem", "iqn_masked_sem"):
-        arrays[nm].attrs.update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
+        out_attrs[nm].update({"error_model": error_model, "error_model_meaning": ERROR_MODELS[error_model]})
+
+    def create_outputs():
+        """The (Ry, Rx, nq) arrays, each with its attributes in one metadata write: made at the first write of
+        their chunks, while the workers compute the first blocks (not before they start: ~0.05 s of zarr)."""
+        for nm, (grp, _) in PROFILE_OUTPUTS.items():
+            g.create_array(f"{grp}/{nm}", shape=(ry, rx, geom.nq), dtype="float32", chunks=chunks, overwrite=True,
+                           fill_value=float("nan"), compressors=None, attributes=out_attrs[nm] or None,
+                           chunk_key_encoding={"name": "default", "separator": "."})
+
+    if progress.resumed:  # the killed run's arrays, with its finished chunks
+        for nm, (grp, _) in PROFILE_OUTPUTS.items():
+            if out_attrs[nm]:
+                g[f"{grp}/{nm}"].attrs.update(out_attrs[nm])
+    created = [progress.resumed]
     bf = progress.arrays.get("bf", np.zeros((ry, rx)))
     adf = progress.arrays.get("adf", np.zeros((ry, rx)))
     bragg = progress.arrays.get("bragg", np.full((ry, rx), np.nan))
@@ -182,6 +201,9 @@ def stage_profiles(ctx: Context) -> None:
 
     def flush():
         if pending:
+            if not created[0]:
+                create_outputs()
+                created[0] = True
             (y0, x0), _ = pending[0]
             for nm, (grp, _) in PROFILE_OUTPUTS.items():
                 block = np.concatenate([r[nm] for _, r in pending], axis=0)
@@ -240,9 +262,17 @@ def stage_profiles(ctx: Context) -> None:
     run_blocks(read_store_block, ProfileBlock(tables, mask, r_q, adf_q, bf_q, qn, bragg_q, speckle_g, fem_scale,
                                               np.full(geom.nq, SPOT_Z_MIN) if lists else None, q_rel), items,
                cfg.compute, "profiles", on_result=put, thread_safe=True)
+    table = None
+    if lists:  # the spots' neighbour table on a thread of its own (its kernel releases the GIL) while the last
+        # chunks, the resume record and the maps are written
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        table = pool.submit(spot_table_of, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width)
+        pool.shutdown(wait=False)
     flush()
     if lists:
-        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width)
+        write_evidence(g, evidence, spot_record(), (ry, rx), q_rel, r_q, geom.bin_width, table)
     else:  # (profiles.spot_lists: false) no evidence: none left from an earlier run with lists either
         for key in ["spots", *(f"features/{nm}" for nm in EVIDENCE_OUTPUTS)]:  # (spots/ holds the shared table)
             if key in g:
