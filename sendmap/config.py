@@ -237,6 +237,14 @@ class PeaksConfig(_Section):
     spatial_binning: int = Field(
         1, ge=1, le=8, description="average each profile with those of its k × k neighbourhood that agree with it within "
         "counting noise (χ² test over the fit range: layer boundaries and crystals are not smeared) before the fit")
+    grain_disk_reach_nm: Optional[float] = Field(
+        None, ge=0, description="nm (off by default: null or 0): positions within this distance (whole scan steps of "
+        "calibration.scan_step_nm) of a grain-like position have that grain's listed Li/Cu disks fitted beside the "
+        "polynomial where their amplitude exceeds 2.33 sigma (sendmap.science.boundaries.refit_beside_grains). Measured "
+        "with 4 (README, 'A grain's faint disks beside it (session 19)'): SEI Type 1 class mean of matrix:mixed at 5e3 "
+        "e- +0.0018/+0.0026 -> +0.0016/+0.0019 (development seeds 1419, 1819), check seeds 1519 +0.0070 -> +0.0039, "
+        "1919 +0.0041 -> +0.0041, legacy within 0.0005; but matrix:speckle3 (M = 3) at 5e3: speckle passes for "
+        "disks, Type 1 recall 0.93 -> 0.81, so not on by default")
     profile: Literal["mean", "robust", "masked"] = Field(
         "mean", description="profile the peak is fitted on: the azimuthal mean, the robust mean whose sectors "
         "holding Bragg spots are clipped (for spotty patterns), or the spot-masked mean (profiles/iqn_masked: the "

@@ -102,3 +102,20 @@ def crystal_key_sections(cfg: Config) -> dict:
     """The ``classify.definitions`` keys (:data:`CRYSTAL_THRESHOLD_KEYS`) of a stage key that depends on which
     positions are crystalline."""
     return {k: v for k, v in cfg.section("classify")["definitions"].items() if k in CRYSTAL_THRESHOLD_KEYS}
+
+
+def grain_disk_refit(ctx: Context, q, y, s, operator, res: dict, crystal: np.ndarray, fit_args, corr, flat_z,
+                     half_width: tuple[float, float], degree: int) -> int:
+    """``peaks.grain_disk_reach_nm``: refit, in place in ``res``, the positions beside a grain-like one with that
+    grain's listed Li/Cu disks fitted away where they show (:func:`sendmap.science.boundaries.refit_beside_grains`).
+    Returns the number of positions refitted."""
+    from ..science.boundaries import grain_reflections_beside, refit_beside_grains
+
+    g, step = ctx.group, float(ctx.cfg.calibration.scan_step_nm or 0.0)
+    radius = float(g["features/spot_category"].attrs.get("disk_radius_q", 0.0)) if "features/spot_category" in g else 0
+    if step <= 0 or radius <= 0 or "spots/grain_ring" not in g or "spots/position" not in g:
+        return 0
+    reach = int(np.floor(ctx.cfg.peaks.grain_disk_reach_nm / step + 1e-9))
+    beside = grain_reflections_beside(np.asarray(g["spots/position"]), np.asarray(g["spots/grain_ring"]),
+                                      np.asarray(g["spots/values"])[:, 0], crystal, reach, float(q[1] - q[0]))
+    return refit_beside_grains(q, y, s, operator, res, beside, radius, fit_args, corr, flat_z, half_width, degree)

@@ -10,7 +10,7 @@ import numpy as np
 from ..engine.context import Context
 from ..engine.store import set_attrs, write_array
 from ..errors import SendmapInputError
-from .crystalline import crystal_key_sections, crystal_rows
+from .crystalline import crystal_key_sections, crystal_rows, grain_disk_refit
 
 
 AUTO_FIT_HALF_WIDTH_FALLBACK = 0.14
@@ -337,6 +337,9 @@ def stage_peaks(ctx: Context) -> None:
             plain[kk][sample] = part[kk]
         if pool_n is not None:  # the neighbours' residual's own noise (residual_added) into the error
             res["q_err"] = residual_pool_error(res["q_err"], plain["q_err"], pool_n, amorphous)
+    # (off by default) beside a grain: its disks, too faint to be listed there, fitted away (grain_disk_refit)
+    n_disk_refit = grain_disk_refit(ctx, q, y, s, operator, res, crystal, fit_args, corr, flat_z, (hw_l, hw_r),
+                                    degree) if pk.grain_disk_reach_nm and k == 1 else 0
     # the grain-like rows' own profiles: is there an SRO maximum without the denoising (grain_rows_own_status)?
     own_status = np.asarray(res["status"]).copy()
     own = crystal.ravel() if operator is not None else np.zeros(ry * rx, bool)
@@ -405,7 +408,8 @@ def stage_peaks(ctx: Context) -> None:
                                           if med(plain["q_err"]) and med(res["q_err"]) else None),
                    "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
                    "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
-                   "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0}
+                   "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0,
+                   "grain_disk_refit_positions": int(n_disk_refit)}
     status_counts = {name: int(np.sum(status == c)) for c, name in enumerate(PEAK_STATUS) if np.any(status == c)}
     if status_counts.get("fit_failed"):
         ctx.log(f"[sendmap] peaks: {status_counts['fit_failed']} positions: the polynomial has no interior maximum; "
