@@ -282,7 +282,7 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
     q = np.asarray(q, dtype=np.float64)
     lead = tuple(profiles.shape[:-1])
     if options.get("half_width", d["fit_half_width"]) == "auto":  # as the stage: from the mean profile
-        from .stages.peaks import AUTO_FIT_HALF_WIDTH_FALLBACK
+        from .stages.peaks import AUTO_FIT_HALF_WIDTH_FALLBACK, fit_degree
 
         p = np.asarray(profiles, dtype=np.float64).reshape(-1, len(q))
         s = (np.sqrt(np.clip(p, 0, None)) if sem is None else np.asarray(sem, dtype=np.float64).reshape(p.shape))
@@ -290,9 +290,8 @@ def fit_peaks(profiles, q, sem=None, *, window: tuple[float, float] | None = Non
         options["half_width"], rec = resolve_auto_fit_range(
             q, p, s, rows, window, AUTO_FIT_HALF_WIDTH_FALLBACK, options.get("smooth_sigma_bins", 3.0),
             options.get("degree", d["degree"]))
-        if "degree" not in options:  # the stage's degree for the chosen range (sendmap.stages.peaks.fit_degree)
-            options["degree"] = (d["fixed_range_degree"] if rec["mode"] == "auto: fixed"
-                                 and d.get("fixed_range_degree") is not None else d["degree"])
+        if "degree" not in options:  # the stage's degree for the chosen range
+            options["degree"] = fit_degree(d["degree"], d.get("fixed_range_degree"), rec)
 
     # the flat-top tests where the config asks the stage for them (peaks.flat_top_test; flat_top_z: the σ level, None off)
     options.setdefault("flat_top_z", FLAT_TOP_Z if d.get("flat_top_test") else None)

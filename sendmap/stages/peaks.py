@@ -271,7 +271,7 @@ def stage_peaks(ctx: Context) -> None:
         ctx.log(f"[sendmap] peaks: fit range ({fit_range['mode']}) -{fit_range['half_width'][0]:.3f} "
                 f"+{fit_range['half_width'][1]:.3f} 1/Å: {fit_range['reason']}")
     hw_l, hw_r = fit_range["half_width"]
-    degree = fit_degree(pk, fit_range)
+    degree = fit_degree(pk.degree, pk.fixed_range_degree, fit_range)
     fit_args = (pk.window, half_width, pk.smooth_sigma_bins, degree)
     plain_in = (iqn.reshape(-1, nq), sem.reshape(-1, nq))
     corr_plain = corr = None if speckle is None else (speckle["spk"].reshape(-1, nq), speckle["correlation"],
@@ -471,13 +471,18 @@ def _finite(v):
     return float(v) if v is not None and np.isfinite(v) else None
 
 
-def fit_degree(pk, fit_range: dict) -> int:
-    """The polynomial's degree for the chosen fit range: ``peaks.fixed_range_degree`` where ``fit_half_width: auto``
-    kept the fixed range (mode ``auto: fixed``; its config description has the measurements), else
-    ``peaks.degree`` (the matched range, or a range given as a number, as in earlier versions)."""
-    if fit_range.get("mode") == "auto: fixed" and pk.fixed_range_degree is not None:
-        return int(pk.fixed_range_degree)
-    return int(pk.degree)
+def fit_degree(degree: int, fixed_range_degree: int | None, fit_range: dict) -> int:
+    """The polynomial's degree for the chosen fit range: ``fixed_range_degree`` (``peaks.fixed_range_degree``)
+    where ``fit_half_width: auto`` kept the fixed range (mode ``auto: fixed``; its config description has the
+    measurements), else ``degree`` (``peaks.degree``: the matched range, or a range given as a number, as in
+    earlier versions).
+
+    >>> [fit_degree(5, d, {"mode": m}) for d, m in ((6, "auto: fixed"), (6, "auto: matched"), (None, "auto: fixed"))]
+    [6, 5, 5]
+    """
+    if fit_range.get("mode") == "auto: fixed" and fixed_range_degree is not None:
+        return int(fixed_range_degree)
+    return int(degree)
 
 
 def key_sections(cfg, sections: dict) -> dict:
