@@ -147,59 +147,6 @@ def shared_neighbours_listed(position: np.ndarray, values: np.ndarray, shape: tu
     return out
 
 
-@numba.njit(parallel=True, cache=True)
-def _shared_kernel(gx, gy, sg, count, nsig, out):
-    """out[y, x, a]: the 8 neighbours of (y, x) with a spot within nsig combined σ of spot a; ``count`` (Ry, Rx) the
-    listed spots of each position (its first ``count`` rows: the rest are padding).
-
-    A neighbour's spot b is tested (hypot against nsig·√(σa² + σb²)) only where both |Δgx| and |Δgy| are within
-    nsig·√(σa² + σmax²), σmax the largest σ of the neighbour's spots: a bound on every b's threshold, and
-    hypot ≥ max(|Δgx|, |Δgy|), so the skipped spots are those the test rejects (the same counts, ~3× fewer
-    square roots)."""
-    ry, rx, k = gx.shape
-    sg_max = np.zeros((ry, rx))
-    for y in numba.prange(ry):
-        for x in range(rx):
-            m = 0.0
-            for b in range(count[y, x]):
-                if gx[y, x, b] == gx[y, x, b] and sg[y, x, b] > m:
-                    m = sg[y, x, b]
-            sg_max[y, x] = m
-    for y in numba.prange(ry):
-        for x in range(rx):
-            for a in range(k):
-                out[y, x, a] = 0
-            for a in range(count[y, x]):
-                ga = gx[y, x, a]
-                if ga != ga:
-                    continue
-                ha = gy[y, x, a]
-                sa2 = sg[y, x, a] ** 2
-                n = 0
-                for dy in range(-1, 2):
-                    for dx in range(-1, 2):
-                        if dy == 0 and dx == 0:
-                            continue
-                        yy = y + dy
-                        xx = x + dx
-                        if yy < 0 or yy >= ry or xx < 0 or xx >= rx:
-                            continue
-                        lim = nsig * math.sqrt(sa2 + sg_max[yy, xx] ** 2)
-                        for b in range(count[yy, xx]):
-                            gb = gx[yy, xx, b]
-                            if gb != gb:
-                                continue
-                            ddx = ga - gb
-                            ddy = ha - gy[yy, xx, b]
-                            if abs(ddx) > lim or abs(ddy) > lim:
-                                continue
-                            d = math.hypot(ddx, ddy)
-                            if d <= nsig * math.sqrt(sa2 + sg[yy, xx, b] ** 2):
-                                n += 1
-                                break
-                out[y, x, a] = n
-
-
 def shared_neighbours(spots: np.ndarray, disk_radius_q: float, bin_width: float,
                       n_sigma: float = N_SIGMA) -> np.ndarray:
     """(Ry, Rx, K) int8: for each spot of ``spots`` (Ry, Rx, K, 4), the number of the 8 scan neighbours that list a
@@ -211,18 +158,14 @@ def shared_neighbours(spots: np.ndarray, disk_radius_q: float, bin_width: float,
     >>> shared_neighbours(s, 0.08, 0.0125)[0, :, 0].tolist()
     [1, 2, 1]
     """
-    sp = np.asarray(spots, dtype=np.float64)
-    q, phi = sp[..., 0], sp[..., 1]
-    gx = np.ascontiguousarray(q * np.cos(phi))
-    gy = np.ascontiguousarray(q * np.sin(phi))
-    sg = np.ascontiguousarray(spot_position_sigma(sp[..., 3], disk_radius_q, bin_width))
-    out = np.zeros(q.shape, np.int8)
-    if q.size:
-        # the rows up to the last listed spot of each position (lists are strongest first, NaN-padded)
-        listed = np.isfinite(q)
-        count = np.where(listed.any(axis=-1), q.shape[-1] - np.argmax(listed[..., ::-1], axis=-1), 0)
-        _shared_kernel(gx, gy, sg, np.ascontiguousarray(count, dtype=np.int64), float(n_sigma), out)
-    return out
+    sp = np.asarray(spots, dtype=np.float32)
+    if sp.size == 0:
+        return np.zeros(sp.shape[:-1], np.int8)
+    ry, rx, k = sp.shape[:3]
+    # every row a listed spot of its position (the NaN padding counts 0 and matches nothing)
+    position = np.repeat(np.arange(ry * rx), k)
+    return shared_neighbours_listed(position, sp.reshape(-1, 4), (ry, rx), disk_radius_q, bin_width,
+                                    n_sigma).reshape(ry, rx, k)
 
 
 def shared_spot_table(position: np.ndarray, values: np.ndarray, shape: tuple[int, int], disk_radius_q: float,
