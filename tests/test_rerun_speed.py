@@ -249,3 +249,44 @@ def test_classification_change_keeps_the_method_independent_features(tmp_path, m
     assert run(tmp_path / "b", "classify.method=rules", "classify.definitions.lif_spot_z=6.0") == 0 and calls == [1, 1]
     assert main(["run", str(d / "config.yaml"), *quiet, "--set", f"output.dir={tmp_path / 'b'}", "--force"]) == 0
     assert calls == [1, 1, 1]
+
+
+def test_grain_minority_kept_where_its_inputs_are_the_same(tmp_path, monkeypatch):
+    """The grain-minority test (method-independent) is read back from its cache file where the spot table, the grain
+    evidence, the SRO peaks, the disk radius and the window are those of the run that wrote it, with the same
+    positions as computing it; any changed input, ``reuse`` False, or an unreadable file computes it again."""
+    from sendmap.stages import classify as C
+
+    rng = np.random.default_rng(3)
+    shape = (9, 11)
+    n = 400
+    pos = rng.integers(0, shape[0] * shape[1], n)
+    q = rng.choice([0.403, 0.479], n) + rng.normal(0, 0.002, n)
+    values = np.stack([q, rng.choice([0.0, 1.0, 2.0], n), rng.uniform(5, 100, n), np.zeros(n)], axis=1).astype(np.float32)
+    ring = np.ones(n, bool)
+    like = rng.random(shape) < 0.8
+    peak = rng.random(shape) < 0.7
+    spots = (pos, values, ring)
+    truth = C.grain_minority_positions(spots, like, peak, 0.08, 5)
+    assert truth.any() and not truth.all()  # (a test of something)
+    calls = []
+    real = C.grain_minority_positions
+    monkeypatch.setattr(C, "grain_minority_positions", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    cache = tmp_path / "out" / C.MINORITY_CACHE
+    first = C.kept_grain_minority(spots, like, peak, 0.08, 5, cache_path=cache)
+    assert calls == [1] and cache.exists() and np.array_equal(first, truth)
+    again = C.kept_grain_minority(spots, like, peak, 0.08, 5, cache_path=cache)
+    assert calls == [1] and again.dtype == bool and np.array_equal(again, truth)
+    peak2 = peak.copy()
+    peak2[0, 0] = ~peak2[0, 0]
+    changed = [((pos, values, ring), like, peak2, 0.08, 5), ((pos, values * 1.01, ring), like, peak, 0.08, 5),
+               (spots, like, peak, 0.09, 5), (spots, like, peak, 0.08, 3)]
+    for i, args in enumerate(changed):
+        assert np.array_equal(C.kept_grain_minority(*args, cache_path=cache), real(*args)) and len(calls) == 2 + i
+    C.kept_grain_minority(spots, like, peak, 0.08, 5, cache_path=cache)  # (the last write was another input's)
+    assert len(calls) == 6
+    C.kept_grain_minority(spots, like, peak, 0.08, 5, cache_path=cache, reuse=False)
+    assert len(calls) == 7
+    cache.write_text("{not json")
+    assert np.array_equal(C.kept_grain_minority(spots, like, peak, 0.08, 5, cache_path=cache), truth)
+    assert len(calls) == 8

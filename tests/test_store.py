@@ -99,3 +99,61 @@ def test_write_array_single_chunk_is_zarrs_own_file(tmp_path):
     for name, v in values.items():
         got = np.asarray(back[f"g/{name}"])
         assert got.dtype == v.dtype and np.array_equal(got, v, equal_nan=v.dtype.kind == "f"), name
+
+
+def test_write_array_replaces_a_one_chunk_array_as_zarr_does(tmp_path, monkeypatch):
+    """An array write_array wrote before, replaced by one of the same shape and dtype (a re-run's classify and
+    statistics maps), is rewritten without zarr (its metadata and chunk file directly), and leaves the same files,
+    byte for byte, as zarr's own creation of the new array, before and after annotate_arrays labels the store;
+    all-fill values leave no chunk, -0.0 and NaN do; zarr reads every array back."""
+    from pathlib import Path
+
+    from sendmap.engine import store as S
+
+    rng = np.random.default_rng(7)
+    values = {"f64": rng.normal(size=(13, 17)), "f32": rng.normal(size=(13, 17, 4)).astype(np.float32),
+              "i8": rng.integers(-1, 6, (13, 17)).astype(np.int8), "bool": rng.random((13, 17)) > 0.5,
+              "i64": rng.integers(0, 1 << 40, 29), "u16": rng.integers(0, 9, (13, 17)).astype(np.uint16),
+              "zeros": np.zeros((13, 17)), "false": np.zeros((13, 17), bool), "negzero": np.full((13, 17), -0.0),
+              "nan": np.where(rng.random((13, 17)) > 0.7, np.nan, 1.5)}
+    replaced = []
+    real = S._replace_one_chunk_array
+    def spy(g, n, v, a):
+        done = real(g, n, v, a)
+        replaced.append((n, done))
+        return done
+
+    monkeypatch.setattr(S, "_replace_one_chunk_array", spy)
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+    for annotate in (False, True):
+        ours, theirs = tmp_path / f"ours{annotate}.zarr", tmp_path / f"theirs{annotate}.zarr"
+        g, h = zarr.open_group(str(ours), mode="w"), zarr.open_group(str(theirs), mode="w")
+        for name, v in values.items():  # the first run's arrays: same layout, other values and attributes
+            S.write_array(g, f"maps/{name}", np.ones_like(v) if v.dtype != bool else ~v, {"old": 1, "gone": [1, 2]})
+        if annotate:
+            S.annotate_arrays(ours, (13, 17))
+        replaced.clear()
+        for name, v in values.items():
+            S.write_array(g, f"maps/{name}", v, {"units": "sigma", "n": 3, "bad": float("nan")})
+            S.write_array(h, f"maps/{name}", v, {"units": "sigma", "n": 3, "bad": float("nan")})  # (new: zarr's)
+        assert replaced == [(f"maps/{n}", done) for n in values for done in (True, False)]  # ours in place
+        if annotate:
+            S.annotate_arrays(ours, (13, 17))
+            S.annotate_arrays(theirs, (13, 17))
+        a, b = files(ours), files(theirs)
+        assert a == b
+        assert "maps/zeros/c/0/0" not in a and "maps/false/c/0/0" not in a and "maps/negzero/c/0/0" in a
+        back = zarr.open_group(str(ours), mode="r")
+        for name, v in values.items():
+            got = np.asarray(back[f"maps/{name}"])
+            assert got.dtype == v.dtype and np.array_equal(got, v, equal_nan=v.dtype.kind == "f"), name
+    g = zarr.open_group(str(tmp_path / "ours.zarr"), mode="w")
+    S.write_array(g, "x", np.ones((3, 4)))
+    replaced.clear()
+    S.write_array(g, "x", np.ones((3, 5)))  # another shape (and below dtype): zarr replaces it
+    S.write_array(g, "x", np.ones((3, 5), np.float32))
+    assert replaced == [("x", False), ("x", False)]
+    assert np.asarray(zarr.open_group(str(tmp_path / "ours.zarr"))["x"]).dtype == np.float32

@@ -198,17 +198,66 @@ def open_store(out_dir: Path, mode: str = "a") -> zarr.Group:
 
 
 def write_array(group: zarr.Group, name: str, value: np.ndarray, attrs: dict | None = None,
-                chunks=None) -> zarr.Array:
+                chunks=None) -> None:
     """Create (replacing any old one) and fill an array of the store in one go (its attributes written with its
-    metadata: one metadata write, not two)."""
+    metadata: one metadata write, not two). An old one-chunk array of the same layout is replaced in place
+    (:func:`_replace_one_chunk_array`)."""
     value = np.asarray(value)
+    if chunks is None and _replace_one_chunk_array(group, name, value, attrs):
+        return
     arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks or value.shape or (1,),
                              compressors=compressor(), overwrite=True,
                              fill_value=False if value.dtype == bool else 0,
                              attributes=_jsonable(attrs) if attrs else None)
     if chunks is not None or not _write_single_chunk(arr, value):
         arr[...] = value
-    return arr
+
+
+def _replace_one_chunk_array(group: zarr.Group, name: str, value: np.ndarray, attrs: dict | None) -> bool:
+    """Replace an array of a local store that :func:`write_array` wrote before with the same shape and dtype (one
+    chunk, :func:`compressor`, fill value 0/False) without zarr: its ``zarr.json`` rewritten atomically with the new
+    attributes and without ``dimension_names`` (so :func:`annotate_arrays` labels it again after the stage, as it does
+    an array zarr creates), and its chunk file written directly (:func:`write_region_direct`; removed where the value
+    is all fill, as zarr stores no such chunk). The metadata is the one zarr's ``create_array(..., overwrite=True)``
+    writes, key for key, and the chunk the same bytes (tested). zarr's own replacement deletes the old folder and writes
+    the metadata through its event loop: ~10 ms of wall time per array (~4 ms of CPU), and a re-run after a
+    classification change replaces ~25 arrays (classify and statistics); here ~1 ms. False (nothing done) for any
+    other array: absent, of another layout, chunked, big-endian or empty, or a store that is not a local folder."""
+    root = getattr(group.store, "root", None)
+    if root is None or value.ndim == 0 or value.size == 0 or value.dtype.byteorder == ">" \
+            or value.dtype.kind not in "biuf":
+        return False
+    folder = Path(root, *(p for p in (group.path or "").split("/") if p), *name.split("/"))
+    try:
+        meta = json.loads((folder / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    item = value.dtype.itemsize
+    layout = {"shape": list(value.shape), "data_type": value.dtype.name,
+              "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(value.shape)}},
+              "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+              "fill_value": False if value.dtype == bool else 0.0 if value.dtype.kind == "f" else 0,
+              "codecs": [{"name": "bytes", **({"configuration": {"endian": "little"}} if item > 1 else {})},
+                         {"name": "blosc", "configuration": {"typesize": item, "cname": BLOSC_CNAME, "clevel": 1,
+                                                             "shuffle": BLOSC_SHUFFLE, "blocksize": BLOSC_BLOCK_BYTES}}],
+              "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+    if not isinstance(meta, dict) or any(meta.get(k) != v or type(meta.get(k)) is not type(v) for k, v in layout.items()):
+        return False
+    chunk = Path(folder, "c", *(["0"] * value.ndim))
+    if set(p.name for p in folder.iterdir()) - {"zarr.json", "c"}:  # (anything else: zarr would have deleted it)
+        return False
+    meta.pop("dimension_names", None)
+    meta["attributes"] = _jsonable(attrs) if attrs else {}
+    tmp = folder / f".zarr.json.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, folder / "zarr.json")
+    from zarr.core.buffer.cpu import NDBuffer
+
+    if NDBuffer.from_numpy_array(value).all_equal(layout["fill_value"]):  # (as zarr: no chunk for all fill)
+        chunk.unlink(missing_ok=True)
+    else:
+        write_region_direct(folder, value.shape, (0,) * value.ndim, value)
+    return True
 
 
 def _write_single_chunk(arr: zarr.Array, value: np.ndarray) -> bool:
