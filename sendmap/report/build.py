@@ -250,6 +250,9 @@ def _draw_group(group, fdir: str, formats: tuple) -> tuple[str, object]:
         return "error", traceback.format_exc()
 
 
+EARLY_IN_CHILD = False
+
+
 def _draw_in_child(group, fdir: str, formats: tuple) -> tuple[int, int]:
     """(pid, read end of its pipe) of a child forked from this process that draws ``group`` and sends its
     :func:`_draw_group` result pickled through the pipe (:func:`_child_result`)."""
@@ -297,7 +300,7 @@ def _serve(warm: bool) -> None:
     pending = []  # a result, or a child drawing it
     msg = pickle.load(sys.stdin.buffer)
     while len(msg) == 4 and msg[0] == "early":
-        pending.append(_draw_in_child(*msg[1:]) if fork else _draw_group(*msg[1:]))
+        pending.append(_draw_in_child(*msg[1:]) if fork and EARLY_IN_CHILD else _draw_group(*msg[1:]))
         msg = pickle.load(sys.stdin.buffer)
     groups, fdir, formats = msg
     pending += [_draw_in_child(group, fdir, formats) if group else ("ok", []) for group in groups[1:]]
@@ -336,6 +339,7 @@ class FigureHelpers:
         """{name: digest} of the figures sent by :meth:`send_early` (drawn by the first helper)."""
         self.early_specs: list = []
         """Their specs (drawn by the caller where the helper fails)."""
+        self._writer = None  # the thread writing the first helper's figures after early ones (send)
         self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE, "warm" if warm else "cold"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                       for _ in range(1 if _fork_helpers() else n)]
@@ -367,13 +371,16 @@ class FigureHelpers:
 
         self._sent, self.procs = self.procs, []
         per_proc = [list(groups)] if len(self._sent) == 1 else [[g] for g in groups]
-        for proc, mine in zip(self._sent, per_proc):
-            try:
-                proc.stdin.write(pickle.dumps((mine, fdir, formats)))
-                proc.stdin.close()
-            except OSError:  # it died early: its error comes out of collect()
-                pass
-            proc.stdin = None  # sent and closed: communicate() must not flush it
+        for i, (proc, mine) in enumerate(zip(self._sent, per_proc)):
+            data = pickle.dumps((mine, fdir, formats))
+            if i == 0 and self.early_specs:  # it may be drawing them still: written by a thread (a pipe holds
+                # 64 kB; the overview's arrays are more), so that the caller goes on (the tables) meanwhile
+                import threading
+
+                self._writer = threading.Thread(target=_write_and_close, args=(proc, data), daemon=True)
+                self._writer.start()
+            else:
+                _write_and_close(proc, data)
 
     def collect(self) -> list[list[str]]:
         """Each group's saved paths, in the order sent, those of :meth:`send_early` first (RuntimeError if one
@@ -381,6 +388,7 @@ class FigureHelpers:
         import pickle
 
         out = []
+        self._join_writer()
         procs, self._sent = self._sent, []
         for i, proc in enumerate(procs):
             res, err = proc.communicate()
@@ -392,11 +400,29 @@ class FigureHelpers:
             out += [payload for _, payload in results]
         return out
 
+    def _join_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+        self._join_writer()  # (a write to a killed helper fails at once)
+        for proc in self.procs:
             proc.communicate()
         self.procs = []
+
+
+def _write_and_close(proc, data: bytes) -> None:
+    """Write ``data`` to a helper's stdin and close it (a helper that died early: its error comes out of
+    :meth:`FigureHelpers.collect`)."""
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except OSError:
+        pass
+    proc.stdin = None  # sent and closed: communicate() must not flush it
 
 
 FIGURE_HELPER_STAGES = ("classify", "statistics", "report")
