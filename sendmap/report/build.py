@@ -250,9 +250,6 @@ def _draw_group(group, fdir: str, formats: tuple) -> tuple[str, object]:
         return "error", traceback.format_exc()
 
 
-EARLY_IN_CHILD = False
-
-
 def _draw_in_child(group, fdir: str, formats: tuple) -> tuple[int, int]:
     """(pid, read end of its pipe) of a child forked from this process that draws ``group`` and sends its
     :func:`_draw_group` result pickled through the pipe (:func:`_child_result`)."""
@@ -286,9 +283,8 @@ def _child_result(child: tuple[int, int]) -> tuple[str, object]:
 
 def _serve(warm: bool) -> None:
     """Main of a figure helper process (:class:`FigureHelpers`): warm up (``warm``), read pickled messages on
-    stdin: any number of ("early", specs, folder, formats), each drawn at once (in a child forked from this warm
-    process where :func:`_fork_helpers`, so that this one reads the next message meanwhile), then (groups of
-    specs, folder, formats): draw group 0 here and every other non-empty group in a forked child (no second
+    stdin: any number of ("early", specs, folder, formats), each drawn here at once, then (groups of specs,
+    folder, formats): draw group 0 here and every other non-empty group in a forked child (no second
     matplotlib import: ~1 s CPU saved per group); write the list of each :func:`_draw_group` result, the early
     ones first, then the groups in order, pickled to stdout."""
     import os
@@ -296,11 +292,10 @@ def _serve(warm: bool) -> None:
 
     if warm:
         _warm_up()
-    fork = _fork_helpers()
     pending = []  # a result, or a child drawing it
     msg = pickle.load(sys.stdin.buffer)
     while len(msg) == 4 and msg[0] == "early":
-        pending.append(_draw_in_child(*msg[1:]) if fork and EARLY_IN_CHILD else _draw_group(*msg[1:]))
+        pending.append(_draw_group(*msg[1:]))  # (here: a forked child costs ~0.15-0.3 s more CPU)
         msg = pickle.load(sys.stdin.buffer)
     groups, fdir, formats = msg
     pending += [_draw_in_child(group, fdir, formats) if group else ("ok", []) for group in groups[1:]]
