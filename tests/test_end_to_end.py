@@ -322,6 +322,24 @@ def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_p
     assert sorted(p.name for p in early) == sorted(p.name for p in one)
     for p in one:
         assert p.read_bytes() == (tmp_path / "early" / "figures" / p.name).read_bytes(), p.name
+    # the classify stage's maps sent first (send_early_figures, as the pipeline does when classify ends): drawn
+    # once, the same bytes and manifest, and the report sends only the other figures
+    from sendmap.report import build
+
+    helpers, sent = FigureHelpers(2), []
+    real_send = helpers.send
+    helpers.send = lambda groups, *a: sent.append(sorted(s[0] for grp in groups for s in grp)) or real_send(groups, *a)
+    assert build.send_early_figures(g, tmp_path / "first", ("png", "pdf"), helpers) == ["peak_map", "class_map"]
+    first = write_figures(g, tmp_path / "first", 1, helpers=helpers)
+    assert sent and not {"peak_map", "class_map"} & set(sent[0]) and len(sent[0]) == 5
+    assert sorted(p.name for p in first) == sorted(p.name for p in one)
+    for p in one:
+        assert p.read_bytes() == (tmp_path / "first" / "figures" / p.name).read_bytes(), p.name
+    manifest = (tmp_path / "one" / "figures" / build.FIGURE_MANIFEST).read_text()
+    assert (tmp_path / "first" / "figures" / build.FIGURE_MANIFEST).read_text() == manifest
+    unused = FigureHelpers(2, warm=False)  # drawn already, with the same inputs: nothing sent
+    assert build.send_early_figures(g, tmp_path / "first", ("png", "pdf"), unused) == [] and not unused.early
+    unused.close()
     # a figure that fails in a drawer (on Linux: a child forked from the helper) comes back as the helper's error
     helpers = FigureHelpers(2, warm=False)
     helpers.send([[], [("broken", "no_such_plot", (), {})]], str(tmp_path / "broken"), ("png",))
@@ -335,3 +353,9 @@ def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_p
     with pytest.warns(UserWarning, match="figure helper process failed"):
         four = write_figures(g, tmp_path / "four", 1, helpers=FigureHelpers(2))
     assert sorted(p.name for p in four) == sorted(p.name for p in one)
+    helpers = FigureHelpers(2)  # failed after figures were sent early: those are drawn here too
+    assert build.send_early_figures(g, tmp_path / "five", ("png", "pdf"), helpers) == ["peak_map", "class_map"]
+    with pytest.warns(UserWarning, match="figure helper process failed"):
+        five = write_figures(g, tmp_path / "five", 1, helpers=helpers)
+    assert sorted(p.name for p in five) == sorted(p.name for p in one)
+    assert (tmp_path / "five" / "figures" / build.FIGURE_MANIFEST).read_text() == manifest

@@ -119,3 +119,45 @@ def test_gmm_rerun_never_imports_scikit_learn(tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "0 False False"
+
+
+def _gmm_labels_one_start_after_another(x, k, seed, n_init=3):
+    """The fit as it ran before its starts shared threads: one rng, each start seeded and fitted in turn."""
+    from sendmap.science import gmm
+
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    resp = np.empty((n, k))
+    best, best_ll = None, -np.inf
+    for _ in range(n_init):
+        labels, _ = gmm._kmeans_once(x, k, rng)
+        resp[:] = 0.0
+        resp[np.arange(n), labels] = 1.0
+        w, mu, cov = np.empty(k), np.empty((k, d)), np.empty((k, d, d))
+        gmm._m_step(x, resp, w, mu, cov, gmm.REG_COVAR)
+        ll_old = -np.inf
+        for _it in range(gmm.GMM_MAX_ITER):
+            ll = gmm._e_step(x, w, mu, cov, resp)
+            if not np.isfinite(ll):
+                break
+            gmm._m_step(x, resp, w, mu, cov, gmm.REG_COVAR)
+            if abs(ll - ll_old) < gmm.GMM_TOL:
+                break
+            ll_old = ll
+        if np.isfinite(ll) and (best is None or ll > best_ll):
+            best, best_ll = (w.copy(), mu.copy(), cov.copy()), ll
+    gmm._e_step(x, *best, resp)
+    return resp.argmax(axis=1)
+
+
+@pytest.mark.parametrize("seed,k,threads", [(0, 3, 2), (1, 4, 2), (2, 2, 3), (3, 4, 1)])
+def test_gmm_starts_on_threads_give_the_same_labels(seed, k, threads, monkeypatch):
+    """The starts' seedings are drawn in order before the starts run on threads: the labels are those of the
+    starts run one after another, element for element, on overlapping clusters where the starts differ."""
+    from sendmap.science import gmm
+
+    rng = np.random.default_rng(seed)
+    x = np.r_[rng.normal(0, 1, (3000, 3)), rng.normal(1.5, 1.2, (2000, 3)), rng.normal([3, 0, 1], 1, (1000, 3))]
+    monkeypatch.setattr(gmm, "GMM_THREADS", threads)
+    assert np.array_equal(gmm_labels(x, k, seed), _gmm_labels_one_start_after_another(x, k, seed))

@@ -114,3 +114,22 @@ def test_label_8_connected_gives_scipys_labels(seed, density):
     sizes = np.bincount(lab.ravel())[1:]
     assert regions.max() + 1 == int(np.sum(sizes >= 5))
     assert np.array_equal(regions >= 0, np.isin(lab, np.flatnonzero(sizes >= 5) + 1))
+
+
+@pytest.mark.parametrize("shape,threads", [((60, 50, 4), 2), ((31, 40, 5), 3), ((3, 200, 3), 2)])
+def test_potts_mean_field_on_threads_equals_one_thread_bit_for_bit(shape, threads, monkeypatch):
+    """Synchronous updates: rows shared among threads give the same probabilities, bit for bit, as the serial
+    kernel (with impossible classes, invalid positions, and fewer rows than a thread's share)."""
+    from sendmap.science import spatial
+
+    rng = np.random.default_rng(sum(shape))
+    ll = np.log(rng.dirichlet(np.ones(shape[2]), shape[:2]))
+    ll[rng.random(shape[:2]) < 0.05, 0] = -1e6
+    valid = rng.random(shape[:2]) > 0.1
+    monkeypatch.setattr(spatial, "MEAN_FIELD_THREADED_MIN", 1)
+    for beta in (0.4, 1.5):
+        monkeypatch.setattr(spatial, "MEAN_FIELD_THREADS", 1)
+        one = potts_mean_field(ll, beta, valid=valid)
+        monkeypatch.setattr(spatial, "MEAN_FIELD_THREADS", threads)
+        assert np.array_equal(potts_mean_field(ll, beta, valid=valid), one, equal_nan=True)
+        assert np.isnan(one[~valid]).all() and np.isfinite(one[valid]).all()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config
-from ..report.build import FIGURE_HELPER_STAGES, start_figure_helpers
+from ..report.build import EARLY_FIGURE_STAGE, FIGURE_HELPER_STAGES, send_early_figures, start_figure_helpers
 from ..stages.settings import scan_step_nm
 from .context import Context, python_warnings_recorded
 from .failures import _is_output_error, failure_text, mark_failed, output_error
@@ -165,6 +165,9 @@ def _run_stages(ctx: Context, stages, keys: dict, done: dict, force: bool, until
                          "seconds": timing[st.name], "sendmap_version": __version__, **ctx.stage_info}
         set_attrs(group, stages=done)
         clear_resume_record(out_dir, st.name)  # only now: a kill before this line resumes from the record
+        if st.name == EARLY_FIGURE_STAGE and ctx.figure_helpers is not None and until in (None, stages[-1].name):
+            # the figures of classify's maps alone are drawn while statistics and the tables run
+            send_early_figures(group, out_dir, tuple(cfg.output.formats), ctx.figure_helpers, reuse=not force)
         if st.name == until:
             break
     summary = build_summary(group, timing, reused)

@@ -1,4 +1,8 @@
-"""The report stage: tables (CSV) and figures (PNG + PDF) from the result store."""
+"""The report stage: tables (CSV) and figures (PNG + PDF) from the result store.
+
+Size: one concern, the figures' scheduling (which to redraw, their helper processes, the early send of the
+classify stage's maps); the plotting itself is in :mod:`sendmap.report.figures`.
+"""
 from __future__ import annotations
 
 import sys
@@ -43,14 +47,55 @@ def figure_specs(group, n: int, window=None) -> list[tuple[str, str, tuple, dict
     return [
         ("overview", "plot_overview", (peak, cls, CLASS_NAMES, q, profiles, fits, n, step, dose),
          dict(bf=bf, reference_ticks=ticks, sem=sems, window=window, mixtures=mixtures or None, bin_width=bin_width)),
-        ("peak_map", "plot_peak_map", (peak, step, dose), {}),
-        ("class_map", "plot_class_map", (cls, CLASS_NAMES, step, dose), {}),
+        *_map_specs(peak, cls, step, dose),
         ("histograms", "plot_histograms", (peak, cls, CLASS_NAMES, fits, dose),
          dict(mixtures=mixtures or None, bin_width=bin_width)),
         ("class_profiles", "plot_class_profiles", (q, profiles, n, dose),
          dict(reference_ticks=ticks, sem=sems, window=window)),
         ("virtual_images", "plot_virtual_images", (bf, adf, step, dose), {}),
     ]
+
+
+def _map_specs(peak, cls, step: float, dose) -> list[tuple[str, str, tuple, dict]]:
+    """The specs of :data:`EARLY_FIGURES` (``peak``: maps/peak_q in 1/Å, ``cls``: maps/class, ``step``: the scan
+    step in nm, ``dose``: the caption's dose text), as :func:`figure_specs` lists them."""
+    return [("peak_map", "plot_peak_map", (peak, step, dose), {}),
+            ("class_map", "plot_class_map", (cls, CLASS_NAMES, step, dose), {})]
+
+
+EARLY_FIGURES = ("peak_map", "class_map")
+"""Figures drawn from the classify stage's maps alone (maps/peak_q, maps/class, the calibration's scan step and
+the dose): :func:`send_early_figures` sends them to the figure helpers as soon as that stage has written them,
+so they are drawn while statistics and the report's tables run."""
+
+EARLY_FIGURE_STAGE = "classify"
+"""The stage after which :func:`send_early_figures` is called (it writes every input of :data:`EARLY_FIGURES`)."""
+
+
+def early_figure_specs(group) -> list[tuple[str, str, tuple, dict]]:
+    """The specs of :data:`EARLY_FIGURES` from the result store ``group``, equal to those of
+    :func:`figure_specs` (the same arrays and numbers, so the same digests)."""
+    return _map_specs(np.asarray(group["maps/peak_q"]), np.asarray(group["maps/class"]),
+                      float(group.attrs["calibration"]["scan_step_nm"]), dose_text(group.attrs.get("dose")))
+
+
+def send_early_figures(group, out_dir: Path, formats: tuple, helpers: "FigureHelpers | None",
+                       reuse: bool = True) -> list[str]:
+    """Send those of :data:`EARLY_FIGURES` that must be drawn (:func:`figures_to_draw`) to ``helpers`` (if
+    started and not yet sent their figures), after removing them from the figure manifest (a run killed while
+    they are drawn must not leave a new file under an old digest). :func:`write_figures` later sends only the
+    figures whose digests differ from those sent here, and collects these with the rest. Returns the names
+    sent."""
+    if helpers is None or not len(helpers):
+        return []
+    fdir = Path(out_dir) / "figures"
+    todo, digests = figures_to_draw(early_figure_specs(group), fdir, tuple(formats), reuse)
+    if not todo:
+        return []
+    names = [spec[0] for spec in todo]
+    write_figure_manifest(fdir, {k: v for k, v in _read_manifest(fdir).items() if k not in names})
+    helpers.send_early(todo, str(fdir), tuple(formats), {name: digests[name] for name in names})
+    return names
 
 
 def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=None, processes: int = 2,
@@ -69,6 +114,8 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
     # an old digest (which a later run with the old inputs would wrongly keep)
     write_figure_manifest(fdir, {k: v for k, v in digests.items() if k not in redo})
+    early = getattr(helpers, "early", {})  # (send_early_figures: being drawn already)
+    todo = [spec for spec in todo if early.get(spec[0]) != digests[spec[0]]]
     drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
     write_figure_manifest(fdir, digests)
     kept = [fdir / f"{name}.{fmt}" for name, *_ in specs if name not in redo for fmt in formats]
@@ -105,16 +152,22 @@ def figure_digests(specs, formats: tuple) -> dict[str, str]:
 def figures_to_draw(specs, fdir: Path, formats: tuple, reuse: bool = True) -> tuple[list, dict]:
     """(specs of the figures that must be drawn, {name: digest} of all): a figure is kept where ``reuse``, its
     digest equals the manifest's and every one of its files exists."""
-    import json
-
     digests = figure_digests(specs, formats)
-    try:
-        old = json.loads((Path(fdir) / FIGURE_MANIFEST).read_text()) if reuse else {}
-    except (OSError, ValueError):
-        old = {}
+    old = _read_manifest(fdir) if reuse else {}
     todo = [spec for spec in specs if old.get(spec[0]) != digests[spec[0]]
             or not all((Path(fdir) / f"{spec[0]}.{fmt}").exists() for fmt in formats)]
     return todo, digests
+
+
+def _read_manifest(fdir: Path) -> dict:
+    """{name: digest} of the figure manifest in ``fdir`` ({} where there is none or it cannot be read)."""
+    import json
+
+    try:
+        old = json.loads((Path(fdir) / FIGURE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
 
 
 def write_figure_manifest(fdir: Path, digests: dict) -> None:
@@ -197,36 +250,59 @@ def _draw_group(group, fdir: str, formats: tuple) -> tuple[str, object]:
         return "error", traceback.format_exc()
 
 
+def _draw_in_child(group, fdir: str, formats: tuple) -> tuple[int, int]:
+    """(pid, read end of its pipe) of a child forked from this process that draws ``group`` and sends its
+    :func:`_draw_group` result pickled through the pipe (:func:`_child_result`)."""
+    import os
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, send the result, leave without running the parent's exit handlers
+        try:
+            os.close(r)
+            with os.fdopen(w, "wb") as fh:
+                pickle.dump(_draw_group(group, fdir, formats), fh)
+        finally:
+            os._exit(0)
+    os.close(w)
+    return pid, r
+
+
+def _child_result(child: tuple[int, int]) -> tuple[str, object]:
+    """The :func:`_draw_group` result of a child of :func:`_draw_in_child` (waited for)."""
+    import os
+    import pickle
+
+    pid, r = child
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    return pickle.loads(data) if data else ("error", f"figure process {pid} died (wait status {status})")
+
+
 def _serve(warm: bool) -> None:
-    """Main of a figure helper process (:class:`FigureHelpers`): warm up (``warm``), read (groups of specs,
-    folder, formats) pickled on stdin, draw group 0 here and every other group in a child forked from this warm
-    process (no second matplotlib import: ~1 s CPU saved per group), and write the list of each group's
-    :func:`_draw_group` result, in order, pickled to stdout."""
+    """Main of a figure helper process (:class:`FigureHelpers`): warm up (``warm``), read pickled messages on
+    stdin: any number of ("early", specs, folder, formats), each drawn here at once, then (groups of specs,
+    folder, formats): draw group 0 here and every other non-empty group in a forked child (no second
+    matplotlib import: ~1 s CPU saved per group); write the list of each :func:`_draw_group` result, the early
+    ones first, then the groups in order, pickled to stdout."""
     import os
     import pickle
 
     if warm:
         _warm_up()
-    groups, fdir, formats = pickle.load(sys.stdin.buffer)
-    children = []
-    for group in groups[1:]:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: draw, send the result, leave without running the parent's exit handlers
-            try:
-                os.close(r)
-                with os.fdopen(w, "wb") as fh:
-                    pickle.dump(_draw_group(group, fdir, formats), fh)
-            finally:
-                os._exit(0)
-        os.close(w)
-        children.append((pid, r))
-    results = [_draw_group(groups[0], fdir, formats)] if groups else []
-    for pid, r in children:
-        with os.fdopen(r, "rb") as fh:
-            data = fh.read()
-        _, status = os.waitpid(pid, 0)
-        results.append(pickle.loads(data) if data else ("error", f"figure process {pid} died (wait status {status})"))
+    pending = []  # a result, or a child drawing it
+    msg = pickle.load(sys.stdin.buffer)
+    while len(msg) == 4 and msg[0] == "early":
+        pending.append(_draw_group(*msg[1:]))  # (here: a forked child costs ~0.15-0.3 s more CPU)
+        msg = pickle.load(sys.stdin.buffer)
+    groups, fdir, formats = msg
+    pending += [_draw_in_child(group, fdir, formats) if group else ("ok", []) for group in groups[1:]]
+    first = [_draw_group(groups[0], fdir, formats)] if groups else []
+    n_early = len(pending) - max(len(groups) - 1, 0)
+    results = [p if isinstance(p[0], str) else _child_result(p) for p in pending]
+    results = results[:n_early] + first + results[n_early:]
     pickle.dump(results, sys.stdout.buffer)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -254,6 +330,11 @@ class FigureHelpers:
 
         self.n = n
         self._sent: list = []
+        self.early: dict = {}
+        """{name: digest} of the figures sent by :meth:`send_early` (drawn by the first helper)."""
+        self.early_specs: list = []
+        """Their specs (drawn by the caller where the helper fails)."""
+        self._writer = None  # the thread writing the first helper's figures after early ones (send)
         self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE, "warm" if warm else "cold"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                       for _ in range(1 if _fork_helpers() else n)]
@@ -262,25 +343,47 @@ class FigureHelpers:
         """How many groups of figures they draw at once (0 once sent or closed)."""
         return self.n if self.procs else 0
 
+    def send_early(self, specs, fdir: str, formats: tuple, digests: dict) -> None:
+        """Send ``specs`` (figures whose inputs are final, with their {name: digest}) to the first helper, which
+        draws them at once (after its warm-up); their paths come first out of :meth:`collect`. Before
+        :meth:`send`; nothing where the helpers were sent their figures or closed."""
+        import pickle
+
+        if not self.procs or not specs:
+            return
+        proc = self.procs[0]
+        try:
+            proc.stdin.write(pickle.dumps(("early", list(specs), fdir, formats)))
+            proc.stdin.flush()
+        except OSError:  # it died early: its error comes out of collect()
+            pass
+        self.early.update(digests)
+        self.early_specs += list(specs)
+
     def send(self, groups, fdir: str, formats: tuple) -> None:
         """Send the ``len(self)`` groups of specs (each helper takes its groups, once)."""
         import pickle
 
         self._sent, self.procs = self.procs, []
         per_proc = [list(groups)] if len(self._sent) == 1 else [[g] for g in groups]
-        for proc, mine in zip(self._sent, per_proc):
-            try:
-                proc.stdin.write(pickle.dumps((mine, fdir, formats)))
-                proc.stdin.close()
-            except OSError:  # it died early: its error comes out of collect()
-                pass
-            proc.stdin = None  # sent and closed: communicate() must not flush it
+        for i, (proc, mine) in enumerate(zip(self._sent, per_proc)):
+            data = pickle.dumps((mine, fdir, formats))
+            if i == 0 and self.early_specs:  # it may be drawing them still: written by a thread (a pipe holds
+                # 64 kB; the overview's arrays are more), so that the caller goes on (the tables) meanwhile
+                import threading
+
+                self._writer = threading.Thread(target=_write_and_close, args=(proc, data), daemon=True)
+                self._writer.start()
+            else:
+                _write_and_close(proc, data)
 
     def collect(self) -> list[list[str]]:
-        """Each group's saved paths, in the order sent (RuntimeError if one failed)."""
+        """Each group's saved paths, in the order sent, those of :meth:`send_early` first (RuntimeError if one
+        failed)."""
         import pickle
 
         out = []
+        self._join_writer()
         procs, self._sent = self._sent, []
         for i, proc in enumerate(procs):
             res, err = proc.communicate()
@@ -292,11 +395,29 @@ class FigureHelpers:
             out += [payload for _, payload in results]
         return out
 
+    def _join_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+        self._join_writer()  # (a write to a killed helper fails at once)
+        for proc in self.procs:
             proc.communicate()
         self.procs = []
+
+
+def _write_and_close(proc, data: bytes) -> None:
+    """Write ``data`` to a helper's stdin and close it (a helper that died early: its error comes out of
+    :meth:`FigureHelpers.collect`)."""
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except OSError:
+        pass
+    proc.stdin = None  # sent and closed: communicate() must not flush it
 
 
 FIGURE_HELPER_STAGES = ("classify", "statistics", "report")
@@ -377,7 +498,8 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
         meanwhile()
         return [Path(p) for p in _render(group, str(fdir), formats)]
 
-    if not specs:  # nothing to draw: the helpers (if any) are not needed
+    early = helpers is not None and len(helpers) and bool(getattr(helpers, "early_specs", None))
+    if not specs and not early:  # nothing to draw: the helpers (if any) are not needed
         return draw_here([])
     mine = []
     if helpers is None or not len(helpers):
@@ -400,7 +522,7 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
 
         helpers.close()
         warnings.warn(f"figure helper process failed ({str(exc).strip().splitlines()[-1:]}); drawing here")
-        drawn += _render(theirs, str(fdir), formats)
+        drawn += _render(list(getattr(helpers, "early_specs", [])) + list(theirs), str(fdir), formats)
     return [Path(p) for p in drawn]
 
 
