@@ -21,6 +21,7 @@ import pytest
 from sendmap.science import indexing as I
 from sendmap.science.phases import get_phase
 from sendmap.science.polar import frame_statistics, polar_sums
+from sendmap.science.polar_tables import spots_from_frames
 from sendmap.synth import patterns as P
 from sendmap.synth.make import BACKGROUND_Q0, LIF_EXCITATION_PROB, LIF_Q_MAX
 
@@ -76,7 +77,7 @@ def render(profile, spots, electrons=2e4, speckle=None, iso_share=None):
 
 
 def spots_of(images):
-    return I.spots_from_frames(np.asarray(images, float), np.tile(CENTRE, (len(images), 1)), MASK, GEOM, R_Q)
+    return spots_from_frames(np.asarray(images, float), np.tile(CENTRE, (len(images), 1)), MASK, GEOM, R_Q)
 
 
 def evidence(images):

@@ -660,19 +660,6 @@ def profile_block_spots(out: dict, q_centres: np.ndarray, disk_radius_q: float, 
     return out
 
 
-def spots_from_frames(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, geom, disk_radius_q: float,
-                      z_min: float = SPOT_Z_MIN, max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`spot_block` of frames (B, Qy, Qx) through the profile stage's own polar accumulation
-    (:func:`sendmap.science.polar_tables.profile_block`, geometry ``geom``: a
-    :class:`sendmap.science.polar.PolarGeometry`). For tests and one-off use; the profile stage calls
-    :func:`spot_block` on the sums it already has."""
-    from .polar_tables import PolarTables, profile_block
-
-    res = profile_block(np.asarray(frames), np.asarray(centres_yx, dtype=float), mask, PolarTables(geom),
-                        disk_radius_q, keep_sums=True)
-    return spot_block(res["s"], res["w"], geom.q_centres, disk_radius_q, z_min, max_spots)
-
-
 # ------------------------------------------------------------------------------------------------ library
 
 @dataclass(frozen=True)

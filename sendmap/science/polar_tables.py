@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from .indexing import MAX_SPOTS, _frame_spots, row_sums, spot_geometry, spot_scratch
+from .indexing import MAX_SPOTS, SPOT_Z_MIN, _frame_spots, row_sums, spot_block, spot_geometry, spot_scratch
 from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
 from .sparse import SparseFrames, list_nonzero
 from .spot_mask import PIXEL_HALF_DIAGONAL, masked_profile_dirs
@@ -684,3 +684,14 @@ def stored_profiles(mean, sem, disp, robust, spot_z, fem, fem_scale, mmean, msem
             out[8, f, i] = np.float32(msem[f, i] * qn[i])
             out[9, f, i] = np.float32(spot_z[f, i])
             out[10, f, i] = np.float32(fem[f, i] * fem_scale[i])
+
+
+def spots_from_frames(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, geom, disk_radius_q: float,
+                      z_min: float = SPOT_Z_MIN, max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~sendmap.science.indexing.spot_block` of frames (B, Qy, Qx) through the profile stage's own polar
+    accumulation (:func:`profile_block`, geometry ``geom``: a :class:`sendmap.science.polar.PolarGeometry`). For
+    tests and one-off use; the profile stage calls :func:`~sendmap.science.indexing.spot_block` on the sums it
+    already has."""
+    res = profile_block(np.asarray(frames), np.asarray(centres_yx, dtype=float), mask, PolarTables(geom),
+                        disk_radius_q, keep_sums=True)
+    return spot_block(res["s"], res["w"], geom.q_centres, disk_radius_q, z_min, max_spots)
