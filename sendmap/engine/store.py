@@ -248,9 +248,7 @@ def _replace_one_chunk_array(group: zarr.Group, name: str, value: np.ndarray, at
         return False
     meta.pop("dimension_names", None)
     meta["attributes"] = _jsonable(attrs) if attrs else {}
-    tmp = folder / f".zarr.json.tmp-{os.getpid()}-{threading.get_ident()}"
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / "zarr.json")
+    write_text_atomic(folder / "zarr.json", json.dumps(meta, indent=2))
     from zarr.core.buffer.cpu import NDBuffer
 
     if NDBuffer.from_numpy_array(value).all_equal(layout["fill_value"]):  # (as zarr: no chunk for all fill)
@@ -331,10 +329,31 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary name in the same folder (one per process and thread), then rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json_cache(path: Path) -> dict | None:
+    """The JSON object of a cache file under ``<output.dir>/.sendmap-cache/``; None where it is missing, unreadable
+    or not an object (a cache only: the caller computes instead)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def write_json_cache(path: Path, obj) -> None:
+    """Write a cache file's JSON atomically (:func:`write_text_atomic`, its folder made; NaN kept as NaN, which
+    Python's json reads back); a cache, so an OSError is ignored."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(path), json.dumps(obj))
+    except OSError:
+        pass
 
 
 def array_metadata(store_dir: Path) -> dict[Path, dict]:
@@ -380,9 +399,7 @@ def annotate_arrays(store_dir: Path, scan_shape=None, metas: dict[Path, dict] | 
         dims, attrs = describe(path, meta["shape"], meta.get("attributes") or {}, scan_shape)
         meta["dimension_names"] = list(dims)
         meta["attributes"] = _jsonable(attrs)
-        tmp = f.with_name(f".zarr.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        os.replace(tmp, f)
+        write_text_atomic(f, json.dumps(meta, indent=2))
         n += 1
     return n
 

@@ -74,30 +74,25 @@ def kept_grain_minority(spots: tuple, like: np.ndarray, sro_peak: np.ndarray, r_
     import json
 
     from ..engine.codehash import stage_code_digest
-    from ..engine.store import write_text_atomic
+    from ..engine.store import read_json_cache, write_json_cache
 
     like, sro_peak = np.asarray(like, bool), np.asarray(sro_peak, bool)
     pos, values, ring = spots
     h = _sha256(np.asarray(pos), np.asarray(values), np.asarray(ring, bool), like, sro_peak)
     h.update(json.dumps([float(r_q), int(size), stage_code_digest("stage_classify", __name__)]).encode())
     key = h.hexdigest()
-    if cache_path is not None and reuse:
+    old = read_json_cache(cache_path) if cache_path is not None and reuse else None
+    if old is not None and old.get("key") == key and old.get("shape") == list(like.shape):
         try:
-            old = json.loads(Path(cache_path).read_text(encoding="utf-8"))
-            if isinstance(old, dict) and old.get("key") == key and old.get("shape") == list(like.shape):
-                out = np.zeros(like.size, bool)
-                out[np.asarray(old["positions"], dtype=np.int64)] = True
-                return out.reshape(like.shape)
-        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            out = np.zeros(like.size, bool)
+            out[np.asarray(old["positions"], dtype=np.int64)] = True
+            return out.reshape(like.shape)
+        except (ValueError, TypeError, KeyError, IndexError):
             pass
     out = grain_minority_positions(spots, like, sro_peak, r_q, size)
     if cache_path is not None:
-        try:
-            Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(Path(cache_path), json.dumps({"key": key, "shape": list(like.shape),
-                                                            "positions": np.flatnonzero(out).tolist()}))
-        except OSError:  # a cache only
-            pass
+        write_json_cache(Path(cache_path), {"key": key, "shape": list(like.shape),
+                                            "positions": np.flatnonzero(out).tolist()})
     return out
 
 
@@ -208,29 +203,18 @@ class FeaturesCache:
         return h.hexdigest()
 
     def valid(self) -> bool:
-        import json
+        from ..engine.store import read_json_cache
 
-        if not self.enabled:
-            return False
-        try:
-            old = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(old, dict) and old.get("key") == self.key and old.get("store") == self._store_digest()
+        old = read_json_cache(self.path) if self.enabled else None
+        return old is not None and old.get("key") == self.key and old.get("store") == self._store_digest()
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
 
     def save(self) -> None:
-        import json
+        from ..engine.store import write_json_cache
 
-        from ..engine.store import write_text_atomic
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.path, json.dumps({"key": self.key, "store": self._store_digest()}))
-        except OSError:  # a cache only
-            pass
+        write_json_cache(self.path, {"key": self.key, "store": self._store_digest()})
 
 
 def features_key(q: np.ndarray, spot_z: np.ndarray, counts: np.ndarray, bf_img: np.ndarray, r_q: float,

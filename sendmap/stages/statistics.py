@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import CLASS_NAMES
 from ..engine.context import Context
-from ..engine.store import set_attrs, write_array
+from ..engine.store import read_json_cache, set_attrs, write_array, write_json_cache
 from .dose import dose_record, dose_warnings, measured_counts
 from .settings import scan_step_nm
 
@@ -122,18 +122,10 @@ def region_mixtures(g, cls: np.ndarray, peak: np.ndarray, err: np.ndarray, step_
     fits cost ~0.1-0.3 s each: a classification change that moves positions only between amorphous classes keeps
     every region; ``reuse`` False, e.g. ``--force``: nothing is taken from it). The file is rewritten with this
     run's mixtures; unreadable, it is ignored."""
-    import json
-
     from ..science.mixture import best_mixture
     from ..science.spatial import amorphous_regions
 
-    cache: dict = {}
-    if cache_path is not None and reuse:
-        try:
-            cache = json.loads(Path(cache_path).read_text(encoding="utf-8"))
-            cache = cache if isinstance(cache, dict) else {}
-        except (OSError, ValueError):
-            cache = {}
+    cache = (read_json_cache(cache_path) if cache_path is not None and reuse else None) or {}
     new_cache: dict = {}
 
     amorphous = [CLASS_NAMES.index(n) for n in ("sei_type1", "sei_type2", "electrolyte")]
@@ -168,19 +160,7 @@ def region_mixtures(g, cls: np.ndarray, peak: np.ndarray, err: np.ndarray, step_
             entry["mixture"] = mix
         out.append(entry)
     if cache_path is not None:
-        _write_json_quietly(Path(cache_path), new_cache)
+        write_json_cache(Path(cache_path), new_cache)
     return out
 
 
-def _write_json_quietly(path: Path, obj) -> None:
-    """Write ``obj`` as JSON atomically (:func:`sendmap.engine.store.write_text_atomic`; NaN kept as NaN, which
-    Python's json reads back); a cache, so an OSError is ignored."""
-    import json
-
-    from ..engine.store import write_text_atomic
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(obj))
-    except OSError:
-        pass
