@@ -63,10 +63,9 @@ def potts_mean_field(log_likelihood: np.ndarray, beta: float, n_iter: int = 30, 
     valid = np.ones((ry, rx), bool) if valid is None else np.asarray(valid, bool)
     ll = np.ascontiguousarray(np.where(valid[..., None], ll, 0.0))
     # (numba: the NumPy form's iterations, ~10x faster on 86 400 positions; equal to it to ~1e-16)
-    args = (ll, np.ascontiguousarray(valid), float(beta), int(n_iter), float(tol), np.ascontiguousarray(NEIGHBOUR_WEIGHTS))
-    if MEAN_FIELD_THREADS > 1 and ry * rx >= MEAN_FIELD_THREADED_MIN:
-        return _mean_field_threads(*args, threads=MEAN_FIELD_THREADS)
-    return _mean_field_kernel(*args)
+    threads = MEAN_FIELD_THREADS if ry * rx >= MEAN_FIELD_THREADED_MIN else 1
+    return _mean_field(ll, np.ascontiguousarray(valid), float(beta), int(n_iter), float(tol),
+                       np.ascontiguousarray(NEIGHBOUR_WEIGHTS), threads)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -127,21 +126,6 @@ def _mean_field_rows(ll, valid, beta, weights, p, new, y0, y1):  # pragma: no co
 
 
 @numba.njit(cache=True, nogil=True)
-def _mean_field_kernel(ll, valid, beta, n_iter, tol, weights):  # pragma: no cover - numba
-    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions)."""
-    ry = ll.shape[0]
-    p = _mean_field_start(ll, valid)
-    new = np.zeros(ll.shape)
-    for _ in range(n_iter):
-        change = _mean_field_rows(ll, valid, beta, weights, p, new, 0, ry)
-        p, new = new, p
-        if change < tol:
-            break
-    _invalid_nan(p, valid)
-    return p
-
-
-@numba.njit(cache=True, nogil=True)
 def _invalid_nan(p, valid):  # pragma: no cover - numba
     for y in range(p.shape[0]):
         for x in range(p.shape[1]):
@@ -150,23 +134,32 @@ def _invalid_nan(p, valid):  # pragma: no cover - numba
                     p[y, x, c] = np.nan
 
 
-def _mean_field_threads(ll, valid, beta, n_iter, tol, weights, threads: int) -> np.ndarray:
-    """:func:`_mean_field_kernel` with each iteration's rows shared among ``threads`` threads (the kernel
-    releases the GIL; the updates are synchronous, so the result is the same, bit for bit)."""
+def _mean_field(ll, valid, beta, n_iter, tol, weights, threads: int) -> np.ndarray:
+    """:func:`potts_mean_field`'s synchronous damped iterations (``ll`` already 0 at invalid positions), each
+    iteration's rows shared among ``threads`` threads where more than one (the row kernel releases the GIL; the
+    updates are synchronous, so the result is the same, bit for bit)."""
     from concurrent.futures import ThreadPoolExecutor
 
     ry = ll.shape[0]
+    threads = max(1, min(int(threads), ry))
     bounds = np.linspace(0, ry, threads + 1).astype(int)
     p = _mean_field_start(ll, valid)
     new = np.zeros(ll.shape)
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
         for _ in range(n_iter):
-            parts = [pool.submit(_mean_field_rows, ll, valid, beta, weights, p, new, int(y0), int(y1))
-                     for y0, y1 in zip(bounds[:-1], bounds[1:])]
-            change = max(f.result() for f in parts)
+            if pool is None:
+                change = _mean_field_rows(ll, valid, beta, weights, p, new, 0, ry)
+            else:
+                parts = [pool.submit(_mean_field_rows, ll, valid, beta, weights, p, new, int(y0), int(y1))
+                         for y0, y1 in zip(bounds[:-1], bounds[1:])]
+                change = max(f.result() for f in parts)
             p, new = new, p
             if change < tol:
                 break
+    finally:
+        if pool is not None:
+            pool.shutdown()
     _invalid_nan(p, valid)
     return p
 
