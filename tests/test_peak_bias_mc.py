@@ -112,7 +112,58 @@ def test_noise_free_fixed_range_maximum_under_both_error_models(cname, targets):
                    "pattern's maximum has a heavy tail towards the slower, low-Q flank (a few % of the fits 0.04-0.1 "
                    "1/Å low): mean −0.0032 ± 0.0006 1/Å here with the quintic, −0.0026 ± 0.0006 with the sextic, "
                    "median −0.0004; the remaining SEI Type 1 class-mean bias of −0.002 to −0.003 "
-                   "1/Å on speckle3 (also after the denoising, whose truncation bias the neighbours' residual removes)")
+                   "1/Å on speckle3 (also after the denoising, whose truncation bias the neighbours' residual removes); the "
+                   "peaks stage's opt-in one-step estimator (peaks.one_step_pool, test_one_step_from_a_neighbours_mean_...) is unbiased here")
 def test_single_pattern_fit_unbiased_under_strong_speckle():
     d, se = _fits(3, 1200, 2, recentre=True)
     assert abs(d.mean()) < 3 * se + 1e-5, (d.mean(), se)
+
+
+def _draws(m: int, n: int, seed: int, cname: str = "sei_type1", target: float = 0.3345):
+    """n single patterns of class ``cname`` under speckle of M volumes × Poisson, binned as in :func:`_fits`:
+    (q, I·Q, its standard error, the noise-free binned I·Q)."""
+    from sendmap.synth.patterns import speckle_field
+
+    expect, c = _expected(cname, target)
+    geom = PolarGeometry(q_pixel_size=QPX, bin_width=0.0125, nq=89, n_phi=72, supersample=3)
+    q = geom.q_centres
+    g = speckle_mean_factor(q, 72, DISK_PX * QPX, 0.0125)
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, N_DET, N_DET))
+    for k in range(n):
+        frames[k] = rng.poisson(expect * speckle_field((N_DET, N_DET), DISK_PX, m, rng, centre_yx=(c, c)))
+    mask = np.ones((N_DET, N_DET), bool)
+    st = frame_statistics(polar_sums(frames, np.full((n, 2), c), mask, geom), q, DISK_PX * QPX, speckle_factor=g)
+    st0 = frame_statistics(polar_sums(expect[None], np.array([[c, c]]), mask, geom), q, DISK_PX * QPX)
+    return q, st["mean"] * q, st["sem"] * q, st0["mean"][0] * q
+
+
+def test_one_step_from_a_neighbours_mean_unbiased_under_strong_speckle():
+    """The peaks stage's estimator under strong speckle (``peaks.one_step_pool``,
+    :func:`sendmap.science.peaks.one_step_peaks`): one Newton step on the pattern's own sextic from the maximum of
+    the mean of 24 other patterns (a 5 × 5 neighbourhood). Linear in the pattern's noise, it has no lopsided tail:
+    on the same M = 3 draws as the strict xfail below the polynomial's maximum is −0.0023 ± 0.0005 1/Å off (2000
+    draws, seed 2, median +0.0004), the one step −0.0001 ± 0.0004. (On single SEI Type 2 and electrolyte patterns,
+    whose noise is twice a denoised profile's, the step is +0.0012 and +0.0026 off: the reference's own noise,
+    through its curvature; in the stage, on denoised profiles, the electrolyte class means are within ±0.0006.)"""
+    from sendmap.science.peak_one_step import local_derivatives, one_step_peaks
+
+    q, y, s, tr = _draws(3, 1200, 2)
+    beta = window_feedback(q, y, s, None, *ARGS)["beta"]
+    truth = fit_peaks(q, tr[None], np.nanmedian(s, axis=0)[None], *ARGS, width_error=False, recentre=True,
+                      feedback=beta)["q_peak"][0]
+    rng = np.random.default_rng(0)
+    others = np.array([rng.choice(np.delete(np.arange(len(y)), i), 24, replace=False) for i in range(len(y))])
+    ref, s_ref = y[others].mean(axis=1), s / np.sqrt(24)
+    r = fit_peaks(q, ref, s_ref, *ARGS, width_error=False, recentre=True, feedback=beta)
+    q_ref = np.where(r["status"] == 0, r["q_peak"], np.nan)
+    centre = np.where(np.isfinite(q_ref), np.rint((np.nan_to_num(q_ref) - q[0]) / (q[1] - q[0])), -1).astype(int)
+    curv = local_derivatives(q, ref, s_ref, centre, q_ref, ARGS[1], ARGS[3])["curvature"]
+    qh, err = one_step_peaks(q, y, s, q_ref, curv, ARGS[1], ARGS[3])
+    d = qh[np.isfinite(qh)] - truth
+    assert d.size > 1150
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    assert abs(d.mean()) < 3 * se + 1e-5, (d.mean(), se)
+    poly = fit_peaks(q, y, s, *ARGS, width_error=False, recentre=True, feedback=beta)
+    dp = poly["q_peak"][poly["status"] == 0] - truth
+    assert d.std() < dp.std()  # and no noisier than the maximum (0.018 against 0.021 1/Å)

@@ -1207,7 +1207,8 @@ MIN_DENOISE_ROWS = 40
 
 def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray, q_sel: np.ndarray,
                     method: str = "pca", n_components: int | None = None, guard: int = 3, seed: int = 0,
-                    exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                    exclude: np.ndarray | None = None, learn: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Low-rank (PCA or NMF) denoising of profiles, with the linear map that propagates their errors.
 
     profiles, sem: (N, nq); fit_rows: (N,) bool, the profiles that define the components (e.g. the
@@ -1237,6 +1238,12 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     +0.0028 → +0.0004, rms 0.019 → 0.010 1/Å); ``peaks.denoise_exclude_spots``. The returned operator is the full
     projection: the fit's error is propagated through it, not through each row's gappy projection (an
     approximation for the rows with excluded bins, whose spot bins carry their large azimuthal errors into it).
+
+    ``learn`` (N, nq), same units as ``profiles`` (PCA, without ``exclude``): the profiles whose ``fit_rows`` define
+    the mean and the components, e.g. each position's k × k neighbourhood mean (:func:`neighbourhood_mean`), while
+    every row of ``profiles`` is projected (the operator is the same projection; each denoised profile still
+    depends on its own measurement only). The number of components is as without it (``n_components`` or the edge
+    of ``profiles``' own singular values).
     """
     from .denoise_kernels import column_medians, finite_copy, gather_scaled
     from .lowrank import blas_threads, gram_svd
@@ -1267,6 +1274,9 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
         gap = np.asarray(exclude, bool)[:, cols]
         gap = gap if gap.any() else None
     xf = x[fit_rows]
+    xl = None
+    if learn is not None and method == "pca" and gap is None:
+        xl = gather_scaled(finite_copy(learn), fit_rows, cols, r)
     if gap is not None:  # the excluded bins first filled with the bin's mean over the rows that keep it
         gap_f = gap[fit_rows]
         keep = (~gap_f).sum(axis=0)
@@ -1284,6 +1294,12 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     k_auto = max(2, int(np.sum(sv > edge)))
     k = int(n_components) if n_components else k_auto + guard + (1 if method == "nmf" else 0)
     k = max(1, min(k, len(cols) - 1, len(xf) - 1))
+    if xl is not None:  # the components of the learning profiles (the count stays that of the profiles' own)
+        mean = xl.mean(axis=0)
+        try:
+            vt = gram_svd(xl - mean)[1]
+        except np.linalg.LinAlgError as exc:
+            return skipped(f"singular value decomposition failed ({exc})")
     if len(xf) < max(MIN_DENOISE_ROWS, 4 * k):  # too few profiles to learn components from: leave them as they are
         return y, np.eye(nq), {"method": "none", "skipped": f"{len(xf)} non-crystalline positions (< {max(MIN_DENOISE_ROWS, 4 * k)})",
                                "fit_rows": int(fit_rows.sum())}
@@ -1336,6 +1352,33 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
             "singular_values": [float(v) for v in sv[:min(12, sv.size)]], "q_range": [int(cols[0]), int(cols[-1])],
             "fit_rows": int(fit_rows.sum())}
     return out, op, info
+
+
+def neighbourhood_mean(profiles: np.ndarray, rows: np.ndarray, scan_shape: tuple[int, int], k: int) -> np.ndarray:
+    """Mean of ``profiles`` (N, nq; any units, returned in the same) over the ``rows`` (N,) bool of each position's
+    k × k scan neighbourhood (odd k, the position itself included; non-finite bins left out; the position's own
+    profile where no row is there), for learning denoising components (:func:`lowrank_denoise`'s ``learn``).
+
+    >>> import numpy as np
+    >>> m = neighbourhood_mean(np.arange(9.0)[:, None], np.ones(9, bool), (3, 3), 3)
+    >>> float(m[4, 0]), float(m[0, 0])
+    (4.0, 2.0)
+    """
+    ry, rx = scan_shape
+    nq = profiles.shape[1]
+    valid = np.isfinite(profiles) & np.asarray(rows, bool)[:, None]
+    v = np.where(valid, profiles, 0.0).reshape(ry, rx, nq)
+    h = int(k) // 2
+    pad = [(h + 1, h), (h + 1, h), (0, 0)]
+
+    def box(a):
+        c = np.cumsum(np.cumsum(np.pad(a, pad), axis=0), axis=1)
+        return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
+
+    tot, cnt = box(v), box(valid.reshape(ry, rx, nq).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(cnt > 0.5, tot / np.where(cnt > 0.5, cnt, 1.0), profiles.reshape(ry, rx, nq))
+    return out.reshape(-1, nq)
 
 
 GAPPY_ITERATIONS = 3

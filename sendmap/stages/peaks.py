@@ -1,5 +1,8 @@
 """The peaks stage: the first SRO peak of every I·Q^n profile (position, 1-σ error, height, prominence, width,
 status) and the second peak; optional spatial binning and low-rank denoising; speckle-aware fit errors.
+
+Size: one stage's orchestration (binning, denoising with its strong-speckle options, the fits, the grain-like rows'
+own status, the second peak, the stored arrays and attributes) read top to bottom; the science is in sendmap.science.
 """
 from __future__ import annotations
 
@@ -237,8 +240,8 @@ def stage_peaks(ctx: Context) -> None:
     from ..engine.execute import local_map
     from ..science.denoise_residual import residual_added, residual_pool_error
     from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_peaks_reported,
-                                fit_second_peak, gap_filled_sem, lowrank_denoise, resolve_auto_fit_range, status_attrs,
-                                status_code, window_feedback)
+                                fit_second_peak, gap_filled_sem, lowrank_denoise, neighbourhood_mean,
+                                resolve_auto_fit_range, status_attrs, status_code, window_feedback)
 
     cfg, g = ctx.cfg, ctx.group
     pk = cfg.peaks
@@ -287,18 +290,23 @@ def stage_peaks(ctx: Context) -> None:
                 corr = (np.nan_to_num(corr[0] * (sem / sem_raw).reshape(-1, nq)), *corr[1:])
     y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
     operator, info, pool_n = None, {"method": "none"}, None
+    speckle_info = None  # set where the denoising's components are counted above the speckle noise's edge
     if pk.denoise != "none":
         lo, hi = pk.denoise_q_range or (pk.window[0] - hw_l, (float(q[-1]) if q.size else 0.0) + 1.0)
         n_comp = pk.denoise_components
-        speckle_info = None
         if n_comp is None and speckle is not None and k == 1:
             n_comp, speckle_info = speckle_components(y, s, speckle, amorphous, (q >= lo) & (q <= hi))
         spot_bins = listed_spot_bins(g, q, ry * rx) if pk.denoise_exclude_spots else None
         if spot_bins is not None and k > 1:  # a binned profile holds the spots of the neighbours it averages
             from scipy.ndimage import maximum_filter
             spot_bins = maximum_filter(spot_bins.reshape(ry, rx, nq), size=(k, k, 1), mode="nearest").reshape(-1, nq)
+        learn = None  # (peaks.denoise_learn_pool) components from the neighbourhood means, under strong speckle
+        if speckle_info and pk.denoise_learn_pool > 1 and pk.denoise == "pca" and spot_bins is None:
+            learn = neighbourhood_mean(y, amorphous & (counts > 0), (ry, rx), pk.denoise_learn_pool)
         y, operator, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise,
-                                            n_comp, pk.denoise_guard, exclude=spot_bins)
+                                            n_comp, pk.denoise_guard, exclude=spot_bins, learn=learn)
+        if learn is not None and info["method"] != "none":
+            info["learn_pool"] = int(pk.denoise_learn_pool)
         if speckle_info:
             info["speckle_edge"] = speckle_info
             if pk.denoise_residual_pool > 1 and info["method"] != "none":  # the truncation bias, from the neighbours
@@ -337,6 +345,14 @@ def stage_peaks(ctx: Context) -> None:
             plain[kk][sample] = part[kk]
         if pool_n is not None:  # the neighbours' residual's own noise (residual_added) into the error
             res["q_err"] = residual_pool_error(res["q_err"], plain["q_err"], pool_n, amorphous)
+    if (pk.one_step_pool > 1 and speckle_info and operator is not None  # strong speckle, the fixed ± 0.14 range:
+            and fit_range["mode"] == "auto: fixed"):  # one step from the neighbours' peak (peaks.one_step_pool)
+        from ..science.peak_one_step import one_step_from_neighbours
+
+        n_one_step = one_step_from_neighbours(q, y, s, res, amorphous & (counts > 0), (ry, rx), pk.one_step_pool,
+                                              fit_args, (hw_l, hw_r), degree, operator, corr, recentre,
+                                              feedback["beta"], fit_map)
+        info["one_step"] = {"pool": int(pk.one_step_pool), "replaced": n_one_step}
     # (off by default) beside a grain: its disks, too faint to be listed there, fitted away (grain_disk_refit)
     n_disk_refit = grain_disk_refit(ctx, q, y, s, operator, res, crystal, fit_args, corr, flat_z, (hw_l, hw_r),
                                     degree) if pk.grain_disk_reach_nm and k == 1 else 0
