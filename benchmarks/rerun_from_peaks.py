@@ -2,11 +2,13 @@
 (the detector file is not needed), score it against the truth, and print one row: accuracy, recalls, the class
 means (labelled, as the matrix scores them, and per true class), MAE, ±1σ coverage, calibration, verdict.
 
-    python benchmarks/rerun_from_peaks.py CELL_DIR [--tag T] [--set peaks.denoise_residual_pool=1 ...]
+    python benchmarks/rerun_from_peaks.py CELL_DIR [--tag T] [--set peaks.denoise_residual_pool=1 ...] [--classify-only]
 
 CELL_DIR holds results/sendmap.zarr, config.yaml and truth.npz (a ``benchmarks/scenario_matrix.py`` cell); the
 store is copied to ``--work``/<cell>_<tag>/ first (the cell is only read). Used for the A/B tables of session 17
-(issue 18, speckle3: ``peaks.denoise_residual_pool`` on and off on the same stores).
+(issue 18, speckle3: ``peaks.denoise_residual_pool`` on and off on the same stores). ``--classify-only`` re-runs
+the classify stage alone (its inputs as stored; the detector data are not copied): the session-20 calibration
+tables, classify revision 13 against 14 on the matrix's stores.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="rerun")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--work", type=Path, default=Path("results/rerun_from_peaks"))
+    ap.add_argument("--classify-only", action="store_true", help="re-run the classify stage alone")
     a = ap.parse_args(argv)
     import zarr
 
@@ -41,11 +44,12 @@ def main(argv=None) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    shutil.copytree(a.cell / "results" / "sendmap.zarr", work / "sendmap.zarr")
+    shutil.copytree(a.cell / "results" / "sendmap.zarr", work / "sendmap.zarr",
+                    ignore=shutil.ignore_patterns("data_sparse") if a.classify_only else None)
     cfg = load_config(a.cell / "config.yaml", a.set)
     g = zarr.open_group(str(work / "sendmap.zarr"), mode="r+")
     ctx = Context(cfg, work, g, None, {}, log=lambda s: None)
-    for stage in (stage_peaks, stage_classify, stage_statistics):
+    for stage in (stage_classify,) if a.classify_only else (stage_peaks, stage_classify, stage_statistics):
         stage(ctx)
     r = evaluate(work, a.cell)
     verdict = score(r, float(cfg.dose.electrons_per_pattern))

@@ -416,7 +416,9 @@ class ClassDefinitions(_Section):
         "of equal spread")
     sei_type1_range: tuple[float, float] = Field((0.307, 0.37), description="1/Å; isotropic SRO peak range of SEI "
                                                  "Type 1: from electrolyte_max_q to the published mean 0.33 + 2 × its "
-                                                 "histogram's std 0.019 (SCIENCE.md); beyond: unassigned")
+                                                 "histogram's std 0.019 (SCIENCE.md); beyond: unassigned. The "
+                                                 "class probabilities undo this cut (and the two below) in the "
+                                                 "class spreads they measure on the rules' classes")
     sei_type2_range: tuple[float, float] = Field((0.27, 0.33), description="1/Å; SRO peak range of SEI Type 2: "
                                                  "its published mean 0.295 ± 0.035 (≈ ± 2 published spreads 0.019, "
                                                  "SCIENCE.md; the upper end at SEI Type 1's mean)")

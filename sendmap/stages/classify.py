@@ -347,7 +347,9 @@ def stage_classify(ctx: Context) -> None:
                                lif_layer=(np.nan_to_num(layer, nan=-np.inf) >= d.lif_layer_z_min)
                                if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None,
                                model_iterations=cfg.classify.model_iterations,
-                               beta_iterations=cfg.classify.beta_iterations)
+                               beta_iterations=cfg.classify.beta_iterations,
+                               class_ranges={"sei_type1": d.sei_type1_range, "sei_type2": d.sei_type2_range,
+                                             "electrolyte": (d.electrolyte_range[0], d.electrolyte_max_q)})
     p = prob["probability"]
     if cfg.classify.method == "probabilistic":
         has = np.isfinite(p).all(axis=-1)
@@ -382,7 +384,8 @@ def stage_classify(ctx: Context) -> None:
                  "crystal_false_alarm_rate": CRYSTAL_FALSE_ALARM_RATE,
                  "meaning": "posterior probability of each class: the position's evidence (crystal rule with its "
                             "false-alarm rate, SRO peak with its error, LiF evidence) and a Potts spatial prior, at the "
-                            "temperature fitted on development seeds (sendmap.science.probability); "
+                            "temperature fitted on development seeds, the class spreads corrected for the rules' Q cuts "
+                            "(sendmap.science.probability); "
                             "NaN where a position has neither a crystal nor an SRO peak"})
     write_array(g, "maps/class_confidence", confidence.astype(np.float32),
                 {"meaning": "probability (maps/class_probability) of the class in maps/class; NaN for unassigned"})
