@@ -767,6 +767,12 @@ def _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, m
     nb = min(n, n_basis)
     best = (-1.0, -1.0, -1.0, -1.0, -np.inf)
     member = np.zeros(n, np.bool_)
+    # whether each basis candidate lies on each ring (the zone check below asks it of every pair: once per spot and
+    # ring here, not once per pair)
+    on_ring = np.empty((nb, nr), np.bool_)
+    for k in range(nb):
+        for r in range(nr):
+            on_ring[k, r] = not (abs(qs[k] - ring_q[r]) > nsig * math.sqrt((ring_q[r] * rel) ** 2 + sg[k] ** 2))
     for i in range(nb):
         for j in range(i + 1, nb):
             ax, ay, bx, by = gx[i], gy[i], gx[j], gy[j]
@@ -799,12 +805,12 @@ def _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, m
             n_idx = 0
             chi2 = np.inf
             for r1 in range(nr):
-                if abs(qs[i] - ring_q[r1]) > nsig * math.sqrt((ring_q[r1] * rel) ** 2 + sg[i] ** 2):
+                if not on_ring[i, r1]:
                     continue
                 for r2 in range(nr):
                     if ring_phase[r2] != ring_phase[r1]:
                         continue
-                    if abs(qs[j] - ring_q[r2]) > nsig * math.sqrt((ring_q[r2] * rel) ** 2 + sg[j] ** 2):
+                    if not on_ring[j, r2]:
                         continue
                     for a in range(angles.shape[2]):
                         v = angles[r1, r2, a]
