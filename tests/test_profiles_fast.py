@@ -226,3 +226,32 @@ def test_stored_profiles_equal_the_numpy_products():
     for got, ref in zip(out, want):
         np.testing.assert_array_equal(got, ref.astype(np.float32))
     assert not np.array_equal(out[4], (mean.astype(np.float32) * qn.astype(np.float32)))  # (the order matters)
+
+
+def test_stored_bragg_equals_the_numpy_bragg_fraction():
+    """stored_bragg (one pass over the float32 profiles) gives features.bragg_fraction's numbers bit for bit,
+    NaN where a frame has no counts in the range, for blocks of ≥ 2 frames, several Q ranges and bin counts
+    (numpy sums the boolean selection bin after bin for each frame: the order matters, a pairwise sum differs)."""
+    from sendmap.science.features import bragg_fraction
+    from sendmap.science.polar_tables import stored_bragg
+
+    rng = np.random.default_rng(2020)
+    n_differ_pairwise = 0
+    for nb in (2, 7, 720):
+        for nq in (5, 89, 180):
+            q = np.linspace(0.01, 1.2, nq)
+            for q_range in ((0.15, 1.2), (0.3, 0.5), (2.0, 3.0)):
+                mean = (rng.gamma(2.0, 1.0, (nb, nq)) * 10 ** rng.uniform(-2, 2, (nb, 1))).astype(np.float32)
+                rob = (mean * rng.uniform(0.7, 1.0, mean.shape)).astype(np.float32)
+                mean[rng.uniform(size=mean.shape) < 0.05] = np.nan
+                rob[np.isnan(mean)] = np.nan
+                mean[0] = 0.0  # no counts: NaN
+                want = bragg_fraction(q, mean.astype(np.float64), rob.astype(np.float64), q_range)
+                sel = np.flatnonzero((q >= q_range[0]) & (q <= q_range[1]))
+                got = np.empty(nb)
+                stored_bragg(mean, rob, sel, np.ascontiguousarray(q[sel]), got)
+                np.testing.assert_array_equal(got, want)
+                assert np.isnan(got[0])
+                m = np.nan_to_num(mean.astype(np.float64)[:, sel]) * q[sel]
+                n_differ_pairwise += int((np.sum(np.ascontiguousarray(m), axis=-1) != m.sum(axis=-1)).sum())
+    assert n_differ_pairwise > 0  # (a contiguous pairwise sum would not have matched)

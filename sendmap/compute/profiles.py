@@ -99,7 +99,7 @@ class ProfileBlock:
 
     def __call__(self, loaded):
         from ..science.features import bragg_fraction
-        from ..science.polar_tables import profile_block, stored_profiles
+        from ..science.polar_tables import profile_block, stored_bragg, stored_profiles
 
         one_numba_thread_off_main()
         item, frames, centres = loaded
@@ -119,8 +119,16 @@ class ProfileBlock:
         for j, nm in enumerate(STORED_ORDER):
             out[nm] = f32[j]
         # from the stored (float32) profiles, as the classify stage computed it before it moved here
-        out["bragg"] = bragg_fraction(self.tables.geom.q_centres, out["mean"].astype(np.float64),
-                                      out["robust_mean"].astype(np.float64), self.bragg_q_range)
+        # (features.bragg_fraction's numbers, in one pass: stored_bragg)
+        q = self.tables.geom.q_centres
+        sel = np.flatnonzero((q >= self.bragg_q_range[0]) & (q <= self.bragg_q_range[1]))
+        if nb > 1:
+            out["bragg"] = np.empty(nb)
+            stored_bragg(out["mean"], out["robust_mean"], sel, np.ascontiguousarray(q[sel], dtype=np.float64),
+                         out["bragg"])
+        else:
+            out["bragg"] = bragg_fraction(q, out["mean"].astype(np.float64), out["robust_mean"].astype(np.float64),
+                                          self.bragg_q_range)
         return item[1], out
 
     def _evidence(self, out: dict) -> None:

@@ -251,6 +251,14 @@ def _is_local_max(zmap, widths, i, k):
     z = zmap[i, k]
     if zmap[i, _wrap(k + 1, nphi)] > z or zmap[i, _wrap(k - 1, nphi)] > z:
         return False
+    return _is_radial_max(zmap, widths, i, k, z)
+
+
+@numba.njit(cache=True, inline="always")
+def _is_radial_max(zmap, widths, i, k, z):
+    """The radial half of :func:`_is_local_max`: window (i, k), of significance z, not below the three windows of
+    bins i ± 1 whose centres are nearest its own."""
+    nq, nphi = zmap.shape
     for j in (i - 1, i + 1):
         if j < 0 or j >= nq or widths[j] == 0:
             continue
@@ -403,18 +411,47 @@ def _frame_spots_in(s, w, q_c, disk_r_q, z_min, out, zmap, widths, scratch, work
     n_c = 0
     i = 0  # the flat indices ik = i·n_phi + k ascend: i follows them without a division
     row0 = 0
-    for c in range(n_cand if noted else nq * nphi):
-        ik = np.int64(cand_ik[c]) if noted else c
-        while ik >= row0 + nphi:
-            i += 1
-            row0 += nphi
-        k = ik - row0
-        if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
-            phi = -math.pi + (k + 0.5 * widths[i]) * sector
-            cz[n_c] = zmap[i, k]
-            cx[n_c] = q_c[i] * math.cos(phi)
-            cy[n_c] = q_c[i] * math.sin(phi)
-            n_c += 1
+    if noted:
+        # the noted windows' azimuthal test first, without branches (~half of them fail it, unpredictably), the
+        # survivors kept in order; then the radial test of those: the same maxima in the same order
+        zflat = zmap.reshape(nq * nphi)
+        s_ik = np.empty(n_cand, np.int64)
+        s_row = np.empty(n_cand, np.int64)
+        n_s = 0
+        for c in range(n_cand):
+            ik = np.int64(cand_ik[c])
+            while ik >= row0 + nphi:
+                i += 1
+                row0 += nphi
+            k = ik - row0
+            z = zflat[ik]
+            kp = k + 1 - nphi * np.int64(k + 1 == nphi)
+            km = k - 1 + nphi * np.int64(k == 0)
+            ok = np.int64(z >= z_min) * (1 - np.int64(zflat[row0 + kp] > z)) * (1 - np.int64(zflat[row0 + km] > z))
+            s_ik[n_s] = ik
+            s_row[n_s] = i
+            n_s += ok
+        for a in range(n_s):
+            i = s_row[a]
+            k = s_ik[a] - i * nphi
+            if _is_radial_max(zmap, widths, i, k, zmap[i, k]):
+                phi = -math.pi + (k + 0.5 * widths[i]) * sector
+                cz[n_c] = zmap[i, k]
+                cx[n_c] = q_c[i] * math.cos(phi)
+                cy[n_c] = q_c[i] * math.sin(phi)
+                n_c += 1
+    else:
+        for c in range(nq * nphi):
+            while c >= row0 + nphi:
+                i += 1
+                row0 += nphi
+            k = c - row0
+            if zmap[i, k] >= z_min and _is_local_max(zmap, widths, i, k):
+                phi = -math.pi + (k + 0.5 * widths[i]) * sector
+                cz[n_c] = zmap[i, k]
+                cx[n_c] = q_c[i] * math.cos(phi)
+                cy[n_c] = q_c[i] * math.sin(phi)
+                n_c += 1
     if n_c == 0:
         return total
     cz = cz[:n_c]
@@ -767,6 +804,12 @@ def _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, m
     nb = min(n, n_basis)
     best = (-1.0, -1.0, -1.0, -1.0, -np.inf)
     member = np.zeros(n, np.bool_)
+    # whether each basis candidate lies on each ring (the zone check below asks it of every pair: once per spot and
+    # ring here, not once per pair)
+    on_ring = np.empty((nb, nr), np.bool_)
+    for k in range(nb):
+        for r in range(nr):
+            on_ring[k, r] = not (abs(qs[k] - ring_q[r]) > nsig * math.sqrt((ring_q[r] * rel) ** 2 + sg[k] ** 2))
     for i in range(nb):
         for j in range(i + 1, nb):
             ax, ay, bx, by = gx[i], gy[i], gx[j], gy[j]
@@ -799,12 +842,12 @@ def _index_one(qs, gx, gy, sg, ring_q, ring_phase, angles, n_phase, rel, nsig, m
             n_idx = 0
             chi2 = np.inf
             for r1 in range(nr):
-                if abs(qs[i] - ring_q[r1]) > nsig * math.sqrt((ring_q[r1] * rel) ** 2 + sg[i] ** 2):
+                if not on_ring[i, r1]:
                     continue
                 for r2 in range(nr):
                     if ring_phase[r2] != ring_phase[r1]:
                         continue
-                    if abs(qs[j] - ring_q[r2]) > nsig * math.sqrt((ring_q[r2] * rel) ** 2 + sg[j] ** 2):
+                    if not on_ring[j, r2]:
                         continue
                     for a in range(angles.shape[2]):
                         v = angles[r1, r2, a]
@@ -1000,14 +1043,17 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
     lib = library if library is not None else index_library()
     sp = np.asarray(spots, dtype=np.float64)
     ev = index_spots(sp, disk_radius_q, bin_width, q_rel_err, lib, n_sigma)
-    q, z = sp[..., 0], np.nan_to_num(sp[..., 3], nan=0.0)
+    # (NaN → a value by np.where, not np.nan_to_num, which also tests for infinities: ~0.1 µs per pattern each; spot
+    # fields and shares are finite or NaN)
+    q, z = sp[..., 0], np.where(np.isnan(sp[..., 3]), 0.0, sp[..., 3])
     valid = np.isfinite(q)
-    inten = np.where(valid, np.clip(np.nan_to_num(sp[..., 2], nan=0.0), 0.0, None), 0.0)
+    inten = np.where(valid, np.clip(np.where(np.isnan(sp[..., 2]), 0.0, sp[..., 2]), 0.0, None), 0.0)
     far = valid & (q >= 2.0 * disk_radius_q)
     scat = np.asarray(scattered, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         amorph = np.where(scat > 0, np.clip(1.0 - (inten * far).sum(axis=-1) / np.where(scat > 0, scat, 1.0), 0.0,
                                             1.0), np.nan)
+    amorph_or_1 = np.where(np.isnan(amorph), 1.0, amorph)
     ids = lib.phase_ids
     grain_idx = [ids.index(p) for p in grain_phases if p in ids]
     lif_idx = ids.index(lif_phase) if lif_phase in ids else -1
@@ -1027,7 +1073,7 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
         g_sum = wg.sum(axis=-1)
         both = (g_sum > 0) & (weights[..., lif_idx] > 0) & ~member
         span = max(amorphous_lif_min - amorphous_grain_max, 1e-9)
-        to_lif = np.clip((np.nan_to_num(amorph, nan=1.0) - amorphous_grain_max) / span, 0.0, 1.0)[..., None]
+        to_lif = np.clip((amorph_or_1 - amorphous_grain_max) / span, 0.0, 1.0)[..., None]
         # Bayes: the likelihoods of the rings times the prior (LiF: to_lif, grain: 1 − to_lif)
         post_l = weights[..., lif_idx] * to_lif
         post_g = wg * (1.0 - to_lif)[..., None]
@@ -1048,7 +1094,7 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
     lif_score = share[..., lif_idx] if lif_idx >= 0 else np.zeros(total.shape)
     other_score = share[..., other_idx].sum(axis=-1) if other_idx else np.zeros(total.shape)
     lattice = ev["has_lattice"]
-    lat_grain = lattice & np.isin(lp, grain_idx)
+    lat_grain = lattice & np.logical_or.reduce([lp == g for g in grain_idx] + [np.zeros(lp.shape, bool)])
     lat_lif = lattice & (lp == lif_idx)
     lat_other = lattice & ~lat_grain & ~lat_lif
     crystal_score = np.where(lat_grain, 1.0, np.where(lattice, 0.0, crystal_score))
@@ -1063,7 +1109,7 @@ def crystal_evidence(spots: np.ndarray, scattered: np.ndarray, disk_radius_q: fl
     # a grain (lattice or not) on a pattern dominated by isotropic scattering needs a spot strong enough that its
     # Q alone excludes LiF (GRAIN_Z_ISOTROPIC): weak spots there, even in a net, are as likely speckle (Friedel-
     # symmetric, so it forms pairs and chance nets) or LiF
-    bragg_dominated = np.nan_to_num(amorph, nan=1.0) < amorphous_lif_min
+    bragg_dominated = amorph_or_1 < amorphous_lif_min
     cat[(crystal_score > 0.5) & (bragg_dominated | (crystal_z >= GRAIN_Z_ISOTROPIC))] = GRAIN
     cat[lif_score > 0.5] = LIF
     cat[other_score > 0.5] = OTHER_PHASE

@@ -463,8 +463,13 @@ class PolarTables:
         The slots stay valid until ``release()`` is called (after the kernel that reads them)."""
         g = self.geom
         ny, nx = mask.shape
-        keys = np.stack([iyc, ixc, tix], axis=1)
-        ukeys, uix = np.unique(keys, axis=0, return_inverse=True)
+        # the distinct (iy, ix, table) in lexicographic order (np.unique(..., axis=0)'s), found as one integer key
+        # each: np.unique over rows sorts a structured view, ~0.6 µs per pattern of 720-frame blocks
+        y0, x0 = int(iyc.min()), int(ixc.min())
+        nxk = int(ixc.max()) - x0 + 1
+        ntab = self.n_sub * self.n_sub
+        ukey, uix = np.unique(((iyc - y0) * nxk + (ixc - x0)) * ntab + tix, return_inverse=True)
+        ukeys = np.stack([ukey // (nxk * ntab) + y0, ukey // ntab % nxk + x0, ukey % ntab], axis=1)
         uix = uix.reshape(-1).astype(np.int64)
         digest, my, mx = self._mask_info(mask)
         with self._lock:
@@ -685,6 +690,27 @@ def stored_profiles(mean, sem, disp, robust, spot_z, fem, fem_scale, mmean, msem
             out[9, f, i] = np.float32(spot_z[f, i])
             out[10, f, i] = np.float32(fem[f, i] * fem_scale[i])
 
+
+
+@numba.njit(cache=True, nogil=True)
+def stored_bragg(mean32, robust32, sel, wq, out):
+    """:func:`sendmap.science.features.bragg_fraction` of the stored (float32) mean and robust mean (B ≥ 2, nq) over
+    the bins ``sel`` (their Q ``wq``), into out (B,), in one pass instead of its ten array passes per block (~1 µs per
+    128² pattern). The same numbers, bit for bit: numpy sums the (B, n) products of its boolean selection, laid out
+    column by column, bin after bin for each frame (a sum from 0 in bin order, not its pairwise sum; for B = 1 it
+    would be pairwise, so callers use bragg_fraction there)."""
+    for f in range(mean32.shape[0]):
+        tot = 0.0
+        spots = 0.0
+        for j in range(sel.size):
+            a = np.float64(mean32[f, sel[j]])
+            b = np.float64(robust32[f, sel[j]])
+            a = 0.0 if a != a else a  # (np.nan_to_num: the stored profiles hold no infinities)
+            b = 0.0 if b != b else b
+            e = a - b
+            tot += a * wq[j]
+            spots += (e if e > 0.0 else 0.0) * wq[j]
+        out[f] = spots / tot if tot > 0 else np.nan
 
 def spots_from_frames(frames: np.ndarray, centres_yx: np.ndarray, mask: np.ndarray, geom, disk_radius_q: float,
                       z_min: float = SPOT_Z_MIN, max_spots: int = MAX_SPOTS) -> tuple[np.ndarray, np.ndarray]:
