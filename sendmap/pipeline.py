@@ -66,8 +66,10 @@ STAGES: tuple[Stage, ...] = (
     # marks the peak bragg_disk_in_fit_range (science.boundaries.grain_disk_beside_grain), and a grain-like position
     # with an SRO peak whose reflections carry < ½ of the same reflections' interior intensity is not crystal
     # (classify.definitions.grain_majority_size 7 by default; science.boundaries.same_reflection_share)
+    # revision 14 (session 20): the LiF bands' significance leaves out the flank of a listed spot of another phase
+    # centred beside them (Li (110), Cu (200)): science.classify.band_spot_z
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          13),
+          14),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),
