@@ -68,8 +68,10 @@ STAGES: tuple[Stage, ...] = (
     # (classify.definitions.grain_majority_size 7 by default; science.boundaries.same_reflection_share)
     # revision 14 (session 20, calibration): the class spreads measured on the rules' classes are corrected for the
     # rules' Q cuts (science.probability.untruncated_spread), the posterior temperature 1.75 → 1.25
+    # revision 15 (session 20): the LiF bands' significance leaves out the flank of a listed spot of another phase
+    # centred beside them (Li (110), Cu (200)): science.classify.band_spot_z
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          14),
+          15),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

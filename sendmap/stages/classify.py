@@ -9,7 +9,7 @@ import numpy as np
 from .. import CLASS_NAMES
 from ..engine.context import Context
 from ..engine.store import write_array
-from ..science.classify import band_max
+from ..science.classify import band_max, band_spot_z, in_bands
 from .crystalline import crystal_spot_threshold, lif_spot_thresholds
 from .dose import measured_counts
 from .profiles import BRAGG_ATTRS
@@ -255,7 +255,17 @@ def stage_classify(ctx: Context) -> None:
     calib = dict(g.attrs.get("calibration", {}))
     r_q = float(calib.get("disk_radius_px", 0.0)) * float(calib.get("q_pixel_size", 0.0)) or float(q[1] - q[0]) * 6
     crystal_z = band_max(spot_z, q, d.crystal_bands)
+    lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     lif_z = band_max(spot_z, q, d.lif_bands)
+    if "spots/values" in g and "spots/position" in g:  # a band raised by a spot centred beside it: chance level
+        from ..science.indexing import SPOT_Z_MIN, index_library
+
+        lib = index_library()  # LiF's rings and the grains' (Li, Cu): a spot nearest a grain's ring is the grain's
+        rings = np.isin(lib.ring_phase, [lib.phase_ids.index(p) for p in ("lif", "li", "cu")])
+        lif_z = band_spot_z(spot_z, q, d.lif_bands, np.asarray(g["spots/position"]),
+                            np.asarray(g["spots/values"][:, 0]), r_q, lib.ring_q[rings],
+                            ((lib.ring_phase == lib.phase_ids.index("lif")) | in_bands(lib.ring_q, d.lif_bands))[rings],
+                            float(g["spots/values"].attrs.get("z_min", SPOT_Z_MIN)), lif_noise)
     q_hi = float(q[-1])
     if "features/bragg_fraction" in g:  # the profile stage's (stores of sendmap ≤ 0.1 session 4: computed here)
         bragg = np.asarray(g["features/bragg_fraction"])
@@ -285,7 +295,6 @@ def stage_classify(ctx: Context) -> None:
         like = like & ~minority
     crystal_like = crystal_positions(crystal_z, crystal_thr, bragg, d.crystal_bragg_fraction, neighbours,
                                      d.crystal_min_neighbours, like=like)
-    lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     vote = spot_vote(lif_z, crystal_like, lif_noise, lif_sure, d.lif_neighbourhood)
     # the LiF evidence of a layer against the scan's own chance level (speckle); positions whose spots index as a
     # grain (or ambiguously) are left out of the means like crystals: a grain's spots near LiF's rings (Li (211)
