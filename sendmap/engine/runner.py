@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config
-from ..report.build import EARLY_FIGURE_STAGE, FIGURE_HELPER_STAGES, send_early_figures, start_figure_helpers
+from ..report.build import (EARLY_FIGURE_STAGE, FIGURE_HELPER_STAGES, REPORT_FIGURE_STAGE, send_early_figures,
+                             send_report_figures, start_figure_helpers)
 from ..stages.settings import scan_step_nm
 from .context import Context, python_warnings_recorded
 from .failures import _is_output_error, failure_text, mark_failed, output_error
@@ -168,6 +169,12 @@ def _run_stages(ctx: Context, stages, keys: dict, done: dict, force: bool, until
         if st.name == EARLY_FIGURE_STAGE and ctx.figure_helpers is not None and until in (None, stages[-1].name):
             # the figures of classify's maps alone are drawn while statistics and the tables run
             send_early_figures(group, out_dir, tuple(cfg.output.formats), ctx.figure_helpers, reuse=not force)
+        if st.name == REPORT_FIGURE_STAGE and ctx.figure_helpers is not None and until in (None, stages[-1].name):
+            # every figure's inputs are final: the report's figures are drawn while its tables are written
+            try:
+                send_report_figures(group, out_dir, cfg, ctx.figure_helpers, reuse=not force)
+            except Exception:  # noqa: BLE001 - the report stage reads the same inputs and reports the error there
+                pass
         if st.name == until:
             break
     summary = build_summary(group, timing, reused)
