@@ -354,6 +354,10 @@ def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_p
     assert (tmp_path / "six" / "figures" / build.FIGURE_MANIFEST).read_text() == manifest
     unused = FigureHelpers(2, warm=False)  # drawn already, with the same inputs: nothing sent
     assert build.send_report_figures(g, tmp_path / "six", cfg, unused) == [] and unused.report is None
+    helpers = FigureHelpers(2)  # sent for other settings than the report's: drawn again by the report, all of them
+    assert len(build.send_report_figures(g, tmp_path / "seven", cfg, helpers)) == 6
+    seven = write_figures(g, tmp_path / "seven", 2, helpers=helpers)
+    assert sorted(p.name for p in seven) == sorted(p.name for p in one) and not helpers._sent
     assert build.send_early_figures(g, tmp_path / "first", ("png", "pdf"), unused) == [] and not unused.early
     unused.close()
     # a figure that fails in a drawer (on Linux: a child forked from the helper) comes back as the helper's error

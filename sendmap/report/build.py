@@ -5,6 +5,7 @@ classify stage's maps); the plotting itself is in :mod:`sendmap.report.figures`.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -113,6 +114,10 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
         names, digests, redo = sent["names"], sent["digests"], sent["redo"]
         drawn = collect_figures(helpers, sent["specs"], fdir, tuple(formats), meanwhile)
     else:
+        if sent is not None:  # sent for other settings (not the pipeline's case): their files are drawn again here
+            helpers.report = None
+            with contextlib.suppress(Exception):
+                helpers.collect()
         specs, digests, redo, todo = _report_todo(group, fdir, n, tuple(formats), window, reuse, helpers)
         names = [spec[0] for spec in specs]
         drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
