@@ -337,7 +337,27 @@ def test_figures_drawn_with_a_helper_process_are_the_same_bytes(synth_run, tmp_p
         assert p.read_bytes() == (tmp_path / "first" / "figures" / p.name).read_bytes(), p.name
     manifest = (tmp_path / "one" / "figures" / build.FIGURE_MANIFEST).read_text()
     assert (tmp_path / "first" / "figures" / build.FIGURE_MANIFEST).read_text() == manifest
+    # the other figures sent when statistics ends (send_report_figures, as the pipeline does): the report then only
+    # collects them (one send), the same bytes and manifest
+    from types import SimpleNamespace as NS
+
+    cfg = NS(output=NS(figures=True, formats=["png", "pdf"]), profiles=NS(n=1), peaks=NS(window=None))
+    helpers, sent = FigureHelpers(2), []
+    real_send = helpers.send
+    helpers.send = lambda groups, *a: sent.append(sorted(s[0] for grp in groups for s in grp)) or real_send(groups, *a)
+    assert build.send_early_figures(g, tmp_path / "six", ("png", "pdf"), helpers) == ["peak_map", "class_map"]
+    assert len(build.send_report_figures(g, tmp_path / "six", cfg, helpers)) == 4 and len(sent) == 1
+    six = write_figures(g, tmp_path / "six", 1, helpers=helpers)
+    assert len(sent) == 1 and sorted(p.name for p in six) == sorted(p.name for p in one)
+    for p in one:
+        assert p.read_bytes() == (tmp_path / "six" / "figures" / p.name).read_bytes(), p.name
+    assert (tmp_path / "six" / "figures" / build.FIGURE_MANIFEST).read_text() == manifest
     unused = FigureHelpers(2, warm=False)  # drawn already, with the same inputs: nothing sent
+    assert build.send_report_figures(g, tmp_path / "six", cfg, unused) == [] and unused.report is None
+    helpers = FigureHelpers(2)  # sent for other settings than the report's: drawn again by the report, all of them
+    assert len(build.send_report_figures(g, tmp_path / "seven", cfg, helpers)) == 6
+    seven = write_figures(g, tmp_path / "seven", 2, helpers=helpers)
+    assert sorted(p.name for p in seven) == sorted(p.name for p in one) and not helpers._sent
     assert build.send_early_figures(g, tmp_path / "first", ("png", "pdf"), unused) == [] and not unused.early
     unused.close()
     # a figure that fails in a drawer (on Linux: a child forked from the helper) comes back as the helper's error

@@ -16,13 +16,10 @@ Results are delivered in item order whatever the scheduler, with a bounded numbe
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-from tqdm.auto import tqdm
 
 
 def _load_and_process(load: Callable, process: Callable, item: Any) -> Any:
@@ -75,6 +72,8 @@ def run_blocks(load: Callable, process: Callable, items: Sequence, compute, desc
     several threads at once (its kernels are serial and release the GIL), so with ``threads`` one block
     per core is in flight instead of one block plus a read-ahead.
     """
+    from tqdm.auto import tqdm  # (here: a re-run whose block stages are all kept imports neither it nor the pool's)
+
     items = list(items)
     results: list = [None] * len(items)
     show = bool(getattr(compute, "progress", True))
@@ -119,6 +118,9 @@ def run_blocks(load: Callable, process: Callable, items: Sequence, compute, desc
         elif scheduler == "processes":
             n = compute.n_workers or max(1, min(len(items), os.cpu_count() or 1))
             per = max(1, (os.cpu_count() or 1) // n)
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             # spawn, not fork: a forked child of a process whose numba thread pool is running can crash
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(per,)) as pool:

@@ -5,6 +5,7 @@ classify stage's maps); the plotting itself is in :mod:`sendmap.report.figures`.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -108,18 +109,59 @@ def write_figures(group, out_dir: Path, n: int, formats=("png", "pdf"), window=N
     (:func:`figures_to_draw`): after a classification change the virtual images stay as they are.
     """
     fdir = Path(out_dir) / "figures"
+    sent = getattr(helpers, "report", None)  # (send_report_figures: sent when statistics ended)
+    if sent is not None and sent["request"] == (n, tuple(formats), window, reuse):
+        names, digests, redo = sent["names"], sent["digests"], sent["redo"]
+        drawn = collect_figures(helpers, sent["specs"], fdir, tuple(formats), meanwhile)
+    else:
+        if sent is not None:  # sent for other settings (not the pipeline's case): their files are drawn again here
+            helpers.report = None
+            with contextlib.suppress(Exception):
+                helpers.collect()
+        specs, digests, redo, todo = _report_todo(group, fdir, n, tuple(formats), window, reuse, helpers)
+        names = [spec[0] for spec in specs]
+        drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
+    write_figure_manifest(fdir, digests)
+    kept = [fdir / f"{name}.{fmt}" for name in names if name not in redo for fmt in formats]
+    return drawn + kept
+
+
+def _report_todo(group, fdir: Path, n: int, formats: tuple, window, reuse: bool, helpers) -> tuple:
+    """(every figure's spec, {name: digest}, the names to redraw, the specs to draw now: those not sent early)
+    for :func:`write_figures`; writes the figure manifest without the figures to redraw."""
     specs = figure_specs(group, n, window)
-    todo, digests = figures_to_draw(specs, fdir, tuple(formats), reuse)
+    todo, digests = figures_to_draw(specs, fdir, formats, reuse)
     redo = {spec[0] for spec in todo}
     # first forget the figures about to be redrawn: a run killed while drawing must not leave a new file under
     # an old digest (which a later run with the old inputs would wrongly keep)
     write_figure_manifest(fdir, {k: v for k, v in digests.items() if k not in redo})
     early = getattr(helpers, "early", {})  # (send_early_figures: being drawn already)
-    todo = [spec for spec in todo if early.get(spec[0]) != digests[spec[0]]]
-    drawn = render_figures(todo, fdir, tuple(formats), processes=processes, helpers=helpers, meanwhile=meanwhile)
-    write_figure_manifest(fdir, digests)
-    kept = [fdir / f"{name}.{fmt}" for name, *_ in specs if name not in redo for fmt in formats]
-    return drawn + kept
+    return specs, digests, redo, [spec for spec in todo if early.get(spec[0]) != digests[spec[0]]]
+
+
+REPORT_FIGURE_STAGE = "statistics"
+"""The stage after which :func:`send_report_figures` is called: it writes the last inputs of every figure (the
+report stage itself writes only tables)."""
+
+
+def send_report_figures(group, out_dir: Path, cfg, helpers: "FigureHelpers | None", reuse: bool = True) -> list[str]:
+    """Send the report's figures that must be drawn to ``helpers`` as soon as :data:`REPORT_FIGURE_STAGE` has
+    written their inputs, so that they are drawn while the pipeline ends that stage and the report stage starts
+    and writes its tables: :func:`write_figures` (with the same ``helpers`` and settings) then only collects
+    them. Nothing is sent where the helpers were sent their figures or closed, or where nothing is to be drawn.
+    Returns the names of the figures sent (those of :func:`send_early_figures` not among them)."""
+    if helpers is None or not len(helpers) or not cfg.output.figures:
+        return []
+    fdir, formats = Path(out_dir) / "figures", tuple(cfg.output.formats)
+    n, window = cfg.profiles.n, cfg.peaks.window
+    specs, digests, redo, todo = _report_todo(group, fdir, n, formats, window, reuse, helpers)
+    if not todo and not helpers.early_specs:  # nothing to draw: the report draws nothing either
+        return []
+    theirs = _split_formats(todo, formats) if len(helpers) > 1 else todo
+    helpers.send(_share(theirs, len(helpers)), str(fdir), formats)
+    helpers.report = {"request": (n, formats, window, reuse), "names": [spec[0] for spec in specs],
+                      "digests": digests, "redo": redo, "specs": theirs}
+    return [spec[0] for spec in todo]
 
 
 FIGURE_MANIFEST = ".figures.json"
@@ -334,6 +376,8 @@ class FigureHelpers:
         """{name: digest} of the figures sent by :meth:`send_early` (drawn by the first helper)."""
         self.early_specs: list = []
         """Their specs (drawn by the caller where the helper fails)."""
+        self.report: dict | None = None
+        """What :func:`send_report_figures` sent (the request, figure names, digests, names to redraw, specs)."""
         self._writer = None  # the thread writing the first helper's figures after early ones (send)
         self.procs = [subprocess.Popen([sys.executable, "-c", _HELPER_CODE, "warm" if warm else "cold"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -513,8 +557,16 @@ def render_figures(specs, fdir: Path, formats: tuple, processes: int = 2, helper
     else:
         theirs = _split_formats(specs, formats) if len(helpers) > 1 else specs
     helpers.send(_share(theirs, len(helpers)), str(fdir), formats)
-    meanwhile()
-    drawn = _render(mine, str(fdir), formats)
+    return collect_figures(helpers, theirs, fdir, formats, meanwhile, mine)
+
+
+def collect_figures(helpers: "FigureHelpers", theirs, fdir: Path, formats: tuple, meanwhile=None,
+                    mine=()) -> list[Path]:
+    """After ``helpers`` were sent ``theirs`` (specs): call ``meanwhile()``, draw ``mine`` here, and collect the
+    helpers' files (those of :meth:`FigureHelpers.send_early` with them); if a helper failed, draw its figures
+    here (with a warning)."""
+    (meanwhile or (lambda: None))()
+    drawn = _render(list(mine), str(fdir), formats)
     try:
         drawn += [p for group in helpers.collect() for p in group]
     except Exception as exc:  # a helper failed: draw its figures here (and say so, once)
