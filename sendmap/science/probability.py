@@ -1,5 +1,9 @@
 """Class probabilities per position from its evidence, and a spatial prior that turns them into a class map.
 
+Size: the evidence terms, the Potts coupling's estimate and the class models (with the corrections for the rules'
+Q cuts) feed one posterior and are documented with the measurements that chose them; split, each part would need
+the others' docstrings.
+
 Evidence of a position (all from the earlier stages):
 
 * **crystalline** (the one rule, :func:`sendmap.science.classify.crystal_positions`): where it fires, a likelihood
@@ -68,6 +72,14 @@ distance from the electrolyte, the spatial prior carries the confidence, and the
 models are too narrow made it underconfident. Their narrowness is the rules' Q cuts: a class measured on the
 positions its rule keeps inside its Q range has the variance of a cut normal. :func:`untruncated_spread` undoes the
 cut (bounded by the published spread), which leaves a smaller temperature to fit (:data:`POSTERIOR_TEMPERATURE`).
+The cut acts on the measured peaks (intrinsic spread and error together), so it is undone on their spread and the
+error taken out after (:func:`untruncated_class_spread`, classify revision 16): undone on the deconvolved spread, a
+cut narrower than the peaks' errors had left the class at 0, and its recall with it (matrix seed 1031, 128² copy:
+SEI Type 2 0.46). Re-estimating the models by EM of a three-component deconvolved mixture over all amorphous peaks,
+started from the rules' classes, was tried again (means, spreads, weights; weights only; with a prior on the
+spreads): SEI Type 2 takes the electrolyte's positions (that copy: accuracy 0.864 → 0.56–0.78); a conjugate prior
+on each spread centred on the published one, worth 100–1000 positions, pulls narrow classes wide (mixed: the
+electrolyte 0.002 → 0.006–0.014 1/Å, SEI Type 1's class mean out of its target at 5 × 10³ e⁻). Neither is used.
 """
 from __future__ import annotations
 
@@ -324,8 +336,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     beta_iterations: with ``beta="auto"``, times β is re-estimated on the posterior's own class map and the posterior
     recomputed (Besag 1986; :data:`BETA_ITERATIONS`, None: that default; 0: β of the evidence-only map, as before
     session 15); class_ranges: {class: (lo, hi)} (1/Å), the Q range within which ``labels`` (the rules) keep each
-    amorphous class: the spread measured on those positions is corrected for that cut (:func:`untruncated_spread`;
-    None: as measured, before session 20).
+    amorphous class: the spread measured on those positions is corrected for that cut
+    (:func:`untruncated_class_spread`; None: as measured, before session 20).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``beta_history``
@@ -456,6 +468,32 @@ def untruncated_spread(mean: float, sigma: float, lo: float, hi: float, cap: flo
     return float(0.5 * (lo_s + hi_s))
 
 
+def untruncated_class_spread(mean: float, measured: float, err2: float, lo: float, hi: float, cap: float,
+                             deconvolved: float = 0.0) -> float:
+    """Intrinsic spread (1/Å) of a class whose positions were chosen by a Q cut [lo, hi] of their **measured** peaks
+    (the rules' range of the class): ``measured``, the standard deviation of those peaks (1/Å), is that of a cut
+    normal of variance s² + ``err2`` (intrinsic spread and the peaks' mean squared error, 1/Å², together: the cut
+    acts on both); :func:`untruncated_spread` undoes it (at most √(cap² + err2)) and the error is taken out again;
+    never below ``deconvolved`` (the spread deconvolved on the same positions: a cut only narrows), at most ``cap``
+    (the published spread; or ``deconvolved`` where larger). Undoing the cut on the deconvolved spread instead (session 20's first
+    form) left a class whose cut is narrower than its peaks' errors at 0: the measured variance inside the cut is
+    below the errors', so the deconvolution gives 0 and there is nothing left to correct (SEI Type 2 of a 128² copy
+    of matrix seed 1031 at 5 × 10³ e⁻: truth 0.020 1/Å, measured 0, Type 2 recall 0.46).
+
+    >>> s = untruncated_class_spread(0.295, 0.0081, 0.010 ** 2, 0.28, 0.31, 0.019)  # cut narrower than the errors
+    >>> 0.011 < s < 0.013   # N(0.295, 0.012) + errors 0.010, cut to ± 0.96 of their total 0.0156: measured 0.0081
+    True
+    >>> round(untruncated_class_spread(0.285, 0.0045, 0.004 ** 2, 0.26, 0.307, 0.019), 4)  # narrow: not cut
+    0.0021
+    >>> untruncated_class_spread(0.285, 0.0045, 0.004 ** 2, 0.26, 0.307, 0.019, deconvolved=0.0025)
+    0.0025
+    """
+    if not (err2 >= 0 and measured >= 0):
+        return float("nan")
+    total = untruncated_spread(mean, float(measured), lo, hi, float(np.sqrt(cap ** 2 + err2)))
+    return float(max(min(np.sqrt(max(total ** 2 - err2, 0.0)), cap), deconvolved))
+
+
 def _class_models(q: np.ndarray, s2: np.ndarray, lab: np.ndarray | None,
                   class_ranges: dict | None = None) -> tuple[dict, dict, np.ndarray]:
     """(models {class: (mean, intrinsic variance)}, source {class: "scan" | "published"}, counts + 1) of the
@@ -473,7 +511,8 @@ def _class_models(q: np.ndarray, s2: np.ndarray, lab: np.ndarray | None,
             one = fit_deconvolved_mixture(q[sel], np.sqrt(s2[sel]), 1, errors=False)
             mean, sd = float(one["mean"][0]), float(one["sigma"][0])
             if class_ranges and name in class_ranges:
-                sd = untruncated_spread(mean, sd, *class_ranges[name], PUBLISHED_CLASS_Q[name][1])
+                sd = untruncated_class_spread(mean, float(np.std(q[sel])), float(np.mean(s2[sel])),
+                                              *class_ranges[name], PUBLISHED_CLASS_Q[name][1], deconvolved=sd)
             models[name] = (mean, max(sd ** 2, 1e-10))
             source[name] = "scan"
     return models, source, counts
