@@ -484,6 +484,12 @@ class ClassifyConfig(_Section):
         "where classes overlap. 10: method probabilistic more accurate (matrix seeds: 21 of 32 cells meet every "
         "target against 20) but the probabilities overconfident (pooled tenths 0.149 / 0.117 against 0.098 / 0.041 at "
         "2e4 / 5e3 e-; check seeds 850-875: 0.281 against 0.085 at 2e4)")
+    spread_cut_on_measured: bool = Field(
+        False, description="class probabilities: undo the rules' Q cut of each amorphous class on its measured peaks' "
+        "spread (intrinsic + error), then take the error out (sendmap.science.probability.untruncated_class_spread), "
+        "instead of on the deconvolved spread, which a cut narrower than the errors leaves at 0. Off by default: on the "
+        "matrix seeds 24 of 32 cells pass against 22, but the pooled calibration at 5e3 e- goes 0.047 -> 0.076 "
+        "(target 0.07; README, class probabilities, session 20)")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

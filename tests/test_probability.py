@@ -190,7 +190,9 @@ def test_class_spread_recovered_where_the_rules_cut_narrower_than_the_peak_error
         assert 0.6 < (lab == E2).mean() < 0.7
         args = (q, np.full(shape, 0.010), np.zeros(shape, bool), np.zeros(shape))
         plain = class_probabilities(*args, labels=lab, beta=0.0)["class_models"]["sei_type2"]
-        cut = class_probabilities(*args, labels=lab, beta=0.0, class_ranges={"sei_type2": (0.28, 0.31)})
-        assert plain["intrinsic_sigma"] < 0.001  # the collapse
+        ranges = {"sei_type2": (0.28, 0.31)}
+        old = class_probabilities(*args, labels=lab, beta=0.0, class_ranges=ranges)["class_models"]["sei_type2"]
+        cut = class_probabilities(*args, labels=lab, beta=0.0, class_ranges=ranges, cut_on_measured=True)
+        assert plain["intrinsic_sigma"] < 0.001 and old["intrinsic_sigma"] < 0.001  # the collapse
         got.append(cut["class_models"]["sei_type2"]["intrinsic_sigma"])
     assert abs(np.mean(got) - 0.012) < 0.0015 and min(got) > 0.009

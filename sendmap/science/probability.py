@@ -72,10 +72,11 @@ distance from the electrolyte, the spatial prior carries the confidence, and the
 models are too narrow made it underconfident. Their narrowness is the rules' Q cuts: a class measured on the
 positions its rule keeps inside its Q range has the variance of a cut normal. :func:`untruncated_spread` undoes the
 cut (bounded by the published spread), which leaves a smaller temperature to fit (:data:`POSTERIOR_TEMPERATURE`).
-The cut acts on the measured peaks (intrinsic spread and error together), so it is undone on their spread and the
-error taken out after (:func:`untruncated_class_spread`, classify revision 16): undone on the deconvolved spread, a
-cut narrower than the peaks' errors had left the class at 0, and its recall with it (matrix seed 1031, 128² copy:
-SEI Type 2 0.46). Re-estimating the models by EM of a three-component deconvolved mixture over all amorphous peaks,
+The cut acts on the measured peaks (intrinsic spread and error together): undone on the deconvolved spread, a cut
+narrower than the peaks' errors leaves the class at 0, and its recall with it (matrix seed 1031, 128² copy: SEI
+Type 2 0.46). :func:`untruncated_class_spread` undoes it on the measured peaks' spread and takes the error out after
+(``classify.spread_cut_on_measured``, off by default: on the matrix seeds it passes 24 cells against 22, but the
+pooled tenths at 5 × 10³ e⁻ go 0.047 → 0.076, beyond ±0.07; README, session 20). Re-estimating the models by EM of a three-component deconvolved mixture over all amorphous peaks,
 started from the rules' classes, was tried again (means, spreads, weights; weights only; with a prior on the
 spreads): SEI Type 2 takes the electrolyte's positions (that copy: accuracy 0.864 → 0.56–0.78); a conjugate prior
 on each spread centred on the published one, worth 100–1000 positions, pulls narrow classes wide (mixed: the
@@ -312,7 +313,7 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
                         crystal_false_alarm: float | None = CRYSTAL_FALSE_ALARM_RATE,
                         temperature: float = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None,
                         model_iterations: int = 0, beta_iterations: int | None = None,
-                        class_ranges: dict | None = None) -> dict:
+                        class_ranges: dict | None = None, cut_on_measured: bool = False) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
 
     peak_q, peak_err: (Ry, Rx) SRO peak (1/Å) and its 1-σ error (NaN: no peak); crystal: (Ry, Rx) bool, the
@@ -337,7 +338,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     recomputed (Besag 1986; :data:`BETA_ITERATIONS`, None: that default; 0: β of the evidence-only map, as before
     session 15); class_ranges: {class: (lo, hi)} (1/Å), the Q range within which ``labels`` (the rules) keep each
     amorphous class: the spread measured on those positions is corrected for that cut
-    (:func:`untruncated_class_spread`; None: as measured, before session 20).
+    (:func:`untruncated_spread` on the deconvolved spread; with ``cut_on_measured`` on the measured peaks' spread,
+    :func:`untruncated_class_spread`, off by default: see the module docstring; None: as measured, before session 20).
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``beta_history``
@@ -370,7 +372,7 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     lab = np.asarray(labels)[amorph] if labels is not None else None
     history, beta_in, done = [], beta, 0
     for it in range(max(0, int(model_iterations)) + 1):
-        models, source, counts = _class_models(q, s2, lab, class_ranges if it == 0 else None)
+        models, source, counts = _class_models(q, s2, lab, class_ranges if it == 0 else None, cut_on_measured)
         log_w = np.log(counts / counts.sum())
         history.append({name: {"mean": float(models[name][0]), "intrinsic_sigma": float(np.sqrt(models[name][1])),
                                "source": source[name], "weight": float(np.exp(log_w[j]))}
@@ -495,7 +497,7 @@ def untruncated_class_spread(mean: float, measured: float, err2: float, lo: floa
 
 
 def _class_models(q: np.ndarray, s2: np.ndarray, lab: np.ndarray | None,
-                  class_ranges: dict | None = None) -> tuple[dict, dict, np.ndarray]:
+                  class_ranges: dict | None = None, cut_on_measured: bool = False) -> tuple[dict, dict, np.ndarray]:
     """(models {class: (mean, intrinsic variance)}, source {class: "scan" | "published"}, counts + 1) of the
     amorphous classes, each measured (deconvolved, one Gaussian) on the positions ``lab`` (class indices, one per
     peak ``q`` with variance ``s2``) gives it where it has ≥ :data:`MIN_CLASS_WEIGHT`, else published."""
@@ -510,9 +512,11 @@ def _class_models(q: np.ndarray, s2: np.ndarray, lab: np.ndarray | None,
         if sel.sum() >= MIN_CLASS_WEIGHT:
             one = fit_deconvolved_mixture(q[sel], np.sqrt(s2[sel]), 1, errors=False)
             mean, sd = float(one["mean"][0]), float(one["sigma"][0])
-            if class_ranges and name in class_ranges:
+            if class_ranges and name in class_ranges and cut_on_measured:
                 sd = untruncated_class_spread(mean, float(np.std(q[sel])), float(np.mean(s2[sel])),
                                               *class_ranges[name], PUBLISHED_CLASS_Q[name][1], deconvolved=sd)
+            elif class_ranges and name in class_ranges:
+                sd = untruncated_spread(mean, sd, *class_ranges[name], PUBLISHED_CLASS_Q[name][1])
             models[name] = (mean, max(sd ** 2, 1e-10))
             source[name] = "scan"
     return models, source, counts

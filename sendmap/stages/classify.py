@@ -356,6 +356,7 @@ def stage_classify(ctx: Context) -> None:
                                lif_layer=(np.nan_to_num(layer, nan=-np.inf) >= d.lif_layer_z_min)
                                if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None,
                                model_iterations=cfg.classify.model_iterations,
+                               cut_on_measured=cfg.classify.spread_cut_on_measured,
                                beta_iterations=cfg.classify.beta_iterations,
                                class_ranges={"sei_type1": d.sei_type1_range, "sei_type2": d.sei_type2_range,
                                              "electrolyte": (d.electrolyte_range[0], d.electrolyte_max_q)})
