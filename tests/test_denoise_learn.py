@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sendmap.science.peaks import lowrank_denoise, neighbourhood_mean
+from sendmap.science.denoise_residual import neighbourhood_mean
+from sendmap.science.peaks import lowrank_denoise
 
 
 def _scan(seed=3, ry=32, rx=32):

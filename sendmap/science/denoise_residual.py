@@ -54,6 +54,27 @@ def neighbour_residual_mean(residual: np.ndarray, valid: np.ndarray, k: int) -> 
         return np.where(count > 0.5, total / np.where(count > 0.5, count, 1.0), 0.0)
 
 
+def neighbourhood_mean(profiles: np.ndarray, rows: np.ndarray, scan_shape: tuple[int, int], k: int) -> np.ndarray:
+    """Mean of ``profiles`` (N, nq; any units, returned in the same) over the ``rows`` (N,) bool of each position's
+    k × k scan neighbourhood (odd k, the position itself included; non-finite bins left out; the position's own
+    profile where no row is there), for learning denoising components (:func:`sendmap.science.peaks.lowrank_denoise`'s
+    ``learn``; ``peaks.denoise_learn_pool``). :func:`neighbour_residual_mean` is the same box mean without the position.
+
+    >>> import numpy as np
+    >>> m = neighbourhood_mean(np.arange(9.0)[:, None], np.ones(9, bool), (3, 3), 3)
+    >>> float(m[4, 0]), float(m[0, 0])
+    (4.0, 2.0)
+    """
+    ry, rx = scan_shape
+    nq = profiles.shape[1]
+    valid = np.isfinite(profiles) & np.asarray(rows, bool)[:, None]
+    v = np.where(valid, profiles, 0.0).reshape(ry, rx, nq)
+    tot, cnt = _box_sum(v, int(k)), _box_sum(valid.reshape(ry, rx, nq).astype(float), int(k))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(cnt > 0.5, tot / np.where(cnt > 0.5, cnt, 1.0), profiles.reshape(ry, rx, nq))
+    return out.reshape(-1, nq)
+
+
 def residual_added(raw: np.ndarray, denoised: np.ndarray, rows: np.ndarray, spot_bins: np.ndarray | None,
                    scan_shape: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The denoised profiles (N, nq) of the ``rows`` (N,) bool plus the mean residual (``raw`` − ``denoised``) of the

@@ -1240,7 +1240,7 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
     approximation for the rows with excluded bins, whose spot bins carry their large azimuthal errors into it).
 
     ``learn`` (N, nq), same units as ``profiles`` (PCA, without ``exclude``): the profiles whose ``fit_rows`` define
-    the mean and the components, e.g. each position's k × k neighbourhood mean (:func:`neighbourhood_mean`), while
+    the mean and the components, e.g. each position's k × k neighbourhood mean (:func:`sendmap.science.denoise_residual.neighbourhood_mean`), while
     every row of ``profiles`` is projected (the operator is the same projection; each denoised profile still
     depends on its own measurement only). The number of components is as without it (``n_components`` or the edge
     of ``profiles``' own singular values).
@@ -1352,33 +1352,6 @@ def lowrank_denoise(profiles: np.ndarray, sem: np.ndarray, fit_rows: np.ndarray,
             "singular_values": [float(v) for v in sv[:min(12, sv.size)]], "q_range": [int(cols[0]), int(cols[-1])],
             "fit_rows": int(fit_rows.sum())}
     return out, op, info
-
-
-def neighbourhood_mean(profiles: np.ndarray, rows: np.ndarray, scan_shape: tuple[int, int], k: int) -> np.ndarray:
-    """Mean of ``profiles`` (N, nq; any units, returned in the same) over the ``rows`` (N,) bool of each position's
-    k × k scan neighbourhood (odd k, the position itself included; non-finite bins left out; the position's own
-    profile where no row is there), for learning denoising components (:func:`lowrank_denoise`'s ``learn``).
-
-    >>> import numpy as np
-    >>> m = neighbourhood_mean(np.arange(9.0)[:, None], np.ones(9, bool), (3, 3), 3)
-    >>> float(m[4, 0]), float(m[0, 0])
-    (4.0, 2.0)
-    """
-    ry, rx = scan_shape
-    nq = profiles.shape[1]
-    valid = np.isfinite(profiles) & np.asarray(rows, bool)[:, None]
-    v = np.where(valid, profiles, 0.0).reshape(ry, rx, nq)
-    h = int(k) // 2
-    pad = [(h + 1, h), (h + 1, h), (0, 0)]
-
-    def box(a):
-        c = np.cumsum(np.cumsum(np.pad(a, pad), axis=0), axis=1)
-        return c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]
-
-    tot, cnt = box(v), box(valid.reshape(ry, rx, nq).astype(float))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(cnt > 0.5, tot / np.where(cnt > 0.5, cnt, 1.0), profiles.reshape(ry, rx, nq))
-    return out.reshape(-1, nq)
 
 
 GAPPY_ITERATIONS = 3

@@ -238,9 +238,9 @@ def stage_peaks(ctx: Context) -> None:
     """
 
     from ..engine.execute import local_map
-    from ..science.denoise_residual import residual_added, residual_pool_error
+    from ..science.denoise_residual import neighbourhood_mean, residual_added, residual_pool_error
     from ..science.peaks import (FLAT_TOP_Z, PEAK_STATUS, bin_similar_neighbours, fit_peaks, fit_peaks_reported,
-                                fit_second_peak, gap_filled_sem, lowrank_denoise, neighbourhood_mean,
+                                fit_second_peak, gap_filled_sem, lowrank_denoise,
                                 resolve_auto_fit_range, status_attrs, status_code, window_feedback)
 
     cfg, g = ctx.cfg, ctx.group
