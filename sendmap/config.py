@@ -490,9 +490,26 @@ class ClassifyConfig(_Section):
         "instead of on the deconvolved spread, which a cut narrower than the errors leaves at 0. Off by default: on the "
         "matrix seeds 24 of 32 cells pass against 22, but the pooled calibration at 5e3 e- goes 0.047 -> 0.076 "
         "(target 0.07; README, class probabilities, session 20)")
+    temperature: float | Literal["auto"] = Field(
+        1.25, description="class probabilities: posterior temperature, p_k ∝ p_k^(1/T) (it changes no position's "
+        "most probable class). 1.25 (default): sendmap.science.probability.POSTERIOR_TEMPERATURE, chosen on the "
+        "scenario matrix's development cells 1600-1621 and 1818-1825 as the only value on a 1-1.4 grid whose pooled "
+        "tenths met +-0.07 at both doses (session 20). auto: 1 + rho, rho the correlation of neighbouring positions' "
+        "standardised peak residuals within a class (the design effect of the Potts prior's pairs of neighbours; "
+        "science.probability.residual_correlation_temperature): 1 where departures are independent (speckle), "
+        "1.3-1.5 where a class's spread varies smoothly across its layer. Meant with spread_cut_on_measured: "
+        "together 25 of 32 matrix cells pass and the pooled tenths are within 0.065 / 0.041 (5e3 / 2e4 e-), but SEI "
+        "Type 1 recall falls by 0.05 on two cells (README, class probabilities, session 21)")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        if not isinstance(v, str) and not v > 0:
+            raise ValueError(f"classify.temperature must be > 0 or 'auto', got {v}")
+        return v
 
 
 class StatisticsConfig(_Section):

@@ -81,6 +81,15 @@ started from the rules' classes, was tried again (means, spreads, weights; weigh
 spreads): SEI Type 2 takes the electrolyte's positions (that copy: accuracy 0.864 → 0.56–0.78); a conjugate prior
 on each spread centred on the published one, worth 100–1000 positions, pulls narrow classes wide (mixed: the
 electrolyte 0.002 → 0.006–0.014 1/Å, SEI Type 1's class mean out of its target at 5 × 10³ e⁻). Neither is used.
+
+**Session 21** (``classify.temperature: auto``, off by default): with class models of the right width the remaining
+overconfidence is the spatial prior's: neighbours' peaks depart from their class mean together where a class's
+spread varies smoothly across its layer, and the Potts prior's pairs count that shared departure twice.
+:func:`residual_correlation_temperature` sets T = 1 + ρ from the neighbours' residual correlation ρ measured on the
+scan (:func:`neighbour_residual_correlation`): ≈ 1 under strong speckle (ρ ≤ 0.06), 1.18–1.38 on the published
+spreads. With ``spread_cut_on_measured`` it passes 25 of the 32 matrix cells with the pooled tenths within ±0.07
+at both doses, but the wider electrolyte still takes SEI Type 1's mixed edge positions, whose peak does not tell
+the two layers apart (Type 1 recall −0.05 on two cells); README, session 21.
 """
 from __future__ import annotations
 
@@ -286,6 +295,61 @@ def potts_beta_pseudolikelihood(labels: np.ndarray, valid: np.ndarray, n_classes
     return float(betas[int(np.argmax(pl))])
 
 
+def neighbour_residual_correlation(peak_q: np.ndarray, peak_err: np.ndarray, labels: np.ndarray,
+                                   models: dict) -> float:
+    """Correlation of the standardised SRO peak residuals, (q − μ_k)/√(s_k² + σ²), of side-neighbour pairs of
+    positions that ``labels`` give the same amorphous class k (``models``: {class: (mean, intrinsic variance)}, 1/Å
+    and 1/Å²; NaN peaks and other classes left out); 0 with fewer than 20 pairs.
+
+    The evidence of neighbouring positions is independent given their classes only if what makes a peak depart
+    from its class mean is independent from position to position (the peak's own error, position-to-position
+    scatter). A class spread that varies smoothly across a layer (the published histograms' spread is partly that:
+    SCIENCE.md; ``sendmap synth --class-spread published`` draws half of it so) makes neighbours depart together,
+    and a Potts prior over pairs of neighbours then counts their shared departure twice.
+
+    >>> rng = np.random.default_rng(1); lab = np.full((40, 40), 3)
+    >>> q = 0.285 + 0.01 * rng.standard_normal((40, 40)); e = np.full((40, 40), 0.01)
+    >>> abs(neighbour_residual_correlation(q, e, lab, {"electrolyte": (0.285, 0.0)})) < 0.06   # independent
+    True
+    >>> smooth = np.kron(0.01 * rng.standard_normal((4, 4)), np.ones((10, 10)))   # shared by 10 x 10 patches
+    >>> rho = neighbour_residual_correlation(q + smooth, e, lab, {"electrolyte": (0.285, 0.01 ** 2)})
+    >>> 0.3 < rho < 0.6     # half the variance shared, by 90 % of the pairs: 0.45 expected
+    True
+    """
+    q = np.asarray(peak_q, dtype=np.float64)
+    err = np.asarray(peak_err, dtype=np.float64)
+    labels = np.asarray(labels)
+    r = np.full(q.shape, np.nan)
+    for k, name in enumerate(PROB_CLASSES):
+        if name in models:
+            m = (labels == k) & np.isfinite(q) & np.isfinite(err)
+            mu, var = models[name]
+            r[m] = (q[m] - mu) / np.sqrt(var + err[m] ** 2)
+    a = np.concatenate([r[:, :-1].ravel(), r[:-1, :].ravel()])
+    b = np.concatenate([r[:, 1:].ravel(), r[1:, :].ravel()])
+    same = np.concatenate([(labels[:, :-1] == labels[:, 1:]).ravel(), (labels[:-1, :] == labels[1:, :]).ravel()])
+    ok = np.isfinite(a) & np.isfinite(b) & same
+    if ok.sum() < 20:
+        return 0.0
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(np.sum(a * b) / den) if den > 0 else 0.0
+
+
+def residual_correlation_temperature(rho: float) -> float:
+    """Posterior temperature T = 1 + max(ρ, 0) from the neighbours' residual correlation ρ
+    (:func:`neighbour_residual_correlation`; ``classify.temperature: auto``). The Potts prior's cliques are pairs of
+    neighbours, and the mean field adds their evidence as if independent; two equally correlated Gaussian residuals
+    carry the information of 2 / (1 + ρ) independent ones (the design effect of a cluster of two, Kish 1965,
+    Survey Sampling, 1 + (m − 1)ρ with m = 2), so the log-posterior is divided by 1 + ρ. Independent departures
+    (the peak's own error dominating: speckle M = 3) keep T ≈ 1, which is what those scans want (README, session 20).
+
+    >>> residual_correlation_temperature(0.0), residual_correlation_temperature(0.4), residual_correlation_temperature(-0.1)
+    (1.0, 1.4, 1.0)
+    """
+    return 1.0 + max(float(rho), 0.0) if np.isfinite(rho) else 1.0
+
+
 def evidence_support(own: np.ndarray) -> np.ndarray:
     """(Ry, Rx) bool: positions at least half of whose scan neighbours (of the 8; fewer at edges) carry evidence of
     their own (``own``: crystalline, an SRO peak, or spots indexed as LiF crystallites). A position without an SRO
@@ -311,7 +375,7 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
                         beta: float | str = "auto", lif_no_peak: np.ndarray | None = None,
                         no_peak: np.ndarray | None = None,
                         crystal_false_alarm: float | None = CRYSTAL_FALSE_ALARM_RATE,
-                        temperature: float = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None,
+                        temperature: float | str = POSTERIOR_TEMPERATURE, lif_layer: np.ndarray | None = None,
                         model_iterations: int = 0, beta_iterations: int | None = None,
                         class_ranges: dict | None = None, cut_on_measured: bool = False) -> dict:
     """Per-position class probabilities (:data:`PROB_CLASSES` order) with the spatial prior; see the module docstring.
@@ -330,7 +394,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
     positions all have a peak still gets a small one), and the spatial prior decides, where at least half of the
     position's neighbours carry evidence of their own (:func:`evidence_support`; elsewhere, and with None, such
     positions stay NaN); crystal_false_alarm: the crystal rule's false-alarm rate (module docstring; None: the rule is certain,
-    as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none); lif_layer:
+    as before session 13); temperature: of the posterior (:data:`POSTERIOR_TEMPERATURE`; 1: none; "auto": from the
+    neighbours' residual correlation on ``labels``, :func:`residual_correlation_temperature`); lif_layer:
     (Ry, Rx) bool, the LiF layer evidence (:func:`lif_layer_llr`; None: not used); model_iterations: times the
     amorphous class models (mean, spread, weight) are re-measured on the posterior's own most probable classes and
     the posterior recomputed (:data:`MODEL_ITERATIONS`; 0: the models of ``labels`` only, as before session 15);
@@ -343,7 +408,8 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
 
     Returns ``probability`` (Ry, Rx, 4), NaN where a position is neither crystalline nor has a peak;
     ``evidence_probability`` (the same without the spatial prior and the temperature); ``beta``; ``beta_history``
-    (the estimates in turn, first that of the evidence-only map; [] for a given β); ``temperature``;
+    (the estimates in turn, first that of the evidence-only map; [] for a given β); ``temperature`` (the one used);
+    ``residual_correlation`` (ρ behind ``temperature="auto"``, else None);
     ``class_models``: per amorphous class the mean and intrinsic spread (1/Å) used, their ``source`` ("scan" or
     "published") and the class weights; ``model_history``: the same for every pass (first: measured on ``labels``);
     ``model_iterations``: the re-measurements done (fewer than asked where the class map stopped changing).
@@ -410,10 +476,16 @@ def class_probabilities(peak_q: np.ndarray, peak_err: np.ndarray, crystal: np.nd
         if lab is not None and np.array_equal(new_lab, lab):
             break
         lab, done = new_lab, done + 1
+    rho = None
+    if temperature == "auto":  # the design effect of a pair of neighbours (residual_correlation_temperature)
+        rho = (neighbour_residual_correlation(np.where(amorph, peak_q, np.nan), err, np.asarray(labels), models)
+               if labels is not None else 0.0)
+        temperature = residual_correlation_temperature(rho)
     prob = temper(post, temperature)
     return {"probability": prob, "evidence_probability": evidence, "beta": float(beta), "beta_history": beta_history,
             "lif_hit_rate": h,
-            "temperature": float(temperature), "class_models": history[-1], "model_history": history,
+            "temperature": float(temperature), "residual_correlation": rho, "class_models": history[-1],
+            "model_history": history,
             "model_iterations": done}
 
 

@@ -357,6 +357,7 @@ def stage_classify(ctx: Context) -> None:
                                if d.lif_layer_z_min > 0 and cfg.classify.lif_layer_evidence else None,
                                model_iterations=cfg.classify.model_iterations,
                                cut_on_measured=cfg.classify.spread_cut_on_measured,
+                               temperature=cfg.classify.temperature,
                                beta_iterations=cfg.classify.beta_iterations,
                                class_ranges={"sei_type1": d.sei_type1_range, "sei_type2": d.sei_type2_range,
                                              "electrolyte": (d.electrolyte_range[0], d.electrolyte_max_q)})
@@ -389,6 +390,7 @@ def stage_classify(ctx: Context) -> None:
     write_array(g, "maps/class_probability", p.astype(np.float32),
                 {"class_index_names": list(PROB_CLASSES), "beta": prob["beta"], "lif_hit_rate": prob["lif_hit_rate"],
                  "class_models": prob["class_models"], "temperature": prob["temperature"],
+                 "residual_correlation": prob["residual_correlation"],
                  "model_iterations": prob["model_iterations"], "model_history": prob["model_history"],
                  "beta_history": prob["beta_history"],
                  "crystal_false_alarm_rate": CRYSTAL_FALSE_ALARM_RATE,
