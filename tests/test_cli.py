@@ -115,3 +115,29 @@ def test_overrides_and_relative_paths(tmp_path):
     assert cfg.input_path() == (tmp_path / "d.npy").resolve()
     with pytest.raises(ConfigError, match="did you mean 'profiles.n'"):
         load_config(tmp_path / "c.yaml", ["profiles.nn=2"])
+
+
+def test_end_process_flushes_runs_atexit_and_keeps_the_status(tmp_path):
+    """The command ends without the interpreter's teardown (cli.end_process): what it printed (more than a pipe
+    holds), the atexit handlers and the exit status all come out as with a normal exit; a non-daemon thread still
+    running is waited for."""
+    code = ("import atexit, sys; from sendmap.cli import end_process; "
+            "atexit.register(lambda: print('atexit ran')); sys.stdout.write('x' * 200000); "
+            "print('to stderr', file=sys.stderr); end_process(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 3 and r.stdout == "x" * 200000 + "atexit ran\n" and r.stderr == "to stderr\n"
+    flag = tmp_path / "thread_done"
+    code = ("import threading, time; from pathlib import Path; from sendmap.cli import end_process; "
+            f"threading.Thread(target=lambda: (time.sleep(0.3), Path({str(flag)!r}).write_text('1'))).start(); "
+            "end_process(0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and flag.read_text() == "1"
+
+
+def test_command_exit_status_through_end_process(tmp_path):
+    """``python -m sendmap.cli`` returns main()'s exit status (2 for a bad config) and its message."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("input: {path: d.npy}\npeaks: {windw: [0.2, 0.4]}\n")
+    r = subprocess.run([sys.executable, "-m", "sendmap.cli", "run", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "did you mean 'peaks.window'" in r.stderr

@@ -258,13 +258,14 @@ def stage_classify(ctx: Context) -> None:
     lif_sure, lif_noise = lif_spot_thresholds(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     lif_z = band_max(spot_z, q, d.lif_bands)
     if "spots/values" in g and "spots/position" in g:  # a band raised by a spot centred beside it: chance level
-        from ..science.indexing import SPOT_Z_MIN, index_library
+        from ..science.indexing import INDEX_PHASES, SPOT_Z_MIN, index_rings
 
-        lib = index_library()  # LiF's rings and the grains' (Li, Cu): a spot nearest a grain's ring is the grain's
-        rings = np.isin(lib.ring_phase, [lib.phase_ids.index(p) for p in ("lif", "li", "cu")])
+        ring_q, ring_phase, _ = index_rings()  # (index_library's rings, without its interplanar angles)
+        # LiF's rings and the grains' (Li, Cu): a spot nearest a grain's ring is the grain's
+        rings = np.isin(ring_phase, [INDEX_PHASES.index(p) for p in ("lif", "li", "cu")])
         lif_z = band_spot_z(spot_z, q, d.lif_bands, np.asarray(g["spots/position"]),
-                            np.asarray(g["spots/values"][:, 0]), r_q, lib.ring_q[rings],
-                            ((lib.ring_phase == lib.phase_ids.index("lif")) | in_bands(lib.ring_q, d.lif_bands))[rings],
+                            np.asarray(g["spots/values"][:, 0]), r_q, ring_q[rings],
+                            ((ring_phase == INDEX_PHASES.index("lif")) | in_bands(ring_q, d.lif_bands))[rings],
                             float(g["spots/values"].attrs.get("z_min", SPOT_Z_MIN)), lif_noise)
     q_hi = float(q[-1])
     if "features/bragg_fraction" in g:  # the profile stage's (stores of sendmap ≤ 0.1 session 4: computed here)
