@@ -233,3 +233,37 @@ def test_histogram_figure_resolves_a_distribution_narrower_than_a_bin():
     bars = max(np.histogram(v, bins=np.arange(v.min() - bw, v.max() + 2 * bw, bw))[0])
     peaks = [line.get_ydata().max() for line in ax.get_lines() if len(line.get_ydata()) == 600]  # the curves
     assert len(peaks) == 2 and all(0.5 * bars < p < 2.0 * bars for p in peaks), (peaks, bars)
+
+
+def test_fit_peaks_with_the_callers_smoothed_profiles_is_the_same_fit():
+    """``fit_peaks(smoothed=...)`` (the re-centring's refits and the second peak pass the profiles they smoothed
+    already): the fit's numbers bit for bit, over blocks and re-centred, since the filter runs along each profile
+    on its own; and the smoothed profiles given are the ones used (a shifted copy moves the first estimates)."""
+    from sendmap.science.peak_kernels import highest_local_maximum
+    from sendmap.science.peaks import FIT_BLOCK, fit_peaks, fit_second_peak, smoothed_profiles
+
+    rng = np.random.default_rng(5)
+    q = (np.arange(80) + 0.5) * 0.0125
+    n = FIT_BLOCK + 300  # two blocks
+    centre = rng.uniform(0.27, 0.36, n)
+    prof = (np.exp(-0.5 * ((q[None, :] - centre[:, None]) / 0.045) ** 2) + 0.3
+            + 0.25 * np.exp(-0.5 * ((q[None, :] - 1.75 * centre[:, None]) / 0.06) ** 2))
+    sem = np.full_like(prof, 0.02)
+    prof = prof + sem * rng.normal(size=prof.shape)
+    prof[7, 30:33] = np.nan
+    sm = smoothed_profiles(prof, 3.0)
+    for kw in ({"recentre": True, "feedback": -0.2}, {"recentre": False}):
+        a = fit_peaks(q, prof, sem, (0.22, 0.42), 0.14, 3.0, 5, **kw)
+        b = fit_peaks(q, prof, sem, (0.22, 0.42), 0.14, 3.0, 5, smoothed=sm, **kw)
+        for key in a:
+            assert np.array_equal(a[key], b[key], equal_nan=True), key
+        shifted = fit_peaks(q, prof, sem, (0.22, 0.42), 0.14, 3.0, 5, smoothed=np.roll(sm, 4, axis=1), **kw)
+        assert not np.array_equal(a["q_peak"], shifted["q_peak"], equal_nan=True)
+    # the second peak (its first estimates' smoothing passed on to its fit): the fit of those estimates as before
+    second = fit_second_peak(q, prof, sem, (0.45, 0.75), 0.16, 3.0, 4)
+    ref = fit_peaks(q, prof, sem, (0.45, 0.75), 0.16, 3.0, 4, width_error=False,
+                    first_estimate=highest_local_maximum(sm, (q >= 0.45) & (q <= 0.75)))
+    present = second["present"]
+    assert present.sum() > n // 2
+    for key in ("q_peak", "q_err", "height", "prominence", "fwhm"):
+        assert np.array_equal(second[key][present], ref[key][present]), key

@@ -326,7 +326,8 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
               first_estimate: np.ndarray | None = None, map_blocks: Callable | None = None,
               correlated: tuple[np.ndarray, np.ndarray] | None = None, recentre: bool = False,
               feedback: float | None = None, flat_top_z: float | None = None,
-              engine: str = "compiled", first_estimate_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              engine: str = "compiled", first_estimate_out: np.ndarray | None = None,
+              smoothed: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit the first SRO peak of every profile.
 
     q: (nq,) bin centres, 1/Å (uniform spacing); profiles, sem: (N, nq) I·Q^n and its standard error.
@@ -381,6 +382,10 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
     none; :func:`smoothed_argmax`'s numbers where ``smooth_sigma_bins`` > 0), so the re-centring need not smooth
     the profiles again; left as it is where no fit is made (the window off the profile).
 
+    ``smoothed`` (N, nq): the profiles as the fit smooths them (:func:`smoothed_profiles`), where the caller has
+    them already (the re-centring's refits, the second peak's first estimates): not smoothed again, the same
+    numbers (the filter runs along each profile on its own). Used by the compiled engine.
+
     >>> import numpy as np
     >>> q = (np.arange(80) + 0.5) * 0.0125
     >>> prof = np.exp(-0.5 * ((q - 0.331) / 0.04) ** 2)[None, :] + 0.1
@@ -400,13 +405,14 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
                                                                          *correlated[1:]), recentre=recentre,
                              feedback=feedback, flat_top_z=flat_top_z, engine=engine,
                              first_estimate_out=None if first_estimate_out is None
-                             else first_estimate_out[i:i + FIT_BLOCK])
+                             else first_estimate_out[i:i + FIT_BLOCK],
+                             smoothed=None if smoothed is None else smoothed[i:i + FIT_BLOCK])
 
         parts = list((map_blocks or map)(block, range(0, n, FIT_BLOCK)))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if recentre and first_estimate is None:
         return _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator, width_error,
-                          correlated, feedback, flat_top_z=flat_top_z, engine=engine)
+                          correlated, feedback, flat_top_z=flat_top_z, engine=engine, smoothed=smoothed)
     profiles = np.asarray(profiles, dtype=float).reshape(len(profiles), -1)
     sem = np.asarray(sem, dtype=float).reshape(profiles.shape)
     q = np.asarray(q, dtype=float)
@@ -434,7 +440,7 @@ def fit_peaks(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window: tupl
         raise ValueError(f"fit_peaks: engine must be 'compiled' or 'numpy', not {engine!r}")
     if engine == "compiled":
         return _fit_compiled(q, profiles, sem, window, (hl, hr, sym, scale), smooth_sigma_bins, degree, operator,
-                             width_error, first_estimate, correlated, flat_top_z, out, first_estimate_out)
+                             width_error, first_estimate, correlated, flat_top_z, out, first_estimate_out, smoothed)
     idx0 = smoothed_argmax(q, profiles, window, smooth_sigma_bins) if first_estimate is None else np.asarray(first_estimate)
     if first_estimate_out is not None:
         first_estimate_out[:] = idx0
@@ -600,8 +606,14 @@ def _propagate(cov, ok, xp, wgt, cols, operator, sem, correlated):
                                          np.nan_to_num(sem[ok]))
 
 
+def smoothed_profiles(profiles: np.ndarray, smooth_sigma_bins: float) -> np.ndarray:
+    """The profiles (N, nq) as the compiled fit smooths them for its first estimates and prominences: NaN and ±inf
+    as ``np.nan_to_num`` makes them, then a Gaussian of ``smooth_sigma_bins`` bins along Q (edges repeated)."""
+    return _gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
+
+
 def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree, operator, width_error,
-                  first_estimate, correlated, flat_top_z, out, first_estimate_out=None):
+                  first_estimate, correlated, flat_top_z, out, first_estimate_out=None, smoothed=None):
     """The body of :func:`fit_peaks` (one block, its arguments prepared; ``fit_range`` = (hl, hr, sym, scale)) in
     the compiled kernels of :mod:`sendmap.science.peak_kernels`; fills and returns ``out``."""
     from .peak_kernels import normal_equations_kernel, peak_summary_kernel
@@ -611,8 +623,8 @@ def _fit_compiled(q, profiles, sem, window, fit_range, smooth_sigma_bins, degree
     d1, m = degree + 1, hl + hr + 1
     inside = (q >= window[0]) & (q <= window[1])
     # one smoothing for the first estimate (smoothed_argmax) and the prominence (_prominence): the same numbers
-    smoothed = _gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1,
-                                         mode="nearest")
+    # (the caller's, where given: fit_peaks' ``smoothed``)
+    smoothed = smoothed_profiles(profiles, smooth_sigma_bins) if smoothed is None else smoothed
     if first_estimate is None:
         idx0 = np.argmax(np.where(inside[None, :], smoothed, -np.inf), axis=1)
         idx0[~np.isfinite(profiles).any(axis=1)] = -1
@@ -781,7 +793,7 @@ refit); a range that would move on after the third stays where it is."""
 
 
 def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator, width_error, correlated,
-               beta, return_centre=False, flat_top_z=None, engine="compiled"):
+               beta, return_centre=False, flat_top_z=None, engine="compiled", smoothed=None):
     """:func:`fit_peaks` with the fit range centred on the fitted maximum, and the error of that estimator.
 
     Estimator. The range is first centred on the smoothed profile's maximum (bin c₀); then, up to
@@ -816,8 +828,11 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
     args = (window, half_width, smooth_sigma_bins, degree)
     # the first fit's starting bins are the smoothed maxima, the range's first centre below (one smoothing for both)
     first = np.full(len(profiles), -1, np.int64) if smooth_sigma_bins > 0 else None
+    # (one smoothing for the first fit and the refits: each refit's rows are the same rows of it)
+    if smoothed is None and engine == "compiled":
+        smoothed = smoothed_profiles(profiles, smooth_sigma_bins)
     out = fit_peaks(q, profiles, sem, *args, operator, width_error, correlated=correlated, recentre=False,
-                    flat_top_z=flat_top_z, engine=engine, first_estimate_out=first)
+                    flat_top_z=flat_top_z, engine=engine, first_estimate_out=first, smoothed=smoothed)
     nq = q.size
     ok = _has_maximum(out["status"])
     if nq < 2 or not ok.any():
@@ -851,7 +866,8 @@ def _recentred(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, 
         corr = None if correlated is None else (np.asarray(correlated[0], dtype=float).reshape(profiles.shape)[move],
                                                 *correlated[1:])
         r = fit_peaks(q, profiles[move], sem[move], *args, operator, width_error, first_estimate=new[move],
-                      correlated=corr, recentre=False, flat_top_z=flat_top_z, engine=engine)
+                      correlated=corr, recentre=False, flat_top_z=flat_top_z, engine=engine,
+                      smoothed=None if smoothed is None else smoothed[move])
         keep = _has_maximum(r["status"]) & (r["q_peak"] >= window[0]) & (r["q_peak"] <= window[1])
         take = move[keep]
         settled[move[~keep]] = True  # the range stays where it is
@@ -1155,13 +1171,13 @@ def fit_second_peak(q: np.ndarray, profiles: np.ndarray, sem: np.ndarray, window
         return out
     # first estimate: the highest local maximum of the smoothed profile strictly inside the window (the
     # plain maximum would often be the window's low edge, on the first peak's falling flank)
-    p = _gaussian_filter1d(np.nan_to_num(profiles), max(smooth_sigma_bins, 1e-6), axis=1, mode="nearest")
+    p = smoothed_profiles(profiles, smooth_sigma_bins)  # (also the fit's, for its prominences: not smoothed again)
     from .peak_kernels import highest_local_maximum
 
     inside = (q >= window[0]) & (q <= window[1])
     idx0 = highest_local_maximum(p, inside)
     r = fit_peaks(q, profiles, sem, window, half_width, smooth_sigma_bins, degree, operator=operator, width_error=False,
-                  first_estimate=idx0, map_blocks=map_blocks, correlated=correlated)
+                  first_estimate=idx0, map_blocks=map_blocks, correlated=correlated, smoothed=p)
     present = ((idx0 >= 0) & (r["status"] == 0)
                & (r["prominence"] > min_prominence_sigma * np.sqrt(2.0) * r["height_err"])
                & (r["q_peak"] >= window[0]) & (r["q_peak"] <= window[1]))
