@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from sendmap.science import indexing as I
-from sendmap.science.polar import _frame_stats, stats_scratch
+from sendmap.science.polar import _frame_stats, spot_area_scratch, spot_areas, stats_scratch
 from sendmap.science.polar_tables import PolarTables, profile_block
 from sendmap.science.ring_sectors import sector_directions
 from sendmap.science.spot_mask import PIXEL_HALF_DIAGONAL, masked_profile, masked_profile_dirs
@@ -32,8 +32,10 @@ def _list_frames(s, w, q_c, r, n_cap, shared, out, totals, zmaps_clean):
         scratch, work, zf = stats_scratch(nq, nphi)
         ik = np.empty(n_cap[f], np.int32)
         cz = np.empty(n_cap[f])
+        a_win, a_band, a_width, a_whole = spot_area_scratch(nq, nphi)
+        spot_areas(w[f], q_c, r, a_win, a_band, a_width, a_whole, scratch)
         nc = _frame_stats(s[f], w[f], np.ones(nq), np.ones(nq), q_c, r, 4.0, np.zeros(nq), o[0], o[1], o[2], o[3],
-                          o[4], o[5], scratch, work, zf, I.SPOT_Z_MIN, ik, cz)
+                          o[4], o[5], scratch, work, zf, I.SPOT_Z_MIN, ik, cz, a_win, a_band, a_width, a_whole)
         I.row_sums(s[f], rs)
         if not shared:
             zmap = np.empty((nq, nphi))  # the old form: any content; the map is reset below, as it was per frame

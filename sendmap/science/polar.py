@@ -309,12 +309,11 @@ def _clipped_rate(s, w, rate, z2, max_iter):
 
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
-def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s, win_w, b_lo, b_hi):
+def _band_window_sums(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s, win_w, b_lo, b_hi):
     """Slide the spot statistic's radial band to Q bin ``i`` (bins i ± ``half``; it holds bins [b_lo, b_hi), both
     ends only moving up, so each bin is added and removed once) and sum its sectors into the circular azimuthal
     windows one disk diameter wide: win_s/win_w[k] = counts/area of the window starting at sector k. Returns (the
-    band's mean rate, the window width in sectors, the new b_lo, b_hi). Shared by :func:`_frame_stats` and
-    :func:`sendmap.science.indexing._frame_spot_map`, whose significance must be the same."""
+    band's counts, its area, the window width in sectors, the new b_lo, b_hi)."""
     nq, nphi = s.shape
     lo = max(0, i - half)
     hi = min(nq, i + half + 1)
@@ -344,7 +343,101 @@ def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s,
         for k in range(nphi):
             win_s[k] += band_s[k + j]
             win_w[k] += band_w[k + j]
+    return bs, bwt, width, b_lo, b_hi
+
+
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s, win_w, b_lo, b_hi):
+    """:func:`_band_window_sums`, returning (the band's mean rate, the window width in sectors, the new b_lo,
+    b_hi). Shared by :func:`spot_areas` and :func:`sendmap.science.indexing._frame_spot_map`, whose significance
+    must be the same as :func:`_frame_stats`'s."""
+    bs, bwt, width, b_lo, b_hi = _band_window_sums(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s,
+                                                   win_w, b_lo, b_hi)
     return bs / bwt, width, b_lo, b_hi
+
+
+@numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
+def _band_count_windows(i, s, half, width, band_s, win_s, b_lo, b_hi):
+    """The counts' half of :func:`_band_window_sums` (the areas' half depends on the centre only:
+    :func:`spot_areas`): the band's counts, the new b_lo, b_hi; win_s as there."""
+    nq, nphi = s.shape
+    lo = max(0, i - half)
+    hi = min(nq, i + half + 1)
+    while b_hi < hi:
+        for k in range(nphi):
+            band_s[k] += s[b_hi, k]
+        b_hi += 1
+    while b_lo < lo:
+        for k in range(nphi):
+            band_s[k] -= s[b_lo, k]
+        b_lo += 1
+    bs = 0.0
+    for k in range(nphi):
+        bs += band_s[k]
+    for k in range(width):
+        band_s[nphi + k] = band_s[k]
+    for k in range(nphi):
+        win_s[k] = 0.0
+    for j in range(width):
+        for k in range(nphi):
+            win_s[k] += band_s[k + j]
+    return bs, b_lo, b_hi
+
+
+@numba.njit(cache=True, inline="always")
+def spot_area_scratch(nq, nphi):
+    """Work arrays of :func:`spot_areas` for one centre: window areas (nq, n_phi), band areas (nq,), window
+    widths (nq,; 0: the bin is not scored), whether every window of a bin has pixels (nq,)."""
+    return np.empty((nq, nphi)), np.empty(nq), np.zeros(nq, np.int64), np.zeros(nq, np.bool_)
+
+
+@numba.njit(cache=True, fastmath=STATS_FASTMATH)
+def spot_areas(w, q_c, disk_r_q, win_w, band_w, width, whole, scratch):
+    """The pixel-area half of the spot statistic for one centre's areas ``w`` (nq, n_phi): it depends on the
+    centre (and mask) only, so the profile kernel computes it once per distinct centre of a block, not per frame
+    (~41 of a 720-frame block of the 128² bench scan). Into win_w[i] the area of each azimuthal window of bin i's
+    band, band_w[i] the band's area, width[i] the window width (sectors; 0 where the bin is not scored: within
+    1.5 disk radii of the centre or a band without pixels), whole[i] whether every window of the bin has pixels.
+    The same sums in the same order as :func:`_band_windows` makes them per frame. ``scratch`` (4, 2·n_phi)."""
+    nq, nphi = w.shape
+    tiny = 1e-9
+    for i in range(nq):
+        width[i] = 0
+        whole[i] = False
+    if disk_r_q <= 0.0:
+        return
+    half = 0
+    if nq > 1:
+        half = max(0, int(round(max(disk_r_q, 0.0) / (q_c[1] - q_c[0]))))
+    cw = np.empty(nq + 1)  # cumulative pixel area, to skip empty bands (as _frame_stats did per frame)
+    cw[0] = 0.0
+    for i in range(nq):
+        wt = 0.0
+        for k in range(nphi):
+            wt += w[i, k]
+        cw[i + 1] = cw[i] + (wt if wt > tiny else 0.0)
+    sector = 2.0 * math.pi / nphi
+    band_a = scratch[0]
+    band_b = scratch[1]
+    win_a = scratch[2]
+    for k in range(nphi):
+        band_a[k] = 0.0
+        band_b[k] = 0.0
+    b_lo = 0
+    b_hi = 0
+    for i in range(nq):
+        if q_c[i] < 1.5 * disk_r_q:
+            continue  # inside or next to the central disk: no spots to find
+        if cw[min(nq, i + half + 1)] - cw[max(0, i - half)] <= tiny:
+            continue
+        bs, bwt, wd, b_lo, b_hi = _band_window_sums(i, w, w, half, disk_r_q, max(q_c[i], disk_r_q), sector, band_a,
+                                                    band_b, win_a, win_w[i], b_lo, b_hi)
+        width[i] = wd
+        band_w[i] = bwt
+        ok = True
+        for k in range(nphi):
+            ok = ok and win_w[i, k] > tiny
+        whole[i] = ok
 
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
@@ -370,10 +463,11 @@ def _spot_null(zf, n_ok):
 
 @numba.njit(cache=True, fastmath=STATS_FASTMATH)
 def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp, o_rob, o_spot, o_var, scratch,
-                 work, zf, cand_min, cand_ik, cand_z):
+                 work, zf, cand_min, cand_ik, cand_z, a_win, a_band, a_width, a_whole):
     """Radial statistics of one frame from its polar sums (see :func:`frame_statistics`); scratch, work from
     :func:`stats_scratch`; ``g_c`` (nq,) the speckle mean factor of each bin (:func:`speckle_mean_factor`; zeros:
-    Poisson SEM). The spot windows whose significance reaches ``cand_min`` (σ; +inf: none) go to ``cand_ik``
+    Poisson SEM); ``a_win``, ``a_band``, ``a_width``, ``a_whole``: :func:`spot_areas` of ``w`` (the spot
+    statistic's pixel areas, the same for every frame of a centre). The spot windows whose significance reaches ``cand_min`` (σ; +inf: none) go to ``cand_ik``
     (flat index i·n_phi + k of the window starting at sector k, centred at bin i) and ``cand_z`` (σ), in (i, k)
     order, as many as they hold (the spot list's candidates, :func:`sendmap.science.indexing.spots_of_frames`,
     which then need not score the windows again); returns how many there are (more than they hold: overflow). Every loop over the sectors is branch-free (selects, not jumps), so LLVM vectorises it: the
@@ -382,7 +476,6 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
     tiny = 1e-9
     nan = np.nan
     z2 = z_clip * z_clip
-    wtot = work[:nq]
     vnum = work[2 * nq + 1:3 * nq + 1]  # V's numerator and denominator per bin (0 where undefined), pooled over
     vden = work[3 * nq + 1:]  # ± one disk radius in Q below
     for i in range(nq):
@@ -396,7 +489,6 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
             has = w[i, k] > tiny
             ss2 += s[i, k] * s[i, k] / max(w[i, k], tiny) * np.float64(has)
             n_sec += np.float64(has)
-        wtot[i] = W
         vnum[i] = 0.0
         vden[i] = 0.0
         if W <= tiny:
@@ -451,44 +543,43 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
         for i in range(nq):
             o_spot[i] = nan
         return 0
-    # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide
-    cw = work[nq:2 * nq + 1]  # cumulative pixel area, to skip empty bands
-    cw[0] = 0.0
-    for i in range(nq):
-        cw[i + 1] = cw[i] + (wtot[i] if wtot[i] > tiny else 0.0)
+    # spot significance: radial bands one disk diameter wide, sliding azimuthal windows one disk wide; the windows'
+    # pixel areas (win_w), the bands' (band_w) and which bins are scored (width > 0) come from spot_areas
     band_s = scratch[0]  # the band's sector sums, the first `width` repeated at the end (circular)
-    band_w = scratch[1]
     win_s = scratch[2]
-    win_w = scratch[3]
     for k in range(nphi):
         band_s[k] = 0.0
-        band_w[k] = 0.0
     b_lo = 0  # the band holds bins [b_lo, b_hi)
     b_hi = 0
-    sector = 2.0 * math.pi / nphi
     n_done = 0  # bins scored so far: the null is re-estimated at every SPOT_NULL_EVERY-th
     n_cand = 0
     centre = 0.0
     sig = 1.0
     for i in range(nq):
         o_spot[i] = nan
-        if q_c[i] < 1.5 * disk_r_q:
-            continue  # inside or next to the central disk: no spots to find
-        if cw[min(nq, i + half + 1)] - cw[max(0, i - half)] <= tiny:
-            continue
-        rate, width, b_lo, b_hi = _band_windows(i, s, w, half, disk_r_q, max(q_c[i], disk_r_q), sector, band_s,
-                                                band_w, win_s, win_w, b_lo, b_hi)
+        width = a_width[i]
+        if width == 0:
+            continue  # within 1.5 disk radii of the centre (no spots to find) or a band without pixels
+        bs, b_lo, b_hi = _band_count_windows(i, s, half, width, band_s, win_s, b_lo, b_hi)
+        rate = bs / a_band[i]
+        win_w = a_win[i]
         # Poisson score of each window against the band's mean rate, (observed − expected)/sqrt(max(expected, 1)),
         # in float32 (8 lanes; ~1e-7 relative); windows without pixels are left out
         _window_scores(rate, win_s, win_w, zf, nphi)
-        n_ok = 0
+        whole = a_whole[i]
         best = np.float32(-np.inf)
-        for k in range(nphi):  # then the windows with pixels, in order, to the front (cheap: no arithmetic)
-            z = zf[k]
-            ok = win_w[k] > tiny
-            zf[n_ok] = z
-            n_ok += np.int64(ok)
-            best = max(best, z if ok else np.float32(-np.inf))
+        if whole:  # every window has pixels (most bins): zf stays as it is
+            n_ok = nphi
+            for k in range(nphi):
+                best = max(best, zf[k])
+        else:
+            n_ok = 0
+            for k in range(nphi):  # the windows with pixels, in order, to the front (cheap: no arithmetic)
+                z = zf[k]
+                ok = win_w[k] > tiny
+                zf[n_ok] = z
+                n_ok += np.int64(ok)
+                best = max(best, z if ok else np.float32(-np.inf))
         if n_ok < 4:
             continue
         # against the local scatter of the scores at this Q (speckle and Poisson): centre and scale of a normal
@@ -497,9 +588,10 @@ def _frame_stats(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_disp
             centre, sig = _spot_null(zf, n_ok)
         n_done += 1
         o_spot[i] = (best - centre) / max(sig, 1.0)
-        if o_spot[i] >= cand_min:  # the bin's windows again (zf was compacted), the same numbers as the map's
+        if o_spot[i] >= cand_min:  # the bin's windows (again where zf was compacted), the same numbers as the map's
             scale = max(sig, 1.0)
-            _window_scores(rate, win_s, win_w, zf, nphi)
+            if not whole:
+                _window_scores(rate, win_s, win_w, zf, nphi)
             for k in range(nphi):
                 if win_w[k] > tiny:
                     z = (zf[k] - centre) / scale
@@ -518,8 +610,10 @@ def _stats_kernel(s, w, w2, c2, q_c, disk_r_q, z_clip, g_c, o_mean, o_sem, o_dis
     no_z = np.zeros(0)
     for f in numba.prange(nb):
         scratch, work, zf = stats_scratch(nq, nphi)
+        a_win, a_band, a_width, a_whole = spot_area_scratch(nq, nphi)
+        spot_areas(w[f], q_c, disk_r_q, a_win, a_band, a_width, a_whole, scratch)
         _frame_stats(s[f], w[f], w2[f], c2[f], q_c, disk_r_q, z_clip, g_c, o_mean[f], o_sem[f], o_disp[f], o_rob[f],
-                     o_spot[f], o_var[f], scratch, work, zf, np.inf, no_ik, no_z)
+                     o_spot[f], o_var[f], scratch, work, zf, np.inf, no_ik, no_z, a_win, a_band, a_width, a_whole)
 
 
 def speckle_mean_factor(q_centres: np.ndarray, n_phi: int, grain_radius_q: float, bin_width: float,

@@ -36,7 +36,8 @@ import numba
 import numpy as np
 
 from .indexing import MAX_SPOTS, SPOT_Z_MIN, _frame_spots, row_sums, spot_block, spot_geometry, spot_scratch
-from .polar import PolarGeometry, _frame_stats, bin_counts, pixel_bins, stats_scratch, subpixel_offsets
+from .polar import (PolarGeometry, _frame_stats, bin_counts, pixel_bins, spot_area_scratch, spot_areas, stats_scratch,
+                    subpixel_offsets)
 from .sparse import SparseFrames, list_nonzero
 from .spot_mask import PIXEL_HALF_DIAGONAL, masked_profile_dirs
 
@@ -295,7 +296,7 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
 
 
 @numba.njit(parallel=True, cache=True)
-def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, rec,
+def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, uniq, ujx, w_u, w2_u, mask, rec,
                           crec, compact, kmax, oy0, ox0, inv_ss2, q_c, disk_r_q, z_clip, g_c, bf_hi, adf_lo, adf_hi,
                           n_chunks, keep_sums, select, keep_z, out_mean, out_sem, out_disp, out_robust, out_spot,
                           out_var, out_bf, out_adf, out_s, kept, cand_min, n_cand_max, out_spots, out_scattered,
@@ -306,11 +307,20 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
     (kept[f]), made right after its statistics while its sums are in cache, from the windows at or above
     ``cand_min`` σ that :func:`_frame_stats` noted (up to ``n_cand_max``; more: scored again), and its spot-masked
     mean and sem (:func:`sendmap.science.spot_mask.masked_profile`, into out_mmean[f], out_msem[f]; the mean and
-    sem where no spot is listed)."""
+    sem where no spot is listed). ``uniq``: the distinct slots of ``uix``, ``ujx`` each frame's index into them:
+    the spot statistic's pixel areas (:func:`sendmap.science.polar.spot_areas`) are computed once per slot."""
     nb = order.shape[0]
     nx = mask.shape[1]
     nq, nphi = w_u.shape[1], w_u.shape[2]
     cosk, sink, hw = spot_geometry(q_c, disk_r_q, nphi)
+    n_u = uniq.size
+    a_win = np.empty((n_u, nq, nphi))
+    a_band = np.empty((n_u, nq))
+    a_width = np.zeros((n_u, nq), np.int64)
+    a_whole = np.zeros((n_u, nq), np.bool_)
+    for j in numba.prange(n_u):
+        sc = np.empty((4, 2 * nphi))
+        spot_areas(w_u[uniq[j]], q_c, disk_r_q, a_win[j], a_band[j], a_width[j], a_whole[j], sc)
     for ch in numba.prange(n_chunks):
         f0 = ch * nb // n_chunks
         f1 = (ch + 1) * nb // n_chunks
@@ -343,7 +353,7 @@ def _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ix
             u = uix[f]
             nc = _frame_stats(s, w_u[u], w2_u[u], c2, q_c, disk_r_q, z_clip, g_c, out_mean[f], out_sem[f],
                               out_disp[f], out_robust[f], out_spot[f], out_var[f], scratch, work, zf, cand_min,
-                              cand_ik, cand_z)
+                              cand_ik, cand_z, a_win[ujx[f]], a_band[ujx[f]], a_width[ujx[f]], a_whole[ujx[f]])
             bf = 0.0
             adf = 0.0
             row_sums(s, rs)  # (each bin's counts: several bins at a time, each summed in sector order)
@@ -642,8 +652,10 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
     spot_z_min = float(np.inf if spot_z_min is None else spot_z_min)
     n_chunks = max(1, min(nb, 4 * numba.get_num_threads()))
     order = np.argsort(tix, kind="stable")
+    uniq, ujx = np.unique(uix, return_inverse=True)  # (the distinct centres' slots: spot_areas once for each)
+    ujx = ujx.reshape(-1).astype(np.int64)
     try:
-        _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, w_u, w2_u, mask, tables.rec, tables.crec,
+        _profile_block_kernel(frames, sp_off, sp_pix, sp_val, sparse, order, iyc, ixc, tix, uix, uniq, ujx, w_u, w2_u, mask, tables.rec, tables.crec,
                               tables.compact, tables.kmax,
                               tables.oy0, tables.ox0, tables.inv_ss2, g.q_centres, float(disk_radius_q),
                               float(z_clip), g_c, float(disk_radius_q if bf_max_q is None else bf_max_q),
