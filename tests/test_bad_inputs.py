@@ -294,7 +294,8 @@ CASES = [
     # --- terminals (issue case 9): a full run whose output is read on an ASCII terminal
     # (a whole run, with numba's kernels compiled in the subprocess where the cache is cold, ≈ 90 s of CPU: timed
     # out at 120 s on a 2-core machine loaded by a second test worker and a sweep, sessions 16-18)
-    Case("ascii_terminal", 0, "+/-", env={"PYTHONIOENCODING": "ascii"}, timeout=300.0),
+    # (300 s was not enough at load 5-15 with a cold cache, sessions 20-21: a timeout only matters where it hangs)
+    Case("ascii_terminal", 0, "+/-", env={"PYTHONIOENCODING": "ascii"}, timeout=900.0),
     # --- cases fixed on other branches (issue cases 1, 2, 3, 5, 6, 10 and the exit-0-with-wrong-results list)
     Case("q_pixel_size_tenfold_small", (0, 2), ("q_pixel_size", "peaks.window"), warn=True, owner=PEAKS,
          set=("calibration.q_pixel_size=0.00125",), args=("--until", "peaks")),

@@ -77,7 +77,8 @@ def render(profile, spots, electrons=2e4, speckle=None, iso_share=None):
 
 
 def spots_of(images):
-    return spots_from_frames(np.asarray(images, float), np.tile(CENTRE, (len(images), 1)), MASK, GEOM, R_Q)
+    # float32, as a float detector records (float64 would compile the profile kernel once more for the tests alone)
+    return spots_from_frames(np.asarray(images, np.float32), np.tile(CENTRE, (len(images), 1)), MASK, GEOM, R_Q)
 
 
 def evidence(images):

@@ -41,8 +41,10 @@ def _expected(electrons, spots=None, speckle=None):
 def _profiles(frames, error_model="azimuthal"):
     tables = PolarTables(GEOM)
     g = speckle_mean_factor(GEOM.q_centres, GEOM.n_phi, R_Q, GEOM.bin_width) if error_model == "azimuthal" else None
-    return profile_block(np.asarray(frames), np.tile(CENTRE, (len(frames), 1)), np.ones((N, N), bool), tables, R_Q,
-                         speckle_factor=g)
+    # float32, as a float detector records (float64 expectation patterns would compile the profile kernel once
+    # more for the tests alone)
+    return profile_block(np.asarray(frames, np.float32), np.tile(CENTRE, (len(frames), 1)), np.ones((N, N), bool),
+                         tables, R_Q, speckle_factor=g)
 
 
 # ------------------------------------------------------------------------------------------- generator

@@ -9,6 +9,8 @@ import math
 import numba
 import numpy as np
 
+from .frames import kernel_frames
+
 
 COM_TOLERANCE_PX = 1e-4
 """The iterated centre of mass stops once an iteration moves the window by less than this (px)."""
@@ -128,7 +130,7 @@ def disk_centres(frames, guess_yx: np.ndarray, mask: np.ndarray, radius_px: floa
         _com_kernel(np.zeros((1, 1, 1), frames.dtype), frames.offsets, frames.index, frames.value, True,
                     *frames.frame_shape, guess, mask, float(radius_px), int(n_iter), out)
     else:  # (the sparse arguments are not read; their common types share the compilation)
-        frames = np.ascontiguousarray(frames)
+        frames = kernel_frames(np.ascontiguousarray(frames))
         _com_kernel(frames, np.zeros(1, np.int64), np.zeros(0, np.uint16), np.zeros(0, frames.dtype), False,
                     *frames.shape[1:], guess, mask, float(radius_px), int(n_iter), out)
     return out

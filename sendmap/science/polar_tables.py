@@ -36,6 +36,7 @@ import numba
 import numpy as np
 
 from .indexing import MAX_SPOTS, SPOT_Z_MIN, _frame_spots, row_sums, spot_block, spot_geometry, spot_scratch
+from .frames import kernel_frames
 from .polar import (PolarGeometry, _frame_stats, bin_counts, pixel_bins, spot_area_scratch, spot_areas, stats_scratch,
                     subpixel_offsets)
 from .sparse import SparseFrames, list_nonzero
@@ -583,12 +584,13 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
                   spot_z_min: float | None = None) -> dict[str, np.ndarray]:
     """All radial statistics of a block of frames, each around its own centre, in one pass.
 
-    frames: (B, Qy, Qx) counts (any integer or float dtype), or the block's non-zero pixels
+    frames: (B, Qy, Qx) counts (any integer or float dtype; :func:`sendmap.science.frames.kernel_frames` gives it a
+    compiled type where that is exact), or the block's non-zero pixels
     (:class:`sendmap.science.sparse.SparseFrames`: the same results, bit for bit, without visiting the zeros);
-    centres_yx: (B, 2) px; mask: (Qy, Qx) bool,
-    True where a pixel is used; disk_radius_q: probe-disk radius (1/Å), the size of a Bragg disk for
-    the spot statistic and (unless ``bf_max_q`` is given) the bright-field range; adf_range_q: (lo, hi) 1/Å for
-    the virtual ADF. The virtual images sum whole radial bins: those whose centre lies inside the range.
+    centres_yx: (B, 2) px; mask: (Qy, Qx) bool, True where a pixel is used; disk_radius_q: probe-disk radius (1/Å),
+    the size of a Bragg disk for the spot statistic and (unless ``bf_max_q`` is given) the bright-field range;
+    adf_range_q: (lo, hi) 1/Å for the virtual ADF. The virtual images sum whole radial bins: those whose centre lies
+    inside the range.
     speckle_factor: (nq,) G(Q) of :func:`sendmap.science.polar.speckle_mean_factor` for the "azimuthal" error
     model (Poisson + speckle SEM), None for the Poisson SEM.
 
@@ -617,7 +619,7 @@ def profile_block(frames: "np.ndarray | SparseFrames", centres_yx: np.ndarray, m
         nb, ny, nx = frames.shape
         frames = np.zeros((1, 1, 1), sp_val.dtype)  # not read
     else:
-        frames = np.ascontiguousarray(frames)
+        frames = kernel_frames(np.ascontiguousarray(frames))
         if frames.ndim != 3:
             raise ValueError(f"frames must be (B, Qy, Qx), got shape {frames.shape}")
         nb, ny, nx = frames.shape
