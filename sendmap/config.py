@@ -485,23 +485,21 @@ class ClassifyConfig(_Section):
         "target against 20) but the probabilities overconfident (pooled tenths 0.149 / 0.117 against 0.098 / 0.041 at "
         "2e4 / 5e3 e-; check seeds 850-875: 0.281 against 0.085 at 2e4)")
     spread_cut_on_measured: bool = Field(
-        True, description="class probabilities: undo the rules' Q cut of each amorphous class on its measured peaks' "
+        False, description="class probabilities: undo the rules' Q cut of each amorphous class on its measured peaks' "
         "spread (intrinsic + error), then take the error out (sendmap.science.probability.untruncated_class_spread), "
-        "instead of on the deconvolved spread, which a cut narrower than the errors leaves at 0 (the truncated-normal "
-        "variance of the cut, a textbook result). On by default since session 21, with temperature auto: chosen on "
-        "the development cells (1600-1621, 1818-1825: 7 -> 8 of 13 pass), checked on 1700-1721 and 1918-1925 (pooled "
-        "tenths 0.041 / 0.058 -> 0.021 / 0.024), reported on the matrix seeds (22 -> 25 of 32 cells pass); it costs "
-        "SEI Type 1 recall at mixed layer edges (-0.05 on two cells; README, class probabilities, session 21). "
-        "false: session 20's spreads")
+        "instead of on the deconvolved spread, which a cut narrower than the errors leaves at 0. Off by default: on the "
+        "matrix seeds 24 of 32 cells pass against 22, but the pooled calibration at 5e3 e- goes 0.047 -> 0.076 "
+        "(target 0.07; README, class probabilities, session 20)")
     temperature: float | Literal["auto"] = Field(
-        "auto", description="class probabilities: posterior temperature, p_k ∝ p_k^(1/T) (it changes no position's "
-        "most probable class). auto (default since session 21): T = 1 + rho, rho the correlation of neighbouring "
-        "positions' standardised peak residuals within a class, measured on the scan (the design effect of the Potts "
-        "prior's pairs of neighbours, Kish 1965; science.probability.residual_correlation_temperature): 1 where "
-        "departures are independent (speckle), 1.2-1.4 where a class's spread varies smoothly across its layer; "
-        "chosen and checked with spread_cut_on_measured (see there). A number: that temperature; 1.25 is session "
-        "20's (sendmap.science.probability.POSTERIOR_TEMPERATURE, the only value on a 1-1.4 grid whose pooled tenths "
-        "met +-0.07 at both doses on the development cells with the narrower spreads)")
+        1.25, description="class probabilities: posterior temperature, p_k ∝ p_k^(1/T) (it changes no position's "
+        "most probable class). 1.25 (default): sendmap.science.probability.POSTERIOR_TEMPERATURE, chosen on the "
+        "scenario matrix's development cells 1600-1621 and 1818-1825 as the only value on a 1-1.4 grid whose pooled "
+        "tenths met +-0.07 at both doses (session 20). auto: 1 + rho, rho the correlation of neighbouring positions' "
+        "standardised peak residuals within a class (the design effect of the Potts prior's pairs of neighbours; "
+        "science.probability.residual_correlation_temperature): 1 where departures are independent (speckle), "
+        "1.3-1.5 where a class's spread varies smoothly across its layer. Meant with spread_cut_on_measured: "
+        "together 25 of 32 matrix cells pass and the pooled tenths are within 0.065 / 0.041 (5e3 / 2e4 e-), but SEI "
+        "Type 1 recall falls by 0.05 on two cells (README, class probabilities, session 21)")
     definitions: ClassDefinitions = Field(default_factory=ClassDefinitions)
     n_clusters: int = Field(4, ge=2, le=12, description="gmm: number of mixture components")
     seed: int = 0

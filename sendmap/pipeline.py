@@ -70,10 +70,8 @@ STAGES: tuple[Stage, ...] = (
     # rules' Q cuts (science.probability.untruncated_spread), the posterior temperature 1.75 → 1.25
     # revision 15 (session 20): the LiF bands' significance leaves out the flank of a listed spot of another phase
     # centred beside them (Li (110), Cu (200)): science.classify.band_spot_z
-    # revision 16 (session 21): class spreads cut on the measured peaks (classify.spread_cut_on_measured) and the
-    # posterior temperature from the neighbours' residual correlation (classify.temperature auto) by default
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          16),
+          15),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -82,14 +82,14 @@ spreads): SEI Type 2 takes the electrolyte's positions (that copy: accuracy 0.86
 on each spread centred on the published one, worth 100–1000 positions, pulls narrow classes wide (mixed: the
 electrolyte 0.002 → 0.006–0.014 1/Å, SEI Type 1's class mean out of its target at 5 × 10³ e⁻). Neither is used.
 
-**Session 21** (``classify.temperature: auto``, the default with ``spread_cut_on_measured``): with class models of
-the right width the remaining overconfidence is the spatial prior's: neighbours' peaks depart from their class mean
-together where a class's spread varies smoothly across its layer, and the Potts prior's pairs count that shared
-departure twice. :func:`residual_correlation_temperature` sets T = 1 + ρ from the neighbours' residual correlation ρ
-measured on the scan (:func:`neighbour_residual_correlation`): ≈ 1 under strong speckle (ρ ≤ 0.06), 1.18–1.38 on the
-published spreads. With ``spread_cut_on_measured`` it passes 25 of the 32 matrix cells with the pooled tenths within
-±0.07 at both doses, but the wider electrolyte still takes SEI Type 1's mixed edge positions, whose peak does not
-tell the two layers apart (Type 1 recall −0.05 on two cells); README, session 21.
+**Session 21** (``classify.temperature: auto``, off by default): with class models of the right width the remaining
+overconfidence is the spatial prior's: neighbours' peaks depart from their class mean together where a class's
+spread varies smoothly across its layer, and the Potts prior's pairs count that shared departure twice.
+:func:`residual_correlation_temperature` sets T = 1 + ρ from the neighbours' residual correlation ρ measured on the
+scan (:func:`neighbour_residual_correlation`): ≈ 1 under strong speckle (ρ ≤ 0.06), 1.18–1.38 on the published
+spreads. With ``spread_cut_on_measured`` it passes 25 of the 32 matrix cells with the pooled tenths within ±0.07
+at both doses, but the wider electrolyte still takes SEI Type 1's mixed edge positions, whose peak does not tell
+the two layers apart (Type 1 recall −0.05 on two cells); README, session 21.
 """
 from __future__ import annotations
 
