@@ -308,6 +308,13 @@ def _clipped_rate(s, w, rate, z2, max_iter):
     return rate
 
 
+@numba.njit(cache=True, inline="always")
+def _window_width(disk_r_q, q_mid, sector, nphi):
+    """The spot statistic's azimuthal window at radius ``q_mid`` (1/Å): one disk diameter, in sectors of
+    ``sector`` rad (1 to n_phi)."""
+    return int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
+
+
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
 def _band_window_sums(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s, win_w, b_lo, b_hi):
     """Slide the spot statistic's radial band to Q bin ``i`` (bins i ± ``half``; it holds bins [b_lo, b_hi), both
@@ -327,7 +334,7 @@ def _band_window_sums(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, wi
             band_s[k] -= s[b_lo, k]
             band_w[k] -= w[b_lo, k]
         b_lo += 1
-    width = int(min(nphi, max(1, round(2.0 * disk_r_q / q_mid / sector))))
+    width = _window_width(disk_r_q, q_mid, sector, nphi)
     bs = 0.0
     bwt = 0.0
     for k in range(nphi):
@@ -349,8 +356,8 @@ def _band_window_sums(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, wi
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
 def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s, win_w, b_lo, b_hi):
     """:func:`_band_window_sums`, returning (the band's mean rate, the window width in sectors, the new b_lo,
-    b_hi). Shared by :func:`spot_areas` and :func:`sendmap.science.indexing._frame_spot_map`, whose significance
-    must be the same as :func:`_frame_stats`'s."""
+    b_hi), for :func:`sendmap.science.indexing._frame_spot_map`, whose significance must be the same as
+    :func:`_frame_stats`'s (there from :func:`spot_areas` and :func:`_band_count_windows`: the same sums)."""
     bs, bwt, width, b_lo, b_hi = _band_window_sums(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s,
                                                    win_w, b_lo, b_hi)
     return bs / bwt, width, b_lo, b_hi
@@ -358,8 +365,8 @@ def _band_windows(i, s, w, half, disk_r_q, q_mid, sector, band_s, band_w, win_s,
 
 @numba.njit(cache=True, inline="always", fastmath=STATS_FASTMATH)
 def _band_count_windows(i, s, half, width, band_s, win_s, b_lo, b_hi):
-    """The counts' half of :func:`_band_window_sums` (the areas' half depends on the centre only:
-    :func:`spot_areas`): the band's counts, the new b_lo, b_hi; win_s as there."""
+    """One half of :func:`_band_window_sums`, for one per-sector array ``s`` (the counts per frame, or the areas
+    once per centre in :func:`spot_areas`): the band's sum, the new b_lo, b_hi; win_s as there."""
     nq, nphi = s.shape
     lo = max(0, i - half)
     hi = min(nq, i + half + 1)
@@ -398,7 +405,8 @@ def spot_areas(w, q_c, disk_r_q, win_w, band_w, width, whole, scratch):
     (~41 of a 720-frame block of the 128² bench scan). Into win_w[i] the area of each azimuthal window of bin i's
     band, band_w[i] the band's area, width[i] the window width (sectors; 0 where the bin is not scored: within
     1.5 disk radii of the centre or a band without pixels), whole[i] whether every window of the bin has pixels.
-    The same sums in the same order as :func:`_band_windows` makes them per frame. ``scratch`` (4, 2·n_phi)."""
+    The same sums in the same order as :func:`_band_windows` makes them per frame. ``scratch`` (≥ 1, 2·n_phi): its
+    first row is used."""
     nq, nphi = w.shape
     tiny = 1e-9
     for i in range(nq):
@@ -418,11 +426,8 @@ def spot_areas(w, q_c, disk_r_q, win_w, band_w, width, whole, scratch):
         cw[i + 1] = cw[i] + (wt if wt > tiny else 0.0)
     sector = 2.0 * math.pi / nphi
     band_a = scratch[0]
-    band_b = scratch[1]
-    win_a = scratch[2]
     for k in range(nphi):
         band_a[k] = 0.0
-        band_b[k] = 0.0
     b_lo = 0
     b_hi = 0
     for i in range(nq):
@@ -430,8 +435,8 @@ def spot_areas(w, q_c, disk_r_q, win_w, band_w, width, whole, scratch):
             continue  # inside or next to the central disk: no spots to find
         if cw[min(nq, i + half + 1)] - cw[max(0, i - half)] <= tiny:
             continue
-        bs, bwt, wd, b_lo, b_hi = _band_window_sums(i, w, w, half, disk_r_q, max(q_c[i], disk_r_q), sector, band_a,
-                                                    band_b, win_a, win_w[i], b_lo, b_hi)
+        wd = _window_width(disk_r_q, max(q_c[i], disk_r_q), sector, nphi)
+        bwt, b_lo, b_hi = _band_count_windows(i, w, half, wd, band_a, win_w[i], b_lo, b_hi)
         width[i] = wd
         band_w[i] = bwt
         ok = True
