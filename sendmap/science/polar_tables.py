@@ -262,15 +262,60 @@ def _accumulate_frame_compact(frame, mask, crec, t, by, bx, inv_ss2, s, c2, idx)
 
 
 @numba.njit(inline="always")
+def _accumulate_sparse_compact(pix, val, nx, mask, ct, by, bx, inv_ss2, s, c2):
+    """:func:`_accumulate_sparse` for compact records (``ct``: the frame's table, crec[t]), its own loop (the
+    ``compact`` test out of it) with unsigned indices where they are known to be in range (no wrap-around of
+    negative indices per access): the same additions in the same order."""
+    bh, bwid = ct.shape
+    one = np.uint64(1)
+    nxu = np.uint64(nx)
+    iy = np.uint64(0)
+    row0 = np.uint64(0)
+    row_end = np.uint64(0)
+    oyu = np.uint64(0)
+    row_ok = False
+    for m in range(pix.size):
+        p = np.uint64(pix[m])
+        if p >= row_end:
+            iy = p // nxu
+            row0 = iy * nxu
+            row_end = row0 + nxu
+            oy = np.int64(iy) + by
+            row_ok = 0 <= oy < bh
+            oyu = np.uint64(max(oy, 0))
+        if not row_ok:
+            continue
+        ix = p - row0
+        ox = np.int64(ix) + bx
+        if ox < 0 or ox >= bwid or not mask[iy, ix]:
+            continue
+        c = np.float64(val[m])
+        cf = c * inv_ss2
+        cc = cf * c
+        r = np.uint64(ct[oyu, np.uint64(ox)])
+        i0 = r & np.uint64(0xFFF)
+        if i0 == 0:
+            continue
+        i0 -= one
+        k = (r >> np.uint64(12)) & np.uint64(0xFF)
+        n0 = np.float64((r >> np.uint64(20)) & np.uint64(0x3F))
+        n1 = np.float64(r >> np.uint64(26))  # s and c2 have a spare bin at the end for n1 of the last bin
+        s[i0, k] += n0 * cf
+        s[i0 + one, k] += n1 * cf
+        c2[i0] += n0 * cc
+        c2[i0 + one] += n1 * cc
+
+
+@numba.njit(inline="always")
 def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, inv_ss2, s, c2):
     """:func:`_accumulate_frame` (``compact``: :func:`_accumulate_frame_compact`) for one frame given as its
     non-zero pixels: flat indices ``pix`` (ascending, iy·nx + ix) and counts ``val``. The same sums in the same
     order, bit for bit, without decoding or scanning the zeros. The row is followed as the indices grow (no
     integer division per pixel)."""
     if compact:
-        bh, bwid = crec.shape[1], crec.shape[2]
-    else:
-        bh, bwid = rec.shape[1], rec.shape[2]
+        _accumulate_sparse_compact(pix, val, nx, mask, crec[t], by, bx, inv_ss2, s, c2)
+        return
+    bh, bwid = rec.shape[1], rec.shape[2]
     iy = -1
     row_end = 0
     oy = 0
@@ -290,10 +335,7 @@ def _accumulate_sparse(pix, val, nx, mask, rec, crec, compact, kmax, t, by, bx, 
             continue
         c = np.float64(val[m])
         cf = c * inv_ss2
-        if compact:
-            _add_compact(np.int64(crec[t, oy, ox]), cf, cf * c, s, c2)
-        else:
-            _add_general(rec[t, oy, ox], kmax, cf, cf * c, s, c2)
+        _add_general(rec[t, oy, ox], kmax, cf, cf * c, s, c2)
 
 
 @numba.njit(parallel=True, cache=True)
