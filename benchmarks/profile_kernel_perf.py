@@ -1,7 +1,7 @@
 """Where the profile worker's CPU goes, by compiled function and by instruction: perf samples of the numba code.
 
 ``python benchmarks/profile_kernel_perf.py STORE CONFIG [--seconds 20] [--freq 2000] [--top 15] [--blocks 12]
-[--disasm N] [--out DIR]``
+[--disasm N] [--out DIR] [--keep-map]``
 
 STORE and CONFIG as for ``benchmarks/profile_worker.py`` (a store that has finished calibrate). The worker runs on
 one numba thread over the stored blocks, again and again, while ``perf record`` samples this process. perf sees
@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=12)
     ap.add_argument("--disasm", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep-map", action="store_true", help="keep /tmp/perf-PID.map (for `perf report` afterwards)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import profile_worker
@@ -113,7 +114,8 @@ def main() -> None:
     rows = place_objects(out_dir)
     if not rows:
         sys.exit("no cached numba object loaded: run once to fill numba's cache, then again")
-    with open(f"/tmp/perf-{os.getpid()}.map", "w") as f:
+    perf_map = f"/tmp/perf-{os.getpid()}.map"
+    with open(perf_map, "w") as f:
         for addr, size, name, _, _ in sorted(rows):
             f.write(f"{addr:x} {size:x} {name}\n")
     data = os.path.join(out_dir, "perf.data")
@@ -161,7 +163,9 @@ def main() -> None:
             a = re.match(r"\s+([0-9a-f]+):", line)
             if a and off - 16 <= int(a.group(1), 16) < off + 64:
                 print(re.sub(r"<[^>]*>", "", line).rstrip())
-    print(f"(objects, perf.data: {out_dir})")
+    if not args.keep_map:
+        os.remove(perf_map)
+    print(f"(objects, perf.data: {out_dir}" + (f"; perf map {perf_map})" if args.keep_map else ")"))
 
 
 if __name__ == "__main__":
