@@ -10,7 +10,9 @@ this process on the configured scheduler (threads: one block per core), rewritin
 pays numba's first use (its kernels loaded from the cache, or compiled), the others do not. Per run it prints the
 wall time and ``time.process_time`` per pattern and their split: ``time.thread_time`` of the worker calls and the
 reads, of the main thread, and the rest (numba's pool threads of the main thread's parallel kernels, zarr's I/O
-loop). On a machine shared with other jobs wall times follow the load; compare CPU, alternating the versions.
+loop, the spot table's thread); the workers' calls split into the profile kernel
+(``polar_tables._profile_block_kernel``), the indexing (``indexing.crystal_evidence``) and the rest (the Python
+around them, the float32 outputs). On a machine shared with other jobs wall times follow the load; compare CPU, alternating the versions.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def main() -> None:
     import zarr
 
     import sendmap.engine.execute as execute
+    import sendmap.science.indexing as indexing
+    import sendmap.science.polar_tables as polar_tables
     import sendmap.stages.profiles as stage
     from sendmap.compute.profiles import ProfileBlock
     from sendmap.config import load_config
@@ -58,6 +62,20 @@ def main() -> None:
             acc["worker"] += time.thread_time() - t
             acc["n"] += len(loaded[2])
         return r
+
+    def part(mod, name, key):
+        func = getattr(mod, name)
+
+        def run(*a, **k):
+            t = time.thread_time()
+            r = func(*a, **k)
+            with lock:
+                acc[key] += time.thread_time() - t
+            return r
+        setattr(mod, name, run)
+
+    part(polar_tables, "_profile_block_kernel", "kernel")
+    part(indexing, "crystal_evidence", "indexing")
 
     def timed(name, func):
         def run(*a, **k):
@@ -87,7 +105,8 @@ def main() -> None:
         other = (p1 - p0) - (m1 - m0) - acc["worker"] - acc["read"]
         print(f"run {rep}{' (first use)' if rep == 0 else ''}: {int(n)} patterns; per pattern: wall {us(w1 - w0):.1f} µs,"
               f" CPU {us(p1 - p0):.1f} µs = workers' calls {us(acc['worker']):.1f} + their reads {us(acc['read']):.1f}"
-              f" + main thread {us(m1 - m0):.1f} + other threads {us(other):.1f}")
+              f" + main thread {us(m1 - m0):.1f} + other threads {us(other):.1f}; the calls: kernel {us(acc['kernel']):.1f}"
+              f" + indexing {us(acc['indexing']):.1f} + rest {us(acc['worker'] - acc['kernel'] - acc['indexing']):.1f}")
         pts = [("start", (w0, p0)), *sorted(marks.items(), key=lambda kv: kv[1][0]), ("end", (w1, p1))]
         print("  wall s (CPU s): " + ", ".join(f"{a} → {b} {tb[0] - ta[0]:.2f} ({tb[1] - ta[1]:.2f})"
                                             for (a, ta), (b, tb) in zip(pts, pts[1:])))
