@@ -63,12 +63,10 @@ def test_lif_crystallites_keep_their_band_significance():
     assert np.mean(old[:10] >= DEFS.lif_spot_z) >= 0.7
 
 
-def test_nearest_ring_search_in_slices_equals_one_table(monkeypatch):
-    """The nearest ring of each spot, searched a slice of spots at a time (``NEAREST_RING_SLICE``), gives what one
+def test_nearest_ring_search_in_slices_equals_one_table():
+    """The nearest ring of each spot, searched a slice of spots at a time (``slice_spots``), gives what one
     (spots, rings) table gives (``np.argmin``: the first of equally near rings), including spots halfway between two
     rings and rings listed twice; the reference below is the table written out."""
-    import sendmap.science.classify as C
-
     rng = np.random.default_rng(3301)
     rings = np.array([0.403, 0.431, 0.498, 0.498, 0.52, 0.61, 0.70])
     is_band = np.array([False, True, True, False, False, False, True])
@@ -78,8 +76,7 @@ def test_nearest_ring_search_in_slices_equals_one_table(monkeypatch):
     sq = np.concatenate([rng.uniform(0.35, 0.8, 40), [0.417, 0.464, 0.509, 0.655]])  # the last: halfway
     pos = rng.integers(0, n_pos, sq.size)
     bands, r_q, z_listed, floor = [(0.465, 0.53), (0.67, 0.735)], 0.03, 5.0, 3.0
-    monkeypatch.setattr(C, "NEAREST_RING_SLICE", 7)
-    got = band_spot_z(z, q, bands, pos, sq, r_q, rings, is_band, z_listed, floor)
+    got = band_spot_z(z, q, bands, pos, sq, r_q, rings, is_band, z_listed, floor, slice_spots=7)
     # the reference: every spot's nearest ring from one table
     own = is_band[np.argmin(np.abs(sq[:, None] - rings[None, :]), axis=1)]
     inside = in_bands(sq, bands)
