@@ -61,3 +61,30 @@ def test_lif_crystallites_keep_their_band_significance():
     old, new, qs = _lif_band(imgs)
     np.testing.assert_array_equal(new, old)
     assert np.mean(old[:10] >= DEFS.lif_spot_z) >= 0.7
+
+
+def test_nearest_ring_search_in_slices_equals_one_table():
+    """The nearest ring of each spot, searched a slice of spots at a time (``slice_spots``), gives what one
+    (spots, rings) table gives (``np.argmin``: the first of equally near rings), including spots halfway between two
+    rings and rings listed twice; the reference below is the table written out."""
+    rng = np.random.default_rng(3301)
+    rings = np.array([0.403, 0.431, 0.498, 0.498, 0.52, 0.61, 0.70])
+    is_band = np.array([False, True, True, False, False, False, True])
+    n_pos, n_q = 50, 31
+    q = np.linspace(0.3, 0.8, n_q)
+    z = rng.uniform(0.0, 12.0, (n_pos, n_q))
+    sq = np.concatenate([rng.uniform(0.35, 0.8, 40), [0.417, 0.464, 0.509, 0.655]])  # the last: halfway
+    pos = rng.integers(0, n_pos, sq.size)
+    bands, r_q, z_listed, floor = [(0.465, 0.53), (0.67, 0.735)], 0.03, 5.0, 3.0
+    got = band_spot_z(z, q, bands, pos, sq, r_q, rings, is_band, z_listed, floor, slice_spots=7)
+    # the reference: every spot's nearest ring from one table
+    own = is_band[np.argmin(np.abs(sq[:, None] - rings[None, :]), axis=1)]
+    inside = in_bands(sq, bands)
+    near = in_bands(sq, [(lo - 2 * r_q, hi + 2 * r_q) for lo, hi in bands])
+    band_spot, other_spot = np.zeros(n_pos, bool), np.zeros(n_pos, bool)
+    band_spot[pos[near & (inside | own)]] = True
+    other_spot[pos[near & ~inside & ~own]] = True
+    want = band_max(z, q, bands)
+    want[other_spot & ~band_spot & (want >= z_listed)] = floor
+    assert np.array_equal(got, want)
+    assert 0 < int((got == floor).sum()) < n_pos  # some positions are flank, not all
