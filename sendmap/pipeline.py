@@ -43,8 +43,11 @@ STAGES: tuple[Stage, ...] = (
     # revision 8: under strong speckle the denoised profiles get their neighbours' mean residual back
     # (peaks.denoise_residual_pool: the few components' truncation bias)
     # revision 9 (issue 18, estimator bias): a sextic over the fixed ± 0.14 1/Å range (peaks.fixed_range_degree)
+    # revision 10 (session 22, strong speckle): denoise_learn_pool 3 and one_step_pool 5 by default; where they act,
+    # the plain estimator's peak is stored apart as the classification feature (peaks/q_peak_classify,
+    # q_err_classify, status_classify; peaks.classify_feature) and peaks/q_peak is the options' less biased one
     Stage("peaks", ("peaks",), peaks.stage_peaks,
-          "SRO peaks: binning/denoising, position, error, height, width; second peak", 9,
+          "SRO peaks: binning/denoising, position, error, height, width; second peak", 10,
           key_sections=peaks.key_sections),
     # classify revision 2 (indexing): the crystal rule and SEI Type 2 use the spots' indexing and shared grain spots;
     # revision 3 (calibration): class probabilities with the crystal rule's error rates and a posterior temperature;
@@ -70,8 +73,10 @@ STAGES: tuple[Stage, ...] = (
     # rules' Q cuts (science.probability.untruncated_spread), the posterior temperature 1.75 → 1.25
     # revision 15 (session 20): the LiF bands' significance leaves out the flank of a listed spot of another phase
     # centred beside them (Li (110), Cu (200)): science.classify.band_spot_z
+    # revision 16 (session 22): the class evidence reads the peaks stage's classification feature where stored
+    # (peaks/q_peak_classify and its status); maps/peak_q and its error report peaks/q_peak
     Stage("classify", ("classify",), classify.stage_classify, "features, class and phase per position; final peak maps",
-          15),
+          16),
     # statistics revision 2: where no Gaussian can be fitted, the amplitude is the moments' Gaussian's (area = count)
     Stage("statistics", ("statistics", "dose"), statistics.stage_statistics,
           "histogram fits, class-mean profiles, layers, dose", 2),

@@ -113,7 +113,7 @@ def test_noise_free_fixed_range_maximum_under_both_error_models(cname, targets):
                    "1/Å low): mean −0.0032 ± 0.0006 1/Å here with the quintic, −0.0026 ± 0.0006 with the sextic, "
                    "median −0.0004; the remaining SEI Type 1 class-mean bias of −0.002 to −0.003 "
                    "1/Å on speckle3 (also after the denoising, whose truncation bias the neighbours' residual removes); the "
-                   "peaks stage's opt-in one-step estimator (peaks.one_step_pool, test_one_step_from_a_neighbours_mean_...) is unbiased here")
+                   "peaks stage's one-step estimator (peaks.one_step_pool, default since session 22, test_one_step_from_a_neighbours_mean_...) is unbiased here")
 def test_single_pattern_fit_unbiased_under_strong_speckle():
     d, se = _fits(3, 1200, 2, recentre=True)
     assert abs(d.mean()) < 3 * se + 1e-5, (d.mean(), se)

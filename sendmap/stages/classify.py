@@ -274,11 +274,16 @@ def stage_classify(ctx: Context) -> None:
         bragg = bragg_fraction(q, np.asarray(g["profiles/mean"], dtype=np.float64),
                                np.asarray(g["profiles/robust_mean"], dtype=np.float64), (2 * r_q, q_hi))
         write_array(g, "features/bragg_fraction", bragg, BRAGG_ATTRS | {"q_range": [2 * r_q, q_hi]})
-    peak_q = np.asarray(g["peaks/q_peak"])
-    peak_err = np.asarray(g["peaks/q_err"])
+    # the class evidence reads the peaks stage's classification feature where it stored one (peaks.classify_feature:
+    # the plain estimator under the strong-speckle options); the maps report peaks/q_peak
+    report_q, report_err = np.asarray(g["peaks/q_peak"]), np.asarray(g["peaks/q_err"])
+    feature = "_classify" if "peaks/q_peak_classify" in g else ""
+    peak_q, peak_err = np.asarray(g[f"peaks/q_peak{feature}"]), np.asarray(g[f"peaks/q_err{feature}"])
     # the peak status (ok, or why there is no peak); stores without it: ok where a peak was found
-    peak_status = (np.asarray(g["peaks/status"]).astype(np.int8) if "peaks/status" in g
+    peak_status = (np.asarray(g[f"peaks/status{feature}"]).astype(np.int8) if "peaks/status" in g
                    else np.where(np.isfinite(peak_q), status_code("ok"), status_code("no_maximum_in_window")).astype(np.int8))
+    # (the reported fit's status: the final maps report no peak where it found none)
+    report_status = np.asarray(g["peaks/status"]).astype(np.int8) if feature else peak_status
     crystal_thr = crystal_spot_threshold(cfg, np.asarray(g["ingest/total_counts"]), measured_counts(g))
     # the spots' indexing (profile stage) and their spatial context: grain or LiF, whatever the spot strength
     # a flat-topped halo (no_clear_maximum) is an SRO peak too, with a wide error
@@ -429,11 +434,13 @@ def stage_classify(ctx: Context) -> None:
     # Cu (111) at 0.479 1/Å reach into the fit range and pull its maximum (+0.012-0.024 1/Å on development seed 1419)
     final_status[minority & ok_amorphous] = status_code("bragg_disk_in_fit_range")
     # a maximum above every class's range is no class's SRO peak: not reported where the position has a class
-    above = above_class_ranges(peak_q, cls, d.sei_type1_range)
+    above = above_class_ranges(report_q, cls, d.sei_type1_range)
     final_status[above & (final_status == status_code("ok"))] = status_code("above_class_ranges")
+    lost = (report_status != status_code("ok")) & (final_status == status_code("ok"))  # (the reported fit's)
+    final_status[lost] = report_status[lost]
     no_peak_map = (final_status != status_code("ok")) & (final_status != status_code("no_clear_maximum"))
     write_array(g, "maps/peak_status", final_status, status_attrs())
-    write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, peak_q), {"units": "1/Å", "meaning": "first SRO peak maximum (no_clear_maximum: the centre of the "
+    write_array(g, "maps/peak_q", np.where(no_peak_map, np.nan, report_q), {"units": "1/Å", "meaning": "first SRO peak maximum (no_clear_maximum: the centre of the "
                                                          "Q range consistent with it); NaN where maps/peak_status is "
                                                          "neither ok nor no_clear_maximum"})
-    write_array(g, "maps/peak_q_err", np.where(no_peak_map, np.nan, peak_err), {"units": "1/Å", "meaning": "1-sigma"})
+    write_array(g, "maps/peak_q_err", np.where(no_peak_map, np.nan, report_err), {"units": "1/Å", "meaning": "1-sigma"})

@@ -289,6 +289,7 @@ def stage_peaks(ctx: Context) -> None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 corr = (np.nan_to_num(corr[0] * (sem / sem_raw).reshape(-1, nq)), *corr[1:])
     y, s = iqn.reshape(-1, nq), sem.reshape(-1, nq)
+    y_in, s_in = y, s  # (the denoising's input: the plain estimator again where denoise_learn_pool acts)
     operator, info, pool_n = None, {"method": "none"}, None
     speckle_info = None  # set where the denoising's components are counted above the speckle noise's edge
     if pk.denoise != "none":
@@ -345,8 +346,16 @@ def stage_peaks(ctx: Context) -> None:
             plain[kk][sample] = part[kk]
         if pool_n is not None:  # the neighbours' residual's own noise (residual_added) into the error
             res["q_err"] = residual_pool_error(res["q_err"], plain["q_err"], pool_n, amorphous)
-    if (pk.one_step_pool > 1 and speckle_info and operator is not None  # strong speckle, the fixed ± 0.14 range:
-            and fit_range["mode"] == "auto: fixed"):  # one step from the neighbours' peak (peaks.one_step_pool)
+    one_step = (pk.one_step_pool > 1 and speckle_info and operator is not None  # strong speckle, the fixed ±
+                and fit_range["mode"] == "auto: fixed")  # ± 0.14 range: one step from the neighbours' peak
+    learned = operator is not None and "learn_pool" in info
+    feature = None  # the peak without the two strong-speckle options, for classify (peaks.classify_feature)
+    if pk.classify_feature == "plain" and (one_step or learned):
+        feature = {kk: np.array(res[kk], copy=True) for kk in ("q_peak", "q_err", "status")}
+        if learned:
+            feature = plain_peak(q, y_in, s_in, amorphous, spot_bins, (lo, hi), n_comp, pk, fit_args,
+                                             corr, recentre, with_counts, flat_z, fit_map)
+    if one_step:
         from ..science.peak_one_step import one_step_from_neighbours
 
         n_one_step = one_step_from_neighbours(q, y, s, res, amorphous & (counts > 0), (ry, rx), pk.one_step_pool,
@@ -402,6 +411,7 @@ def stage_peaks(ctx: Context) -> None:
         for key in ("q_max_lo", "q_max_hi"):
             if f"peaks/{key}" in g:
                 del g[f"peaks/{key}"]
+    write_classify_feature(g, feature, empty, (ry, rx))
     for key, val in second.items():
         name = "second_present" if key == "present" else f"second_{key}"
         write_array(g, f"peaks/{name}", val.reshape(ry, rx),
@@ -464,6 +474,45 @@ def stage_peaks(ctx: Context) -> None:
                         "method": "weighted polynomial fit over a range centred on its own maximum, maximum by "
                                   "Newton, delta-method error with the range's feedback"
                                   + (" propagated through the denoising projection" if operator is not None else "")})
+
+
+def plain_peak(q, y, s, amorphous, spot_bins, q_range, n_comp, pk, fit_args, corr, recentre,
+                           with_counts, flat_z, fit_map) -> dict:
+    """The peak (q_peak, q_err, status) of the plain estimator where ``peaks.denoise_learn_pool`` acts: the
+    components learned from the single profiles (no neighbourhood means), no one step. The same inputs, fit range,
+    speckle correlation and range feedback as the reported fit (``peaks.classify_feature``)."""
+    from ..science.peaks import fit_peaks_reported, lowrank_denoise, window_feedback
+
+    lo, hi = q_range
+    yd, op, info = lowrank_denoise(y, s, amorphous, (q >= lo) & (q <= hi), pk.denoise, n_comp, pk.denoise_guard,
+                                   exclude=spot_bins)
+    op = None if info["method"] == "none" else op
+    beta = window_feedback(q, yd, s, with_counts, *fit_args)["beta"] if recentre else None
+    r = fit_peaks_reported(q, yd, s, *fit_args, operator=op, map_blocks=fit_map, correlated=corr,
+                           recentre=recentre, feedback=beta, flat_top_z=flat_z)
+    return {kk: np.asarray(r[kk]) for kk in ("q_peak", "q_err", "status")}
+
+
+def write_classify_feature(g, feature: dict | None, empty: np.ndarray, shape: tuple) -> None:
+    """Store ``peaks/q_peak_classify``, ``q_err_classify`` (1/Å) and ``status_classify``: the plain estimator's
+    peak and status, read by the classify stage, where the reported peak (``peaks/q_peak``) came from the
+    strong-speckle options. Without a feature, stale arrays of an earlier run are removed (classify then reads
+    peaks/q_peak and peaks/status)."""
+    from ..science.peaks import status_attrs, status_code
+
+    names = ("q_peak_classify", "q_err_classify", "status_classify")
+    if feature is None:
+        for name in names:
+            if f"peaks/{name}" in g:
+                del g[f"peaks/{name}"]
+        return
+    meaning = ("the SRO peak without peaks.denoise_learn_pool / one_step_pool (the plain estimator): the classify "
+               "stage's feature (peaks.classify_feature); peaks/q_peak is the reported peak")
+    for key, name in zip(("q_peak", "q_err"), names):
+        write_array(g, f"peaks/{name}", np.where(empty, np.nan, feature[key]).reshape(shape),
+                    {"units": "1/Å", "meaning": meaning})
+    status = np.where(empty, status_code("too_few_counts"), feature["status"]).astype(np.int8)
+    write_array(g, "peaks/status_classify", status.reshape(shape), status_attrs() | {"meaning": meaning})
 
 
 def listed_spot_bins(g, q: np.ndarray, n_positions: int) -> np.ndarray | None:
