@@ -122,12 +122,12 @@ def grain_disk_refit(ctx: Context, q, y, s, operator, res: dict, crystal: np.nda
 
 
 def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal: np.ndarray,
-                        q_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        q_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``peaks.grain_edge_mask_nm``: (rows (M,) flat positions, I·Q^n (M, nq), its error (M, nq)) replacing the
     profile and its error (``iqn``, ``sem`` (Ry, Rx, nq), as ``profiles/iqn`` and ``profiles/iqn_sem`` store them;
     not changed) of every non-crystalline position within that distance of
     a grain-like one (``crystal``) by its mean over the polar cells that the neighbouring grain's listed Li/Cu disks
-    reaching below ``q_max`` (1/Å), and their Friedel mates, do not cover
+    reaching below the position's ``q_max`` ((Ry·Rx,) 1/Å; NaN: none), and their Friedel mates, do not cover
     (:func:`sendmap.science.grain_edge.neighbour_grain_spots`, :func:`sendmap.science.spot_mask.masked_profile`): the
     frames of those positions are read again and their polar sums remade with the profile stage's geometry (none
     where the store keeps no frames, spot lists or scan step)."""
@@ -150,8 +150,13 @@ def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal:
     calib = dict(g.attrs["calibration"])
     r_q = float(calib["disk_radius_px"]) * float(calib["q_pixel_size"])
     reach = int(np.floor(cfg.peaks.grain_edge_mask_nm / step + 1e-9))
+    q_max = np.asarray(q_max, dtype=float).ravel()
+    if not np.isfinite(q_max).any():
+        return none
     spots = neighbour_grain_spots(np.asarray(g["spots/position"]), np.asarray(g["spots/values"]),
-                                  np.asarray(g["spots/grain_ring"]), crystal, reach, r_q, q_max)
+                                  np.asarray(g["spots/grain_ring"]), crystal, reach, r_q, float(np.nanmax(q_max)))
+    spots = {p: v[v[:, 0] - r_q < q_max[p]] for p, v in spots.items() if np.isfinite(q_max[p])}
+    spots = {p: v for p, v in spots.items() if len(v)}
     if not spots:
         return none
     origin = np.asarray(g["calibration/origin"])
