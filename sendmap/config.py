@@ -245,6 +245,16 @@ class PeaksConfig(_Section):
         "e- +0.0018/+0.0026 -> +0.0016/+0.0019 (development seeds 1419, 1819), check seeds 1519 +0.0070 -> +0.0039, "
         "1919 +0.0041 -> +0.0041, legacy within 0.0005; but matrix:speckle3 (M = 3) at 5e3: speckle passes for "
         "disks, Type 1 recall 0.93 -> 0.81, so not on by default")
+    grain_edge_mask_nm: Optional[float] = Field(
+        None, ge=0, description="nm (null or 0: off): positions within this distance (whole scan steps of "
+        "calibration.scan_step_nm) of a grain-like position have their profile rebuilt from their frame with the "
+        "Li/Cu disks listed at those grain positions, and their Friedel mates, masked (a grain minority along the beam "
+        "at a layer edge shares the neighbouring grain's orientation; sendmap.science.grain_edge), those disks that reach "
+        "the inner half of the first fit's range above its maximum; the rows are refitted through the scan's own fit "
+        "range and denoising components (every other position bit for bit). The masked cells are chosen without looking "
+        "at the frame's counts, so an isotropic ring's mean stays unbiased. 8 (two 4 nm steps, chosen on development "
+        "seeds 1818/1819/1824/1825): matrix:mixed 5e3 SEI Type 1 class mean +0.0038 -> +0.0002 (reporting seed 1019), "
+        "check seed 1919 +0.0032 -> +0.0015 (README, 'A grain's faint disks beside it')")
     profile: Literal["mean", "robust", "masked"] = Field(
         "mean", description="profile the peak is fitted on: the azimuthal mean, the robust mean whose sectors "
         "holding Bragg spots are clipped (for spotty patterns), or the spot-masked mean (profiles/iqn_masked: the "

@@ -232,7 +232,7 @@ def close_client() -> None:
 LATER_STAGE_MODULES = ("sendmap.engine.execute", "sendmap.science.mask", "sendmap.science.shadows", "sendmap.science.centre", "sendmap.science.ellipse",
                        "sendmap.science.polar_tables", "sendmap.science.peaks", "sendmap.science.peak_kernels",
                        "sendmap.science.denoise_kernels", "sendmap.science.denoise_residual", "sendmap.science.peak_one_step", "sendmap.science.box_kernels", "sendmap.science.features",
-                       "sendmap.science.classify", "sendmap.science.boundaries", "sendmap.science.ring_sectors", "sendmap.science.phases", "sendmap.science.probability", "sendmap.science.spatial",
+                       "sendmap.science.classify", "sendmap.science.boundaries", "sendmap.science.grain_edge", "sendmap.science.ring_sectors", "sendmap.science.phases", "sendmap.science.probability", "sendmap.science.spatial",
                        "sendmap.science.indexing", "sendmap.science.spot_context",
                        "sendmap.science.mixture", "sendmap.science.lowrank", "sendmap.science.stats", "sendmap.science.dose",
                        "sendmap.io.generic", "sendmap.report.build", "threadpoolctl")

@@ -119,3 +119,81 @@ def grain_disk_refit(ctx: Context, q, y, s, operator, res: dict, crystal: np.nda
     beside = grain_reflections_beside(np.asarray(g["spots/position"]), np.asarray(g["spots/grain_ring"]),
                                       np.asarray(g["spots/values"])[:, 0], crystal, reach, float(q[1] - q[0]))
     return refit_beside_grains(q, y, s, operator, res, beside, radius, fit_args, corr, flat_z, half_width, degree)
+
+
+def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal: np.ndarray,
+                        q_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``peaks.grain_edge_mask_nm``: (rows (M,) flat positions, I·Q^n (M, nq), its error (M, nq)) replacing the
+    profile and its error (``iqn``, ``sem`` (Ry, Rx, nq), as ``profiles/iqn`` and ``profiles/iqn_sem`` store them;
+    not changed) of every non-crystalline position within that distance of
+    a grain-like one (``crystal``) by its mean over the polar cells that the neighbouring grain's listed Li/Cu disks
+    reaching below the position's ``q_max`` ((Ry·Rx,) 1/Å; NaN: none), and their Friedel mates, do not cover
+    (:func:`sendmap.science.grain_edge.neighbour_grain_spots`, :func:`sendmap.science.spot_mask.masked_profile`): the
+    frames of those positions are read again and their polar sums remade with the profile stage's geometry (none
+    where the store keeps no frames, spot lists or scan step)."""
+    from ..engine.data import open_stored
+    from ..science.grain_edge import masked_edge_profiles, neighbour_grain_spots
+    from ..science.polar_tables import PolarTables, profile_block
+    from ..science.spot_mask import PIXEL_HALF_DIAGONAL
+    from .profiles import profile_error_terms, profile_geometry
+
+    cfg, g = ctx.cfg, ctx.group
+    none = (np.zeros(0, np.int64), np.zeros((0, iqn.shape[2])), np.zeros((0, iqn.shape[2])))
+    step = float(cfg.calibration.scan_step_nm or 0.0)
+    if step <= 0 or "spots/grain_ring" not in g or "spots/position" not in g:
+        return none
+    try:
+        stored = open_stored(ctx.store_path)
+    except Exception:  # no frames kept (e.g. a store copied without them): the stored profiles stay
+        ctx.log("[sendmap] peaks: grain_edge_mask_nm set but the store keeps no frames; profiles kept")
+        return none
+    calib = dict(g.attrs["calibration"])
+    r_q = float(calib["disk_radius_px"]) * float(calib["q_pixel_size"])
+    reach = int(np.floor(cfg.peaks.grain_edge_mask_nm / step + 1e-9))
+    q_max = np.asarray(q_max, dtype=float).ravel()
+    if not np.isfinite(q_max).any():
+        return none
+    spots = neighbour_grain_spots(np.asarray(g["spots/position"]), np.asarray(g["spots/values"]),
+                                  np.asarray(g["spots/grain_ring"]), crystal, reach, r_q, float(np.nanmax(q_max)))
+    spots = {p: v[v[:, 0] - r_q < q_max[p]] for p, v in spots.items() if np.isfinite(q_max[p])}
+    spots = {p: v for p, v in spots.items() if len(v)}
+    if not spots:
+        return none
+    origin = np.asarray(g["calibration/origin"])
+    mask = np.asarray(g["calibration/mask"])
+    ry, rx, qy, qx = stored.shape
+    geom = profile_geometry(cfg, calib, (qy, qx), origin)
+    if geom.nq != iqn.shape[2]:
+        return none
+    finite = origin.reshape(-1, 2)[np.all(np.isfinite(origin.reshape(-1, 2)), axis=1)]
+    tables = PolarTables(geom, cfg.profiles.centre_step_px, (qy, qx),
+                         np.stack([finite.min(axis=0), finite.max(axis=0)], axis=1) if len(finite) else None)
+    q = geom.q_centres
+    qn = q ** cfg.profiles.n
+    speckle_g, _ = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, cfg.profiles.error_model)
+    margin = float(geom.q_pixel_size * PIXEL_HALF_DIAGONAL)
+    todo = np.array(sorted(spots), np.int64)
+    rows, ys, ss = [], [], []
+    for y0 in range(0, ry, 8):  # a few rows of frames at a time (the ingest blocks are whole rows of 8)
+        sel = todo[(todo // rx >= y0) & (todo // rx < min(ry, y0 + 8))]
+        sel = sel[np.all(np.isfinite(origin.reshape(-1, 2)[sel]), axis=1)]
+        if sel.size == 0:
+            continue
+        y1 = min(ry, y0 + 8)
+        frames = stored.read_dense((y0, y1, 0, rx)).reshape(-1, qy, qx)[sel - y0 * rx]
+        centres = origin.reshape(-1, 2)[sel]
+        out = profile_block(frames, centres, mask, tables, r_q, keep_sums=True, speckle_factor=speckle_g)
+        iyc, ixc, tix = tables.split_centres(centres)
+        uix, _, w2_u, release = tables.geometry(mask, iyc, ixc, tix)
+        try:
+            w2 = np.array(w2_u[uix])
+        finally:
+            release()
+        mm, ms = masked_edge_profiles(out["s"], out["w"], w2, out["mean"], out["sem"], q,
+                                      [spots[p] for p in sel.tolist()], r_q, margin)
+        rows.append(sel)  # (float32, as the profile stage stores them)
+        ys.append((mm * qn).astype(np.float32).astype(np.float64))
+        ss.append((ms * qn).astype(np.float32).astype(np.float64))
+    if not rows:
+        return none
+    return np.concatenate(rows), np.concatenate(ys), np.concatenate(ss)

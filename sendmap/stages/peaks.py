@@ -13,7 +13,7 @@ import numpy as np
 from ..engine.context import Context
 from ..engine.store import set_attrs, write_array
 from ..errors import SendmapInputError
-from .crystalline import crystal_key_sections, crystal_rows, grain_disk_refit
+from .crystalline import crystal_key_sections, crystal_rows, grain_disk_refit, grain_edge_profiles
 
 
 AUTO_FIT_HALF_WIDTH_FALLBACK = 0.14
@@ -253,6 +253,7 @@ def stage_peaks(ctx: Context) -> None:
     sem = read_float64(g, "profiles/iqn_masked_sem" if pk.profile == "masked" else "profiles/iqn_sem")
     speckle = None
     crystal = crystal_rows(ctx)
+    sem_stored = sem  # (peaks.grain_edge_mask_nm: the stored errors, against which the masked ones are scaled)
     if g["profiles/iqn_sem"].attrs.get("error_model") == "azimuthal" and "features/fem_variance" in g:
         sem, speckle = speckle_fit_errors(ctx, iqn, sem, ~crystal)
     ry, rx, nq = iqn.shape
@@ -362,6 +363,27 @@ def stage_peaks(ctx: Context) -> None:
                                               fit_args, (hw_l, hw_r), degree, operator, corr, recentre,
                                               feedback["beta"], fit_map)
         info["one_step"] = {"pool": int(pk.one_step_pool), "replaced": n_one_step}
+    n_edge_masked = 0
+    if pk.grain_edge_mask_nm and pk.profile == "mean" and k == 1:
+        # a grain's disks at the layer edge beside it, masked where they reach the inner half of the first fit's
+        # range above its maximum (refit_beside_grains' rule), and those rows refitted through the scan's own
+        # choices (fit range, components, feedback: made on the stored profiles, so every other position keeps its
+        # result bit for bit)
+        rows, ym, sm = grain_edge_profiles(ctx, plain_in[0].reshape(ry, rx, nq), sem_stored, crystal,
+                                           np.asarray(res["q_peak"]) + hw_r / 2)
+        if rows.size:
+            s_st = sem_stored.reshape(-1, nq)[rows]
+            ratio = np.nan_to_num(np.where(s_st > 0, sm / np.where(s_st > 0, s_st, 1.0), 1.0), nan=1.0)
+            y_in = ym if operator is None else y[rows] + (ym - plain_in[0][rows]) @ np.asarray(operator).T
+            s_in = s[rows] * ratio
+            c_in = None if corr is None else (corr[0][rows] * ratio, *corr[1:])
+            new = fit_peaks_reported(q, y_in, s_in, *fit_args, operator=operator, map_blocks=fit_map,
+                                     correlated=c_in, recentre=recentre, feedback=feedback["beta"], flat_top_z=flat_z)
+            for key in res:
+                if key in new:
+                    res[key][rows] = new[key]
+            y[rows], s[rows] = y_in, s_in
+            n_edge_masked = int(rows.size)
     # (off by default) beside a grain: its disks, too faint to be listed there, fitted away (grain_disk_refit)
     n_disk_refit = grain_disk_refit(ctx, q, y, s, operator, res, crystal, fit_args, corr, flat_z, (hw_l, hw_r),
                                     degree) if pk.grain_disk_reach_nm and k == 1 else 0
@@ -435,7 +457,8 @@ def stage_peaks(ctx: Context) -> None:
                    "median_abs_shift_vs_plain": med(np.abs(res["q_peak"] - plain["q_peak"])),
                    "second_peak_fraction": float(np.mean(second["present"][amorphous])) if amorphous.any() else 0.0,
                    "median_positions_binned": float(np.median(n_binned.ravel()[amorphous])) if amorphous.any() else 1.0,
-                   "grain_disk_refit_positions": int(n_disk_refit)}
+                   "grain_disk_refit_positions": int(n_disk_refit),
+                   "grain_edge_masked_positions": int(n_edge_masked)}
     status_counts = {name: int(np.sum(status == c)) for c, name in enumerate(PEAK_STATUS) if np.any(status == c)}
     if status_counts.get("fit_failed"):
         ctx.log(f"[sendmap] peaks: {status_counts['fit_failed']} positions: the polynomial has no interior maximum; "

@@ -1,0 +1,84 @@
+"""A grain's faint disks at a layer edge, masked where its neighbour says they are (issue 18, session 22).
+
+Across an inclined layer boundary the beam crosses both layers (``--mix-width``), so an amorphous position one or two
+scan steps from a Li/Cu grain holds a share of that grain, and with it the grain's Bragg disks at the grain's own
+orientation: the same g as the disks listed at the grain positions beside it. Too faint to be listed at the edge
+position itself (mix fractions 0.02–0.17), the Li (110) disk (0.403 1/Å, radius ≈ 0.08 1/Å) still pulls the
+azimuthal mean's SRO maximum up (matrix:mixed at 5 × 10³ e⁻: SEI Type 1 +0.004 1/Å, README "A grain's faint disks
+beside it").
+
+:func:`neighbour_grain_spots` lists, for each non-crystalline position within ``reach`` scan steps of a grain-like
+position, the distinct reflections (Q, azimuth) of the Li/Cu-ring spots listed at those grain positions; the
+profile is then rebuilt from the position's own polar sums with those disks and their Friedel mates masked
+(:func:`sendmap.science.spot_mask.masked_profile`). No test decides whether a disk is there: the masked cells are
+chosen from the neighbours' spots, without looking at this frame's counts, so for an isotropic ring (with or without
+speckle) the masked mean is unbiased wherever no disk is, and only its error grows (the kept area's share); where a
+disk is, its counts are gone. (A per-position presence test would select on the frame's own noise: the masked
+profile of session 15 masked the frame's brightest cells, and biased speckled patterns low.)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .boundaries import SAME_G_TOLERANCE
+
+
+def neighbour_grain_spots(position: np.ndarray, values: np.ndarray, grain_ring: np.ndarray, crystal: np.ndarray,
+                          reach: int, disk_radius_q: float, q_max: float) -> dict[int, np.ndarray]:
+    """{flat position: (K, 2) float64 [Q 1/Å, azimuth rad]}: for each non-crystalline position within ``reach`` scan
+    steps (Chebyshev) of a grain-like position (``crystal`` (Ry, Rx) bool), the distinct reflections of the Li/Cu-ring
+    spots (``grain_ring`` (N,) bool) listed at those grain positions (``position`` (N,) flat scan index, ``values``
+    (N, ≥ 2) Q, azimuth as ``spots/values``) whose disk reaches below ``q_max`` (Q − ``disk_radius_q`` < q_max: the
+    top of the peak fit range). Spots whose g = Q (cos φ, sin φ) lie within :data:`sendmap.science.boundaries.
+    SAME_G_TOLERANCE` disk radii of one already kept are the same reflection (kept once).
+
+    >>> c = np.zeros((1, 4), bool); c[0, 0] = True
+    >>> v = np.array([[0.403, 0.5], [0.404, 0.51], [0.70, 1.0]])
+    >>> out = neighbour_grain_spots(np.array([0, 0, 0]), v, np.array([True, True, True]), c, 2, 0.08, 0.47)
+    >>> sorted(out), out[1].round(3).tolist()
+    ([1, 2], [[0.403, 0.5]])
+    """
+    crystal = np.asarray(crystal, bool)
+    if reach < 1 or not crystal.any():
+        return {}
+    ry, rx = crystal.shape
+    pos = np.asarray(position, np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    keep = np.asarray(grain_ring, bool) & np.isfinite(v[:, 0]) & (pos >= 0) & (pos < ry * rx)
+    keep &= crystal.ravel()[np.clip(pos, 0, ry * rx - 1)]
+    keep &= v[:, 0] - float(disk_radius_q) < float(q_max)
+    by_pos: dict[int, list[np.ndarray]] = {}
+    for p_, row in zip(pos[keep].tolist(), v[keep, :2]):
+        by_pos.setdefault(p_, []).append(row)
+    tol2 = (SAME_G_TOLERANCE * float(disk_radius_q)) ** 2
+    out: dict[int, np.ndarray] = {}
+    for iy, ix in zip(*np.nonzero(~crystal)):
+        rows = [r for jy in range(max(0, iy - reach), min(ry, iy + reach + 1))
+                for jx in range(max(0, ix - reach), min(rx, ix + reach + 1)) for r in by_pos.get(jy * rx + jx, ())]
+        if not rows:
+            continue
+        kept: list[np.ndarray] = []
+        for r in rows:
+            gx, gy = r[0] * np.cos(r[1]), r[0] * np.sin(r[1])
+            if all((gx - k[0] * np.cos(k[1])) ** 2 + (gy - k[0] * np.sin(k[1])) ** 2 >= tol2 for k in kept):
+                kept.append(r)
+        out[int(iy * rx + ix)] = np.ascontiguousarray(np.array(kept, dtype=np.float64).reshape(-1, 2))
+    return out
+
+
+def masked_edge_profiles(s: np.ndarray, w: np.ndarray, w2: np.ndarray, mean: np.ndarray, sem: np.ndarray,
+                         q_c: np.ndarray, spot_lists: list, disk_radius_q: float, pixel_margin_q: float):
+    """(B, nq) mean and sem of B frames over the polar cells that their neighbour grain's disks (``spot_lists``: one
+    (K, ≥ 2) [Q 1/Å, azimuth rad] array per frame, :func:`neighbour_grain_spots`) and the disks' Friedel mates do not
+    reach (:func:`sendmap.science.spot_mask.masked_profile`). s, w: (B, nq, n_phi) polar sums and pixel areas; w2
+    (B, nq) Σw² per bin; mean, sem (B, nq) the frames' azimuthal mean and its error (counts per pixel)."""
+    from .spot_mask import masked_profile
+
+    nb, nq = mean.shape
+    out_m, out_s = np.empty((nb, nq)), np.empty((nb, nq))
+    for f in range(nb):
+        sp = np.ascontiguousarray(np.asarray(spot_lists[f], dtype=np.float64).reshape(-1, 2))
+        masked_profile(np.ascontiguousarray(s[f]), np.ascontiguousarray(w[f]), np.ascontiguousarray(w2[f], dtype=np.float64),
+                       np.ascontiguousarray(mean[f]), np.ascontiguousarray(sem[f]), np.asarray(q_c, dtype=np.float64),
+                       sp, float(disk_radius_q), float(pixel_margin_q), out_m[f], out_s[f], True)
+    return out_m, out_s
