@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from sendmap.science import polar_tables as PT
-from sendmap.science.grain_edge import masked_edge_profiles, neighbour_grain_spots
+from sendmap.science.grain_edge import masked_frame_profiles, neighbour_grain_spots
 from sendmap.science.peaks import fit_peaks
 from sendmap.science.spot_mask import PIXEL_HALF_DIAGONAL
 from sendmap.synth import patterns as P
@@ -32,16 +32,10 @@ def _profiles(frames, spot_list):
     of I·Q from the azimuthal mean and from the mean masked at ``spot_list``."""
     tables = PT.PolarTables(GEOM)
     centres = np.tile(CENTRE, (len(frames), 1))
-    out = PT.profile_block(np.asarray(frames, float), centres, MASK, tables, R_Q, keep_sums=True)
-    iyc, ixc, tix = tables.split_centres(centres)
-    uix, _, w2_u, release = tables.geometry(MASK, iyc, ixc, tix)
-    try:
-        w2 = np.array(w2_u[uix])
-    finally:
-        release()
+    out = PT.profile_block(np.asarray(frames, float), centres, MASK, tables, R_Q)
     q = GEOM.q_centres
-    mm, ms = masked_edge_profiles(out["s"], out["w"], w2, out["mean"], out["sem"], q, [spot_list] * len(frames), R_Q,
-                                  QPX * PIXEL_HALF_DIAGONAL)
+    mm, ms = masked_frame_profiles(np.asarray(frames, float), centres, MASK, tables, R_Q, [spot_list] * len(frames),
+                                   QPX * PIXEL_HALF_DIAGONAL)
     fits = []
     for m, s in ((out["mean"], out["sem"]), (mm, ms)):
         r = fit_peaks(q, m * q, s * q, WINDOW, 0.14, 3.0, 6)

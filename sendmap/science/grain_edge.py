@@ -82,3 +82,22 @@ def masked_edge_profiles(s: np.ndarray, w: np.ndarray, w2: np.ndarray, mean: np.
                        np.ascontiguousarray(mean[f]), np.ascontiguousarray(sem[f]), np.asarray(q_c, dtype=np.float64),
                        sp, float(disk_radius_q), float(pixel_margin_q), out_m[f], out_s[f], True)
     return out_m, out_s
+
+
+def masked_frame_profiles(frames: np.ndarray, centres: np.ndarray, mask: np.ndarray, tables, disk_radius_q: float,
+                          spot_lists: list, pixel_margin_q: float, speckle_factor=None):
+    """(B, nq) mean and sem (counts per pixel) of B frames (B, qy, qx) about their ``centres`` (B, 2) px, over the
+    polar cells their neighbour grain's disks (``spot_lists``, as in :func:`masked_edge_profiles`) do not reach:
+    the profile kernel's polar sums (:func:`sendmap.science.polar_tables.profile_block` with ``tables``, a
+    ``PolarTables``, and the detector ``mask``) masked by :func:`masked_edge_profiles`."""
+    from .polar_tables import profile_block
+
+    out = profile_block(frames, centres, mask, tables, disk_radius_q, keep_sums=True, speckle_factor=speckle_factor)
+    iyc, ixc, tix = tables.split_centres(centres)
+    uix, _, w2_u, release = tables.geometry(mask, iyc, ixc, tix)
+    try:
+        w2 = np.array(w2_u[uix])
+    finally:
+        release()
+    return masked_edge_profiles(out["s"], out["w"], w2, out["mean"], out["sem"], tables.geom.q_centres, spot_lists,
+                                disk_radius_q, pixel_margin_q)

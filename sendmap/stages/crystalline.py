@@ -132,8 +132,8 @@ def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal:
     frames of those positions are read again and their polar sums remade with the profile stage's geometry (none
     where the store keeps no frames, spot lists or scan step)."""
     from ..engine.data import open_stored
-    from ..science.grain_edge import masked_edge_profiles, neighbour_grain_spots
-    from ..science.polar_tables import PolarTables, profile_block
+    from ..science.grain_edge import masked_frame_profiles, neighbour_grain_spots
+    from ..science.polar_tables import PolarTables
     from ..science.spot_mask import PIXEL_HALF_DIAGONAL
     from .profiles import profile_error_terms, profile_geometry
 
@@ -182,15 +182,8 @@ def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal:
         y1 = min(ry, y0 + 8)
         frames = stored.read_dense((y0, y1, 0, rx)).reshape(-1, qy, qx)[sel - y0 * rx]
         centres = origin.reshape(-1, 2)[sel]
-        out = profile_block(frames, centres, mask, tables, r_q, keep_sums=True, speckle_factor=speckle_g)
-        iyc, ixc, tix = tables.split_centres(centres)
-        uix, _, w2_u, release = tables.geometry(mask, iyc, ixc, tix)
-        try:
-            w2 = np.array(w2_u[uix])
-        finally:
-            release()
-        mm, ms = masked_edge_profiles(out["s"], out["w"], w2, out["mean"], out["sem"], q,
-                                      [spots[p] for p in sel.tolist()], r_q, margin)
+        mm, ms = masked_frame_profiles(frames, centres, mask, tables, r_q, [spots[p] for p in sel.tolist()], margin,
+                                       speckle_g)
         rows.append(sel)  # (float32, as the profile stage stores them)
         ys.append((mm * qn).astype(np.float32).astype(np.float64))
         ss.append((ms * qn).astype(np.float32).astype(np.float64))
