@@ -186,22 +186,42 @@ def test_profile_tasks_of_several_blocks_give_the_same_store(two_layouts, tmp_pa
     from sendmap.config import load_config
     from sendmap.engine.context import Context
 
-    made, read = {}, stage.read_store_block
-    for name, task_mb in (("one", 0.0), ("several", stage.PROFILE_TASK_BLOCK_MB)):
-        shutil.copytree(two_layouts / "sparse", tmp_path / name)
+    made, read, task_mb = {}, stage.read_store_block, stage.PROFILE_TASK_BLOCK_MB
+    monkeypatch.setenv("SENDMAP_RESUME_INTERVAL_S", "0")  # (a resume record at every chunk written)
+
+    def run(name, mb, resume=False, fail_at=None):
         cfg = load_config(two_layouts / "config.yaml", [f"output.dir={tmp_path / name}", "compute.chunk_mb=0.16",
                                                         "compute.block_mb=0.5", "compute.progress=false"])
-        monkeypatch.setattr(stage, "PROFILE_TASK_BLOCK_MB", task_mb)
+        monkeypatch.setattr(stage, "PROFILE_TASK_BLOCK_MB", mb)
         g = zarr.open_group(str(tmp_path / name / "sendmap.zarr"), mode="r+")
         ctx = Context(cfg, tmp_path / name, g, None, {}, lambda s: None)
-        ctx.stage_key, ctx.resume, ctx.stage = "test", False, "profiles"
+        ctx.stage_key, ctx.resume, ctx.stage = "test", resume, "profiles"
         seen = []
-        monkeypatch.setattr(stage, "read_store_block", lambda item, seen=seen: seen.append(item[1]) or read(item))
+
+        def read_counted(item):
+            if len(seen) == fail_at:
+                raise OSError("killed")
+            seen.append(item[1])
+            return read(item)
+
+        monkeypatch.setattr(stage, "read_store_block", read_counted)
         stage.stage_profiles(ctx)
         made[name] = (store_arrays(tmp_path / name / "sendmap.zarr"), seen, g["profiles/mean"].chunks)
+        return ctx.stage_info
+
+    for name in ("one", "several", "resumed"):
+        shutil.copytree(two_layouts / "sparse", tmp_path / name)
+    run("one", 0.0)
+    run("several", task_mb)
     (one, blocks, chunks), (several, tasks, chunks2) = made["one"], made["several"]
     assert chunks == chunks2 and chunks[0] > 2  # several blocks of one row per chunk
     assert len(blocks) > len(tasks) > 1 and chunks[0] % (tasks[0][1] - tasks[0][0]) == 0
-    assert set(one) == set(several)
-    for k in one:
-        assert one[k].dtype == several[k].dtype and np.array_equal(one[k], several[k], equal_nan=True), k
+    # a run that dies at its 4th task resumes after the first chunk's tasks, the record counting stored blocks
+    with pytest.raises(OSError, match="killed"):
+        run("resumed", task_mb, resume=True, fail_at=3)
+    info = run("resumed", task_mb, resume=True)
+    assert info["blocks_resumed"] == chunks[0] and made["resumed"][1] == tasks[chunks[0] // (tasks[0][1] - tasks[0][0]):]
+    for other in (several, made["resumed"][0]):
+        assert set(one) == set(other)
+        for k in one:
+            assert one[k].dtype == other[k].dtype and np.array_equal(one[k], other[k], equal_nan=True), k
