@@ -152,3 +152,76 @@ def test_sparse_store_is_read_through_zarr_too(two_layouts):
     assert np.array_equal(sp.dense().reshape(y1 - y0, x1 - x0, *sp.frame_shape),
                           read_frames(two_layouts / "dense" / "sendmap.zarr", (y0, y1, x0, x1)))
     assert np.all(np.asarray(sg["index"][1, n:]) == 0)  # past the row's pixels: the fill value
+
+
+def test_consecutive_sparse_rows_read_into_one_buffer(two_layouts):
+    """A region of several consecutive ingest blocks (whole scan rows) reads as one block of frames: the same
+    frames as the dense store's, each row decoded after the one before into one buffer."""
+    from sendmap.engine.data import open_stored
+
+    stored = open_stored(str(two_layouts / "sparse" / "sendmap.zarr"))
+    ry, rx = stored.shape[:2]
+    assert stored.sparse and all(b[2] == 0 and b[3] == rx for b in stored.blocks) and len(stored.blocks) > 3
+    dense = read_frames(two_layouts / "dense" / "sendmap.zarr")
+    for group in (2, 3):
+        tasks = stored.block_groups(stored.block_regions(0.5), group)
+        assert [b for _, bs in tasks for b in bs] == [tuple(b) for b in stored.blocks]
+        assert all(len(bs) == group for _, bs in tasks[:-1]) and len(tasks) == -(-len(stored.blocks) // group)
+        for (y0, y1, x0, x1), bs in tasks:
+            assert (y0, y1, x0, x1) == (bs[0][0], bs[-1][1], 0, rx) and stored.rows_of((y0, y1, x0, x1)) == \
+                [stored.blocks.index(b) for b in bs]
+            frames = stored.read((y0, y1, x0, x1))
+            assert frames.index.size == frames.offsets[-1]
+            assert np.array_equal(frames.dense(), dense[y0:y1].reshape(-1, *dense.shape[2:]))
+    with pytest.raises(KeyError):  # not made of whole ingest blocks
+        stored.rows_of((0, stored.blocks[0][1], 0, rx - 1))
+
+
+def test_profile_tasks_of_several_blocks_give_the_same_store(two_layouts, tmp_path, monkeypatch):
+    """The profile stage with several ingest blocks per task writes every array it wrote one block per task,
+    bit for bit, with chunks written from whole tasks (a divisor of the blocks per chunk)."""
+    import shutil
+
+    import sendmap.stages.profiles as stage
+    from sendmap.config import load_config
+    from sendmap.engine.context import Context
+
+    made, read, task_mb = {}, stage.read_store_block, stage.PROFILE_TASK_BLOCK_MB
+    monkeypatch.setenv("SENDMAP_RESUME_INTERVAL_S", "0")  # (a resume record at every chunk written)
+
+    def run(name, mb, resume=False, fail_at=None):
+        cfg = load_config(two_layouts / "config.yaml", [f"output.dir={tmp_path / name}", "compute.chunk_mb=0.16",
+                                                        "compute.block_mb=0.5", "compute.progress=false"])
+        monkeypatch.setattr(stage, "PROFILE_TASK_BLOCK_MB", mb)
+        g = zarr.open_group(str(tmp_path / name / "sendmap.zarr"), mode="r+")
+        ctx = Context(cfg, tmp_path / name, g, None, {}, lambda s: None)
+        ctx.stage_key, ctx.resume, ctx.stage = "test", resume, "profiles"
+        seen = []
+
+        def read_counted(item):
+            if len(seen) == fail_at:
+                raise OSError("killed")
+            seen.append(item[1])
+            return read(item)
+
+        monkeypatch.setattr(stage, "read_store_block", read_counted)
+        stage.stage_profiles(ctx)
+        made[name] = (store_arrays(tmp_path / name / "sendmap.zarr"), seen, g["profiles/mean"].chunks)
+        return ctx.stage_info
+
+    for name in ("one", "several", "resumed"):
+        shutil.copytree(two_layouts / "sparse", tmp_path / name)
+    run("one", 0.0)
+    run("several", task_mb)
+    (one, blocks, chunks), (several, tasks, chunks2) = made["one"], made["several"]
+    assert chunks == chunks2 and chunks[0] > 2  # several blocks of one row per chunk
+    assert len(blocks) > len(tasks) > 1 and chunks[0] % (tasks[0][1] - tasks[0][0]) == 0
+    # a run that dies at its 4th task resumes after the first chunk's tasks, the record counting stored blocks
+    with pytest.raises(OSError, match="killed"):
+        run("resumed", task_mb, resume=True, fail_at=3)
+    info = run("resumed", task_mb, resume=True)
+    assert info["blocks_resumed"] == chunks[0] and made["resumed"][1] == tasks[chunks[0] // (tasks[0][1] - tasks[0][0]):]
+    for other in (several, made["resumed"][0]):
+        assert set(one) == set(other)
+        for k in one:
+            assert one[k].dtype == other[k].dtype and np.array_equal(one[k], other[k], equal_nan=True), k

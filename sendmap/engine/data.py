@@ -64,6 +64,45 @@ class StoredData:
         """Sparse: the row of each block (a dict: a scan of 10⁴ blocks is not searched block by block)."""
         return {tuple(b): i for i, b in enumerate(self.blocks)}
 
+    def rows_of(self, region) -> list[int]:
+        """Sparse: the rows of the ingest blocks that make up ``region``: one block, or consecutive blocks of whole
+        scan rows (:meth:`block_groups`)."""
+        region = tuple(region)
+        row = self._rows.get(region)
+        if row is not None:
+            return [row]
+        y0, y1, x0, x1 = region
+        rows, y = [], y0
+        while y < y1:
+            nxt = self._starts.get((y, x0))
+            if nxt is None or self.blocks[nxt][3] != x1 or self.blocks[nxt][1] > y1:
+                raise KeyError(f"{region} is not made of whole ingest blocks")
+            rows.append(nxt)
+            y = self.blocks[nxt][1]
+        return rows
+
+    @functools.cached_property
+    def _starts(self) -> dict:
+        return {(b[0], b[2]): i for i, b in enumerate(self.blocks)}
+
+    def block_groups(self, regions, group: int) -> list[tuple[tuple[int, int, int, int], list]]:
+        """``regions`` (from :meth:`block_regions`, in scan order) taken ``group`` at a time where they are whole
+        scan rows: [(the group's region (y0, y1, 0, Rx), its regions)], a group never reaching past a multiple of
+        ``group`` regions from the first (so groups of a chunk of ``k · group`` blocks stay inside it); regions of
+        part of a row stay one each. Read as one region by :meth:`read` (sparse: one buffer)."""
+        regions = [tuple(b) for b in regions]
+        rx = self.shape[1]
+        if group <= 1 or not all(b[2] == 0 and b[3] == rx for b in regions):
+            return [(b, [b]) for b in regions]
+        out = []
+        for i in range(0, len(regions), group):
+            part = regions[i:i + group]
+            if any(a[1] != b[0] for a, b in zip(part, part[1:])):  # not consecutive: one each
+                out += [(b, [b]) for b in part]
+            else:
+                out.append(((part[0][0], part[-1][1], 0, rx), part))
+        return out
+
     def block_regions(self, block_mb: float) -> list[tuple[int, int, int, int]]:
         """Regions to process a block at a time: the ingest blocks (sparse), else whole chunks of about
         ``block_mb`` MB."""
@@ -75,14 +114,27 @@ class StoredData:
         from .store import read_region_direct
 
         if self.sparse:
-            row = self._rows[tuple(region)]
             y0, y1, x0, x1 = region
             nnz = self.nnz[y0:y1, x0:x1].ravel()
-            n = int(nnz.sum())
+            rows = self.rows_of(region)
             base = Path(self.store_path, SPARSE_GROUP)
-            index = read_row_direct(base / "index", row, n, index_dtype(self.shape[2:]), self.chunk_len)
-            value = read_row_direct(base / "value", row, n, self.dtype, self.chunk_len)
-            return from_counts(nnz, index, value, self.shape[2:])
+            if len(rows) == 1:
+                n = int(nnz.sum())
+                index = read_row_direct(base / "index", rows[0], n, index_dtype(self.shape[2:]), self.chunk_len)
+                value = read_row_direct(base / "value", rows[0], n, self.dtype, self.chunk_len)
+                return from_counts(nnz, index, value, self.shape[2:])
+            # several ingest blocks: their rows decoded one after another into one buffer (each row's last chunk
+            # whole, its tail then overwritten by the next row), in scan order since the blocks are whole rows
+            sizes = [int(self.nnz[b[0]:b[1], b[2]:b[3]].sum()) for b in (self.blocks[r] for r in rows)]
+            n = sum(sizes)
+            index = np.empty(n + self.chunk_len, np.dtype(index_dtype(self.shape[2:])).newbyteorder("<"))
+            value = np.empty(n + self.chunk_len, np.dtype(self.dtype).newbyteorder("<"))
+            at = 0
+            for r, m in zip(rows, sizes):
+                read_row_direct(base / "index", r, m, index.dtype, self.chunk_len, out=index, offset=at)
+                read_row_direct(base / "value", r, m, value.dtype, self.chunk_len, out=value, offset=at)
+                at += m
+            return from_counts(nnz, index[:n], value[:n], self.shape[2:])
         frames = read_region_direct(self.array, region)
         if frames is None:  # not a plain local blosc array (e.g. a zarr input used in place): through zarr
             y0, y1, x0, x1 = region

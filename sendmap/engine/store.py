@@ -168,14 +168,24 @@ def read_region_direct(arr, region: tuple[int, int, int, int]) -> np.ndarray | N
     return out
 
 
-def read_row_direct(array_dir: Path, row: int, n: int, dtype, chunk_len: int) -> np.ndarray:
+def read_row_direct(array_dir: Path, row: int, n: int, dtype, chunk_len: int, out: np.ndarray | None = None,
+                    offset: int = 0) -> np.ndarray:
     """The first ``n`` elements of row ``row`` of a local 2D zarr v3 array of ``bytes`` + blosc chunks of shape
     (1, ``chunk_len``) with "/" chunk keys X, decoding only the chunk
-    files that hold them, straight into the output. A missing chunk file reads as zeros (the fill value)."""
+    files that hold them, straight into the output. A missing chunk file reads as zeros (the fill value).
+
+    ``out``: a 1-D little-endian array of ``dtype`` to decode into, from element ``offset`` (several rows read one
+    after another into one buffer): it must hold ``offset`` + ``n`` rounded up to whole chunks, since the row's
+    last chunk is decoded whole; the elements after ``offset`` + ``n`` are overwritten (by the next row's)."""
     from numcodecs import Blosc
 
     n_chunks = -(-n // chunk_len)
-    out = np.empty(n_chunks * chunk_len, np.dtype(dtype).newbyteorder("<"))
+    if out is None:
+        out, offset = np.empty(n_chunks * chunk_len, np.dtype(dtype).newbyteorder("<")), 0
+    else:
+        if out.size < offset + n_chunks * chunk_len:
+            raise ValueError(f"{out.size} elements cannot hold a row of {n} from element {offset}")
+        out = out[offset:offset + n_chunks * chunk_len]
     codec = Blosc()
     for k in range(n_chunks):
         dst = out[k * chunk_len:(k + 1) * chunk_len]

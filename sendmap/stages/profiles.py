@@ -49,6 +49,27 @@ scaled with it). Small enough that the chunks are written while the kernels run:
 scan's outputs were one chunk each, all written after the last block (0.4-0.6 s with both cores idle)."""
 
 
+PROFILE_TASK_BLOCK_MB = 2.0
+"""A profile task covers consecutive stored (ingest) blocks of whole scan rows up to this many times
+``compute.block_mb`` of frames (counted dense, as ingest counts its blocks): each task pays fixed costs (the spot
+areas of its distinct centres, the geometry cache, the indexing's ~70 numpy passes, a partial last chunk per sparse
+row), ≈ 4 ms at 256², which one 148-frame row of the 2.9 GB bench scan did not amortise (README "Profile stage:
+tasks of several blocks (session 22)"). Twice the block size keeps the memory a task holds that of about two
+ingest blocks (sparse) while a 256² task covers three rows."""
+
+
+def blocks_per_task(block_bytes: float, per_chunk: int, target_bytes: float) -> int:
+    """Stored blocks per profile task: the largest divisor of ``per_chunk`` (blocks per chunk of the profile
+    arrays, so a chunk is written from whole tasks) whose frames (``block_bytes`` each, dense) stay within
+    ``target_bytes``; at least 1.
+
+    >>> blocks_per_task(19.4e6, 18, 64e6), blocks_per_task(23.6e6, 7, 64e6), blocks_per_task(40e6, 4, 64e6)
+    (3, 1, 1)
+    """
+    most = max(1, int(target_bytes // max(block_bytes, 1.0)))
+    return max(d for d in range(1, min(most, max(1, per_chunk)) + 1) if per_chunk % d == 0)
+
+
 ERROR_MODELS = {
     "poisson": "Poisson counting noise only: sqrt(I·ΣW_p²)/ΣW_p",
     "azimuthal": "Poisson + speckle: Poisson variance + I²·V̄·G/(1 − G), V̄ the normalised azimuthal variance "
@@ -156,6 +177,12 @@ def stage_profiles(ctx: Context) -> None:
     chunk_bytes = PROFILE_CHUNK_BYTES * cfg.compute.chunk_mb / 16.0  # 2 MB at the default compute.chunk_mb
     per_chunk = max(1, int(chunk_bytes // (by * bx * geom.nq * 4))) if whole_rows else 1
     chunks = (by * per_chunk, bx, geom.nq)
+    # several consecutive stored blocks per task where stored sparse (one read of their rows into one buffer)
+    group = (blocks_per_task(by * bx * qy * qx * data.dtype.itemsize, per_chunk,
+                             PROFILE_TASK_BLOCK_MB * cfg.compute.block_mb * 1e6)
+             if data.sparse and whole_rows else 1)
+    tasks = data.block_groups(blocks, group) if group > 1 else [(tuple(b), [tuple(b)]) for b in blocks]
+    parts = dict(tasks)
     progress = block_progress(ctx, "profiles", {"shape": (ry, rx, geom.nq), "chunks": chunks, "blocks": blocks},
                               [f"{grp}/{nm}" for nm, (grp, _) in PROFILE_OUTPUTS.items()])
     error_model = cfg.profiles.error_model
@@ -230,7 +257,7 @@ def stage_profiles(ctx: Context) -> None:
 
     def put(_, res):
         (y0, y1, x0, x1), out = res
-        pending_blocks.append((y0, y1, x0, x1))
+        pending_blocks.extend(parts[(y0, y1, x0, x1)])  # the resume record's unit stays the stored block
         bf[y0:y1, x0:x1] = out["bf"].reshape(y1 - y0, x1 - x0)
         adf[y0:y1, x0:x1] = out["adf"].reshape(y1 - y0, x1 - x0)
         bragg[y0:y1, x0:x1] = out["bragg"].reshape(y1 - y0, x1 - x0)
@@ -251,8 +278,10 @@ def stage_profiles(ctx: Context) -> None:
             flush()
 
     forget_store_data(ctx.store_path)
-    items = [(ctx.store_path, b, origin[b[0]:b[1], b[2]:b[3]]) for b in blocks if not progress.is_done(b)]
-    ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - len(items))
+    # a task is run again unless all its blocks are recorded (a record's blocks are whole chunks: whole tasks)
+    todo = [(t, bs) for t, bs in tasks if not all(progress.is_done(b) for b in bs)]
+    items = [(ctx.store_path, t, origin[t[0]:t[1], t[2]:t[3]]) for t, _ in todo]
+    ctx.stage_info.update(blocks=len(blocks), blocks_resumed=len(blocks) - sum(len(bs) for _, bs in todo))
     bragg_q = (2 * r_q, float(q[-1]))
     q_rel = float(calib["q_pixel_size_err"]) / qpx_ if (calib.get("q_pixel_size_err") and
                                                         (qpx_ := float(calib["q_pixel_size"])) > 0) else None
