@@ -254,7 +254,10 @@ class PeaksConfig(_Section):
         "range and denoising components (every other position bit for bit). The masked cells are chosen without looking "
         "at the frame's counts, so an isotropic ring's mean stays unbiased. 8 (two 4 nm steps, chosen on development "
         "seeds 1818/1819/1824/1825): matrix:mixed 5e3 SEI Type 1 class mean +0.0038 -> +0.0002 (reporting seed 1019), "
-        "check seed 1919 +0.0032 -> +0.0015 (README, 'A grain's faint disks beside it')")
+        "check seed 1919 +0.0032 -> +0.0015 (README, 'A grain's faint disks beside it'). Applied only when a sign test over "
+        "the positions one step from a grain finds the disks' excess under the mask above that of the same disks turned "
+        "30 deg (z > 2.33, 1 % false alarms; sendmap.science.grain_edge.disks_at_edges): scans without inclined layer "
+        "boundaries keep their stored profiles bit for bit (lif-range 5e3 seed 1009: z = 0.18, Type 2 -0.0028 kept)")
     profile: Literal["mean", "robust", "masked"] = Field(
         "mean", description="profile the peak is fitted on: the azimuthal mean, the robust mean whose sectors "
         "holding Bragg spots are clipped (for spotty patterns), or the spot-masked mean (profiles/iqn_masked: the "

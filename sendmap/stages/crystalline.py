@@ -130,9 +130,13 @@ def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal:
     reaching below the position's ``q_max`` ((Ry·Rx,) 1/Å; NaN: none), and their Friedel mates, do not cover
     (:func:`sendmap.science.grain_edge.neighbour_grain_spots`, :func:`sendmap.science.spot_mask.masked_profile`): the
     frames of those positions are read again and their polar sums remade with the profile stage's geometry (none
-    where the store keeps no frames, spot lists or scan step)."""
+    where the store keeps no frames, spot lists or scan step); none either unless the disks show at the scan's edges:
+    the sign test :func:`sendmap.science.grain_edge.disks_at_edges` over the positions one step from a grain, each
+    one's excess under the mask against that under the same disks turned (:func:`~sendmap.science.grain_edge.
+    control_spots`), 1 % false alarms."""
     from ..engine.data import open_stored
-    from ..science.grain_edge import masked_frame_profiles, neighbour_grain_spots
+    from ..science.grain_edge import (EDGE_DISK_Z, control_spots, disk_excess, disks_at_edges,
+                                      masked_frame_profiles, neighbour_grain_spots, one_step_from)
     from ..science.polar_tables import PolarTables
     from ..science.spot_mask import PIXEL_HALF_DIAGONAL
     from .profiles import profile_error_terms, profile_geometry
@@ -173,7 +177,9 @@ def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal:
     speckle_g, _ = profile_error_terms(q, geom.n_phi, r_q, geom.bin_width, cfg.profiles.error_model)
     margin = float(geom.q_pixel_size * PIXEL_HALF_DIAGONAL)
     todo = np.array(sorted(spots), np.int64)
-    rows, ys, ss = [], [], []
+    rows, ys, ss, ctrl = [], [], [], []
+    mean_full = lambda sel: iqn.reshape(-1, iqn.shape[2])[sel]  # noqa: E731 (the stored, unmasked profiles)
+    sem_full = lambda sel: sem.reshape(-1, iqn.shape[2])[sel]  # noqa: E731
     for y0 in range(0, ry, 8):  # a few rows of frames at a time (the ingest blocks are whole rows of 8)
         sel = todo[(todo // rx >= y0) & (todo // rx < min(ry, y0 + 8))]
         sel = sel[np.all(np.isfinite(origin.reshape(-1, 2)[sel]), axis=1)]
@@ -184,9 +190,26 @@ def grain_edge_profiles(ctx: Context, iqn: np.ndarray, sem: np.ndarray, crystal:
         centres = origin.reshape(-1, 2)[sel]
         mm, ms = masked_frame_profiles(frames, centres, mask, tables, r_q, [spots[p] for p in sel.tolist()], margin,
                                        speckle_g)
+        cm, cs = masked_frame_profiles(frames, centres, mask, tables, r_q,  # the control: the same disks turned
+                                       [control_spots(spots[p]) for p in sel.tolist()], margin, speckle_g)
         rows.append(sel)  # (float32, as the profile stage stores them)
         ys.append((mm * qn).astype(np.float32).astype(np.float64))
         ss.append((ms * qn).astype(np.float32).astype(np.float64))
+        ctrl.append(disk_excess(mean_full(sel), sem_full(sel), cm * qn, cs * qn))
     if not rows:
         return none
-    return np.concatenate(rows), np.concatenate(ys), np.concatenate(ss)
+    rows, ys, ss = np.concatenate(rows), np.concatenate(ys), np.concatenate(ss)
+    # the disks at the scan's layer edges at all? (a sign test pooling the edge positions, not one frame's noise:
+    # without inclined boundaries the mask would only add noise to every position beside a grain)
+    excess = disk_excess(mean_full(rows), sem_full(rows), ys, ss)
+    # tested at the positions one step from a grain, where a minority's share is largest (the share falls with the
+    # distance to the boundary: 0.02-0.17 in the matrix); the mask, if they show, at every position within reach
+    one = one_step_from(crystal).ravel()[rows]
+    present, z = disks_at_edges((excess - np.concatenate(ctrl))[one])
+    ctx.stage_info["grain_edge_disk_z"] = round(z, 2)
+    verdict = "masked" if present else f"<= {EDGE_DISK_Z}: stored profiles kept"
+    ctx.log(f"[sendmap] peaks: grain_edge_mask_nm: the neighbouring grains' disks at the {rows.size} edge positions "
+            f"(tested at the {int(one.sum())} one step from a grain): sign test z = {z:.2f} ({verdict})")
+    if not present:
+        return none
+    return rows, ys, ss
