@@ -7,7 +7,7 @@ STORE and CONFIG as for ``benchmarks/profile_worker.py`` (a store that has finis
 one numba thread over the stored blocks, again and again, while ``perf record`` samples this process. perf sees
 numba's code only as unnamed ``[JIT]`` addresses (and ``NUMBA_ENABLE_PROFILING=1`` writes no perf map when the
 kernels come from numba's cache), so this script keeps the object code numba loads from its cache, finds where
-each object was placed (its global symbols' addresses), writes ``/tmp/perf-PID.map`` naming every function of
+each object was placed (its global symbols' addresses), writes perf's JIT map ``perf-PID.map`` (in ``PERF_MAP_DIR``) naming every function of
 every object (the kernels' helpers that LLVM kept as functions: ``_frame_stats``, ``_frame_spots_in``,
 ``masked_profile_dirs``, the parfor bodies, ...), and prints the share of the samples in each, the hottest 64-byte
 blocks of code, and (``--disasm N``) the instructions of the N hottest blocks, from ``objdump`` of the saved
@@ -28,8 +28,12 @@ import time
 
 import numba
 import numpy as np
-
 from numba.core import codegen as _codegen
+
+PERF_MAP_DIR = tempfile.gettempdir()
+"""Where perf looks for a process's JIT symbol map (perf-PID.map): the system temporary directory, fixed by perf
+(tools/perf/Documentation/jit-interface.txt); with TMPDIR set elsewhere, `perf report` will not find it."""
+
 
 _OBJECTS: dict[str, tuple[bytes, object]] = {}  # library name -> (object code, library)
 _unserialize = _codegen.CPUCodeLibrary._unserialize.__func__
@@ -101,7 +105,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=12)
     ap.add_argument("--disasm", type=int, default=0)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--keep-map", action="store_true", help="keep /tmp/perf-PID.map (for `perf report` afterwards)")
+    ap.add_argument("--keep-map", action="store_true", help="keep the perf-PID.map (for `perf report` afterwards)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import profile_worker
@@ -114,7 +118,7 @@ def main() -> None:
     rows = place_objects(out_dir)
     if not rows:
         sys.exit("no cached numba object loaded: run once to fill numba's cache, then again")
-    perf_map = f"/tmp/perf-{os.getpid()}.map"
+    perf_map = os.path.join(PERF_MAP_DIR, f"perf-{os.getpid()}.map")
     with open(perf_map, "w") as f:
         for addr, size, name, _, _ in sorted(rows):
             f.write(f"{addr:x} {size:x} {name}\n")
